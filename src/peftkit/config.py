@@ -1,0 +1,480 @@
+"""Typed adapter configs with Hugging Face PEFT's field names, defaults and JSON form.
+
+One schema serves Python (``LoraConfig(r=16)``), ``adapter_config.json`` (:meth:`PeftConfig.from_dict`)
+and, through the training config, YAML files and CLI flags. Validation runs in ``__post_init__`` and
+reports every problem at once as a :class:`~peftkit.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigError, did_you_mean
+
+__all__ = [
+    "LoraConfig",
+    "PeftConfig",
+    "PeftType",
+    "PrefixTuningConfig",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
+    "PromptLearningConfig",
+    "PromptTuningConfig",
+    "PromptTuningInit",
+    "TaskType",
+    "config_from_dict",
+]
+
+CONFIG_NAME = "adapter_config.json"
+
+
+class PeftType(str, enum.Enum):
+    """The adapter method, as written in ``adapter_config.json``'s ``peft_type``."""
+
+    LORA = "LORA"
+    PROMPT_TUNING = "PROMPT_TUNING"
+    P_TUNING = "P_TUNING"
+    PREFIX_TUNING = "PREFIX_TUNING"
+
+
+class TaskType(str, enum.Enum):
+    """What the base model does; selects the :class:`~peftkit.PeftModel` subclass."""
+
+    SEQ_CLS = "SEQ_CLS"
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"
+    CAUSAL_LM = "CAUSAL_LM"
+    TOKEN_CLS = "TOKEN_CLS"
+    QUESTION_ANS = "QUESTION_ANS"
+    FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
+
+
+class PromptTuningInit(str, enum.Enum):
+    """How prompt-tuning virtual tokens start."""
+
+    RANDOM = "RANDOM"
+    TEXT = "TEXT"
+    SAMPLE_VOCAB = "SAMPLE_VOCAB"
+
+
+class PromptEncoderReparameterizationType(str, enum.Enum):
+    """The p-tuning prompt encoder."""
+
+    MLP = "MLP"
+    LSTM = "LSTM"
+
+
+def _enum_value(enum_cls: type[enum.Enum], value: Any, name: str, problems: list[str]) -> Any:
+    """Coerce ``value`` to ``enum_cls`` (case-insensitive), recording a problem when it is not a member."""
+    if value is None or isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        for member in enum_cls:
+            if member.value.lower() == value.lower():
+                return member
+    allowed = ", ".join(m.value for m in enum_cls)
+    problems.append(f"{name}={value!r} is not allowed; expected one of {allowed}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _str_list(value: Any, name: str, problems: list[str], *, allow_str: bool) -> Any:
+    """Normalize a list-of-names field: tuples/sets become a de-duplicated list."""
+    if value is None or (allow_str and isinstance(value, str)):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        return list(dict.fromkeys(items))
+    kind = "a string (regex) or a list of names" if allow_str else "a list of names"
+    problems.append(f"{name}={value!r} must be {kind}")
+    return value
+
+
+@dataclass
+class PeftConfig:
+    """Fields every adapter config shares.
+
+    Subclasses set ``peft_type`` and add their own fields. ``to_dict`` writes PEFT's JSON form.
+    """
+
+    task_type: TaskType | str | None = None
+    """What the base model does (``"CAUSAL_LM"``, ``"SEQ_CLS"``, ...); selects the model wrapper."""
+    base_model_name_or_path: str | None = None
+    """The model the adapter was trained on, recorded so it can be loaded with the adapter."""
+    revision: str | None = None
+    """The hub revision of the base model, when loaded from the hub."""
+    inference_mode: bool = False
+    """True when the adapter is loaded for inference only (its weights are frozen)."""
+    modules_to_save: list[str] | None = None
+    """Extra base-model modules (e.g. a classification head) trained in full and saved with the adapter."""
+
+    peft_type: ClassVar[PeftType]
+    # PEFT fields that peftkit reads but does not implement, with the value meaning "off".
+    # Written so PEFT sees a complete config; a non-default value on load is an error.
+    _unsupported: ClassVar[dict[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        self.task_type = _enum_value(TaskType, self.task_type, "task_type", problems)
+        self.modules_to_save = _str_list(self.modules_to_save, "modules_to_save", problems, allow_str=False)
+        if not isinstance(self.inference_mode, bool):
+            problems.append(f"inference_mode={self.inference_mode!r} must be true or false")
+        self._validate(problems)
+        if problems:
+            raise ConfigError(problems, source=type(self).__name__)
+
+    def _validate(self, problems: list[str]) -> None:
+        """Append a line to ``problems`` for each invalid field. Subclasses extend this."""
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        """Whether the method adds virtual tokens instead of changing layers."""
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form, with PEFT's field names and enum values as strings."""
+        out: dict[str, Any] = {"peft_type": self.peft_type.value}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
+        out.update(self._unsupported)
+        return out
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        """Write ``adapter_config.json`` into ``save_directory`` (atomically)."""
+        from .format import write_json_atomic
+
+        os.makedirs(save_directory, exist_ok=True)
+        write_json_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], subfolder: str | None = None) -> PeftConfig:
+        """Read ``adapter_config.json`` from a folder (or the file itself)."""
+        from .format import read_adapter_config
+
+        folder = os.path.join(path, subfolder) if subfolder else path
+        config = read_adapter_config(folder)
+        if cls is not PeftConfig and not isinstance(config, cls):
+            raise ConfigError(f"{folder} holds a {type(config).__name__}, not a {cls.__name__}")
+        return config
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = True, source: str | None = None) -> PeftConfig:
+        """Build a config from a mapping.
+
+        Args:
+            data: the fields; ``peft_type`` selects the class when called on :class:`PeftConfig`.
+            strict: reject unknown keys (user configs). When False (an ``adapter_config.json``
+                written by a newer PEFT), unknown keys are ignored with a warning.
+            source: where the mapping came from, named in errors.
+        """
+        return config_from_dict(data, strict=strict, source=source, expected=cls)
+
+    def replace(self, **changes: Any) -> PeftConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    """Low-rank adaptation: ``y = W x + (lora_alpha / r) * B A dropout(x)`` on the targeted layers."""
+
+    r: int = 8
+    """Rank of the update (the inner size of ``A`` and ``B``)."""
+    target_modules: list[str] | str | None = None
+    """Layers to adapt: a list of names or name suffixes, a regex (full match), or ``"all-linear"``.
+    None picks the architecture's default (e.g. ``q_proj``/``v_proj`` for Llama)."""
+    exclude_modules: list[str] | str | None = None
+    """Layers never to adapt, with the same matching rules as ``target_modules``."""
+    lora_alpha: float = 8
+    """Numerator of the scaling ``lora_alpha / r``."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input, in [0, 1)."""
+    fan_in_fan_out: bool = False
+    """True when the base layer stores its weight as (in, out), like GPT-2's ``Conv1D``; set automatically."""
+    bias: str = "none"
+    """Which biases train: ``"none"``, ``"all"`` (every bias in the model) or ``"lora_only"`` (targeted layers)."""
+    use_rslora: bool = False
+    """Rank-stabilized scaling ``lora_alpha / sqrt(r)``."""
+    init_lora_weights: bool | str = True
+    """``True``: A Kaiming-uniform, B zero (the adapter starts as a no-op); ``"gaussian"``: A normal(0, 1/r),
+    B zero; ``False``: both random (for tests: the adapter changes the output from the start)."""
+    layers_to_transform: list[int] | int | None = None
+    """Only adapt these layer indices."""
+    layers_pattern: list[str] | str | None = None
+    """Name of the layer list (e.g. ``"layers"``, ``"h"``) that ``layers_to_transform`` indexes."""
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    """Per-layer rank overrides: ``{name regex: r}``."""
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    """Per-layer alpha overrides: ``{name regex: lora_alpha}``."""
+
+    peft_type: ClassVar[PeftType] = PeftType.LORA
+    _unsupported: ClassVar[dict[str, Any]] = {
+        "use_dora": False,
+        "lora_bias": False,
+        "layer_replication": None,
+        "loftq_config": {},
+        "megatron_config": None,
+        "target_parameters": None,
+        "trainable_token_indices": None,
+        "eva_config": None,
+        "corda_config": None,
+        "alora_invocation_tokens": None,
+        "use_qalora": False,
+        "arrow_config": None,
+    }
+
+    def _validate(self, problems: list[str]) -> None:
+        if not _is_int(self.r) or self.r <= 0:
+            problems.append(f"r={self.r!r} must be a positive integer (try 8 or 16)")
+        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
+            problems.append(f"lora_alpha={self.lora_alpha!r} must be a positive number (often r or 2*r)")
+        if not _is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"lora_dropout={self.lora_dropout!r} must be a number in [0, 1)")
+        if self.bias not in ("none", "all", "lora_only"):
+            problems.append(f"bias={self.bias!r} is not allowed; expected one of none, all, lora_only")
+        if self.init_lora_weights not in (True, False, "gaussian"):
+            problems.append(
+                f"init_lora_weights={self.init_lora_weights!r} is not supported; expected true, false or 'gaussian'"
+            )
+        for name in ("fan_in_fan_out", "use_rslora"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+        self.target_modules = _str_list(self.target_modules, "target_modules", problems, allow_str=True)
+        self.exclude_modules = _str_list(self.exclude_modules, "exclude_modules", problems, allow_str=True)
+        self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
+        self._validate_layers(problems)
+        self._validate_patterns(problems)
+
+    def _validate_layers(self, problems: list[str]) -> None:
+        layers = self.layers_to_transform
+        if layers is not None:
+            if isinstance(layers, (list, tuple)) and all(_is_int(i) and i >= 0 for i in layers):
+                self.layers_to_transform = list(layers)
+            elif not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0):
+                problems.append(f"layers_to_transform={layers!r} must be a layer index or a list of them")
+            if isinstance(self.target_modules, str):
+                problems.append("layers_to_transform cannot be combined with a regex target_modules")
+        if self.layers_pattern and layers is None:
+            problems.append("layers_pattern is set but layers_to_transform is not; set both or neither")
+
+    def _validate_patterns(self, problems: list[str]) -> None:
+        for name, positive_int in (("rank_pattern", True), ("alpha_pattern", False)):
+            pattern = getattr(self, name)
+            if pattern is None:
+                setattr(self, name, {})
+                continue
+            if not isinstance(pattern, dict):
+                problems.append(f"{name}={pattern!r} must be a mapping of layer-name pattern to value")
+                continue
+            for key, value in pattern.items():
+                ok = _is_int(value) if positive_int else _is_number(value)
+                if not ok or value <= 0:
+                    kind = "integer" if positive_int else "number"
+                    problems.append(f"{name}[{key!r}]={value!r} must be a positive {kind}")
+
+
+@dataclass
+class PromptLearningConfig(PeftConfig):
+    """Fields shared by the methods that add virtual tokens. Model-shape fields left empty are filled
+    from the model's config when the adapter is attached."""
+
+    num_virtual_tokens: int | None = None
+    """How many virtual tokens to learn."""
+    token_dim: int | None = None
+    """Hidden size of the base model's token embeddings."""
+    num_transformer_submodules: int | None = None
+    """1 for decoder-only and encoder-only models, 2 for encoder-decoder models."""
+    num_attention_heads: int | None = None
+    """Attention heads of the base model (key/value heads for prefix tuning on GQA models)."""
+    num_layers: int | None = None
+    """Transformer layers of the base model."""
+
+    def _validate(self, problems: list[str]) -> None:
+        if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool) \
+                or self.num_virtual_tokens <= 0:
+            problems.append(f"num_virtual_tokens={self.num_virtual_tokens!r} must be a positive integer (try 8 to 20)")
+        for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                problems.append(f"{name}={value!r} must be a positive integer or left empty")
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        return True
+
+
+@dataclass
+class PromptTuningConfig(PromptLearningConfig):
+    """Prompt tuning: learned virtual-token embeddings prepended to the input."""
+
+    prompt_tuning_init: PromptTuningInit | str = PromptTuningInit.RANDOM
+    """RANDOM (normal init), TEXT (embeddings of ``prompt_tuning_init_text``) or SAMPLE_VOCAB."""
+    prompt_tuning_init_text: str | None = None
+    """Text whose token embeddings start the prompt, with TEXT init."""
+    tokenizer_name_or_path: str | None = None
+    """Tokenizer for ``prompt_tuning_init_text``."""
+    tokenizer_kwargs: dict[str, Any] | None = None
+    """Extra arguments for ``AutoTokenizer.from_pretrained`` (TEXT init)."""
+
+    peft_type: ClassVar[PeftType] = PeftType.PROMPT_TUNING
+
+    def _validate(self, problems: list[str]) -> None:
+        super()._validate(problems)
+        self.prompt_tuning_init = _enum_value(
+            PromptTuningInit, self.prompt_tuning_init, "prompt_tuning_init", problems
+        )
+        if self.prompt_tuning_init == PromptTuningInit.TEXT:
+            if not self.prompt_tuning_init_text:
+                problems.append("prompt_tuning_init=TEXT needs prompt_tuning_init_text")
+            if not self.tokenizer_name_or_path:
+                problems.append("prompt_tuning_init=TEXT needs tokenizer_name_or_path")
+        if self.tokenizer_kwargs is not None and not isinstance(self.tokenizer_kwargs, dict):
+            problems.append(f"tokenizer_kwargs={self.tokenizer_kwargs!r} must be a mapping")
+
+
+@dataclass
+class PromptEncoderConfig(PromptLearningConfig):
+    """P-tuning: virtual-token embeddings produced by a small MLP or LSTM encoder."""
+
+    encoder_reparameterization_type: PromptEncoderReparameterizationType | str = (
+        PromptEncoderReparameterizationType.MLP
+    )
+    """``"MLP"`` or ``"LSTM"``."""
+    encoder_hidden_size: int | None = None
+    """Hidden size of the encoder; defaults to ``token_dim``."""
+    encoder_num_layers: int = 2
+    """LSTM layers (the MLP always has two hidden layers, as in PEFT)."""
+    encoder_dropout: float = 0.0
+    """Dropout inside the encoder, in [0, 1)."""
+
+    peft_type: ClassVar[PeftType] = PeftType.P_TUNING
+
+    def _validate(self, problems: list[str]) -> None:
+        super()._validate(problems)
+        self.encoder_reparameterization_type = _enum_value(
+            PromptEncoderReparameterizationType,
+            self.encoder_reparameterization_type,
+            "encoder_reparameterization_type",
+            problems,
+        )
+        if self.encoder_hidden_size is not None and (
+            not _is_int(self.encoder_hidden_size) or self.encoder_hidden_size <= 0
+        ):
+            problems.append(f"encoder_hidden_size={self.encoder_hidden_size!r} must be a positive integer")
+        if not _is_int(self.encoder_num_layers) or self.encoder_num_layers <= 0:
+            problems.append(f"encoder_num_layers={self.encoder_num_layers!r} must be a positive integer")
+        if not _is_number(self.encoder_dropout) or not 0.0 <= self.encoder_dropout < 1.0:
+            problems.append(f"encoder_dropout={self.encoder_dropout!r} must be a number in [0, 1)")
+
+
+@dataclass
+class PrefixTuningConfig(PromptLearningConfig):
+    """Prefix tuning: learned key/value prefixes for every attention layer."""
+
+    encoder_hidden_size: int | None = None
+    """Hidden size of the prefix projection MLP (with ``prefix_projection``)."""
+    prefix_projection: bool = False
+    """Produce the prefixes through a two-layer MLP instead of learning them directly."""
+
+    peft_type: ClassVar[PeftType] = PeftType.PREFIX_TUNING
+    _unsupported: ClassVar[dict[str, Any]] = {"init_weights": None}
+
+    def _validate(self, problems: list[str]) -> None:
+        super()._validate(problems)
+        if not isinstance(self.prefix_projection, bool):
+            problems.append(f"prefix_projection={self.prefix_projection!r} must be true or false")
+        size = self.encoder_hidden_size
+        if self.prefix_projection and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+            problems.append("prefix_projection=true needs encoder_hidden_size, a positive integer")
+
+
+CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
+    PeftType.LORA: LoraConfig,
+    PeftType.PROMPT_TUNING: PromptTuningConfig,
+    PeftType.P_TUNING: PromptEncoderConfig,
+    PeftType.PREFIX_TUNING: PrefixTuningConfig,
+}
+
+# Keys PEFT writes that carry no meaning for loading.
+_IGNORED_KEYS = frozenset({"peft_type", "peft_version", "auto_mapping", "megatron_core", "qalora_group_size",
+                           "use_bdlora", "lora_ga_config", "kasa_config", "monteclora_config", "velora_config",
+                           "ensure_weight_tying"})
+
+
+def config_from_dict(
+    data: dict[str, Any],
+    *,
+    strict: bool = True,
+    source: str | None = None,
+    expected: type[PeftConfig] = PeftConfig,
+) -> PeftConfig:
+    """Build the config class that ``data["peft_type"]`` names (or ``expected`` when it is concrete)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of field names to values, got {type(data).__name__}", source=source)
+    cls = _select_class(data, expected, source)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    problems: list[str] = []
+    unknown: list[str] = []
+    for key, value in data.items():
+        if key in known:
+            kwargs[key] = value
+        elif key in cls._unsupported:
+            if value != cls._unsupported[key] and not (value in (None, {}, False) and not cls._unsupported[key]):
+                problems.append(f"{key}={value!r} is a PEFT feature peftkit does not support yet; remove it")
+        elif key not in _IGNORED_KEYS:
+            unknown.append(key)
+    for key in unknown:
+        hint = did_you_mean(key, known)
+        if strict:
+            problems.append(f"unknown field {key!r} for {cls.__name__}.{hint}")
+    if problems:
+        raise ConfigError(problems, source=source)
+    if unknown:
+        warnings.warn(
+            f"{source or cls.__name__}: ignoring fields peftkit does not know: {', '.join(sorted(unknown))} "
+            "(probably written by a newer PEFT version)",
+            stacklevel=3,
+        )
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(err.problems, source=source or cls.__name__) from None
+
+
+def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str | None) -> type[PeftConfig]:
+    peft_type = data.get("peft_type")
+    if peft_type is None:
+        if expected is PeftConfig or expected is PromptLearningConfig:
+            raise ConfigError(
+                "missing 'peft_type'; expected one of " + ", ".join(t.value for t in PeftType), source=source
+            )
+        return expected
+    try:
+        cls = CONFIG_CLASSES[PeftType(str(peft_type).upper())]
+    except ValueError:
+        raise ConfigError(
+            f"peft_type={peft_type!r} is not supported; expected one of " + ", ".join(t.value for t in PeftType),
+            source=source,
+        ) from None
+    if not issubclass(cls, expected):
+        raise ConfigError(f"peft_type={peft_type!r} does not fit {expected.__name__}", source=source)
+    return cls
+
+
+def config_to_json(config: PeftConfig) -> str:
+    """The text of ``adapter_config.json``: sorted keys, two-space indent, like PEFT."""
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"

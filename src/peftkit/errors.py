@@ -1,0 +1,86 @@
+"""The error tree. Every error peftkit raises on purpose is a :class:`PeftkitError`.
+
+Messages follow one rule: say what was wrong, what was expected, and how to fix it.
+The CLI maps :class:`UserInputError` subclasses to exit code 2 and everything else to 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "AdapterFormatError",
+    "AdapterNotFoundError",
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    "PeftkitError",
+    "TargetNotFoundError",
+    "TrainingError",
+    "UserInputError",
+]
+
+
+class PeftkitError(Exception):
+    """Base class of every error peftkit raises deliberately."""
+
+    exit_code = 1
+
+
+class UserInputError(PeftkitError, ValueError):
+    """The input (a config, a file, a name) is wrong; the user can fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(UserInputError):
+    """A configuration value is missing, of the wrong type or out of range.
+
+    Attributes:
+        problems: every problem found, one line each, so they can be fixed at once.
+    """
+
+    def __init__(self, problems: str | list[str], *, source: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        if len(self.problems) == 1:
+            msg = f"Invalid configuration{where}: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            msg = f"Invalid configuration{where} ({len(self.problems)} problems):\n{lines}"
+        super().__init__(msg)
+
+
+class TargetNotFoundError(UserInputError):
+    """A ``target_modules`` entry matches no layer of the model."""
+
+
+class AdapterFormatError(UserInputError):
+    """An adapter folder or file is missing, unreadable, unsafe, or does not fit the model."""
+
+
+class AdapterNotFoundError(UserInputError, KeyError):
+    """An adapter name is not registered on the model."""
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelLoadError(UserInputError):
+    """A model name or path cannot be resolved or loaded."""
+
+
+class DataError(UserInputError):
+    """A data file is missing, malformed, or does not fit the template."""
+
+
+class TrainingError(PeftkitError):
+    """Training failed at run time (for example a NaN loss)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,279 @@
+"""The adapter file format, in one place: Hugging Face PEFT's folder layout, keys and config.
+
+A saved adapter is a folder with ``adapter_config.json`` and ``adapter_model.safetensors``. Tensor keys
+are the model's parameter names with the adapter name removed (``base_model.model.<path>.lora_A.weight``);
+prompt methods save one tensor, ``prompt_embeddings``. A non-default adapter saved next to others goes
+into a subfolder of its name. Every write is atomic: a temporary file, fsync, then rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CONFIG_NAME, PeftConfig, config_from_dict, config_to_json
+from .errors import AdapterFormatError, ConfigError
+
+__all__ = [
+    "CONFIG_NAME",
+    "LEGACY_WEIGHTS_NAME",
+    "WEIGHTS_NAME",
+    "atomic_write",
+    "checkpoint_key",
+    "load_adapter_weights",
+    "read_adapter_config",
+    "write_adapter",
+    "write_json_atomic",
+]
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+PROMPT_KEY = "prompt_embeddings"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def checkpoint_key(key: str, adapter_name: str) -> str:
+    """Map a model parameter name to its key in the file: drop ``modules_to_save.<name>.`` and ``.<name>``.
+
+    ``base_model.model.q_proj.lora_A.default.weight`` -> ``base_model.model.q_proj.lora_A.weight``
+    ``base_model.model.score.modules_to_save.default.weight`` -> ``base_model.model.score.weight``
+    """
+    key = key.replace(f".modules_to_save.{adapter_name}.", ".")
+    return re.sub(rf"(\.lora_\w+?)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
+
+
+def _is_adapter_param(key: str, adapter_name: str) -> bool:
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if (part.startswith("lora_") or part == "modules_to_save") and parts[i + 1] == adapter_name:
+            return True
+    return False
+
+
+def lora_state_dict(model: torch.nn.Module, adapter_name: str, bias: str) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA-style adapter under PEFT's file keys (biases per the config's ``bias``)."""
+    state = model.state_dict()
+    out = {checkpoint_key(k, adapter_name): v for k, v in state.items() if _is_adapter_param(k, adapter_name)}
+    if bias == "all":
+        out.update({k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k})
+    elif bias == "lora_only":
+        lora_paths = {k.split(".lora_")[0] for k in out if ".lora_" in k}
+        out.update({f"{p}.base_layer.bias": state[f"{p}.base_layer.bias"] for p in lora_paths
+                    if f"{p}.base_layer.bias" in state})
+    return out
+
+
+def rebase_prompt_keys(tensors: dict[str, torch.Tensor], to_file: bool) -> dict[str, torch.Tensor]:
+    """PEFT's prompt-learning models hold the base model directly as ``base_model`` (no ``.model``), so the
+    extra tensors of those adapters (``modules_to_save`` heads) are keyed ``base_model.<path>`` in files."""
+    ours, theirs = "base_model.model.", "base_model."
+    src, dst = (ours, theirs) if to_file else (theirs, ours)
+    return {(dst + k[len(src):] if k.startswith(src) else k): v for k, v in tensors.items()}
+
+
+def to_model_keys(
+    model: torch.nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
+    """Map file keys back to ``model``'s parameter names for ``adapter_name``, checking keys and shapes.
+
+    Raises:
+        AdapterFormatError: a tensor has no place in the model, an adapter weight is missing, or a shape
+            differs; the message names the layer and both shapes.
+    """
+    state = model.state_dict()
+    wanted = {checkpoint_key(k, adapter_name): k for k in state if _is_adapter_param(k, adapter_name)}
+    out: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for file_key, tensor in tensors.items():
+        model_key = wanted.get(file_key, file_key if file_key in state else None)
+        if model_key is None:
+            unexpected.append(file_key)
+            continue
+        expected = tuple(state[model_key].shape)
+        if tuple(tensor.shape) != expected:
+            raise AdapterFormatError(
+                f"{source}: tensor {file_key!r} has shape {tuple(tensor.shape)} but the model's layer expects "
+                f"{expected}. The adapter was trained on a different base model (or with another rank); "
+                "load it on the model named in its adapter_config.json (base_model_name_or_path)."
+            )
+        out[model_key] = tensor
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        raise AdapterFormatError(
+            f"{source}: {len(unexpected)} tensor(s) match no layer of this model: {shown}. "
+            "The adapter was made for a different base model or target layers."
+        )
+    missing = sorted(set(wanted) - set(tensors))
+    if missing:
+        raise AdapterFormatError(
+            f"{source}: {len(missing)} adapter weight(s) are missing from the file, e.g. {missing[0]!r}. "
+            "The file is incomplete or belongs to a different config."
+        )
+    return out
+
+
+def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``adapter_model.safetensors`` then ``adapter_config.json`` into ``folder``, each atomically."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        with atomic_write(folder / WEIGHTS_NAME) as tmp:
+            save_file(contiguous, tmp, metadata={"format": "pt"})
+        with atomic_write(folder / CONFIG_NAME) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(config_to_json(config))
+    except OSError as err:
+        raise AdapterFormatError(
+            f"cannot write the adapter to {folder}: {err.strerror or err}. "
+            "Check that the folder is writable and the disk has space; any earlier adapter there is intact."
+        ) from err
+
+
+def read_adapter_config(folder: str | os.PathLike[str]) -> PeftConfig:
+    """Read and validate ``adapter_config.json`` from ``folder`` (or a path to the file itself).
+
+    Unknown fields (from a newer PEFT) are ignored with a warning; bad values raise ``ConfigError``.
+    """
+    path = Path(folder)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        hint = "" if Path(folder).exists() else " (the folder does not exist)"
+        raise AdapterFormatError(
+            f"no {CONFIG_NAME} at {path}{hint}. Pass the folder that save_pretrained wrote; "
+            "loading adapters from a model hub needs a hub id and a network connection."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterFormatError(f"{path} is not valid JSON: {err}") from err
+    try:
+        return config_from_dict(data, strict=False, source=str(path))
+    except ConfigError:
+        raise
+    except TypeError as err:
+        raise ConfigError(str(err), source=str(path)) from err
+
+
+def load_adapter_weights(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load the adapter tensors: safetensors, or a legacy ``.bin`` through ``torch.load(weights_only=True)``."""
+    folder = Path(folder)
+    safe, legacy = folder / WEIGHTS_NAME, folder / LEGACY_WEIGHTS_NAME
+    if safe.is_file():
+        try:
+            return load_file(str(safe), device=str(device))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise AdapterFormatError(
+                f"{safe} cannot be read ({err}); the file is truncated or corrupt. Save the adapter again."
+            ) from err
+    if legacy.is_file():
+        return _load_legacy(legacy, device)
+    raise AdapterFormatError(f"no {WEIGHTS_NAME} (or legacy {LEGACY_WEIGHTS_NAME}) in {folder}")
+
+
+def _load_legacy(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    warnings.warn(f"{path} is a legacy pickle file; re-save the adapter to get safetensors", stacklevel=3)
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # weights_only refuses any pickle that would run code
+        raise AdapterFormatError(
+            f"{path} was refused: it is not a plain tensor file ({type(err).__name__}). peftkit never runs "
+            "code from a pickle; convert it with a trusted tool, or use adapter_model.safetensors."
+        ) from err
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise AdapterFormatError(f"{path} does not hold a mapping of names to tensors")
+    return data
+
+
+def resolve_adapter_path(
+    model_id: str | os.PathLike[str], subfolder: str | None = None, revision: str | None = None, **_: Any
+) -> Path:
+    """A local adapter folder for ``model_id``: the folder itself, or a hub download when online.
+
+    Raises:
+        AdapterFormatError: neither a local folder nor a reachable hub repository.
+    """
+    path = Path(model_id) / subfolder if subfolder else Path(model_id)
+    if path.is_dir():
+        return path
+    text = os.fspath(model_id)
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not Path(text).exists()
+    if looks_like_hub_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(
+                text, revision=revision, allow_patterns=["*adapter_config.json", "*adapter_model.safetensors"]
+            )
+            return Path(local) / subfolder if subfolder else Path(local)
+        except Exception as err:  # offline, unknown repo, auth: all mean "not available here"
+            raise AdapterFormatError(
+                f"{text!r} is not a local folder and could not be fetched from the hub ({type(err).__name__}). "
+                "Pass the folder that save_pretrained wrote."
+            ) from err
+    raise AdapterFormatError(f"adapter folder {path} does not exist; pass the folder that save_pretrained wrote")
+
+
+def write_model_card(folder: Path, model: Any) -> None:
+    """A short README.md with the Hub's metadata header (``library_name: peft`` so the Hub and PEFT find it)."""
+    lines = ["---", "library_name: peft", "tags:", "- peftkit"]
+    bases = {c.base_model_name_or_path for c in model.peft_config.values() if c.base_model_name_or_path}
+    if len(bases) == 1:
+        lines.append(f"base_model: {bases.pop()}")
+    lines += ["---", "", "# Adapter", "", "Saved by peftkit in Hugging Face PEFT's format.", "",
+              "| adapter | method | task |", "|---|---|---|"]
+    for name, config in model.peft_config.items():
+        task = config.task_type.value if config.task_type is not None else "-"
+        lines.append(f"| {name} | {config.peft_type.value} | {task} |")
+    lines += ["", "Load it with `peftkit.PeftModel.from_pretrained(base_model, path)` or PEFT's own.", ""]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "README.md", "\n".join(lines))

@@ -1,0 +1,58 @@
+"""What a model offers to adapt: layer names, suggested targets, and trainable counts per method."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import cast
+
+import torch
+from torch import nn
+
+from .surgery import DEFAULT_TARGET_MODULES, _linear_types
+
+__all__ = ["describe_model", "lora_parameter_count"]
+
+
+def _layer_shapes(model: nn.Module) -> dict[str, list[tuple[int, int]]]:
+    """Leaf name -> (in, out) of every linear-like layer with that name."""
+    types = _linear_types()
+    shapes: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for name, module in model.named_modules():
+        if isinstance(module, types):
+            out_f, in_f = cast(torch.Tensor, module.weight).shape
+            if not isinstance(module, nn.Linear):  # Conv1D stores (in, out)
+                in_f, out_f = out_f, in_f
+            shapes[name.rsplit(".", 1)[-1]].append((int(in_f), int(out_f)))
+    return shapes
+
+
+def lora_parameter_count(model: nn.Module, targets: list[str], r: int) -> int:
+    """Trainable LoRA parameters for ``targets`` (leaf names) at rank ``r``: r * (in + out) per layer."""
+    shapes = _layer_shapes(model)
+    return sum(r * (i + o) for t in targets for i, o in shapes.get(t, []))
+
+
+def describe_model(model: nn.Module, r: int = 8) -> str:
+    """A plain-text report: adaptable layers, default targets, and parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    shapes = _layer_shapes(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", "?")
+    lines = [f"{type(model).__name__} ({model_type}), {total:,d} parameters", "", "Linear layers by name:"]
+    for name, items in sorted(shapes.items()):
+        in_f, out_f = items[0]
+        lines.append(f"  {name:<24} x{len(items):<3} in={in_f:<6} out={out_f:<6}")
+    default = DEFAULT_TARGET_MODULES.get(str(model_type))
+    lines += ["", f"Default target_modules: {default or 'none known; pass target_modules'}", "",
+              f"LoRA (r={r}) trainable parameters:"]
+    choices = {"default": default or []}
+    attention = [n for n in shapes if n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if attention:
+        choices["attention (q,k,v,o)"] = attention
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    head_name = next((n.rsplit(".", 1)[-1] for n, m in model.named_modules() if head is not None and m is head), None)
+    choices["all-linear"] = [n for n in shapes if n != head_name]
+    for label, targets in choices.items():
+        count = lora_parameter_count(model, targets, r)
+        lines.append(f"  {label:<22} {count:>12,d}  ({100 * count / max(total, 1):.3f}%)")
+    return "\n".join(lines)

@@ -1,0 +1,510 @@
+"""``PeftModel``: a base model plus named adapters, with Hugging Face PEFT's API.
+
+The module tree mirrors PEFT's (``base_model.model.<path>.lora_A.<name>.weight``) so parameter names,
+saved keys and Trainer checkpoints line up. Layer changes go through :mod:`peftkit.surgery`; files
+through :mod:`peftkit.format`; prompt methods through :mod:`peftkit.prompting`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from . import format as fmt
+from . import prompting, surgery
+from .config import LoraConfig, PeftConfig, PromptLearningConfig, TaskType
+from .errors import AdapterNotFoundError, ConfigError, PeftkitError
+
+__all__ = [
+    "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
+    "PeftModelForSeq2SeqLM",
+    "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
+    "get_peft_model",
+]
+
+
+class BaseModelHolder(nn.Module):
+    """Holds the wrapped model as ``.model`` so parameter names read ``base_model.model.<path>`` as in PEFT."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+class PeftModel(nn.Module):
+    """A model with one or more adapters, one of them active.
+
+    Args:
+        model: the base model (a transformers ``PreTrainedModel`` or any ``nn.Module``).
+        peft_config: the first adapter's config.
+        adapter_name: the first adapter's name.
+
+    Attributes:
+        base_model: holder whose ``.model`` is the (modified in place) base model.
+        peft_config: adapter name -> config.
+        prompt_encoder: adapter name -> prompt module, for prompt-learning adapters.
+        active_adapter: the adapter applied by ``forward`` and ``generate``.
+    """
+
+    task_type: TaskType | None = None
+
+    def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default") -> None:
+        super().__init__()
+        self.base_model = BaseModelHolder(model)
+        self.peft_config: dict[str, PeftConfig] = {}
+        self.prompt_encoder = nn.ModuleDict()
+        self.active_adapter = adapter_name
+        self._disabled = False
+        self.register_state_dict_post_hook(_drop_tied_aliases)
+        self.add_adapter(adapter_name, peft_config)
+        self.set_adapter(adapter_name)
+
+    # ----- what transformers (Trainer, generate) reads from a model -----------------------------------
+
+    @property
+    def config(self) -> Any:
+        return getattr(self.get_base_model(), "config", None)
+
+    @property
+    def generation_config(self) -> Any:
+        return getattr(self.get_base_model(), "generation_config", None)
+
+    @generation_config.setter
+    def generation_config(self, value: Any) -> None:
+        self.get_base_model().generation_config = value
+
+    @property
+    def main_input_name(self) -> str:
+        return getattr(self.get_base_model(), "main_input_name", "input_ids")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self.get_base_model(), "dtype", next(self.parameters()).dtype)
+
+    @property
+    def name_or_path(self) -> str | None:
+        return getattr(self.get_base_model(), "name_or_path", None)
+
+    @property
+    def accepts_loss_kwargs(self) -> bool:
+        return bool(getattr(self.get_base_model(), "accepts_loss_kwargs", True))
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        base = self.get_base_model()
+        return bool(getattr(base, "is_activation_checkpointing", getattr(base, "is_gradient_checkpointing", False)))
+
+    @property
+    def _keys_to_ignore_on_save(self) -> Any:
+        return getattr(self.get_base_model(), "_keys_to_ignore_on_save", None)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
+        """Checkpoint activations of the base model; inputs get grads so frozen layers still backpropagate."""
+        base: Any = self.get_base_model()
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        if hasattr(base, "enable_input_require_grads"):
+            base.enable_input_require_grads()
+
+    def gradient_checkpointing_disable(self) -> None:
+        base: Any = self.get_base_model()
+        base.gradient_checkpointing_disable()
+
+    def get_input_embeddings(self) -> nn.Module:
+        base: Any = self.get_base_model()
+        return base.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        get = getattr(self.get_base_model(), "get_output_embeddings", None)
+        return get() if callable(get) else None
+
+    def can_generate(self) -> bool:
+        can = getattr(self.get_base_model(), "can_generate", None)
+        return bool(can()) if callable(can) else False
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model (with adapter layers in it, unless unloaded)."""
+        return self.base_model.model
+
+    # ----- adapters ----------------------------------------------------------------------------------
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter]
+
+    @property
+    def active_peft_config(self) -> PeftConfig:
+        return self.peft_config[self.active_adapter]
+
+    def _require(self, adapter_name: str) -> PeftConfig:
+        if adapter_name not in self.peft_config:
+            raise AdapterNotFoundError(
+                f"no adapter named {adapter_name!r}; this model has: {', '.join(self.peft_config) or 'none'}"
+            )
+        return self.peft_config[adapter_name]
+
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+        """Add a new adapter (inactive until :meth:`set_adapter`).
+
+        Raises:
+            ConfigError: the name is taken, or the config's task does not fit this model.
+        """
+        if adapter_name in self.peft_config:
+            raise ConfigError(f"an adapter named {adapter_name!r} already exists; pick another name or delete it")
+        if not isinstance(peft_config, PeftConfig):
+            raise ConfigError(f"expected a peftkit config (e.g. LoraConfig), got {type(peft_config).__name__}")
+        config = peft_config.replace()  # our own copy: surgery records resolved targets in it
+        if config.task_type is None and self.task_type is not None:
+            config.task_type = self.task_type
+        base = self.get_base_model()
+        if isinstance(config, LoraConfig):
+            surgery.inject_lora(base, config, adapter_name)
+        elif isinstance(config, PromptLearningConfig):
+            self.prompt_encoder[adapter_name] = prompting.build_prompt_module(base, config)
+        else:
+            raise ConfigError(f"{type(config).__name__} is not supported")
+        modules = list(config.modules_to_save or []) + self._default_modules_to_save(base, config)
+        if modules:
+            config.modules_to_save = list(dict.fromkeys(modules))
+            surgery.add_modules_to_save(base, config.modules_to_save, adapter_name)
+        self.peft_config[adapter_name] = config
+        if adapter_name == self.active_adapter:
+            self.set_adapter(adapter_name)
+        else:  # a new adapter stays inactive and frozen until chosen
+            surgery.set_active(base, [self.active_adapter])
+
+    def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
+        return []
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the adapter that ``forward`` applies; only its weights train."""
+        config = self._require(adapter_name)
+        self.active_adapter = adapter_name
+        base = self.get_base_model()
+        surgery.set_active(base, [adapter_name])
+        surgery.mark_trainable(base, adapter_name, config)
+        for name, module in self.prompt_encoder.items():
+            module.requires_grad_(name == adapter_name)
+        if config.inference_mode:
+            self.requires_grad_(False)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter. Deleting the active one activates another, if any remains."""
+        self._require(adapter_name)
+        surgery.delete_adapter(self.get_base_model(), adapter_name)
+        if adapter_name in self.prompt_encoder:
+            del self.prompt_encoder[adapter_name]
+        del self.peft_config[adapter_name]
+        if self.active_adapter == adapter_name and self.peft_config:
+            self.set_adapter(next(iter(self.peft_config)))
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Within this context the model behaves as the base model (merged weights are unmerged)."""
+        surgery.set_disabled(self.get_base_model(), True)
+        self._disabled = True
+        try:
+            yield
+        finally:
+            surgery.set_disabled(self.get_base_model(), False)
+            self._disabled = False
+
+    # ----- merging -----------------------------------------------------------------------------------
+
+    def _require_layer_adapters(self, names: list[str], action: str) -> None:
+        prompt = [n for n in names if self._require(n).is_prompt_learning]
+        if prompt:
+            raise PeftkitError(f"cannot {action} prompt-learning adapter(s) {prompt}: they change no weight")
+
+    def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
+        """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op."""
+        names = adapter_names or [self.active_adapter]
+        self._require_layer_adapters(names, "merge")
+        surgery.merge(self.get_base_model(), names)
+
+    def unmerge_adapter(self) -> None:
+        """Restore the base weights from before any merge."""
+        surgery.unmerge(self.get_base_model())
+
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
+        """Merge the active adapter and return the plain base model without adapter layers."""
+        names = adapter_names or [self.active_adapter]
+        self._require_layer_adapters(names, "merge")
+        base = self.get_base_model()
+        surgery.unmerge(base)
+        surgery.merge(base, names)
+        if safe_merge:
+            bad = [n for n, p in base.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                raise PeftkitError(f"merging produced NaN or inf in {bad[:3]}; the adapter weights are broken")
+        return surgery.unload(base, merge_active=True)
+
+    def unload(self) -> nn.Module:
+        """Return the base model without adapter layers and without merging (the original weights)."""
+        return surgery.unload(self.get_base_model(), merge_active=False)
+
+    # ----- parameters --------------------------------------------------------------------------------
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), shared weights counted once."""
+        trainable = total = 0
+        for param in self.parameters():
+            total += param.numel()
+            if param.requires_grad:
+                trainable += param.numel()
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
+
+    # ----- forward and generate ----------------------------------------------------------------------
+
+    def _prompt_module(self) -> nn.Module | None:
+        if self._disabled or self.active_adapter not in self.prompt_encoder:
+            return None
+        return self.prompt_encoder[self.active_adapter]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the base model with the active adapter. Arguments are the base model's."""
+        named = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "inputs_embeds": inputs_embeds,
+            "labels": labels,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": decoder_attention_mask,
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+            "return_dict": return_dict,
+        }
+        inputs = {k: v for k, v in named.items() if v is not None}
+        inputs.update(kwargs)
+        prompt = self._prompt_module()
+        if prompt is not None:
+            inputs = prompting.prepare_inputs(prompt, self.get_base_model(), inputs, self._task(),
+                                             cast(PromptLearningConfig, self.active_peft_config))
+        return self.get_base_model()(**inputs)
+
+    def _task(self) -> TaskType:
+        return TaskType(self.active_peft_config.task_type or self.task_type or TaskType.CAUSAL_LM)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """``generate`` of the base model with the active adapter applied."""
+        prompt = self._prompt_module()
+        if prompt is None:
+            return self.get_base_model().generate(*args, **kwargs)  # type: ignore[operator]
+        if args:  # generate(input_ids) positionally, as transformers allows
+            kwargs["input_ids"] = args[0]
+        config = cast(PromptLearningConfig, self.active_peft_config)
+        return prompting.generate(prompt, self.get_base_model(), self._task(), config, **kwargs)
+
+    # ----- files -------------------------------------------------------------------------------------
+
+    def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The tensors that :meth:`save_pretrained` writes for ``adapter_name``, under PEFT's keys."""
+        config = self._require(adapter_name)
+        tensors = fmt.lora_state_dict(self, adapter_name, getattr(config, "bias", "none"))
+        if adapter_name in self.prompt_encoder:
+            tensors = fmt.rebase_prompt_keys(tensors, to_file=True)
+            tensors[fmt.PROMPT_KEY] = prompting.embeddings_to_save(self.prompt_encoder[adapter_name])
+        return tensors
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        selected_adapters: list[str] | None = None,
+        is_main_process: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
+
+        Only safetensors are written. Each file is replaced atomically.
+        """
+        if not is_main_process:
+            return
+        names = selected_adapters or list(self.peft_config)
+        for name in names:
+            config = self._require(name).replace()
+            folder = Path(save_directory) if name == "default" else Path(save_directory) / name
+            if config.base_model_name_or_path is None:
+                config.base_model_name_or_path = self.name_or_path or None
+            config.inference_mode = True
+            fmt.write_adapter(folder, config, self.adapter_state_dict(name))
+        fmt.write_model_card(Path(save_directory), self)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | os.PathLike[str],
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        config: PeftConfig | None = None,
+        **kwargs: Any,
+    ) -> PeftModel:
+        """Attach the adapter saved at ``model_id`` to ``model``.
+
+        Args:
+            model: the base model the adapter was trained on.
+            model_id: a folder written by ``save_pretrained`` (peftkit's or PEFT's), or a hub id.
+            adapter_name: the name to register the adapter under.
+            is_trainable: False freezes the adapter for inference; True lets training continue.
+            config: use this config instead of the folder's ``adapter_config.json``.
+        """
+        folder = fmt.resolve_adapter_path(model_id, **kwargs)
+        config = (config or fmt.read_adapter_config(folder)).replace(inference_mode=not is_trainable)
+        model_cls = cls
+        if cls is PeftModel and config.task_type is not None:
+            model_cls = TASK_MODEL_CLASSES.get(TaskType(config.task_type), PeftModel)
+        peft_model = model_cls(model, config, adapter_name)
+        peft_model._load_weights(folder, adapter_name)
+        peft_model.set_adapter(adapter_name)
+        if not is_trainable:
+            peft_model.eval()  # inference: dropout off, as in PEFT
+        return peft_model
+
+    def load_adapter(
+        self,
+        model_id: str | os.PathLike[str],
+        adapter_name: str,
+        is_trainable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`)."""
+        folder = fmt.resolve_adapter_path(model_id, **kwargs)
+        config = fmt.read_adapter_config(folder).replace(inference_mode=not is_trainable)
+        self.add_adapter(adapter_name, config)
+        try:
+            self._load_weights(folder, adapter_name)
+        except Exception:
+            self.delete_adapter(adapter_name)  # leave the model as it was
+            raise
+        if adapter_name == self.active_adapter:
+            self.set_adapter(adapter_name)
+        if not is_trainable:
+            self.eval()
+
+    def _load_weights(self, folder: str | os.PathLike[str], adapter_name: str) -> None:
+        tensors = fmt.load_adapter_weights(folder, device=self.device)
+        if adapter_name in self.prompt_encoder:
+            prompt = tensors.pop(fmt.PROMPT_KEY, None)
+            if prompt is None:
+                raise fmt.AdapterFormatError(f"{folder}: no {fmt.PROMPT_KEY!r} tensor in the adapter file")
+            prompting.load_embeddings(self.prompt_encoder[adapter_name], prompt, source=str(folder))
+            tensors = fmt.rebase_prompt_keys(tensors, to_file=False)
+        state = fmt.to_model_keys(self, adapter_name, tensors, source=str(folder))
+        with torch.no_grad():
+            params = dict(self.state_dict(keep_vars=True))
+            for key, tensor in state.items():
+                params[key].copy_(tensor.to(params[key].dtype))
+
+
+def _drop_tied_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """Keep one name per tied tensor (e.g. embeddings shared with the LM head), as ``save_pretrained`` of
+    transformers does, so ``transformers.Trainer`` can write a checkpoint of this model with safetensors.
+    Loading still works: the tied tensor is filled through the name that is kept."""
+    seen: set[tuple[Any, ...]] = set()
+    for key in list(state_dict):
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor) or value.is_meta or value.numel() == 0:
+            continue
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
+        if ident in seen:
+            del state_dict[key]
+        seen.add(ident)
+
+
+class PeftModelForCausalLM(PeftModel):
+    """Adapters on a causal language model (``AutoModelForCausalLM``)."""
+
+    task_type = TaskType.CAUSAL_LM
+
+
+class PeftModelForSeq2SeqLM(PeftModel):
+    """Adapters on an encoder-decoder model (``AutoModelForSeq2SeqLM``)."""
+
+    task_type = TaskType.SEQ_2_SEQ_LM
+
+
+class PeftModelForSequenceClassification(PeftModel):
+    """Adapters on a classifier; its head (``classifier`` or ``score``) trains in full, as in PEFT."""
+
+    task_type = TaskType.SEQ_CLS
+
+    def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
+        return [n for n in surgery.SEQ_CLS_HEADS if isinstance(getattr(base, n, None), nn.Module)]
+
+
+class PeftModelForTokenClassification(PeftModelForSequenceClassification):
+    """Adapters on a token classifier; its head trains in full."""
+
+    task_type = TaskType.TOKEN_CLS
+
+
+class PeftModelForFeatureExtraction(PeftModel):
+    """Adapters on an encoder used for embeddings (``AutoModel``)."""
+
+    task_type = TaskType.FEATURE_EXTRACTION
+
+
+TASK_MODEL_CLASSES: dict[TaskType, type[PeftModel]] = {
+    TaskType.CAUSAL_LM: PeftModelForCausalLM,
+    TaskType.SEQ_2_SEQ_LM: PeftModelForSeq2SeqLM,
+    TaskType.SEQ_CLS: PeftModelForSequenceClassification,
+    TaskType.TOKEN_CLS: PeftModelForTokenClassification,
+    TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
+}
+
+
+def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default") -> PeftModel:
+    """Wrap ``model`` with a new adapter described by ``peft_config``.
+
+    The task class (causal LM, seq2seq, classification, ...) follows ``peft_config.task_type``.
+    The model is modified in place: its targeted layers become adapter layers.
+
+    Example:
+        >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+        >>> model.print_trainable_parameters()
+    """
+    if isinstance(model, PeftModel):
+        raise ConfigError("the model already has adapters; use model.add_adapter(name, config) to add another")
+    task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
+    model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel
+    return model_cls(model, peft_config, adapter_name)

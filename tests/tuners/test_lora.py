@@ -1,0 +1,150 @@
+"""LoRA layers against hand-written formulas: y = W x + b + (alpha / r) * B A x."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from peftkit.tuners.lora import LoraEmbedding, LoraLinear
+
+
+def _linear(seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(6, 5)
+
+
+def _randomize(layer: LoraLinear, name: str = "default") -> None:
+    with torch.no_grad():
+        layer.lora_B[name].weight.normal_()
+
+
+def test_zero_init_is_the_base_layer():
+    base = _linear()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=4)
+    layer.set_active(["default"])
+    x = torch.randn(3, 6)
+    assert torch.equal(layer(x), base(x))
+
+
+def test_forward_matches_formula_with_scaling():
+    base = _linear()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=6)
+    layer.set_active(["default"])
+    _randomize(layer)
+    x = torch.randn(3, 6)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = x @ base.weight.T + base.bias + 3.0 * (x @ a.T @ b.T)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rslora_scaling():
+    layer = LoraLinear(_linear())
+    layer.add_adapter("default", r=4, lora_alpha=8, use_rslora=True)
+    assert layer.scaling["default"] == pytest.approx(8 / math.sqrt(4))
+
+
+def test_kaiming_and_gaussian_init():
+    layer = LoraLinear(_linear())
+    layer.add_adapter("k", r=4, lora_alpha=4, init_lora_weights=True)
+    layer.add_adapter("g", r=4, lora_alpha=4, init_lora_weights="gaussian")
+    layer.add_adapter("f", r=4, lora_alpha=4, init_lora_weights=False)
+    bound = 1 / math.sqrt(6)  # kaiming_uniform(a=sqrt(5)) on fan_in 6
+    assert layer.lora_A["k"].weight.abs().max() <= bound
+    assert torch.count_nonzero(layer.lora_B["k"].weight) == 0
+    assert torch.count_nonzero(layer.lora_B["g"].weight) == 0
+    assert torch.count_nonzero(layer.lora_B["f"].weight) > 0
+
+
+def test_merge_is_idempotent_and_unmerge_restores():
+    base = _linear()
+    original = base.weight.detach().clone()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=2)
+    layer.set_active(["default"])
+    _randomize(layer)
+    x = torch.randn(4, 6)
+    unmerged = layer(x)
+    layer.merge()
+    once = base.weight.detach().clone()
+    layer.merge()
+    assert torch.equal(base.weight, once)
+    torch.testing.assert_close(layer(x), unmerged, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(base(x), unmerged, atol=1e-5, rtol=1e-5)
+    layer.unmerge()
+    torch.testing.assert_close(base.weight, original, atol=1e-6, rtol=0)
+    assert layer.merged_adapters == []
+
+
+def test_conv1d_fan_in_fan_out():
+    torch.manual_seed(0)
+    base = Conv1D(5, 6)  # nf=5 outputs, nx=6 inputs; weight stored (6, 5)
+    nn.init.normal_(base.weight)
+    layer = LoraLinear(base, fan_in_fan_out=True)
+    layer.add_adapter("default", r=3, lora_alpha=3)
+    layer.set_active(["default"])
+    _randomize(layer)
+    x = torch.randn(2, 4, 6)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = x @ base.weight + base.bias + x @ a.T @ b.T
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    layer.merge()
+    torch.testing.assert_close(base(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_matches_lookup_of_merged_table():
+    torch.manual_seed(0)
+    base = nn.Embedding(20, 4)
+    layer = LoraEmbedding(base)
+    layer.add_adapter("default", r=2, lora_alpha=4, init_lora_weights=False)
+    layer.set_active(["default"])
+    ids = torch.randint(0, 20, (3, 5))
+    a, b = layer.lora_embedding_A["default"], layer.lora_embedding_B["default"]
+    table = base.weight + 2.0 * (b @ a).T
+    torch.testing.assert_close(layer(ids), table[ids], atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_zero_init_is_base():
+    base = nn.Embedding(20, 4)
+    layer = LoraEmbedding(base)
+    layer.add_adapter("default", r=2, lora_alpha=4)
+    layer.set_active(["default"])
+    ids = torch.randint(0, 20, (3, 5))
+    assert torch.equal(layer(ids), base(ids))
+
+
+def test_disabled_layer_is_base_even_when_merged():
+    base = _linear()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=2)
+    layer.set_active(["default"])
+    _randomize(layer)
+    x = torch.randn(2, 6)
+    reference = nn.functional.linear(x, base.weight.detach().clone(), base.bias)
+    layer.merge()
+    layer.disabled = True
+    torch.testing.assert_close(layer(x), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_two_adapters_and_delete():
+    base = _linear()
+    layer = LoraLinear(base)
+    layer.add_adapter("a", r=2, lora_alpha=2)
+    layer.add_adapter("b", r=2, lora_alpha=2)
+    _randomize(layer, "a")
+    _randomize(layer, "b")
+    x = torch.randn(2, 6)
+    layer.set_active(["a"])
+    ya = layer(x)
+    layer.set_active(["b"])
+    yb = layer(x)
+    assert not torch.allclose(ya, yb)
+    layer.merge(["a"])
+    layer.delete_adapter("a")  # deleting a merged adapter unmerges it first
+    assert "a" not in layer.lora_A and layer.merged_adapters == []
+    torch.testing.assert_close(layer(x), yb, atol=1e-5, rtol=1e-5)
