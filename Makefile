@@ -30,7 +30,7 @@ demo: $(VENV)/.deps
 	$(PY) -m peftkit demo
 
 lint: $(VENV)/.test-deps
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks
 
 typecheck: $(VENV)/.test-deps
 	$(VENV)/bin/mypy
