@@ -14,7 +14,7 @@ from peftkit import (
     get_peft_model,
 )
 
-from .conftest import model_inputs, outputs, tiny_model
+from .conftest import minilm_dir, model_inputs, outputs, tiny_model
 
 CAUSAL = ["llama", "gpt2", "bloom"]
 
@@ -52,13 +52,8 @@ def test_labels_get_ignore_index_over_virtual_tokens(arch):
 
 
 def test_text_init_equals_embeddings_of_init_text(tokenizer):
-    base = tiny_model("bert")
-    folder = base.config  # unused, keeps the fixture order obvious
-    del folder
-    import tests.conftest as c
-
     config = PromptTuningConfig(num_virtual_tokens=7, task_type="SEQ_CLS", prompt_tuning_init="TEXT",
-                                prompt_tuning_init_text="hate speech", tokenizer_name_or_path=str(c.minilm_dir()))
+                                prompt_tuning_init_text="hate speech", tokenizer_name_or_path=str(minilm_dir()))
     big = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
                                   num_attention_heads=4, intermediate_size=64)
     base = transformers.AutoModelForSequenceClassification.from_config(big)
