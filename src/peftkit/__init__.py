@@ -41,6 +41,7 @@ from .model import (
     get_peft_model,
 )
 from .models import PACKAGED_MODELS, load_model, load_tokenizer
+from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -49,7 +50,9 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "ConfigError",
+    "DataConfig",
     "DataError",
+    "JobConfig",
     "LoraConfig",
     "ModelLoadError",
     "PeftConfig",
@@ -69,10 +72,13 @@ __all__ = [
     "PromptTuningInit",
     "TargetNotFoundError",
     "TaskType",
+    "TrainResult",
+    "TrainingConfig",
     "TrainingError",
     "UserInputError",
     "__version__",
     "get_peft_model",
     "load_model",
     "load_tokenizer",
+    "train",
 ]

@@ -1,23 +1,203 @@
 """The ``peftkit`` command: a thin layer that parses flags, calls the library, and maps errors to exit codes.
 
 Exit codes: 0 success, 2 bad input (config, file, name), 1 runtime failure. Tracebacks only with ``--debug``.
+
+Every field of the job schema (:class:`~peftkit.train.JobConfig`) is a flag: ``--model``, ``--data.path``,
+``--train.lr``, ``--adapter.r``; a ``--config`` YAML file supplies the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from collections.abc import Sequence
+from typing import Any
 
-from .errors import PeftkitError
+from .errors import ConfigError, PeftkitError
 
 __all__ = ["main"]
 
+TOP_LEVEL = ("model", "method", "output_dir", "seed", "dtype", "trust_remote_code")
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
 
-    run_demo(model_name=args.model, max_new_tokens=args.max_new_tokens)
+# ----- flags from the schema ---------------------------------------------------------------------------------
+
+
+def _is_list(hint: Any) -> bool:
+    return any(typing.get_origin(a) is list for a in (typing.get_args(hint) or (hint,)))
+
+
+def _is_dict(hint: Any) -> bool:
+    return any(typing.get_origin(a) is dict for a in (typing.get_args(hint) or (hint,)))
+
+
+def _add_section(parser: argparse.ArgumentParser, cls: type, prefix: str, only: Sequence[str] | None = None) -> None:
+    from .train.config import field_docs, field_types
+
+    docs, hints = field_docs(cls), field_types(cls)
+    group = parser.add_argument_group(f"{prefix or 'job'} fields" if prefix else "job fields")
+    for f in dataclasses.fields(cls):
+        if (only is not None and f.name not in only) or f.name.startswith("_"):
+            continue
+        dest = f"{prefix}.{f.name}" if prefix else f.name
+        flag = f"--{dest}" if prefix else f"--{f.name.replace('_', '-')}"
+        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": docs.get(f.name, "")}
+        if _is_list(hints[f.name]):
+            kwargs["nargs"] = "+"
+        group.add_argument(flag, **kwargs)
+
+
+def _adapter_fields() -> dict[str, tuple[type, Any]]:
+    """Every field of every method's config (flags ``--adapter.<field>``), with the class that documents it."""
+    from .config import CONFIG_CLASSES, PeftConfig
+
+    fields: dict[str, tuple[type, Any]] = {}
+    base = {f.name for f in dataclasses.fields(PeftConfig)}
+    for cls in CONFIG_CLASSES.values():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in base and not f.name.startswith("_"):
+                fields.setdefault(f.name, (cls, hints[f.name]))
+    return fields
+
+
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config`` plus a flag for every field of the job schema."""
+    from .train.config import DataConfig, JobConfig, TrainingConfig, field_docs
+
+    parser.add_argument("--config", help="a YAML job file; flags override its fields")
+    _add_section(parser, JobConfig, "", only=TOP_LEVEL)
+    _add_section(parser, DataConfig, "data")
+    _add_section(parser, TrainingConfig, "train")
+    group = parser.add_argument_group("adapter fields (PEFT's names; those of the chosen --method apply)")
+    for name, (cls, hint) in sorted(_adapter_fields().items()):
+        kwargs: dict[str, Any] = {"dest": f"adapter.{name}", "default": None,
+                                  "help": field_docs(cls).get(name, "")}
+        if _is_list(hint):
+            kwargs["nargs"] = "+"
+        group.add_argument(f"--adapter.{name}", **kwargs)
+
+
+def _flag_value(value: Any, hint: Any, name: str) -> Any:
+    import yaml
+
+    if isinstance(value, list) or not _is_dict(hint):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--{name} {value!r} is not a mapping; write it as '{{key: value, ...}}' ({err})") from err
+
+
+def job_from_args(args: argparse.Namespace) -> Any:
+    """The validated :class:`~peftkit.train.JobConfig` from ``--config`` and the flags given."""
+    from .train.config import DataConfig, JobConfig, TrainingConfig, apply_overrides
+
+    hints = {**typing.get_type_hints(JobConfig),
+             **{f"data.{k}": v for k, v in typing.get_type_hints(DataConfig).items()},
+             **{f"train.{k}": v for k, v in typing.get_type_hints(TrainingConfig).items()},
+             **{f"adapter.{k}": h for k, (_, h) in _adapter_fields().items()}}
+    overrides = {k: _flag_value(v, hints.get(k), k) for k, v in vars(args).items()
+                 if v is not None and (k in TOP_LEVEL or k.split(".")[0] in ("data", "train", "adapter"))}
+    if args.config:
+        return JobConfig.from_yaml(args.config, overrides)
+    return JobConfig.from_dict(apply_overrides({}, overrides), source="command line")
+
+
+# ----- commands --------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if args.resume is not None:
+        args.__dict__["train.resume"] = args.resume
+    job = job_from_args(args)
+    result = train(job)
+    if result.before and result.after:
+        for key, before in result.before.as_dict().items():
+            print(f"{key.removeprefix('eval_'):<12} before {before:.4f}  after {result.after.as_dict()[key]:.4f}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_task_data
+    from .train.evaluate import evaluate
+    from .train.loop import pick_device
+
+    job = job_from_args(args)
+    model, tokenizer = _load(job.model, args.adapter_path, job)
+    data_cfg = job.data
+    if args.all:
+        data_cfg = dataclasses.replace(data_cfg, val_size=0, max_train_samples=data_cfg.max_eval_samples)
+    data = load_task_data(data_cfg, tokenizer, seed=job.seed)
+    examples = data.train if args.all else data.val
+    if not examples:
+        raise ConfigError("nothing to evaluate: the validation split is empty; pass --all or set --data.val_size")
+    device = pick_device(job.train.device)
+    metrics = evaluate(model.to(device), examples, pad_id=tokenizer.pad_token_id or 0, device=device,
+                       batch_size=job.train.eval_batch_size or job.train.batch_size * 2,
+                       candidate_ids=data.candidate_ids or None)
+    label = f"{job.model} + {args.adapter_path}" if args.adapter_path else job.model
+    print(f"{label} on {len(examples)} examples of {job.data.path}:")
+    for key, value in metrics.as_dict("").items():
+        print(f"  {key:<12} {value:.4f}")
+    return 0
+
+
+def _load(model_name: str, adapter_path: str | None, job: Any = None) -> tuple[Any, Any]:
+    from .model import PeftModel
+    from .models import load_model, load_tokenizer
+
+    trust = bool(job and job.trust_remote_code)
+    tokenizer = load_tokenizer(model_name)
+    model = load_model(model_name, task="CAUSAL_LM", trust_remote_code=trust)
+    if adapter_path:
+        model = PeftModel.from_pretrained(model, adapter_path)
+    return model.eval(), tokenizer
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    model, tokenizer = _load(args.model, args.adapter_path)
+    text = args.prompt
+    if args.chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not args.chat)
+    settings = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+
+    def run() -> str:
+        with torch.no_grad():
+            out = model.generate(**inputs, **settings)
+        return str(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+
+    outputs = []
+    if args.adapter_path:
+        with model.disable_adapter():
+            outputs.append(("base", run()))
+        outputs.append(("adapter", run()))
+    else:
+        outputs.append(("base", run()))
+    print(f"> {args.prompt}")
+    for label, output in outputs:
+        print(f"\n[{label}]\n{output.strip()}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .format import atomic_directory
+
+    model, tokenizer = _load(args.model, args.adapter_path)
+    merged = model.merge_and_unload()
+    with atomic_directory(args.output_dir) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    print(f"merged model written to {args.output_dir}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({args.output_dir!r})")
     return 0
 
 
@@ -29,21 +209,54 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(output_dir=args.output_dir, quick=args.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="attach LoRA to the packaged SmolLM2-135M and generate")
-    demo.add_argument("--model", default="smollm2-135m", help="model alias, folder, .gguf file or hub id")
-    demo.add_argument("--max-new-tokens", type=int, default=24)
-    demo.set_defaults(func=_cmd_demo)
+    train = sub.add_parser("train", help="fine-tune a model with an adapter (YAML config and/or flags)")
+    train.add_argument("--resume", nargs="?", const=True, default=None,
+                       help="continue from the latest checkpoint in the output dir (or the one given)")
+    add_job_flags(train)
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a base model, or base + adapter, on a data file")
+    ev.add_argument("--adapter-path", help="an adapter folder (peftkit's or PEFT's); without it, the base model")
+    ev.add_argument("--all", action="store_true", help="evaluate every row, not the held-out split")
+    add_job_flags(ev)
+    ev.set_defaults(func=_cmd_eval)
+
+    gen = sub.add_parser("generate", help="generate from a prompt, base model and adapter side by side")
+    gen.add_argument("model", help="model alias, folder, .gguf file or hub id")
+    gen.add_argument("prompt")
+    gen.add_argument("--adapter-path", help="an adapter folder; its output is shown next to the base model's")
+    gen.add_argument("--max-new-tokens", type=int, default=48)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    gen.set_defaults(func=_cmd_generate)
+
+    merge = sub.add_parser("merge", help="fold an adapter into the base model and save a plain transformers folder")
+    merge.add_argument("model", help="model alias, folder, .gguf file or hub id")
+    merge.add_argument("adapter_path", help="the adapter folder")
+    merge.add_argument("output_dir", help="where the merged model goes")
+    merge.set_defaults(func=_cmd_merge)
 
     inspect = sub.add_parser("inspect", help="list a model's adaptable layers and trainable-parameter counts")
     inspect.add_argument("model", help="model alias, folder, .gguf file or hub id")
     inspect.add_argument("--task", default=None, help="CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM, FEATURE_EXTRACTION")
     inspect.add_argument("--r", type=int, default=8, help="LoRA rank for the counts")
     inspect.set_defaults(func=_cmd_inspect)
+
+    demo = sub.add_parser("demo", help="the main job: teach SmolLM2-135M movie-review sentiment, before vs after")
+    demo.add_argument("--output-dir", default="outputs/demo")
+    demo.add_argument("--quick", action="store_true", help="a smaller run, for a first look")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

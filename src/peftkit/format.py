@@ -69,6 +69,31 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an old one is removed).
+
+    On any error the temporary folder is deleted and ``path`` is left as it was.
+    """
+    import shutil
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -263,8 +288,11 @@ def resolve_adapter_path(
     raise AdapterFormatError(f"adapter folder {path} does not exist; pass the folder that save_pretrained wrote")
 
 
-def write_model_card(folder: Path, model: Any) -> None:
-    """A short README.md with the Hub's metadata header (``library_name: peft`` so the Hub and PEFT find it)."""
+def write_model_card(folder: Path, model: Any, training: list[str] | None = None) -> None:
+    """A short README.md with the Hub's metadata header (``library_name: peft`` so the Hub and PEFT find it).
+
+    ``training`` lines (markdown) describe how the adapter was trained, when known.
+    """
     lines = ["---", "library_name: peft", "tags:", "- peftkit"]
     bases = {c.base_model_name_or_path for c in model.peft_config.values() if c.base_model_name_or_path}
     if len(bases) == 1:
@@ -275,5 +303,6 @@ def write_model_card(folder: Path, model: Any) -> None:
         task = config.task_type.value if config.task_type is not None else "-"
         lines.append(f"| {name} | {config.peft_type.value} | {task} |")
     lines += ["", "Load it with `peftkit.PeftModel.from_pretrained(base_model, path)` or PEFT's own.", ""]
+    lines += [*training, ""] if training else []
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "README.md", "\n".join(lines))

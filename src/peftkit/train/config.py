@@ -1,0 +1,374 @@
+"""The training job's schema: one set of typed dataclasses behind Python, YAML files and CLI flags.
+
+A YAML file mirrors the dataclasses::
+
+    model: smollm2-135m
+    method: lora
+    adapter: {r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}
+    data: {path: ethos.csv, delimiter: ";", mode: classification, template: "Sentence : {comment} Label : {label}",
+           label_column: isHate, label_threshold: 0.5, label_words: {"1": hate, "0": not hate}}
+    train: {epochs: 2, lr: 3.0e-4}
+
+and every field is also a flag: ``--model``, ``--data.path``, ``--train.lr``, ``--adapter.r``. Validation
+collects every problem (field name, value, what is allowed) before raising one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import itertools
+import os
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from ..config import CONFIG_CLASSES, PeftConfig, PeftType, TaskType
+from ..errors import ConfigError, did_you_mean
+
+__all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
+
+METHODS = {
+    "lora": PeftType.LORA,
+    "prompt_tuning": PeftType.PROMPT_TUNING,
+    "p_tuning": PeftType.P_TUNING,
+    "prefix_tuning": PeftType.PREFIX_TUNING,
+}
+MODES = ("text", "completion", "classification", "chat")
+SCHEDULES = ("linear", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how each row becomes text."""
+
+    path: str | None = None
+    """A CSV, TSV, JSON, JSON Lines or Parquet file (compressed too), or a packaged dataset (rotten-tomatoes)."""
+    format: str | None = None
+    """csv, tsv, json, jsonl or parquet; taken from the file name when empty."""
+    delimiter: str | None = None
+    """The CSV column separator, e.g. ';' (default ',' for CSV, tab for TSV)."""
+    mode: str = "text"
+    """text (train on everything), completion, classification (label words) or chat (a messages column)."""
+    template: str | None = None
+    """{column} fields. text: the whole example; completion: the prompt; classification: a prompt ending in {label}."""
+    completion_template: str = "{completion}"
+    """completion mode: the target the loss is taken on."""
+    label_column: str = "label"
+    """classification mode: the column that holds each row's label."""
+    label_words: dict[str, str] | None = None
+    """classification mode: label value -> the word to answer, e.g. {fresh: positive, rotten: negative}."""
+    label_threshold: float | None = None
+    """classification mode: a numeric label column is "1" at or above this value, else "0"."""
+    drop_unlabeled: bool = False
+    """classification mode: skip rows whose label is not in label_words (else they are an error)."""
+    messages_column: str = "messages"
+    """chat mode: the column with a list of {role, content} messages (or its JSON text)."""
+    chat_template: bool = False
+    """completion and classification: send the prompt as a user turn through the tokenizer's chat template."""
+    system_prompt: str | None = None
+    """With chat_template: a system message before the prompt."""
+    add_eos: bool = True
+    """End each target with the EOS token, so the model learns to stop."""
+    max_length: int = 512
+    """Longer examples are truncated (prompts lose their start, text its end), and counted in the report."""
+    eval_path: str | None = None
+    """A separate validation file; when empty, val_size of the data is held out."""
+    val_size: float = 0.1
+    """The held-out share (below 1) or count (1 and above) for validation; 0 for none."""
+    max_train_samples: int | None = None
+    """Use at most this many training examples (after the seeded shuffle)."""
+    max_eval_samples: int | None = None
+    """Use at most this many validation examples."""
+
+    def _validate(self, problems: list[str]) -> None:
+        from ..data import DataError, split_label_template, template_fields
+
+        _choice(problems, "data.mode", self.mode, MODES)
+        if self.format is not None:
+            _choice(problems, "data.format", self.format, ("csv", "tsv", "json", "jsonl", "parquet"))
+        if not self.path:
+            problems.append("data.path is required: a data file such as train.csv, or rotten-tomatoes")
+        if self.template is None and self.mode != "chat":
+            self.template = {"text": "{text}", "completion": "{prompt}", "classification": "{text} {label}"}[self.mode]
+        for name, text in (("data.template", self.template), ("data.completion_template", self.completion_template)):
+            try:
+                template_fields(text or "")
+            except DataError as err:
+                problems.append(f"{name}: {err}")
+        if self.mode == "classification":
+            try:
+                split_label_template(self.template or "")
+            except DataError as err:
+                problems.append(f"data.template: {err}")
+            if not self.label_words or not isinstance(self.label_words, dict):
+                problems.append("data.label_words is required in classification mode: a mapping from label value "
+                                "to word, e.g. {fresh: positive, rotten: negative}")
+            else:
+                self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
+        _positive(problems, "data.max_length", self.max_length, integer=True)
+        if not _is_number(self.val_size) or self.val_size < 0 or (self.val_size >= 1 and self.val_size % 1):
+            problems.append(f"data.val_size={self.val_size!r} must be a fraction in [0, 1) or a whole count")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                _positive(problems, f"data.{name}", getattr(self, name), integer=True)
+
+
+@dataclass
+class TrainingConfig:
+    """How to optimize: steps, batch, learning rate, precision, evaluation and checkpoints."""
+
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed); max_steps wins when set."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    batch_size: int = 8
+    """Examples per forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step (effective batch = batch_size * grad_accum)."""
+    lr: float = 2e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    schedule: str = "linear"
+    """Learning-rate schedule after warmup: linear, cosine or constant."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from 0 to lr."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm to this (none: no clipping)."""
+    precision: str = "auto"
+    """auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16 (autocast; fp16 with loss scaling)."""
+    device: str = "auto"
+    """auto, cpu, cuda or mps."""
+    eval_every: int | None = None
+    """Evaluate every N steps (and always at the end)."""
+    save_every: int | None = None
+    """Write a checkpoint every N steps (adapter, optimizer, schedule, RNG, data position)."""
+    keep_checkpoints: int = 2
+    """How many of the latest checkpoints to keep."""
+    log_every: int = 10
+    """Write training loss to metrics.jsonl every N steps."""
+    eval_batch_size: int | None = None
+    """Batch size for evaluation (default: batch_size * 2)."""
+    eval_before: bool = True
+    """Evaluate once before training, to compare before and after."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, more time."""
+    resume: bool | str = False
+    """true: continue from the latest checkpoint in output_dir; or a checkpoint folder."""
+    progress: bool = True
+    """Show a progress bar with loss and tokens/s."""
+    plot: bool = True
+    """Save plot.png of loss and metrics at the end (needs matplotlib)."""
+
+    def _validate(self, problems: list[str]) -> None:
+        _positive(problems, "train.epochs", self.epochs)
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+            _positive(problems, f"train.{name}", getattr(self, name), integer=True)
+        for name in ("max_steps", "eval_every", "save_every", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                _positive(problems, f"train.{name}", getattr(self, name), integer=True)
+        _positive(problems, "train.lr", self.lr)
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            problems.append(f"train.weight_decay={self.weight_decay!r} must be a number >= 0")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            problems.append(f"train.warmup_steps={self.warmup_steps!r} must be a whole number >= 0")
+        if self.max_grad_norm is not None:
+            _positive(problems, "train.max_grad_norm", self.max_grad_norm)
+        _choice(problems, "train.schedule", self.schedule, SCHEDULES)
+        _choice(problems, "train.precision", self.precision, PRECISIONS)
+        _choice(problems, "train.device", self.device, DEVICES)
+
+
+@dataclass
+class JobConfig:
+    """A whole fine-tuning job: model, method, adapter settings, data, training and where to write."""
+
+    model: str = "smollm2-135m"
+    """A packaged alias (smollm2-135m), a local folder, a .gguf file or a hub id."""
+    method: str = "lora"
+    """lora, prompt_tuning, p_tuning or prefix_tuning."""
+    adapter: dict[str, Any] = field(default_factory=dict)
+    """Fields of the method's config, with PEFT's names (r, lora_alpha, target_modules, num_virtual_tokens, ...)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The data section."""
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    """The training section."""
+    output_dir: str = "outputs/run"
+    """Where the adapter, checkpoints, metrics.jsonl and plot.png go."""
+    seed: int = 42
+    """Seeds the split, the shuffling, adapter initialization and dropout."""
+    dtype: str = "float32"
+    """Base model weights: float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Run model code from the hub; off unless you ask for it."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if isinstance(self.data, dict):
+            self.data = _build(DataConfig, self.data, "data", problems)
+        if isinstance(self.train, dict):
+            self.train = _build(TrainingConfig, self.train, "train", problems)
+        _choice(problems, "method", self.method, tuple(METHODS))
+        _choice(problems, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if not isinstance(self.adapter, dict):
+            problems.append(f"adapter={self.adapter!r} must be a mapping of the method's fields, e.g. {{r: 8}}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            problems.append(f"seed={self.seed!r} must be a whole number")
+        for section in (self.data, self.train):
+            if dataclasses.is_dataclass(section):
+                section._validate(problems)
+        if self.method in METHODS and isinstance(self.adapter, dict):
+            try:
+                self.peft_config()
+            except ConfigError as err:
+                problems += [f"adapter: {p}" for p in err.problems]
+        if problems:
+            raise ConfigError(problems, source="job config")
+
+    def peft_config(self) -> PeftConfig:
+        """The typed adapter config of ``method`` with ``adapter``'s fields, for a causal LM."""
+        cls = CONFIG_CLASSES[METHODS[self.method]]
+        fields = {"task_type": TaskType.CAUSAL_LM, **self.adapter}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = [k for k in fields if k not in known]
+        if unknown:
+            raise ConfigError([f"{k!r} is not a field of {cls.__name__}{did_you_mean(k, known)}" for k in unknown])
+        return cls(**fields)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> JobConfig:
+        """Build from a plain mapping (a parsed YAML file); unknown keys are reported with suggestions."""
+        problems: list[str] = []
+        job = _build(cls, data, "", problems)
+        if problems:
+            raise ConfigError(problems, source=source or "job config")
+        return job
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> JobConfig:
+        """Read a YAML file, apply dotted ``overrides`` (``{"train.lr": 1e-4}``), and validate."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as err:
+            raise ConfigError([f"config file not found: {path}"]) from err
+        except yaml.YAMLError as err:
+            raise ConfigError([f"not valid YAML: {err}"], source=os.fspath(path)) from err
+        if not isinstance(data, dict):
+            raise ConfigError(["the file must hold a mapping of fields (model:, data:, train:, ...)"],
+                              source=os.fspath(path))
+        return cls.from_dict(apply_overrides(data, overrides or {}), source=os.fspath(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, ready for YAML or JSON."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``train.lr``) in a nested mapping; returns a new mapping."""
+    result = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            section = result.setdefault(head, {})
+            if not isinstance(section, dict):
+                section = result[head] = {}
+            section[rest] = value
+        else:
+            result[head] = value
+    return result
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    """Instantiate ``cls`` from ``data``, recording unknown keys (with suggestions) and validation problems."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix or 'config'} must be a mapping, not {type(data).__name__}")
+        return cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    dotted = f"{prefix}." if prefix else ""
+    for key in data:
+        if key not in known:
+            problems.append(f"{dotted}{key} is not a known field{did_you_mean(str(key), known)}")
+    hints = field_types(cls)
+    kwargs = {k: coerce(v, hints[k]) for k, v in data.items() if k in known}
+    if cls is JobConfig:
+        try:
+            return cls(**kwargs)
+        except ConfigError as err:
+            problems += err.problems
+            return None
+    return cls(**kwargs)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (the attribute-docstring convention), for ``--help``."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = after.value.value.strip()
+    return docs
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a config dataclass."""
+    return get_type_hints(cls)
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """Turn text into the field's scalar type where that is unambiguous.
+
+    YAML reads ``1e-4`` as a string and flags are all strings; ``"1e-4"`` for a float field becomes 1e-4.
+    Anything that does not convert is left alone for validation to report.
+    """
+    if not isinstance(value, str):
+        return value
+    args = set(typing.get_args(hint)) or {hint}
+    text = value.strip()
+    if type(None) in args and text.lower() in ("none", "null", "~"):
+        return None
+    if bool in args and text.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return text.lower() in ("true", "yes", "on")
+    for kind in (int, float):
+        if kind in args:
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive(problems: list[str], name: str, value: Any, integer: bool = False) -> None:
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
+    if not ok or value <= 0:
+        kind = "a whole number" if integer else "a number"
+        problems.append(f"{name}={value!r} must be {kind} > 0")
+
+
+def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        problems.append(f"{name}={value!r} is not allowed; expected one of {', '.join(allowed)}"
+                        f"{did_you_mean(str(value), allowed)}")

@@ -1,0 +1,175 @@
+"""Evaluation: token loss and perplexity, and label-word accuracy for classification.
+
+Works on a plain transformers model or a :class:`~peftkit.PeftModel` (prompt methods prepend virtual
+tokens to the logits; the functions look at the last ``input_ids.shape[1]`` positions only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import IGNORE_INDEX, Example, collate
+
+__all__ = ["Metrics", "classification_scores", "evaluate", "target_loss", "token_loss"]
+
+
+@dataclass
+class Metrics:
+    """What one evaluation measured."""
+
+    loss: float
+    perplexity: float
+    tokens: int
+    accuracy: float | None = None
+    predictions: list[int] | None = None
+
+    def as_dict(self, prefix: str = "eval_") -> dict[str, float]:
+        out = {f"{prefix}loss": self.loss, f"{prefix}perplexity": self.perplexity}
+        if self.accuracy is not None:
+            out[f"{prefix}accuracy"] = self.accuracy
+        return out
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled positions, and how many there were.
+
+    ``logits`` may be longer than ``labels`` (virtual tokens in front); the extra leading positions get
+    ``IGNORE_INDEX`` labels, as PEFT does, so the last virtual token predicts the first real one.
+    """
+    extra = logits.shape[1] - labels.shape[1]  # virtual tokens of prompt methods
+    if extra:
+        labels = F.pad(labels, (extra, 0), value=IGNORE_INDEX)
+    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((shift_labels != IGNORE_INDEX).sum())
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    """True when the LM head can be run on chosen positions only (not with virtual tokens in front)."""
+    from ..model import PeftModel
+
+    if isinstance(model, PeftModel):
+        if model.uses_prompt_adapter:
+            return False
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def target_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss of ``labels`` under ``model``, computing the LM head only where it is needed.
+
+    The vocabulary projection is a large share of a small model's compute (SmolLM2: 28M of 135M weights);
+    completion and classification targets are a few tokens per example, so only the positions that
+    predict a target in some row of the batch go through it. Same value as :func:`token_loss`.
+    """
+    if not _accepts_logits_to_keep(model):
+        return token_loss(model(**inputs).logits, labels)
+    positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) predicting positions
+    logits = model(**inputs, logits_to_keep=positions).logits  # (B, K, V)
+    targets = labels[:, positions + 1]  # (B, K)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int = 16,
+             device: torch.device | str = "cpu", candidate_ids: list[list[int]] | None = None,
+             autocast: contextlib.AbstractContextManager[Any] | None = None) -> Metrics:
+    """Loss and perplexity over ``examples``; with ``candidate_ids``, also label-word accuracy."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in _batches(examples, batch_size):
+            inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+            labels = inputs.pop("labels")
+            with autocast or contextlib.nullcontext():
+                loss, n = target_loss(model, inputs, labels)
+            total, count = total + float(loss), count + n
+        metrics = Metrics(loss=total / max(count, 1), perplexity=math.exp(min(total / max(count, 1), 50)),
+                          tokens=count)
+        if candidate_ids:
+            scores = classification_scores(model, [e.prompt_ids for e in examples], candidate_ids, pad_id=pad_id,
+                                           batch_size=batch_size, device=device, autocast=autocast)
+            predictions = scores.argmax(dim=1).tolist()
+            gold = [e.label_index for e in examples]
+            metrics.accuracy = sum(p == g for p, g in zip(predictions, gold, strict=True)) / max(len(gold), 1)
+            metrics.predictions = predictions
+    finally:
+        model.train(was_training)
+    return metrics
+
+
+@torch.no_grad()
+def classification_scores(model: nn.Module, prompts: Sequence[list[int]], candidate_ids: list[list[int]], *,
+                          pad_id: int, batch_size: int = 16, device: torch.device | str = "cpu",
+                          autocast: contextlib.AbstractContextManager[Any] | None = None) -> torch.Tensor:
+    """Log-probability of each candidate's tokens after each prompt: a ``(len(prompts), K)`` tensor.
+
+    When every candidate is one token, one forward pass of the prompt scores them all; otherwise each
+    prompt is run once per candidate with the candidate appended.
+    """
+    if all(len(c) == 1 for c in candidate_ids):
+        return _single_token_scores(model, prompts, [c[0] for c in candidate_ids], pad_id, batch_size, device,
+                                    autocast)
+    rows = []
+    for cand in candidate_ids:
+        seqs = [Example(list(p) + cand, [IGNORE_INDEX] * len(p) + cand) for p in prompts]
+        scores = []
+        for batch in _batches(seqs, batch_size):
+            inputs = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
+            labels = inputs.pop("labels")
+            with autocast or contextlib.nullcontext():
+                logits = model(**inputs).logits
+            scores.append(_sequence_logprob(logits, labels))
+        rows.append(torch.cat(scores))
+    return torch.stack(rows, dim=1)
+
+
+def _sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of log p(label token) over labelled positions: ``(B,)``."""
+    logits = logits[:, -labels.shape[1]:]  # drop virtual-token positions
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+    return (picked * mask).sum(dim=1).cpu()
+
+
+def _single_token_scores(model: nn.Module, prompts: Sequence[list[int]], token_ids: list[int], pad_id: int,
+                         batch_size: int, device: torch.device | str,
+                         autocast: contextlib.AbstractContextManager[Any] | None) -> torch.Tensor:
+    out = []
+    for batch in _batches(prompts, batch_size):
+        inputs = collate([Example(list(p), list(p)) for p in batch], pad_id)
+        last = inputs["attention_mask"].sum(dim=1) - 1  # (B,) each row's last prompt position
+        kwargs: dict[str, Any] = {}
+        if _accepts_logits_to_keep(model):
+            positions, column = torch.unique(last, return_inverse=True)  # LM head on these positions only
+            kwargs["logits_to_keep"] = positions.to(device)
+        else:
+            column = last
+        with autocast or contextlib.nullcontext():
+            logits = model(input_ids=inputs["input_ids"].to(device),
+                           attention_mask=inputs["attention_mask"].to(device), **kwargs).logits
+        if not kwargs:
+            logits = logits[:, -inputs["input_ids"].shape[1]:]  # drop virtual-token positions
+        picked = logits[torch.arange(len(batch)), column.to(logits.device)]  # (B, V)
+        out.append(torch.log_softmax(picked.float(), dim=-1)[:, token_ids].cpu())
+    return torch.cat(out)

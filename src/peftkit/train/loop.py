@@ -1,0 +1,388 @@
+"""peftkit's own training loop: AdamW on the adapter, a warmup schedule, accumulation, clipping, autocast,
+periodic evaluation and checkpoints, exact resume, metrics and a plot.
+
+The data order is a pure function of the seed and the position (micro-batches consumed so far), and every
+random state is saved with the checkpoint, so an interrupted run resumed from step k ends with the same
+adapter as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import IGNORE_INDEX, Example, TaskData, collate, load_task_data
+from ..errors import ConfigError, TrainingError
+from ..format import write_json_atomic, write_model_card, write_text_atomic
+from ..model import PeftModel, get_peft_model
+from . import checkpoint as ckpt
+from .config import JobConfig, TrainingConfig
+from .evaluate import Metrics, evaluate, target_loss
+from .report import MetricsLog, plot_metrics
+
+__all__ = ["TrainResult", "train"]
+
+TRAINABLE_FILE = "trainable.safetensors"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    model: PeftModel
+    tokenizer: Any
+    data: TaskData
+    output_dir: Path
+    steps: int
+    before: Metrics | None
+    after: Metrics | None
+    tokens_per_second: float
+
+
+# ----- pieces --------------------------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def autocast_for(precision: str, device: torch.device) -> tuple[contextlib.AbstractContextManager[Any], bool]:
+    """The autocast context for ``precision`` and whether fp16 loss scaling is needed."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext(), False
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision=fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), precision == "fp16"
+
+
+class Schedule:
+    """Learning-rate factor per step: linear warmup, then linear decay, cosine decay, or constant."""
+
+    def __init__(self, kind: str, warmup: int, total: int) -> None:
+        self.kind, self.warmup, self.total = kind, warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if self.kind == "constant":
+            return 1.0
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+
+
+class Batches:
+    """Micro-batch number ``position`` of an endless, epoch-by-epoch reshuffled pass over the examples."""
+
+    def __init__(self, examples: list[Example], batch_size: int, seed: int, pad_id: int) -> None:
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.per_epoch = math.ceil(len(examples) / batch_size)
+        self._order: tuple[int, list[int]] | None = None
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._order = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
+        return self._order[1]
+
+    def __call__(self, position: int) -> dict[str, torch.Tensor]:
+        epoch, index = divmod(position, self.per_epoch)
+        picked = self._epoch_order(epoch)[index * self.batch_size: (index + 1) * self.batch_size]
+        return collate([self.examples[i] for i in picked], self.pad_id)
+
+    def epoch(self, position: int) -> float:
+        return position / self.per_epoch
+
+
+def total_steps(cfg: TrainingConfig, batches: Batches) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.epochs * batches.per_epoch / cfg.grad_accum))
+
+
+# ----- the run -----------------------------------------------------------------------------------------------
+
+
+class Run:
+    """The state of one training run. Methods are the steps of :func:`train`."""
+
+    def __init__(self, config: JobConfig, model: PeftModel, tokenizer: Any, data: TaskData,
+                 log: Callable[[str], None]) -> None:
+        cfg = config.train
+        self.config, self.cfg, self.model, self.tokenizer = config, cfg, model, tokenizer
+        self.data, self.log = data, log
+        self.out = Path(config.output_dir)
+        self.device = pick_device(cfg.device)
+        self.autocast, fp16 = autocast_for(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.batches = Batches(data.train, cfg.batch_size, config.seed, self.pad_id)
+        self.total = total_steps(cfg, self.batches)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise TrainingError("the model has no trainable parameters; check the adapter config")
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           Schedule(cfg.schedule, cfg.warmup_steps, self.total))
+        self.step = 0
+        self.position = 0
+        self.before: dict[str, float] | None = None
+        self.last_eval_step = -1
+        self.tokens_seen = 0
+        self.train_time = 0.0
+
+    # --- evaluation and checkpoints ---
+
+    def evaluate(self) -> Metrics | None:
+        if not self.data.val:
+            return None
+        return evaluate(self.model, self.data.val, pad_id=self.pad_id, device=self.device,
+                        batch_size=self.cfg.eval_batch_size or self.cfg.batch_size * 2,
+                        candidate_ids=self.data.candidate_ids or None, autocast=self.autocast)
+
+    def save(self) -> None:
+        state = {"step": self.step, "micro_batches": self.position, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "before": self.before or {},
+                 "tokens_seen": self.tokens_seen, "train_time": self.train_time}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        folder = ckpt.save_checkpoint(self.out, self.step, _TrainableSaver(self.model), state,
+                                      self.cfg.keep_checkpoints)
+        self.log(f"checkpoint: {folder}")
+
+    def restore(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = ckpt.load_state(folder)
+        weights = load_file(str(folder / TRAINABLE_FILE))
+        named = dict(self.model.named_parameters())
+        missing = [k for k in weights if k not in named]
+        if missing or len(weights) != len(self.params):
+            raise TrainingError(f"{folder} was written for a different adapter ({len(weights)} tensors, this run "
+                                f"trains {len(self.params)}); resume with the same config, or start a new output_dir")
+        with torch.no_grad():
+            for key, tensor in weights.items():
+                named[key].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.position = int(state["step"]), int(state["micro_batches"])
+        self.before = dict(state.get("before") or {}) or None
+        self.tokens_seen, self.train_time = int(state.get("tokens_seen", 0)), float(state.get("train_time", 0.0))
+        ckpt.set_rng_state(state["rng"])
+        self.log(f"resumed from {folder} at step {self.step} of {self.total}")
+
+    # --- one optimizer step ---
+
+    def train_step(self) -> tuple[float, int]:
+        """Forward and backward over ``grad_accum`` micro-batches, then one optimizer step.
+
+        Returns the mean token loss and the number of tokens processed.
+        """
+        micro = [self.batches(self.position + i) for i in range(self.cfg.grad_accum)]
+        self.position += self.cfg.grad_accum
+        # Weight every target token equally across the accumulated micro-batches.
+        n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
+        total_loss = 0.0
+        for batch in micro:
+            labels = batch.pop("labels").to(self.device)
+            with self.autocast:
+                loss_sum, _ = target_loss(self.model, {k: v.to(self.device) for k, v in batch.items()}, labels)
+            loss = loss_sum / max(n_targets, 1)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            total_loss += float(loss_sum.detach())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+        return total_loss / max(n_targets, 1), tokens
+
+
+class _TrainableSaver:
+    """Saves the PEFT adapter (for users) and every trainable tensor (for an exact resume: p-tuning's
+    adapter file holds the encoder's output, not the encoder)."""
+
+    def __init__(self, model: PeftModel) -> None:
+        self.model = model
+
+    def save_pretrained(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        self.model.save_pretrained(folder)
+        tensors = {k: p.detach().cpu().contiguous() for k, p in self.model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(folder / TRAINABLE_FILE))
+
+
+def _resume_folder(config: JobConfig, log: Callable[[str], None]) -> Path | None:
+    resume = config.train.resume
+    if isinstance(resume, str) and resume not in ("true", "latest"):
+        return Path(resume)
+    if not resume:
+        existing = ckpt.find_latest(config.output_dir)
+        if existing is not None:
+            raise ConfigError(f"output_dir {config.output_dir} already holds checkpoints of an earlier run "
+                              f"({existing.name}); pass --resume to continue it, or choose a new output_dir")
+        return None
+    latest = ckpt.find_latest(config.output_dir)
+    if latest is None:
+        log(f"no checkpoint in {config.output_dir}; starting from the beginning")
+    return latest
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(config: JobConfig, model: nn.Module | None, device: torch.device) -> PeftModel:
+    from ..models import load_model
+
+    if model is None:
+        model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype),
+                           trust_remote_code=config.trust_remote_code)
+    peft_model = get_peft_model(model, config.peft_config())
+    if config.train.gradient_checkpointing:
+        peft_model.gradient_checkpointing_enable({"use_reentrant": False})
+    return peft_model.to(device)
+
+
+def train(config: JobConfig, *, model: nn.Module | None = None, tokenizer: Any = None,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Fine-tune ``config.model`` (or ``model``) with the configured adapter and data.
+
+    Args:
+        config: the job.
+        model: a base model to use instead of loading ``config.model`` (it is modified in place).
+        tokenizer: the tokenizer to use instead of loading ``config.model``'s.
+        log: where progress lines go.
+
+    Returns:
+        The trained model, the data, and before/after metrics. The adapter, ``metrics.jsonl``,
+        ``summary.json`` and ``plot.png`` are in ``config.output_dir``.
+    """
+    from ..models import load_tokenizer
+
+    seed_everything(config.seed)
+    resume_from = _resume_folder(config, log)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
+    data = load_task_data(config.data, tokenizer, seed=config.seed)
+    for line in data.report:
+        log(line)
+    peft_model = build_model(config, model, pick_device(config.train.device))
+    run = Run(config, peft_model, tokenizer, data, log)
+    run.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run.out / "config.yaml", config.to_yaml())
+    if resume_from is not None:
+        run.restore(resume_from)
+    metrics = MetricsLog(run.out / "metrics.jsonl", resume_step=run.step if resume_from else None)
+    if run.before is None and config.train.eval_before:
+        before = run.evaluate()
+        if before is not None:
+            run.before = before.as_dict()
+            metrics.write({"step": 0, **run.before})
+            log(_format_metrics("before training", run.before))
+    _loop(run, metrics)
+    return _finish(run, metrics)
+
+
+def _loop(run: Run, metrics: MetricsLog) -> None:
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    run.model.train()
+    bar = tqdm(total=run.total, initial=run.step, disable=not cfg.progress, desc="training", unit="step")
+    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    while run.step < run.total:
+        started = time.perf_counter()
+        loss, tokens = run.train_step()
+        run.train_time += time.perf_counter() - started
+        run.tokens_seen += tokens
+        run.step += 1
+        window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + tokens
+        if not math.isfinite(loss):
+            raise TrainingError(f"the loss became {loss} at step {run.step}; lower train.lr or use precision: fp32")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
+        if run.step % cfg.log_every == 0 or run.step == run.total:
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            metrics.write({"step": run.step, "epoch": round(run.batches.epoch(run.position), 4),
+                           "loss": window_loss / window_steps, "lr": run.scheduler.get_last_lr()[0],
+                           "tokens_per_second": window_tokens / elapsed})
+            window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.total:
+            _record_eval(run, metrics)
+        if cfg.save_every and run.step % cfg.save_every == 0:
+            run.save()
+    bar.close()
+
+
+def _record_eval(run: Run, metrics: MetricsLog) -> Metrics | None:
+    result = run.evaluate()
+    if result is not None:
+        metrics.write({"step": run.step, **result.as_dict()})
+        run.log(_format_metrics(f"step {run.step}", result.as_dict()))
+    run.last_eval_step = run.step
+    return result
+
+
+def _format_metrics(label: str, values: dict[str, float]) -> str:
+    parts = [f"{k.removeprefix('eval_')} {v:.4f}" for k, v in values.items()]
+    return f"{label}: " + ", ".join(parts)
+
+
+def _finish(run: Run, metrics: MetricsLog) -> TrainResult:
+    after = _record_eval(run, metrics)
+    run.model.save_pretrained(run.out)
+    speed = run.tokens_seen / max(run.train_time, 1e-9)
+    summary = {"steps": run.step, "train_examples": len(run.data.train), "val_examples": len(run.data.val),
+               "tokens_per_second": speed, "before": run.before, "after": after.as_dict() if after else None}
+    write_json_atomic(run.out / "summary.json", summary)
+    write_model_card(run.out, run.model, training=_card_lines(run, summary))
+    if run.cfg.plot:
+        plot_metrics(metrics.read(), run.out / "plot.png")
+    run.log(f"adapter saved to {run.out} ({run.step} steps, {speed:.0f} tokens/s)")
+    before = Metrics(run.before["eval_loss"], run.before["eval_perplexity"], 0, run.before.get("eval_accuracy")) \
+        if run.before else None
+    return TrainResult(run.model, run.tokenizer, run.data, run.out, run.step, before, after, speed)
+
+
+def _card_lines(run: Run, summary: dict[str, Any]) -> list[str]:
+    cfg = run.config
+    lines = ["## Training", "", f"- base model: `{cfg.model}`", f"- method: {cfg.method}, "
+             f"adapter settings: `{json.dumps(cfg.adapter)}`",
+             f"- data: `{cfg.data.path}` ({cfg.data.mode}), {summary['train_examples']} training and "
+             f"{summary['val_examples']} validation examples",
+             f"- {summary['steps']} steps, batch {cfg.train.batch_size} x {cfg.train.grad_accum}, lr {cfg.train.lr}, "
+             f"{cfg.train.schedule} schedule, seed {cfg.seed}"]
+    for label in ("before", "after"):
+        if summary[label]:
+            values = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in summary[label].items())
+            lines.append(f"- validation {label} training: {values}")
+    return [*lines, "", "The full settings are in `config.yaml`; the curves in `metrics.jsonl` and `plot.png`."]

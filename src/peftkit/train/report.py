@@ -1,0 +1,79 @@
+"""Metrics as JSON Lines, and a PNG plot of them at the end of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..format import write_text_atomic
+
+__all__ = ["MetricsLog", "plot_metrics"]
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl``.
+
+    On resume, records after the resumed step are dropped first, so a crashed run's tail is not duplicated.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in self.read() if resume_step is not None and r.get("step", 0) <= resume_step]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+        return records
+
+
+def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
+    """Training and evaluation loss, and accuracy when measured, against the step. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        warnings.warn("matplotlib is not installed, so no plot was saved; pip install 'peftkit[plot]'",
+                      stacklevel=2)
+        return False
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    accuracy = [(r["step"], r["eval_accuracy"]) for r in records if "eval_accuracy" in r]
+    fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(10 if accuracy else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    if accuracy:
+        ax2 = axes[0][1]
+        ax2.plot(*zip(*accuracy, strict=True), "o-", color="tab:green")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("validation accuracy")
+        ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True

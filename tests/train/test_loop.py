@@ -1,0 +1,163 @@
+"""The training loop: exact resume, accumulation equivalence, schedules, checkpoints and outputs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from peftkit import JobConfig, PeftModel, train
+from peftkit.errors import ConfigError, TrainingError
+from peftkit.train import checkpoint as ckpt
+from peftkit.train.loop import Run, Schedule
+from tests.conftest import outputs, tiny_model
+
+
+def sentiment_csv(path: Path, n: int = 64, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = ["text,label"]
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        word = rng.choice(["good", "great", "fine"] if positive else ["bad", "awful", "poor"])
+        lines.append(f"{word} film,{'pos' if positive else 'neg'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def job(tmp_path: Path, out: str = "out", method: str = "lora", dropout: float = 0.1,
+        **train_fields: object) -> JobConfig:
+    adapter = {"r": 4, "lora_alpha": 8, "lora_dropout": dropout, "target_modules": ["q_proj", "v_proj"]}
+    if method != "lora":
+        adapter = {"num_virtual_tokens": 4}
+    return JobConfig(
+        model="tiny-llama", method=method, adapter=adapter, seed=3, output_dir=str(tmp_path / out),
+        data={"path": str(sentiment_csv(tmp_path / "data.csv")), "mode": "classification",
+              "template": "Review: {text} Label: {label}", "label_words": {"pos": "yes", "neg": "no"},
+              "val_size": 16},
+        train={"epochs": 2, "batch_size": 8, "lr": 5e-3, "progress": False, "plot": False, "log_every": 2,
+               **train_fields},
+    )
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Make the next run die just before optimizer step ``step`` + 1, as a killed process would."""
+    original = Run.train_step
+
+    def train_step(self: Run) -> tuple[float, int]:
+        if self.step == step:
+            raise Crash
+        return original(self)
+
+    monkeypatch.setattr(Run, "train_step", train_step)
+
+
+def test_resumed_run_ends_with_the_same_adapter(tmp_path: Path, chars, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    full = train(job(tmp_path, "full", save_every=3), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    assert full.steps == 12  # 48 examples / 8 per batch * 2 epochs
+
+    # A run killed after step 5 (its last checkpoint is step 3), then resumed in a different RNG state.
+    stopped = job(tmp_path, "stopped", save_every=3)
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        crash_at(patch, 5)
+        train(stopped, model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    assert [p.name for p in ckpt.list_checkpoints(stopped.output_dir)] == ["step-000003"]
+    torch.manual_seed(1234)
+    resumed = job(tmp_path, "stopped", save_every=3, resume=True)
+    result = train(resumed, model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    assert result.steps == 12
+
+    a, b = adapter_tensors(full.output_dir), adapter_tensors(result.output_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    steps = [r["step"] for r in map(json.loads, (result.output_dir / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == sorted(set(steps))  # the crashed tail (steps 4-5) was not logged twice
+
+
+def test_accumulation_equals_a_bigger_batch(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    # No dropout: masks drawn for one batch of 8 and two of 4 differ.
+    big = train(job(tmp_path, "big", dropout=0.0, batch_size=8, grad_accum=1, max_steps=4, eval_before=False),
+                model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    acc = train(job(tmp_path, "acc", dropout=0.0, batch_size=4, grad_accum=2, max_steps=4, eval_before=False),
+                model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    a, b = adapter_tensors(big.output_dir), adapter_tensors(acc.output_dir)
+    for key in a:  # same examples per step, each target token weighted the same: the same updates
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+
+
+def test_training_learns_and_writes_its_outputs(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    config = job(tmp_path, epochs=6, eval_every=6, plot=True, lr=3e-2)
+    config.adapter["target_modules"] = "all-linear"
+    result = train(config, model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    assert result.before is not None and result.after is not None
+    # A random 1000-token model starts at ln(1000) = 6.9 and moves slowly; a clear drop shows it optimizes.
+    assert result.after.loss < result.before.loss - 0.4
+    out = result.output_dir
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "config.yaml", "summary.json",
+            "metrics.jsonl", "plot.png"} <= {p.name for p in out.iterdir()}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and "eval_accuracy" in records[0]
+    assert [r["step"] for r in records if "eval_loss" in r] == [0, 6, 12, 18, 24, 30, 36]
+    assert "## Training" in (out / "README.md").read_text()
+    assert JobConfig.from_yaml(out / "config.yaml").to_dict() == config.to_dict()
+
+    # The saved adapter reloads onto a fresh base and gives the trained model's logits.
+    reloaded = PeftModel.from_pretrained(tiny_model("llama"), out)
+    inputs = {"input_ids": torch.tensor([chars("Review: good film Label:")["input_ids"]])}
+    torch.testing.assert_close(outputs(reloaded, inputs), outputs(result.model.eval(), inputs))
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_prompt_methods_train_and_resume(tmp_path: Path, chars, method: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    full = train(job(tmp_path, "full", method=method, save_every=2, lr=3e-2, max_steps=4),
+                 model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    assert full.after is not None and full.before is not None and full.after.loss < full.before.loss
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        crash_at(patch, 3)
+        train(job(tmp_path, "cut", method=method, save_every=2, lr=3e-2, max_steps=4), model=tiny_model("llama"),
+              tokenizer=chars, log=quiet)
+    resumed = train(job(tmp_path, "cut", method=method, save_every=2, lr=3e-2, max_steps=4, resume=True),
+                    model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    a, b = adapter_tensors(full.output_dir), adapter_tensors(resumed.output_dir)
+    for key in a:  # p-tuning resumes its encoder, not just the saved embeddings
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_existing_checkpoints_are_not_overwritten_silently(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    train(job(tmp_path, save_every=2, max_steps=2), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+        train(job(tmp_path, save_every=2, max_steps=2), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+
+
+def test_checkpoints_are_pruned_and_damaged_ones_refused(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    config = job(tmp_path, save_every=1, max_steps=4, keep_checkpoints=2)
+    train(config, model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    found = ckpt.list_checkpoints(config.output_dir)
+    assert [p.name for p in found] == ["step-000003", "step-000004"]
+    (found[-1] / ckpt.STATE_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="damaged"):
+        ckpt.load_state(found[-1])
+
+
+def test_schedules() -> None:
+    linear, cosine, constant = Schedule("linear", 2, 10), Schedule("cosine", 0, 10), Schedule("constant", 0, 10)
+    assert [round(linear(s), 4) for s in (0, 1, 2, 6, 10)] == [0.3333, 0.6667, 1.0, 0.5, 0.0]
+    assert [round(cosine(s), 4) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    assert constant(9) == 1.0
