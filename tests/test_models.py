@@ -65,3 +65,26 @@ def test_minilm_feature_extraction_lora():
     peft_model = get_peft_model(model, LoraConfig(task_type="FEATURE_EXTRACTION"))
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**inputs).last_hidden_state, reference)
+
+
+@pytest.mark.slow
+@needs_smollm
+def test_smollm2_learns_ethos_hate_speech(tmp_path, data_dir):
+    """The seed's classification task on the real model: a short LoRA run beats the majority class (56.6%)."""
+    from peftkit import JobConfig, train
+
+    config = JobConfig(
+        model="smollm2-135m", seed=0, output_dir=str(tmp_path / "ethos"),
+        adapter={"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        data={"path": str(data_dir / "ethos-binary.csv"), "delimiter": ";", "mode": "classification",
+              "template": "Sentence : {comment} Label : {label}", "label_column": "isHate",
+              "label_threshold": 0.5, "label_words": {"1": "hate", "0": "not hate"}, "max_length": 96,
+              "val_size": 200, "max_train_samples": 320},
+        train={"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_steps": 4, "progress": False, "plot": False,
+               "eval_before": False, "eval_batch_size": 32},
+    )
+    result = train(config, log=lambda _: None)
+    gold = [e.label_index for e in result.data.val]
+    majority = max(gold.count(0), gold.count(1)) / len(gold)
+    assert result.after is not None and result.after.accuracy is not None
+    assert result.after.accuracy > max(majority, 0.566), (result.after.accuracy, majority)

@@ -8,9 +8,10 @@ from typing import cast
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .surgery import DEFAULT_TARGET_MODULES, _linear_types
 
-__all__ = ["describe_model", "lora_parameter_count"]
+__all__ = ["describe_model", "lora_parameter_count", "prompt_parameter_counts"]
 
 
 def _layer_shapes(model: nn.Module) -> dict[str, list[tuple[int, int]]]:
@@ -55,4 +56,28 @@ def describe_model(model: nn.Module, r: int = 8) -> str:
     for label, targets in choices.items():
         count = lora_parameter_count(model, targets, r)
         lines.append(f"  {label:<22} {count:>12,d}  ({100 * count / max(total, 1):.3f}%)")
+    lines += ["", f"Prompt methods ({VIRTUAL_TOKENS} virtual tokens) trainable parameters:"]
+    for label, count in prompt_parameter_counts(model).items():
+        lines.append(f"  {label:<22} {count:>12,d}  ({100 * count / max(total, 1):.3f}%)")
     return "\n".join(lines)
+
+
+VIRTUAL_TOKENS = 20
+
+
+def prompt_parameter_counts(model: nn.Module, num_virtual_tokens: int = VIRTUAL_TOKENS) -> dict[str, int]:
+    """Trainable parameters of each prompt method with PEFT's defaults, counted on the modules themselves."""
+    from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+    from .prompting import build_prompt_module
+
+    configs = {"prompt tuning": PromptTuningConfig(num_virtual_tokens=num_virtual_tokens),
+               "p-tuning (MLP)": PromptEncoderConfig(num_virtual_tokens=num_virtual_tokens),
+               "prefix tuning": PrefixTuningConfig(num_virtual_tokens=num_virtual_tokens)}
+    counts = {}
+    for label, config in configs.items():
+        try:
+            module = build_prompt_module(model, config)
+        except ConfigError:  # a model whose config lacks the shape fields: leave the method out
+            continue
+        counts[label] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return counts

@@ -8,6 +8,7 @@ extends the attention mask. ``PeftModel.forward`` and ``generate`` call :func:`p
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, cast
 
@@ -165,6 +166,11 @@ def prefix_cache(module: nn.Module, base: nn.Module, config: PrefixTuningConfig,
     return cache
 
 
+def _cache_keyword(base: nn.Module) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` in forward (the old name warns)."""
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 def _prefix(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
             config: PrefixTuningConfig) -> dict[str, Any]:
     given = inputs.get("input_ids")
@@ -172,8 +178,8 @@ def _prefix(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: Ta
     if given is None:
         raise ConfigError("pass input_ids or inputs_embeds")
     batch, n = given.shape[0], cast(int, config.num_virtual_tokens)
-    if inputs.get("past_key_values") is None:
-        inputs["past_key_values"] = prefix_cache(module, base, config, batch)
+    if inputs.get("past_key_values") is None and inputs.get("cache") is None:
+        inputs[_cache_keyword(base)] = prefix_cache(module, base, config, batch)
         _extend_mask(inputs, batch, n, given.device)
         inputs.pop("position_ids", None)
     return inputs

@@ -93,9 +93,11 @@ def test_resumed_run_ends_with_the_same_adapter(tmp_path: Path, chars, monkeypat
 
 def test_accumulation_equals_a_bigger_batch(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
     # No dropout: masks drawn for one batch of 8 and two of 4 differ.
-    big = train(job(tmp_path, "big", dropout=0.0, batch_size=8, grad_accum=1, max_steps=4, eval_before=False),
-                model=tiny_model("llama"), tokenizer=chars, log=quiet)
-    acc = train(job(tmp_path, "acc", dropout=0.0, batch_size=4, grad_accum=2, max_steps=4, eval_before=False),
+    # Length grouping off: it would batch a window of 8 and of 4 differently.
+    big = train(job(tmp_path, "big", dropout=0.0, batch_size=8, grad_accum=1, max_steps=4, eval_before=False,
+                    group_by_length=False), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    acc = train(job(tmp_path, "acc", dropout=0.0, batch_size=4, grad_accum=2, max_steps=4, eval_before=False,
+                    group_by_length=False),
                 model=tiny_model("llama"), tokenizer=chars, log=quiet)
     a, b = adapter_tensors(big.output_dir), adapter_tensors(acc.output_dir)
     for key in a:  # same examples per step, each target token weighted the same: the same updates
@@ -142,7 +144,7 @@ def test_prompt_methods_train_and_resume(tmp_path: Path, chars, method: str, mon
 
 def test_existing_checkpoints_are_not_overwritten_silently(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
     train(job(tmp_path, save_every=2, max_steps=2), model=tiny_model("llama"), tokenizer=chars, log=quiet)
-    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+    with pytest.raises(ConfigError, match=r"already holds checkpoints.*--resume"):
         train(job(tmp_path, save_every=2, max_steps=2), model=tiny_model("llama"), tokenizer=chars, log=quiet)
 
 

@@ -96,7 +96,8 @@ def evaluate(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batc
     model.eval()
     total, count = 0.0, 0
     try:
-        for batch in _batches(examples, batch_size):
+        by_length = sorted(examples, key=lambda e: len(e.input_ids))  # less padding; the sum is order-free
+        for batch in _batches(by_length, batch_size):
             inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
             labels = inputs.pop("labels")
             with autocast or contextlib.nullcontext():
@@ -123,8 +124,18 @@ def classification_scores(model: nn.Module, prompts: Sequence[list[int]], candid
     """Log-probability of each candidate's tokens after each prompt: a ``(len(prompts), K)`` tensor.
 
     When every candidate is one token, one forward pass of the prompt scores them all; otherwise each
-    prompt is run once per candidate with the candidate appended.
+    prompt is run once per candidate with the candidate appended. Prompts are batched by length.
     """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    scores = _scores([prompts[i] for i in order], candidate_ids, pad_id, batch_size, device, autocast, model)
+    result = torch.empty_like(scores)
+    result[torch.tensor(order, dtype=torch.long)] = scores
+    return result
+
+
+def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id: int, batch_size: int,
+            device: torch.device | str, autocast: contextlib.AbstractContextManager[Any] | None,
+            model: nn.Module) -> torch.Tensor:
     if all(len(c) == 1 for c in candidate_ids):
         return _single_token_scores(model, prompts, [c[0] for c in candidate_ids], pad_id, batch_size, device,
                                     autocast)

@@ -90,23 +90,42 @@ class Schedule:
 
 
 class Batches:
-    """Micro-batch number ``position`` of an endless, epoch-by-epoch reshuffled pass over the examples."""
+    """Micro-batch number ``position`` of an endless, epoch-by-epoch reshuffled pass over the examples.
 
-    def __init__(self, examples: list[Example], batch_size: int, seed: int, pad_id: int) -> None:
+    With ``group_by_length``, each shuffled window of 50 batches is sorted by length before it is cut into
+    batches (then the batches are shuffled): rows in a batch have similar lengths, so little compute goes
+    to padding. Either way the order is a pure function of the seed and the epoch.
+    """
+
+    WINDOW = 50
+
+    def __init__(self, examples: list[Example], batch_size: int, seed: int, pad_id: int,
+                 group_by_length: bool = False) -> None:
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.group_by_length = group_by_length
         self.per_epoch = math.ceil(len(examples) / batch_size)
-        self._order: tuple[int, list[int]] | None = None
+        self._order: tuple[int, list[list[int]]] | None = None
 
-    def _epoch_order(self, epoch: int) -> list[int]:
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
         if self._order is None or self._order[0] != epoch:
             generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._order = (epoch, torch.randperm(len(self.examples), generator=generator).tolist())
+            order = torch.randperm(len(self.examples), generator=generator).tolist()
+            size = self.batch_size
+            if not self.group_by_length:
+                batches = [order[i: i + size] for i in range(0, len(order), size)]
+            else:
+                batches = []
+                for start in range(0, len(order), size * self.WINDOW):
+                    window = sorted(order[start: start + size * self.WINDOW],
+                                    key=lambda i: -len(self.examples[i].input_ids))
+                    batches += [window[i: i + size] for i in range(0, len(window), size)]
+                batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+            self._order = (epoch, batches)
         return self._order[1]
 
     def __call__(self, position: int) -> dict[str, torch.Tensor]:
         epoch, index = divmod(position, self.per_epoch)
-        picked = self._epoch_order(epoch)[index * self.batch_size: (index + 1) * self.batch_size]
-        return collate([self.examples[i] for i in picked], self.pad_id)
+        return collate([self.examples[i] for i in self._epoch_batches(epoch)[index]], self.pad_id)
 
     def epoch(self, position: int) -> float:
         return position / self.per_epoch
@@ -134,7 +153,7 @@ class Run:
         self.autocast, fp16 = autocast_for(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.batches = Batches(data.train, cfg.batch_size, config.seed, self.pad_id)
+        self.batches = Batches(data.train, cfg.batch_size, config.seed, self.pad_id, cfg.group_by_length)
         self.total = total_steps(cfg, self.batches)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:

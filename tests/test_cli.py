@@ -1,0 +1,113 @@
+"""The CLI through its entry point: every command, and bad input as exit codes with one clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from peftkit import PeftModel
+from peftkit.cli import main
+from tests.conftest import char_tokenizer, outputs, tiny_model
+from tests.train.test_loop import sentiment_csv
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama and a character tokenizer saved as an ordinary transformers folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def train_flags(model_dir: Path, data: Path, out: Path) -> list[str]:
+    return ["--model", str(model_dir), "--data.path", str(data), "--data.mode", "classification",
+            "--data.template", "Review: {text} Label: {label}", "--data.label_words", "{pos: yes, neg: no}",
+            "--data.val_size", "8", "--adapter.r", "4", "--adapter.target_modules", "q_proj", "v_proj",
+            "--train.batch_size", "8", "--train.progress", "false", "--train.plot", "false",
+            "--output-dir", str(out)]
+
+
+def test_train_eval_generate_merge(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, out = sentiment_csv(tmp_path / "d.csv", n=40), tmp_path / "run"
+    code, stdout, _ = run(capsys, "train", *train_flags(model_dir, data, out), "--train.max_steps", "3",
+                          "--train.lr", "1e-2")
+    assert code == 0
+    assert "accuracy" in stdout and "before" in stdout and "after" in stdout
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+
+    code, stdout, _ = run(capsys, "eval", *train_flags(model_dir, data, out), "--adapter-path", out)
+    assert code == 0 and "accuracy" in stdout and "8 examples" in stdout
+
+    code, stdout, _ = run(capsys, "generate", model_dir, "Review: good film Label:", "--adapter-path", out,
+                          "--max-new-tokens", "3")
+    assert code == 0 and "[base]" in stdout and "[adapter]" in stdout
+
+    merged = tmp_path / "merged"
+    code, stdout, _ = run(capsys, "merge", model_dir, out, merged)
+    assert code == 0
+    plain = transformers.AutoModelForCausalLM.from_pretrained(merged)
+    adapted = PeftModel.from_pretrained(tiny_model("llama"), out)
+    inputs = {"input_ids": torch.tensor([[1, 50, 60, 70]])}
+    torch.testing.assert_close(outputs(plain, inputs), outputs(adapted, inputs), atol=1e-5, rtol=1e-5)
+    assert (merged / "tokenizer.json").is_file()
+
+
+def test_train_from_yaml_with_overrides_and_resume(model_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    data, out = sentiment_csv(tmp_path / "d.csv", n=40), tmp_path / "run"
+    config = tmp_path / "job.yaml"
+    config.write_text(f"model: {model_dir}\nadapter: {{r: 2}}\noutput_dir: {out}\n"
+                      f"data: {{path: {data}, mode: text, template: '{{text}} is {{label}}', val_size: 8}}\n"
+                      f"train: {{max_steps: 4, save_every: 2, progress: false, plot: false}}\n")
+    code, _, _ = run(capsys, "train", "--config", config, "--adapter.target_modules", "q_proj")
+    assert code == 0
+    code, _, err = run(capsys, "train", "--config", config, "--adapter.target_modules", "q_proj")
+    assert code == 2 and "already holds checkpoints" in err
+    code, stdout, _ = run(capsys, "train", "--config", config, "--adapter.target_modules", "q_proj", "--resume")
+    assert code == 0 and "resumed from" in stdout and "step 4 of 4" in stdout
+
+
+def test_inspect_lists_targets_and_counts(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, _ = run(capsys, "inspect", model_dir)
+    assert code == 0
+    assert "q_proj" in stdout and "Default target_modules" in stdout
+    for method in ("prompt tuning", "p-tuning", "prefix tuning"):
+        assert method in stdout
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--data.path", "missing.csv", "--model", "{model}"], "data file not found: missing.csv"),
+    (["train", "--data.path", "d.csv", "--train.lr", "fast", "--data.mode", "clasify"],
+     "2 problems"),
+    (["train", "--config", "nope.yaml"], "config file not found"),
+    (["eval", "--model", "no-such-model-alias", "--data.path", "d.csv"], "no-such-model-alias"),
+    (["inspect", "/no/such/folder"], "/no/such/folder"),
+    (["generate", "{model}", "hi", "--adapter-path", "/no/adapter"], "/no/adapter"),
+])
+def test_bad_input_exits_2_with_one_message(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str], argv: list[str],
+                                            message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    sentiment_csv(tmp_path / "d.csv", n=10)
+    code, _, err = run(capsys, *[a.replace("{model}", str(model_dir)) for a in argv])
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err and err.startswith("peftkit: error:")
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    from peftkit.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "train", "--config", "nope.yaml"])

@@ -1,0 +1,81 @@
+"""Evaluation numbers against hand-made cases and independent computations."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from peftkit import LoraConfig, PromptTuningConfig, get_peft_model
+from peftkit.data import IGNORE_INDEX, Example, collate
+from peftkit.train.evaluate import classification_scores, evaluate, target_loss, token_loss
+from tests.conftest import tiny_model
+
+
+class FixedLogits(nn.Module):
+    """A 'model' whose next-token distribution depends only on the last input token: row ``t`` of a table."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> SimpleNamespace:
+        return SimpleNamespace(logits=self.table[input_ids])  # (B, T, V)
+
+
+def test_accuracy_on_a_hand_made_case() -> None:
+    # Vocabulary of 4; after token 0 the model prefers token 2 ("yes"), after token 1 it prefers 3 ("no").
+    table = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 2.0], [0.0] * 4, [0.0] * 4])
+    examples = [Example([1, 0, 2], [IGNORE_INDEX, IGNORE_INDEX, 2], prompt_ids=[1, 0], label_index=0),  # right
+                Example([0, 1, 3], [IGNORE_INDEX, IGNORE_INDEX, 3], prompt_ids=[0, 1], label_index=1),  # right
+                Example([0, 0, 3], [IGNORE_INDEX, IGNORE_INDEX, 3], prompt_ids=[0, 0], label_index=1),  # wrong
+                Example([1, 1, 2, 2], [IGNORE_INDEX] * 3 + [2], prompt_ids=[1, 1, 2], label_index=0)]  # tie -> 0
+    metrics = evaluate(FixedLogits(table), examples, pad_id=0, batch_size=3, candidate_ids=[[2], [3]])
+    assert metrics.predictions == [0, 1, 0, 0]
+    assert metrics.accuracy == pytest.approx(3 / 4)
+    # Loss by hand: log-softmax of [0, 0, 2, 0] at the target (2) is 2 - log(3 + e^2); three such targets,
+    # and the last example's target follows token 2, a uniform row: log(1/4).
+    good = 2 - math.log(3 + math.e**2)
+    bad = 0 - math.log(3 + math.e**2)
+    expected = -(good + good + bad + math.log(1 / 4)) / 4
+    assert metrics.loss == pytest.approx(expected)
+    assert metrics.perplexity == pytest.approx(math.exp(expected))
+
+
+def test_label_scores_match_a_plain_log_softmax() -> None:
+    model = tiny_model("llama")
+    prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14]]
+    candidates = [[20], [21, 22], [23, 24, 25]]
+    scores = classification_scores(model, prompts, candidates, pad_id=0, batch_size=2)
+    for i, prompt in enumerate(prompts):
+        for k, cand in enumerate(candidates):
+            seq = torch.tensor([prompt + cand])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(input_ids=seq).logits[0], dim=-1)
+            expected = sum(float(logprobs[len(prompt) - 1 + j, tok]) for j, tok in enumerate(cand))
+            assert float(scores[i, k]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_single_token_fast_path_equals_the_general_path() -> None:
+    model = tiny_model("llama")
+    prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14], [3]]
+    fast = classification_scores(model, prompts, [[20], [21]], pad_id=0, batch_size=3)
+    # A third, two-token candidate forces the general path; its first two columns must agree.
+    general = classification_scores(model, prompts, [[20], [21], [22, 23]], pad_id=0, batch_size=3)
+    torch.testing.assert_close(fast, general[:, :2], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("config", [LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
+                                    PromptTuningConfig(num_virtual_tokens=3)], ids=["lora", "prompt"])
+def test_target_loss_equals_the_full_logits_loss(config: object) -> None:
+    model = get_peft_model(tiny_model("llama"), config)  # type: ignore[arg-type]
+    batch = collate([Example([4, 5, 6, 7, 8], [IGNORE_INDEX] * 3 + [7, 8]), Example([4, 9], [IGNORE_INDEX, 9])], 0)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        fast, n_fast = target_loss(model, batch, labels)
+        full, n_full = token_loss(model(**batch).logits, labels)
+    assert n_fast == n_full == 3
+    torch.testing.assert_close(fast, full)
