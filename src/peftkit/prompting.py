@@ -209,7 +209,7 @@ def generate(module: nn.Module, base: nn.Module, task: TaskType, config: PromptL
     batch = ids.shape[0]
     if isinstance(config, PrefixTuningConfig):
         n = cast(int, config.num_virtual_tokens)
-        kwargs["past_key_values"] = prefix_cache(module, base, config, batch)
+        kwargs[_cache_keyword(base)] = prefix_cache(module, base, config, batch)
     else:
         embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]  # (B, T, D)
         prompts = module().to(embeds.dtype)  # (N, D)

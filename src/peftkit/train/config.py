@@ -243,7 +243,8 @@ class JobConfig:
         unknown = [k for k in fields if k not in known]
         if unknown:
             raise ConfigError([f"{k!r} is not a field of {cls.__name__}{did_you_mean(k, known)}" for k in unknown])
-        return cls(**fields)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: coerce(v, hints[k]) for k, v in fields.items()})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> JobConfig:
@@ -343,9 +344,12 @@ def coerce(value: Any, hint: Any) -> Any:
     YAML reads ``1e-4`` as a string and flags are all strings; ``"1e-4"`` for a float field becomes 1e-4.
     Anything that does not convert is left alone for validation to report.
     """
+    args = set(typing.get_args(hint)) or {hint}
+    if isinstance(value, list):  # flags with several values: coerce the items of list[int] and the like
+        inner = [typing.get_args(a)[0] for a in args if typing.get_origin(a) is list and typing.get_args(a)]
+        return [coerce(v, inner[0]) for v in value] if inner else value
     if not isinstance(value, str):
         return value
-    args = set(typing.get_args(hint)) or {hint}
     text = value.strip()
     if type(None) in args and text.lower() in ("none", "null", "~"):
         return None
