@@ -175,8 +175,55 @@ def test_lora_and_prompt_adapters_on_one_model(tmp_path):
     torch.testing.assert_close(outputs(again, inputs), prompt, atol=1e-5, rtol=1e-5)
 
 
-def test_seq2seq_prompt_methods_are_refused_clearly():
-    from peftkit import ConfigError
+def test_t5_prompt_tuning_equals_encoder_embeddings_prepended_by_hand():
+    model = get_peft_model(tiny_model("t5"), PromptTuningConfig(num_virtual_tokens=3, task_type="SEQ_2_SEQ_LM"))
+    prompts = model.prompt_encoder["default"].embedding.weight  # (2 * 3, D): encoder and decoder halves, as PEFT
+    assert prompts.shape[0] == 6
+    inputs = model_inputs("t5")
+    base = tiny_model("t5")
+    batch = inputs["input_ids"].shape[0]
+    embeds = torch.cat([prompts[:3].detach().expand(batch, -1, -1), _embeds(base, inputs["input_ids"])], dim=1)
+    mask = torch.cat([torch.ones(batch, 3, dtype=torch.long), inputs["attention_mask"]], dim=1)
+    with torch.no_grad():
+        expected = base(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=inputs["decoder_input_ids"]).logits
+    torch.testing.assert_close(outputs(model, inputs), expected)
 
-    with pytest.raises(ConfigError, match="SEQ_2_SEQ_LM"):
-        get_peft_model(tiny_model("t5"), PromptTuningConfig(num_virtual_tokens=2, task_type="SEQ_2_SEQ_LM"))
+
+def test_t5_prefix_goes_into_the_decoder_self_attention():
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    model = get_peft_model(tiny_model("t5"), PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_2_SEQ_LM"))
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.normal_()
+    inputs = model_inputs("t5")
+    batch, layers, heads, head_dim = inputs["input_ids"].shape[0], 2, 4, 8
+    flat = model.prompt_encoder["default"].embedding.weight.detach()  # (3, L * 2 * H * hd)
+    kv = flat.view(3, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (L*2, H, N, hd)
+    self_cache = DynamicCache()
+    for layer in range(layers):
+        slot = (2 * layer) % layers  # PEFT's regrouping of the doubled key/value list
+        key, value = (kv[2 * slot + i].unsqueeze(0).expand(batch, -1, -1, -1) for i in range(2))
+        self_cache.update(key, value, layer)
+    with torch.no_grad():
+        expected = tiny_model("t5")(**inputs, past_key_values=EncoderDecoderCache(self_cache, DynamicCache())).logits
+    torch.testing.assert_close(outputs(model, inputs), expected)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "p_tuning", "prefix"])
+def test_t5_generation_equals_greedy_forward_steps(kind):
+    cls = {"prompt": PromptTuningConfig, "p_tuning": PromptEncoderConfig, "prefix": PrefixTuningConfig}[kind]
+    model = get_peft_model(tiny_model("t5"), cls(num_virtual_tokens=3, task_type="SEQ_2_SEQ_LM"))
+    if kind != "p_tuning":
+        with torch.no_grad():
+            model.prompt_encoder["default"].embedding.weight.normal_()
+    model.eval()
+    inputs = model_inputs("t5")
+    generated = model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                               max_new_tokens=5, do_sample=False)
+    seq = torch.zeros(inputs["input_ids"].shape[0], 1, dtype=torch.long)  # decoder_start_token_id
+    for _ in range(5):
+        with torch.no_grad():
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                           decoder_input_ids=seq).logits
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, seq)

@@ -62,9 +62,6 @@ def fill_shape_fields(base: nn.Module, config: PromptLearningConfig) -> None:
 
 def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Module:
     """Create the prompt module for ``config`` on ``base``'s device (fills the config's shape fields)."""
-    if config.task_type == TaskType.SEQ_2_SEQ_LM:
-        raise ConfigError("prompt methods on encoder-decoder (SEQ_2_SEQ_LM) models are not supported yet; "
-                          "use LoRA for T5/BART-style models")
     fill_shape_fields(base, config)
     n, dim = cast(int, config.num_virtual_tokens), cast(int, config.token_dim)
     total = n * cast(int, config.num_transformer_submodules)
@@ -132,9 +129,22 @@ def _extend_mask(inputs: dict[str, Any], batch: int, n: int, device: torch.devic
         inputs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)  # (B, N+T)
 
 
-def _prepend(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType) -> dict[str, Any]:
+def _encoder_prompts(module: nn.Module, task: TaskType, config: PromptLearningConfig) -> torch.Tensor:
+    """The virtual tokens that go in front of the (encoder) input: ``(N, D)``.
+
+    Encoder-decoder models get ``num_virtual_tokens * 2`` prompt rows, as in PEFT, of which the encoder
+    takes the first half; the file format keeps all rows.
+    """
+    prompts = module()  # (N * submodules, D)
+    if task == TaskType.SEQ_2_SEQ_LM:
+        prompts = prompts[: cast(int, config.num_virtual_tokens)]
+    return prompts
+
+
+def _prepend(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
+             config: PromptLearningConfig) -> dict[str, Any]:
     batch, embeds = _batch_and_embeds(base, inputs)  # (B, T, D)
-    prompts = module()  # (N, D)
+    prompts = _encoder_prompts(module, task, config)  # (N, D)
     n = prompts.shape[0]
     inputs["inputs_embeds"] = torch.cat([prompts.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
     _extend_mask(inputs, batch, n, embeds.device)
@@ -166,6 +176,30 @@ def prefix_cache(module: nn.Module, base: nn.Module, config: PrefixTuningConfig,
     return cache
 
 
+def seq2seq_prefix_cache(module: nn.Module, base: nn.Module, config: PrefixTuningConfig, batch: int) -> Any:
+    """The prefix of an encoder-decoder model, laid out as PEFT does it.
+
+    PEFT doubles the per-layer key/value list, regroups it four at a time (self-attention key and value,
+    cross-attention key and value) and then discards the cross-attention part, so decoder layer ``i``'s
+    self-attention gets the prefix learned in slot ``2 * i mod num_layers``. The encoder sees no prefix.
+    """
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    layers, heads = cast(int, config.num_layers), cast(int, config.num_attention_heads)
+    head_dim = cast(int, config.token_dim) // heads
+    flat = module().to(next(base.parameters()).dtype)  # (N, L*2*H*hd)
+    n = flat.shape[0]
+    kv = flat.view(n, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (L*2, H, N, hd)
+    kv = kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (L*2, B, H, N, hd)
+    decoder_layers = int(getattr(base.config, "num_decoder_layers", None) or layers)
+    self_cache = DynamicCache(config=base.config)  # type: ignore[arg-type]
+    positions = torch.arange(n, device=flat.device)
+    for layer in range(decoder_layers):
+        slot = (2 * layer) % layers
+        self_cache.update(kv[2 * slot], kv[2 * slot + 1], layer, cache_kwargs={"cache_position": positions})
+    return EncoderDecoderCache(self_cache, DynamicCache())
+
+
 def _cache_keyword(base: nn.Module) -> str:
     """transformers 5.24 renamed ``past_key_values`` to ``cache`` in forward (the old name warns)."""
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -178,10 +212,17 @@ def _prefix(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: Ta
     if given is None:
         raise ConfigError("pass input_ids or inputs_embeds")
     batch, n = given.shape[0], cast(int, config.num_virtual_tokens)
-    if inputs.get("past_key_values") is None and inputs.get("cache") is None:
-        inputs[_cache_keyword(base)] = prefix_cache(module, base, config, batch)
-        _extend_mask(inputs, batch, n, given.device)
-        inputs.pop("position_ids", None)
+    if inputs.get("past_key_values") is not None or inputs.get("cache") is not None:
+        return inputs  # a later decoding step: the prefix is already in the cache
+    if task == TaskType.SEQ_2_SEQ_LM:
+        inputs[_cache_keyword(base)] = seq2seq_prefix_cache(module, base, config, batch)
+        mask = inputs.get("decoder_attention_mask")
+        if mask is not None:
+            inputs["decoder_attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)
+        return inputs
+    inputs[_cache_keyword(base)] = prefix_cache(module, base, config, batch)
+    _extend_mask(inputs, batch, n, given.device)
+    inputs.pop("position_ids", None)
     return inputs
 
 
@@ -190,7 +231,7 @@ def prepare_inputs(module: nn.Module, base: nn.Module, inputs: dict[str, Any], t
     """Turn the user's inputs into the base model's inputs with the prompt applied."""
     if isinstance(config, PrefixTuningConfig):
         return _prefix(module, base, inputs, task, config)
-    return _prepend(module, base, inputs, task)
+    return _prepend(module, base, inputs, task, config)
 
 
 # ----- generation -----------------------------------------------------------------------------------------
@@ -206,6 +247,8 @@ def generate(module: nn.Module, base: nn.Module, task: TaskType, config: PromptL
     ids = kwargs.pop("input_ids", None)
     if ids is None:
         raise ConfigError("generate with a prompt adapter needs input_ids")
+    if task == TaskType.SEQ_2_SEQ_LM:
+        return _generate_seq2seq(module, base, config, ids, **kwargs)
     batch = ids.shape[0]
     if isinstance(config, PrefixTuningConfig):
         n = cast(int, config.num_virtual_tokens)
@@ -221,6 +264,23 @@ def generate(module: nn.Module, base: nn.Module, task: TaskType, config: PromptL
     placeholder = ids[:, -1:].expand(batch, n)  # (B, N)
     out = base.generate(input_ids=torch.cat([placeholder, ids], dim=1), **kwargs)  # type: ignore[operator]
     return out[:, n:]
+
+
+def _generate_seq2seq(module: nn.Module, base: nn.Module, config: PromptLearningConfig, ids: torch.Tensor,
+                      **kwargs: Any) -> torch.Tensor:
+    """Encoder-decoder generation: virtual tokens in front of the encoder input, or the prefix in the
+    decoder's self-attention cache. The output holds decoder tokens only, as the base model's does."""
+    batch = ids.shape[0]
+    if isinstance(config, PrefixTuningConfig):
+        kwargs[_cache_keyword(base)] = seq2seq_prefix_cache(module, base, config, batch)
+        return cast(torch.Tensor, base.generate(input_ids=ids, **kwargs))  # type: ignore[operator]
+    embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]  # (B, T, D)
+    prompts = _encoder_prompts(module, TaskType.SEQ_2_SEQ_LM, config).to(embeds.dtype)  # (N, D)
+    mask = kwargs.pop("attention_mask", None)
+    mask = torch.ones_like(ids) if mask is None else mask
+    kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, prompts.shape[0]), mask], dim=1)  # (B, N+T)
+    kwargs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
+    return cast(torch.Tensor, base.generate(**kwargs))  # type: ignore[operator]
 
 
 # ----- files ----------------------------------------------------------------------------------------------

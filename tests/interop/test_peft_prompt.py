@@ -10,12 +10,14 @@ import peftkit
 
 from ..conftest import model_inputs, outputs, tiny_model
 
-CASES = [(arch, method) for arch in ["llama", "gpt2", "bloom", "bert"] for method in ["prompt", "p_tuning", "prefix"]
+CASES = [(arch, method) for arch in ["llama", "gpt2", "bloom", "bert", "t5"]
+         for method in ["prompt", "p_tuning", "prefix"]
          if not (arch == "bert" and method == "prefix")]  # PEFT refuses prefix tuning on BERT (no KV cache)
+TASKS = {"bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM"}
 
 
 def _config(lib, method: str, arch: str):
-    task = "SEQ_CLS" if arch == "bert" else "CAUSAL_LM"
+    task = TASKS.get(arch, "CAUSAL_LM")
     if method == "prompt":
         return lib.PromptTuningConfig(num_virtual_tokens=4, task_type=task)
     if method == "p_tuning":
