@@ -103,3 +103,20 @@ def test_config_reports_every_problem_and_suggests_names():
     assert len(err.value.problems) == 3
     with pytest.raises(ConfigError, match="Did you mean 'lora_alpha'"):
         LoraConfig.from_dict({"peft_type": "LORA", "lora_alfa": 16})
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from peftkit.format import atomic_directory, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        with atomic_directory(tmp_path / "folder") as tmp:
+            (tmp / "b.txt").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755  # not mkdtemp's 0700

@@ -87,4 +87,5 @@ def test_smollm2_learns_ethos_hate_speech(tmp_path, data_dir):
     gold = [e.label_index for e in result.data.val]
     majority = max(gold.count(0), gold.count(1)) / len(gold)
     assert result.after is not None and result.after.accuracy is not None
+    print(f"ethos held-out accuracy {result.after.accuracy:.3f} (majority {majority:.3f})")
     assert result.after.accuracy > max(majority, 0.566), (result.after.accuracy, majority)

@@ -42,6 +42,12 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 PROMPT_KEY = "prompt_embeddings"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
@@ -56,6 +62,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the permissions open() would
         os.replace(tmp, path)
         with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
             dir_fd = os.open(folder, os.O_RDONLY)
@@ -82,6 +89,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the permissions mkdir would
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
             os.replace(final, old / final.name)
