@@ -108,7 +108,9 @@ class PeftModel(nn.Module):
     @property
     def is_gradient_checkpointing(self) -> bool:
         base = self.get_base_model()
-        return bool(getattr(base, "is_activation_checkpointing", getattr(base, "is_gradient_checkpointing", False)))
+        if hasattr(base, "is_activation_checkpointing"):  # transformers 5.24 name; the old one warns
+            return bool(base.is_activation_checkpointing)
+        return bool(getattr(base, "is_gradient_checkpointing", False))
 
     @property
     def _keys_to_ignore_on_save(self) -> Any:
