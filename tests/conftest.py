@@ -127,3 +127,12 @@ def char_tokenizer() -> transformers.PreTrainedTokenizerFast:
 @pytest.fixture(scope="session")
 def chars() -> transformers.PreTrainedTokenizerFast:
     return char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama and the character tokenizer saved as an ordinary transformers folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder

@@ -10,17 +10,8 @@ import transformers
 
 from peftkit import PeftModel
 from peftkit.cli import main
-from tests.conftest import char_tokenizer, outputs, tiny_model
+from tests.conftest import outputs, tiny_model
 from tests.train.test_loop import sentiment_csv
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama and a character tokenizer saved as an ordinary transformers folder."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -75,12 +75,13 @@ def test_smollm2_learns_ethos_hate_speech(tmp_path, data_dir):
 
     config = JobConfig(
         model="smollm2-135m", seed=0, output_dir=str(tmp_path / "ethos"),
-        adapter={"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        adapter={"r": 16, "lora_alpha": 32, "layers_to_transform": list(range(14, 30)),
+                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
         data={"path": str(data_dir / "ethos-binary.csv"), "delimiter": ";", "mode": "classification",
               "template": "Sentence : {comment} Label : {label}", "label_column": "isHate",
               "label_threshold": 0.5, "label_words": {"1": "hate", "0": "not hate"}, "max_length": 96,
-              "val_size": 200, "max_train_samples": 320},
-        train={"epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_steps": 4, "progress": False, "plot": False,
+              "val_size": 200},
+        train={"epochs": 1, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5, "progress": False, "plot": False,
                "eval_before": False, "eval_batch_size": 32},
     )
     result = train(config, log=lambda _: None)

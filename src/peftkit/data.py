@@ -15,11 +15,13 @@ EOS token, and masking every pad id would hide the EOS target too.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,18 +104,64 @@ def load_rows(path: str | os.PathLike[str], fmt: str | None = None,
         raise DataError(f"data file not found: {path}; check data.path (relative paths start from the "
                         f"current directory {os.getcwd()})")
     fmt = fmt or detect_format(path)
+    _check_not_empty(path, fmt)
     builder = {"tsv": "csv", "jsonl": "json"}.get(fmt, fmt)
     kwargs: dict[str, Any] = {}
     if builder == "csv":
         kwargs["delimiter"] = delimiter or ("\t" if fmt == "tsv" else ",")
     try:
-        dataset = load_dataset(builder, data_files=os.fspath(path), split="train", **kwargs)
+        with _quiet_datasets():
+            dataset = load_dataset(builder, data_files=os.fspath(path), split="train", **kwargs)
     except Exception as err:  # datasets wraps parser errors in many types; all mean "cannot read this file"
-        raise DataError(f"{path}: cannot read it as {fmt}: {_first_line(err)}") from err
+        raise DataError(f"{_bad_spot(path, fmt)}: cannot read it as {fmt}: {_first_line(err)}") from err
     rows = list(dataset)
     if not rows:
         raise DataError(f"{path}: the file has no rows")
     return rows
+
+
+def _check_not_empty(path: str | os.PathLike[str], fmt: str) -> None:
+    """A header-only CSV or an empty JSON Lines file gets a plain message, not the parser's."""
+    if fmt not in ("csv", "tsv", "jsonl") or Path(path).suffix in COMPRESSIONS:
+        return
+    with open(path, "rb") as fh:
+        lines = [line for _, line in zip(range(3), fh, strict=False) if line.strip()]
+    if len(lines) <= (1 if fmt in ("csv", "tsv") else 0):
+        raise DataError(f"{path}: the file has no rows" + (" (only a header)" if lines else "") +
+                        "; add data or point data.path at another file")
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """datasets logs its own tracebacks when a parser fails (and its log calls can themselves fail);
+    the user gets our one-paragraph error instead."""
+    from datasets.utils import logging as ds_logging
+
+    level = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(level)
+
+
+def _bad_spot(path: str | os.PathLike[str], fmt: str) -> str:
+    """``file:line`` of the first line that is not valid JSON (JSON Lines) or not UTF-8; else the file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError:
+        return os.fspath(path)
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"{path}:{number} (not UTF-8 text; re-save the file as UTF-8)"
+        if fmt == "jsonl" and text.strip():
+            try:
+                json.loads(text)
+            except json.JSONDecodeError:
+                return f"{path}:{number}"
+    return os.fspath(path)
 
 
 def _first_line(err: BaseException) -> str:
@@ -338,8 +386,9 @@ def _split(items: list[Any], val_size: float, seed: int) -> tuple[list[Any], lis
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = round(val_size * len(items)) if val_size < 1 else int(val_size)
     if val_size > 0 and not 0 < n_val < len(items):
-        raise DataError(f"val_size={val_size} leaves {len(items) - n_val} training and {n_val} validation "
-                        f"examples out of {len(items)}; choose a smaller or larger val_size")
+        raise DataError(f"val_size={val_size:g} would hold out {n_val} of {len(items)} examples, leaving "
+                        f"{max(len(items) - n_val, 0)} to train on; choose a val_size between 1 and "
+                        f"{len(items) - 1}, a fraction such as 0.1, or 0 for no validation")
     shuffled = [items[i] for i in order]
     return shuffled[n_val:], shuffled[:n_val]
 

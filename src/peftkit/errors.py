@@ -16,8 +16,10 @@ __all__ = [
     "DataError",
     "ModelLoadError",
     "PeftkitError",
+    "StorageError",
     "TargetNotFoundError",
     "TrainingError",
+    "TrainingInterrupted",
     "UserInputError",
 ]
 
@@ -78,6 +80,18 @@ class DataError(UserInputError):
 
 class TrainingError(PeftkitError):
     """Training failed at run time (for example a NaN loss)."""
+
+
+class TrainingInterrupted(PeftkitError):
+    """Training stopped on request (Ctrl-C) after saving a checkpoint; ``--resume`` continues it."""
+
+    exit_code = 130
+
+
+class StorageError(PeftkitError):
+    """A file could not be written (disk full, read-only, not a folder); what was there before is kept."""
+
+    exit_code = 1
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

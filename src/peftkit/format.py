@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CONFIG_NAME, PeftConfig, config_from_dict, config_to_json
-from .errors import AdapterFormatError, ConfigError
+from .errors import AdapterFormatError, ConfigError, StorageError
 
 __all__ = [
     "CONFIG_NAME",
@@ -52,13 +52,15 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error the temporary file is removed and ``path`` is left as it was. Operating-system errors
+    (a full disk, a read-only or missing folder) become :class:`StorageError` naming the file.
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        os.close(fd)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -70,10 +72,19 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+    except OSError as err:
+        _remove(tmp)
+        raise StorageError(f"cannot write {path}: {err.strerror or err}. Check that {folder} exists, is writable "
+                           f"and has space; the previous {os.path.basename(path)}, if any, is unchanged") from err
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        _remove(tmp)
         raise
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 @contextlib.contextmanager
@@ -85,10 +96,17 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     import shutil
 
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        yield tmp
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as err:
+        raise StorageError(f"cannot create {final}: {err.strerror or err}; choose a writable folder") from err
+    try:
+        try:
+            yield tmp
+        except OSError as err:
+            raise StorageError(f"cannot write {final}: {err.strerror or err}; the previous {final.name}, if any, "
+                               f"is unchanged") from err
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the permissions mkdir would
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
@@ -205,7 +223,7 @@ def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: d
         with atomic_write(folder / CONFIG_NAME) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             fh.write(config_to_json(config))
     except OSError as err:
-        raise AdapterFormatError(
+        raise StorageError(
             f"cannot write the adapter to {folder}: {err.strerror or err}. "
             "Check that the folder is writable and the disk has space; any earlier adapter there is intact."
         ) from err

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..format import atomic_directory
 
 __all__ = ["find_latest", "load_state", "save_checkpoint"]
@@ -74,11 +74,12 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The training state of a checkpoint, read with ``weights_only=True`` (no pickled code runs)."""
     path = Path(folder) / STATE_FILE
     if not path.is_file():
-        raise TrainingError(f"{folder} is not a checkpoint (no {STATE_FILE}); pass a folder under "
-                            f"<output_dir>/checkpoints/, or resume: true for the latest")
+        raise ConfigError(f"{folder} is not a checkpoint (no {STATE_FILE}); pass a folder under "
+                          f"<output_dir>/checkpoints/, or resume: true for the latest")
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise TrainingError(f"cannot read {path}: {err}; the checkpoint is damaged, resume from an earlier "
-                            f"one") from err
+        raise TrainingError(f"cannot read {path} ({type(err).__name__}): the checkpoint is damaged or was not "
+                            f"written by peftkit; resume from an earlier checkpoint, or start a new output_dir"
+                            ) from err
     return state

@@ -20,8 +20,10 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import os
 import textwrap
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +92,7 @@ class DataConfig:
     def _validate(self, problems: list[str]) -> None:
         from ..data import DataError, split_label_template, template_fields
 
+        typecheck(self, "data.", problems)
         _choice(problems, "data.mode", self.mode, MODES)
         if self.format is not None:
             _choice(problems, "data.format", self.format, ("csv", "tsv", "json", "jsonl", "parquet"))
@@ -97,7 +100,7 @@ class DataConfig:
             problems.append("data.path is required: a data file such as train.csv, or rotten-tomatoes")
         if self.template is None and self.mode != "chat":
             defaults = {"text": "{text}", "completion": "{prompt}", "classification": "{text} {label}"}
-            self.template = defaults.get(self.mode)
+            self.template = defaults.get(self.mode) if isinstance(self.mode, str) else None
         for name, text in (("data.template", self.template), ("data.completion_template", self.completion_template)):
             try:
                 template_fields(text or "")
@@ -171,6 +174,7 @@ class TrainingConfig:
     """Save plot.png of loss and metrics at the end (needs matplotlib)."""
 
     def _validate(self, problems: list[str]) -> None:
+        typecheck(self, "train.", problems)
         _positive(problems, "train.epochs", self.epochs)
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             _positive(problems, f"train.{name}", getattr(self, name), integer=True)
@@ -218,16 +222,21 @@ class JobConfig:
             self.data = _build(DataConfig, self.data, "data", problems)
         if isinstance(self.train, dict):
             self.train = _build(TrainingConfig, self.train, "train", problems)
+        typecheck(self, "", problems, skip=("data", "train"))
         _choice(problems, "method", self.method, tuple(METHODS))
         _choice(problems, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if not isinstance(self.adapter, dict):
             problems.append(f"adapter={self.adapter!r} must be a mapping of the method's fields, e.g. {{r: 8}}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"seed={self.seed!r} must be a whole number")
-        for section in (self.data, self.train):
-            if dataclasses.is_dataclass(section):
+        for name, cls in (("data", DataConfig), ("train", TrainingConfig)):
+            section = getattr(self, name)
+            if isinstance(section, cls):
                 section._validate(problems)
-        if self.method in METHODS and isinstance(self.adapter, dict):
+            else:
+                problems.append(f"{name} must be a mapping of its fields, not {section!r}")
+                setattr(self, name, cls())
+        if isinstance(self.method, str) and self.method in METHODS and isinstance(self.adapter, dict):
             try:
                 self.peft_config()
             except ConfigError as err:
@@ -242,7 +251,7 @@ class JobConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in fields if k not in known]
         if unknown:
-            raise ConfigError([f"{k!r} is not a field of {cls.__name__}{did_you_mean(k, known)}" for k in unknown])
+            raise ConfigError([f"{k!r} is not a field of {cls.__name__}.{did_you_mean(k, known)}" for k in unknown])
         hints = typing.get_type_hints(cls)
         return cls(**{k: coerce(v, hints[k]) for k, v in fields.items()})
 
@@ -338,6 +347,44 @@ def field_types(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
+def typecheck(obj: Any, prefix: str, problems: list[str], skip: tuple[str, ...] = ()) -> None:
+    """Record a problem for each field whose value is not of its declared type, and put the default back
+    so later checks see a sane value."""
+    hints = field_types(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in skip or _matches(value, hints[f.name]):
+            continue
+        problems.append(f"{prefix}{f.name}={value!r} must be {_describe(hints[f.name])}")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        setattr(obj, f.name, default)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    for kind in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,):
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if kind is Any or (kind is type(None) and value is None) or (kind is bool and isinstance(value, bool)):
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and _is_number(value) and (not isinstance(value, float) or math.isfinite(value)):
+            return True
+        if kind is str and isinstance(value, str):
+            return True
+        if origin is list and isinstance(value, list) and all(_matches(v, args[0]) for v in value):
+            return True
+        if origin is dict and isinstance(value, dict):
+            return True
+    return False
+
+
+def _describe(hint: Any) -> str:
+    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false", type(None): "empty"}
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    words = [names.get(k) or ("a list" if typing.get_origin(k) is list else "a mapping") for k in kinds]
+    return " or ".join(dict.fromkeys(words))
+
+
 def coerce(value: Any, hint: Any) -> Any:
     """Turn text into the field's scalar type where that is unambiguous.
 
@@ -376,6 +423,6 @@ def _positive(problems: list[str], name: str, value: Any, integer: bool = False)
 
 
 def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         problems.append(f"{name}={value!r} is not allowed; expected one of {', '.join(allowed)}."
                         f"{did_you_mean(str(value), allowed)}")

@@ -12,8 +12,10 @@ import contextlib
 import json
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from ..data import IGNORE_INDEX, Example, TaskData, collate, load_task_data
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..format import write_json_atomic, write_model_card, write_text_atomic
 from ..model import PeftModel, get_peft_model
 from . import checkpoint as ckpt
@@ -167,6 +169,7 @@ class Run:
         self.last_eval_step = -1
         self.tokens_seen = 0
         self.train_time = 0.0
+        self.stop_requested = False
 
     # --- evaluation and checkpoints ---
 
@@ -195,8 +198,13 @@ class Run:
         named = dict(self.model.named_parameters())
         missing = [k for k in weights if k not in named]
         if missing or len(weights) != len(self.params):
-            raise TrainingError(f"{folder} was written for a different adapter ({len(weights)} tensors, this run "
-                                f"trains {len(self.params)}); resume with the same config, or start a new output_dir")
+            raise ConfigError(f"{folder} was written for a different adapter ({len(weights)} tensors, this run "
+                              f"trains {len(self.params)}); resume with the same config, or start a new output_dir")
+        wrong = [k for k, t in weights.items() if t.shape != named[k].shape]
+        if wrong:
+            raise ConfigError(f"{folder} was written for a different adapter: {wrong[0]} has shape "
+                              f"{tuple(weights[wrong[0]].shape)}, this run's is {tuple(named[wrong[0]].shape)}; "
+                              f"resume with the same config, or start a new output_dir")
         with torch.no_grad():
             for key, tensor in weights.items():
                 named[key].copy_(tensor)
@@ -229,6 +237,13 @@ class Run:
             loss = loss_sum / max(n_targets, 1)
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total_loss += float(loss_sum.detach())
+        if not math.isfinite(total_loss):
+            self.optimizer.zero_grad(set_to_none=True)  # the adapter stays as it was after the last good step
+            self.position -= self.cfg.grad_accum
+            latest = ckpt.find_latest(self.out)
+            where = f"the last checkpoint, {latest}, is intact" if latest else "no checkpoint was written yet"
+            raise TrainingError(f"the loss became {total_loss} at step {self.step + 1}; the step was not applied and "
+                                f"{where}. Lower train.lr, set train.max_grad_norm, or use precision: fp32")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.max_grad_norm is not None:
@@ -275,6 +290,33 @@ def _resume_folder(config: JobConfig, log: Callable[[str], None]) -> Path | None
     return latest
 
 
+def _check_writable(out: Path) -> None:
+    """Fail before any work when output_dir cannot hold the results."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ConfigError(f"output_dir {out} cannot be written: {err.strerror or err}; choose a writable "
+                          f"folder with --output-dir") from err
+
+
+def _check_context(config: JobConfig, model: PeftModel, data: TaskData) -> None:
+    """Every example (plus virtual tokens) must fit the model's position range."""
+    model_config = getattr(model.get_base_model(), "config", None)
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    virtual = int(getattr(model.active_peft_config, "num_virtual_tokens", 0) or 0)
+    if not limit:
+        return
+    too_long = sum(len(e.input_ids) + virtual > limit for e in data.train + data.val)
+    if too_long:
+        extra = f" plus {virtual} virtual tokens" if virtual else ""
+        raise ConfigError(f"{too_long} examples{extra} are longer than the model's context ({limit} positions); "
+                          f"set data.max_length to {limit - virtual} or less (now {config.data.max_length})")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -309,18 +351,25 @@ def train(config: JobConfig, *, model: nn.Module | None = None, tokenizer: Any =
     from ..models import load_tokenizer
 
     seed_everything(config.seed)
+    _check_writable(Path(config.output_dir))
     resume_from = _resume_folder(config, log)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
     data = load_task_data(config.data, tokenizer, seed=config.seed)
     for line in data.report:
         log(line)
     peft_model = build_model(config, model, pick_device(config.train.device))
+    _check_context(config, peft_model, data)
     run = Run(config, peft_model, tokenizer, data, log)
     run.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.out / "config.yaml", config.to_yaml())
     if resume_from is not None:
         run.restore(resume_from)
-    metrics = MetricsLog(run.out / "metrics.jsonl", resume_step=run.step if resume_from else None)
+    with _stop_on_interrupt(run):
+        return _run(run, config, log, resumed=resume_from is not None)
+
+
+def _run(run: Run, config: JobConfig, log: Callable[[str], None], resumed: bool) -> TrainResult:
+    metrics = MetricsLog(run.out / "metrics.jsonl", resume_step=run.step if resumed else None)
     if run.before is None and config.train.eval_before:
         before = run.evaluate()
         if before is not None:
@@ -329,6 +378,27 @@ def train(config: JobConfig, *, model: nn.Module | None = None, tokenizer: Any =
             log(_format_metrics("before training", run.before))
     _loop(run, metrics)
     return _finish(run, metrics)
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(run: Run) -> Iterator[None]:
+    """The first Ctrl-C asks the run to stop after the current step (with a checkpoint); a second one
+    stops at once. Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if run.stop_requested:
+            raise KeyboardInterrupt
+        run.stop_requested = True
+        run.log("\nstopping after this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _loop(run: Run, metrics: MetricsLog) -> None:
@@ -345,8 +415,6 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
         run.tokens_seen += tokens
         run.step += 1
         window_loss, window_steps, window_tokens = window_loss + loss, window_steps + 1, window_tokens + tokens
-        if not math.isfinite(loss):
-            raise TrainingError(f"the loss became {loss} at step {run.step}; lower train.lr or use precision: fp32")
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
         if run.step % cfg.log_every == 0 or run.step == run.total:
@@ -359,6 +427,13 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
             _record_eval(run, metrics)
         if cfg.save_every and run.step % cfg.save_every == 0:
             run.save()
+        if run.stop_requested:
+            bar.close()
+            if not (cfg.save_every and run.step % cfg.save_every == 0):
+                run.save()
+            raise TrainingInterrupted(
+                f"interrupted at step {run.step} of {run.total}; checkpoint saved in "
+                f"{ckpt.checkpoints_dir(run.out)}. Continue with the same config and --resume")
     bar.close()
 
 

@@ -1,0 +1,400 @@
+"""The hostile-input corpus: what people get wrong, and what peftkit says back.
+
+Each case sets up files in a temporary folder, then runs the CLI (or the Python API) and checks three
+things: the exact error class, the exit code (2 bad input, 1 runtime failure), and that the message names
+the culprit (the field, file, line or layer). ``docs/reliability.md`` lists every case; a test keeps the two
+in step.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from peftkit import (
+    AdapterFormatError,
+    ConfigError,
+    DataError,
+    LoraConfig,
+    ModelLoadError,
+    PeftModel,
+    TargetNotFoundError,
+    get_peft_model,
+)
+from peftkit.cli import main
+from peftkit.errors import PeftkitError, StorageError, TrainingError
+from tests.conftest import tiny_model
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+GOOD_CSV = "text,label\n" + "".join(f"{w} film,{lab}\n" for w, lab in [("good", "pos"), ("bad", "neg")] * 8)
+
+
+@dataclass
+class Case:
+    """One hostile input: files to create, the command to run, and what must come back."""
+
+    id: str
+    what: str
+    files: dict[str, str | bytes]
+    argv: list[str] | None
+    error: type[PeftkitError]
+    code: int
+    text: str
+    api: Callable[[Path], Any] | None = field(default=None, repr=False)
+
+
+def train(*flags: str, data: str = "d.csv") -> list[str]:
+    return ["train", "--model", "{model}", "--output-dir", "{tmp}/out", "--data.path", f"{{tmp}}/{data}",
+            "--train.max_steps", "2", "--train.progress", "false", "--train.plot", "false",
+            "--adapter.target_modules", "q_proj", *flags]
+
+
+def classify(*flags: str, data: str = "d.csv") -> list[str]:
+    return train("--data.mode", "classification", "--data.label_words", "{pos: yes, neg: no}", *flags, data=data)
+
+
+def chat(*flags: str) -> list[str]:
+    return train("--data.mode", "chat", "--data.val_size", "0", *flags, data="d.jsonl")
+
+
+def yaml_job(body: str) -> dict[str, str | bytes]:
+    return {"job.yaml": body, "d.csv": GOOD_CSV}
+
+
+JOB = ["train", "--config", "{tmp}/job.yaml", "--output-dir", "{tmp}/out"]
+
+
+# ----- API-level cases ---------------------------------------------------------------------------------------
+
+
+def _saved_lora(tmp: Path, arch: str = "llama", **config: Any) -> Path:
+    model = get_peft_model(tiny_model(arch), LoraConfig(r=4, target_modules=["q_proj"], **config))
+    model.save_pretrained(tmp / "adapter")
+    return tmp / "adapter"
+
+
+def adapter_other_size(tmp: Path) -> None:
+    import transformers
+
+    folder = _saved_lora(tmp)
+    wider = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    PeftModel.from_pretrained(transformers.LlamaForCausalLM(wider), folder)
+
+
+def adapter_other_arch(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("gpt2"), _saved_lora(tmp))
+
+
+def adapter_truncated(tmp: Path) -> None:
+    folder = _saved_lora(tmp)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_pickle(tmp: Path) -> None:
+    import pickle
+
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (print, ("code ran",))
+
+    folder = tmp / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4,
+                                                            "target_modules": ["q_proj"]}))
+    (folder / "adapter_model.bin").write_bytes(pickle.dumps({"x": Boom()}))
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_missing_folder(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("llama"), tmp / "no-adapter")
+
+
+def adapter_without_config(tmp: Path) -> None:
+    folder = _saved_lora(tmp)
+    (folder / "adapter_config.json").unlink()
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_config_not_json(tmp: Path) -> None:
+    folder = _saved_lora(tmp)
+    (folder / "adapter_config.json").write_text("{peft_type: LORA")
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def _edit_config(tmp: Path, **changes: Any) -> Path:
+    folder = _saved_lora(tmp)
+    path = folder / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return folder
+
+
+def adapter_uses_dora(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, use_dora=True))
+
+
+def adapter_unknown_type(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, peft_type="SUPER_LORA"))
+
+
+def adapter_rank_zero(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, r=0))
+
+
+def disk_full(tmp: Path) -> None:
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj"]))
+    model.save_pretrained(tmp / "adapter")
+    before = (tmp / "adapter" / "adapter_model.safetensors").read_bytes()
+    real_fsync = __import__("os").fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    import os
+
+    os.fsync = full
+    try:
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(1.0)
+        model.save_pretrained(tmp / "adapter")
+    finally:
+        os.fsync = real_fsync
+        # Whatever happened, the adapter that was there is byte for byte the same.
+        assert (tmp / "adapter" / "adapter_model.safetensors").read_bytes() == before
+        assert not [p for p in (tmp / "adapter").iterdir() if p.name.startswith(".")]
+
+
+def nan_loss(tmp: Path) -> None:
+    from peftkit import JobConfig
+    from peftkit import train as run_train
+    from peftkit.train import loop
+    from tests.conftest import char_tokenizer
+
+    (tmp / "d.csv").write_text(GOOD_CSV)
+    real = loop.target_loss
+    calls = {"n": 0}
+
+    def poisoned(model: Any, inputs: Any, labels: Any) -> Any:
+        loss, n = real(model, inputs, labels)
+        calls["n"] += 1
+        return (loss * float("nan"), n) if calls["n"] > 2 and model.training else (loss, n)
+
+    loop.target_loss = poisoned  # type: ignore[assignment]
+    job = JobConfig(adapter={"r": 2, "target_modules": ["q_proj"]}, output_dir=str(tmp / "out"),
+                    data={"path": str(tmp / "d.csv"), "val_size": 0},
+                    train={"max_steps": 5, "save_every": 1, "batch_size": 4, "progress": False, "plot": False})
+    try:
+        run_train(job, model=tiny_model("llama"), tokenizer=char_tokenizer(), log=lambda _: None)
+    finally:
+        loop.target_loss = real  # type: ignore[assignment]
+        saved = sorted(p.name for p in (tmp / "out" / "checkpoints").glob("step-*"))
+        assert saved == ["step-000001", "step-000002"]  # the good checkpoints are kept
+
+
+def merge_into_file(tmp: Path) -> None:
+    from tests.conftest import char_tokenizer
+
+    tiny_model("llama").save_pretrained(tmp / "model")
+    char_tokenizer().save_pretrained(tmp / "model")
+    adapter = _saved_lora(tmp)
+    (tmp / "file").write_text("x")
+    main(["--debug", "merge", str(tmp / "model"), str(adapter), str(tmp / "file" / "merged")])
+
+
+def resume_damaged(tmp: Path) -> None:
+    from peftkit.train import checkpoint
+
+    folder = tmp / "out" / "checkpoints" / "step-000001"
+    folder.mkdir(parents=True)
+    (folder / checkpoint.STATE_FILE).write_bytes(b"\x00garbage")
+    checkpoint.load_state(folder)
+
+
+# ----- the corpus ----------------------------------------------------------------------------------------
+
+
+CASES = [
+    # configs
+    Case("yaml-malformed", "a YAML file with an unclosed bracket", yaml_job("model: [unclosed\n"), JOB,
+         ConfigError, 2, "not valid YAML"),
+    Case("yaml-not-mapping", "a YAML file that is a list", yaml_job("- model\n"), JOB, ConfigError, 2,
+         "must hold a mapping"),
+    Case("yaml-unknown-key", "a misspelt top-level key", yaml_job("modle: x\ndata: {path: d.csv}\n"), JOB,
+         ConfigError, 2, "modle is not a known field. Did you mean 'model'?"),
+    Case("yaml-unknown-data-key", "a misspelt data field", yaml_job("data: {path: d.csv, templte: '{text}'}\n"),
+         JOB, ConfigError, 2, "data.templte is not a known field. Did you mean 'template'?"),
+    Case("yaml-unknown-train-key", "a train field from another tool",
+         yaml_job("data: {path: d.csv}\ntrain: {learning_rate: 0.1}\n"), JOB, ConfigError, 2,
+         "train.learning_rate is not a known field"),
+    Case("adapter-unknown-field", "a misspelt adapter field",
+         yaml_job("data: {path: d.csv}\nadapter: {lora_alpa: 16}\n"), JOB, ConfigError, 2,
+         "'lora_alpa' is not a field of LoraConfig. Did you mean 'lora_alpha'?"),
+    Case("config-missing", "--config pointing nowhere", {}, ["train", "--config", "{tmp}/nope.yaml"], ConfigError, 2,
+         "config file not found"),
+    Case("rank-zero", "LoRA rank 0", {"d.csv": GOOD_CSV}, train("--adapter.r", "0"), ConfigError, 2, "r=0"),
+    Case("lr-negative", "a negative learning rate", {"d.csv": GOOD_CSV}, train("--train.lr=-1"), ConfigError, 2,
+         "train.lr=-1.0 must be a number > 0"),
+    Case("dropout-above-one", "lora_dropout 1.5", {"d.csv": GOOD_CSV}, train("--adapter.lora_dropout", "1.5"),
+         ConfigError, 2, "lora_dropout"),
+    Case("virtual-tokens-zero", "prompt tuning with 0 virtual tokens", {"d.csv": GOOD_CSV},
+         ["train", "--model", "{model}", "--method", "prompt_tuning", "--adapter.num_virtual_tokens", "0",
+          "--data.path", "{tmp}/d.csv", "--output-dir", "{tmp}/out"], ConfigError, 2, "num_virtual_tokens"),
+    Case("method-unknown", "a misspelt method", {"d.csv": GOOD_CSV}, train("--method", "lorra"), ConfigError, 2,
+         "Did you mean 'lora'?"),
+    Case("mode-unknown", "an unknown data mode", {"d.csv": GOOD_CSV}, train("--data.mode", "classify"),
+         ConfigError, 2, "data.mode='classify' is not allowed"),
+    Case("batch-size-text", "a batch size in words", {"d.csv": GOOD_CSV}, train("--train.batch_size", "eight"),
+         ConfigError, 2, "train.batch_size='eight'"),
+    Case("precision-unknown", "precision fp8", {"d.csv": GOOD_CSV}, train("--train.precision", "fp8"),
+         ConfigError, 2, "expected one of auto, fp32, bf16, fp16"),
+    Case("fp16-on-cpu", "fp16 without a GPU", {"d.csv": GOOD_CSV}, train("--train.precision", "fp16",
+                                                                          "--train.device", "cpu"),
+         ConfigError, 2, "fp16 needs a CUDA device"),
+    Case("val-size-negative", "a negative validation share", {"d.csv": GOOD_CSV}, train("--data.val_size=-0.5"),
+         ConfigError, 2, "data.val_size=-0.5"),
+    Case("classification-no-words", "classification without label words", {"d.csv": GOOD_CSV},
+         train("--data.mode", "classification"), ConfigError, 2, "data.label_words is required"),
+    Case("label-template-order", "a classification template that does not end in {label}", {"d.csv": GOOD_CSV},
+         classify("--data.template", "{label}: {text}"), ConfigError, 2, "must end with {label}"),
+    Case("template-malformed", "a template with an unclosed brace", {"d.csv": GOOD_CSV},
+         train("--data.template", "{text"), ConfigError, 2, "malformed"),
+    Case("label-words-not-mapping", "label words that are not a mapping", {"d.csv": GOOD_CSV},
+         train("--data.label_words", "[pos, neg"), ConfigError, 2, "--data.label_words"),
+    Case("output-unwritable", "an output folder inside a file", {"d.csv": GOOD_CSV, "file": "x"},
+         train("--output-dir", "{tmp}/file/out"), ConfigError, 2, "cannot be written"),
+    # data
+    Case("data-missing", "a data file that does not exist", {}, train(data="missing.csv"), DataError, 2,
+         "data file not found"),
+    Case("data-extension", "a file whose format cannot be told", {"d.txt": "text\nhi\n"}, train(data="d.txt"),
+         DataError, 2, "cannot tell the format"),
+    Case("template-missing-column", "a template naming a missing column", {"d.csv": GOOD_CSV},
+         train("--data.template", "{body}"), DataError, 2, "no column 'body'; columns are text, label"),
+    Case("data-empty", "a CSV with a header and no rows", {"d.csv": "text,label\n"}, train(), DataError, 2,
+         "d.csv: the file has no rows (only a header)"),
+    Case("data-not-utf8", "a Latin-1 file", {"d.csv": b"text,label\ncaf\xe9 film,pos\n"}, train(), DataError, 2,
+         "d.csv:2 (not UTF-8"),
+    Case("csv-wrong-delimiter", "a semicolon file read as commas", {"d.csv": "comment;isHate\nhi;0.1\n"},
+         train("--data.template", "{comment}"), DataError, 2, "no column 'comment'; columns are comment;isHate"),
+    Case("jsonl-broken-line", "a JSON Lines file with a broken third line",
+         {"d.jsonl": '{"text": "a"}\n{"text": "b"}\n{"text": \n{"text": "d"}\n'}, train(data="d.jsonl"),
+         DataError, 2, "d.jsonl:3"),
+    Case("json-not-records", "a JSON file holding a number", {"d.json": "42"}, train(data="d.json"), DataError, 2,
+         "d.json"),
+    Case("parquet-garbage", "a .parquet file that is not Parquet", {"d.parquet": b"not parquet"},
+         train(data="d.parquet"), DataError, 2, "cannot read it as parquet"),
+    Case("label-unknown", "a label outside label_words", {"d.csv": GOOD_CSV + "meh film,other\n"}, classify(),
+         DataError, 2, "d.csv:18: label 'other' is not one of the label_words keys"),
+    Case("cell-empty", "an empty text cell", {"d.csv": "text,label\ngood,pos\n,neg\n"},
+         classify("--data.val_size", "0"), DataError, 2, "d.csv:3: column 'text' is empty"),
+    Case("label-not-number", "a text label with a numeric threshold", {"d.csv": GOOD_CSV},
+         classify("--data.label_threshold", "0.5"), DataError, 2, "d.csv:2: label 'pos' is not a number"),
+    Case("chat-not-list", "a messages cell that is not a list",
+         {"d.jsonl": json.dumps({"messages": "hello"}) + "\n"}, chat(),
+         DataError, 2, "d.jsonl:1: column 'messages' is not valid JSON"),
+    Case("chat-bad-shape", "messages without roles",
+         {"d.jsonl": json.dumps({"messages": [{"content": "hi"}]}) + "\n"},
+         chat(), DataError, 2, "d.jsonl:1: messages must be a list of"),
+    Case("chat-no-assistant", "a conversation with nothing to learn",
+         {"d.jsonl": json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"},
+         chat(), DataError, 2, "no assistant message"),
+    Case("val-size-too-big", "a validation split larger than the data", {"d.csv": GOOD_CSV},
+         train("--data.val_size", "500"), DataError, 2, "val_size=500 would hold out 500 of 16 examples"),
+    Case("longer-than-context", "examples longer than the model's 128 positions",
+         {"d.csv": "text\n" + "x" * 300 + "\n" + "y" * 300 + "\n" + "short\n"},
+         train("--data.max_length", "1000", "--data.val_size", "0"), ConfigError, 2,
+         "longer than the model's context (128 positions)"),
+    # models
+    Case("model-unknown", "a misspelt packaged model", {"d.csv": GOOD_CSV},
+         ["eval", "--model", "smolm2-135m", "--data.path", "{tmp}/d.csv"], ModelLoadError, 2, "smollm2-135m"),
+    Case("model-folder-missing", "a model folder that does not exist", {}, ["inspect", "{tmp}/no-model"],
+         ModelLoadError, 2, "no-model"),
+    # adapters
+    Case("adapter-folder-missing", "generate with an adapter folder that does not exist", {},
+         ["generate", "{model}", "hi", "--adapter-path", "{tmp}/no-adapter"], AdapterFormatError, 2, "no-adapter"),
+    Case("adapter-other-size", "an adapter from a model of another width", {}, None, AdapterFormatError, 2,
+         "q_proj", api=adapter_other_size),
+    Case("adapter-other-arch", "a Llama adapter on GPT-2", {}, None, TargetNotFoundError, 2, "q_proj",
+         api=adapter_other_arch),
+    Case("adapter-truncated", "a truncated adapter_model.safetensors", {}, None, AdapterFormatError, 2,
+         "adapter_model.safetensors", api=adapter_truncated),
+    Case("adapter-pickle", "a pickle adapter_model.bin that would run code", {}, None, AdapterFormatError, 2,
+         "adapter_model.bin", api=adapter_pickle),
+    Case("adapter-missing-api", "from_pretrained on a missing folder", {}, None, AdapterFormatError, 2,
+         "does not exist", api=adapter_missing_folder),
+    Case("adapter-no-config", "an adapter folder without adapter_config.json", {}, None, AdapterFormatError, 2,
+         "adapter_config.json", api=adapter_without_config),
+    Case("adapter-config-not-json", "a damaged adapter_config.json", {}, None, AdapterFormatError, 2,
+         "is not valid JSON", api=adapter_config_not_json),
+    Case("adapter-dora", "an adapter that needs DoRA", {}, None, ConfigError, 2, "use_dora",
+         api=adapter_uses_dora),
+    Case("adapter-unknown-type", "an adapter of an unknown method", {}, None, ConfigError, 2, "SUPER_LORA",
+         api=adapter_unknown_type),
+    Case("adapter-rank-zero", "an adapter_config.json with r=0", {}, None, ConfigError, 2, "r=0",
+         api=adapter_rank_zero),
+    # runs and files
+    Case("disk-full", "the disk fills while saving an adapter", {}, None, StorageError, 1,
+         "No space left on device", api=disk_full),
+    Case("nan-loss", "the loss becomes NaN at step 3", {}, None, TrainingError, 1, "at step 3", api=nan_loss),
+    Case("resume-damaged", "a damaged checkpoint", {}, None, TrainingError, 1, "damaged", api=resume_damaged),
+    Case("resume-not-checkpoint", "--resume pointing at a plain folder", {"d.csv": GOOD_CSV, "plain/x": "x"},
+         train("--resume", "{tmp}/plain"), ConfigError, 2, "is not a checkpoint"),
+    Case("merge-into-file", "merge into a path inside a file", {}, None, StorageError, 1, "cannot create",
+         api=merge_into_file),
+]
+
+
+def _prepare(tmp: Path, case: Case, model_dir: Path) -> list[str]:
+    for name, content in case.files.items():
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return [a.replace("{tmp}", str(tmp)).replace("{model}", str(model_dir)) for a in case.argv or []]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input(case: Case, tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if case.id == "fp16-on-cpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    if case.api is not None:
+        with pytest.raises(case.error) as info:
+            case.api(tmp_path)
+        assert type(info.value) is case.error, repr(info.value)
+        assert info.value.exit_code == case.code
+        assert case.text in str(info.value), str(info.value)
+        return
+    argv = _prepare(tmp_path, case, model_dir)
+    with pytest.raises(case.error) as info:
+        main(["--debug", *argv])
+    assert type(info.value) is case.error, repr(info.value)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == case.code
+    assert case.text in err, err
+    assert "Traceback" not in err and "peftkit: error:" in err
+
+
+def test_unknown_adapter_config_fields_from_a_newer_peft_only_warn(tmp_path: Path) -> None:
+    folder = _edit_config(tmp_path, shiny_new_option=3)
+    with pytest.warns(UserWarning, match="shiny_new_option"):
+        PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def test_at_least_fifty_cases_and_all_documented() -> None:
+    assert len(CASES) >= 50
+    assert len({c.id for c in CASES}) == len(CASES)
+    documented = DOCS.read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in documented]
+    assert not missing, f"add these cases to docs/reliability.md: {missing}"
