@@ -120,3 +120,22 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644  # not mkstemp's 0600
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755  # not mkdtemp's 0700
+
+
+def test_a_failed_safetensors_write_is_a_storage_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import peftkit.format as fmt
+    from peftkit.errors import StorageError
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path)
+    before = (tmp_path / "adapter_model.safetensors").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+
+    monkeypatch.setattr(fmt, "save_file", full_disk)
+    with pytest.raises(StorageError, match="No space left on device"):
+        model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == before

@@ -72,9 +72,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports a failed write (e.g. a full disk) its own way
         _remove(tmp)
-        raise StorageError(f"cannot write {path}: {err.strerror or err}. Check that {folder} exists, is writable "
+        reason = getattr(err, "strerror", None) or err
+        raise StorageError(f"cannot write {path}: {reason}. Check that {folder} exists, is writable "
                            f"and has space; the previous {os.path.basename(path)}, if any, is unchanged") from err
     except BaseException:
         _remove(tmp)
