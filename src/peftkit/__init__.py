@@ -9,6 +9,7 @@ A drop-in for PEFT's core API::
 """
 
 from .config import (
+    IA3Config,
     LoraConfig,
     PeftConfig,
     PeftType,
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DataError",
+    "IA3Config",
     "JobConfig",
     "LoraConfig",
     "ModelLoadError",

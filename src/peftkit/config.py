@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from .errors import ConfigError, did_you_mean
 
 __all__ = [
+    "IA3Config",
     "LoraConfig",
     "PeftConfig",
     "PeftType",
@@ -41,6 +42,7 @@ class PeftType(str, enum.Enum):
     PROMPT_TUNING = "PROMPT_TUNING"
     P_TUNING = "P_TUNING"
     PREFIX_TUNING = "PREFIX_TUNING"
+    IA3 = "IA3"
 
 
 class TaskType(str, enum.Enum):
@@ -401,11 +403,45 @@ class PrefixTuningConfig(PromptLearningConfig):
             problems.append("prefix_projection=true needs encoder_hidden_size, a positive integer")
 
 
+@dataclass
+class IA3Config(PeftConfig):
+    """(IA)^3: learned vectors rescaling the outputs of attention projections and the inputs of
+    feed-forward layers. Field names and defaults are PEFT's."""
+
+    target_modules: list[str] | str | None = None
+    """Layers to adapt: a list of names (or name suffixes) or a regex; empty means the architecture default."""
+    exclude_modules: list[str] | str | None = None
+    """Layers never to adapt, with the same matching rules as ``target_modules``."""
+    feedforward_modules: list[str] | str | None = None
+    """Which targets are feed-forward layers (scaled on their input); must be among ``target_modules``."""
+    fan_in_fan_out: bool = False
+    """True for layers that store their weight as (in, out), such as GPT-2's Conv1D (set automatically)."""
+    init_ia3_weights: bool = True
+    """Start the vectors at 1 (the base model's behaviour); False draws them at random (for tests)."""
+
+    peft_type: ClassVar[PeftType] = PeftType.IA3
+
+    def _validate(self, problems: list[str]) -> None:
+        for name in ("fan_in_fan_out", "init_ia3_weights"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+        self.target_modules = _str_list(self.target_modules, "target_modules", problems, allow_str=True)
+        self.exclude_modules = _str_list(self.exclude_modules, "exclude_modules", problems, allow_str=True)
+        self.feedforward_modules = _str_list(self.feedforward_modules, "feedforward_modules", problems,
+                                             allow_str=True)
+        if isinstance(self.feedforward_modules, list) and isinstance(self.target_modules, list):
+            extra = [m for m in self.feedforward_modules if m not in self.target_modules]
+            if extra:
+                problems.append(f"feedforward_modules {extra} are not in target_modules; every feed-forward "
+                                f"module must also be a target")
+
+
 CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
     PeftType.LORA: LoraConfig,
     PeftType.PROMPT_TUNING: PromptTuningConfig,
     PeftType.P_TUNING: PromptEncoderConfig,
     PeftType.PREFIX_TUNING: PrefixTuningConfig,
+    PeftType.IA3: IA3Config,
 }
 
 # Keys PEFT writes that carry no meaning for loading.

@@ -140,13 +140,13 @@ def checkpoint_key(key: str, adapter_name: str) -> str:
     ``base_model.model.score.modules_to_save.default.weight`` -> ``base_model.model.score.weight``
     """
     key = key.replace(f".modules_to_save.{adapter_name}.", ".")
-    return re.sub(rf"(\.lora_\w+?)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
+    return re.sub(rf"(\.lora_\w+?|\.ia3_l)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
 
 
 def _is_adapter_param(key: str, adapter_name: str) -> bool:
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
-        if (part.startswith("lora_") or part == "modules_to_save") and parts[i + 1] == adapter_name:
+        if (part.startswith("lora_") or part in ("ia3_l", "modules_to_save")) and parts[i + 1] == adapter_name:
             return True
     return False
 

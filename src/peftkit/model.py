@@ -18,7 +18,7 @@ from torch import nn
 
 from . import format as fmt
 from . import prompting, surgery
-from .config import LoraConfig, PeftConfig, PromptLearningConfig, TaskType
+from .config import IA3Config, LoraConfig, PeftConfig, PromptLearningConfig, TaskType
 from .errors import AdapterNotFoundError, ConfigError, PeftkitError
 
 __all__ = [
@@ -176,6 +176,8 @@ class PeftModel(nn.Module):
         base = self.get_base_model()
         if isinstance(config, LoraConfig):
             surgery.inject_lora(base, config, adapter_name)
+        elif isinstance(config, IA3Config):
+            surgery.inject_ia3(base, config, adapter_name)
         elif isinstance(config, PromptLearningConfig):
             self.prompt_encoder[adapter_name] = prompting.build_prompt_module(base, config)
         else:

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .config import LoraConfig, PeftConfig, TaskType
+from .config import IA3Config, LoraConfig, PeftConfig, TaskType
 from .errors import ConfigError, TargetNotFoundError
+from .tuners.base import AdapterLayer
+from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraEmbedding, LoraLayer, LoraLinear
 from .tuners.modules_to_save import ModulesToSaveWrapper
 
@@ -92,7 +94,7 @@ def _matches(spec: list[str] | str, key: str) -> bool:
 
 
 def _layer_index(config: LoraConfig, key: str) -> int | None:
-    patterns = config.layers_pattern
+    patterns = getattr(config, "layers_pattern", None)
     if not patterns:
         match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
     else:
@@ -104,7 +106,7 @@ def _layer_index(config: LoraConfig, key: str) -> int | None:
     return int(match.group("idx")) if match else None
 
 
-def is_target(config: LoraConfig, key: str) -> bool:
+def is_target(config: LoraConfig | IA3Config, key: str) -> bool:
     """Whether the module named ``key`` is adapted under ``config`` (PEFT's ``check_target_module_exists``)."""
     if config.exclude_modules and _matches(config.exclude_modules, key):
         return False
@@ -112,10 +114,10 @@ def is_target(config: LoraConfig, key: str) -> bool:
         return False
     if config.target_modules is None or not _matches(config.target_modules, key):
         return False
-    layers = config.layers_to_transform
+    layers = getattr(config, "layers_to_transform", None)
     if layers is None or isinstance(config.target_modules, str) or key in config.target_modules:
         return True
-    index = _layer_index(config, key)
+    index = _layer_index(config, key)  # type: ignore[arg-type]
     if index is None:
         return False
     return index == layers if isinstance(layers, int) else index in layers
@@ -153,7 +155,7 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> bool:
         skip = _output_layer_names(model, config)
         linear = _linear_types()
         found = {n for n, m in model.named_modules() if isinstance(m, linear) and n not in skip}
-        found |= {n for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+        found |= {n for n, m in model.named_modules() if isinstance(m, (LoraLinear, IA3Linear))}
         config.target_modules = sorted(found)
         return False
     return True
@@ -161,7 +163,7 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> bool:
 
 def _suggest_targets(model: nn.Module) -> list[str]:
     """Distinct leaf names of the model's linear-like layers: what a user can put in target_modules."""
-    supported = (*_linear_types(), nn.Embedding, LoraLayer)
+    supported = (*_linear_types(), nn.Embedding, AdapterLayer)
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, supported)}
     return sorted(names)
 
@@ -201,7 +203,7 @@ def _candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if not name or any(name.startswith(p + ".") for p in inside):
             continue
-        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)):
+        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             inside.append(name)
         yield name, module
 
@@ -237,6 +239,64 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
     return keys
 
 
+IA3_TARGET_MODULES: dict[str, list[str]] = {
+    "llama": ["k_proj", "v_proj", "down_proj"], "mistral": ["k_proj", "v_proj", "down_proj"],
+    "gpt2": ["c_attn", "mlp.c_proj"], "bloom": ["query_key_value", "mlp.dense_4h_to_h"],
+    "bert": ["key", "value", "output.dense"], "roberta": ["key", "value", "output.dense"],
+    "t5": ["k", "v", "wo"],
+}
+IA3_FEEDFORWARD_MODULES: dict[str, list[str]] = {
+    "llama": ["down_proj"], "mistral": ["down_proj"], "gpt2": ["mlp.c_proj"], "bloom": ["mlp.dense_4h_to_h"],
+    "bert": ["output.dense"], "roberta": ["output.dense"], "t5": ["wo"],
+}
+
+
+def _is_feedforward(config: IA3Config, key: str) -> bool:
+    """PEFT's rule: a regex must match the whole name; list entries match as plain suffixes."""
+    spec = config.feedforward_modules or []
+    if isinstance(spec, str):
+        return re.fullmatch(spec, key) is not None
+    return any(key.endswith(f) for f in spec)
+
+
+def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[str]:
+    """Add IA3 adapter ``adapter_name`` to every layer ``config`` targets (architecture defaults when empty)."""
+    model_type = str(getattr(getattr(model, "config", None), "model_type", None))
+    if config.target_modules is None:
+        if model_type not in IA3_TARGET_MODULES:
+            raise ConfigError(f"target_modules is empty and there is no IA3 default for model type {model_type!r}; "
+                              f"set target_modules and feedforward_modules, e.g. {_suggest_targets(model)}")
+        config.target_modules = list(IA3_TARGET_MODULES[model_type])
+        if config.feedforward_modules is None:
+            config.feedforward_modules = list(IA3_FEEDFORWARD_MODULES[model_type])
+    keys = [name for name, _ in _candidate_modules(model) if is_target(config, name)]
+    if not keys:
+        raise TargetNotFoundError(
+            f"target_modules={config.target_modules!r} matches no layer of {type(model).__name__}. "
+            f"Layer names this model has: {', '.join(_suggest_targets(model))}."
+        )
+    conv1d = _conv1d_type()
+    for key in keys:
+        module = model.get_submodule(key)
+        if isinstance(module, IA3Linear):
+            layer = module
+        elif isinstance(module, AdapterLayer):
+            raise ConfigError(f"layer {key!r} already carries a {type(module).__name__} adapter; IA3 cannot share "
+                              f"a layer with another method, choose other target_modules")
+        elif conv1d is not None and isinstance(module, conv1d):
+            config.fan_in_fan_out = True
+            layer = IA3Linear(module, _is_feedforward(config, key), fan_in_fan_out=True)
+        elif isinstance(module, nn.Linear):
+            layer = IA3Linear(module, _is_feedforward(config, key))
+        else:
+            raise TargetNotFoundError(f"target {key!r} is a {type(module).__name__}, which IA3 cannot adapt; "
+                                      f"narrow target_modules to linear layers")
+        layer.add_adapter(adapter_name, config.init_ia3_weights)
+        if layer is not module:
+            _set_submodule(model, key, layer)
+    return keys
+
+
 def _check_target_list(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
     """Every entry of a target list must match something: a typo should not pass silently."""
     if not isinstance(config.target_modules, list) or config.layers_to_transform is not None:
@@ -266,10 +326,10 @@ def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -
     return keys
 
 
-def adapter_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer | ModulesToSaveWrapper]]:
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer | ModulesToSaveWrapper]]:
     """Every adapter-holding module of ``model`` with its name."""
     for name, module in model.named_modules():
-        if isinstance(module, (LoraLayer, ModulesToSaveWrapper)):
+        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             yield name, module
 
 
@@ -289,7 +349,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name`` from every layer; layers left with no adapter go back to plain layers."""
     for key, layer in list(adapter_layers(model)):
         layer.delete_adapter(name)
-        if isinstance(layer, LoraLayer) and not layer.scaling:
+        if isinstance(layer, AdapterLayer) and not layer.adapter_names:
             _set_submodule(model, key, layer.base_layer)
         elif isinstance(layer, ModulesToSaveWrapper) and not len(layer.modules_to_save):
             _set_submodule(model, key, layer.original_module)
@@ -300,7 +360,7 @@ def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig) -> N
     model.requires_grad_(False)
     marker = f".{adapter_name}."
     for name, param in model.named_parameters():
-        if marker in f".{name}." and (".lora_" in f".{name}" or ".modules_to_save." in f".{name}"):
+        if marker in f".{name}." and any(m in f".{name}" for m in (".lora_", ".ia3_l.", ".modules_to_save.")):
             param.requires_grad_(True)
     bias = getattr(config, "bias", "none")
     if bias == "all":
@@ -316,14 +376,14 @@ def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig) -> N
 def merge(model: nn.Module, names: list[str] | None = None) -> None:
     """Fold adapters (default: the active ones) into the base weights. Idempotent."""
     for _, layer in adapter_layers(model):
-        if isinstance(layer, LoraLayer):
+        if isinstance(layer, AdapterLayer):
             layer.merge(names)
 
 
 def unmerge(model: nn.Module) -> None:
     """Restore every base weight by subtracting what was merged."""
     for _, layer in adapter_layers(model):
-        if isinstance(layer, LoraLayer):
+        if isinstance(layer, AdapterLayer):
             layer.unmerge()
 
 
@@ -334,7 +394,7 @@ def unload(model: nn.Module, merge_active: bool) -> nn.Module:
     A trainable copy (``modules_to_save``) replaces its original when merging, as in PEFT.
     """
     for key, layer in list(adapter_layers(model)):
-        if isinstance(layer, LoraLayer):
+        if isinstance(layer, AdapterLayer):
             if merge_active:
                 layer.merge()
             else:

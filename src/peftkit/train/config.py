@@ -39,6 +39,7 @@ METHODS = {
     "prompt_tuning": PeftType.PROMPT_TUNING,
     "p_tuning": PeftType.P_TUNING,
     "prefix_tuning": PeftType.PREFIX_TUNING,
+    "ia3": PeftType.IA3,
 }
 MODES = ("text", "completion", "classification", "chat")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -200,7 +201,7 @@ class JobConfig:
     model: str = "smollm2-135m"
     """A packaged alias (smollm2-135m), a local folder, a .gguf file or a hub id."""
     method: str = "lora"
-    """lora, prompt_tuning, p_tuning or prefix_tuning."""
+    """lora, ia3, prompt_tuning, p_tuning or prefix_tuning."""
     adapter: dict[str, Any] = field(default_factory=dict)
     """Fields of the method's config, with PEFT's names (r, lora_alpha, target_modules, num_virtual_tokens, ...)."""
     data: DataConfig = field(default_factory=DataConfig)

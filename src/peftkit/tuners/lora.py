@@ -16,39 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LoraEmbedding", "LoraLayer", "LoraLinear"]
+from .base import AdapterLayer
+
+__all__ = ["AdapterLayer", "LoraEmbedding", "LoraLayer", "LoraLinear"]
 
 
-class LoraLayer(nn.Module):
-    """Bookkeeping shared by LoRA layers: scalings, the active set, and what is merged.
+class LoraLayer(AdapterLayer):
+    """Bookkeeping shared by LoRA layers: ranks and scalings on top of :class:`AdapterLayer`.
 
     Attributes:
-        base_layer: the wrapped layer, frozen.
         scaling: ``lora_alpha / r`` (or ``/ sqrt(r)`` with rsLoRA) per adapter.
-        active_adapters: adapters applied in ``forward`` (normally one).
-        merged_adapters: adapters currently folded into ``base_layer.weight``.
-        disabled: when True, ``forward`` returns the base layer's output alone.
     """
 
-    adapter_param_names: tuple[str, ...] = ()
-
     def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
-        self.active_adapters: list[str] = []
-        self.merged_adapters: list[str] = []
-        self.disabled = False
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The base layer's weight, so code that reads ``layer.weight`` (weight tying, dtype checks) still works."""
-        return cast(torch.Tensor, self.base_layer.weight)
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return getattr(self.base_layer, "bias", None)
 
     @property
     def adapter_names(self) -> list[str]:
@@ -58,54 +41,20 @@ class LoraLayer(nn.Module):
         self.r[name] = r
         self.scaling[name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
 
-    def set_active(self, names: list[str]) -> None:
-        """Apply exactly these adapters (those this layer holds) in ``forward``."""
-        self.active_adapters = [n for n in names if n in self.scaling]
-
-    def delete_adapter(self, name: str) -> None:
-        """Drop an adapter; a merged adapter is unmerged first so the base weight stays correct."""
-        if name in self.merged_adapters:
-            self._unmerge_one(name)
-        for attr in self.adapter_param_names:
-            container = getattr(self, attr)
-            if name in container:
-                del container[name]
+    def _forget(self, name: str) -> None:
         self.r.pop(name, None)
         self.scaling.pop(name, None)
-        self.active_adapters = [n for n in self.active_adapters if n != name]
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The dense update ``scaling * B @ A`` in the base weight's layout and dtype."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def merge(self, names: list[str] | None = None) -> None:
-        """Fold adapters into the base weight. Already merged adapters are skipped (idempotent)."""
-        for name in names if names is not None else self.active_adapters:
-            if name in self.scaling and name not in self.merged_adapters:
-                weight = self.weight
-                weight.data += self.delta_weight(name).to(weight.dtype)
-                self.merged_adapters.append(name)
+    def _merge_one(self, name: str) -> None:
+        self.weight.data += self.delta_weight(name).to(self.weight.dtype)
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract every merged adapter from the base weight, last merged first."""
-        while self.merged_adapters:
-            self._unmerge_one(self.merged_adapters[-1])
-
-    @torch.no_grad()
     def _unmerge_one(self, name: str) -> None:
-        weight = self.weight
-        weight.data -= self.delta_weight(name).to(weight.dtype)
+        self.weight.data -= self.delta_weight(name).to(self.weight.dtype)
         self.merged_adapters.remove(name)
-
-    def _pending(self) -> list[str]:
-        """Adapters to compute in ``forward``: active and not already in the weight."""
-        if self.disabled:
-            if self.merged_adapters:  # a disabled adapter must not linger inside the weight
-                self.unmerge()
-            return []
-        return [n for n in self.active_adapters if n not in self.merged_adapters]
 
 
 class LoraLinear(LoraLayer):

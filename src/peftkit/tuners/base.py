@@ -1,0 +1,97 @@
+"""What every weight-side adapter layer shares: the wrapped base layer, the active set, merging, disabling.
+
+Subclasses (LoRA, IA3) hold their tensors under the adapter's name and say how one adapter is folded into
+the base weight and taken out again. No I/O here; :mod:`peftkit.surgery` places these layers.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import nn
+
+__all__ = ["AdapterLayer"]
+
+
+class AdapterLayer(nn.Module):
+    """A frozen base layer plus named adapters.
+
+    Attributes:
+        base_layer: the wrapped layer, frozen.
+        active_adapters: adapters applied in ``forward`` (normally one).
+        merged_adapters: adapters currently folded into ``base_layer.weight``.
+        disabled: when True, ``forward`` returns the base layer's output alone.
+    """
+
+    adapter_param_names: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight, so code that reads ``layer.weight`` (weight tying, dtype checks) still works."""
+        return cast(torch.Tensor, self.base_layer.weight)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def set_active(self, names: list[str]) -> None:
+        """Apply exactly these adapters (those this layer holds) in ``forward``."""
+        held = set(self.adapter_names)
+        self.active_adapters = [n for n in names if n in held]
+
+    def delete_adapter(self, name: str) -> None:
+        """Drop an adapter; a merged adapter is unmerged first so the base weight stays correct."""
+        if name in self.merged_adapters:
+            with torch.no_grad():
+                self._unmerge_one(name)
+        for attr in self.adapter_param_names:
+            container = getattr(self, attr)
+            if name in container:
+                del container[name]
+        self._forget(name)
+        self.active_adapters = [n for n in self.active_adapters if n != name]
+
+    def _forget(self, name: str) -> None:
+        """Drop per-adapter bookkeeping beyond the parameter containers."""
+
+    def _merge_one(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _unmerge_one(self, name: str) -> None:
+        """Take ``name`` out of the base weight and off ``merged_adapters``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self, names: list[str] | None = None) -> None:
+        """Fold adapters into the base weight. Already merged adapters are skipped (idempotent)."""
+        held = set(self.adapter_names)
+        for name in names if names is not None else self.active_adapters:
+            if name in held and name not in self.merged_adapters:
+                self._merge_one(name)
+                self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take every merged adapter out of the base weight, last merged first."""
+        while self.merged_adapters:
+            self._unmerge_one(self.merged_adapters[-1])
+
+    def _pending(self) -> list[str]:
+        """Adapters to compute in ``forward``: active and not already in the weight."""
+        if self.disabled:
+            if self.merged_adapters:  # a disabled adapter must not linger inside the weight
+                self.unmerge()
+            return []
+        return [n for n in self.active_adapters if n not in self.merged_adapters]

@@ -1,0 +1,78 @@
+"""(IA)^3: learned vectors that rescale a layer's activations (Liu et al., 2022).
+
+``y = l * base(x)`` for attention projections (one factor per output feature), or
+``y = base(l * x)`` for feed-forward layers (one factor per input feature). The vectors start at 1, so a
+fresh adapter equals the base model. Parameter names match Hugging Face PEFT's (``k_proj.ia3_l.<name>``).
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import torch
+from torch import nn
+
+from .base import AdapterLayer
+
+__all__ = ["IA3Linear"]
+
+
+class IA3Linear(AdapterLayer):
+    """IA3 around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in, out))."""
+
+    adapter_param_names = ("ia3_l",)
+
+    def __init__(self, base_layer: nn.Module, is_feedforward: bool, fan_in_fan_out: bool = False) -> None:
+        super().__init__(base_layer)
+        self.is_feedforward = is_feedforward
+        self.fan_in_fan_out = fan_in_fan_out
+        out_f, in_f = cast(torch.Tensor, base_layer.weight).shape
+        if fan_in_fan_out:
+            in_f, out_f = out_f, in_f
+        self.in_features, self.out_features = int(in_f), int(out_f)
+        self.ia3_l = nn.ParameterDict()
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.ia3_l.keys())
+
+    def add_adapter(self, name: str, init_ia3_weights: bool = True) -> None:
+        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in fp32."""
+        shape = (1, self.in_features) if self.is_feedforward else (self.out_features, 1)
+        vector = torch.ones(shape) if init_ia3_weights else torch.randn(shape)
+        self.ia3_l[name] = nn.Parameter(vector.to(self.weight.device))
+
+    def _factor(self, name: str) -> torch.Tensor:
+        """The vector laid out like the base weight: scales its input columns or its output rows."""
+        vector = cast(torch.Tensor, self.ia3_l[name])  # (1, in) or (out, 1)
+        return vector.T if self.fan_in_fan_out else vector
+
+    def _merge_one(self, name: str) -> None:
+        self.weight.data = (self.weight.data * self._factor(name)).to(self.weight.dtype)
+        if not self.is_feedforward and self.bias is not None:
+            self.bias.data = (self.bias.data * self.ia3_l[name].reshape(self.bias.shape)).to(self.bias.dtype)
+
+    def _unmerge_one(self, name: str) -> None:
+        # Division undoes the product up to rounding (and is undefined for a zero factor), as in PEFT.
+        self.weight.data = (self.weight.data / (self._factor(name) + 1e-8)).to(self.weight.dtype)
+        if not self.is_feedforward and self.bias is not None:
+            factor = self.ia3_l[name].reshape(self.bias.shape) + 1e-8
+            self.bias.data = (self.bias.data / factor).to(self.bias.dtype)
+        self.merged_adapters.remove(name)
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        pending = self._pending()  # first: it may unmerge before the base layer runs
+        if not pending:
+            return cast(torch.Tensor, self.base_layer(x, *args, **kwargs))
+        scale = torch.ones((), device=x.device)
+        for name in pending:
+            scale = scale * cast(torch.Tensor, self.ia3_l[name]).flatten()  # (in,) or (out,)
+        if self.is_feedforward:
+            return cast(torch.Tensor, self.base_layer((x * scale).to(x.dtype), *args, **kwargs))  # (..., out)
+        result = cast(torch.Tensor, self.base_layer(x, *args, **kwargs))  # (..., out)
+        return (result * scale).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        kind = "feedforward" if self.is_feedforward else "attention"
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{kind}, {sizes}, adapters={self.adapter_names}"
