@@ -221,10 +221,11 @@ class LoraConfig(PeftConfig):
     """Per-layer rank overrides: ``{name regex: r}``."""
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     """Per-layer alpha overrides: ``{name regex: lora_alpha}``."""
+    use_dora: bool = False
+    """DoRA: split each adapted weight into a learned magnitude per output row and a LoRA-updated direction."""
 
     peft_type: ClassVar[PeftType] = PeftType.LORA
     _unsupported: ClassVar[dict[str, Any]] = {
-        "use_dora": False,
         "lora_bias": False,
         "layer_replication": None,
         "loftq_config": {},

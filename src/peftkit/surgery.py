@@ -226,13 +226,18 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
         )
     if user_given:  # checked before any change, so a typo leaves the model untouched
         _check_target_list(model, config, keys)
+    embeddings = [k for k in keys if isinstance(model.get_submodule(k), (nn.Embedding, LoraEmbedding))]
+    if config.use_dora and embeddings:  # checked before any change, like the target list
+        raise ConfigError(f"use_dora=True: {embeddings[0]!r} is an embedding; peftkit's DoRA covers linear layers "
+                          f"only, so leave embeddings out of target_modules")
     for key in keys:
         module = model.get_submodule(key)
         layer = module if isinstance(module, LoraLayer) else _wrap(module, key, config)
         r = int(_pattern_value(config.rank_pattern, key, config.r))
         alpha = _pattern_value(config.alpha_pattern, key, config.lora_alpha)
+        kwargs = {"use_dora": True} if config.use_dora else {}
         layer.add_adapter(  # type: ignore[operator]
-            adapter_name, r, alpha, config.lora_dropout, config.init_lora_weights, config.use_rslora
+            adapter_name, r, alpha, config.lora_dropout, config.init_lora_weights, config.use_rslora, **kwargs
         )
         if layer is not module:
             _set_submodule(model, key, layer)

@@ -138,8 +138,8 @@ def _edit_config(tmp: Path, **changes: Any) -> Path:
     return folder
 
 
-def adapter_uses_dora(tmp: Path) -> None:
-    PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, use_dora=True))
+def adapter_uses_lora_bias(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, lora_bias=True))
 
 
 def adapter_unknown_type(tmp: Path) -> None:
@@ -334,8 +334,8 @@ CASES = [
          "adapter_config.json", api=adapter_without_config),
     Case("adapter-config-not-json", "a damaged adapter_config.json", {}, None, AdapterFormatError, 2,
          "is not valid JSON", api=adapter_config_not_json),
-    Case("adapter-dora", "an adapter that needs DoRA", {}, None, ConfigError, 2, "use_dora",
-         api=adapter_uses_dora),
+    Case("adapter-lora-bias", "an adapter that needs PEFT's lora_bias", {}, None, ConfigError, 2, "lora_bias",
+         api=adapter_uses_lora_bias),
     Case("adapter-unknown-type", "an adapter of an unknown method", {}, None, ConfigError, 2, "SUPER_LORA",
          api=adapter_unknown_type),
     Case("adapter-rank-zero", "an adapter_config.json with r=0", {}, None, ConfigError, 2, "r=0",

@@ -17,6 +17,7 @@ CONFIGS = {
     "default": {},
     "all-linear-rslora": {"target_modules": "all-linear", "use_rslora": True, "r": 4, "lora_alpha": 16},
     "bias-lora-only": {"bias": "lora_only", "lora_alpha": 4},
+    "dora": {"use_dora": True, "r": 4, "lora_alpha": 8},
 }
 
 
@@ -103,6 +104,6 @@ def test_unknown_fields_from_newer_peft_are_ignored_with_warning(tmp_path):
 
 
 def test_unsupported_peft_feature_is_refused(tmp_path):
-    peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(use_dora=True)).save_pretrained(tmp_path)
-    with pytest.raises(peftkit.ConfigError, match="use_dora"):
+    peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(lora_bias=True)).save_pretrained(tmp_path)
+    with pytest.raises(peftkit.ConfigError, match="lora_bias"):
         peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path)

@@ -31,7 +31,9 @@ def sentiment_csv(path: Path, n: int = 64, seed: int = 0) -> Path:
 def job(tmp_path: Path, out: str = "out", method: str = "lora", dropout: float = 0.1,
         **train_fields: object) -> JobConfig:
     adapter = {"r": 4, "lora_alpha": 8, "lora_dropout": dropout, "target_modules": ["q_proj", "v_proj"]}
-    if method != "lora":
+    if method == "ia3":
+        adapter = {}
+    elif method != "lora":
         adapter = {"num_virtual_tokens": 4}
     return JobConfig(
         model="tiny-llama", method=method, adapter=adapter, seed=3, output_dir=str(tmp_path / out),
@@ -126,8 +128,8 @@ def test_training_learns_and_writes_its_outputs(tmp_path: Path, chars) -> None: 
     torch.testing.assert_close(outputs(reloaded, inputs), outputs(result.model.eval(), inputs))
 
 
-@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning"])
-def test_prompt_methods_train_and_resume(tmp_path: Path, chars, method: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning", "ia3"])
+def test_other_methods_train_and_resume(tmp_path: Path, chars, method: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     full = train(job(tmp_path, "full", method=method, save_every=2, lr=3e-2, max_steps=4),
                  model=tiny_model("llama"), tokenizer=chars, log=quiet)
     assert full.after is not None and full.before is not None and full.after.loss < full.before.loss

@@ -60,7 +60,7 @@ class LoraLayer(AdapterLayer):
 class LoraLinear(LoraLayer):
     """LoRA around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in, out))."""
 
-    adapter_param_names = ("lora_A", "lora_B", "lora_dropout")
+    adapter_param_names = ("lora_A", "lora_B", "lora_dropout", "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
@@ -72,6 +72,8 @@ class LoraLinear(LoraLayer):
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
+        self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: one magnitude per output row
+        self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the weight norm used at merge, for unmerge
 
     def add_adapter(
         self,
@@ -81,8 +83,13 @@ class LoraLinear(LoraLayer):
         lora_dropout: float = 0.0,
         init_lora_weights: bool | str = True,
         use_rslora: bool = False,
+        use_dora: bool = False,
     ) -> None:
-        """Create adapter ``name`` (A: in -> r, B: r -> out) on the base weight's device, in fp32."""
+        """Create adapter ``name`` (A: in -> r, B: r -> out) on the base weight's device, in fp32.
+
+        With ``use_dora`` the magnitude starts at the row norms of the adapted weight, so a fresh DoRA
+        adapter (B = 0) equals the base layer.
+        """
         device = self.weight.device
         a = nn.Linear(self.in_features, r, bias=False, device=device)
         b = nn.Linear(r, self.out_features, bias=False, device=device)
@@ -98,6 +105,57 @@ class LoraLinear(LoraLayer):
         self.lora_dropout[name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.lora_dropout[name].train(self.training)  # a new adapter follows the layer's train/eval mode
         self._set_scaling(name, r, lora_alpha, use_rslora)
+        if use_dora:
+            with torch.no_grad():
+                norm = self._weight_norm(name)
+            self.lora_magnitude_vector[name] = nn.Parameter(norm.float())
+
+    def _base_weight(self) -> torch.Tensor:
+        """The base weight as (out, in), whatever the layer's storage layout."""
+        return self.weight.T if self.fan_in_fan_out else self.weight
+
+    def _weight_norm(self, name: str) -> torch.Tensor:
+        """Row norms of ``W + scaling * B @ A`` in (out, in) layout: DoRA's direction normalizer, ``(out,)``."""
+        a = cast(torch.Tensor, self.lora_A[name].weight)
+        b = cast(torch.Tensor, self.lora_B[name].weight)
+        adapted = self._base_weight().float() + self.scaling[name] * (b @ a)  # (out, in)
+        return torch.linalg.norm(adapted, dim=1)
+
+    def _dora(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """What a DoRA adapter adds to ``result`` (the base output): ``(m / ||W + sBA|| - 1) W x + m / ||..|| s BA x``.
+
+        The norm is treated as a constant (detached), as the DoRA paper (section 4.3) and PEFT do.
+        """
+        a, b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+        factor = (self.lora_magnitude_vector[name] / self._weight_norm(name).detach()).view(1, -1)  # (1, out)
+        if isinstance(dropout, nn.Identity) or not self.training:
+            h = x.to(cast(torch.Tensor, a.weight).dtype)
+            base = result if self.bias is None else result - self.bias  # (..., out): W x
+        else:
+            h = dropout(x.to(cast(torch.Tensor, a.weight).dtype))
+            base = F.linear(h, self._base_weight().to(h.dtype))  # W applied to the dropped-out input
+        update = (factor - 1) * base + factor * b(a(h)) * self.scaling[name]  # (..., out)
+        return update.to(result.dtype)
+
+    def _merge_one(self, name: str) -> None:
+        if name not in self.lora_magnitude_vector:
+            super()._merge_one(name)
+            return
+        norm = self._weight_norm(name).detach()
+        self._merged_norms[name] = norm
+        factor = (self.lora_magnitude_vector[name] / norm).view(-1, 1)  # (out, 1)
+        factor = factor.T if self.fan_in_fan_out else factor
+        merged = factor * (self.weight.float() + self.delta_weight(name))
+        self.weight.data = merged.to(self.weight.dtype)
+
+    def _unmerge_one(self, name: str) -> None:
+        if name not in self.lora_magnitude_vector:
+            super()._unmerge_one(name)
+            return
+        factor = (self.lora_magnitude_vector[name] / self._merged_norms.pop(name)).view(-1, 1)
+        factor = factor.T if self.fan_in_fan_out else factor
+        self.weight.data = (self.weight.float() / factor - self.delta_weight(name)).to(self.weight.dtype)
+        self.merged_adapters.remove(name)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         a = cast(torch.Tensor, self.lora_A[name].weight)  # (r, in)
@@ -109,6 +167,9 @@ class LoraLinear(LoraLayer):
         pending = self._pending()  # first: it may unmerge before the base layer runs
         result = self.base_layer(x, *args, **kwargs)  # (..., out)
         for name in pending:
+            if name in self.lora_magnitude_vector:
+                result = result + self._dora(name, x, result)
+                continue
             a, b = self.lora_A[name], self.lora_B[name]
             h = self.lora_dropout[name](x.to(cast(torch.Tensor, a.weight).dtype))  # (..., in)
             result = result + (b(a(h)) * self.scaling[name]).to(result.dtype)  # (..., out)

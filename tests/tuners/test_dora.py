@@ -1,0 +1,66 @@
+"""DoRA (use_dora=True) checked against the weight-decomposition formula computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from peftkit import ConfigError, LoraConfig, PeftModel, get_peft_model
+from peftkit.tuners.lora import LoraLinear
+from tests.conftest import ARCHS, model_inputs, outputs, tiny_model
+
+
+def test_layer_equals_the_decomposed_weight_by_hand() -> None:
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    layer = LoraLinear(base)
+    layer.add_adapter("a", r=2, lora_alpha=4, init_lora_weights=False, use_dora=True)
+    layer.set_active(["a"])
+    with torch.no_grad():
+        layer.lora_magnitude_vector["a"].mul_(1.5)  # a trained magnitude, not the initial norms
+    a, b, m = layer.lora_A["a"].weight, layer.lora_B["a"].weight, layer.lora_magnitude_vector["a"]
+    adapted = base.weight + 2.0 * (b @ a)  # scaling = 4 / 2
+    merged_weight = (m / adapted.norm(dim=1)).view(-1, 1) * adapted
+    x = torch.randn(3, 6)
+    expected = x @ merged_weight.T + base.bias
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    original = base.weight.detach().clone()
+    layer.merge()
+    torch.testing.assert_close(layer.weight, merged_weight, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    layer.unmerge()
+    torch.testing.assert_close(layer.weight, original, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fresh_dora_equals_base(arch: str) -> None:
+    inputs = model_inputs(arch)
+    task = "SEQ_CLS" if arch == "bert" else "CAUSAL_LM"
+    model = get_peft_model(tiny_model(arch), LoraConfig(r=4, use_dora=True, task_type=task))
+    torch.testing.assert_close(outputs(model, inputs), outputs(tiny_model(arch), inputs), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dora_merged_unloaded_and_reloaded_agree(arch: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    inputs = model_inputs(arch)
+    task = "SEQ_CLS" if arch == "bert" else "CAUSAL_LM"
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model(arch), LoraConfig(r=4, use_dora=True, init_lora_weights=False,
+                                                        task_type=task)).eval()
+    expected = outputs(model, inputs)
+    assert not torch.allclose(expected, outputs(tiny_model(arch), inputs))
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(outputs(PeftModel.from_pretrained(tiny_model(arch), tmp_path), inputs), expected)
+    model.merge_adapter()
+    torch.testing.assert_close(outputs(model, inputs), expected, atol=1e-5, rtol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(outputs(model, inputs), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs(model.merge_and_unload(), inputs), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dora_magnitude_trains_and_embeddings_are_refused() -> None:
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="embed_tokens"):
+        get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["embed_tokens"], use_dora=True))
