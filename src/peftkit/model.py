@@ -235,6 +235,56 @@ class PeftModel(nn.Module):
         if prompt:
             raise PeftkitError(f"cannot {action} prompt-learning adapter(s) {prompt}: they change no weight")
 
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+    ) -> None:
+        """Create LoRA adapter ``adapter_name`` as a weighted combination of existing LoRA adapters (PEFT's API).
+
+        Args:
+            adapters: the LoRA adapters to combine.
+            weights: one weight per adapter (negative subtracts).
+            adapter_name: the new adapter's name (inactive until :meth:`set_adapter`).
+            combination_type: ``linear`` (same ranks; fast, approximate), ``cat`` (exact; rank = sum of ranks)
+                or ``svd`` (exact sum truncated to ``svd_rank``, default the largest rank).
+            svd_rank: the rank of the ``svd`` result.
+
+        Raises:
+            ConfigError: unknown adapters or combination, mismatched weights or ranks, or non-LoRA adapters.
+        """
+        configs = [self._require(a) for a in adapters]
+        problems = []
+        if len(weights) != len(adapters) or not adapters:
+            problems.append(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights")
+        if combination_type not in surgery.COMBINATIONS:
+            problems.append(f"combination_type={combination_type!r} is not supported; expected one of "
+                            f"{', '.join(surgery.COMBINATIONS)} (ties, dare and magnitude_prune are not yet)")
+        if not all(isinstance(c, LoraConfig) and not c.use_dora for c in configs):
+            problems.append("add_weighted_adapter combines plain LoRA adapters only (not DoRA or other methods)")
+        if problems:
+            raise ConfigError(problems)
+        loras = [cast(LoraConfig, c) for c in configs]
+        ranks = [max(c.r, *c.rank_pattern.values()) if c.rank_pattern else c.r for c in loras]
+        combination = "linear" if len(adapters) == 1 else combination_type
+        if combination == "linear" and len(set(ranks)) != 1:
+            raise ConfigError(f"combination_type='linear' needs equal ranks, got {ranks}; use 'cat' or 'svd'")
+        rank = {"linear": ranks[0], "cat": sum(ranks)}.get(combination, svd_rank or max(ranks))
+        targets = [c.target_modules for c in loras]
+        if any(isinstance(t, str) for t in targets) and not all(isinstance(t, str) for t in targets):
+            raise ConfigError("the adapters mix list and regex target_modules; PEFT cannot combine those either")
+        merged_targets: list[str] | str = (
+            "|".join(f"({t})" for t in cast(list[str], targets)) if isinstance(targets[0], str)
+            else sorted({m for t in targets for m in cast(list[str], t)})
+        )
+        config = loras[0].replace(r=rank, lora_alpha=rank, target_modules=merged_targets, rank_pattern={},
+                                  alpha_pattern={})
+        self.add_adapter(adapter_name, config)
+        surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, combination, rank)
+
     def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
         """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op."""
         names = adapter_names or [self.active_adapter]

@@ -6,8 +6,10 @@ layers, mark what trains, merge, unmerge and unload.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -409,3 +411,50 @@ def unload(model: nn.Module, merge_active: bool) -> nn.Module:
             kept = layer._current() if merge_active else layer.original_module
             _set_submodule(model, key, kept)
     return model
+
+
+COMBINATIONS = ("linear", "cat", "svd")
+
+
+def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Adapter ``name``'s (A, B) tensors in ``layer``: A is (r, in), B is (out, r)."""
+    if isinstance(layer, LoraLinear) and name in layer.lora_A:
+        return cast(torch.Tensor, layer.lora_A[name].weight), cast(torch.Tensor, layer.lora_B[name].weight)
+    if isinstance(layer, LoraEmbedding) and name in layer.lora_embedding_A:
+        return layer.lora_embedding_A[name], layer.lora_embedding_B[name]
+    return None
+
+
+@torch.no_grad()
+def combine_lora(model: nn.Module, sources: list[str], weights: list[float], target: str, combination: str,
+                 rank: int) -> None:
+    """Fill the (already created, rank ``rank``, scaling 1) LoRA adapter ``target`` from ``sources``.
+
+    PEFT's semantics: ``linear`` mixes A and B separately with ``sqrt(|w * scaling|)`` (the sign on A), which
+    approximates the weighted sum of updates; ``cat`` stacks the adapters so the update is exactly
+    ``sum(w * scaling * B @ A)``; ``svd`` takes the rank-``rank`` SVD of that exact sum.
+    """
+    for _, layer in adapter_layers(model):
+        if not isinstance(layer, LoraLayer) or _lora_pair(layer, target) is None:
+            continue
+        new_a, new_b = cast(tuple[torch.Tensor, torch.Tensor], _lora_pair(layer, target))
+        present = [(n, w) for n, w in zip(sources, weights, strict=True) if _lora_pair(layer, n) is not None]
+        pairs = [cast(tuple[torch.Tensor, torch.Tensor], _lora_pair(layer, n)) for n, _ in present]
+        if combination == "cat":
+            a = torch.cat([p[0] * w * layer.scaling[n] for p, (n, w) in zip(pairs, present, strict=True)], dim=0)
+            b = torch.cat([p[1] for p in pairs], dim=1)
+        elif combination == "linear":
+            factors = [w * layer.scaling[n] for n, w in present]
+            a = sum((math.copysign(math.sqrt(abs(f)), f) * p[0] for f, p in zip(factors, pairs, strict=True)),
+                    torch.zeros_like(new_a))
+            b = sum((math.sqrt(abs(f)) * p[1] for f, p in zip(factors, pairs, strict=True)), torch.zeros_like(new_b))
+        else:
+            delta = sum((w * layer.delta_weight(n) for n, w in present), torch.zeros(()))  # base layout
+            if getattr(layer, "fan_in_fan_out", False) or isinstance(layer, LoraEmbedding):
+                delta = delta.T  # (out, in) / (D, V), the layout B @ A has
+            u, sigma, vh = torch.linalg.svd(delta.float(), full_matrices=True)
+            b, a = u[:, :rank] @ torch.diag(sigma[:rank]), vh[:rank, :]
+        new_a.zero_()
+        new_b.zero_()
+        new_a[: a.shape[0], :] = a.to(new_a.dtype)
+        new_b[:, : b.shape[1]] = b.to(new_b.dtype)
