@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -212,7 +213,9 @@ class LoraConfig(PeftConfig):
     """Rank-stabilized scaling ``lora_alpha / sqrt(r)``."""
     init_lora_weights: bool | str = True
     """``True``: A Kaiming-uniform, B zero (the adapter starts as a no-op); ``"gaussian"``: A normal(0, 1/r),
-    B zero; ``False``: both random (for tests: the adapter changes the output from the start)."""
+    B zero; ``"pissa"`` / ``"pissa_niter_<n>"`` / ``"olora"``: A and B from the SVD / QR of the weight, the
+    base keeping the residual (save with ``path_initial_model_for_weight_conversion`` to get a plain LoRA);
+    ``False``: both random (for tests: the adapter changes the output from the start)."""
     layers_to_transform: list[int] | int | None = None
     """Only adapt these layer indices."""
     layers_pattern: list[str] | str | None = None
@@ -248,10 +251,13 @@ class LoraConfig(PeftConfig):
             problems.append(f"lora_dropout={self.lora_dropout!r} must be a number in [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):
             problems.append(f"bias={self.bias!r} is not allowed; expected one of none, all, lora_only")
-        if self.init_lora_weights not in (True, False, "gaussian"):
-            problems.append(
-                f"init_lora_weights={self.init_lora_weights!r} is not supported; expected true, false or 'gaussian'"
-            )
+        init = self.init_lora_weights
+        pissa_niter = isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init) is not None
+        if init not in (True, False, "gaussian", "pissa", "olora") and not pissa_niter:
+            problems.append(f"init_lora_weights={init!r} is not supported; expected true, false, 'gaussian', "
+                            f"'pissa', 'pissa_niter_<n>' or 'olora'")
+        if isinstance(init, str) and init != "gaussian" and self.use_dora:
+            problems.append(f"init_lora_weights={init!r} cannot be combined with use_dora=True")
         for name in ("fan_in_fan_out", "use_rslora"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r} must be true or false")

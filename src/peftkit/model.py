@@ -410,22 +410,31 @@ class PeftModel(nn.Module):
         save_directory: str | os.PathLike[str],
         selected_adapters: list[str] | None = None,
         is_main_process: bool = True,
+        path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
 
         Only safetensors are written. Each file is replaced atomically.
+
+        Args:
+            path_initial_model_for_weight_conversion: for a PiSSA/OLoRA adapter, the folder where it was saved
+                right after initialization. The adapter is then written as a plain LoRA adapter of twice the
+                rank that applies to the original base weights (``[A | A0]``, ``[B | -B0]``), as PEFT does.
         """
         if not is_main_process:
             return
         names = selected_adapters or list(self.peft_config)
         for name in names:
             config = self._require(name).replace()
+            tensors = self.adapter_state_dict(name)
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
             if config.base_model_name_or_path is None:
                 config.base_model_name_or_path = self.name_or_path or None
             config.inference_mode = True
-            fmt.write_adapter(folder, config, self.adapter_state_dict(name))
+            if path_initial_model_for_weight_conversion is not None:
+                config, tensors = _to_plain_lora(config, tensors, path_initial_model_for_weight_conversion)
+            fmt.write_adapter(folder, config, tensors)
         fmt.write_model_card(Path(save_directory), self)
 
     @classmethod
@@ -493,6 +502,34 @@ class PeftModel(nn.Module):
             params = dict(self.state_dict(keep_vars=True))
             for key, tensor in state.items():
                 params[key].copy_(tensor.to(params[key].dtype))
+
+
+def _to_plain_lora(config: PeftConfig, tensors: dict[str, torch.Tensor], initial: str | os.PathLike[str]
+                   ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
+    """Turn a PiSSA/OLoRA adapter into a LoRA adapter on the original weights.
+
+    ``W = W_res + s B0 A0`` and the trained model is ``W_res + s B A``, so the update on ``W`` is
+    ``s (B A - B0 A0) = s [B | -B0] [A | A0]``: rank doubles, and alpha doubles so the scaling stays.
+    """
+    if not isinstance(config, LoraConfig):
+        raise ConfigError("path_initial_model_for_weight_conversion applies to LoRA adapters only")
+    if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
+        raise ConfigError("path_initial_model_for_weight_conversion does not support rank_pattern or "
+                          "alpha_pattern together with use_rslora (nor does PEFT)")
+    start = fmt.load_adapter_weights(initial)
+    converted = dict(tensors)
+    for key, tensor in tensors.items():
+        if key not in start:
+            continue
+        if ".lora_A" in key:
+            converted[key] = torch.cat([tensor, start[key].to(tensor)], dim=0)
+        elif ".lora_B" in key:
+            converted[key] = torch.cat([tensor, -start[key].to(tensor)], dim=1)
+    new = config.replace(init_lora_weights=True, r=config.r * 2,
+                         lora_alpha=config.lora_alpha * (2**0.5 if config.use_rslora else 2),
+                         rank_pattern={k: 2 * v for k, v in config.rank_pattern.items()},
+                         alpha_pattern={k: 2 * v for k, v in config.alpha_pattern.items()})
+    return new, converted
 
 
 def _drop_tied_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

@@ -229,9 +229,17 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
     if user_given:  # checked before any change, so a typo leaves the model untouched
         _check_target_list(model, config, keys)
     embeddings = [k for k in keys if isinstance(model.get_submodule(k), (nn.Embedding, LoraEmbedding))]
-    if config.use_dora and embeddings:  # checked before any change, like the target list
-        raise ConfigError(f"use_dora=True: {embeddings[0]!r} is an embedding; peftkit's DoRA covers linear layers "
+    special = "use_dora=True" if config.use_dora else (
+        f"init_lora_weights={config.init_lora_weights!r}" if isinstance(config.init_lora_weights, str)
+        and config.init_lora_weights != "gaussian" else None)
+    if special and embeddings:  # checked before any change, like the target list
+        raise ConfigError(f"{special}: {embeddings[0]!r} is an embedding; peftkit supports it on linear layers "
                           f"only, so leave embeddings out of target_modules")
+    conv1d = _conv1d_type()
+    transposed = [k for k in keys if conv1d is not None and isinstance(model.get_submodule(k), conv1d)]
+    if config.init_lora_weights == "olora" and transposed:  # before any change: OLoRA rewrites base weights
+        raise ConfigError(f"init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D "
+                          f"({transposed[0]!r}); use 'pissa' there")
     for key in keys:
         module = model.get_submodule(key)
         layer = module if isinstance(module, LoraLayer) else _wrap(module, key, config)

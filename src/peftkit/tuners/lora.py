@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .base import AdapterLayer
 
 __all__ = ["AdapterLayer", "LoraEmbedding", "LoraLayer", "LoraLinear"]
@@ -105,10 +106,49 @@ class LoraLinear(LoraLayer):
         self.lora_dropout[name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.lora_dropout[name].train(self.training)  # a new adapter follows the layer's train/eval mode
         self._set_scaling(name, r, lora_alpha, use_rslora)
+        if isinstance(init_lora_weights, str) and init_lora_weights.startswith("pissa"):
+            self._pissa_init(name, init_lora_weights)
+        elif isinstance(init_lora_weights, str) and init_lora_weights.lower() == "olora":
+            self._olora_init(name)
         if use_dora:
             with torch.no_grad():
                 norm = self._weight_norm(name)
             self.lora_magnitude_vector[name] = nn.Parameter(norm.float())
+
+    @torch.no_grad()
+    def _pissa_init(self, name: str, how: str) -> None:
+        """PiSSA: A and B take the top ``r`` singular directions of W (split as sqrt(S) on each side, divided by
+        the scaling); the base keeps the residual, so ``W_res + scaling * B @ A == W`` at the start."""
+        r, scaling = self.r[name], self.scaling[name]
+        weight = self._base_weight().float()  # (out, in)
+        if how == "pissa":
+            u, sigma, vh = torch.linalg.svd(weight, full_matrices=False)
+            u, sigma, vh = u[:, :r], sigma[:r], vh[:r]
+        else:  # "pissa_niter_<n>": randomized SVD with n subspace iterations
+            u, sigma, v = torch.svd_lowrank(weight, r, niter=int(how.split("_niter_")[-1]))
+            vh = v.T
+        root = torch.diag(torch.sqrt(sigma / scaling))
+        a, b = root @ vh, u @ root  # (r, in), (out, r)
+        self._set_pair(name, a, b, weight - scaling * (b @ a))
+
+    @torch.no_grad()
+    def _olora_init(self, name: str) -> None:
+        """OLoRA: A and B from the QR decomposition of W (B = Q[:, :r], A = R[:r]); the base keeps the residual."""
+        if self.fan_in_fan_out:
+            raise ConfigError("init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D; "
+                              "use 'pissa' there")
+        r, scaling = self.r[name], self.scaling[name]
+        weight = self.weight.float()  # (out, in)
+        q, upper = torch.linalg.qr(weight)
+        a, b = upper[:r].contiguous(), q[:, :r].contiguous()
+        self._set_pair(name, a, b, weight - scaling * (b @ a))
+
+    def _set_pair(self, name: str, a: torch.Tensor, b: torch.Tensor, residual: torch.Tensor) -> None:
+        """Install A, B and the residual base weight (given in (out, in) layout)."""
+        cast(torch.Tensor, self.lora_A[name].weight).data = a.contiguous()
+        cast(torch.Tensor, self.lora_B[name].weight).data = b.contiguous()
+        residual = residual.T if self.fan_in_fan_out else residual
+        self.weight.data = residual.to(self.weight.dtype).contiguous()
 
     def _base_weight(self) -> torch.Tensor:
         """The base weight as (out, in), whatever the layer's storage layout."""
