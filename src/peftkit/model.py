@@ -20,6 +20,7 @@ from . import format as fmt
 from . import prompting, surgery
 from .config import IA3Config, LoraConfig, PeftConfig, PromptLearningConfig, TaskType
 from .errors import AdapterNotFoundError, ConfigError, PeftkitError
+from .merging import MIXES
 
 __all__ = [
     "PeftModel",
@@ -242,6 +243,8 @@ class PeftModel(nn.Module):
         adapter_name: str,
         combination_type: str = "svd",
         svd_rank: int | None = None,
+        density: float | None = None,
+        majority_sign_method: str = "total",
     ) -> None:
         """Create LoRA adapter ``adapter_name`` as a weighted combination of existing LoRA adapters (PEFT's API).
 
@@ -252,6 +255,9 @@ class PeftModel(nn.Module):
             combination_type: ``linear`` (same ranks; fast, approximate), ``cat`` (exact; rank = sum of ranks)
                 or ``svd`` (exact sum truncated to ``svd_rank``, default the largest rank).
             svd_rank: the rank of the ``svd`` result.
+            density: the share of entries kept by ``ties``, ``dare_*`` and ``magnitude_prune`` (and their
+                ``_svd`` forms), in [0, 1].
+            majority_sign_method: ``total`` or ``frequency``: how TIES elects each entry's sign.
 
         Raises:
             ConfigError: unknown adapters or combination, mismatched weights or ranks, or non-LoRA adapters.
@@ -262,7 +268,12 @@ class PeftModel(nn.Module):
             problems.append(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights")
         if combination_type not in surgery.COMBINATIONS:
             problems.append(f"combination_type={combination_type!r} is not supported; expected one of "
-                            f"{', '.join(surgery.COMBINATIONS)} (ties, dare and magnitude_prune are not yet)")
+                            f"{', '.join(surgery.COMBINATIONS)}")
+        pruning = combination_type not in ("linear", "cat", "svd")
+        if pruning and not (isinstance(density, (int, float)) and 0 <= density <= 1):
+            problems.append(f"combination_type={combination_type!r} needs density in [0, 1], got {density!r}")
+        if majority_sign_method not in ("total", "frequency"):
+            problems.append(f"majority_sign_method={majority_sign_method!r}; expected total or frequency")
         if not all(isinstance(c, LoraConfig) and not c.use_dora for c in configs):
             problems.append("add_weighted_adapter combines plain LoRA adapters only (not DoRA or other methods)")
         if problems:
@@ -270,9 +281,9 @@ class PeftModel(nn.Module):
         loras = [cast(LoraConfig, c) for c in configs]
         ranks = [max(c.r, *c.rank_pattern.values()) if c.rank_pattern else c.r for c in loras]
         combination = "linear" if len(adapters) == 1 else combination_type
-        if combination == "linear" and len(set(ranks)) != 1:
-            raise ConfigError(f"combination_type='linear' needs equal ranks, got {ranks}; use 'cat' or 'svd'")
-        rank = {"linear": ranks[0], "cat": sum(ranks)}.get(combination, svd_rank or max(ranks))
+        if combination in MIXES and len(set(ranks)) != 1:
+            raise ConfigError(f"combination_type={combination!r} needs equal ranks, got {ranks}; use 'cat' or 'svd'")
+        rank = ranks[0] if combination in MIXES else sum(ranks) if combination == "cat" else svd_rank or max(ranks)
         targets = [c.target_modules for c in loras]
         if any(isinstance(t, str) for t in targets) and not all(isinstance(t, str) for t in targets):
             raise ConfigError("the adapters mix list and regex target_modules; PEFT cannot combine those either")
@@ -283,7 +294,8 @@ class PeftModel(nn.Module):
         config = loras[0].replace(r=rank, lora_alpha=rank, target_modules=merged_targets, rank_pattern={},
                                   alpha_pattern={})
         self.add_adapter(adapter_name, config)
-        surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, combination, rank)
+        surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, combination, rank,
+                             density=1.0 if density is None else float(density), sign_method=majority_sign_method)
 
     def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
         """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op."""

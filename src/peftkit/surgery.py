@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import IA3Config, LoraConfig, PeftConfig, TaskType
 from .errors import ConfigError, TargetNotFoundError
+from .merging import MIXES, mix
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraEmbedding, LoraLayer, LoraLinear
@@ -421,7 +422,7 @@ def unload(model: nn.Module, merge_active: bool) -> nn.Module:
     return model
 
 
-COMBINATIONS = ("linear", "cat", "svd")
+COMBINATIONS = ("cat", *MIXES, *(f"{m}_svd" for m in MIXES if m != "linear"), "svd")
 
 
 def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -435,12 +436,13 @@ def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def combine_lora(model: nn.Module, sources: list[str], weights: list[float], target: str, combination: str,
-                 rank: int) -> None:
+                 rank: int, density: float = 1.0, sign_method: str = "total") -> None:
     """Fill the (already created, rank ``rank``, scaling 1) LoRA adapter ``target`` from ``sources``.
 
-    PEFT's semantics: ``linear`` mixes A and B separately with ``sqrt(|w * scaling|)`` (the sign on A), which
-    approximates the weighted sum of updates; ``cat`` stacks the adapters so the update is exactly
-    ``sum(w * scaling * B @ A)``; ``svd`` takes the rank-``rank`` SVD of that exact sum.
+    PEFT's semantics: ``cat`` stacks the adapters, so the update is exactly ``sum(w * scaling * B @ A)``;
+    ``linear``, ``ties``, ``dare_*`` and ``magnitude_prune`` mix the A and the B matrices separately with
+    ``sqrt(|w * scaling|)`` each (the sign on A); the ``*_svd`` variants (and ``svd``) mix the dense updates
+    and keep the top ``rank`` singular directions.
     """
     for _, layer in adapter_layers(model):
         if not isinstance(layer, LoraLayer) or _lora_pair(layer, target) is None:
@@ -451,13 +453,16 @@ def combine_lora(model: nn.Module, sources: list[str], weights: list[float], tar
         if combination == "cat":
             a = torch.cat([p[0] * w * layer.scaling[n] for p, (n, w) in zip(pairs, present, strict=True)], dim=0)
             b = torch.cat([p[1] for p in pairs], dim=1)
-        elif combination == "linear":
+        elif combination in MIXES:
             factors = [w * layer.scaling[n] for n, w in present]
-            a = sum((math.copysign(math.sqrt(abs(f)), f) * p[0] for f, p in zip(factors, pairs, strict=True)),
-                    torch.zeros_like(new_a))
-            b = sum((math.sqrt(abs(f)) * p[1] for f, p in zip(factors, pairs, strict=True)), torch.zeros_like(new_b))
+            weights_a = torch.tensor([math.copysign(math.sqrt(abs(f)), f) for f in factors])
+            weights_b = torch.tensor([math.sqrt(abs(f)) for f in factors])
+            a = mix([p[0] for p in pairs], weights_a, combination, density, sign_method)
+            b = mix([p[1] for p in pairs], weights_b, combination, density, sign_method)
         else:
-            delta = sum((w * layer.delta_weight(n) for n, w in present), torch.zeros(()))  # base layout
+            how = "linear" if combination == "svd" else combination.removesuffix("_svd")
+            deltas = [layer.delta_weight(n) for n, _ in present]  # base layout
+            delta = mix(deltas, torch.tensor([w for _, w in present]), how, density, sign_method)
             if getattr(layer, "fan_in_fan_out", False) or isinstance(layer, LoraEmbedding):
                 delta = delta.T  # (out, in) / (D, V), the layout B @ A has
             u, sigma, vh = torch.linalg.svd(delta.float(), full_matrices=True)

@@ -30,14 +30,23 @@ def _load(lib, folders):  # type: ignore[no-untyped-def]
     return model
 
 
-@pytest.mark.parametrize("combination", ["linear", "cat", "svd"])
-def test_same_result_as_peft(combination: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+COMBINATIONS = ["linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune", "ties_svd",
+                "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"]
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+@pytest.mark.parametrize("sign", ["total", "frequency"])
+def test_same_result_as_peft(combination: str, sign: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    if sign == "frequency" and "ties" not in combination:
+        pytest.skip("the sign method only matters for TIES")
     folders = _two_adapters(tmp_path, "llama")
     inputs = model_inputs("llama")
     results = []
     for lib in (peftkit, peft):
         model = _load(lib, folders)
-        model.add_weighted_adapter(["first", "second"], [0.7, -0.4], "mix", combination_type=combination)
+        torch.manual_seed(123)  # DARE's random masks: the same draws in both libraries
+        model.add_weighted_adapter(["first", "second"], [0.7, -0.4], "mix", combination_type=combination,
+                                   density=0.5, majority_sign_method=sign)
         model.set_adapter("mix")
         results.append(outputs(model.eval(), inputs))
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
@@ -57,8 +66,10 @@ def test_cat_and_svd_equal_the_weighted_sum_of_updates(tmp_path) -> None:  # typ
 
 def test_bad_combinations_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = _load(peftkit, _two_adapters(tmp_path, "llama"))
-    with pytest.raises(peftkit.ConfigError, match="ties"):
+    with pytest.raises(peftkit.ConfigError, match="needs density in"):
         model.add_weighted_adapter(["first", "second"], [1, 1], "x", combination_type="ties")
+    with pytest.raises(peftkit.ConfigError, match="not supported"):
+        model.add_weighted_adapter(["first", "second"], [1, 1], "x", combination_type="average")
     with pytest.raises(peftkit.ConfigError, match="one weight per adapter"):
         model.add_weighted_adapter(["first", "second"], [1], "x", combination_type="cat")
     with pytest.raises(peftkit.AdapterNotFoundError):
