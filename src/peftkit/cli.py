@@ -33,6 +33,23 @@ def _is_dict(hint: Any) -> bool:
     return any(typing.get_origin(a) is dict for a in (typing.get_args(hint) or (hint,)))
 
 
+def _metavar(hint: Any) -> str:
+    """A short placeholder for ``--help`` from the field's type."""
+    kinds = set(typing.get_args(hint)) or {hint}
+    kinds.discard(type(None))
+    if _is_dict(hint):
+        return "{KEY: VALUE}"
+    if _is_list(hint):
+        return "NAME"
+    if bool in kinds:
+        return "true|false"
+    if int in kinds and float not in kinds:
+        return "N"
+    if float in kinds:
+        return "X"
+    return "TEXT"
+
+
 def _add_section(parser: argparse.ArgumentParser, cls: type, prefix: str, only: Sequence[str] | None = None) -> None:
     from .train.config import field_docs, field_types
 
@@ -43,7 +60,8 @@ def _add_section(parser: argparse.ArgumentParser, cls: type, prefix: str, only: 
             continue
         dest = f"{prefix}.{f.name}" if prefix else f.name
         flag = f"--{dest}" if prefix else f"--{f.name.replace('_', '-')}"
-        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": docs.get(f.name, "")}
+        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": docs.get(f.name, ""),
+                                  "metavar": _metavar(hints[f.name])}
         if _is_list(hints[f.name]):
             kwargs["nargs"] = "+"
         group.add_argument(flag, **kwargs)
@@ -74,7 +92,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("adapter fields (PEFT's names; those of the chosen --method apply)")
     for name, (cls, hint) in sorted(_adapter_fields().items()):
         kwargs: dict[str, Any] = {"dest": f"adapter.{name}", "default": None,
-                                  "help": field_docs(cls).get(name, "")}
+                                  "help": field_docs(cls).get(name, ""), "metavar": _metavar(hint)}
         if _is_list(hint):
             kwargs["nargs"] = "+"
         group.add_argument(f"--adapter.{name}", **kwargs)
