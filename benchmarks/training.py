@@ -1,0 +1,155 @@
+"""LoRA training speed: peftkit's loop vs PEFT + transformers.Trainer, same model, data, steps and seed.
+
+The task is the seed's classification data (ETHOS from ``../shared/data``, template
+``"Sentence : {comment} Label : {label}"``) on the packaged SmolLM2-135M, LoRA r8 on q,k,v,o, batch 8.
+Every configuration runs in its own subprocess (so peak RSS is its own), one after another, and the
+script prints a markdown table: useful tokens/s (loss-bearing, non-padding tokens of the batch), ms/step,
+peak RSS and the mean training loss of the last 10 steps. peftkit's time is that of its optimizer steps;
+the Trainer's is ``trainer.train()`` (its data loading and callbacks are part of what it costs).
+
+    python benchmarks/training.py [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
+CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit"]
+
+
+def data_config(tmp: str) -> dict[str, object]:
+    return {"path": str(DATA), "delimiter": ";", "mode": "classification",
+            "template": "Sentence : {comment} Label : {label}", "label_column": "isHate", "label_threshold": 0.5,
+            "label_words": {"1": "hate", "0": "not hate"}, "max_length": 256, "val_size": 0}
+
+
+def examples(tokenizer, tmp: str):  # type: ignore[no-untyped-def]
+    from peftkit.data import load_task_data
+    from peftkit.train import DataConfig
+
+    cfg = DataConfig(**data_config(tmp))  # type: ignore[arg-type]
+    problems: list[str] = []
+    cfg._validate(problems)
+    return load_task_data(cfg, tokenizer, seed=0).train
+
+
+def run_peft(name: str, steps: int, tmp: str) -> dict[str, float]:
+    import peft
+    import torch
+    import transformers
+
+    from peftkit import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+            for e in examples(tokenizer, tmp)]
+    torch.manual_seed(0)
+    model = peft.get_peft_model(load_model("smollm2-135m"), peft.LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
+    best = name.endswith("best")
+    args = transformers.TrainingArguments(
+        output_dir=tmp, per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-3, logging_steps=1,
+        save_strategy="no", report_to=[], seed=0, bf16=best, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        **({"train_sampling_strategy": "group_by_length"} if best else {}))
+    collator = transformers.DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    useful = {"tokens": 0}
+
+    def counting(features):  # type: ignore[no-untyped-def]
+        batch = collator(features)
+        useful["tokens"] += int(batch["attention_mask"].sum())
+        return batch
+
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=counting)
+    start = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - start
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return {"seconds": elapsed, "tokens": useful["tokens"], "loss": sum(losses[-10:]) / len(losses[-10:])}
+
+
+def run_peftkit(steps: int, tmp: str) -> dict[str, float]:
+    from peftkit import JobConfig, train
+
+    job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp,
+                    adapter={"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+                    data=data_config(tmp),  # type: ignore[arg-type]
+                    train={"max_steps": steps, "batch_size": 8, "lr": 1e-3, "log_every": 1, "progress": False,
+                           "plot": False, "eval_before": False})
+    train(job, log=lambda _: None)
+    records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    return {"loss": sum(losses[-10:]) / len(losses[-10:])}
+
+
+def child(name: str, steps: int) -> None:
+    import tempfile
+
+    import torch
+
+    tmp = tempfile.mkdtemp()
+    start = time.perf_counter()
+    if name == "peftkit":
+        from peftkit.train import loop
+
+        measured = {"tokens": 0.0, "seconds": 0.0}
+        real_step = loop.Run.train_step
+
+        def timed_step(self):  # type: ignore[no-untyped-def]
+            t0 = time.perf_counter()
+            loss, tokens = real_step(self)  # tokens: the non-padding tokens of the step's batches
+            measured["seconds"] += time.perf_counter() - t0
+            measured["tokens"] += tokens
+            return loss, tokens
+
+        loop.Run.train_step = timed_step  # type: ignore[method-assign]
+        out = {**run_peftkit(steps, tmp), **measured}
+    else:
+        out = run_peft(name, steps, tmp)
+    out["wall"] = time.perf_counter() - start
+    out["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    out["torch"] = torch.__version__
+    print("RESULT " + json.dumps(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.steps)
+        return
+    rows = {}
+    for name in CONFIGS:
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps)],
+                              capture_output=True, text=True, check=False)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{name} failed")
+        rows[name] = json.loads(line.removeprefix("RESULT "))
+    base = rows["peft-trainer-default"]
+    best = rows["peft-trainer-best"]
+    print(f"# LoRA training, SmolLM2-135M on ETHOS, batch 8, {args.steps} steps, one run each")
+    print(f"torch {rows['peftkit']['torch']}, {platform.machine()}, "
+          f"useful tokens = the non-padding tokens of each batch\n")
+    print("| setup | train time s | ms/step | useful tokens/s | x PEFT default | x PEFT best | peak RSS GB "
+          "| loss (last 10 steps) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        speed = r["tokens"] / r["seconds"]
+        print(f"| {name} | {r['seconds']:.1f} | {1000 * r['seconds'] / args.steps:.0f} | {speed:.0f} | "
+              f"{speed / (base['tokens'] / base['seconds']):.2f}x | {speed / (best['tokens'] / best['seconds']):.2f}x "
+              f"| {r['rss_gb']:.2f} | {r['loss']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
