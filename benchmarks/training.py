@@ -25,17 +25,17 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.c
 CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit"]
 
 
-def data_config(tmp: str) -> dict[str, object]:
+def data_config() -> dict[str, object]:
     return {"path": str(DATA), "delimiter": ";", "mode": "classification",
             "template": "Sentence : {comment} Label : {label}", "label_column": "isHate", "label_threshold": 0.5,
             "label_words": {"1": "hate", "0": "not hate"}, "max_length": 256, "val_size": 0}
 
 
-def examples(tokenizer, tmp: str):  # type: ignore[no-untyped-def]
+def examples(tokenizer):  # type: ignore[no-untyped-def]
     from peftkit.data import load_task_data
     from peftkit.train import DataConfig
 
-    cfg = DataConfig(**data_config(tmp))  # type: ignore[arg-type]
+    cfg = DataConfig(**data_config())  # type: ignore[arg-type]
     problems: list[str] = []
     cfg._validate(problems)
     return load_task_data(cfg, tokenizer, seed=0).train
@@ -50,7 +50,7 @@ def run_peft(name: str, steps: int, tmp: str) -> dict[str, float]:
 
     tokenizer = load_tokenizer("smollm2-135m")
     rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
-            for e in examples(tokenizer, tmp)]
+            for e in examples(tokenizer)]
     torch.manual_seed(0)
     model = peft.get_peft_model(load_model("smollm2-135m"), peft.LoraConfig(
         r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
@@ -80,7 +80,7 @@ def run_peftkit(steps: int, tmp: str) -> dict[str, float]:
 
     job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp,
                     adapter={"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-                    data=data_config(tmp),  # type: ignore[arg-type]
+                    data=data_config(),  # type: ignore[arg-type]
                     train={"max_steps": steps, "batch_size": 8, "lr": 1e-3, "log_every": 1, "progress": False,
                            "plot": False, "eval_before": False})
     train(job, log=lambda _: None)

@@ -46,7 +46,7 @@ def _answers(result: TrainResult, n: int, pool: int = 60) -> list[tuple[str, str
     pad = tokenizer.pad_token_id or 0
     with model.disable_adapter():  # a disabled adapter is exactly the base model
         before = classification_scores(model, prompts, data.candidate_ids, pad_id=pad).argmax(1).tolist()
-    after = classification_scores(model, prompts, data.candidate_ids, pad_id=pad).argmax(1).tolist()
+    after = (result.after.predictions if result.after and result.after.predictions else [])[:pool]
     rows = []
     for e, b, a in zip(examples, before, after, strict=True):
         text = tokenizer.decode(e.prompt_ids, skip_special_tokens=True)

@@ -8,8 +8,10 @@ extends the attention mask. ``PeftModel.forward`` and ``generate`` call :func:`p
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -200,9 +202,19 @@ def seq2seq_prefix_cache(module: nn.Module, base: nn.Module, config: PrefixTunin
     return EncoderDecoderCache(self_cache, DynamicCache())
 
 
+@functools.cache
+def _parameters(function: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
+
+
+def forward_accepts(module: nn.Module, name: str) -> bool:
+    """Whether ``module.forward`` takes keyword ``name`` (looked up once per class: it runs every step)."""
+    return name in _parameters(type(module).forward)
+
+
 def _cache_keyword(base: nn.Module) -> str:
     """transformers 5.24 renamed ``past_key_values`` to ``cache`` in forward (the old name warns)."""
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if forward_accepts(base, "cache") else "past_key_values"
 
 
 def _prefix(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,

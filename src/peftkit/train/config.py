@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from ..config import CONFIG_CLASSES, PeftConfig, PeftType, TaskType
+from ..config import CONFIG_CLASSES, PeftConfig, PeftType, TaskType, _is_number
 from ..errors import ConfigError, did_you_mean
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
@@ -410,10 +410,6 @@ def coerce(value: Any, hint: Any) -> Any:
             except ValueError:
                 continue
     return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive(problems: list[str], name: str, value: Any, integer: bool = False) -> None:

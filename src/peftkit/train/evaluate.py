@@ -7,7 +7,6 @@ tokens to the logits; the functions look at the last ``input_ids.shape[1]`` posi
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import IGNORE_INDEX, Example, collate
+from ..prompting import forward_accepts
 
 __all__ = ["Metrics", "classification_scores", "evaluate", "target_loss", "token_loss"]
 
@@ -63,7 +63,7 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
         if model.uses_prompt_adapter:
             return False
         model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return forward_accepts(model, "logits_to_keep")
 
 
 def target_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, int]:

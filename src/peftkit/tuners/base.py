@@ -33,6 +33,14 @@ class AdapterLayer(nn.Module):
         self.merged_adapters: list[str] = []
         self.disabled = False
 
+    def _set_features(self, fan_in_fan_out: bool) -> None:
+        """Record ``in_features``/``out_features``; Conv1D-style layers (``fan_in_fan_out``) store (in, out)."""
+        self.fan_in_fan_out = fan_in_fan_out
+        out_f, in_f = self.weight.shape
+        if fan_in_fan_out:
+            in_f, out_f = out_f, in_f
+        self.in_features, self.out_features = int(in_f), int(out_f)
+
     @property
     def weight(self) -> torch.Tensor:
         """The base layer's weight, so code that reads ``layer.weight`` (weight tying, dtype checks) still works."""

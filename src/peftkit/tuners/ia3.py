@@ -25,11 +25,7 @@ class IA3Linear(AdapterLayer):
     def __init__(self, base_layer: nn.Module, is_feedforward: bool, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
         self.is_feedforward = is_feedforward
-        self.fan_in_fan_out = fan_in_fan_out
-        out_f, in_f = cast(torch.Tensor, base_layer.weight).shape
-        if fan_in_fan_out:
-            in_f, out_f = out_f, in_f
-        self.in_features, self.out_features = int(in_f), int(out_f)
+        self._set_features(fan_in_fan_out)
         self.ia3_l = nn.ParameterDict()
 
     @property

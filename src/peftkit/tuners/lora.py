@@ -65,11 +65,7 @@ class LoraLinear(LoraLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
-        self.fan_in_fan_out = fan_in_fan_out
-        out_f, in_f = cast(torch.Tensor, base_layer.weight).shape
-        if fan_in_fan_out:
-            in_f, out_f = out_f, in_f
-        self.in_features, self.out_features = int(in_f), int(out_f)
+        self._set_features(fan_in_fan_out)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
