@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -124,6 +125,24 @@ def job_from_args(args: argparse.Namespace) -> Any:
     return JobConfig.from_dict(apply_overrides({}, overrides), source="command line")
 
 
+def _launch(nproc: int, argv: Sequence[str]) -> int:
+    """``peftkit train --nproc N ...``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "peftkit", *rest]
+    print("launching: torchrun " + " ".join(command[3:]), file=sys.stderr)
+    return subprocess.run(command, check=False).returncode
+
+
 # ----- commands --------------------------------------------------------------------------------------------
 
 
@@ -132,7 +151,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         args.__dict__["train.resume"] = args.resume
-    job = job_from_args(args)
+    job = job_from_args(args)  # a bad config fails here, before any process starts
+    if args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if job.train.batch_size < args.nproc:
+            raise ConfigError(f"train.batch_size={job.train.batch_size} is the global micro-batch, split over "
+                              f"--nproc {args.nproc} processes; raise it to at least {args.nproc}")
+        return _launch(args.nproc, args.argv)
     result = train(job)
     if result.before and result.after:
         for key, before in result.before.as_dict().items():
@@ -242,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune a model with an adapter (YAML config and/or flags)")
     train.add_argument("--resume", nargs="?", const=True, default=None,
                        help="continue from the latest checkpoint in the output dir (or the one given)")
+    train.add_argument("--nproc", type=int, default=None, metavar="N",
+                       help="train on N processes of this machine (starts torchrun; one per GPU, or CPU with gloo)")
     add_job_flags(train)
     train.set_defaults(func=_cmd_train)
 
@@ -281,13 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used by ``python -m peftkit``)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
     try:
         return int(args.func(args))
     except PeftkitError as err:
         if args.debug:
             raise
-        print(f"peftkit: error: {err}", file=sys.stderr)
+        print(f"peftkit: error{where}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("peftkit: interrupted", file=sys.stderr)
@@ -295,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if args.debug:
             raise
-        print(f"peftkit: unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+        print(f"peftkit: unexpected {type(err).__name__}{where}: {err} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
 

@@ -45,6 +45,7 @@ MODES = ("text", "completion", "classification", "chat")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -134,9 +135,9 @@ class TrainingConfig:
     max_steps: int | None = None
     """Stop after this many optimizer steps."""
     batch_size: int = 8
-    """Examples per forward pass."""
+    """Examples per forward pass, over all processes (torchrun splits each batch between them)."""
     grad_accum: int = 1
-    """Forward passes per optimizer step (effective batch = batch_size * grad_accum)."""
+    """Forward passes per optimizer step (effective batch = batch_size * grad_accum, whatever the process count)."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding, faster); the order stays seeded."""
     lr: float = 2e-4
@@ -167,6 +168,10 @@ class TrainingConfig:
     """Evaluate once before training, to compare before and after."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, more time."""
+    strategy: str = "ddp"
+    """Under torchrun: ddp (replicate the model) or fsdp (shard the frozen base block by block)."""
+    timeout_minutes: float = 30.0
+    """Under torchrun: how long a process waits for the others before the run fails instead of hanging."""
     resume: bool | str = False
     """true: continue from the latest checkpoint in output_dir; or a checkpoint folder."""
     progress: bool = True
@@ -192,6 +197,8 @@ class TrainingConfig:
         _choice(problems, "train.schedule", self.schedule, SCHEDULES)
         _choice(problems, "train.precision", self.precision, PRECISIONS)
         _choice(problems, "train.device", self.device, DEVICES)
+        _choice(problems, "train.strategy", self.strategy, STRATEGIES)
+        _positive(problems, "train.timeout_minutes", self.timeout_minutes)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch import nn
 from ..data import IGNORE_INDEX, Example, collate
 from ..prompting import forward_accepts
 
-__all__ = ["Metrics", "classification_scores", "evaluate", "target_loss", "token_loss"]
+__all__ = ["Metrics", "classification_scores", "evaluate", "row_losses", "target_loss", "token_loss"]
 
 
 @dataclass
@@ -45,20 +45,33 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     ``logits`` may be longer than ``labels`` (virtual tokens in front); the extra leading positions get
     ``IGNORE_INDEX`` labels, as PEFT does, so the last virtual token predicts the first real one.
     """
+    losses, counts = _row_token_loss(logits, labels)
+    return losses.sum(), int(counts.sum())
+
+
+def _row_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     extra = logits.shape[1] - labels.shape[1]  # virtual tokens of prompt methods
     if extra:
         labels = F.pad(labels, (extra, 0), value=IGNORE_INDEX)
-    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
-    shift_labels = labels[:, 1:]  # (B, T-1)
-    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((shift_labels != IGNORE_INDEX).sum())
+    return _row_cross_entropy(logits[:, :-1], labels[:, 1:])
+
+
+def _row_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed cross-entropy ``(B,)`` and per-row count of labelled positions ``(B,)``."""
+    batch, length, vocab = logits.shape  # (B, T, V)
+    loss = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="none")
+    return loss.view(batch, length).sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
     """True when the LM head can be run on chosen positions only (not with virtual tokens in front)."""
+    from torch.nn.parallel import DistributedDataParallel
+
     from ..model import PeftModel
 
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     if isinstance(model, PeftModel):
         if model.uses_prompt_adapter:
             return False
@@ -73,14 +86,18 @@ def target_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch
     completion and classification targets are a few tokens per example, so only the positions that
     predict a target in some row of the batch go through it. Same value as :func:`token_loss`.
     """
+    losses, counts = row_losses(model, inputs, labels)
+    return losses.sum(), int(counts.sum())
+
+
+def row_losses(model: nn.Module, inputs: dict[str, torch.Tensor],
+               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`target_loss` per row: summed loss ``(B,)`` and number of target tokens ``(B,)``."""
     if not _accepts_logits_to_keep(model):
-        return token_loss(model(**inputs).logits, labels)
+        return _row_token_loss(model(**inputs).logits, labels)
     positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) predicting positions
     logits = model(**inputs, logits_to_keep=positions).logits  # (B, K, V)
-    targets = labels[:, positions + 1]  # (B, K)
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((targets != IGNORE_INDEX).sum())
+    return _row_cross_entropy(logits, labels[:, positions + 1])
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -90,26 +107,34 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 @torch.no_grad()
 def evaluate(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int = 16,
              device: torch.device | str = "cpu", candidate_ids: list[list[int]] | None = None,
-             autocast: contextlib.AbstractContextManager[Any] | None = None) -> Metrics:
-    """Loss and perplexity over ``examples``; with ``candidate_ids``, also label-word accuracy."""
+             autocast: contextlib.AbstractContextManager[Any] | None = None, counted: int | None = None) -> Metrics:
+    """Loss and perplexity over ``examples``; with ``candidate_ids``, also label-word accuracy.
+
+    Args:
+        counted: only the first ``counted`` examples enter the metrics; the rest are run but not counted
+            (distributed evaluation pads every process's share to the same length, so that processes
+            that shard the model run the same number of forward passes).
+    """
+    counted = len(examples) if counted is None else counted
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     try:
-        by_length = sorted(examples, key=lambda e: len(e.input_ids))  # less padding; the sum is order-free
-        for batch in _batches(by_length, batch_size):
-            inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
+        for chunk in _batches(order, batch_size):
+            inputs = {k: v.to(device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
             labels = inputs.pop("labels")
             with autocast or contextlib.nullcontext():
-                loss, n = target_loss(model, inputs, labels)
-            total, count = total + float(loss), count + n
+                losses, counts = row_losses(model, inputs, labels)
+            keep = torch.tensor([i < counted for i in chunk], device=losses.device)
+            total, count = total + float(losses[keep].sum()), count + int(counts[keep].sum())
         metrics = Metrics(loss=total / max(count, 1), perplexity=math.exp(min(total / max(count, 1), 50)),
                           tokens=count)
         if candidate_ids:
             scores = classification_scores(model, [e.prompt_ids for e in examples], candidate_ids, pad_id=pad_id,
                                            batch_size=batch_size, device=device, autocast=autocast)
-            predictions = scores.argmax(dim=1).tolist()
-            gold = [e.label_index for e in examples]
+            predictions = scores.argmax(dim=1).tolist()[:counted]
+            gold = [e.label_index for e in examples[:counted]]
             metrics.accuracy = sum(p == g for p, g in zip(predictions, gold, strict=True)) / max(len(gold), 1)
             metrics.predictions = predictions
     finally:

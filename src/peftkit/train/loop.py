@@ -28,8 +28,10 @@ from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..format import write_json_atomic, write_model_card, write_text_atomic
 from ..model import PeftModel, get_peft_model
 from . import checkpoint as ckpt
+from . import distributed
 from .config import JobConfig, TrainingConfig
-from .evaluate import Metrics, evaluate, target_loss
+from .distributed import Processes
+from .evaluate import Metrics, evaluate, row_losses
 from .report import MetricsLog, plot_metrics
 
 __all__ = ["TrainResult", "train"]
@@ -54,11 +56,13 @@ class TrainResult:
 # ----- pieces --------------------------------------------------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str, procs: Processes | None = None) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use device: auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and procs is not None and procs.distributed:
+        return torch.device("cuda", procs.local_rank)  # one GPU per process
     return torch.device(name)
 
 
@@ -125,9 +129,13 @@ class Batches:
             self._order = (epoch, batches)
         return self._order[1]
 
-    def __call__(self, position: int) -> dict[str, torch.Tensor]:
+    def indices(self, position: int) -> list[int]:
+        """Which examples form micro-batch ``position``."""
         epoch, index = divmod(position, self.per_epoch)
-        return collate([self.examples[i] for i in self._epoch_batches(epoch)[index]], self.pad_id)
+        return self._epoch_batches(epoch)[index]
+
+    def __call__(self, position: int) -> dict[str, torch.Tensor]:
+        return collate([self.examples[i] for i in self.indices(position)], self.pad_id)
 
     def epoch(self, position: int) -> float:
         return position / self.per_epoch
@@ -146,17 +154,19 @@ class Run:
     """The state of one training run. Methods are the steps of :func:`train`."""
 
     def __init__(self, config: JobConfig, model: PeftModel, tokenizer: Any, data: TaskData,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], procs: Processes | None = None) -> None:
         cfg = config.train
         self.config, self.cfg, self.model, self.tokenizer = config, cfg, model, tokenizer
         self.data, self.log = data, log
+        self.procs = procs or Processes()
         self.out = Path(config.output_dir)
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(cfg.device, self.procs)
         self.autocast, fp16 = autocast_for(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.batches = Batches(data.train, cfg.batch_size, config.seed, self.pad_id, cfg.group_by_length)
         self.total = total_steps(cfg, self.batches)
+        self.forward_model = distributed.wrap(model, self.procs, self.device)  # parameters change under FSDP
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("the model has no trainable parameters; check the adapter config")
@@ -174,21 +184,46 @@ class Run:
     # --- evaluation and checkpoints ---
 
     def evaluate(self) -> Metrics | None:
-        if not self.data.val:
+        """Metrics on the validation split; each process evaluates its share and the sums are reduced."""
+        val = self.data.val
+        if not val:
             return None
-        return evaluate(self.model, self.data.val, pad_id=self.pad_id, device=self.device,
+        indices, own = distributed.even_shard(len(val), self.procs)
+        part = evaluate(self.model, [val[i] for i in indices], pad_id=self.pad_id, device=self.device,
                         batch_size=self.cfg.eval_batch_size or self.cfg.batch_size * 2,
-                        candidate_ids=self.data.candidate_ids or None, autocast=self.autocast)
+                        candidate_ids=self.data.candidate_ids or None, autocast=self.autocast, counted=own)
+        if not self.procs.distributed:
+            return part
+        correct = (part.accuracy or 0.0) * own
+        loss_sum, tokens, correct = self.procs.sum([part.loss * part.tokens, part.tokens, correct])
+        loss = loss_sum / max(tokens, 1)
+        metrics = Metrics(loss, math.exp(min(loss, 50)), int(tokens))
+        if part.predictions is not None:
+            metrics.accuracy = correct / len(val)
+            predictions = [0] * len(val)
+            for rank_indices, rank_predictions in self.procs.gather((indices, part.predictions)):
+                for i, p in zip(rank_indices, rank_predictions, strict=False):  # padding is past the predictions
+                    predictions[i] = p
+            metrics.predictions = predictions
+        return metrics
 
     def save(self) -> None:
-        state = {"step": self.step, "micro_batches": self.position, "optimizer": self.optimizer.state_dict(),
+        """Write a checkpoint. Every process takes part (its RNG state, FSDP shards); rank 0 writes."""
+        state = {"step": self.step, "micro_batches": self.position,
+                 "optimizer": distributed.optimizer_state(self.model, self.optimizer, self.procs),
                  "scheduler": self.scheduler.state_dict(), "before": self.before or {},
                  "tokens_seen": self.tokens_seen, "train_time": self.train_time}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        folder = ckpt.save_checkpoint(self.out, self.step, _TrainableSaver(self.model), state,
-                                      self.cfg.keep_checkpoints)
-        self.log(f"checkpoint: {folder}")
+        rng_per_rank = self.procs.gather(ckpt.rng_state())
+        if self.procs.distributed:
+            state["rng_per_rank"] = rng_per_rank
+        with distributed.full_parameters(self.model):
+            if self.procs.is_main:
+                folder = ckpt.save_checkpoint(self.out, self.step, _TrainableSaver(self.model), state,
+                                              self.cfg.keep_checkpoints)
+                self.log(f"checkpoint: {folder}")
+            self.procs.barrier()
 
     def restore(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -207,15 +242,19 @@ class Run:
                               f"resume with the same config, or start a new output_dir")
         with torch.no_grad():
             for key, tensor in weights.items():
-                named[key].copy_(tensor)
-        self.optimizer.load_state_dict(state["optimizer"])
+                distributed.load_full(named[key], tensor)
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.procs)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.position = int(state["step"]), int(state["micro_batches"])
         self.before = dict(state.get("before") or {}) or None
         self.tokens_seen, self.train_time = int(state.get("tokens_seen", 0)), float(state.get("train_time", 0.0))
-        ckpt.set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) != self.procs.world_size:
+            self.log(f"{folder} was written by {len(per_rank)} process(es) and this run has "
+                     f"{self.procs.world_size}: the data order is the same, dropout draws will differ")
+        ckpt.set_rng_state(per_rank[self.procs.rank % len(per_rank)])
         self.log(f"resumed from {folder} at step {self.step} of {self.total}")
 
     # --- one optimizer step ---
@@ -223,20 +262,30 @@ class Run:
     def train_step(self) -> tuple[float, int]:
         """Forward and backward over ``grad_accum`` micro-batches, then one optimizer step.
 
-        Returns the mean token loss and the number of tokens processed.
+        Each process runs its rows of every global micro-batch. Returns the mean token loss and the number
+        of tokens processed, both over all processes.
         """
-        micro = [self.batches(self.position + i) for i in range(self.cfg.grad_accum)]
+        micro = [self.batches.indices(self.position + i) for i in range(self.cfg.grad_accum)]
         self.position += self.cfg.grad_accum
-        # Weight every target token equally across the accumulated micro-batches.
-        n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
-        total_loss = 0.0
-        for batch in micro:
+        examples = self.data.train
+        # Weight every target token of the global batch equally, across micro-batches and processes.
+        n_targets = sum(_targets(examples[i]) for rows in micro for i in rows)
+        tokens = sum(len(examples[i].input_ids) for rows in micro for i in rows)
+        # DDP and FSDP average gradients over processes; the loss is scaled so that they add up instead.
+        scale = self.procs.world_size / max(n_targets, 1)
+        local_loss = 0.0
+        for i, rows in enumerate(micro):
+            mine = distributed.shard(rows, self.procs)
+            # A process without rows still joins the gradient sync, with a zero-weight copy of a row.
+            batch = collate([examples[j] for j in (mine or rows[:1])], self.pad_id)
             labels = batch.pop("labels").to(self.device)
-            with self.autocast:
-                loss_sum, _ = target_loss(self.model, {k: v.to(self.device) for k, v in batch.items()}, labels)
-            loss = loss_sum / max(n_targets, 1)
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            total_loss += float(loss_sum.detach())
+            with distributed.gradient_sync(self.forward_model, i == len(micro) - 1), self.autocast:
+                losses, _ = row_losses(self.forward_model, {k: v.to(self.device) for k, v in batch.items()}, labels)
+                loss_sum = losses.sum() * (1.0 if mine else 0.0)
+                loss = loss_sum * scale
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            local_loss += float(loss_sum.detach())
+        total_loss = self.procs.sum([local_loss])[0]
         if not math.isfinite(total_loss):
             self.optimizer.zero_grad(set_to_none=True)  # the adapter stays as it was after the last good step
             self.position -= self.cfg.grad_accum
@@ -255,8 +304,25 @@ class Run:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(int(b["attention_mask"].sum()) for b in micro)
         return total_loss / max(n_targets, 1), tokens
+
+
+def _targets(example: Example) -> int:
+    """Target tokens of one example, counted as the shifted loss sees them."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
+class _NoMetrics(MetricsLog):
+    """Processes other than rank 0 write no metrics."""
+
+    def __init__(self) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def read(self) -> list[dict[str, Any]]:
+        return []
 
 
 class _TrainableSaver:
@@ -348,28 +414,57 @@ def train(config: JobConfig, *, model: nn.Module | None = None, tokenizer: Any =
         The trained model, the data, and before/after metrics. The adapter, ``metrics.jsonl``,
         ``summary.json`` and ``plot.png`` are in ``config.output_dir``.
     """
+    cfg = config.train
+    procs, created = distributed.setup(cfg.device, cfg.strategy, cfg.timeout_minutes)
+    try:
+        return _train(config, model, tokenizer, log if procs.is_main else _quiet, procs)
+    finally:
+        distributed.teardown(created)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _train(config: JobConfig, model: nn.Module | None, tokenizer: Any, log: Callable[[str], None],
+           procs: Processes) -> TrainResult:
     from ..models import load_tokenizer
 
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the same adapter initialization on every process
     _check_writable(Path(config.output_dir))
     resume_from = _resume_folder(config, log)
+    if procs.distributed:
+        _check_batch(config.train, procs)
+        log(f"training on {procs.world_size} processes ({procs.strategy}); global batch "
+            f"{config.train.batch_size} x {config.train.grad_accum}")
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
     data = load_task_data(config.data, tokenizer, seed=config.seed)
     for line in data.report:
         log(line)
-    peft_model = build_model(config, model, pick_device(config.train.device))
+    peft_model = build_model(config, model, pick_device(config.train.device, procs))
     _check_context(config, peft_model, data)
-    run = Run(config, peft_model, tokenizer, data, log)
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.out / "config.yaml", config.to_yaml())
+    if procs.distributed:
+        torch.manual_seed(config.seed + procs.rank)  # independent dropout draws on each process
+    run = Run(config, peft_model, tokenizer, data, log, procs)
+    if procs.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.out / "config.yaml", config.to_yaml())
     if resume_from is not None:
         run.restore(resume_from)
     with _stop_on_interrupt(run):
         return _run(run, config, log, resumed=resume_from is not None)
 
 
+def _check_batch(cfg: TrainingConfig, procs: Processes) -> None:
+    if cfg.batch_size < procs.world_size:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} is the global micro-batch, split over "
+                          f"{procs.world_size} processes, so it must be at least {procs.world_size}; raise it "
+                          f"(and lower train.grad_accum to keep the same global batch)")
+
+
 def _run(run: Run, config: JobConfig, log: Callable[[str], None], resumed: bool) -> TrainResult:
-    metrics = MetricsLog(run.out / "metrics.jsonl", resume_step=run.step if resumed else None)
+    metrics: MetricsLog = MetricsLog(run.out / "metrics.jsonl", resume_step=run.step if resumed else None) \
+        if run.procs.is_main else _NoMetrics()
     if run.before is None and config.train.eval_before:
         before = run.evaluate()
         if before is not None:
@@ -406,7 +501,8 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
 
     cfg = run.cfg
     run.model.train()
-    bar = tqdm(total=run.total, initial=run.step, disable=not cfg.progress, desc="training", unit="step")
+    bar = tqdm(total=run.total, initial=run.step, disable=not (cfg.progress and run.procs.is_main),
+               desc="training", unit="step")
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     while run.step < run.total:
         started = time.perf_counter()
@@ -427,6 +523,8 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
             _record_eval(run, metrics)
         if cfg.save_every and run.step % cfg.save_every == 0:
             run.save()
+        if run.procs.distributed:
+            run.stop_requested = run.procs.any(run.stop_requested)  # every process stops at the same step
         if run.stop_requested:
             bar.close()
             if not (cfg.save_every and run.step % cfg.save_every == 0):
@@ -453,14 +551,18 @@ def _format_metrics(label: str, values: dict[str, float]) -> str:
 
 def _finish(run: Run, metrics: MetricsLog) -> TrainResult:
     after = _record_eval(run, metrics)
-    run.model.save_pretrained(run.out)
     speed = run.tokens_seen / max(run.train_time, 1e-9)
     summary = {"steps": run.step, "train_examples": len(run.data.train), "val_examples": len(run.data.val),
-               "tokens_per_second": speed, "before": run.before, "after": after.as_dict() if after else None}
-    write_json_atomic(run.out / "summary.json", summary)
-    write_model_card(run.out, run.model, training=_card_lines(run, summary))
-    if run.cfg.plot:
-        plot_metrics(metrics.read(), run.out / "plot.png")
+               "tokens_per_second": speed, "before": run.before, "after": after.as_dict() if after else None,
+               "processes": run.procs.world_size}
+    with distributed.full_parameters(run.model):
+        if run.procs.is_main:
+            run.model.save_pretrained(run.out)
+            write_json_atomic(run.out / "summary.json", summary)
+            write_model_card(run.out, run.model, training=_card_lines(run, summary))
+            if run.cfg.plot:
+                plot_metrics(metrics.read(), run.out / "plot.png")
+        run.procs.barrier()
     run.log(f"adapter saved to {run.out} ({run.step} steps, {speed:.0f} tokens/s)")
     before = Metrics(run.before["eval_loss"], run.before["eval_perplexity"], 0, run.before.get("eval_accuracy")) \
         if run.before else None
