@@ -110,16 +110,22 @@ def _flag_value(value: Any, hint: Any, name: str) -> Any:
         raise ConfigError(f"--{name} {value!r} is not a mapping; write it as '{{key: value, ...}}' ({err})") from err
 
 
+def _section_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--data.*`` and ``--train.*`` flags given, as dotted overrides (mappings parsed from YAML text)."""
+    from .train.config import DataConfig, TrainingConfig
+
+    hints = {**{f"data.{k}": v for k, v in typing.get_type_hints(DataConfig).items()},
+             **{f"train.{k}": v for k, v in typing.get_type_hints(TrainingConfig).items()}}
+    return {k: _flag_value(v, hints.get(k), k) for k, v in vars(args).items() if v is not None and k in hints}
+
+
 def job_from_args(args: argparse.Namespace) -> Any:
     """The validated :class:`~peftkit.train.JobConfig` from ``--config`` and the flags given."""
-    from .train.config import DataConfig, JobConfig, TrainingConfig, apply_overrides
+    from .train.config import JobConfig, apply_overrides
 
-    hints = {**typing.get_type_hints(JobConfig),
-             **{f"data.{k}": v for k, v in typing.get_type_hints(DataConfig).items()},
-             **{f"train.{k}": v for k, v in typing.get_type_hints(TrainingConfig).items()},
-             **{f"adapter.{k}": h for k, (_, h) in _adapter_fields().items()}}
-    overrides = {k: _flag_value(v, hints.get(k), k) for k, v in vars(args).items()
-                 if v is not None and (k in TOP_LEVEL or k.split(".")[0] in ("data", "train", "adapter"))}
+    hints = {**typing.get_type_hints(JobConfig), **{f"adapter.{k}": h for k, (_, h) in _adapter_fields().items()}}
+    overrides = {**_section_flags(args), **{k: _flag_value(v, hints.get(k), k) for k, v in vars(args).items()
+                                            if v is not None and (k in TOP_LEVEL or k.startswith("adapter."))}}
     if args.config:
         return JobConfig.from_yaml(args.config, overrides)
     return JobConfig.from_dict(apply_overrides({}, overrides), source="command line")
@@ -251,6 +257,25 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import CompareConfig, compare
+
+    overrides = _section_flags(args)
+    for name in ("model", "methods", "budget", "output_dir", "seed", "examples"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    if args.data_path is not None:
+        overrides["data.path"] = args.data_path
+    for item in args.lr or []:
+        method, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--lr {item!r} must be METHOD=RATE, e.g. --lr lora=2e-3 prompt=1e-2")
+        overrides[f"lr.{method}"] = value
+    config = CompareConfig.from_yaml(args.config, overrides)
+    compare(config)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -259,6 +284,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train.config import DataConfig, TrainingConfig
+
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--task", default=None, help="CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM, FEATURE_EXTRACTION")
     inspect.add_argument("--r", type=int, default=8, help="LoRA rank for the counts")
     inspect.set_defaults(func=_cmd_inspect)
+
+    cmp = sub.add_parser("compare", help="train several methods on one task and budget, and write a report")
+    cmp.add_argument("--config", help="a YAML comparison file (model, data, methods, budget, train, lr, adapters)")
+    cmp.add_argument("--model", help="model alias, folder, .gguf file or hub id")
+    cmp.add_argument("--data", dest="data_path", metavar="PATH", help="the data file (same as --data.path)")
+    cmp.add_argument("--methods", help="comma-separated: full,lora,dora,ia3,prompt,p_tuning,prefix (default: all)")
+    cmp.add_argument("--budget", help="the same for every method: steps (200) or minutes (10m); default: epochs")
+    cmp.add_argument("--lr", nargs="+", metavar="METHOD=RATE", help="learning rates replacing the presets'")
+    cmp.add_argument("--output-dir", dest="output_dir")
+    cmp.add_argument("--seed", type=int)
+    cmp.add_argument("--examples", type=int, help="held-out examples shown per method")
+    _add_section(cmp, DataConfig, "data")
+    _add_section(cmp, TrainingConfig, "train")
+    cmp.set_defaults(func=_cmd_compare)
 
     demo = sub.add_parser("demo", help="the main job: teach SmolLM2-135M movie-review sentiment, before vs after")
     demo.add_argument("--output-dir", default="outputs/demo")

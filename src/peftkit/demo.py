@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .inspection import count_parameters
+from .model import PeftModel
 from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, classification_scores, train
 
 __all__ = ["demo_config", "run_demo"]
@@ -41,6 +43,7 @@ def demo_config(output_dir: str = "outputs/demo", quick: bool = False) -> JobCon
 def _answers(result: TrainResult, n: int, pool: int = 60) -> list[tuple[str, str, str, str]]:
     """(review, truth, before, after) for ``n`` validation reviews, those whose answer changed first."""
     model, tokenizer, data = result.model, result.tokenizer, result.data
+    assert isinstance(model, PeftModel)  # the demo trains LoRA
     examples = data.val[:pool]
     prompts = [e.prompt_ids for e in examples]
     pad = tokenizer.pad_token_id or 0
@@ -80,7 +83,7 @@ def run_demo(output_dir: str = "outputs/demo", quick: bool = False, log: Any = p
     log("\nHeld-out reviews whose answer changed, then others (true label | before | after):")
     for review, truth, b, a in _answers(result, 6):
         log(f"  {truth:<8} | {b:<8} | {a:<8} | {_shorten(review, 70)}")
-    trainable, total = result.model.get_nb_trainable_parameters()
+    trainable, total = count_parameters(result.model)
     log(f"\nTrained {trainable:,d} of {total:,d} parameters ({100 * trainable / total:.2f}%) in {result.steps} steps.")
     log(f"Adapter, metrics.jsonl, plot.png and config.yaml are in {result.output_dir}/ "
         f"({time.perf_counter() - start:.0f} s in all).")

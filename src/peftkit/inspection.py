@@ -11,7 +11,17 @@ from torch import nn
 from .errors import ConfigError
 from .surgery import DEFAULT_TARGET_MODULES, _linear_types
 
-__all__ = ["describe_model", "lora_parameter_count", "prompt_parameter_counts"]
+__all__ = ["count_parameters", "describe_model", "lora_parameter_count", "prompt_parameter_counts"]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable parameters, all parameters), shared weights counted once."""
+    trainable = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total
 
 
 def _layer_shapes(model: nn.Module) -> dict[str, list[tuple[int, int]]]:

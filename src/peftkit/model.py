@@ -330,12 +330,9 @@ class PeftModel(nn.Module):
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable parameters, all parameters), shared weights counted once."""
-        trainable = total = 0
-        for param in self.parameters():
-            total += param.numel()
-            if param.requires_grad:
-                trainable += param.numel()
-        return trainable, total
+        from .inspection import count_parameters
+
+        return count_parameters(self)
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()

@@ -34,7 +34,8 @@ from ..errors import ConfigError, did_you_mean
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
 
-METHODS = {
+METHODS: dict[str, PeftType | None] = {
+    "full": None,  # every weight trains; no adapter
     "lora": PeftType.LORA,
     "prompt_tuning": PeftType.PROMPT_TUNING,
     "p_tuning": PeftType.P_TUNING,
@@ -134,6 +135,8 @@ class TrainingConfig:
     """Passes over the training data (fractions allowed); max_steps wins when set."""
     max_steps: int | None = None
     """Stop after this many optimizer steps."""
+    max_minutes: float | None = None
+    """Stop after this much training time (evaluation excluded); the schedule still spans epochs/max_steps."""
     batch_size: int = 8
     """Examples per forward pass, over all processes (torchrun splits each batch between them)."""
     grad_accum: int = 1
@@ -184,6 +187,8 @@ class TrainingConfig:
         _positive(problems, "train.epochs", self.epochs)
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             _positive(problems, f"train.{name}", getattr(self, name), integer=True)
+        if self.max_minutes is not None:
+            _positive(problems, "train.max_minutes", self.max_minutes)
         for name in ("max_steps", "eval_every", "save_every", "eval_batch_size"):
             if getattr(self, name) is not None:
                 _positive(problems, f"train.{name}", getattr(self, name), integer=True)
@@ -208,7 +213,7 @@ class JobConfig:
     model: str = "smollm2-135m"
     """A packaged alias (smollm2-135m), a local folder, a .gguf file or a hub id."""
     method: str = "lora"
-    """lora, ia3, prompt_tuning, p_tuning or prefix_tuning."""
+    """lora, ia3, prompt_tuning, p_tuning, prefix_tuning, or full (every weight trains; saves the whole model)."""
     adapter: dict[str, Any] = field(default_factory=dict)
     """Fields of the method's config, with PEFT's names (r, lora_alpha, target_modules, num_virtual_tokens, ...)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -252,9 +257,15 @@ class JobConfig:
         if problems:
             raise ConfigError(problems, source="job config")
 
-    def peft_config(self) -> PeftConfig:
-        """The typed adapter config of ``method`` with ``adapter``'s fields, for a causal LM."""
-        cls = CONFIG_CLASSES[METHODS[self.method]]
+    def peft_config(self) -> PeftConfig | None:
+        """The typed adapter config of ``method`` with ``adapter``'s fields, for a causal LM (None: full)."""
+        peft_type = METHODS[self.method]
+        if peft_type is None:
+            if self.adapter:
+                raise ConfigError([f"method full trains every weight and takes no adapter fields (got "
+                                   f"{', '.join(self.adapter)}); remove them or choose an adapter method"])
+            return None
+        cls = CONFIG_CLASSES[peft_type]
         fields = {"task_type": TaskType.CAUSAL_LM, **self.adapter}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in fields if k not in known]

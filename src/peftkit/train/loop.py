@@ -43,7 +43,8 @@ TRAINABLE_FILE = "trainable.safetensors"
 class TrainResult:
     """What a finished run produced."""
 
-    model: PeftModel
+    model: nn.Module
+    """The trained model: a :class:`~peftkit.PeftModel`, or the base model itself after full fine-tuning."""
     tokenizer: Any
     data: TaskData
     output_dir: Path
@@ -153,7 +154,7 @@ def total_steps(cfg: TrainingConfig, batches: Batches) -> int:
 class Run:
     """The state of one training run. Methods are the steps of :func:`train`."""
 
-    def __init__(self, config: JobConfig, model: PeftModel, tokenizer: Any, data: TaskData,
+    def __init__(self, config: JobConfig, model: nn.Module, tokenizer: Any, data: TaskData,
                  log: Callable[[str], None], procs: Processes | None = None) -> None:
         cfg = config.train
         self.config, self.cfg, self.model, self.tokenizer = config, cfg, model, tokenizer
@@ -329,13 +330,14 @@ class _TrainableSaver:
     """Saves the PEFT adapter (for users) and every trainable tensor (for an exact resume: p-tuning's
     adapter file holds the encoder's output, not the encoder)."""
 
-    def __init__(self, model: PeftModel) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
 
     def save_pretrained(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        self.model.save_pretrained(folder)
+        if isinstance(self.model, PeftModel):  # after full fine-tuning, trainable.safetensors is the model
+            self.model.save_pretrained(folder)
         tensors = {k: p.detach().cpu().contiguous() for k, p in self.model.named_parameters() if p.requires_grad}
         save_file(tensors, str(folder / TRAINABLE_FILE))
 
@@ -369,11 +371,12 @@ def _check_writable(out: Path) -> None:
                           f"folder with --output-dir") from err
 
 
-def _check_context(config: JobConfig, model: PeftModel, data: TaskData) -> None:
+def _check_context(config: JobConfig, model: nn.Module, data: TaskData) -> None:
     """Every example (plus virtual tokens) must fit the model's position range."""
-    model_config = getattr(model.get_base_model(), "config", None)
+    peft = model if isinstance(model, PeftModel) else None
+    model_config = getattr(peft.get_base_model() if peft else model, "config", None)
     limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
-    virtual = int(getattr(model.active_peft_config, "num_virtual_tokens", 0) or 0)
+    virtual = int(getattr(peft.active_peft_config, "num_virtual_tokens", 0) or 0) if peft else 0
     if not limit:
         return
     too_long = sum(len(e.input_ids) + virtual > limit for e in data.train + data.val)
@@ -388,15 +391,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: JobConfig, model: nn.Module | None, device: torch.device) -> PeftModel:
+def build_model(config: JobConfig, model: nn.Module | None, device: torch.device) -> nn.Module:
+    """The model to train: the base with the job's adapter, or the base itself for full fine-tuning."""
     from ..models import load_model
 
     if model is None:
         model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype),
                            trust_remote_code=config.trust_remote_code)
-    peft_model = get_peft_model(model, config.peft_config())
+    peft_config = config.peft_config()
+    if peft_config is None:  # full fine-tuning: the model itself, every weight trainable
+        model.requires_grad_(True)
+        peft_model: nn.Module = model
+    else:
+        peft_model = get_peft_model(model, peft_config)
     if config.train.gradient_checkpointing:
-        peft_model.gradient_checkpointing_enable({"use_reentrant": False})
+        peft_model.gradient_checkpointing_enable({"use_reentrant": False})  # type: ignore[operator]
     return peft_model.to(device)
 
 
@@ -504,7 +513,7 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
     bar = tqdm(total=run.total, initial=run.step, disable=not (cfg.progress and run.procs.is_main),
                desc="training", unit="step")
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
-    while run.step < run.total:
+    while run.step < run.total and not _out_of_time(run):
         started = time.perf_counter()
         loss, tokens = run.train_step()
         run.train_time += time.perf_counter() - started
@@ -535,6 +544,17 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
     bar.close()
 
 
+def _out_of_time(run: Run) -> bool:
+    if run.cfg.max_minutes is None:
+        return False
+    over = run.train_time >= run.cfg.max_minutes * 60
+    if run.procs.distributed:
+        over = run.procs.any(over)  # every process stops at the same step
+    if over:
+        run.log(f"train.max_minutes={run.cfg.max_minutes} reached at step {run.step} of {run.total}")
+    return over
+
+
 def _record_eval(run: Run, metrics: MetricsLog) -> Metrics | None:
     result = run.evaluate()
     if result is not None:
@@ -553,13 +573,15 @@ def _finish(run: Run, metrics: MetricsLog) -> TrainResult:
     after = _record_eval(run, metrics)
     speed = run.tokens_seen / max(run.train_time, 1e-9)
     summary = {"steps": run.step, "train_examples": len(run.data.train), "val_examples": len(run.data.val),
-               "tokens_per_second": speed, "before": run.before, "after": after.as_dict() if after else None,
+               "tokens_per_second": speed, "train_seconds": run.train_time, "before": run.before,
+               "after": after.as_dict() if after else None,
                "processes": run.procs.world_size}
     with distributed.full_parameters(run.model):
         if run.procs.is_main:
-            run.model.save_pretrained(run.out)
+            _save_model(run)
             write_json_atomic(run.out / "summary.json", summary)
-            write_model_card(run.out, run.model, training=_card_lines(run, summary))
+            if isinstance(run.model, PeftModel):
+                write_model_card(run.out, run.model, training=_card_lines(run, summary))
             if run.cfg.plot:
                 plot_metrics(metrics.read(), run.out / "plot.png")
         run.procs.barrier()
@@ -567,6 +589,19 @@ def _finish(run: Run, metrics: MetricsLog) -> TrainResult:
     before = Metrics(run.before["eval_loss"], run.before["eval_perplexity"], 0, run.before.get("eval_accuracy")) \
         if run.before else None
     return TrainResult(run.model, run.tokenizer, run.data, run.out, run.step, before, after, speed)
+
+
+def _save_model(run: Run) -> None:
+    """The adapter in PEFT's format; after full fine-tuning, the whole model (and its tokenizer) in
+    transformers' format under ``model/``, written to a temporary folder first."""
+    if isinstance(run.model, PeftModel):
+        run.model.save_pretrained(run.out)
+        return
+    from ..format import atomic_directory
+
+    with atomic_directory(run.out / "model") as tmp:
+        run.model.save_pretrained(tmp)  # type: ignore[operator]  # a transformers model
+        run.tokenizer.save_pretrained(tmp)
 
 
 def _card_lines(run: Run, summary: dict[str, Any]) -> list[str]:

@@ -1,0 +1,419 @@
+"""``peftkit compare``: train several methods on the same task, budget and seed, and report side by side.
+
+Each method is an ordinary :func:`~peftkit.train.train` job in ``<output_dir>/<method>/`` (so its adapter,
+metrics and plot are there as usual), built from one :class:`CompareConfig` and the method's preset:
+adapter settings and a learning rate that suit it (prompt methods need rates 10-100x LoRA's). The base
+model is evaluated once on the same held-out split for the zero-shot row. A method whose folder already
+holds a finished run of the same job is reused, so an interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError, did_you_mean
+from .train.config import (
+    DataConfig,
+    JobConfig,
+    TrainingConfig,
+    _build,
+    _choice,
+    apply_overrides,
+    coerce,
+    field_types,
+    typecheck,
+)
+
+__all__ = ["PRESETS", "CompareConfig", "MethodResult", "compare"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How a method is trained by default in a comparison."""
+
+    method: str
+    """The job's method."""
+    lr: float
+    """Its default learning rate."""
+    adapter: dict[str, Any]
+    """Its default adapter settings."""
+    label: str
+    """How the report names it."""
+
+
+PRESETS: dict[str, Preset] = {
+    "full": Preset("full", 5e-5, {}, "full fine-tuning"),
+    "lora": Preset("lora", 1e-3, {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}, "LoRA r8"),
+    "dora": Preset("lora", 1e-3, {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "use_dora": True},
+                   "DoRA r8"),
+    "ia3": Preset("ia3", 1e-2, {}, "IA3"),
+    "prompt": Preset("prompt_tuning", 3e-2, {"num_virtual_tokens": 8, "prompt_tuning_init": "SAMPLE_VOCAB"},
+                     "prompt tuning (8 tokens)"),
+    "p_tuning": Preset("p_tuning", 3e-3, {"num_virtual_tokens": 20, "encoder_hidden_size": 128},
+                       "p-tuning (20 tokens)"),
+    "prefix": Preset("prefix_tuning", 1e-2, {"num_virtual_tokens": 20}, "prefix tuning (20 tokens)"),
+}
+"""The methods ``compare`` knows, with the settings each is trained with unless the config overrides them."""
+
+DEFAULT_METHODS = ["full", "lora", "dora", "ia3", "prompt", "p_tuning", "prefix"]
+
+
+@dataclass
+class CompareConfig:
+    """A comparison: one model, one task, several methods under the same budget and seed."""
+
+    model: str = "smollm2-135m"
+    """A packaged alias (smollm2-135m), a local folder, a .gguf file or a hub id."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The task, as in a training job (the held-out split is the same for every method)."""
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    """Which methods to train: full, lora, dora, ia3, prompt, p_tuning, prefix."""
+    budget: str | None = None
+    """The same for every method: optimizer steps ("200") or training minutes ("10m"); empty: train.epochs."""
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    """Training settings shared by all methods (each method's lr comes from its preset unless lr is set)."""
+    lr: dict[str, float] = field(default_factory=dict)
+    """Per-method learning rates that replace the presets', e.g. {lora: 2e-3, prompt: 1e-2}."""
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-method adapter settings merged over the presets', e.g. {lora: {r: 16}}."""
+    output_dir: str = "outputs/compare"
+    """Where the report goes; each method's run is in a subfolder."""
+    seed: int = 42
+    """Seeds the split, the shuffling and initialization, identically for every method."""
+    examples: int = 4
+    """How many held-out examples the report shows, each method's output next to the base model's."""
+    dtype: str = "float32"
+    """Base model weights: float32, bfloat16 or float16."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if isinstance(self.data, dict):
+            self.data = _build(DataConfig, self.data, "data", problems)
+        if isinstance(self.train, dict):
+            self.train = _build(TrainingConfig, self.train, "train", problems)
+        if isinstance(self.methods, str):
+            self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        typecheck(self, "", problems, skip=("data", "train"))
+        for name in self.methods:
+            _choice(problems, "methods", name, tuple(PRESETS))
+        for section in ("lr", "adapters"):
+            for name in getattr(self, section):
+                if name not in PRESETS:
+                    problems.append(f"{section}.{name}: not a method.{did_you_mean(name, PRESETS)}")
+        if len(set(self.methods)) != len(self.methods) or not self.methods:
+            problems.append(f"methods={self.methods!r} must name each method once, at least one")
+        try:
+            self.budget_steps_minutes()
+        except ConfigError as err:
+            problems += err.problems
+        self.data._validate(problems)
+        self.train._validate(problems)
+        if not problems:
+            for name in self.methods:  # each method's job must be valid on its own
+                try:
+                    self.job(name)
+                except ConfigError as err:
+                    problems += [f"{name}: {p}" for p in err.problems]
+        if problems:
+            raise ConfigError(problems, source="compare config")
+
+    def budget_steps_minutes(self) -> tuple[int | None, float | None]:
+        """The budget as (max_steps, max_minutes)."""
+        if self.budget is None:
+            return None, None
+        text = str(self.budget).strip().lower()
+        found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(steps?|m|min|minutes?|h|hours?)?", text)
+        if not found:
+            raise ConfigError([f"budget={self.budget!r} must be steps (200) or minutes (10m, 1.5h)"])
+        amount, unit = float(found.group(1)), found.group(2) or "steps"
+        if unit.startswith("step"):
+            if amount != int(amount) or amount < 1:
+                raise ConfigError([f"budget={self.budget!r}: a step budget is a whole number >= 1"])
+            return int(amount), None
+        return None, amount * (60 if unit.startswith("h") else 1)
+
+    def job(self, name: str) -> JobConfig:
+        """The training job of method ``name``."""
+        preset = PRESETS[name]
+        steps, minutes = self.budget_steps_minutes()
+        train = dataclasses.asdict(self.train)
+        train.update(lr=self.lr.get(name, preset.lr), eval_before=False, plot=False)
+        if steps is not None:
+            train["max_steps"] = steps
+        if minutes is not None:
+            train["max_minutes"] = minutes
+        adapter = {**preset.adapter, **self.adapters.get(name, {})}
+        return JobConfig(model=self.model, method=preset.method, adapter=adapter,
+                         data=dataclasses.asdict(self.data), train=train,  # type: ignore[arg-type]
+                         output_dir=str(Path(self.output_dir) / name), seed=self.seed, dtype=self.dtype)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> CompareConfig:
+        """Read a YAML file (or nothing), apply dotted ``overrides``, validate."""
+        import yaml
+
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = yaml.safe_load(Path(path).read_text()) or {}
+            except FileNotFoundError as err:
+                raise ConfigError([f"config file not found: {path}"]) from err
+            except yaml.YAMLError as err:
+                raise ConfigError([f"not valid YAML: {err}"], source=os.fspath(path)) from err
+        problems: list[str] = []
+        hints = field_types(cls)
+        merged = apply_overrides(data, overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in merged:
+            if key not in known:
+                problems.append(f"{key} is not a known field.{did_you_mean(str(key), known)}")
+        if problems:
+            raise ConfigError(problems, source=os.fspath(path) if path else "command line")
+        try:
+            return cls(**{k: coerce(v, hints[k]) for k, v in merged.items()})
+        except ConfigError as err:
+            raise ConfigError(err.problems, source=os.fspath(path) if path else "command line") from err
+
+
+@dataclass
+class MethodResult:
+    """One row of the report."""
+
+    name: str
+    label: str
+    trainable: int
+    total: int
+    size_bytes: int
+    train_seconds: float
+    tokens_per_second: float
+    peak_memory_bytes: int
+    steps: int
+    eval_loss: float | None
+    accuracy: float | None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100 * self.trainable / max(self.total, 1)
+
+
+# ----- running --------------------------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """The peak memory of this process while inside the ``with`` block: CUDA's allocator when training on
+    a GPU, else resident memory sampled every 20 ms (``/proc``; the lifetime peak where there is none)."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            self.peak = int(torch.cuda.max_memory_allocated())
+            return
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, _rss())
+            if self._stop.wait(0.02):
+                return
+
+
+def _rss() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _saved_size(folder: Path) -> int:
+    """Bytes of what the run saved for users: the adapter files, or the whole model after full fine-tuning."""
+    if (folder / "model").is_dir():
+        return sum(p.stat().st_size for p in (folder / "model").iterdir() if p.suffix == ".safetensors")
+    return sum((folder / n).stat().st_size for n in ("adapter_model.safetensors", "adapter_config.json")
+               if (folder / n).is_file())
+
+
+def _curve(folder: Path) -> list[tuple[int, float]]:
+    """The training loss by step, from the run's metrics.jsonl."""
+    from .train.report import MetricsLog
+
+    records = MetricsLog.__new__(MetricsLog)  # read only: the constructor would rewrite the file
+    records.path = folder / "metrics.jsonl"
+    return [(int(r["step"]), float(r["loss"])) for r in records.read() if "loss" in r]
+
+
+def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> list[MethodResult]:
+    """Train every method of ``config``, evaluate each on the same held-out split, and write the report.
+
+    Returns:
+        One :class:`MethodResult` per method, the base model's zero-shot row first (name ``base``).
+    """
+    from collections import Counter
+
+    from .compare_report import ReportContext, write_report
+    from .data import load_task_data
+    from .models import load_tokenizer
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(config.model)
+    reference = config.job(config.methods[0])
+    data = load_task_data(reference.data, tokenizer, seed=config.seed)  # the split every method gets
+    gold = Counter(e.label_index for e in data.val)
+    context = ReportContext(len(data.train), len(data.val),
+                            max(gold.values()) / len(data.val) if data.label_words and data.val else None,
+                            examples_text(tokenizer, data, config.examples))
+    results = [_base_row(config, reference, tokenizer, data, log)]
+    total = len(config.methods)
+    for index, name in enumerate(config.methods, 1):
+        log(f"[{index}/{total}] {PRESETS[name].label}")
+        results.append(_run_method(name, config.job(name), tokenizer, config, log))
+        write_report(out, config, context, results)  # after every method, so a partial comparison is readable
+        log(f"[{index}/{total}] {name} done: {_headline(results[-1])}")
+    log(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return results
+
+
+def _headline(row: MethodResult) -> str:
+    parts = [f"{row.trainable:,d} trainable ({row.trainable_percent:.3g}%)", f"{row.train_seconds:.0f} s"]
+    if row.accuracy is not None:
+        parts.append(f"accuracy {row.accuracy:.3f}")
+    if row.eval_loss is not None:
+        parts.append(f"loss {row.eval_loss:.4f}")
+    return ", ".join(parts)
+
+
+def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
+              log: Callable[[str], None]) -> MethodResult:
+    from .inspection import count_parameters
+    from .models import load_model
+    from .train.evaluate import evaluate
+    from .train.loop import pick_device
+
+    device = pick_device(job.train.device)
+    model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype)).to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    metrics = evaluate(model, data.val, pad_id=pad, device=device, candidate_ids=data.candidate_ids or None,
+                       batch_size=job.train.eval_batch_size or job.train.batch_size * 2) if data.val else None
+    _, total = count_parameters(model)
+    row = MethodResult("base", "base model (zero-shot)", 0, total, 0, 0.0, 0.0, 0, 0,
+                       metrics.loss if metrics else None, metrics.accuracy if metrics else None)
+    row.outputs = _example_outputs(model, tokenizer, data, config.examples, device)
+    log(f"base model: {_headline(row)}")
+    return row
+
+
+def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig,
+                log: Callable[[str], None]) -> MethodResult:
+    from .inspection import count_parameters
+    from .models import load_model
+    from .train import train
+
+    folder = Path(job.output_dir)
+    done = folder / "compare-result.json"
+    if done.is_file() and (folder / "config.yaml").is_file() and (folder / "config.yaml").read_text() == job.to_yaml():
+        log(f"  {folder} already holds this run; reusing it")
+        return MethodResult(**json.loads(done.read_text()))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)  # an unfinished or different run of this method
+    model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype))
+    with PeakMemory(job.train.device) as memory:
+        result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"  {line}"))
+    trainable, total = count_parameters(result.model)
+    summary = json.loads((folder / "summary.json").read_text())
+    row = MethodResult(name, PRESETS[name].label, trainable, total, _saved_size(folder),
+                       float(summary.get("train_seconds", 0.0)), float(summary["tokens_per_second"]),
+                       memory.peak, result.steps, result.after.loss if result.after else None,
+                       result.after.accuracy if result.after else None, _curve(folder))
+    row.outputs = _example_outputs(result.model, tokenizer, result.data, config.examples,
+                                   next(result.model.parameters()).device)
+    from .format import write_json_atomic
+
+    write_json_atomic(done, dataclasses.asdict(row))
+    return row
+
+
+@torch.no_grad()
+def _example_outputs(model: torch.nn.Module, tokenizer: Any, data: Any, count: int,
+                     device: torch.device) -> list[str]:
+    """The model's answer to the first ``count`` held-out prompts: the chosen label word for classification,
+    else a greedy continuation of the prompt (the example's untrained part)."""
+    from .train.evaluate import classification_scores
+
+    examples = data.val[:count]
+    if not examples:
+        return []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    try:
+        if data.candidate_ids:
+            scores = classification_scores(model, [e.prompt_ids for e in examples], data.candidate_ids,
+                                           pad_id=pad, device=device)
+            return [data.label_words[i] for i in scores.argmax(dim=1).tolist()]
+        return [_continue(model, tokenizer, prompt_of(e), device) for e in examples]
+    finally:
+        model.train(was_training)
+
+
+def _continue(model: torch.nn.Module, tokenizer: Any, prompt: list[int], device: torch.device,
+              new_tokens: int = 40) -> str:
+    ids = torch.tensor([prompt], device=device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),  # type: ignore[operator]
+                         max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return str(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)).strip()
+
+
+def prompt_of(example: Any) -> list[int]:
+    """The part of an example a model is asked to continue: the classification prompt, the untrained
+    prefix of a completion, or (text mode, where every token trains) the first quarter, at most 16 tokens."""
+    from .data import IGNORE_INDEX
+
+    if example.prompt_ids:
+        return list(example.prompt_ids)
+    untrained = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), 0)
+    if untrained:
+        return list(example.input_ids[:untrained])
+    return list(example.input_ids[: max(1, min(16, len(example.input_ids) // 4))])
+
+
+def examples_text(tokenizer: Any, data: Any, count: int) -> list[tuple[str, str]]:
+    """(prompt, reference answer) of the first ``count`` held-out examples, as text."""
+    rows = []
+    for e in data.val[:count]:
+        prompt = prompt_of(e)
+        if data.label_words:
+            reference = data.label_words[e.label_index]
+        else:
+            reference = tokenizer.decode(e.input_ids[len(prompt):], skip_special_tokens=True).strip()
+        rows.append((tokenizer.decode(prompt, skip_special_tokens=True).strip(), reference))
+    return rows

@@ -1,0 +1,202 @@
+"""The report of ``peftkit compare``: a markdown table, two charts, example outputs and one HTML page."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .format import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from .compare import CompareConfig, MethodResult
+
+__all__ = ["ReportContext", "write_report"]
+
+
+@dataclass
+class ReportContext:
+    """What the report says about the task, besides the rows."""
+
+    train_examples: int
+    val_examples: int
+    majority: float | None = None
+    """Accuracy of always answering the most common held-out label (classification)."""
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    """(prompt, reference) of the held-out examples whose outputs are shown."""
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table_rows(results: list[MethodResult]) -> list[list[str]]:
+    """The table's cells, one list per method (the base model first)."""
+    rows = []
+    for r in results:
+        base = r.name == "base"
+        rows.append([
+            r.label,
+            "-" if base else f"{r.trainable:,d}",
+            "-" if base else f"{r.trainable_percent:.3g}%",
+            "-" if base else _size(r.size_bytes),
+            "-" if base else f"{r.train_seconds:.0f} s",
+            "-" if base else f"{r.tokens_per_second:.0f}",
+            "-" if base else _size(r.peak_memory_bytes),
+            _num(r.eval_loss),
+            _num(r.accuracy, 3),
+        ])
+    return rows
+
+
+HEADER = ["method", "trainable params", "trainable %", "saved size", "training time", "tokens/s", "peak memory",
+          "held-out loss", "accuracy"]
+
+
+def markdown(config: CompareConfig, context: ReportContext, results: list[MethodResult]) -> str:
+    steps, minutes = config.budget_steps_minutes()
+    budget = f"{steps} steps" if steps else f"{minutes:g} minutes" if minutes else f"{config.train.epochs:g} epoch(s)"
+    lines = ["# peftkit compare", "",
+             f"- model: `{config.model}`; data: `{config.data.path}` ({config.data.mode}); "
+             f"{context.train_examples} training and {context.val_examples} held-out examples (seed {config.seed})",
+             f"- budget per method: {budget}, batch {config.train.batch_size} x {config.train.grad_accum}"]
+    if context.majority is not None:
+        lines.append(f"- majority class on the held-out split: {context.majority:.3f}")
+    lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
+    lines += ["", "Learning rates and adapter settings per method: `config.yaml` in each method's folder.",
+              "Peak memory is this process's resident memory during training (the GPU allocator's peak on CUDA).",
+              "", "![score vs trainable parameters](score.png)", "", "![training loss](curves.png)", ""]
+    lines += _examples_markdown(context, results)
+    return "\n".join(lines) + "\n"
+
+
+def _examples_markdown(context: ReportContext, results: list[MethodResult]) -> list[str]:
+    if not context.examples:
+        return []
+    lines = ["## Held-out examples", ""]
+    for i, (prompt, reference) in enumerate(context.examples):
+        lines += [f"**{i + 1}.** {_cell(prompt, 300)}", "", f"- reference: {_cell(reference, 200)}"]
+        for r in results:
+            if i < len(r.outputs):
+                lines.append(f"- {r.label}: {_cell(r.outputs[i], 200)}")
+        lines.append("")
+    return lines
+
+
+def _cell(text: str, limit: int) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_charts(folder: Path, results: list[MethodResult]) -> bool:
+    """score.png (accuracy, or held-out loss, against trainable parameters on a log scale) and curves.png
+    (every method's training loss on one plot). False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    trained = [r for r in results if r.name != "base"]
+    use_accuracy = any(r.accuracy is not None for r in results)
+    metric = "accuracy" if use_accuracy else "eval_loss"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in trained:
+        value = getattr(r, metric)
+        if value is not None and r.trainable > 0:
+            ax.scatter(r.trainable, value, s=60)
+            ax.annotate(r.name, (r.trainable, value), textcoords="offset points", xytext=(6, 4))
+    base = next((getattr(r, metric) for r in results if r.name == "base"), None)
+    if base is not None:
+        ax.axhline(base, linestyle="--", color="gray", label="base model (zero-shot)")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("held-out accuracy" if use_accuracy else "held-out loss (lower is better)")
+    fig.tight_layout()
+    _save(fig, folder / "score.png")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in trained:
+        if r.curve:
+            ax.plot(*zip(*r.curve, strict=True), label=r.name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, folder / "curves.png")
+    plt.close("all")
+    return True
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def page(config: CompareConfig, context: ReportContext, results: list[MethodResult], folder: Path) -> str:
+    """One self-contained HTML page (charts embedded) with the table, the charts and the examples."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table_rows(results))
+    intro = markdown(config, context, results).split("\n\n")[0].splitlines()[2:]
+    images = ""
+    for name, alt in (("score.png", "score vs trainable parameters"), ("curves.png", "training loss")):
+        if (folder / name).is_file():
+            data = base64.b64encode((folder / name).read_bytes()).decode()
+            images += f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+    examples = ""
+    for i, (prompt, reference) in enumerate(context.examples):
+        cells = "".join(f"<tr><th>{esc(r.label)}</th><td>{esc(r.outputs[i])}</td></tr>"
+                        for r in results if i < len(r.outputs))
+        examples += (f"<h3>Example {i + 1}</h3><p class=prompt>{esc(prompt)}</p><table>"
+                     f"<tr><th>reference</th><td>{esc(reference)}</td></tr>{cells}</table>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>peftkit compare: {esc(config.model)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border: 1px solid #ddd; padding: .35rem .6rem; text-align: left; vertical-align: top; }}
+thead th {{ background: #f4f4f4; }}
+td:not(:first-child) {{ font-variant-numeric: tabular-nums; }}
+img {{ max-width: 48%; margin-right: 1%; }}
+.prompt {{ color: #555; white-space: pre-wrap; }}
+</style></head><body>
+<h1>peftkit compare</h1>
+<ul>{"".join(f"<li>{esc(line.removeprefix('- '))}</li>" for line in intro if line.startswith("- "))}</ul>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{images}
+{"<h2>Held-out examples</h2>" + examples if examples else ""}
+</body></html>
+"""
+
+
+def write_report(folder: Path, config: CompareConfig, context: ReportContext,
+                 results: list[MethodResult]) -> None:
+    """report.md, score.png, curves.png, report.html and results.json in ``folder``."""
+    write_charts(folder, results)
+    write_text_atomic(folder / "report.md", markdown(config, context, results))
+    write_text_atomic(folder / "report.html", page(config, context, results, folder))
+    write_json_atomic(folder / "results.json", {"context": dataclasses.asdict(context),
+                                                "results": [dataclasses.asdict(r) for r in results]})
+    write_text_atomic(folder / "config.yaml", _yaml(config))
+
+
+def _yaml(config: CompareConfig) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True))
