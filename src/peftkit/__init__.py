@@ -8,6 +8,7 @@ A drop-in for PEFT's core API::
     model.print_trainable_parameters()
 """
 
+from .compare import CompareConfig, compare
 from .config import (
     IA3Config,
     LoraConfig,
@@ -42,6 +43,7 @@ from .model import (
     get_peft_model,
 )
 from .models import PACKAGED_MODELS, load_model, load_tokenizer
+from .quantization import prepare_model_for_kbit_training
 from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
 
 __version__ = "0.1.0"
@@ -50,6 +52,7 @@ __all__ = [
     "PACKAGED_MODELS",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "CompareConfig",
     "ConfigError",
     "DataConfig",
     "DataError",
@@ -79,8 +82,10 @@ __all__ = [
     "TrainingError",
     "UserInputError",
     "__version__",
+    "compare",
     "get_peft_model",
     "load_model",
     "load_tokenizer",
+    "prepare_model_for_kbit_training",
     "train",
 ]

@@ -20,7 +20,7 @@ from .errors import ConfigError, PeftkitError
 
 __all__ = ["main"]
 
-TOP_LEVEL = ("model", "method", "output_dir", "seed", "dtype", "trust_remote_code")
+TOP_LEVEL = ("model", "method", "output_dir", "seed", "dtype", "trust_remote_code", "quantization")
 
 
 # ----- flags from the schema ---------------------------------------------------------------------------------

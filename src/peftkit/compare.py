@@ -101,6 +101,8 @@ class CompareConfig:
             self.data = _build(DataConfig, self.data, "data", problems)
         if isinstance(self.train, dict):
             self.train = _build(TrainingConfig, self.train, "train", problems)
+        if isinstance(self.budget, int | float) and not isinstance(self.budget, bool):
+            self.budget = str(self.budget)  # YAML reads `budget: 30` as a number
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         typecheck(self, "", problems, skip=("data", "train"))

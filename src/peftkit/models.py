@@ -116,6 +116,7 @@ def load_model(
     task: TaskType | str | None = None,
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
+    quantization: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Load a pretrained transformers model.
@@ -126,6 +127,8 @@ def load_model(
         task: which head to load (``CAUSAL_LM``, ``SEQ_CLS``, ...); defaults to the alias's task, else CAUSAL_LM.
         dtype: parameter dtype, e.g. ``torch.bfloat16``; defaults to float32.
         trust_remote_code: run model code from the hub; off unless you ask for it.
+        quantization: ``"nf4"`` or ``"fp4"`` loads the linear layers in 4 bits with bitsandbytes (QLoRA's
+            base); ``dtype`` is then the compute dtype of those layers and the dtype of the others.
         **kwargs: passed to ``from_pretrained`` (e.g. ``num_labels``).
     """
     import transformers
@@ -136,6 +139,13 @@ def load_model(
         alias.task if alias else TaskType.CAUSAL_LM
     )
     auto_cls = getattr(transformers, _AUTO_CLASSES[task_type])
+    if quantization is not None:
+        from .quantization import quantization_config
+
+        kwargs["quantization_config"] = quantization_config(quantization, _as_dtype(dtype))
+        if gguf_file:  # bitsandbytes quantizes dense weights: convert (and cache) the GGUF file first
+            load_model(name_or_path, task=task, dtype=dtype)
+            path, gguf_file = resolve_model_path(name_or_path)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
@@ -143,11 +153,23 @@ def load_model(
                                          **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"cannot load model {os.fspath(name_or_path)!r} as {task_type.value}: {err}") from err
+    except RuntimeError as err:
+        if quantization is None:
+            raise
+        raise ModelLoadError(f"bitsandbytes could not load {os.fspath(name_or_path)!r} in 4 bits here ({err}); it "
+                             f"needs an NVIDIA GPU or bitsandbytes>=0.48 on CPU. Leave quantization empty to "
+                             f"load the model unquantized") from err
     if gguf_file:
         model = _as_plain_model(model, os.fspath(name_or_path))
         if alias is not None:
             _save_converted(model, os.fspath(name_or_path), path, gguf_file)
     return model
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if isinstance(dtype, str):
+        return getattr(torch, dtype) if dtype != "auto" else torch.float32
+    return dtype or torch.float32
 
 
 def _save_converted(model: nn.Module, alias: str, folder: str, gguf_file: str) -> None:

@@ -180,22 +180,22 @@ def nan_loss(tmp: Path) -> None:
     from tests.conftest import char_tokenizer
 
     (tmp / "d.csv").write_text(GOOD_CSV)
-    real = loop.target_loss
+    real = loop.row_losses
     calls = {"n": 0}
 
     def poisoned(model: Any, inputs: Any, labels: Any) -> Any:
-        loss, n = real(model, inputs, labels)
+        losses, counts = real(model, inputs, labels)
         calls["n"] += 1
-        return (loss * float("nan"), n) if calls["n"] > 2 and model.training else (loss, n)
+        return (losses * float("nan"), counts) if calls["n"] > 2 and model.training else (losses, counts)
 
-    loop.target_loss = poisoned  # type: ignore[assignment]
+    loop.row_losses = poisoned  # type: ignore[assignment]
     job = JobConfig(adapter={"r": 2, "target_modules": ["q_proj"]}, output_dir=str(tmp / "out"),
                     data={"path": str(tmp / "d.csv"), "val_size": 0},
                     train={"max_steps": 5, "save_every": 1, "batch_size": 4, "progress": False, "plot": False})
     try:
         run_train(job, model=tiny_model("llama"), tokenizer=char_tokenizer(), log=lambda _: None)
     finally:
-        loop.target_loss = real  # type: ignore[assignment]
+        loop.row_losses = real  # type: ignore[assignment]
         saved = sorted(p.name for p in (tmp / "out" / "checkpoints").glob("step-*"))
         assert saved == ["step-000001", "step-000002"]  # the good checkpoints are kept
 

@@ -25,7 +25,8 @@ def test_every_problem_is_reported_at_once_with_field_names() -> None:
         JobConfig(method="loar", data={"path": None, "mode": "clasification", "max_length": 0},
                   train={"lr": -1, "schedule": "cosin", "batch_size": 2.5, "precision": "fp8"})
     text = str(info.value)
-    for expected in ("method='loar' is not allowed; expected one of lora, prompt_tuning, p_tuning, prefix_tuning, ia3.",
+    for expected in ("method='loar' is not allowed; expected one of full, lora, prompt_tuning, p_tuning, "
+                     "prefix_tuning, ia3.",
                      "Did you mean 'lora'?", "data.path is required", "data.mode='clasification'",
                      "Did you mean 'classification'?", "data.max_length=0 must be a whole number > 0",
                      "train.lr=-1 must be a number > 0", "train.schedule='cosin'", "train.batch_size=2.5",
@@ -90,8 +91,13 @@ def test_the_shipped_example_configs_are_valid() -> None:
     examples = Path(__file__).resolve().parents[2] / "examples"
     files = sorted(examples.glob("*.yaml"))
     assert files
+    from peftkit.compare import CompareConfig
+
     for path in files:
-        JobConfig.from_yaml(path)
+        if path.name.startswith("compare-"):
+            CompareConfig.from_yaml(path, {})
+        else:
+            JobConfig.from_yaml(path)
 
 
 def test_the_demo_job_is_the_example_yaml() -> None:

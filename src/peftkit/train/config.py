@@ -228,6 +228,8 @@ class JobConfig:
     """Base model weights: float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Run model code from the hub; off unless you ask for it."""
+    quantization: str | None = None
+    """QLoRA: nf4 or fp4 loads the base's linear layers in 4 bits (needs bitsandbytes); dtype is the compute dtype."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -238,6 +240,11 @@ class JobConfig:
         typecheck(self, "", problems, skip=("data", "train"))
         _choice(problems, "method", self.method, tuple(METHODS))
         _choice(problems, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.quantization is not None:
+            _choice(problems, "quantization", self.quantization, ("nf4", "fp4"))
+            if self.method == "full":
+                problems.append("quantization: a 4-bit base cannot be fully fine-tuned; use an adapter method "
+                                "(lora, the QLoRA recipe) or leave quantization empty")
         if not isinstance(self.adapter, dict):
             problems.append(f"adapter={self.adapter!r} must be a mapping of the method's fields, e.g. {{r: 8}}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

@@ -397,7 +397,11 @@ def build_model(config: JobConfig, model: nn.Module | None, device: torch.device
 
     if model is None:
         model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype),
-                           trust_remote_code=config.trust_remote_code)
+                           trust_remote_code=config.trust_remote_code, quantization=config.quantization)
+    if config.quantization is not None:
+        from ..quantization import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.train.gradient_checkpointing)
     peft_config = config.peft_config()
     if peft_config is None:  # full fine-tuning: the model itself, every weight trainable
         model.requires_grad_(True)

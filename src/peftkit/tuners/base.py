@@ -34,12 +34,22 @@ class AdapterLayer(nn.Module):
         self.disabled = False
 
     def _set_features(self, fan_in_fan_out: bool) -> None:
-        """Record ``in_features``/``out_features``; Conv1D-style layers (``fan_in_fan_out``) store (in, out)."""
+        """Record ``in_features``/``out_features``: the layer's own when it states them (a 4-bit layer's
+        packed weight has another shape), else the weight's; Conv1D-style layers store (in, out)."""
         self.fan_in_fan_out = fan_in_fan_out
-        out_f, in_f = self.weight.shape
-        if fan_in_fan_out:
-            in_f, out_f = out_f, in_f
+        in_f, out_f = getattr(self.base_layer, "in_features", None), getattr(self.base_layer, "out_features", None)
+        if in_f is None or out_f is None:
+            out_f, in_f = self.weight.shape
+            if fan_in_fan_out:
+                in_f, out_f = out_f, in_f
         self.in_features, self.out_features = int(in_f), int(out_f)
+
+    @property
+    def quantized(self) -> bool:
+        """True when the base weight is packed by bitsandbytes (QLoRA): it cannot absorb a merge."""
+        from ..quantization import is_quantized
+
+        return is_quantized(self.weight)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -84,6 +94,11 @@ class AdapterLayer(nn.Module):
     @torch.no_grad()
     def merge(self, names: list[str] | None = None) -> None:
         """Fold adapters into the base weight. Already merged adapters are skipped (idempotent)."""
+        if self.quantized:
+            from ..errors import ConfigError
+
+            raise ConfigError("cannot merge into a 4-bit (bitsandbytes) base layer: its packed weight cannot hold "
+                              "the update exactly. Load the base model unquantized, load the adapter, then merge")
         held = set(self.adapter_names)
         for name in names if names is not None else self.active_adapters:
             if name in held and name not in self.merged_adapters:

@@ -87,6 +87,11 @@ class LoraLinear(LoraLayer):
         With ``use_dora`` the magnitude starts at the row norms of the adapted weight, so a fresh DoRA
         adapter (B = 0) equals the base layer.
         """
+        reads_weight = use_dora or (isinstance(init_lora_weights, str) and init_lora_weights != "gaussian")
+        if self.quantized and reads_weight:
+            what = "use_dora" if use_dora else f"init_lora_weights={init_lora_weights!r}"
+            raise ConfigError(f"{what} reads the dense base weight, and this layer's is packed in 4 bits; use plain "
+                              f"LoRA (init_lora_weights true or 'gaussian') on a quantized base")
         device = self.weight.device
         a = nn.Linear(self.in_features, r, bias=False, device=device)
         b = nn.Linear(r, self.out_features, bias=False, device=device)
