@@ -368,7 +368,17 @@ class PeftModel(nn.Module):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Run the base model with the active adapter. Arguments are the base model's."""
+        """Run the base model with the active adapter. Arguments are the base model's.
+
+        ``adapter_names`` (a keyword, one name per row, ``"__base__"`` for none) runs a mixed batch: each row
+        through its own LoRA adapter, in one pass (inference only).
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None:
+            with self._mixed_batch(adapter_names):
+                return self.forward(input_ids, attention_mask, inputs_embeds, labels, token_type_ids, position_ids,
+                                    decoder_input_ids, decoder_attention_mask, output_attentions,
+                                    output_hidden_states, return_dict, **kwargs)
         named = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -394,7 +404,15 @@ class PeftModel(nn.Module):
         return TaskType(self.active_peft_config.task_type or self.task_type or TaskType.CAUSAL_LM)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """``generate`` of the base model with the active adapter applied."""
+        """``generate`` of the base model with the active adapter applied.
+
+        ``adapter_names=[...]`` (one per row, ``"__base__"`` for none) generates a mixed batch, each row with
+        its own LoRA adapter.
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None:
+            with self._mixed_batch(adapter_names):
+                return self.get_base_model().generate(*args, **kwargs)  # type: ignore[operator]
         prompt = self._prompt_module()
         if prompt is None:
             return self.get_base_model().generate(*args, **kwargs)  # type: ignore[operator]
@@ -402,6 +420,22 @@ class PeftModel(nn.Module):
             kwargs["input_ids"] = args[0]
         config = cast(PromptLearningConfig, self.active_peft_config)
         return prompting.generate(prompt, self.get_base_model(), self._task(), config, **kwargs)
+
+    @contextlib.contextmanager
+    def _mixed_batch(self, adapter_names: list[str]) -> Iterator[None]:
+        if self.training:
+            raise ConfigError("adapter_names is for inference: call model.eval() first (a training batch mixing "
+                              "adapters would need each adapter's own optimizer step)")
+        unknown = [n for n in adapter_names if n != surgery.BASE_ROW and n not in self.peft_config]
+        if unknown:
+            raise AdapterNotFoundError(f"adapter_names has {unknown[0]!r}, which this model does not hold; it holds "
+                                       f"{', '.join(self.peft_config)} (and {surgery.BASE_ROW!r} means none)")
+        prompts = [n for n in adapter_names if n in self.prompt_encoder]
+        if prompts or self._prompt_module() is not None:
+            raise ConfigError("adapter_names mixes LoRA adapters; prompt-learning adapters change the input length "
+                              "and cannot share a batch this way. Generate their rows separately")
+        with surgery.rows_through_adapters(self.get_base_model(), list(adapter_names)):
+            yield
 
     # ----- files -------------------------------------------------------------------------------------
 

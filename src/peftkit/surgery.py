@@ -6,6 +6,7 @@ layers, mark what trains, merge, unmerge and unload.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterator
@@ -359,6 +360,37 @@ def set_disabled(model: nn.Module, disabled: bool) -> None:
     """Switch all adapters off (the base model's behaviour) or back on."""
     for _, layer in adapter_layers(model):
         layer.disabled = disabled
+
+
+BASE_ROW = "__base__"
+"""The name, in ``adapter_names``, of rows that get no adapter (PEFT's)."""
+
+
+@contextlib.contextmanager
+def rows_through_adapters(model: nn.Module, adapter_names: list[str]) -> Iterator[None]:
+    """Inside, row ``i`` of every batch goes through adapter ``adapter_names[i]`` (``"__base__"``: none),
+    whatever adapter is active. LoRA linear layers only, for inference, with nothing merged."""
+    wanted = list(dict.fromkeys(n for n in adapter_names if n != BASE_ROW))
+    layers = [layer for _, layer in adapter_layers(model) if isinstance(layer, AdapterLayer)]
+    for layer in layers:
+        used = [n for n in wanted if n in layer.adapter_names]
+        if used and not isinstance(layer, LoraLinear):
+            raise ConfigError(f"a mixed batch (adapter_names) works with LoRA on linear layers; {used[0]} also "
+                              f"adapts a {type(layer).__name__}. Run that adapter's rows on their own")
+        if layer.merged_adapters:
+            raise ConfigError("adapter_names needs unmerged adapters (merged ones are in every row's weights); "
+                              "call unmerge_adapter() first")
+    lora = [layer for layer in layers if isinstance(layer, LoraLinear)]
+    try:
+        for layer in lora:
+            used = [n for n in wanted if n in layer.adapter_names]
+            slots = torch.tensor([used.index(n) if n in used else -1 for n in adapter_names],
+                                 device=layer.weight.device)
+            layer.rows = layer.row_adapters(used, slots)  # stacked once, for every forward inside
+        yield
+    finally:
+        for layer in lora:
+            layer.rows = None
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

@@ -10,7 +10,7 @@ about the model around them; :mod:`peftkit.surgery` places them.
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,7 @@ class LoraLinear(LoraLayer):
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: one magnitude per output row
         self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the weight norm used at merge, for unmerge
+        self.rows: RowAdapters | None = None  # set for a mixed batch: each row's own adapter
 
     def add_adapter(
         self,
@@ -204,7 +205,22 @@ class LoraLinear(LoraLayer):
         delta = (b @ a) * self.scaling[name]  # (out, in)
         return delta.T if self.fan_in_fan_out else delta
 
+    def row_adapters(self, names: list[str], index: torch.Tensor) -> RowAdapters:
+        """The stacked weights for a mixed batch: row ``i`` gets adapter ``names[index[i]]`` (-1: none)."""
+        if any(n in self.lora_magnitude_vector for n in names):
+            raise ConfigError("a mixed batch (adapter_names) cannot include DoRA adapters yet; run them separately")
+        rank = max((self.r[n] for n in names), default=0)  # 0: no row of the batch uses this layer
+        a = torch.zeros(len(names) + 1, rank, self.in_features, device=self.weight.device)  # (N+1, r, in)
+        b = torch.zeros(len(names) + 1, self.out_features, rank, device=self.weight.device)  # (N+1, out, r)
+        for i, name in enumerate(names):  # the last slot stays zero: rows without an adapter
+            r = self.r[name]
+            a[i, :r] = cast(torch.Tensor, self.lora_A[name].weight).detach()
+            b[i, :, :r] = cast(torch.Tensor, self.lora_B[name].weight).detach() * self.scaling[name]
+        return RowAdapters(a, b, torch.where(index < 0, len(names), index))
+
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if self.rows is not None:
+            return self._forward_rows(x, self.rows, *args, **kwargs)
         pending = self._pending()  # first: it may unmerge before the base layer runs
         result = self.base_layer(x, *args, **kwargs)  # (..., out)
         for name in pending:
@@ -216,8 +232,30 @@ class LoraLinear(LoraLayer):
             result = result + (b(a(h)) * self.scaling[name]).to(result.dtype)  # (..., out)
         return result
 
+    def _forward_rows(self, x: torch.Tensor, rows: RowAdapters, *args: object, **kwargs: object) -> torch.Tensor:
+        """Each row through its own adapter: the rows' A and B are gathered, then two batched matmuls, so a
+        batch of many adapters costs what a batch of one does."""
+        result = self.base_layer(x, *args, **kwargs)  # (B, T, out)
+        if x.shape[0] != rows.slots.shape[0]:
+            raise ConfigError(f"adapter_names names {rows.slots.shape[0]} rows but the batch has {x.shape[0]} "
+                              f"(beam search and num_return_sequences expand the batch; repeat adapter_names to match)")
+        if rows.a.shape[1] == 0:
+            return result
+        a, b = rows.a[rows.slots], rows.b[rows.slots]  # (B, r, in), (B, out, r)
+        h = torch.bmm(x.to(a.dtype), a.transpose(1, 2))  # (B, T, r)
+        return result + torch.bmm(h, b.transpose(1, 2)).to(result.dtype)  # (B, T, out)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
+
+
+class RowAdapters(NamedTuple):
+    """A mixed batch's adapters for one layer: stacked A ``(N+1, r, in)`` and scaled B ``(N+1, out, r)``
+    (slot N is zero: rows without an adapter), and each row's slot ``(B,)``."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    slots: torch.Tensor
 
 
 class LoraEmbedding(LoraLayer):
