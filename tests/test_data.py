@@ -130,6 +130,18 @@ def test_completion_mode_from_jsonl(tmp_path: Path, chars) -> None:  # type: ign
         assert trained == " a" + prompt[1:] + "</s>"
 
 
+def test_train_on_prompt_trains_every_token_and_keeps_the_prompt(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    path = write_csv(tmp_path / "d.csv", "text,label\ngood film,pos\nbad film,neg\n")
+    fields = {"path": str(path), "mode": "classification", "template": "Review: {text} Label: {label}",
+              "label_words": {"pos": "yes", "neg": "no"}, "val_size": 0}
+    plain = load_task_data(config(**fields), chars, seed=0).train
+    whole = load_task_data(config(**fields, train_on_prompt=True), chars, seed=0).train
+    for a, b in zip(plain, whole, strict=True):
+        assert b.input_ids == a.input_ids and b.labels == b.input_ids
+        assert b.prompt_ids == a.prompt_ids and b.label_index == a.label_index  # scoring is unchanged
+        assert IGNORE_INDEX in a.labels
+
+
 def test_chat_mode_trains_on_assistant_turns_only(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
                 {"role": "user", "content": "and?"}, {"role": "assistant", "content": "ok"}]

@@ -333,6 +333,8 @@ def _row_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str,
     example = build_example(tokenizer, [(prompt, False), (target, True)], add_eos=config.add_eos)
     example.prompt_ids = example.input_ids[: len(example.input_ids) - sum(x != IGNORE_INDEX for x in example.labels)]
     example.label_index = index
+    if config.train_on_prompt:
+        example.labels = list(example.input_ids)
     return example
 
 

@@ -79,6 +79,8 @@ class DataConfig:
     """completion and classification: send the prompt as a user turn through the tokenizer's chat template."""
     system_prompt: str | None = None
     """With chat_template: a system message before the prompt."""
+    train_on_prompt: bool = False
+    """completion and classification: take the loss on the prompt's tokens too (a plain language-model loss)."""
     add_eos: bool = True
     """End each target with the EOS token, so the model learns to stop."""
     max_length: int = 512
