@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
-CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit"]
+CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-bf16-autocast", "peftkit-bf16-base"]
+"""peftkit: its defaults (fp32 on CPU); -bf16-autocast: precision bf16 (autocast, fp32 weights);
+-bf16-base: the frozen base stored in bf16 (dtype: bfloat16), the adapter in fp32, no autocast."""
 
 
 def data_config() -> dict[str, object]:
@@ -75,14 +77,16 @@ def run_peft(name: str, steps: int, tmp: str) -> dict[str, float]:
     return {"seconds": elapsed, "tokens": useful["tokens"], "loss": sum(losses[-10:]) / len(losses[-10:])}
 
 
-def run_peftkit(steps: int, tmp: str) -> dict[str, float]:
+def run_peftkit(name: str, steps: int, tmp: str) -> dict[str, float]:
     from peftkit import JobConfig, train
 
     job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp,
+                    dtype="bfloat16" if name.endswith("bf16-base") else "float32",
                     adapter={"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
                     data=data_config(),  # type: ignore[arg-type]
                     train={"max_steps": steps, "batch_size": 8, "lr": 1e-3, "log_every": 1, "progress": False,
-                           "plot": False, "eval_before": False})
+                           "plot": False, "eval_before": False,
+                           "precision": "bf16" if name.endswith("autocast") else "auto"})
     train(job, log=lambda _: None)
     records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -96,7 +100,7 @@ def child(name: str, steps: int) -> None:
 
     tmp = tempfile.mkdtemp()
     start = time.perf_counter()
-    if name == "peftkit":
+    if name.startswith("peftkit"):
         from peftkit.train import loop
 
         measured = {"tokens": 0.0, "seconds": 0.0}
@@ -110,7 +114,7 @@ def child(name: str, steps: int) -> None:
             return loss, tokens
 
         loop.Run.train_step = timed_step  # type: ignore[method-assign]
-        out = {**run_peftkit(steps, tmp), **measured}
+        out = {**run_peftkit(name, steps, tmp), **measured}
     else:
         out = run_peft(name, steps, tmp)
     out["wall"] = time.perf_counter() - start

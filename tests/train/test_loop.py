@@ -128,6 +128,24 @@ def test_training_learns_and_writes_its_outputs(tmp_path: Path, chars) -> None: 
     torch.testing.assert_close(outputs(reloaded, inputs), outputs(result.model.eval(), inputs))
 
 
+@pytest.mark.parametrize("how", ["autocast", "bf16 base"])
+def test_bf16_training_stays_close_to_fp32(tmp_path: Path, chars, how: str) -> None:  # type: ignore[no-untyped-def]
+    """bf16 (autocast, or a bf16 base with fp32 adapters) learns what fp32 learns, within bf16's precision."""
+    fields = {"epochs": 4, "lr": 3e-2, "eval_before": True, "dropout": 0.0}
+    ref = train(job(tmp_path, "fp32", **fields), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    config = job(tmp_path, "bf16", **fields, precision="bf16" if how == "autocast" else "fp32")
+    model = tiny_model("llama")
+    if how == "bf16 base":
+        model = model.to(torch.bfloat16)
+    low = train(config, model=model, tokenizer=chars, log=quiet)
+    assert ref.after is not None and low.after is not None and ref.before is not None
+    assert ref.after.loss < ref.before.loss - 0.2  # fp32 moved
+    drop, low_drop = ref.before.loss - ref.after.loss, ref.before.loss - low.after.loss
+    assert low_drop == pytest.approx(drop, rel=0.1)  # and bf16 moved as far
+    lora = [p for n, p in low.model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)  # adapters train in fp32 either way
+
+
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning", "ia3"])
 def test_other_methods_train_and_resume(tmp_path: Path, chars, method: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     full = train(job(tmp_path, "full", method=method, save_every=2, lr=3e-2, max_steps=4),
