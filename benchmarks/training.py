@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
-CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-bf16-autocast", "peftkit-bf16-base"]
-"""peftkit: its defaults (fp32 on CPU); -bf16-autocast: precision bf16 (autocast, fp32 weights);
--bf16-base: the frozen base stored in bf16 (dtype: bfloat16), the adapter in fp32, no autocast."""
+CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-grouped", "peftkit-grouped-bf16-autocast",
+           "peftkit-grouped-bf16-base"]
+"""peftkit: its defaults (fp32 on CPU, shuffled batches); -grouped: length-grouped batches as in the peer's best;
+-bf16-autocast: precision bf16 (autocast over fp32 weights); -bf16-base: the frozen base stored in bf16
+(dtype: bfloat16) and the adapter in fp32, no autocast."""
 
 
 def data_config() -> dict[str, object]:
@@ -86,7 +88,8 @@ def run_peftkit(name: str, steps: int, tmp: str) -> dict[str, float]:
                     data=data_config(),  # type: ignore[arg-type]
                     train={"max_steps": steps, "batch_size": 8, "lr": 1e-3, "log_every": 1, "progress": False,
                            "plot": False, "eval_before": False,
-                           "precision": "bf16" if name.endswith("autocast") else "auto"})
+                           "precision": "bf16" if name.endswith("autocast") else "auto",
+                           "group_by_length": "grouped" in name})
     train(job, log=lambda _: None)
     records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]

@@ -35,7 +35,8 @@ def demo_config(output_dir: str = "outputs/demo", quick: bool = False) -> JobCon
                         label_column="category", label_words={"fresh": "positive", "rotten": "negative"},
                         drop_unlabeled=True, max_length=96, val_size=0.1,
                         max_train_samples=240 if quick else 1000, max_eval_samples=100 if quick else 200),
-        train=TrainingConfig(epochs=1, batch_size=8, lr=2e-3, warmup_steps=5, eval_batch_size=32, log_every=5),
+        train=TrainingConfig(epochs=1, batch_size=8, lr=2e-3, warmup_steps=5, eval_batch_size=32, log_every=5,
+                             group_by_length=True),
         output_dir=output_dir,
     )
 
