@@ -145,3 +145,13 @@ def test_full_fine_tuning_saves_a_loadable_model(report) -> None:  # type: ignor
     trained = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
         str(folder / "full" / "model" / "model.safetensors"))
     assert torch.equal(model.state_dict()["model.embed_tokens.weight"], trained["model.embed_tokens.weight"])
+
+
+def test_a_foreign_folder_in_the_way_is_not_deleted(tmp_path: Path, model_dir: Path) -> None:
+    cfg = config(tmp_path, model_dir, methods=["lora"])
+    keep = tmp_path / "cmp" / "lora" / "notes.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("mine")
+    with pytest.raises(ConfigError, match="is not a peftkit run"):
+        compare(cfg, log=lambda _: None)
+    assert keep.read_text() == "mine"

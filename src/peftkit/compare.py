@@ -343,10 +343,12 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
     if done.is_file() and (folder / "config.yaml").is_file() and (folder / "config.yaml").read_text() == job.to_yaml():
         log(f"  {folder} already holds this run; reusing it")
         return MethodResult(**json.loads(done.read_text()))
-    if folder.exists():
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / "config.yaml").is_file():
+            raise ConfigError(f"{folder} exists and is not a peftkit run; choose another output_dir for the comparison")
         import shutil
 
-        shutil.rmtree(folder)  # an unfinished or different run of this method
+        shutil.rmtree(folder)  # an unfinished or different run of this method: start it again
     model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype))
     with PeakMemory(job.train.device) as memory:
         result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"  {line}"))
