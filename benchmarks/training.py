@@ -126,6 +126,23 @@ def child(name: str, steps: int) -> None:
     print("RESULT " + json.dumps(out))
 
 
+PARAMS = 134_515_008  # SmolLM2-135M, tied embeddings counted once
+
+
+def peak_flops(dtype: str) -> float:
+    """Matmul FLOP/s of this machine at 2048x2048 in ``dtype`` (the roofline the MFU column is against)."""
+    import torch
+
+    a = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
+    b = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
+    for _ in range(3):
+        a @ b
+    start, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ b
+    return n * 2 * 2048**3 / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
@@ -148,14 +165,20 @@ def main() -> None:
     print(f"# LoRA training, SmolLM2-135M on ETHOS, batch 8, {args.steps} steps, one run each")
     print(f"torch {rows['peftkit']['torch']}, {platform.machine()}, "
           f"useful tokens = the non-padding tokens of each batch\n")
+    peak = {d: peak_flops(d) for d in ("float32", "bfloat16")}
+    print(f"matmul peak (2048x2048): fp32 {peak['float32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s; "
+          f"MFU counts 4 x {PARAMS / 1e6:.0f}M FLOPs per useful token (forward, and the backward to the inputs; "
+          f"the frozen weights need no weight gradient) against the bf16 peak\n")
     print("| setup | train time s | ms/step | useful tokens/s | x PEFT default | x PEFT best | peak RSS GB "
-          "| loss (last 10 steps) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| loss (last 10 steps) | MFU (bf16 peak) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         speed = r["tokens"] / r["seconds"]
+        mfu = speed * 4 * PARAMS / peak["bfloat16"]
         print(f"| {name} | {r['seconds']:.1f} | {1000 * r['seconds'] / args.steps:.0f} | {speed:.0f} | "
               f"{speed / (base['tokens'] / base['seconds']):.2f}x | {speed / (best['tokens'] / best['seconds']):.2f}x "
-              f"| {r['rss_gb']:.2f} | {r['loss']:.4f} |")
+              f"| {r['rss_gb']:.2f} | {r['loss']:.4f} | {100 * mfu:.0f}% |")
 
 
 if __name__ == "__main__":
