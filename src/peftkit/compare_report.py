@@ -65,15 +65,20 @@ HEADER = ["method", "trainable params", "trainable %", "saved size", "training t
           "held-out loss", "accuracy"]
 
 
-def markdown(config: CompareConfig, context: ReportContext, results: list[MethodResult]) -> str:
+def summary_lines(config: CompareConfig, context: ReportContext) -> list[str]:
+    """The facts above the table: model, data, split, budget, majority class."""
     steps, minutes = config.budget_steps_minutes()
     budget = f"{steps} steps" if steps else f"{minutes:g} minutes" if minutes else f"{config.train.epochs:g} epoch(s)"
-    lines = ["# peftkit compare", "",
-             f"- model: `{config.model}`; data: `{config.data.path}` ({config.data.mode}); "
-             f"{context.train_examples} training and {context.val_examples} held-out examples (seed {config.seed})",
-             f"- budget per method: {budget}, batch {config.train.batch_size} x {config.train.grad_accum}"]
+    lines = [f"model: `{config.model}`; data: `{config.data.path}` ({config.data.mode}); {context.train_examples} "
+             f"training and {context.val_examples} held-out examples (seed {config.seed})",
+             f"budget per method: {budget}, batch {config.train.batch_size} x {config.train.grad_accum}"]
     if context.majority is not None:
-        lines.append(f"- majority class on the held-out split: {context.majority:.3f}")
+        lines.append(f"majority class on the held-out split: {context.majority:.3f}")
+    return lines
+
+
+def markdown(config: CompareConfig, context: ReportContext, results: list[MethodResult]) -> str:
+    lines = ["# peftkit compare", "", *[f"- {line}" for line in summary_lines(config, context)]]
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
     lines += ["", "Learning rates and adapter settings per method: `config.yaml` in each method's folder.",
@@ -153,7 +158,7 @@ def page(config: CompareConfig, context: ReportContext, results: list[MethodResu
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table_rows(results))
-    intro = markdown(config, context, results).split("\n\n")[0].splitlines()[2:]
+    intro = "".join(f"<li>{esc(line).replace('`', '')}</li>" for line in summary_lines(config, context))
     images = ""
     for name, alt in (("score.png", "score vs trainable parameters"), ("curves.png", "training loss")):
         if (folder / name).is_file():
@@ -177,7 +182,7 @@ img {{ max-width: 48%; margin-right: 1%; }}
 .prompt {{ color: #555; white-space: pre-wrap; }}
 </style></head><body>
 <h1>peftkit compare</h1>
-<ul>{"".join(f"<li>{esc(line.removeprefix('- '))}</li>" for line in intro if line.startswith("- "))}</ul>
+<ul>{intro}</ul>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {images}
 {"<h2>Held-out examples</h2>" + examples if examples else ""}
