@@ -7,7 +7,7 @@
 #   1. a virtual environment .venv-gpu with a CUDA build of torch 2.13, peftkit[test], peft, bitsandbytes
 #   2. the test suite's GPU-relevant part on CUDA (bf16 autocast, QLoRA 4-bit base when bitsandbytes runs)
 #   3. benchmarks/training.py and benchmarks/generation.py (peftkit vs PEFT + Trainer, bf16 on CUDA)
-#   4. distributed training: a 1-GPU torchrun launch, and on a multi-GPU machine DDP and FSDP over all GPUs,
+#   4. QLoRA (4-bit NF4 base, bf16) on the packaged model; distributed training: a 1-GPU torchrun launch, and on a multi-GPU machine DDP and FSDP over all GPUs,
 #      each ending in a check that the adapter loads and its logits match a single-process reload
 # No step needs the network except the installs (PyPI); the model is the packaged SmolLM2-135M.
 set -euo pipefail
