@@ -243,6 +243,8 @@ class LoraConfig(PeftConfig):
     }
 
     def _validate(self, problems: list[str]) -> None:
+        if isinstance(self.target_modules, list) and [str(t).lower() for t in self.target_modules] == ["all-linear"]:
+            self.target_modules = "all-linear"  # a one-item list, as a CLI flag or YAML list gives it
         if not _is_int(self.r) or self.r <= 0:
             problems.append(f"r={self.r!r} must be a positive integer (try 8 or 16)")
         if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:

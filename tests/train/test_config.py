@@ -106,3 +106,9 @@ def test_the_demo_job_is_the_example_yaml() -> None:
     examples = Path(__file__).resolve().parents[2] / "examples"
     assert demo_config("outputs/rotten-tomatoes").to_dict() == \
         JobConfig.from_yaml(examples / "rotten-tomatoes.yaml").to_dict()
+
+
+def test_all_linear_given_as_a_one_item_list_means_all_linear() -> None:
+    """``--adapter.target_modules all-linear`` arrives as a list; it must not be read as a layer name."""
+    job = JobConfig(adapter={"target_modules": ["all-linear"]}, data={"path": "x.csv"})
+    assert job.peft_config().target_modules == "all-linear"  # type: ignore[union-attr]
