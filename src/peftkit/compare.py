@@ -154,10 +154,19 @@ class CompareConfig:
             train["max_steps"] = steps
         if minutes is not None:
             train["max_minutes"] = minutes
-        adapter = {**preset.adapter, **self.adapters.get(name, {})}
+        adapter = {**preset.adapter, **self._task_init(name), **self.adapters.get(name, {})}
         return JobConfig(model=self.model, method=preset.method, adapter=adapter,
                          data=dataclasses.asdict(self.data), train=train,  # type: ignore[arg-type]
                          output_dir=str(Path(self.output_dir) / name), seed=self.seed, dtype=self.dtype)
+
+    def _task_init(self, name: str) -> dict[str, Any]:
+        """Prompt tuning on a classification task starts from the text of the question it will answer
+        (the seed's TEXT init), which beats sampled vocabulary there; elsewhere the preset's init stands."""
+        if name != "prompt" or self.data.mode != "classification" or not self.data.label_words:
+            return {}
+        words = " or ".join(dict.fromkeys(str(w) for w in self.data.label_words.values()))
+        return {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": f"Answer {words}:",
+                "tokenizer_name_or_path": self.model}
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> CompareConfig:

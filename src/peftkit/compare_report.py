@@ -82,7 +82,10 @@ def markdown(config: CompareConfig, context: ReportContext, results: list[Method
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
     lines += ["", "Learning rates and adapter settings per method: `config.yaml` in each method's folder.",
-              "Peak memory is this process's resident memory during training (the GPU allocator's peak on CUDA).",
+              "Peak memory is the process's resident memory while the method trained (the GPU allocator's peak on "
+              "CUDA); on CPU it includes what the process still held from earlier methods, so compare it loosely.",
+              "Training time and tokens/s are wall-clock on a shared 2-core machine: other work running at the "
+              "same time slows a method down (see the notes in docs/compare.md).",
               "", "![score vs trainable parameters](score.png)", "", "![training loss](curves.png)", ""]
     lines += _examples_markdown(context, results)
     return "\n".join(lines) + "\n"

@@ -101,11 +101,11 @@ def _init_prompt_embedding(module: PromptEmbedding, base: nn.Module, config: Pro
 
 def _text_token_ids(config: PromptTuningConfig, total: int) -> list[int]:
     """Token ids of the init text, repeated or cut to ``total`` (PEFT's rule)."""
-    from transformers import AutoTokenizer
+    from .models import load_tokenizer
 
     kwargs = dict(config.tokenizer_kwargs or {})
     kwargs.pop("trust_remote_code", None)  # a saved config must never make us run downloaded code
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **kwargs)
+    tokenizer = load_tokenizer(str(config.tokenizer_name_or_path), **kwargs)  # packaged aliases too
     ids = list(tokenizer(config.prompt_tuning_init_text)["input_ids"])
     if not ids:
         raise ConfigError("prompt_tuning_init_text tokenizes to nothing; give a non-empty text")
