@@ -26,12 +26,13 @@ from .train.config import (
     DataConfig,
     JobConfig,
     TrainingConfig,
-    _build,
     _choice,
     apply_overrides,
+    build_sections,
     coerce,
     field_types,
-    typecheck,
+    read_yaml,
+    validate_sections,
 )
 
 __all__ = ["PRESETS", "CompareConfig", "MethodResult", "compare"]
@@ -97,15 +98,11 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if isinstance(self.data, dict):
-            self.data = _build(DataConfig, self.data, "data", problems)
-        if isinstance(self.train, dict):
-            self.train = _build(TrainingConfig, self.train, "train", problems)
         if isinstance(self.budget, int | float) and not isinstance(self.budget, bool):
             self.budget = str(self.budget)  # YAML reads `budget: 30` as a number
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
-        typecheck(self, "", problems, skip=("data", "train"))
+        build_sections(self, problems)
         for name in self.methods:
             _choice(problems, "methods", name, tuple(PRESETS))
         for section in ("lr", "adapters"):
@@ -118,8 +115,7 @@ class CompareConfig:
             self.budget_steps_minutes()
         except ConfigError as err:
             problems += err.problems
-        self.data._validate(problems)
-        self.train._validate(problems)
+        validate_sections(self, problems)
         if not problems:
             for name in self.methods:  # each method's job must be valid on its own
                 try:
@@ -171,16 +167,7 @@ class CompareConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> CompareConfig:
         """Read a YAML file (or nothing), apply dotted ``overrides``, validate."""
-        import yaml
-
-        data: dict[str, Any] = {}
-        if path is not None:
-            try:
-                data = yaml.safe_load(Path(path).read_text()) or {}
-            except FileNotFoundError as err:
-                raise ConfigError([f"config file not found: {path}"]) from err
-            except yaml.YAMLError as err:
-                raise ConfigError([f"not valid YAML: {err}"], source=os.fspath(path)) from err
+        data = read_yaml(path) if path is not None else {}
         problems: list[str] = []
         hints = field_types(cls)
         merged = apply_overrides(data, overrides)
@@ -273,11 +260,9 @@ def _saved_size(folder: Path) -> int:
 
 def _curve(folder: Path) -> list[tuple[int, float]]:
     """The training loss by step, from the run's metrics.jsonl."""
-    from .train.report import MetricsLog
+    from .train.report import read_metrics
 
-    records = MetricsLog.__new__(MetricsLog)  # read only: the constructor would rewrite the file
-    records.path = folder / "metrics.jsonl"
-    return [(int(r["step"]), float(r["loss"])) for r in records.read() if "loss" in r]
+    return [(int(r["step"]), float(r["loss"])) for r in read_metrics(folder / "metrics.jsonl") if "loss" in r]
 
 
 def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> list[MethodResult]:

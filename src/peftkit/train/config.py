@@ -236,11 +236,7 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if isinstance(self.data, dict):
-            self.data = _build(DataConfig, self.data, "data", problems)
-        if isinstance(self.train, dict):
-            self.train = _build(TrainingConfig, self.train, "train", problems)
-        typecheck(self, "", problems, skip=("data", "train"))
+        build_sections(self, problems)
         _choice(problems, "method", self.method, tuple(METHODS))
         _choice(problems, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.quantization is not None:
@@ -252,13 +248,7 @@ class JobConfig:
             problems.append(f"adapter={self.adapter!r} must be a mapping of the method's fields, e.g. {{r: 8}}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"seed={self.seed!r} must be a whole number")
-        for name, cls in (("data", DataConfig), ("train", TrainingConfig)):
-            section = getattr(self, name)
-            if isinstance(section, cls):
-                section._validate(problems)
-            else:
-                problems.append(f"{name} must be a mapping of its fields, not {section!r}")
-                setattr(self, name, cls())
+        validate_sections(self, problems)
         if isinstance(self.method, str) and self.method in METHODS and isinstance(self.adapter, dict):
             try:
                 self.peft_config()
@@ -296,18 +286,7 @@ class JobConfig:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> JobConfig:
         """Read a YAML file, apply dotted ``overrides`` (``{"train.lr": 1e-4}``), and validate."""
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as err:
-            raise ConfigError([f"config file not found: {path}"]) from err
-        except yaml.YAMLError as err:
-            raise ConfigError([f"not valid YAML: {err}"], source=os.fspath(path)) from err
-        if not isinstance(data, dict):
-            raise ConfigError(["the file must hold a mapping of fields (model:, data:, train:, ...)"],
-                              source=os.fspath(path))
-        return cls.from_dict(apply_overrides(data, overrides or {}), source=os.fspath(path))
+        return cls.from_dict(apply_overrides(read_yaml(path), overrides or {}), source=os.fspath(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, ready for YAML or JSON."""
@@ -317,6 +296,43 @@ class JobConfig:
         import yaml
 
         return str(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML config file's mapping; a missing file, bad YAML or a non-mapping is a :class:`ConfigError`."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as err:
+        raise ConfigError([f"config file not found: {path}"]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError([f"not valid YAML: {err}"], source=os.fspath(path)) from err
+    if not isinstance(data, dict):
+        raise ConfigError(["the file must hold a mapping of fields (model:, data:, train:, ...)"],
+                          source=os.fspath(path))
+    return data
+
+
+def build_sections(obj: Any, problems: list[str]) -> None:
+    """Turn ``obj.data`` and ``obj.train`` mappings into their dataclasses and type-check ``obj``'s own fields
+    (shared by the job and the comparison configs)."""
+    if isinstance(obj.data, dict):
+        obj.data = _build(DataConfig, obj.data, "data", problems)
+    if isinstance(obj.train, dict):
+        obj.train = _build(TrainingConfig, obj.train, "train", problems)
+    typecheck(obj, "", problems, skip=("data", "train"))
+
+
+def validate_sections(obj: Any, problems: list[str]) -> None:
+    """Validate ``obj.data`` and ``obj.train``; a section that is not a mapping is reported and reset."""
+    for name, cls in (("data", DataConfig), ("train", TrainingConfig)):
+        section = getattr(obj, name)
+        if isinstance(section, cls):
+            section._validate(problems)
+        else:
+            problems.append(f"{name} must be a mapping of its fields, not {section!r}")
+            setattr(obj, name, cls())
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..format import write_text_atomic
 
-__all__ = ["MetricsLog", "plot_metrics"]
+__all__ = ["MetricsLog", "plot_metrics", "read_metrics"]
 
 
 class MetricsLog:
@@ -31,15 +31,21 @@ class MetricsLog:
             f.flush()
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        records = []
-        for line in self.path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash
-                continue
-        return records
+        return read_metrics(self.path)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file (none if it is missing; a line cut by a crash is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
