@@ -106,7 +106,8 @@ def test_a_finished_method_is_reused(report, model_dir: Path, monkeypatch) -> No
         raise AssertionError("a finished method was trained again")
 
     monkeypatch.setattr(sys.modules["peftkit.train"], "train", fail)
-    again = compare(config(folder.parent, model_dir, methods=["lora", "ia3"]), log=lambda _: None)
+    shown = {"batch_size": 8, "progress": True, "log_every": 1}  # showing progress does not change the run
+    again = compare(config(folder.parent, model_dir, methods=["lora", "ia3"], train=shown), log=lambda _: None)
     assert [r.accuracy for r in again[1:]] == [r.accuracy for r in results if r.name in ("lora", "ia3")]
 
 
@@ -155,3 +156,18 @@ def test_a_foreign_folder_in_the_way_is_not_deleted(tmp_path: Path, model_dir: P
     with pytest.raises(ConfigError, match="is not a peftkit run"):
         compare(cfg, log=lambda _: None)
     assert keep.read_text() == "mine"
+
+
+def test_prompt_and_prefix_start_from_the_tasks_words(tmp_path: Path, model_dir: Path) -> None:
+    cfg = config(tmp_path, model_dir)
+    assert cfg.job("prompt").adapter["prompt_tuning_init_text"] == "Answer yes or no:"
+    assert cfg.job("prefix").adapter["prefix_init_text"] == "Answer yes or no:"
+    completion = {"path": "d.csv", "mode": "completion", "template": "Act as a {act_name}. prompt:"}
+    cfg = config(tmp_path, model_dir, data=completion)
+    assert cfg.job("prefix").adapter["prefix_init_text"] == "Act as a act name. prompt:"
+    assert cfg.job("prompt").adapter["prompt_tuning_init"] == "SAMPLE_VOCAB"  # the preset's
+    cfg = config(tmp_path, model_dir, data=completion, init_text="Write a prompt:",
+                 adapters={"prefix": {"prefix_init_text": None, "tokenizer_name_or_path": None,
+                                      "init_weights": "zero"}})
+    assert cfg.job("prompt").adapter["prompt_tuning_init_text"] == "Write a prompt:"
+    assert cfg.job("prefix").adapter["init_weights"] == "zero"  # the user's settings win

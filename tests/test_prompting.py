@@ -227,3 +227,53 @@ def test_t5_generation_equals_greedy_forward_steps(kind):
                            decoder_input_ids=seq).logits
         seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated, seq)
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_prefix_text_init_equals_base_reading_the_text_first(arch, chars, tmp_path):
+    chars.save_pretrained(tmp_path)
+    text, n = "Answer yes or no:", 5
+    config = PrefixTuningConfig(num_virtual_tokens=n, task_type="CAUSAL_LM", prefix_init_text=text,
+                                tokenizer_name_or_path=str(tmp_path))
+    model = get_peft_model(tiny_model(arch), config)
+    inputs = model_inputs(arch)
+    batch = inputs["input_ids"].shape[0]
+    text_ids = torch.tensor(chars(text)["input_ids"][:n]).expand(batch, -1)  # the text, cut to n tokens
+    ids = torch.cat([text_ids, inputs["input_ids"]], dim=1)
+    mask = torch.cat([torch.ones(batch, n, dtype=torch.long), inputs["attention_mask"]], dim=1)
+    with torch.no_grad():
+        expected = tiny_model(arch)(input_ids=ids, attention_mask=mask).logits[:, n:]
+    torch.testing.assert_close(outputs(model, inputs), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_text_init_is_not_written_to_the_adapter_config(chars, tmp_path):
+    import json
+
+    chars.save_pretrained(tmp_path / "tok")
+    config = PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM", prefix_init_text="hi",
+                                tokenizer_name_or_path=str(tmp_path / "tok"))
+    model = get_peft_model(tiny_model("llama"), config)
+    model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert "prefix_init_text" not in saved and "tokenizer_name_or_path" not in saved
+    assert saved["init_weights"] is None  # PEFT's field, with PEFT's default
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_prefix_zero_init_gives_zero_key_values(projection):
+    config = PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM", init_weights="zero",
+                                prefix_projection=projection, encoder_hidden_size=8)
+    model = get_peft_model(tiny_model("llama"), config)
+    prefix = model.prompt_encoder["default"]()
+    assert prefix.shape[0] == 3 and not prefix.any()
+
+
+def test_prefix_init_settings_are_checked_together():
+    from peftkit import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        PrefixTuningConfig(num_virtual_tokens=3, prefix_init_text="x", prefix_projection=True,
+                           encoder_hidden_size=8, init_weights="ones")
+    text = str(err.value)
+    for expected in ("tokenizer_name_or_path", "prefix_projection", "init_weights='ones'"):
+        assert expected in text

@@ -95,6 +95,9 @@ class CompareConfig:
     """How many held-out examples the report shows, each method's output next to the base model's."""
     dtype: str = "float32"
     """Base model weights: float32, bfloat16 or float16."""
+    init_text: str | None = None
+    """The text prompt and prefix tuning start from; empty: the classification question ("Answer hate or
+    not hate:"), or for other tasks the template with each field named."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -156,13 +159,30 @@ class CompareConfig:
                          output_dir=str(Path(self.output_dir) / name), seed=self.seed, dtype=self.dtype)
 
     def _task_init(self, name: str) -> dict[str, Any]:
-        """Prompt tuning on a classification task starts from the text of the question it will answer
-        (the seed's TEXT init), which beats sampled vocabulary there; elsewhere the preset's init stands."""
-        if name != "prompt" or self.data.mode != "classification" or not self.data.label_words:
-            return {}
-        words = " or ".join(dict.fromkeys(str(w) for w in self.data.label_words.values()))
-        return {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": f"Answer {words}:",
-                "tokenizer_name_or_path": self.model}
+        """Prompt and prefix tuning start from the task's own words (``start_text``) rather than from
+        random vectors: on the seed's tasks that beat sampled vocabulary (prompt tuning, classification) and
+        random key/values (prefix tuning, both tasks). Elsewhere the preset's init stands."""
+        text = self.start_text()
+        if name == "prompt" and (self.init_text or self.data.mode == "classification") and text:
+            return {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": text,
+                    "tokenizer_name_or_path": self.model}
+        if name == "prefix":
+            if text:
+                return {"prefix_init_text": text, "tokenizer_name_or_path": self.model}
+            return {"init_weights": "zero"}  # no words to start from: at least start where the base model is
+        return {}
+
+    def start_text(self) -> str | None:
+        """``init_text``, else the classification question ("Answer hate or not hate:"), else the
+        template with each field replaced by its name ("Act as a act. prompt:")."""
+        if self.init_text:
+            return self.init_text
+        if self.data.mode == "classification" and self.data.label_words:
+            words = " or ".join(dict.fromkeys(str(w) for w in self.data.label_words.values()))
+            return f"Answer {words}:"
+        if self.data.template:
+            return re.sub(r"\{(\w+)\}", lambda m: m.group(1).replace("_", " "), self.data.template).strip() or None
+        return None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> CompareConfig:
@@ -326,6 +346,23 @@ def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
     return row
 
 
+def _same_job(saved: Path, job: JobConfig) -> bool:
+    """Whether the run saved with config ``saved`` is ``job``, ignoring settings that only change what is
+    shown while it runs (``train.progress``)."""
+    if not saved.is_file():
+        return False
+    import yaml
+
+    def essential(config: dict[str, Any]) -> dict[str, Any]:
+        config.get("train", {}).pop("progress", None)
+        return config
+
+    try:
+        return essential(yaml.safe_load(saved.read_text()) or {}) == essential(yaml.safe_load(job.to_yaml()))
+    except yaml.YAMLError:
+        return False
+
+
 def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig,
                 log: Callable[[str], None]) -> MethodResult:
     from .inspection import count_parameters
@@ -334,7 +371,7 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
 
     folder = Path(job.output_dir)
     done = folder / "compare-result.json"
-    if done.is_file() and (folder / "config.yaml").is_file() and (folder / "config.yaml").read_text() == job.to_yaml():
+    if done.is_file() and _same_job(folder / "config.yaml", job):
         log(f"  {folder} already holds this run; reusing it")
         return MethodResult(**json.loads(done.read_text()))
     if folder.exists() and any(folder.iterdir()):

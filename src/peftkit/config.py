@@ -127,6 +127,9 @@ class PeftConfig:
     # PEFT fields that peftkit reads but does not implement, with the value meaning "off".
     # Written so PEFT sees a complete config; a non-default value on load is an error.
     _unsupported: ClassVar[dict[str, Any]] = {}
+    # peftkit-only fields that only shape the start of training; left out of adapter_config.json so
+    # PEFT reads our files without warnings.
+    _local: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -150,6 +153,8 @@ class PeftConfig:
         """The JSON-ready form, with PEFT's field names and enum values as strings."""
         out: dict[str, Any] = {"peft_type": self.peft_type.value}
         for f in dataclasses.fields(self):
+            if f.name in self._local:
+                continue
             value = getattr(self, f.name)
             out[f.name] = value.value if isinstance(value, enum.Enum) else value
         out.update(self._unsupported)
@@ -399,9 +404,17 @@ class PrefixTuningConfig(PromptLearningConfig):
     """Hidden size of the prefix projection MLP (with ``prefix_projection``)."""
     prefix_projection: bool = False
     """Produce the prefixes through a two-layer MLP instead of learning them directly."""
+    init_weights: str | None = None
+    """How the prefix starts: empty draws it at random (PEFT's default); ``"zero"`` starts it at zero."""
+    prefix_init_text: str | None = None
+    """Start the prefix as the keys and values the base model computes for this text (repeated or cut to
+    ``num_virtual_tokens`` tokens), so training begins from the base model reading a real prompt instead
+    of from random key/values. peftkit only: it shapes the start of training and is not saved."""
+    tokenizer_name_or_path: str | None = None
+    """Tokenizer for ``prefix_init_text``. peftkit only, like the text."""
 
     peft_type: ClassVar[PeftType] = PeftType.PREFIX_TUNING
-    _unsupported: ClassVar[dict[str, Any]] = {"init_weights": None}
+    _local: ClassVar[frozenset[str]] = frozenset({"prefix_init_text", "tokenizer_name_or_path"})
 
     def _validate(self, problems: list[str]) -> None:
         super()._validate(problems)
@@ -410,6 +423,18 @@ class PrefixTuningConfig(PromptLearningConfig):
         size = self.encoder_hidden_size
         if self.prefix_projection and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
             problems.append("prefix_projection=true needs encoder_hidden_size, a positive integer")
+        if self.init_weights not in (None, "zero"):
+            problems.append(f"init_weights={self.init_weights!r} must be empty (random) or \"zero\"")
+        if self.prefix_init_text is not None:
+            if not isinstance(self.prefix_init_text, str) or not self.prefix_init_text.strip():
+                problems.append("prefix_init_text must be a non-empty text")
+            if not self.tokenizer_name_or_path:
+                problems.append("prefix_init_text needs tokenizer_name_or_path (usually the model's name)")
+            if self.prefix_projection:
+                problems.append("prefix_init_text sets the key/values directly, so it cannot be combined with "
+                                "prefix_projection=true; drop one of them")
+            if self.init_weights is not None:
+                problems.append("prefix_init_text and init_weights both choose the start; set only one")
 
 
 @dataclass

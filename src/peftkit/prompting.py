@@ -80,6 +80,7 @@ def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Mod
     elif isinstance(config, PrefixTuningConfig):
         module = PrefixEncoder(n, dim, cast(int, config.num_layers), config.encoder_hidden_size,
                                projection=config.prefix_projection and not config.inference_mode)
+        _init_prefix(module, base, config)
     else:
         raise ConfigError(f"{type(config).__name__} is not a supported prompt method")
     device = next(base.parameters()).device
@@ -94,22 +95,71 @@ def _init_prompt_embedding(module: PromptEmbedding, base: nn.Module, config: Pro
     if config.prompt_tuning_init == PromptTuningInit.SAMPLE_VOCAB:
         ids = torch.randint(0, words.num_embeddings, (total,), dtype=torch.long)
     else:
-        ids = torch.tensor(_text_token_ids(config, total), dtype=torch.long)
+        ids = torch.tensor(_text_token_ids(str(config.tokenizer_name_or_path), str(config.prompt_tuning_init_text),
+                                           total, config.tokenizer_kwargs), dtype=torch.long)
     with torch.no_grad():
         module.embedding.weight.copy_(words(ids.to(words.weight.device)).float())
 
 
-def _text_token_ids(config: PromptTuningConfig, total: int) -> list[int]:
-    """Token ids of the init text, repeated or cut to ``total`` (PEFT's rule)."""
+def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str, Any] | None = None) -> list[int]:
+    """Token ids of an init text, repeated or cut to ``total`` (PEFT's rule)."""
     from .models import load_tokenizer
 
-    kwargs = dict(config.tokenizer_kwargs or {})
+    kwargs = dict(kwargs or {})
     kwargs.pop("trust_remote_code", None)  # a saved config must never make us run downloaded code
-    tokenizer = load_tokenizer(str(config.tokenizer_name_or_path), **kwargs)  # packaged aliases too
-    ids = list(tokenizer(config.prompt_tuning_init_text)["input_ids"])
+    tokenizer = load_tokenizer(tokenizer_name, **kwargs)  # packaged aliases too
+    ids = list(tokenizer(text)["input_ids"])
     if not ids:
-        raise ConfigError("prompt_tuning_init_text tokenizes to nothing; give a non-empty text")
+        raise ConfigError(f"the init text {text!r} tokenizes to nothing; give a non-empty text")
     return (ids * math.ceil(total / len(ids)))[:total]
+
+
+def _init_prefix(module: PrefixEncoder, base: nn.Module, config: PrefixTuningConfig) -> None:
+    """PEFT's ``init_weights="zero"``, or peftkit's ``prefix_init_text``: the key/values of real text.
+
+    Random key/values at unit scale make the model far worse than the base before any training; the
+    activations of real words start it where the base model is after reading that text (Li and Liang's
+    finding that real-word initialization helps prefix tuning most when data is small).
+    """
+    if config.inference_mode:
+        return
+    if config.init_weights == "zero":
+        last = module.transform[-1] if module.projection else module.embedding
+        with torch.no_grad():
+            for tensor in last.parameters():
+                tensor.zero_()
+        return
+    if config.prefix_init_text is None:
+        return
+    if config.task_type == TaskType.SEQ_2_SEQ_LM:
+        raise ConfigError("prefix_init_text is supported on decoder-only models; on encoder-decoder models "
+                          "leave it empty (random start) or use init_weights: zero")
+    n = cast(int, config.num_virtual_tokens)
+    ids = torch.tensor([_text_token_ids(str(config.tokenizer_name_or_path), config.prefix_init_text, n)])
+    module.embedding.weight.data.copy_(_text_key_values(base, ids, config))
+
+
+def _text_key_values(base: nn.Module, ids: torch.Tensor, config: PrefixTuningConfig) -> torch.Tensor:
+    """The base model's per-layer keys and values for ``ids``, in the prefix's flat layout ``(N, L*2*H*hd)``."""
+    was_training = base.training
+    base.eval()  # no dropout in the activations we copy
+    try:
+        with torch.no_grad():
+            device = next(base.parameters()).device
+            out = base(input_ids=ids.to(device), use_cache=True)
+    finally:
+        base.train(was_training)
+    # transformers 5.24 names the output's cache ``cache`` (``past_key_values`` still works, with a warning)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    layers = cache.layers[: cast(int, config.num_layers)]
+    kv = [t for layer in layers for t in (layer.keys, layer.values)]  # L*2 x (1, H, N, hd)
+    stacked = torch.cat(kv, dim=0)  # (L*2, H, N, hd)
+    width = stacked.shape[0] * stacked.shape[1] * stacked.shape[3]
+    if width != cast(int, config.num_layers) * 2 * cast(int, config.token_dim):
+        raise ConfigError(f"the model's key/values have {width} values per token, not the prefix's "
+                          f"{cast(int, config.num_layers) * 2 * cast(int, config.token_dim)}; "
+                          "prefix_init_text does not support this architecture")
+    return stacked.permute(2, 0, 1, 3).reshape(ids.shape[1], -1).float()  # (N, L*2*H*hd)
 
 
 # ----- inputs ---------------------------------------------------------------------------------------------
