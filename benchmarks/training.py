@@ -1,13 +1,15 @@
-"""LoRA training speed: peftkit's loop vs PEFT + transformers.Trainer, same model, data, steps and seed.
+"""Training speed: peftkit's loop vs PEFT + transformers.Trainer, same model, data, method, steps and seed.
 
 The task is the seed's classification data (ETHOS from ``../shared/data``, template
-``"Sentence : {comment} Label : {label}"``) on the packaged SmolLM2-135M, LoRA r8 on q,k,v,o, batch 8.
+``"Sentence : {comment} Label : {label}"``) on the packaged SmolLM2-135M, batch 8, with one method:
+LoRA r8 on q,k,v,o (lr 1e-3), prompt tuning with 8 virtual tokens (lr 3e-2) or prefix tuning with 20
+(lr 1e-2). Both libraries start the prompt methods at random, as PEFT does by default.
 Every configuration runs in its own subprocess (so peak RSS is its own), one after another, and the
 script prints a markdown table: useful tokens/s (loss-bearing, non-padding tokens of the batch), ms/step,
 peak RSS and the mean training loss of the last 10 steps. peftkit's time is that of its optimizer steps;
 the Trainer's is ``trainer.train()`` (its data loading and callbacks are part of what it costs).
 
-    python benchmarks/training.py [--steps 30]
+    python benchmarks/training.py [--steps 30] [--method lora|prompt|prefix]
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
-CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-grouped", "peftkit-grouped-bf16-autocast",
-           "peftkit-grouped-bf16-base"]
-"""peftkit: its defaults (fp32 on CPU, shuffled batches); -grouped: length-grouped batches as in the peer's best;
+CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-packed", "peftkit-grouped",
+           "peftkit-grouped-bf16-autocast", "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base"]
+PROMPT_CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-grouped-bf16-base"]
+LR = {"lora": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
+LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+ADAPTERS: dict[str, dict[str, object]] = {"lora": LORA, "prompt": {"num_virtual_tokens": 8},
+                                          "prefix": {"num_virtual_tokens": 20}}
+METHOD = {"lora": "lora", "prompt": "prompt_tuning", "prefix": "prefix_tuning"}
+"""peftkit: its defaults (fp32 on CPU, shuffled batches); -packed: the same batches packed into fewer rows
+(train.packing); -grouped: length-grouped batches as in the peer's best;
 -bf16-autocast: precision bf16 (autocast over fp32 weights); -bf16-base: the frozen base stored in bf16
 (dtype: bfloat16) and the adapter in fp32, no autocast."""
 
@@ -45,7 +54,17 @@ def examples(tokenizer):  # type: ignore[no-untyped-def]
     return load_task_data(cfg, tokenizer, seed=0).train
 
 
-def run_peft(name: str, steps: int, tmp: str) -> dict[str, float]:
+def peft_config(method: str):  # type: ignore[no-untyped-def]
+    import peft
+
+    if method == "prompt":
+        return peft.PromptTuningConfig(task_type="CAUSAL_LM", **ADAPTERS["prompt"])  # type: ignore[arg-type]
+    if method == "prefix":
+        return peft.PrefixTuningConfig(task_type="CAUSAL_LM", **ADAPTERS["prefix"])  # type: ignore[arg-type]
+    return peft.LoraConfig(task_type="CAUSAL_LM", **LORA)  # type: ignore[arg-type]
+
+
+def run_peft(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
     import peft
     import torch
     import transformers
@@ -56,11 +75,10 @@ def run_peft(name: str, steps: int, tmp: str) -> dict[str, float]:
     rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
             for e in examples(tokenizer)]
     torch.manual_seed(0)
-    model = peft.get_peft_model(load_model("smollm2-135m"), peft.LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
+    model = peft.get_peft_model(load_model("smollm2-135m"), peft_config(method))
     best = name.endswith("best")
     args = transformers.TrainingArguments(
-        output_dir=tmp, per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-3, logging_steps=1,
+        output_dir=tmp, per_device_train_batch_size=8, max_steps=steps, learning_rate=LR[method], logging_steps=1,
         save_strategy="no", report_to=[], seed=0, bf16=best, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
         **({"train_sampling_strategy": "group_by_length"} if best else {}))
     collator = transformers.DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -79,24 +97,24 @@ def run_peft(name: str, steps: int, tmp: str) -> dict[str, float]:
     return {"seconds": elapsed, "tokens": useful["tokens"], "loss": sum(losses[-10:]) / len(losses[-10:])}
 
 
-def run_peftkit(name: str, steps: int, tmp: str) -> dict[str, float]:
+def run_peftkit(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
     from peftkit import JobConfig, train
 
-    job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp,
+    job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp, method=METHOD[method],
                     dtype="bfloat16" if name.endswith("bf16-base") else "float32",
-                    adapter={"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+                    adapter=ADAPTERS[method],
                     data=data_config(),  # type: ignore[arg-type]
-                    train={"max_steps": steps, "batch_size": 8, "lr": 1e-3, "log_every": 1, "progress": False,
+                    train={"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
                            "plot": False, "eval_before": False,
                            "precision": "bf16" if name.endswith("autocast") else "auto",
-                           "group_by_length": "grouped" in name})
+                           "group_by_length": "grouped" in name, "packing": "packed" in name})
     train(job, log=lambda _: None)
     records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     return {"loss": sum(losses[-10:]) / len(losses[-10:])}
 
 
-def child(name: str, steps: int) -> None:
+def child(name: str, steps: int, method: str) -> None:
     import tempfile
 
     import torch
@@ -117,9 +135,9 @@ def child(name: str, steps: int) -> None:
             return loss, tokens
 
         loop.Run.train_step = timed_step  # type: ignore[method-assign]
-        out = {**run_peftkit(name, steps, tmp), **measured}
+        out = {**run_peftkit(name, steps, tmp, method), **measured}
     else:
-        out = run_peft(name, steps, tmp)
+        out = run_peft(name, steps, tmp, method)
     out["wall"] = time.perf_counter() - start
     out["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     out["torch"] = torch.__version__
@@ -146,14 +164,16 @@ def peak_flops(dtype: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--method", choices=sorted(LR), default="lora")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.steps)
+        child(args.child, args.steps, args.method)
         return
     rows = {}
-    for name in CONFIGS:
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps)],
+    for name in CONFIGS if args.method == "lora" else PROMPT_CONFIGS:
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+                               "--method", args.method],
                               capture_output=True, text=True, check=False)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -162,7 +182,10 @@ def main() -> None:
         rows[name] = json.loads(line.removeprefix("RESULT "))
     base = rows["peft-trainer-default"]
     best = rows["peft-trainer-best"]
-    print(f"# LoRA training, SmolLM2-135M on ETHOS, batch 8, {args.steps} steps, one run each")
+    title = {"lora": "LoRA r8 (q,k,v,o)", "prompt": "Prompt tuning (8 virtual tokens)",
+             "prefix": "Prefix tuning (20 virtual tokens)"}[args.method]
+    print(f"# {title} training, SmolLM2-135M on ETHOS, batch 8, lr {LR[args.method]:g}, {args.steps} steps, "
+          "one run each")
     print(f"torch {rows['peftkit']['torch']}, {platform.machine()}, "
           f"useful tokens = the non-padding tokens of each batch\n")
     peak = {d: peak_flops(d) for d in ("float32", "bfloat16")}

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import format as fmt
 from . import prompting, surgery
-from .config import IA3Config, LoraConfig, PeftConfig, PromptLearningConfig, TaskType
+from .config import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptLearningConfig, TaskType
 from .errors import AdapterNotFoundError, ConfigError, PeftkitError
 from .merging import MIXES
 
@@ -347,6 +347,18 @@ class PeftModel(nn.Module):
     def uses_prompt_adapter(self) -> bool:
         """True when the active, enabled adapter is a prompt method (prompt tuning, p-tuning or prefix)."""
         return self._prompt_module() is not None
+
+    @property
+    def tokens_in_front(self) -> int:
+        """How many positions the active adapter puts in front of the input's logits: the virtual tokens of
+        prompt tuning and p-tuning; none for prefix tuning (its prefix lives in the cache) and none in an
+        encoder-decoder model's output (the virtual tokens go in front of the encoder input)."""
+        config = self.active_peft_config
+        if self._prompt_module() is None or isinstance(config, PrefixTuningConfig):
+            return 0
+        if config.task_type == TaskType.SEQ_2_SEQ_LM:
+            return 0
+        return int(getattr(config, "num_virtual_tokens", 0) or 0)
 
     def _prompt_module(self) -> nn.Module | None:
         if self._disabled or self.active_adapter not in self.prompt_encoder:

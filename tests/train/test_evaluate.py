@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from peftkit import LoraConfig, PromptTuningConfig, get_peft_model
+from peftkit import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from peftkit.data import IGNORE_INDEX, Example, collate
-from peftkit.train.evaluate import classification_scores, evaluate, target_loss, token_loss
+from peftkit.train.evaluate import _positions_in_front, classification_scores, evaluate, target_loss, token_loss
 from tests.conftest import tiny_model
 
 
@@ -68,8 +68,13 @@ def test_single_token_fast_path_equals_the_general_path() -> None:
     torch.testing.assert_close(fast, general[:, :2], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("config", [LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
-                                    PromptTuningConfig(num_virtual_tokens=3)], ids=["lora", "prompt"])
+@pytest.mark.parametrize("config", [
+    LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
+    PromptTuningConfig(num_virtual_tokens=3),
+    PromptTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"),
+    PromptEncoderConfig(num_virtual_tokens=3, task_type="CAUSAL_LM", encoder_hidden_size=8),
+    PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"),
+], ids=["lora", "prompt", "prompt-causal", "p-tuning", "prefix"])
 def test_target_loss_equals_the_full_logits_loss(config: object) -> None:
     model = get_peft_model(tiny_model("llama"), config)  # type: ignore[arg-type]
     batch = collate([Example([4, 5, 6, 7, 8], [IGNORE_INDEX] * 3 + [7, 8]), Example([4, 9], [IGNORE_INDEX, 9])], 0)
@@ -79,3 +84,16 @@ def test_target_loss_equals_the_full_logits_loss(config: object) -> None:
         full, n_full = token_loss(model(**batch).logits, labels)
     assert n_fast == n_full == 3
     torch.testing.assert_close(fast, full)
+    # the LM head really ran on the target positions only, shifted past any virtual tokens
+    virtual = 3 if isinstance(config, PromptTuningConfig | PromptEncoderConfig) else 0
+    assert _positions_in_front(model) == virtual
+
+
+def test_single_token_scores_skip_the_virtual_tokens() -> None:
+    model = get_peft_model(tiny_model("llama"), PromptTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"))
+    prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14]]
+    scores = classification_scores(model, prompts, [[20], [21]], pad_id=0, batch_size=3)
+    for i, prompt in enumerate(prompts):
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1], dim=-1)
+        torch.testing.assert_close(scores[i], logprobs[[20, 21]], atol=1e-5, rtol=1e-5)

@@ -146,6 +146,10 @@ class TrainingConfig:
     group_by_length: bool = False
     """Batch examples of similar length together: far less padding (about 1.6x faster on mixed lengths), but
     batches become less random, which can cost accuracy where length tracks the label (ETHOS: ~8 points)."""
+    packing: bool = False
+    """Pack each batch's examples into as few rows as possible (no compute on padding), keeping them apart with
+    restarting positions, so batches and losses are those of unpacked training. Decoder-only models whose
+    attention honours position restarts (checked when training starts); not with prompt methods."""
     lr: float = 2e-4
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -248,6 +252,10 @@ class JobConfig:
             problems.append(f"adapter={self.adapter!r} must be a mapping of the method's fields, e.g. {{r: 8}}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"seed={self.seed!r} must be a whole number")
+        prompt_method = self.method in ("prompt_tuning", "p_tuning", "prefix_tuning")
+        if getattr(self.train, "packing", False) is True and prompt_method:
+            problems.append(f"train.packing: {self.method} puts its virtual tokens in front of each row, so rows "
+                            "cannot hold several examples; set train.packing: false")
         validate_sections(self, problems)
         if isinstance(self.method, str) and self.method in METHODS and isinstance(self.adapter, dict):
             try:

@@ -64,19 +64,20 @@ def _row_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
     return loss.view(batch, length).sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
-def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    """True when the LM head can be run on chosen positions only (not with virtual tokens in front)."""
+def _positions_in_front(model: nn.Module) -> int | None:
+    """How many positions the model puts in front of the input (prompt tuning's virtual tokens), or None
+    when its LM head cannot be run on chosen positions only (``logits_to_keep``)."""
     from torch.nn.parallel import DistributedDataParallel
 
     from ..model import PeftModel
 
     if isinstance(model, DistributedDataParallel):
         model = model.module
+    front = 0
     if isinstance(model, PeftModel):
-        if model.uses_prompt_adapter:
-            return False
+        front = model.tokens_in_front
         model = model.get_base_model()
-    return forward_accepts(model, "logits_to_keep")
+    return front if forward_accepts(model, "logits_to_keep") else None
 
 
 def target_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -93,10 +94,11 @@ def target_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch
 def row_losses(model: nn.Module, inputs: dict[str, torch.Tensor],
                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`target_loss` per row: summed loss ``(B,)`` and number of target tokens ``(B,)``."""
-    if not _accepts_logits_to_keep(model):
+    front = _positions_in_front(model)
+    if front is None:
         return _row_token_loss(model(**inputs).logits, labels)
     positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) predicting positions
-    logits = model(**inputs, logits_to_keep=positions).logits  # (B, K, V)
+    logits = model(**inputs, logits_to_keep=positions + front).logits  # (B, K, V)
     return _row_cross_entropy(logits, labels[:, positions + 1])
 
 
@@ -196,9 +198,10 @@ def _single_token_scores(model: nn.Module, prompts: Sequence[list[int]], token_i
         inputs = collate([Example(list(p), list(p)) for p in batch], pad_id)
         last = inputs["attention_mask"].sum(dim=1) - 1  # (B,) each row's last prompt position
         kwargs: dict[str, Any] = {}
-        if _accepts_logits_to_keep(model):
+        front = _positions_in_front(model)
+        if front is not None:
             positions, column = torch.unique(last, return_inverse=True)  # LM head on these positions only
-            kwargs["logits_to_keep"] = positions.to(device)
+            kwargs["logits_to_keep"] = (positions + front).to(device)
         else:
             column = last
         with autocast or contextlib.nullcontext():

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import IGNORE_INDEX, Example, TaskData, collate, load_task_data
+from ..data import IGNORE_INDEX, Example, TaskData, collate, load_task_data, pack
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..format import write_json_atomic, write_model_card, write_text_atomic
 from ..model import PeftModel, get_peft_model
@@ -181,6 +181,8 @@ class Run:
         self.tokens_seen = 0
         self.train_time = 0.0
         self.stop_requested = False
+        if cfg.packing:
+            self.check_packing()
 
     # --- evaluation and checkpoints ---
 
@@ -260,6 +262,45 @@ class Run:
 
     # --- one optimizer step ---
 
+    def inputs(self, examples: list[Example], width: int | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+        """The model inputs and labels of a micro-batch, packed with ``train.packing``."""
+        if self.cfg.packing:
+            batch: dict[str, Any] = pack(examples, self.pad_id, width)
+            batch["use_cache"] = False  # transformers only reads position restarts as boundaries without a cache
+        else:
+            batch = collate(examples, self.pad_id)
+        labels = batch.pop("labels").to(self.device)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, labels
+
+    def check_packing(self) -> None:
+        """Refuse packing on a model whose attention ignores position restarts: two examples packed into one
+        row must lose what they lose apart."""
+        from ..prompting import forward_accepts
+
+        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        if not forward_accepts(base, "position_ids"):
+            raise ConfigError(f"train.packing: {type(base).__name__} takes no position ids, so packed examples "
+                              "would attend to each other; set train.packing: false")
+        longest = sorted(self.data.train[:8], key=lambda e: len(e.input_ids))[-2:]
+        pair = [Example(e.input_ids, list(e.input_ids)) for e in longest]  # every token a target: most sensitive
+        if len(pair) < 2:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.autocast:
+                apart = sum(float(row_losses(self.model, *self.inputs([e]))[0].sum()) for e in pair)
+                width = sum(len(e.input_ids) for e in pair)
+                together = float(row_losses(self.model, *self.inputs(pair, width))[0].sum())
+        finally:
+            self.model.train(was_training)
+        exact = isinstance(self.autocast, contextlib.nullcontext) and all(
+            p.dtype == torch.float32 for p in self.model.parameters())
+        tolerance = 1e-4 if exact else 3e-2  # half precision rounds the two layouts differently
+        if not math.isclose(apart, together, rel_tol=tolerance):
+            raise ConfigError(f"train.packing: this model lets packed examples attend to each other (loss "
+                              f"{together:.4f} packed against {apart:.4f} apart); set train.packing: false")
+
     def train_step(self) -> tuple[float, int]:
         """Forward and backward over ``grad_accum`` micro-batches, then one optimizer step.
 
@@ -278,10 +319,9 @@ class Run:
         for i, rows in enumerate(micro):
             mine = distributed.shard(rows, self.procs)
             # A process without rows still joins the gradient sync, with a zero-weight copy of a row.
-            batch = collate([examples[j] for j in (mine or rows[:1])], self.pad_id)
-            labels = batch.pop("labels").to(self.device)
+            inputs, labels = self.inputs([examples[j] for j in (mine or rows[:1])])
             with distributed.gradient_sync(self.forward_model, i == len(micro) - 1), self.autocast:
-                losses, _ = row_losses(self.forward_model, {k: v.to(self.device) for k, v in batch.items()}, labels)
+                losses, _ = row_losses(self.forward_model, inputs, labels)
                 loss_sum = losses.sum() * (1.0 if mine else 0.0)
                 loss = loss_sum * scale
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
