@@ -182,6 +182,9 @@ def test_split_is_seeded_and_disjoint(tmp_path: Path, chars) -> None:  # type: i
     assert texts(a.train) == texts(b.train) and texts(a.val) == texts(b.val)
     assert texts(a.val) != texts(c.val)
     assert len(a.val) == 10 and not set(texts(a.train)) & set(texts(a.val))
+    # split_seed pins the split whatever the job's seed
+    pinned = config(path=str(path), val_size=0.2, split_seed=1)
+    assert texts(load_task_data(pinned, chars, seed=2).val) == texts(a.val)
 
 
 @pytest.mark.parametrize("suffix", [".tsv", ".json", ".parquet"])

@@ -357,10 +357,11 @@ def _same_job(saved: Path, job: JobConfig) -> bool:
         config.get("train", {}).pop("progress", None)
         return config
 
-    try:
-        return essential(yaml.safe_load(saved.read_text()) or {}) == essential(yaml.safe_load(job.to_yaml()))
-    except yaml.YAMLError:
+    try:  # through JobConfig, so fields added since the run was saved take their defaults
+        before = JobConfig(**(yaml.safe_load(saved.read_text()) or {}))
+    except (yaml.YAMLError, ConfigError, TypeError):
         return False
+    return essential(yaml.safe_load(before.to_yaml())) == essential(yaml.safe_load(job.to_yaml()))
 
 
 def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig,

@@ -458,8 +458,11 @@ def _limit(items: list[Any], limit: int | None) -> list[Any]:
 def load_task_data(config: Any, tokenizer: Any, seed: int = 42) -> TaskData:
     """Read, split, render and tokenize the data that ``config`` (a :class:`~peftkit.train.DataConfig`) describes.
 
-    Rows are split (seeded) and limited before tokenizing, so a large file costs only what is used.
+    Rows are split (seeded by ``config.split_seed``, else ``seed``) and limited before tokenizing, so a large
+    file costs only what is used.
     """
+    split_seed = getattr(config, "split_seed", None)
+    seed = seed if split_seed is None else split_seed
     source = read_rows(config, resolve_data_path(config.path))
     report = [f"{source.path}: {len(source.rows) + source.dropped} rows"]
     if source.dropped:
@@ -476,7 +479,7 @@ def load_task_data(config: Any, tokenizer: Any, seed: int = 42) -> TaskData:
     if cut_train + cut_val:
         report.append(f"truncated {cut_train + cut_val} of {len(train) + len(val)} examples to "
                       f"max_length={config.max_length} tokens")
-    report.append(f"{len(train)} training and {len(val)} validation examples (seed {seed})")
+    report.append(f"{len(train)} training and {len(val)} validation examples (split seed {seed})")
     data = TaskData(train, val, report=report)
     if config.mode == "classification":
         data.label_words = list(config.label_words.values())

@@ -89,6 +89,9 @@ class DataConfig:
     """A separate validation file; when empty, val_size of the data is held out."""
     val_size: float = 0.1
     """The held-out share (below 1) or count (1 and above) for validation; 0 for none."""
+    split_seed: int | None = None
+    """Seeds the train/validation split; empty: the job's ``seed``. Set it to keep one held-out split while
+    ``seed`` varies initialization and batch order (runs over several seeds on the same split)."""
     max_train_samples: int | None = None
     """Use at most this many training examples (after the seeded shuffle)."""
     max_eval_samples: int | None = None
