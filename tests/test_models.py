@@ -83,7 +83,7 @@ def test_smollm2_learns_ethos_hate_speech(tmp_path, data_dir):
               "val_size": 200},
         train={"epochs": 1, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5, "progress": False, "plot": False,
                "eval_before": False, "eval_batch_size": 32,
-               "packing": True},  # the real model passes packing's start-up check, and it halves the time
+               "packing": True},  # the real model passes packing's start-up check, and trains faster
     )
     result = train(config, log=lambda _: None)
     gold = [e.label_index for e in result.data.val]
