@@ -1,0 +1,43 @@
+"""LoRA on ETHOS over training seeds, on one held-out split: how far single runs spread.
+
+Runs ``examples/compare-ethos.yaml``'s LoRA job (r8 on all linear layers, 1 epoch) and the peer's config
+(r8 on q,k,v,o), each with ``seed`` 42, 43 and 44 while ``data.split_seed: 42`` keeps the peer's split,
+with packed batches (which change the speed, not the result). Prints accuracy per seed and the mean.
+
+    python benchmarks/ethos_seeds.py [--seeds 42 43 44] [--output-dir outputs/ethos-seeds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from peftkit.compare import CompareConfig, compare
+
+CONFIG = Path(__file__).resolve().parents[1] / "examples" / "compare-ethos.yaml"
+TARGETS = {"all linear layers": "all-linear", "q,k,v,o (the peer's)": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--output-dir", default="outputs/ethos-seeds")
+    args = parser.parse_args()
+    print("| LoRA r8 on | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |")
+    print("|---|" + "---|" * (len(args.seeds) + 1))
+    for label, targets in TARGETS.items():
+        scores = []
+        for seed in args.seeds:
+            out = Path(args.output_dir) / f"{'all' if targets == 'all-linear' else 'qkvo'}-{seed}"
+            config = CompareConfig.from_yaml(CONFIG, {
+                "methods": "lora", "seed": seed, "data.split_seed": 42, "train.packing": True,
+                "train.progress": False, "adapters": {"lora": {"target_modules": targets}}, "output_dir": str(out)})
+            row = compare(config, log=lambda _: None)[-1]
+            scores.append(float(row.accuracy or 0.0))
+        cells = " | ".join(f"{s:.3f}" for s in scores)
+        print(f"| {label} | {cells} | {statistics.mean(scores):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
