@@ -128,16 +128,32 @@ def test_training_learns_and_writes_its_outputs(tmp_path: Path, chars) -> None: 
     torch.testing.assert_close(outputs(reloaded, inputs), outputs(result.model.eval(), inputs))
 
 
+def fused_attention_log(model: torch.nn.Module) -> list[tuple[bool, bool]]:
+    """(grad enabled, fused attention kernel allowed) at each forward of ``model``."""
+    seen: list[tuple[bool, bool]] = []
+    model.register_forward_pre_hook(
+        lambda *_: seen.append((torch.is_grad_enabled(), torch.backends.cuda.flash_sdp_enabled())))
+    return seen
+
+
 @pytest.mark.parametrize("how", ["autocast", "bf16 base"])
 def test_bf16_training_stays_close_to_fp32(tmp_path: Path, chars, how: str) -> None:  # type: ignore[no-untyped-def]
     """bf16 (autocast, or a bf16 base with fp32 adapters) learns what fp32 learns, within bf16's precision."""
     fields = {"epochs": 4, "lr": 3e-2, "eval_before": True, "dropout": 0.0}
-    ref = train(job(tmp_path, "fp32", **fields), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    ref_model = tiny_model("llama")
+    ref_kernels = fused_attention_log(ref_model)
+    ref = train(job(tmp_path, "fp32", **fields), model=ref_model, tokenizer=chars, log=quiet)
     config = job(tmp_path, "bf16", **fields, precision="bf16" if how == "autocast" else "fp32")
     model = tiny_model("llama")
     if how == "bf16 base":
         model = model.to(torch.bfloat16)
+    kernels = fused_attention_log(model)
     low = train(config, model=model, tokenizer=chars, log=quiet)
+    # Half-precision training steps on CPU use the unfused attention kernel (its bf16 backward is faster);
+    # evaluation, and fp32 training, keep the fused one.
+    assert {fused for grad, fused in kernels if grad} == {False}
+    assert {fused for grad, fused in kernels if not grad} == {True}
+    assert {fused for _, fused in ref_kernels} == {True}
     assert ref.after is not None and low.after is not None and ref.before is not None
     assert ref.after.loss < ref.before.loss - 0.2  # fp32 moved
     drop, low_drop = ref.before.loss - ref.after.loss, ref.before.loss - low.after.loss

@@ -148,3 +148,55 @@ def test_two_adapters_and_delete():
     layer.delete_adapter("a")  # deleting a merged adapter unmerges it first
     assert "a" not in layer.lora_A and layer.merged_adapters == []
     torch.testing.assert_close(layer(x), yb, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_match_formula_on_batched_input():
+    """The fused forward (one addmm for B, scaling and sum) gives the formula's output and gradients."""
+    base = _linear()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=6)
+    layer.set_active(["default"])
+    _randomize(layer)
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = x @ base.weight.T + base.bias + 3.0 * (x @ a.T @ b.T)  # (2, 3, 5)
+    grad = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, [x, a, b], grad)
+    got_out = layer(x)
+    got = torch.autograd.grad(got_out, [x, a, b], grad)
+    torch.testing.assert_close(got_out, expected, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_applies_to_the_adapter_input_only():
+    base = _linear()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=2, lora_dropout=0.5)
+    layer.set_active(["default"])
+    _randomize(layer)
+    layer.train()
+    x = torch.randn(4, 6)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    torch.manual_seed(1)
+    dropped = nn.functional.dropout(x, 0.5, training=True)
+    expected = base(x) + dropped @ a.T @ b.T
+    torch.manual_seed(1)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    layer.eval()
+    torch.testing.assert_close(layer(x), base(x) + x @ a.T @ b.T, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_base_gets_the_fp32_update_rounded_once():
+    base = _linear().to(torch.bfloat16)
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=4)
+    layer.set_active(["default"])
+    _randomize(layer)
+    x = torch.randn(3, 6, dtype=torch.bfloat16)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert a.dtype == torch.float32  # the adapter stays fp32 on a bf16 base
+    update = (2.0 * (x.float() @ a.T @ b.T)).to(torch.bfloat16)
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, base(x) + update, atol=0, rtol=0)
