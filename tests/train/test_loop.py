@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from peftkit import JobConfig, PeftModel, train
 from peftkit.errors import ConfigError, TrainingError
 from peftkit.train import checkpoint as ckpt
-from peftkit.train.loop import Run, Schedule
+from peftkit.train.loop import UNFUSED_ATTENTION_SCORES, Run, Schedule, attention_kernel, unfused_attention
 from tests.conftest import outputs, tiny_model
 
 
@@ -160,6 +161,19 @@ def test_bf16_training_stays_close_to_fp32(tmp_path: Path, chars, how: str) -> N
     assert low_drop == pytest.approx(drop, rel=0.1)  # and bf16 moved as far
     lora = [p for n, p in low.model.named_parameters() if "lora_" in n]
     assert lora and all(p.dtype == torch.float32 for p in lora)  # adapters train in fp32 either way
+
+
+def test_unfused_attention_only_while_its_scores_fit() -> None:
+    """The unfused kernel stores (rows, heads, width, width) scores for backward: long batches stay fused."""
+    model = tiny_model("llama").to(torch.bfloat16)
+    budget = unfused_attention(torch.device("cpu"), model, contextlib.nullcontext())
+    assert budget == UNFUSED_ATTENTION_SCORES
+    assert unfused_attention(torch.device("cpu"), tiny_model("llama"), contextlib.nullcontext()) == 0  # fp32
+    heads = model.config.num_attention_heads
+    fits = int((budget // (8 * heads)) ** 0.5)  # the widest batch of 8 rows that fits
+    for width, fused in [(fits, False), (fits + 1, True)]:
+        with attention_kernel(model, {"input_ids": torch.zeros(8, width, dtype=torch.long)}, budget):
+            assert torch.backends.cuda.flash_sdp_enabled() is fused
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning", "ia3"])

@@ -79,24 +79,38 @@ def autocast_for(precision: str, device: torch.device) -> tuple[contextlib.Abstr
     return torch.autocast(device.type, dtype=dtype), precision == "fp16"
 
 
-def unfused_attention(device: torch.device, model: nn.Module,
-                      autocast: contextlib.AbstractContextManager[Any]) -> bool:
-    """Whether training steps should use the unfused ("math") attention kernel: half precision on CPU.
+UNFUSED_ATTENTION_SCORES = 1 << 24
+"""Most attention scores (rows x heads x width^2) a step may hold per layer on the unfused kernel; wider
+batches keep the fused kernel, which stores none (2^24 bf16 scores: 32 MiB per layer, kept for backward)."""
+
+
+def unfused_attention(device: torch.device, model: nn.Module, autocast: contextlib.AbstractContextManager[Any]) -> int:
+    """How many attention scores per layer a training step may hold on the unfused ("math") kernel: up to
+    :data:`UNFUSED_ATTENTION_SCORES` for half precision on CPU, else 0 (always the fused kernel).
 
     PyTorch's fused CPU attention is fast forward but slow backward in bf16: fused forward+backward took
     2.2x the unfused kernel's time at batch 8 x 136 tokens, 9 heads of 64 (40 against 18 ms; in fp32 the
-    fused one is as fast or faster), and it was a third of a prompt-tuning step. Evaluation and generation
-    (no backward) keep the fused kernel, as do fp32 and CUDA.
+    fused one is as fast or faster), and it was a third of a prompt-tuning step. The unfused kernel keeps
+    the (rows, heads, width, width) scores for backward, so long batches stay on the fused one. Evaluation
+    and generation (no backward) keep the fused kernel, as do fp32 and CUDA.
     """
     half = (torch.bfloat16, torch.float16)
     computes_half = getattr(autocast, "fast_dtype", None) in half or any(p.dtype in half for p in model.parameters())
-    return device.type == "cpu" and computes_half
+    return UNFUSED_ATTENTION_SCORES if device.type == "cpu" and computes_half else 0
 
 
-def attention_kernel(unfused: bool) -> contextlib.AbstractContextManager[Any]:
+def attention_kernel(model: nn.Module, inputs: dict[str, Any], budget: int) -> contextlib.AbstractContextManager[Any]:
+    """The unfused attention kernel when this batch's scores fit ``budget`` (see :func:`unfused_attention`)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([SDPBackend.MATH]) if unfused else contextlib.nullcontext()
+    if not budget:
+        return contextlib.nullcontext()
+    rows, width = inputs["input_ids"].shape
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 32
+    front = model.tokens_in_front if isinstance(model, PeftModel) else 0  # virtual tokens widen the scores
+    scores = rows * int(heads) * (width + front) ** 2
+    return sdpa_kernel([SDPBackend.MATH]) if scores <= budget else contextlib.nullcontext()
 
 
 class Schedule:
@@ -342,7 +356,7 @@ class Run:
             # A process without rows still joins the gradient sync, with a zero-weight copy of a row.
             inputs, labels = self.inputs([examples[j] for j in (mine or rows[:1])])
             with (distributed.gradient_sync(self.forward_model, i == len(micro) - 1), self.autocast,
-                  attention_kernel(self.unfused_attention)):
+                  attention_kernel(self.model, inputs, self.unfused_attention)):
                 losses, _ = row_losses(self.forward_model, inputs, labels)
                 loss_sum = losses.sum() * (1.0 if mine else 0.0)
                 loss = loss_sum * scale
