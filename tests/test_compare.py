@@ -140,6 +140,29 @@ def test_minutes_budget_and_cli(tmp_path: Path, model_dir: Path, capsys) -> None
     assert main(["compare", "--model", str(model_dir), "--data", "x.csv", "--methods", "nope"]) == 2
 
 
+def test_seeds_repeat_each_method_on_one_split(tmp_path: Path, model_dir: Path) -> None:
+    code = main(["compare", "--model", str(model_dir), "--data", str(sentiment_csv(tmp_path / "d.csv")),
+                 "--data.mode", "classification", "--data.template", "Review: {text} Label: {label}",
+                 "--data.label_words", "{pos: yes, neg: no}", "--data.val_size", "8", "--methods", "lora",
+                 "--budget", "2", "--seed", "5", "--seeds", "1", "2", "--output-dir", str(tmp_path / "c"),
+                 "--train.progress", "false", "--lr", "lora=0.05"])
+    assert code == 0
+    runs = [json.loads((tmp_path / "c" / "lora" / f"seed-{s}" / "summary.json").read_text()) for s in (1, 2)]
+    jobs = [__import__("yaml").safe_load((tmp_path / "c" / "lora" / f"seed-{s}" / "config.yaml").read_text())
+            for s in (1, 2)]
+    assert [j["seed"] for j in jobs] == [1, 2] and {j["data"]["split_seed"] for j in jobs} == {5}
+    losses = [r["after"]["eval_loss"] for r in runs]
+    assert losses[0] != losses[1]  # the seeds trained differently
+    row = json.loads((tmp_path / "c" / "results.json").read_text())["results"][1]
+    assert row["eval_loss"] == pytest.approx(sum(losses) / 2)
+    assert [r["seed"] for r in row["per_seed"]] == [1, 2]
+    line = next(x for x in (tmp_path / "c" / "report.md").read_text().splitlines() if x.startswith("| LoRA"))
+    cell = [c.strip() for c in line.strip("|").split("|")][7]
+    assert cell == f"{sum(losses) / 2:.4f} ({min(losses):.4f}-{max(losses):.4f})"
+    with pytest.raises(ConfigError, match="seeds"):
+        config(tmp_path, model_dir, seeds=[1, 1])
+
+
 def test_full_fine_tuning_saves_a_loadable_model(report) -> None:  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM
 

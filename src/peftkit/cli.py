@@ -261,7 +261,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import CompareConfig, compare
 
     overrides = _section_flags(args)
-    for name in ("model", "methods", "budget", "output_dir", "seed", "examples"):
+    for name in ("model", "methods", "budget", "output_dir", "seed", "seeds", "examples"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.data_path is not None:
@@ -333,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--lr", nargs="+", metavar="METHOD=RATE", help="learning rates replacing the presets'")
     cmp.add_argument("--output-dir", dest="output_dir")
     cmp.add_argument("--seed", type=int)
+    cmp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                     help="train every method once per seed on --seed's split; the table shows mean and range")
     cmp.add_argument("--examples", type=int, help="held-out examples shown per method")
     _add_section(cmp, DataConfig, "data")
     _add_section(cmp, TrainingConfig, "train")

@@ -91,6 +91,10 @@ class CompareConfig:
     """Where the report goes; each method's run is in a subfolder."""
     seed: int = 42
     """Seeds the split, the shuffling and initialization, identically for every method."""
+    seeds: list[int] = field(default_factory=list)
+    """Training seeds to repeat every method with, e.g. [42, 43, 44]: the split stays that of ``seed``,
+    and the table shows each score's mean and range. Single runs of one config can differ by several
+    accuracy points with the batch order alone. Empty: one run per method, with ``seed``."""
     examples: int = 4
     """How many held-out examples the report shows, each method's output next to the base model's."""
     dtype: str = "float32"
@@ -112,6 +116,11 @@ class CompareConfig:
             for name in getattr(self, section):
                 if name not in PRESETS:
                     problems.append(f"{section}.{name}: not a method.{did_you_mean(name, PRESETS)}")
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
+            self.seeds = [self.seeds]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.seeds) or \
+                len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds={self.seeds!r} must be distinct whole numbers, e.g. [42, 43, 44]")
         if len(set(self.methods)) != len(self.methods) or not self.methods:
             problems.append(f"methods={self.methods!r} must name each method once, at least one")
         try:
@@ -143,8 +152,9 @@ class CompareConfig:
             return int(amount), None
         return None, amount * (60 if unit.startswith("h") else 1)
 
-    def job(self, name: str) -> JobConfig:
-        """The training job of method ``name``."""
+    def job(self, name: str, seed: int | None = None) -> JobConfig:
+        """The training job of method ``name``; with ``seed``, its run with that training seed (in a
+        subfolder ``seed-<n>``, on the split of :attr:`seed`)."""
         preset = PRESETS[name]
         steps, minutes = self.budget_steps_minutes()
         train = dataclasses.asdict(self.train)
@@ -154,9 +164,14 @@ class CompareConfig:
         if minutes is not None:
             train["max_minutes"] = minutes
         adapter = {**preset.adapter, **self._task_init(name), **self.adapters.get(name, {})}
+        data = dataclasses.asdict(self.data)
+        folder = Path(self.output_dir) / name
+        if seed is not None:
+            data["split_seed"] = self.seed if self.data.split_seed is None else self.data.split_seed
+            folder = folder / f"seed-{seed}"
         return JobConfig(model=self.model, method=preset.method, adapter=adapter,
-                         data=dataclasses.asdict(self.data), train=train,  # type: ignore[arg-type]
-                         output_dir=str(Path(self.output_dir) / name), seed=self.seed, dtype=self.dtype)
+                         data=data, train=train,  # type: ignore[arg-type]
+                         output_dir=str(folder), seed=self.seed if seed is None else seed, dtype=self.dtype)
 
     def _task_init(self, name: str) -> dict[str, Any]:
         """Prompt and prefix tuning start from the task's own words (``start_text``) rather than from
@@ -220,6 +235,8 @@ class MethodResult:
     accuracy: float | None
     curve: list[tuple[int, float]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    per_seed: list[dict[str, Any]] = field(default_factory=list)
+    """With ``seeds``: each run's seed, eval_loss and accuracy; the row's scores are their means."""
 
     @property
     def trainable_percent(self) -> float:
@@ -310,11 +327,38 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     total = len(config.methods)
     for index, name in enumerate(config.methods, 1):
         log(f"[{index}/{total}] {PRESETS[name].label}")
-        results.append(_run_method(name, config.job(name), tokenizer, config, log))
+        if config.seeds:
+            runs = []
+            for seed in config.seeds:
+                log(f"  seed {seed}")
+                runs.append(_run_method(name, config.job(name, seed), tokenizer, config, log))
+            results.append(combine_seeds(runs, config.seeds))
+        else:
+            results.append(_run_method(name, config.job(name), tokenizer, config, log))
         write_report(out, config, context, results)  # after every method, so a partial comparison is readable
         log(f"[{index}/{total}] {name} done: {_headline(results[-1])}")
     log(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return results
+
+
+def combine_seeds(runs: list[MethodResult], seeds: list[int]) -> MethodResult:
+    """One row for a method trained once per seed: mean scores, times and speeds, the largest peak memory,
+    and the first run's curve and example outputs."""
+    from statistics import mean
+
+    def mean_of(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else mean(v for v in values if v is not None)
+
+    first = runs[0]
+    return dataclasses.replace(
+        first,
+        train_seconds=mean(r.train_seconds for r in runs),
+        tokens_per_second=mean(r.tokens_per_second for r in runs),
+        peak_memory_bytes=max(r.peak_memory_bytes for r in runs),
+        eval_loss=mean_of([r.eval_loss for r in runs]),
+        accuracy=mean_of([r.accuracy for r in runs]),
+        per_seed=[{"seed": seed, "eval_loss": r.eval_loss, "accuracy": r.accuracy}
+                  for seed, r in zip(seeds, runs, strict=True)])
 
 
 def _headline(row: MethodResult) -> str:

@@ -42,6 +42,15 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _score(row: MethodResult, key: str, digits: int) -> str:
+    """The score, and over several seeds its range: ``0.715 (0.705-0.720)``."""
+    text = _num(getattr(row, key), digits)
+    values = [run[key] for run in row.per_seed if run[key] is not None]
+    if len(values) > 1:
+        text += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return text
+
+
 def table_rows(results: list[MethodResult]) -> list[list[str]]:
     """The table's cells, one list per method (the base model first)."""
     rows = []
@@ -55,8 +64,8 @@ def table_rows(results: list[MethodResult]) -> list[list[str]]:
             "-" if base else f"{r.train_seconds:.0f} s",
             "-" if base else f"{r.tokens_per_second:.0f}",
             "-" if base else _size(r.peak_memory_bytes),
-            _num(r.eval_loss),
-            _num(r.accuracy, 3),
+            _score(r, "eval_loss", 4),
+            _score(r, "accuracy", 3),
         ])
     return rows
 
@@ -72,6 +81,9 @@ def summary_lines(config: CompareConfig, context: ReportContext) -> list[str]:
     lines = [f"model: `{config.model}`; data: `{config.data.path}` ({config.data.mode}); {context.train_examples} "
              f"training and {context.val_examples} held-out examples (seed {config.seed})",
              f"budget per method: {budget}, batch {config.train.batch_size} x {config.train.grad_accum}"]
+    if config.seeds:
+        lines.append(f"each method trained with seeds {', '.join(map(str, config.seeds))} on that split: "
+                     f"scores are the mean over seeds (lowest-highest), times and speeds the mean")
     if context.majority is not None:
         lines.append(f"majority class on the held-out split: {context.majority:.3f}")
     return lines
