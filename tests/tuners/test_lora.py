@@ -150,13 +150,19 @@ def test_two_adapters_and_delete():
     torch.testing.assert_close(layer(x), yb, atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_match_formula_on_batched_input():
-    """The fused forward (one addmm for B, scaling and sum) gives the formula's output and gradients."""
-    base = _linear()
+def _adapted(base: nn.Module, **adapter: float) -> LoraLinear:
+    """``base`` wrapped, with one active adapter whose B is random (so its update is not zero)."""
     layer = LoraLinear(base)
-    layer.add_adapter("default", r=2, lora_alpha=6)
+    layer.add_adapter("default", **adapter)  # type: ignore[arg-type]
     layer.set_active(["default"])
     _randomize(layer)
+    return layer
+
+
+def test_gradients_match_formula_on_batched_input():
+    """The functional forward (B's output added with alpha=scaling) gives the formula's output and gradients."""
+    base = _linear()
+    layer = _adapted(base, r=2, lora_alpha=6)
     x = torch.randn(2, 3, 6, requires_grad=True)
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     expected = x @ base.weight.T + base.bias + 3.0 * (x @ a.T @ b.T)  # (2, 3, 5)
@@ -171,10 +177,7 @@ def test_gradients_match_formula_on_batched_input():
 
 def test_dropout_applies_to_the_adapter_input_only():
     base = _linear()
-    layer = LoraLinear(base)
-    layer.add_adapter("default", r=2, lora_alpha=2, lora_dropout=0.5)
-    layer.set_active(["default"])
-    _randomize(layer)
+    layer = _adapted(base, r=2, lora_alpha=2, lora_dropout=0.5)
     layer.train()
     x = torch.randn(4, 6)
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
@@ -189,10 +192,7 @@ def test_dropout_applies_to_the_adapter_input_only():
 
 def test_bf16_base_gets_the_fp32_update_rounded_once():
     base = _linear().to(torch.bfloat16)
-    layer = LoraLinear(base)
-    layer.add_adapter("default", r=2, lora_alpha=4)
-    layer.set_active(["default"])
-    _randomize(layer)
+    layer = _adapted(base, r=2, lora_alpha=4)
     x = torch.randn(3, 6, dtype=torch.bfloat16)
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     assert a.dtype == torch.float32  # the adapter stays fp32 on a bf16 base
