@@ -147,8 +147,8 @@ def test_seeds_repeat_each_method_on_one_split(tmp_path: Path, model_dir: Path) 
                  "--budget", "2", "--seed", "5", "--seeds", "1", "2", "--output-dir", str(tmp_path / "c"),
                  "--train.progress", "false", "--lr", "lora=0.05"])
     assert code == 0
-    runs = [json.loads((tmp_path / "c" / "lora" / f"seed-{s}" / "summary.json").read_text()) for s in (1, 2)]
-    jobs = [__import__("yaml").safe_load((tmp_path / "c" / "lora" / f"seed-{s}" / "config.yaml").read_text())
+    runs = [json.loads((tmp_path / "c" / f"lora-seed-{s}" / "summary.json").read_text()) for s in (1, 2)]
+    jobs = [__import__("yaml").safe_load((tmp_path / "c" / f"lora-seed-{s}" / "config.yaml").read_text())
             for s in (1, 2)]
     assert [j["seed"] for j in jobs] == [1, 2] and {j["data"]["split_seed"] for j in jobs} == {5}
     losses = [r["after"]["eval_loss"] for r in runs]
@@ -161,6 +161,11 @@ def test_seeds_repeat_each_method_on_one_split(tmp_path: Path, model_dir: Path) 
     assert cell == f"{sum(losses) / 2:.4f} ({min(losses):.4f}-{max(losses):.4f})"
     with pytest.raises(ConfigError, match="seeds"):
         config(tmp_path, model_dir, seeds=[1, 1])
+    # A single run in the same folder sits beside the seeds' runs and leaves them alone.
+    single = config(tmp_path, model_dir, methods=["lora"], budget="1", output_dir=str(tmp_path / "c"))
+    compare(single, log=lambda _: None)
+    assert (tmp_path / "c" / "lora" / "summary.json").is_file()
+    assert all((tmp_path / "c" / f"lora-seed-{s}" / "summary.json").is_file() for s in (1, 2))
 
 
 def test_full_fine_tuning_saves_a_loadable_model(report) -> None:  # type: ignore[no-untyped-def]

@@ -153,8 +153,9 @@ class CompareConfig:
         return None, amount * (60 if unit.startswith("h") else 1)
 
     def job(self, name: str, seed: int | None = None) -> JobConfig:
-        """The training job of method ``name``; with ``seed``, its run with that training seed (in a
-        subfolder ``seed-<n>``, on the split of :attr:`seed`)."""
+        """The training job of method ``name``; with ``seed``, its run with that training seed, on the split of
+        :attr:`seed`, in its own folder ``<name>-seed-<n>`` (beside, not inside, the single run's folder, which a
+        changed job replaces)."""
         preset = PRESETS[name]
         steps, minutes = self.budget_steps_minutes()
         train = dataclasses.asdict(self.train)
@@ -168,7 +169,7 @@ class CompareConfig:
         folder = Path(self.output_dir) / name
         if seed is not None:
             data["split_seed"] = self.seed if self.data.split_seed is None else self.data.split_seed
-            folder = folder / f"seed-{seed}"
+            folder = folder.with_name(f"{name}-seed-{seed}")
         return JobConfig(model=self.model, method=preset.method, adapter=adapter,
                          data=data, train=train,  # type: ignore[arg-type]
                          output_dir=str(folder), seed=self.seed if seed is None else seed, dtype=self.dtype)
