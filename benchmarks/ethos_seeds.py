@@ -1,8 +1,8 @@
 """LoRA on ETHOS over training seeds, on one held-out split: how far single runs spread.
 
 Runs ``examples/compare-ethos.yaml``'s LoRA job (r8 on all linear layers, 1 epoch) and the peer's config
-(r8 on q,k,v,o), each with ``seed`` 42, 43 and 44 while ``data.split_seed: 42`` keeps the peer's split,
-with packed batches (which change the speed, not the result). Prints accuracy per seed and the mean.
+(r8 on q,k,v,o), each through compare's ``seeds`` (training seeds 42, 43 and 44 on seed 42's split, the
+peer's), with packed batches (which change the speed, not the result). Prints accuracy per seed and the mean.
 ``--set`` changes the job further, e.g. ``--set data.add_eos=false`` (no EOS target after the label) or
 ``--set data.train_on_prompt=true`` (loss on the whole sentence, as a language-modelling collator does).
 ``benchmarks/ethos_peer.py`` runs PEFT + Trainer over the same seeds, split and scorer.
@@ -41,19 +41,14 @@ def main() -> None:
     print("|---|" + "---|" * (len(args.seeds) + 1))
     for key in args.targets:
         label, targets = TARGETS[key]
-        scores = []
-        for seed in args.seeds:
-            out = Path(args.output_dir) / f"{key}{suffix}-{seed}"
-            config = CompareConfig.from_yaml(CONFIG, {
-                "methods": "lora", "seed": seed, "data.split_seed": 42, "train.packing": True,
-                "train.progress": False, "adapters": {"lora": {"target_modules": targets}}, "output_dir": str(out),
-                **extra})
-            row = compare(config, log=lambda _: None)[-1]
-            scores.append(float(row.accuracy or 0.0))
+        config = CompareConfig.from_yaml(CONFIG, {  # compare's seeds: seed 42's split, one run per seed
+            "methods": "lora", "seed": 42, "seeds": args.seeds, "train.packing": True, "train.progress": False,
+            "adapters": {"lora": {"target_modules": targets}},
+            "output_dir": str(Path(args.output_dir) / f"{key}{suffix}"), **extra})
+        scores = [float(run["accuracy"] or 0.0) for run in compare(config, log=lambda _: None)[-1].per_seed]
         cells = " | ".join(f"{s:.3f}" for s in scores)
         print(f"| {label}{' ' + ' '.join(args.set) if args.set else ''} | {cells} | {statistics.mean(scores):.3f} |",
               flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def test_unfused_attention_only_while_its_scores_fit() -> None:
     assert budget == UNFUSED_ATTENTION_SCORES
     assert unfused_attention(torch.device("cpu"), tiny_model("llama"), contextlib.nullcontext()) == 0  # fp32
     heads = model.config.num_attention_heads
-    fits = int((budget // (8 * heads)) ** 0.5)  # the widest batch of 8 rows that fits
+    fits = math.isqrt(budget // (8 * heads))  # the widest batch of 8 rows that fits
     for width, fused in [(fits, False), (fits + 1, True)]:
         with attention_kernel(model, {"input_ids": torch.zeros(8, width, dtype=torch.long)}, budget):
             assert torch.backends.cuda.flash_sdp_enabled() is fused
