@@ -23,6 +23,7 @@ import torch
 
 from .errors import ConfigError, did_you_mean
 from .train.config import (
+    PROMPT_METHODS,
     DataConfig,
     JobConfig,
     TrainingConfig,
@@ -160,6 +161,8 @@ class CompareConfig:
         steps, minutes = self.budget_steps_minutes()
         train = dataclasses.asdict(self.train)
         train.update(lr=self.lr.get(name, preset.lr), eval_before=False, plot=False)
+        if preset.method in PROMPT_METHODS:  # packing is for speed; a row of virtual tokens holds one example
+            train["packing"] = False
         if steps is not None:
             train["max_steps"] = steps
         if minutes is not None:

@@ -42,6 +42,7 @@ METHODS: dict[str, PeftType | None] = {
     "prefix_tuning": PeftType.PREFIX_TUNING,
     "ia3": PeftType.IA3,
 }
+PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")  # virtual tokens in front of every row
 MODES = ("text", "completion", "classification", "chat")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -152,7 +153,8 @@ class TrainingConfig:
     packing: bool = False
     """Pack each batch's examples into as few rows as possible (no compute on padding), keeping them apart with
     restarting positions, so batches and losses are those of unpacked training. Decoder-only models whose
-    attention honours position restarts (checked when training starts); not with prompt methods."""
+    attention honours position restarts (checked when training starts); not with prompt methods (in a
+    comparison, they train unpacked and the other methods packed)."""
     lr: float = 2e-4
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -255,8 +257,7 @@ class JobConfig:
             problems.append(f"adapter={self.adapter!r} must be a mapping of the method's fields, e.g. {{r: 8}}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"seed={self.seed!r} must be a whole number")
-        prompt_method = self.method in ("prompt_tuning", "p_tuning", "prefix_tuning")
-        if getattr(self.train, "packing", False) is True and prompt_method:
+        if getattr(self.train, "packing", False) is True and self.method in PROMPT_METHODS:
             problems.append(f"train.packing: {self.method} puts its virtual tokens in front of each row, so rows "
                             "cannot hold several examples; set train.packing: false")
         validate_sections(self, problems)
