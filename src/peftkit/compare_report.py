@@ -121,9 +121,10 @@ def _cell(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def write_charts(folder: Path, results: list[MethodResult]) -> bool:
-    """score.png (accuracy, or held-out loss, against trainable parameters on a log scale) and curves.png
-    (every method's training loss on one plot). False without matplotlib."""
+def write_charts(folder: Path, results: list[MethodResult], majority: float | None = None) -> bool:
+    """score.png (accuracy, or held-out loss, against trainable parameters on a log scale; with seeds, a bar
+    from the lowest to the highest run; the majority class as a line) and curves.png (every method's training
+    loss on one plot, log scale). False without matplotlib."""
     try:
         import matplotlib
 
@@ -138,23 +139,30 @@ def write_charts(folder: Path, results: list[MethodResult]) -> bool:
     for r in trained:
         value = getattr(r, metric)
         if value is not None and r.trainable > 0:
-            ax.scatter(r.trainable, value, s=60)
-            ax.annotate(r.name, (r.trainable, value), textcoords="offset points", xytext=(6, 4))
+            runs = [run[metric] for run in r.per_seed if run[metric] is not None]
+            spread = [[value - min(runs, default=value)], [max(runs, default=value) - value]]
+            ax.errorbar(r.trainable, value, yerr=spread, fmt="o", markersize=8, capsize=4)
+            ax.annotate(r.name, (r.trainable, value), textcoords="offset points", xytext=(7, 4))
     base = next((getattr(r, metric) for r in results if r.name == "base"), None)
     if base is not None:
         ax.axhline(base, linestyle="--", color="gray", label="base model (zero-shot)")
+    if use_accuracy and majority is not None:
+        ax.axhline(majority, linestyle=":", color="black", label="majority class")
+    if base is not None or (use_accuracy and majority is not None):
         ax.legend()
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("held-out accuracy" if use_accuracy else "held-out loss (lower is better)")
+    label = "held-out accuracy" if use_accuracy else "held-out loss (lower is better)"
+    ax.set_ylabel(label + (" (mean; bar: lowest-highest seed)" if any(r.per_seed for r in trained) else ""))
     fig.tight_layout()
     _save(fig, folder / "score.png")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in trained:
         if r.curve:
             ax.plot(*zip(*r.curve, strict=True), label=r.name)
+    ax.set_yscale("log")  # the first steps' losses are 10-50x the last ones'
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("training loss (log scale)" + (", first seed" if any(r.per_seed for r in trained) else ""))
     ax.legend()
     fig.tight_layout()
     _save(fig, folder / "curves.png")
@@ -208,7 +216,7 @@ img {{ max-width: 48%; margin-right: 1%; }}
 def write_report(folder: Path, config: CompareConfig, context: ReportContext,
                  results: list[MethodResult]) -> None:
     """report.md, score.png, curves.png, report.html and results.json in ``folder``."""
-    write_charts(folder, results)
+    write_charts(folder, results, context.majority)
     write_text_atomic(folder / "report.md", markdown(config, context, results))
     write_text_atomic(folder / "report.html", page(config, context, results, folder))
     write_json_atomic(folder / "results.json", {"context": dataclasses.asdict(context),
