@@ -50,5 +50,6 @@ def main() -> None:
         print(f"| {label}{' ' + ' '.join(args.set) if args.set else ''} | {cells} | {statistics.mean(scores):.3f} |",
               flush=True)
 
+
 if __name__ == "__main__":
     main()

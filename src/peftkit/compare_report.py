@@ -42,10 +42,15 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _seed_values(row: MethodResult, key: str) -> list[float]:
+    """Each seed's ``key`` (eval_loss or accuracy), where the row was trained with several seeds."""
+    return [run[key] for run in row.per_seed if run[key] is not None]
+
+
 def _score(row: MethodResult, key: str, digits: int) -> str:
     """The score, and over several seeds its range: ``0.715 (0.705-0.720)``."""
     text = _num(getattr(row, key), digits)
-    values = [run[key] for run in row.per_seed if run[key] is not None]
+    values = _seed_values(row, key)
     if len(values) > 1:
         text += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
     return text
@@ -135,11 +140,12 @@ def write_charts(folder: Path, results: list[MethodResult], majority: float | No
     trained = [r for r in results if r.name != "base"]
     use_accuracy = any(r.accuracy is not None for r in results)
     metric = "accuracy" if use_accuracy else "eval_loss"
+    seeded = any(r.per_seed for r in trained)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in trained:
         value = getattr(r, metric)
         if value is not None and r.trainable > 0:
-            runs = [run[metric] for run in r.per_seed if run[metric] is not None]
+            runs = _seed_values(r, metric)
             spread = [[value - min(runs, default=value)], [max(runs, default=value) - value]]
             ax.errorbar(r.trainable, value, yerr=spread, fmt="o", markersize=8, capsize=4)
             ax.annotate(r.name, (r.trainable, value), textcoords="offset points", xytext=(7, 4))
@@ -153,7 +159,7 @@ def write_charts(folder: Path, results: list[MethodResult], majority: float | No
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     label = "held-out accuracy" if use_accuracy else "held-out loss (lower is better)"
-    ax.set_ylabel(label + (" (mean; bar: lowest-highest seed)" if any(r.per_seed for r in trained) else ""))
+    ax.set_ylabel(label + (" (mean; bar: lowest-highest seed)" if seeded else ""))
     fig.tight_layout()
     _save(fig, folder / "score.png")
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -162,7 +168,7 @@ def write_charts(folder: Path, results: list[MethodResult], majority: float | No
             ax.plot(*zip(*r.curve, strict=True), label=r.name)
     ax.set_yscale("log")  # the first steps' losses are 10-50x the last ones'
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (log scale)" + (", first seed" if any(r.per_seed for r in trained) else ""))
+    ax.set_ylabel("training loss (log scale)" + (", first seed" if seeded else ""))
     ax.legend()
     fig.tight_layout()
     _save(fig, folder / "curves.png")
