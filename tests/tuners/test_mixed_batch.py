@@ -50,6 +50,21 @@ def test_each_row_equals_running_it_alone(arch: str) -> None:
     assert not torch.allclose(mixed[0], base[0])
 
 
+def test_a_bf16_base_with_fp32_adapters_matches_running_each_row_alone() -> None:
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("llama").to(torch.bfloat16), LoraConfig(r=4, init_lora_weights=False),
+                           adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=8, init_lora_weights=False))
+    model.eval()
+    names, ids = ["b", "__base__", "a"], rows(3)
+    with torch.no_grad():
+        mixed = model(input_ids=ids, adapter_names=names).logits
+        assert mixed.dtype == torch.bfloat16
+        for i, name in enumerate(names):  # both round the fp32 update to bf16 once per layer
+            torch.testing.assert_close(mixed[i: i + 1], one_row(model, ids[i: i + 1], name), atol=2e-2, rtol=2e-2)
+        assert not torch.allclose(mixed[0], mixed[2])
+
+
 def test_generation_matches_row_by_row_greedy_decoding() -> None:
     model, ids = three_adapters(), rows()
     with torch.no_grad():

@@ -206,17 +206,22 @@ class LoraLinear(LoraLayer):
         return delta.T if self.fan_in_fan_out else delta
 
     def row_adapters(self, names: list[str], index: torch.Tensor) -> RowAdapters:
-        """The stacked weights for a mixed batch: row ``i`` gets adapter ``names[index[i]]`` (-1: none)."""
+        """Each row's own weights for a mixed batch: row ``i`` gets adapter ``names[index[i]]`` (-1: none).
+
+        Gathered once per batch, not per forward: a generate call runs every layer once per new token, and
+        the rows' adapters do not change in between.
+        """
         if any(n in self.lora_magnitude_vector for n in names):
             raise ConfigError("a mixed batch (adapter_names) cannot include DoRA adapters yet; run them separately")
         rank = max((self.r[n] for n in names), default=0)  # 0: no row of the batch uses this layer
-        a = torch.zeros(len(names) + 1, rank, self.in_features, device=self.weight.device)  # (N+1, r, in)
-        b = torch.zeros(len(names) + 1, self.out_features, rank, device=self.weight.device)  # (N+1, out, r)
+        a = torch.zeros(len(names) + 1, self.in_features, rank, device=self.weight.device)  # (N+1, in, r)
+        b = torch.zeros(len(names) + 1, rank, self.out_features, device=self.weight.device)  # (N+1, r, out)
         for i, name in enumerate(names):  # the last slot stays zero: rows without an adapter
             r = self.r[name]
-            a[i, :r] = cast(torch.Tensor, self.lora_A[name].weight).detach()
-            b[i, :, :r] = cast(torch.Tensor, self.lora_B[name].weight).detach() * self.scaling[name]
-        return RowAdapters(a, b, torch.where(index < 0, len(names), index))
+            a[i, :, :r] = cast(torch.Tensor, self.lora_A[name].weight).detach().T
+            b[i, :r] = cast(torch.Tensor, self.lora_B[name].weight).detach().T * self.scaling[name]
+        slots = torch.where(index < 0, len(names), index)
+        return RowAdapters(a[slots].contiguous(), b[slots].contiguous())
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         if self.rows is not None:
@@ -249,29 +254,29 @@ class LoraLinear(LoraLayer):
         return torch.add(result, F.linear(h, b), alpha=self.scaling[name])  # (..., out)
 
     def _forward_rows(self, x: torch.Tensor, rows: RowAdapters, *args: object, **kwargs: object) -> torch.Tensor:
-        """Each row through its own adapter: the rows' A and B are gathered, then two batched matmuls, so a
-        batch of many adapters costs what a batch of one does."""
+        """Each row through its own adapter: two batched matmuls over the rows' weights, so a batch of many
+        adapters costs what a batch of one does."""
         result = self.base_layer(x, *args, **kwargs)  # (B, T, out)
-        if x.shape[0] != rows.slots.shape[0]:
-            raise ConfigError(f"adapter_names names {rows.slots.shape[0]} rows but the batch has {x.shape[0]} "
+        if x.shape[0] != rows.a.shape[0]:
+            raise ConfigError(f"adapter_names names {rows.a.shape[0]} rows but the batch has {x.shape[0]} "
                               f"(beam search and num_return_sequences expand the batch; repeat adapter_names to match)")
-        if rows.a.shape[1] == 0:
+        if rows.a.shape[2] == 0:
             return result
-        a, b = rows.a[rows.slots], rows.b[rows.slots]  # (B, r, in), (B, out, r)
-        h = torch.bmm(x.to(a.dtype), a.transpose(1, 2))  # (B, T, r)
-        return result + torch.bmm(h, b.transpose(1, 2)).to(result.dtype)  # (B, T, out)
+        h = torch.bmm(x if x.dtype == rows.a.dtype else x.to(rows.a.dtype), rows.a)  # (B, T, r)
+        if result.dtype == rows.b.dtype:
+            return torch.baddbmm(result, h, rows.b)  # (B, T, out): the sum in the same kernel
+        return result + torch.bmm(h, rows.b).to(result.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
 
 
 class RowAdapters(NamedTuple):
-    """A mixed batch's adapters for one layer: stacked A ``(N+1, r, in)`` and scaled B ``(N+1, out, r)``
-    (slot N is zero: rows without an adapter), and each row's slot ``(B,)``."""
+    """A mixed batch's adapters for one layer, one per row: A ``(B, in, r)`` and B times the scaling
+    ``(B, r, out)``, both transposed for ``bmm``; zero for rows without an adapter."""
 
     a: torch.Tensor
     b: torch.Tensor
-    slots: torch.Tensor
 
 
 class LoraEmbedding(LoraLayer):
