@@ -200,3 +200,26 @@ def test_bf16_base_gets_the_fp32_update_rounded_once():
     out = layer(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, base(x) + update, atol=0, rtol=0)
+
+
+def test_bf16_base_training_keeps_the_input_not_its_fp32_copy():
+    """On a bf16 base the update is computed in fp32 (as above) with the same gradients as plain autograd
+    of the formula, while backward keeps only the bf16 input (shared with the base layer), not an fp32 copy."""
+    base = _linear().to(torch.bfloat16)
+    layer = _adapted(base, r=2, lora_alpha=4)
+    _randomize(layer)
+    layer.train()
+    x = torch.randn(2, 3, 6, dtype=torch.bfloat16, requires_grad=True)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = base(x) + (2.0 * (x.float() @ a.T @ b.T)).to(torch.bfloat16)  # (2, 3, 5)
+    grad = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, [x, a, b], grad)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer(x)
+    got = torch.autograd.grad(out, [x, a, b], grad)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g, w, atol=1e-2, rtol=1e-2)  # x's gradient sums two bf16 terms in either order
+    assert not [t for t in saved if t.dtype == torch.float32 and t.numel() == x.numel()]  # autograd saves it flattened

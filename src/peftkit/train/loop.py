@@ -79,9 +79,11 @@ def autocast_for(precision: str, device: torch.device) -> tuple[contextlib.Abstr
     return torch.autocast(device.type, dtype=dtype), precision == "fp16"
 
 
-UNFUSED_ATTENTION_SCORES = 1 << 24
+UNFUSED_ATTENTION_SCORES = 1 << 23
 """Most attention scores (rows x heads x width^2) a step may hold per layer on the unfused kernel; wider
-batches keep the fused kernel, which stores none (2^24 bf16 scores: 32 MiB per layer, kept for backward)."""
+batches keep the fused kernel, which stores none. On CPU the unfused kernel computes a bf16 batch in fp32
+and keeps the scores and fp32 copies of q, k and v for backward: 2^23 scores are 32 MiB per layer, and the
+copies add 3 x head_dim / width of that."""
 
 
 def unfused_attention(device: torch.device, model: nn.Module, autocast: contextlib.AbstractContextManager[Any]) -> int:
