@@ -204,7 +204,7 @@ def test_bf16_base_gets_the_fp32_update_rounded_once():
 
 def test_bf16_base_training_keeps_the_input_not_its_fp32_copy():
     """On a bf16 base the update is computed in fp32 (as above) with the same gradients as plain autograd
-    of the formula, while backward keeps only the bf16 input (shared with the base layer), not an fp32 copy."""
+    of the formula, while backward keeps the bf16 input, not an fp32 copy of it."""
     base = _linear().to(torch.bfloat16)
     layer = _adapted(base, r=2, lora_alpha=4)
     _randomize(layer)
