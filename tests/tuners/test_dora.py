@@ -64,3 +64,28 @@ def test_dora_magnitude_trains_and_embeddings_are_refused() -> None:
     assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="embed_tokens"):
         get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["embed_tokens"], use_dora=True))
+
+
+def test_bf16_base_dora_trains_with_the_formula_gradients_and_no_fp32_input_copy() -> None:
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5, bias=False).to(torch.bfloat16)
+    layer = LoraLinear(base)
+    layer.add_adapter("a", r=2, lora_alpha=4, init_lora_weights=False, use_dora=True)
+    layer.set_active(["a"])
+    layer.train()
+    a, b, m = layer.lora_A["a"].weight, layer.lora_B["a"].weight, layer.lora_magnitude_vector["a"]
+    x = torch.randn(2, 3, 6, dtype=torch.bfloat16, requires_grad=True)
+    w = base.weight.float()
+    factor = m / (w + 2.0 * (b @ a)).norm(dim=1).detach()  # (out,): the norm is a constant, as in PEFT
+    base_out = base(x)  # (2, 3, 5)
+    expected = base_out + ((factor - 1) * base_out + factor * 2.0 * (x.float() @ a.T @ b.T)).to(torch.bfloat16)
+    grad = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, [x, a, b, m], grad)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = layer(x)
+    got = torch.autograd.grad(out, [x, a, b, m], grad)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    for g, w_ in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w_, atol=1e-2, rtol=1e-2)
+    assert not [t for t in saved if t.dtype == torch.float32 and t.numel() == x.numel()]

@@ -170,13 +170,18 @@ class LoraLinear(LoraLayer):
         """
         a, b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
         factor = (self.lora_magnitude_vector[name] / self._weight_norm(name).detach()).view(1, -1)  # (1, out)
+        weight_a, weight_b = cast(torch.Tensor, a.weight), cast(torch.Tensor, b.weight)
         if isinstance(dropout, nn.Identity) or not self.training:
-            h = x.to(cast(torch.Tensor, a.weight).dtype)
             base = result if self.bias is None else result - self.bias  # (..., out): W x
+            if x.dtype != weight_a.dtype and torch.is_grad_enabled():
+                low_rank = LowPrecisionInputLora.apply(x, weight_a, weight_b, self.scaling[name])
+            else:
+                low_rank = b(a(x.to(weight_a.dtype))) * self.scaling[name]
         else:
-            h = dropout(x.to(cast(torch.Tensor, a.weight).dtype))
+            h = dropout(x.to(weight_a.dtype))
             base = F.linear(h, self._base_weight().to(h.dtype))  # W applied to the dropped-out input
-        update = (factor - 1) * base + factor * b(a(h)) * self.scaling[name]  # (..., out)
+            low_rank = b(a(h)) * self.scaling[name]
+        update = (factor - 1) * base + factor * low_rank  # (..., out)
         return update.to(result.dtype)
 
     def _merge_one(self, name: str) -> None:
