@@ -303,8 +303,9 @@ class LowPrecisionInputLora(torch.autograd.Function):
         grad = grad.to(b.dtype)  # (..., out)
         grad_h = F.linear(grad, b.T) * ctx.scaling  # (..., r): back through B and the scaling
         grad_x = F.linear(grad_h, a.T).to(x.dtype) if wants_x else None  # (..., in)
-        grad_a = grad_h.flatten(0, -2).T @ x.flatten(0, -2).to(a.dtype) if wants_a else None  # (r, in)
-        grad_b = grad.flatten(0, -2).T @ h.flatten(0, -2) if wants_b else None  # (out, r)
+        rank = h.shape[-1]  # the weight gradients sum over every position of every row: (N, ...) matrices
+        grad_a = grad_h.reshape(-1, rank).T @ x.reshape(-1, x.shape[-1]).to(a.dtype) if wants_a else None  # (r, in)
+        grad_b = grad.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, rank) if wants_b else None  # (out, r)
         return grad_x, grad_a, grad_b, None
 
 
