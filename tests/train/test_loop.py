@@ -31,8 +31,8 @@ def sentiment_csv(path: Path, n: int = 64, seed: int = 0) -> Path:
 
 
 def job(tmp_path: Path, out: str = "out", method: str = "lora", dropout: float = 0.1,
-        **train_fields: object) -> JobConfig:
-    adapter = {"r": 4, "lora_alpha": 8, "lora_dropout": dropout, "target_modules": ["q_proj", "v_proj"]}
+        targets: tuple[str, ...] = ("q_proj", "v_proj"), **train_fields: object) -> JobConfig:
+    adapter = {"r": 4, "lora_alpha": 8, "lora_dropout": dropout, "target_modules": list(targets)}
     if method == "ia3":
         adapter = {}
     elif method != "lora":
@@ -141,7 +141,9 @@ def fused_attention_log(model: torch.nn.Module) -> list[tuple[bool, bool]]:
 @pytest.mark.parametrize("how", ["autocast", "bf16 base"])
 def test_bf16_training_stays_close_to_fp32(tmp_path: Path, chars, how: str) -> None:  # type: ignore[no-untyped-def]
     """bf16 (autocast, or a bf16 base with fp32 adapters) learns what fp32 learns, within bf16's precision."""
-    fields = {"epochs": 4, "lr": 3e-2, "eval_before": True, "dropout": 0.0}
+    # o_proj and down_proj read bf16 inputs under autocast (attention and MLP outputs), q_proj and v_proj fp32
+    fields = {"epochs": 4, "lr": 3e-2, "eval_before": True, "dropout": 0.0,
+              "targets": ("q_proj", "v_proj", "o_proj", "down_proj")}
     ref_model = tiny_model("llama")
     ref_kernels = fused_attention_log(ref_model)
     ref = train(job(tmp_path, "fp32", **fields), model=ref_model, tokenizer=chars, log=quiet)

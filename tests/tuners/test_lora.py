@@ -223,3 +223,22 @@ def test_bf16_base_training_keeps_the_input_not_its_fp32_copy():
         assert g.dtype == w.dtype
         torch.testing.assert_close(g, w, atol=1e-2, rtol=1e-2)  # x's gradient sums two bf16 terms in either order
     assert not [t for t in saved if t.dtype == torch.float32 and t.numel() == x.numel()]  # autograd saves it flattened
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_autocast_with_a_bf16_input_trains_like_the_formula(dora: bool):
+    """Under autocast a bf16 input meets fp32 adapter weights (an attention output feeding o_proj): autocast
+    computes the update in bf16, forward and backward."""
+    base = _linear()
+    layer = LoraLinear(base)
+    layer.add_adapter("default", r=2, lora_alpha=4, init_lora_weights=False, use_dora=dora)
+    layer.set_active(["default"])
+    layer.train()
+    x = torch.randn(2, 3, 6, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        reference = layer(x.detach().float().requires_grad_())  # the same layer on an fp32 copy of x
+    out.float().sum().backward()
+    grads = [p.grad.clone() for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight)]
+    assert all(g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+    torch.testing.assert_close(out.float(), reference.float(), atol=5e-2, rtol=5e-2)

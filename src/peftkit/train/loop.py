@@ -357,9 +357,10 @@ class Run:
             mine = distributed.shard(rows, self.procs)
             # A process without rows still joins the gradient sync, with a zero-weight copy of a row.
             inputs, labels = self.inputs([examples[j] for j in (mine or rows[:1])])
-            with (distributed.gradient_sync(self.forward_model, i == len(micro) - 1), self.autocast,
+            with (distributed.gradient_sync(self.forward_model, i == len(micro) - 1),
                   attention_kernel(self.model, inputs, self.unfused_attention)):
-                losses, _ = row_losses(self.forward_model, inputs, labels)
+                with self.autocast:  # forward only: backward runs each op in the dtype its forward chose
+                    losses, _ = row_losses(self.forward_model, inputs, labels)
                 loss_sum = losses.sum() * (1.0 if mine else 0.0)
                 loss = loss_sum * scale
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

@@ -173,7 +173,7 @@ class LoraLinear(LoraLayer):
         weight_a, weight_b = cast(torch.Tensor, a.weight), cast(torch.Tensor, b.weight)
         if isinstance(dropout, nn.Identity) or not self.training:
             base = result if self.bias is None else result - self.bias  # (..., out): W x
-            if x.dtype != weight_a.dtype and torch.is_grad_enabled():
+            if LowPrecisionInputLora.applies(x, weight_a):
                 low_rank = LowPrecisionInputLora.apply(x, weight_a, weight_b, self.scaling[name])
             else:
                 low_rank = b(a(x.to(weight_a.dtype))) * self.scaling[name]
@@ -251,7 +251,7 @@ class LoraLinear(LoraLayer):
         a = cast(torch.Tensor, self.lora_A[name].weight)  # (r, in)
         b = cast(torch.Tensor, self.lora_B[name].weight)  # (out, r)
         dropout = self.lora_dropout[name] if self.training else None  # dropout is the identity in eval mode
-        if x.dtype != a.dtype and isinstance(dropout, nn.Identity | None) and torch.is_grad_enabled():
+        if isinstance(dropout, nn.Identity | None) and LowPrecisionInputLora.applies(x, a):
             return result + LowPrecisionInputLora.apply(x, a, b, self.scaling[name]).to(result.dtype)
         h = x if x.dtype == a.dtype else x.to(a.dtype)
         if dropout is not None:
@@ -288,6 +288,13 @@ class LowPrecisionInputLora(torch.autograd.Function):
     tensors of a bf16-base training step (``benchmarks/activations.py``: 422 of 1707 MB at 8 x 200 tokens;
     the bf16 inputs kept instead take 105). The arithmetic is the plain path's; backward casts ``x`` again.
     """
+
+    @staticmethod
+    def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether ``x`` is narrower than the adapter's ``weight`` with autograd recording. Not under autocast,
+        which casts the weights down instead of ``x`` up (and would run this backward without autocast)."""
+        return (x.element_size() < weight.element_size() and torch.is_grad_enabled()
+                and not torch.is_autocast_enabled(x.device.type))
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
