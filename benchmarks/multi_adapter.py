@@ -7,6 +7,7 @@ of all rows per second), the ratio to the base model on the same batch, and whet
 equal generating every row alone with its adapter set as the active one.
 
     python benchmarks/multi_adapter.py [--rounds 3]
+    python benchmarks/multi_adapter.py --profile    # where one generate call of the base model spends its time
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def build() -> tuple[peftkit.PeftModel, peft.PeftModel]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="profile the base model's generate call instead")
     args = parser.parse_args()
     ours, theirs = build()
     ids = torch.randint(10, 1000, (BATCH, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
@@ -63,6 +65,9 @@ def main() -> None:
         "PEFT adapter_names": lambda: theirs.generate(**kwargs, adapter_names=ROWS),
         "peftkit adapter_names": lambda: ours.generate(**kwargs, adapter_names=ROWS),
     }
+    if args.profile:
+        profile_base(ours, kwargs)
+        return
     with torch.no_grad():
         alone = []
         for i, name in enumerate(ROWS):  # the reference: each row on its own with its adapter active
@@ -91,6 +96,21 @@ def main() -> None:
         same = "-" if key.startswith("base") else str(torch.equal(outs[key][:, -NEW_TOKENS:], reference))
         print(f"| {key} | {value:.1f} | {value / tps['base (no adapter)']:.2f} | "
               f"{value / tps['PEFT adapter_names']:.2f} | {same} |")
+
+
+def profile_base(model: peftkit.PeftModel, kwargs: dict[str, object]) -> None:
+    """The base model's ops in one mixed-batch-sized generate call, and the share of matrix products."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        _base(model, kwargs)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _base(model, kwargs)
+    ops = prof.key_averages()
+    total = sum(op.self_cpu_time_total for op in ops)
+    matmul = sum(op.self_cpu_time_total for op in ops if op.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    print(ops.table(sort_by="self_cpu_time_total", row_limit=12))
+    print(f"matrix products: {100 * matmul / total:.0f}% of the base model's op time")
 
 
 def _base(model: peftkit.PeftModel, kwargs: dict[str, object]) -> torch.Tensor:
