@@ -9,6 +9,7 @@ import torch
 
 from peftkit import LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 from peftkit.errors import AdapterNotFoundError, ConfigError
+from peftkit.tuners import lora
 from tests.conftest import tiny_model
 
 NAMES = ["a", "b", "__base__", "c", "a", "b"]
@@ -39,8 +40,13 @@ def one_row(model: PeftModel, ids: torch.Tensor, name: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_each_row_equals_running_it_alone(arch: str) -> None:
+@pytest.mark.parametrize("copies", ["kept", "gathered per forward"])
+def test_each_row_equals_running_it_alone(arch: str, copies: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if copies != "kept":  # a batch whose per-row copies would exceed the budget
+        monkeypatch.setattr(lora, "ROW_WEIGHTS_BYTES", 0)
     model, ids = three_adapters(arch), rows()
+    layer = next(m for m in model.modules() if isinstance(m, lora.LoraLinear))
+    assert (layer.row_adapters(["a"], torch.tensor([0, -1])).slots is None) == (copies == "kept")
     with torch.no_grad():
         mixed = model(input_ids=ids, adapter_names=NAMES).logits
         for i, name in enumerate(NAMES):

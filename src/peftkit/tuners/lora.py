@@ -211,10 +211,12 @@ class LoraLinear(LoraLayer):
         return delta.T if self.fan_in_fan_out else delta
 
     def row_adapters(self, names: list[str], index: torch.Tensor) -> RowAdapters:
-        """Each row's own weights for a mixed batch: row ``i`` gets adapter ``names[index[i]]`` (-1: none).
+        """The weights for a mixed batch: row ``i`` gets adapter ``names[index[i]]`` (-1: none).
 
-        Gathered once per batch, not per forward: a generate call runs every layer once per new token, and
-        the rows' adapters do not change in between.
+        The adapters are stacked once per batch. Each row's copy is also gathered once, rather than at every
+        forward (a generate call runs each layer once per new token, and the rows' adapters do not change in
+        between), while the copies stay within :data:`ROW_WEIGHTS_BYTES`; a larger batch gathers them in
+        each forward instead, so that every adapted layer does not hold a copy per row at once.
         """
         if any(n in self.lora_magnitude_vector for n in names):
             raise ConfigError("a mixed batch (adapter_names) cannot include DoRA adapters yet; run them separately")
@@ -225,8 +227,10 @@ class LoraLinear(LoraLayer):
             r = self.r[name]
             a[i, :, :r] = cast(torch.Tensor, self.lora_A[name].weight).detach().T
             b[i, :r] = cast(torch.Tensor, self.lora_B[name].weight).detach().T * self.scaling[name]
-        slots = torch.where(index < 0, len(names), index)
-        return RowAdapters(a[slots].contiguous(), b[slots].contiguous())
+        slots = torch.where(index < 0, len(names), index)  # (B,)
+        if len(slots) * (a[0].nbytes + b[0].nbytes) <= ROW_WEIGHTS_BYTES:
+            return RowAdapters(a[slots].contiguous(), b[slots].contiguous(), None)
+        return RowAdapters(a, b, slots)
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         if self.rows is not None:
@@ -265,15 +269,16 @@ class LoraLinear(LoraLayer):
         """Each row through its own adapter: two batched matmuls over the rows' weights, so a batch of many
         adapters costs what a batch of one does."""
         result = self.base_layer(x, *args, **kwargs)  # (B, T, out)
-        if x.shape[0] != rows.a.shape[0]:
-            raise ConfigError(f"adapter_names names {rows.a.shape[0]} rows but the batch has {x.shape[0]} "
+        a, b = (rows.a, rows.b) if rows.slots is None else (rows.a[rows.slots], rows.b[rows.slots])
+        if x.shape[0] != a.shape[0]:
+            raise ConfigError(f"adapter_names names {a.shape[0]} rows but the batch has {x.shape[0]} "
                               f"(beam search and num_return_sequences expand the batch; repeat adapter_names to match)")
-        if rows.a.shape[2] == 0:
+        if a.shape[2] == 0:
             return result
-        h = torch.bmm(x if x.dtype == rows.a.dtype else x.to(rows.a.dtype), rows.a)  # (B, T, r)
-        if result.dtype == rows.b.dtype:
-            return torch.baddbmm(result, h, rows.b)  # (B, T, out): the sum in the same kernel
-        return result + torch.bmm(h, rows.b).to(result.dtype)
+        h = torch.bmm(x if x.dtype == a.dtype else x.to(a.dtype), a)  # (B, T, r)
+        if result.dtype == b.dtype:
+            return torch.baddbmm(result, h, b)  # (B, T, out): the sum in the same kernel
+        return result + torch.bmm(h, b).to(result.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
@@ -316,12 +321,19 @@ class LowPrecisionInputLora(torch.autograd.Function):
         return grad_x, grad_a, grad_b, None
 
 
+ROW_WEIGHTS_BYTES = 1 << 20
+"""Most bytes of per-row adapter copies one layer keeps for a mixed batch (4 adapters of rank 8 on a 576-wide
+layer in a batch of 8: 0.3 MiB); past it the rows' copies are gathered in each forward."""
+
+
 class RowAdapters(NamedTuple):
-    """A mixed batch's adapters for one layer, one per row: A ``(B, in, r)`` and B times the scaling
-    ``(B, r, out)``, both transposed for ``bmm``; zero for rows without an adapter."""
+    """A mixed batch's adapters for one layer: A ``(n, in, r)`` and B times the scaling ``(n, r, out)``, both
+    transposed for ``bmm``. With ``slots`` None there is one of each per row (n = B); otherwise they are the
+    N adapters plus a zero slot for rows without one, and ``slots`` ``(B,)`` picks each row's."""
 
     a: torch.Tensor
     b: torch.Tensor
+    slots: torch.Tensor | None
 
 
 class LoraEmbedding(LoraLayer):
