@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import sys
 import typing
@@ -168,11 +167,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.before and result.after:
         for key, before in result.before.as_dict().items():
             print(f"{key.removeprefix('eval_'):<12} before {before:.4f}  after {result.after.as_dict()[key]:.4f}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # A sharded model reaches its process group's backend through reference cycles. Free them now, while
-        # the interpreter is whole: freed at shutdown, Gloo's worker threads can abort the process (SIGABRT).
-        del result
-        gc.collect()
     return 0
 
 

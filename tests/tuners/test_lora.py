@@ -226,9 +226,9 @@ def test_bf16_base_training_keeps_the_input_not_its_fp32_copy():
 
 
 @pytest.mark.parametrize("dora", [False, True])
-def test_autocast_with_a_bf16_input_trains_like_the_formula(dora: bool):
-    """Under autocast a bf16 input meets fp32 adapter weights (an attention output feeding o_proj): autocast
-    computes the update in bf16, forward and backward."""
+def test_autocast_with_a_bf16_input_matches_an_fp32_input_and_backpropagates(dora: bool):
+    """Under autocast a bf16 input meets fp32 adapter weights (an attention output feeding o_proj): the layer
+    gives what it gives an fp32 copy of the input, and backward outside autocast reaches A and B in fp32."""
     base = _linear()
     layer = LoraLinear(base)
     layer.add_adapter("default", r=2, lora_alpha=4, init_lora_weights=False, use_dora=dora)

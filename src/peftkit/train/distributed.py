@@ -12,8 +12,10 @@ gradient equals that of one process running the whole batch: results do not chan
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -106,6 +108,10 @@ def setup(device: str, strategy: str, timeout_minutes: float) -> tuple[Processes
         cuda = device in ("auto", "cuda") and torch.cuda.is_available()
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
         created = True
+        # A sharded model reaches the group's backend through reference cycles, and the caller keeps the trained
+        # model after teardown. Collect the cycles at exit while the interpreter is whole: freed during its
+        # shutdown, Gloo's worker threads can abort the process (SIGABRT) after the run has finished.
+        atexit.register(gc.collect)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.get_backend() == "nccl":
         torch.cuda.set_device(local_rank)

@@ -168,20 +168,17 @@ class LoraLinear(LoraLayer):
 
         The norm is treated as a constant (detached), as the DoRA paper (section 4.3) and PEFT do.
         """
-        a, b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+        dropout = self.lora_dropout[name]
         factor = (self.lora_magnitude_vector[name] / self._weight_norm(name).detach()).view(1, -1)  # (1, out)
-        weight_a, weight_b = cast(torch.Tensor, a.weight), cast(torch.Tensor, b.weight)
+        weight_a = cast(torch.Tensor, self.lora_A[name].weight)
+        weight_b = cast(torch.Tensor, self.lora_B[name].weight)
         if isinstance(dropout, nn.Identity) or not self.training:
+            h = x
             base = result if self.bias is None else result - self.bias  # (..., out): W x
-            if LowPrecisionInputLora.applies(x, weight_a):
-                low_rank = LowPrecisionInputLora.apply(x, weight_a, weight_b, self.scaling[name])
-            else:
-                low_rank = b(a(x.to(weight_a.dtype))) * self.scaling[name]
         else:
             h = dropout(x.to(weight_a.dtype))
             base = F.linear(h, self._base_weight().to(h.dtype))  # W applied to the dropped-out input
-            low_rank = b(a(h)) * self.scaling[name]
-        update = (factor - 1) * base + factor * low_rank  # (..., out)
+        update = (factor - 1) * base + factor * _low_rank(h, weight_a, weight_b, self.scaling[name])  # (..., out)
         return update.to(result.dtype)
 
     def _merge_one(self, name: str) -> None:
@@ -254,16 +251,13 @@ class LoraLinear(LoraLayer):
         """
         a = cast(torch.Tensor, self.lora_A[name].weight)  # (r, in)
         b = cast(torch.Tensor, self.lora_B[name].weight)  # (out, r)
-        dropout = self.lora_dropout[name] if self.training else None  # dropout is the identity in eval mode
-        if isinstance(dropout, nn.Identity | None) and LowPrecisionInputLora.applies(x, a):
-            return result + LowPrecisionInputLora.apply(x, a, b, self.scaling[name]).to(result.dtype)
-        h = x if x.dtype == a.dtype else x.to(a.dtype)
-        if dropout is not None:
-            h = dropout(h)
-        h = F.linear(h, a)  # (..., r)
+        h = x
+        if self.training and not isinstance(self.lora_dropout[name], nn.Identity):  # the identity in eval mode
+            h = self.lora_dropout[name](x.to(a.dtype))
         if result.dtype != b.dtype:  # e.g. a bf16 base: the update is computed in fp32, then rounded once
-            return result + F.linear(h * self.scaling[name], b).to(result.dtype)  # scaled at rank r, not at out
-        return torch.add(result, F.linear(h, b), alpha=self.scaling[name])  # (..., out)
+            return result + _low_rank(h, a, b, self.scaling[name]).to(result.dtype)
+        h = h if h.dtype == a.dtype else h.to(a.dtype)
+        return torch.add(result, F.linear(F.linear(h, a), b), alpha=self.scaling[name])  # (..., out)
 
     def _forward_rows(self, x: torch.Tensor, rows: RowAdapters, *args: object, **kwargs: object) -> torch.Tensor:
         """Each row through its own adapter: two batched matmuls over the rows' weights, so a batch of many
@@ -282,6 +276,14 @@ class LoraLinear(LoraLayer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
+
+
+def _low_rank(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``scaling * B(A(x))`` in the adapter's dtype, scaled at rank r; a narrower ``x`` that autograd records is
+    kept as it is for backward (:class:`LowPrecisionInputLora`), not as an fp32 copy."""
+    if LowPrecisionInputLora.applies(x, a):
+        return cast(torch.Tensor, LowPrecisionInputLora.apply(x, a, b, scaling))
+    return F.linear(F.linear(x.to(a.dtype), a) * scaling, b)  # (..., out)
 
 
 class LowPrecisionInputLora(torch.autograd.Function):
