@@ -100,14 +100,16 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _flag_value(value: Any, hint: Any, name: str) -> Any:
-    import yaml
+    """A mapping flag's text parsed as YAML (values stay text for the schema to type); others as given."""
+    from .configfile import parse_yaml
 
     if isinstance(value, list) or not _is_dict(hint):
         return value
     try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--{name} {value!r} is not a mapping; write it as '{{key: value, ...}}' ({err})") from err
+        return parse_yaml(value)
+    except ConfigError as err:
+        raise ConfigError(f"--{name} {value!r} is not a mapping; write it as '{{key: value, ...}}' "
+                          f"({'; '.join(err.problems)})") from err
 
 
 def _section_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, did_you_mean, short_repr
 
 __all__ = [
     "IA3Config",
@@ -81,7 +82,7 @@ def _enum_value(enum_cls: type[enum.Enum], value: Any, name: str, problems: list
             if member.value.lower() == value.lower():
                 return member
     allowed = ", ".join(m.value for m in enum_cls)
-    problems.append(f"{name}={value!r} is not allowed; expected one of {allowed}")
+    problems.append(f"{name}={short_repr(value)} is not allowed; expected one of {allowed}")
     return value
 
 
@@ -90,7 +91,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real, finite number: NaN and infinity pass every comparison test silently, so they are refused here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _str_list(value: Any, name: str, problems: list[str], *, allow_str: bool) -> Any:
@@ -101,7 +103,7 @@ def _str_list(value: Any, name: str, problems: list[str], *, allow_str: bool) ->
         items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         return list(dict.fromkeys(items))
     kind = "a string (regex) or a list of names" if allow_str else "a list of names"
-    problems.append(f"{name}={value!r} must be {kind}")
+    problems.append(f"{name}={short_repr(value)} must be {kind}")
     return value
 
 
@@ -136,7 +138,7 @@ class PeftConfig:
         self.task_type = _enum_value(TaskType, self.task_type, "task_type", problems)
         self.modules_to_save = _str_list(self.modules_to_save, "modules_to_save", problems, allow_str=False)
         if not isinstance(self.inference_mode, bool):
-            problems.append(f"inference_mode={self.inference_mode!r} must be true or false")
+            problems.append(f"inference_mode={short_repr(self.inference_mode)} must be true or false")
         self._validate(problems)
         if problems:
             raise ConfigError(problems, source=type(self).__name__)
@@ -251,23 +253,23 @@ class LoraConfig(PeftConfig):
         if isinstance(self.target_modules, list) and [str(t).lower() for t in self.target_modules] == ["all-linear"]:
             self.target_modules = "all-linear"  # a one-item list, as a CLI flag or YAML list gives it
         if not _is_int(self.r) or self.r <= 0:
-            problems.append(f"r={self.r!r} must be a positive integer (try 8 or 16)")
+            problems.append(f"r={short_repr(self.r)} must be a positive integer (try 8 or 16)")
         if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
-            problems.append(f"lora_alpha={self.lora_alpha!r} must be a positive number (often r or 2*r)")
+            problems.append(f"lora_alpha={short_repr(self.lora_alpha)} must be a positive number (often r or 2*r)")
         if not _is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
-            problems.append(f"lora_dropout={self.lora_dropout!r} must be a number in [0, 1)")
+            problems.append(f"lora_dropout={short_repr(self.lora_dropout)} must be a number in [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):
-            problems.append(f"bias={self.bias!r} is not allowed; expected one of none, all, lora_only")
+            problems.append(f"bias={short_repr(self.bias)} is not allowed; expected one of none, all, lora_only")
         init = self.init_lora_weights
         pissa_niter = isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init) is not None
         if init not in (True, False, "gaussian", "pissa", "olora") and not pissa_niter:
-            problems.append(f"init_lora_weights={init!r} is not supported; expected true, false, 'gaussian', "
+            problems.append(f"init_lora_weights={short_repr(init)} is not supported; expected true, false, 'gaussian', "
                             f"'pissa', 'pissa_niter_<n>' or 'olora'")
         if isinstance(init, str) and init != "gaussian" and self.use_dora:
-            problems.append(f"init_lora_weights={init!r} cannot be combined with use_dora=True")
+            problems.append(f"init_lora_weights={short_repr(init)} cannot be combined with use_dora=True")
         for name in ("fan_in_fan_out", "use_rslora"):
             if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+                problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
         self.target_modules = _str_list(self.target_modules, "target_modules", problems, allow_str=True)
         self.exclude_modules = _str_list(self.exclude_modules, "exclude_modules", problems, allow_str=True)
         self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
@@ -280,7 +282,7 @@ class LoraConfig(PeftConfig):
             if isinstance(layers, (list, tuple)) and all(_is_int(i) and i >= 0 for i in layers):
                 self.layers_to_transform = list(layers)
             elif not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0):
-                problems.append(f"layers_to_transform={layers!r} must be a layer index or a list of them")
+                problems.append(f"layers_to_transform={short_repr(layers)} must be a layer index or a list of them")
             if isinstance(self.target_modules, str):
                 problems.append("layers_to_transform cannot be combined with a regex target_modules")
         if self.layers_pattern and layers is None:
@@ -293,13 +295,13 @@ class LoraConfig(PeftConfig):
                 setattr(self, name, {})
                 continue
             if not isinstance(pattern, dict):
-                problems.append(f"{name}={pattern!r} must be a mapping of layer-name pattern to value")
+                problems.append(f"{name}={short_repr(pattern)} must be a mapping of layer-name pattern to value")
                 continue
             for key, value in pattern.items():
                 ok = _is_int(value) if positive_int else _is_number(value)
                 if not ok or value <= 0:
                     kind = "integer" if positive_int else "number"
-                    problems.append(f"{name}[{key!r}]={value!r} must be a positive {kind}")
+                    problems.append(f"{name}[{key!r}]={short_repr(value)} must be a positive {kind}")
 
 
 @dataclass
@@ -321,11 +323,12 @@ class PromptLearningConfig(PeftConfig):
     def _validate(self, problems: list[str]) -> None:
         if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool) \
                 or self.num_virtual_tokens <= 0:
-            problems.append(f"num_virtual_tokens={self.num_virtual_tokens!r} must be a positive integer (try 8 to 20)")
+            problems.append(f"num_virtual_tokens={short_repr(self.num_virtual_tokens)} must be a positive integer "
+                            "(try 8 to 20)")
         for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value <= 0):
-                problems.append(f"{name}={value!r} must be a positive integer or left empty")
+                problems.append(f"{name}={short_repr(value)} must be a positive integer or left empty")
 
     @property
     def is_prompt_learning(self) -> bool:
@@ -358,7 +361,7 @@ class PromptTuningConfig(PromptLearningConfig):
             if not self.tokenizer_name_or_path:
                 problems.append("prompt_tuning_init=TEXT needs tokenizer_name_or_path")
         if self.tokenizer_kwargs is not None and not isinstance(self.tokenizer_kwargs, dict):
-            problems.append(f"tokenizer_kwargs={self.tokenizer_kwargs!r} must be a mapping")
+            problems.append(f"tokenizer_kwargs={short_repr(self.tokenizer_kwargs)} must be a mapping")
 
 
 @dataclass
@@ -389,11 +392,11 @@ class PromptEncoderConfig(PromptLearningConfig):
         if self.encoder_hidden_size is not None and (
             not _is_int(self.encoder_hidden_size) or self.encoder_hidden_size <= 0
         ):
-            problems.append(f"encoder_hidden_size={self.encoder_hidden_size!r} must be a positive integer")
+            problems.append(f"encoder_hidden_size={short_repr(self.encoder_hidden_size)} must be a positive integer")
         if not _is_int(self.encoder_num_layers) or self.encoder_num_layers <= 0:
-            problems.append(f"encoder_num_layers={self.encoder_num_layers!r} must be a positive integer")
+            problems.append(f"encoder_num_layers={short_repr(self.encoder_num_layers)} must be a positive integer")
         if not _is_number(self.encoder_dropout) or not 0.0 <= self.encoder_dropout < 1.0:
-            problems.append(f"encoder_dropout={self.encoder_dropout!r} must be a number in [0, 1)")
+            problems.append(f"encoder_dropout={short_repr(self.encoder_dropout)} must be a number in [0, 1)")
 
 
 @dataclass
@@ -419,12 +422,12 @@ class PrefixTuningConfig(PromptLearningConfig):
     def _validate(self, problems: list[str]) -> None:
         super()._validate(problems)
         if not isinstance(self.prefix_projection, bool):
-            problems.append(f"prefix_projection={self.prefix_projection!r} must be true or false")
+            problems.append(f"prefix_projection={short_repr(self.prefix_projection)} must be true or false")
         size = self.encoder_hidden_size
         if self.prefix_projection and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
             problems.append("prefix_projection=true needs encoder_hidden_size, a positive integer")
         if self.init_weights not in (None, "zero"):
-            problems.append(f"init_weights={self.init_weights!r} must be empty (random) or \"zero\"")
+            problems.append(f"init_weights={short_repr(self.init_weights)} must be empty (random) or \"zero\"")
         if self.prefix_init_text is not None:
             if not isinstance(self.prefix_init_text, str) or not self.prefix_init_text.strip():
                 problems.append("prefix_init_text must be a non-empty text")
@@ -458,7 +461,7 @@ class IA3Config(PeftConfig):
     def _validate(self, problems: list[str]) -> None:
         for name in ("fan_in_fan_out", "init_ia3_weights"):
             if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+                problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
         self.target_modules = _str_list(self.target_modules, "target_modules", problems, allow_str=True)
         self.exclude_modules = _str_list(self.exclude_modules, "exclude_modules", problems, allow_str=True)
         self.feedforward_modules = _str_list(self.feedforward_modules, "feedforward_modules", problems,
@@ -504,7 +507,7 @@ def config_from_dict(
             kwargs[key] = value
         elif key in cls._unsupported:
             if value != cls._unsupported[key] and not (value in (None, {}, False) and not cls._unsupported[key]):
-                problems.append(f"{key}={value!r} is a PEFT feature peftkit does not support yet; remove it")
+                problems.append(f"{key}={short_repr(value)} is a PEFT feature peftkit does not support yet; remove it")
         elif key not in _IGNORED_KEYS:
             unknown.append(key)
     for key in unknown:

@@ -7,6 +7,7 @@ The CLI maps :class:`UserInputError` subclasses to exit code 2 and everything el
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 __all__ = [
@@ -92,6 +93,15 @@ class StorageError(PeftkitError):
     """A file could not be written (disk full, read-only, not a folder); what was there before is kept."""
 
     exit_code = 1
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages: a value can be huge (a 75 MB string,
+    a 2**40000 rank whose ``repr`` Python itself refuses)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<a whole number of {value.bit_length()} bits>"
+    text = reprlib.repr(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

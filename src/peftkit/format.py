@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CONFIG_NAME, PeftConfig, config_from_dict, config_to_json
+from .configfile import MAX_CONFIG_BYTES
 from .errors import AdapterFormatError, ConfigError, StorageError
 
 __all__ = [
@@ -246,10 +247,16 @@ def read_adapter_config(folder: str | os.PathLike[str]) -> PeftConfig:
             f"no {CONFIG_NAME} at {path}{hint}. Pass the folder that save_pretrained wrote; "
             "loading adapters from a model hub needs a hub id and a network connection."
         )
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:  # an untrusted file: refuse before reading (PEFT's configs are a few KB)
+        raise AdapterFormatError(f"{path} is {size:,} bytes; an adapter_config.json above {MAX_CONFIG_BYTES:,} "
+                                 "bytes is refused. It is not an adapter config, or it was damaged.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise AdapterFormatError(f"{path} is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise AdapterFormatError(f"{path} is nested too deeply to be an adapter config") from err
     try:
         return config_from_dict(data, strict=False, source=str(path))
     except ConfigError:

@@ -26,11 +26,12 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, get_type_hints
 
 from ..config import CONFIG_CLASSES, PeftConfig, PeftType, TaskType, _is_number
+from ..configfile import read_config_file
 from ..errors import ConfigError, did_you_mean
+from ..errors import short_repr as _short
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
 
@@ -125,9 +126,13 @@ class DataConfig:
                                 "to word, e.g. {fresh: positive, rotten: negative}")
             else:
                 self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
+                empty = [k for k, v in self.label_words.items() if not v.strip()]
+                if empty:
+                    problems.append(f"data.label_words: the word for label {empty[0]!r} is empty; every label needs "
+                                    "a word for the model to answer, e.g. {fresh: positive, rotten: negative}")
         _positive(problems, "data.max_length", self.max_length, integer=True)
         if not _is_number(self.val_size) or self.val_size < 0 or (self.val_size >= 1 and self.val_size % 1):
-            problems.append(f"data.val_size={self.val_size!r} must be a fraction in [0, 1) or a whole count")
+            problems.append(f"data.val_size={_short(self.val_size)} must be a fraction in [0, 1) or a whole count")
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 _positive(problems, f"data.{name}", getattr(self, name), integer=True)
@@ -254,16 +259,20 @@ class JobConfig:
                 problems.append("quantization: a 4-bit base cannot be fully fine-tuned; use an adapter method "
                                 "(lora, the QLoRA recipe) or leave quantization empty")
         if not isinstance(self.adapter, dict):
-            problems.append(f"adapter={self.adapter!r} must be a mapping of the method's fields, e.g. {{r: 8}}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            problems.append(f"seed={self.seed!r} must be a whole number")
+            problems.append(f"adapter={_short(self.adapter)} must be a mapping of the method's fields, e.g. {{r: 8}}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            problems.append(f"seed={_short(self.seed)} must be a whole number from 0 to 2**63 - 1")
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            problems.append(f"output_dir={self.output_dir!r} is empty; name a folder for the results, e.g. "
+                            "--output-dir outputs/run (use '.' for the current folder explicitly)")
         if getattr(self.train, "packing", False) is True and self.method in PROMPT_METHODS:
             problems.append(f"train.packing: {self.method} puts its virtual tokens in front of each row, so rows "
                             "cannot hold several examples; set train.packing: false")
         validate_sections(self, problems)
         if isinstance(self.method, str) and self.method in METHODS and isinstance(self.adapter, dict):
             try:
-                self.peft_config()
+                if self.peft_config() is not None:
+                    self.adapter = self._typed_adapter()  # text from YAML or flags, typed by the method's schema
             except ConfigError as err:
                 problems += [f"adapter: {p}" for p in err.problems]
         if problems:
@@ -278,13 +287,18 @@ class JobConfig:
                                    f"{', '.join(self.adapter)}); remove them or choose an adapter method"])
             return None
         cls = CONFIG_CLASSES[peft_type]
-        fields = {"task_type": TaskType.CAUSAL_LM, **self.adapter}
+        return cls(**{"task_type": TaskType.CAUSAL_LM, **self._typed_adapter()})
+
+    def _typed_adapter(self) -> dict[str, Any]:
+        """``adapter`` with each value typed by the method's config class; unknown fields are a ConfigError."""
+        cls = CONFIG_CLASSES[METHODS[self.method] or PeftType.LORA]
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in fields if k not in known]
+        unknown = [k for k in self.adapter if k not in known]
         if unknown:
-            raise ConfigError([f"{k!r} is not a field of {cls.__name__}.{did_you_mean(k, known)}" for k in unknown])
+            raise ConfigError([f"{k!r} is not a field of {cls.__name__}.{did_you_mean(str(k), known)}"
+                               for k in unknown])
         hints = typing.get_type_hints(cls)
-        return cls(**{k: coerce(v, hints[k]) for k, v in fields.items()})
+        return {k: coerce(v, hints[k]) for k, v in self.adapter.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> JobConfig:
@@ -311,19 +325,12 @@ class JobConfig:
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A YAML config file's mapping; a missing file, bad YAML or a non-mapping is a :class:`ConfigError`."""
-    import yaml
+    """A YAML config file's mapping, every scalar as its text (the schema types it: see :mod:`peftkit.configfile`).
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError as err:
-        raise ConfigError([f"config file not found: {path}"]) from err
-    except yaml.YAMLError as err:
-        raise ConfigError([f"not valid YAML: {err}"], source=os.fspath(path)) from err
-    if not isinstance(data, dict):
-        raise ConfigError(["the file must hold a mapping of fields (model:, data:, train:, ...)"],
-                          source=os.fspath(path))
-    return data
+    Raises:
+        ConfigError: a missing, oversized, non-UTF-8 or malformed file, duplicate keys, or not a mapping.
+    """
+    return read_config_file(path)
 
 
 def build_sections(obj: Any, problems: list[str]) -> None:
@@ -412,7 +419,7 @@ def typecheck(obj: Any, prefix: str, problems: list[str], skip: tuple[str, ...] 
         value = getattr(obj, f.name)
         if f.name in skip or _matches(value, hints[f.name]):
             continue
-        problems.append(f"{prefix}{f.name}={value!r} must be {_describe(hints[f.name])}")
+        problems.append(f"{prefix}{f.name}={_short(value)} must be {_describe(hints[f.name])}")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         setattr(obj, f.name, default)
 
@@ -448,14 +455,17 @@ def coerce(value: Any, hint: Any) -> Any:
     YAML reads ``1e-4`` as a string and flags are all strings; ``"1e-4"`` for a float field becomes 1e-4.
     Anything that does not convert is left alone for validation to report.
     """
-    args = set(typing.get_args(hint)) or {hint}
+    args = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+    if isinstance(value, dict):  # {name: value} fields such as rank_pattern: coerce the values
+        inner = [typing.get_args(a)[1] for a in args if typing.get_origin(a) is dict and typing.get_args(a)]
+        return {k: coerce(v, inner[0]) for k, v in value.items()} if inner else value
     if isinstance(value, list):  # flags with several values: coerce the items of list[int] and the like
         inner = [typing.get_args(a)[0] for a in args if typing.get_origin(a) is list and typing.get_args(a)]
         return [coerce(v, inner[0]) for v in value] if inner else value
     if not isinstance(value, str):
         return value
     text = value.strip()
-    if type(None) in args and text.lower() in ("none", "null", "~"):
+    if type(None) in args and text.lower() in ("", "none", "null", "~"):
         return None
     if bool in args and text.lower() in ("true", "false", "yes", "no", "on", "off"):
         return text.lower() in ("true", "yes", "on")
@@ -472,10 +482,10 @@ def _positive(problems: list[str], name: str, value: Any, integer: bool = False)
     ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
     if not ok or value <= 0:
         kind = "a whole number" if integer else "a number"
-        problems.append(f"{name}={value!r} must be {kind} > 0")
+        problems.append(f"{name}={_short(value)} must be {kind} > 0")
 
 
 def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in allowed:
-        problems.append(f"{name}={value!r} is not allowed; expected one of {', '.join(allowed)}."
+        problems.append(f"{name}={_short(value)} is not allowed; expected one of {', '.join(allowed)}."
                         f"{did_you_mean(str(value), allowed)}")
