@@ -239,16 +239,32 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
+    from . import outputs
     from .format import atomic_directory
 
+    _check_merge_target(args.output_dir, {"adapter": args.adapter_path, "model": args.model})
+    outputs.check_replaceable(args.output_dir, "merge", "output folder")  # before the slow part
     model, tokenizer = _load(args.model, args.adapter_path)
     merged = model.merge_and_unload()
     with atomic_directory(args.output_dir) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        outputs.record(tmp, [p.name for p in tmp.iterdir()], "merge")
     print(f"merged model written to {args.output_dir}; load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({args.output_dir!r})")
     return 0
+
+
+def _check_merge_target(output_dir: str, inputs: dict[str, str]) -> None:
+    """The merged model replaces ``output_dir`` as a whole, so it must not be, or hold, one of the inputs."""
+    from pathlib import Path
+
+    out = Path(output_dir).resolve()
+    for what, given in inputs.items():
+        path = Path(given).resolve()
+        if Path(given).exists() and (path == out or out in path.parents):
+            raise ConfigError(f"the output folder {output_dir} is (or holds) the {what} {given}; writing the merged "
+                              f"model there would delete it. Choose another output folder, e.g. {given}-merged")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from . import outputs
 from .errors import ConfigError, did_you_mean
 from .train.config import (
     PROMPT_METHODS,
@@ -68,6 +69,10 @@ PRESETS: dict[str, Preset] = {
 """The methods ``compare`` knows, with the settings each is trained with unless the config overrides them."""
 
 DEFAULT_METHODS = ["full", "lora", "dora", "ia3", "prompt", "p_tuning", "prefix"]
+
+
+REPORT_FILES = ("report.md", "report.html", "results.json", "config.yaml", "score.png", "curves.png")
+"""What a comparison writes into its output_dir besides one folder per method run."""
 
 
 @dataclass
@@ -173,6 +178,7 @@ class CompareConfig:
         if seed is not None:
             data["split_seed"] = self.seed if self.data.split_seed is None else self.data.split_seed
             folder = folder.with_name(f"{name}-seed-{seed}")
+        train["overwrite"] = True  # the method's own folder: an earlier, different run of it is replaced
         return JobConfig(model=self.model, method=preset.method, adapter=adapter,
                          data=data, train=train,  # type: ignore[arg-type]
                          output_dir=str(folder), seed=self.seed if seed is None else seed, dtype=self.dtype)
@@ -319,7 +325,7 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     from .models import load_tokenizer
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    outputs.claim(out, REPORT_FILES, "compare", "output_dir")
     tokenizer = load_tokenizer(config.model)
     reference = config.job(config.methods[0])
     data = load_task_data(reference.data, tokenizer, seed=config.seed)  # the split every method gets
@@ -423,12 +429,8 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
     if done.is_file() and _same_job(folder / "config.yaml", job):
         log(f"  {folder} already holds this run; reusing it")
         return MethodResult(**json.loads(done.read_text()))
-    if folder.exists() and any(folder.iterdir()):
-        if not (folder / "config.yaml").is_file():
-            raise ConfigError(f"{folder} exists and is not a peftkit run; choose another output_dir for the comparison")
-        import shutil
-
-        shutil.rmtree(folder)  # an unfinished or different run of this method: start it again
+    outputs.check_replaceable(folder, "train", "the comparison's method folder")  # a user's folder of that name
+    outputs.remove_owned(folder, [done.name], "train")  # train() replaces its own earlier files
     model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype))
     with PeakMemory(job.train.device) as memory:
         result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"  {line}"))
@@ -443,6 +445,7 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
     from .format import write_json_atomic
 
     write_json_atomic(done, dataclasses.asdict(row))
+    outputs.record(folder, [done.name], "train")
     return row
 
 

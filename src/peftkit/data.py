@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import string
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .errors import DataError
+from .errors import DataError, short_repr
 
 __all__ = [
     "Example",
@@ -109,6 +110,7 @@ def load_rows(path: str | os.PathLike[str], fmt: str | None = None,
     kwargs: dict[str, Any] = {}
     if builder == "csv":
         kwargs["delimiter"] = delimiter or ("\t" if fmt == "tsv" else ",")
+        kwargs["keep_default_na"] = False  # "NA", "None", "null" are words a file may hold; only "" is empty
     try:
         with _quiet_datasets():
             dataset = load_dataset(builder, data_files=os.fspath(path), split="train", **kwargs)
@@ -146,7 +148,10 @@ def _quiet_datasets() -> Iterator[None]:
 
 
 def _bad_spot(path: str | os.PathLike[str], fmt: str) -> str:
-    """``file:line`` of the first line that is not valid JSON (JSON Lines) or not UTF-8; else the file."""
+    """``file:line`` of the first line that is not valid JSON (JSON Lines) or not UTF-8; else the file.
+    Binary (Parquet) and compressed files have no lines to point at."""
+    if fmt == "parquet" or Path(path).suffix in COMPRESSIONS:
+        return os.fspath(path)
     try:
         raw = Path(path).read_bytes()
     except OSError:
@@ -210,7 +215,18 @@ def render_template(template: str, row: dict[str, Any]) -> str:
     if missing:
         raise DataError(f"template {template!r} uses {', '.join(missing)}, which the data does not have; "
                         f"columns are: {', '.join(row)}")
+    for name in template_fields(template):
+        if isinstance(row[name], (list, dict)):
+            kind = "a list" if isinstance(row[name], list) else "a mapping"
+            raise DataError(f"column {name!r} holds {kind}, not text ({short_repr(row[name])}); a template field "
+                            "needs a text cell. Flatten the column, or use data.mode: chat for messages")
     return template.format_map({k: "" if v is None else v for k, v in row.items()})
+
+
+def is_empty(value: Any) -> bool:
+    """An empty cell: missing (None, NaN) or only whitespace. Words such as ``NA`` or ``null`` are not empty."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or \
+        (isinstance(value, str) and not value.strip())
 
 
 def split_label_template(template: str) -> tuple[str, str]:
@@ -304,7 +320,10 @@ def _truncate(example: Example, max_length: int, keep_end: bool) -> bool:
 
 def _label_key(value: Any, threshold: float | None) -> str:
     if threshold is not None:
-        return "1" if float(value) >= threshold else "0"
+        number = float(value)
+        if math.isnan(number):
+            raise ValueError("NaN")  # NaN >= threshold is False: it would silently become class 0
+        return "1" if number >= threshold else "0"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
@@ -322,12 +341,15 @@ def _row_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str,
             return None
     prompt_template = split_label_template(config.template)[0] if config.mode == "classification" else config.template
     for name in template_fields(prompt_template):
-        if row.get(name) is None:
+        if is_empty(row.get(name)):
             raise DataError(f"{where}: column {name!r} is empty; fill it in or remove the row")
-    if config.mode == "text":
-        return build_example(tokenizer, [(render_template(config.template, row), True)], add_eos=config.add_eos)
-    prompt = _wrap_prompt(tokenizer, config, render_template(prompt_template, row))
-    target = render_template(config.completion_template, row) if index < 0 else words[index]
+    try:
+        if config.mode == "text":
+            return build_example(tokenizer, [(render_template(config.template, row), True)], add_eos=config.add_eos)
+        prompt = _wrap_prompt(tokenizer, config, render_template(prompt_template, row))
+        target = render_template(config.completion_template, row) if index < 0 else words[index]
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from err
     if not config.chat_template:
         target = sep + target
     example = build_example(tokenizer, [(prompt, False), (target, True)], add_eos=config.add_eos)
@@ -341,12 +363,13 @@ def _row_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str,
 def _label_of(config: Any, row: dict[str, Any], where: str, label_index: dict[str, int]) -> int:
     """Index of the row's label word; -1 for a label outside label_words when drop_unlabeled is set."""
     value = row.get(config.label_column)
-    if value is None:
+    if is_empty(value):
         raise DataError(f"{where}: column {config.label_column!r} is empty; fill it in or remove the row")
     try:
         key = _label_key(value, config.label_threshold)
     except ValueError as err:
-        raise DataError(f"{where}: label {value!r} is not a number, but label_threshold is set") from err
+        raise DataError(f"{where}: label {value!r} is not a number, but label_threshold is set; every label "
+                        "must be a number (NaN is not) to compare with the threshold") from err
     if key in label_index:
         return label_index[key]
     if config.drop_unlabeled:
@@ -434,21 +457,25 @@ def read_rows(config: Any, path: str) -> _Rows:
 
 
 def tokenize_rows(config: Any, tokenizer: Any, source: _Rows, rows: list[tuple[int, dict[str, Any]]]
-                  ) -> tuple[list[Example], int]:
-    """Tokenize ``rows`` of ``source``; returns the examples and how many were truncated."""
+                  ) -> tuple[list[Example], int, int]:
+    """Tokenize ``rows`` of ``source``; returns the examples, how many were truncated, and how many were left
+    out because truncation left them no token to learn (a loss over zero tokens reads as a perfect 0.0)."""
     words = list((config.label_words or {}).values())
     label_index = {k: i for i, k in enumerate(config.label_words or {})}
     sep = split_label_template(config.template)[1] if config.mode == "classification" else ""
     examples: list[Example] = []
-    truncated = 0
+    truncated = emptied = 0
     for i, row in rows:
         example = _row_example(config, tokenizer, row, row_location(source.path, source.fmt, i), label_index,
                                words, sep)
-        if example is not None:
-            truncated += _truncate(example, config.max_length,
-                                   keep_end=config.mode in ("completion", "classification"))
+        if example is None:
+            continue
+        truncated += _truncate(example, config.max_length, keep_end=config.mode in ("completion", "classification"))
+        if any(label != IGNORE_INDEX for label in example.labels[1:]):  # the first token has nothing before it
             examples.append(example)
-    return examples, truncated
+        else:
+            emptied += 1
+    return examples, truncated, emptied
 
 
 def _limit(items: list[Any], limit: int | None) -> list[Any]:
@@ -474,11 +501,19 @@ def load_task_data(config: Any, tokenizer: Any, seed: int = 42) -> TaskData:
     else:
         eval_source = source
         train_rows, val_rows = _split(source.rows, config.val_size, seed)
-    train, cut_train = tokenize_rows(config, tokenizer, source, _limit(train_rows, config.max_train_samples))
-    val, cut_val = tokenize_rows(config, tokenizer, eval_source, _limit(val_rows, config.max_eval_samples))
+    train, cut_train, empty_train = tokenize_rows(config, tokenizer, source,
+                                                  _limit(train_rows, config.max_train_samples))
+    val, cut_val, empty_val = tokenize_rows(config, tokenizer, eval_source, _limit(val_rows, config.max_eval_samples))
     if cut_train + cut_val:
-        report.append(f"truncated {cut_train + cut_val} of {len(train) + len(val)} examples to "
-                      f"max_length={config.max_length} tokens")
+        report.append(f"truncated {cut_train + cut_val} of {len(train) + len(val) + empty_train + empty_val} "
+                      f"examples to max_length={config.max_length} tokens")
+    if empty_train + empty_val:
+        report.append(f"left out {empty_train + empty_val} examples with no target token within max_length="
+                      f"{config.max_length}")
+    if not train and empty_train:
+        raise DataError(f"{source.path}: no training example keeps a token to learn within data.max_length="
+                        f"{config.max_length} (truncation removed every target token, which would train on "
+                        "nothing and report a loss of 0); raise data.max_length")
     report.append(f"{len(train)} training and {len(val)} validation examples (split seed {seed})")
     data = TaskData(train, val, report=report)
     if config.mode == "classification":

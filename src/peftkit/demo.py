@@ -36,7 +36,7 @@ def demo_config(output_dir: str = "outputs/demo", quick: bool = False) -> JobCon
                         drop_unlabeled=True, max_length=96, val_size=0.1,
                         max_train_samples=240 if quick else 1000, max_eval_samples=100 if quick else 200),
         train=TrainingConfig(epochs=1, batch_size=8, lr=2e-3, warmup_steps=5, eval_batch_size=32, log_every=5,
-                             group_by_length=True),
+                             group_by_length=True, overwrite=True),  # `make demo` again replaces its results
         output_dir=output_dir,
     )
 

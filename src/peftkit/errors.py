@@ -84,9 +84,16 @@ class TrainingError(PeftkitError):
 
 
 class TrainingInterrupted(PeftkitError):
-    """Training stopped on request (Ctrl-C) after saving a checkpoint; ``--resume`` continues it."""
+    """Training stopped on request (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint; ``--resume`` continues it.
+
+    The exit code is the shell's for the signal: 128 + its number (130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 class StorageError(PeftkitError):

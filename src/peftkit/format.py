@@ -73,14 +73,38 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except (OSError, SafetensorError) as err:  # safetensors reports a failed write (e.g. a full disk) its own way
+    except BaseException as err:
         _remove(tmp)
-        reason = getattr(err, "strerror", None) or err
-        raise StorageError(f"cannot write {path}: {reason}. Check that {folder} exists, is writable "
-                           f"and has space; the previous {os.path.basename(path)}, if any, is unchanged") from err
-    except BaseException:
-        _remove(tmp)
+        if is_write_failure(err):
+            raise StorageError(f"cannot write {path}: {write_failure_reason(err, folder)}. The previous "
+                               f"{os.path.basename(path)}, if any, is unchanged") from err
         raise
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """Whether ``err`` means "the bytes could not be written": an OS error, safetensors' own error type, or
+    torch.save's writer failing (a full disk or ``ulimit -f`` shows up as ``[enforce fail at
+    inline_container.cc]``, with no file name and no errno)."""
+    return isinstance(err, (OSError, SafetensorError)) or (
+        isinstance(err, RuntimeError) and ("PytorchStreamWriter" in str(err) or "inline_container" in str(err)))
+
+
+def write_failure_reason(err: BaseException, folder: str | os.PathLike[str]) -> str:
+    """Why a write into ``folder`` failed, in words: the disk is full, a file-size limit, or the OS's reason."""
+    import resource
+    import shutil
+
+    reasons = [err.strerror] if isinstance(err, OSError) and err.strerror else []
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        if free < 64 * 2**20 or getattr(err, "errno", None) == 28:
+            reasons.append(f"the disk is full ({free / 2**20:.1f} MiB free on the disk of {folder})")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        reasons.append(f"this process may write files of at most {limit:,} bytes (ulimit -f)")
+    if not reasons:
+        reasons.append(str(getattr(err, "strerror", None) or err).splitlines()[0])
+    return "; ".join(reasons) + f". Free some space or choose another folder than {folder}"
 
 
 def _remove(path: str | None) -> None:
@@ -106,9 +130,13 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         try:
             yield tmp
-        except OSError as err:
-            raise StorageError(f"cannot write {final}: {err.strerror or err}; the previous {final.name}, if any, "
-                               f"is unchanged") from err
+        except StorageError:
+            raise
+        except BaseException as err:
+            if is_write_failure(err):
+                raise StorageError(f"cannot write {final}: {write_failure_reason(err, final.parent)}. The previous "
+                                   f"{final.name}, if any, is unchanged") from err
+            raise
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the permissions mkdir would
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))

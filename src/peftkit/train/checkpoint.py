@@ -19,9 +19,13 @@ import torch
 from ..errors import ConfigError, TrainingError
 from ..format import atomic_directory
 
-__all__ = ["find_latest", "load_state", "save_checkpoint"]
+__all__ = ["check_complete", "find_latest", "load_state", "save_checkpoint"]
 
 STATE_FILE = "training_state.pt"
+TRAINABLE_FILE = "trainable.safetensors"
+POSITION_FILE = "position.json"
+REQUIRED_FILES = (STATE_FILE, TRAINABLE_FILE, POSITION_FILE)
+"""A checkpoint folder missing one of these is damaged (a kill while it was pruned) and is not listed."""
 
 
 def checkpoints_dir(output_dir: str | os.PathLike[str]) -> Path:
@@ -51,9 +55,11 @@ def save_checkpoint(output_dir: str | os.PathLike[str], step: int, model: Any, s
     with atomic_directory(root / f"step-{step:06d}") as tmp:
         model.save_pretrained(tmp)
         torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
-        (tmp / "position.json").write_text(json.dumps({"step": step, "micro_batches": state["micro_batches"]}))
+        (tmp / POSITION_FILE).write_text(json.dumps({"step": step, "micro_batches": state["micro_batches"]}))
     for old in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        trash = root / f".trash-{old.name}"
+        os.replace(old, trash)  # gone from the listing at once: a kill mid-delete leaves only hidden trash
+        shutil.rmtree(trash, ignore_errors=True)
     return root / f"step-{step:06d}"
 
 
@@ -62,7 +68,26 @@ def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    return sorted(p for p in root.glob("step-*") if all((p / f).is_file() for f in REQUIRED_FILES))
+
+
+def check_complete(folder: str | os.PathLike[str]) -> None:
+    """Raise unless ``folder`` is a whole checkpoint.
+
+    Raises:
+        ConfigError: the folder is not a checkpoint at all.
+        TrainingError: it is a checkpoint with files missing (damaged).
+    """
+    path = Path(folder)
+    present = [f for f in REQUIRED_FILES if (path / f).is_file()]
+    if not present:
+        raise ConfigError(f"{folder} is not a checkpoint (no {STATE_FILE}); pass a folder under "
+                          f"<output_dir>/checkpoints/, or resume: true for the latest")
+    missing = [f for f in REQUIRED_FILES if f not in present]
+    if missing:
+        raise TrainingError(f"checkpoint {folder} is damaged: {', '.join(missing)} missing (it was being deleted or "
+                            "written when the run was killed); resume from an earlier checkpoint, or with "
+                            "resume: true, which takes the latest complete one")
 
 
 def find_latest(output_dir: str | os.PathLike[str]) -> Path | None:
@@ -74,8 +99,7 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """The training state of a checkpoint, read with ``weights_only=True`` (no pickled code runs)."""
     path = Path(folder) / STATE_FILE
     if not path.is_file():
-        raise ConfigError(f"{folder} is not a checkpoint (no {STATE_FILE}); pass a folder under "
-                          f"<output_dir>/checkpoints/, or resume: true for the latest")
+        check_complete(folder)
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -194,6 +194,8 @@ class TrainingConfig:
     """Under torchrun: how long a process waits for the others before the run fails instead of hanging."""
     resume: bool | str = False
     """true: continue from the latest checkpoint in output_dir; or a checkpoint folder."""
+    overwrite: bool = False
+    """Replace an earlier run's results in output_dir (only files peftkit wrote; the user's are never touched)."""
     progress: bool = True
     """Show a progress bar with loss and tokens/s."""
     plot: bool = True

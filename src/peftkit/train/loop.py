@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import outputs
 from ..data import IGNORE_INDEX, Example, TaskData, collate, load_task_data, pack
-from ..errors import ConfigError, TrainingError, TrainingInterrupted
-from ..format import write_json_atomic, write_model_card, write_text_atomic
+from ..errors import ConfigError, PeftkitError, TrainingError, TrainingInterrupted
+from ..errors import short_repr as _short
+from ..format import atomic_write, write_json_atomic, write_model_card, write_text_atomic
 from ..model import PeftModel, get_peft_model
 from . import checkpoint as ckpt
 from . import distributed
@@ -36,7 +38,15 @@ from .report import MetricsLog, plot_metrics
 
 __all__ = ["TrainResult", "train"]
 
-TRAINABLE_FILE = "trainable.safetensors"
+TRAINABLE_FILE = ckpt.TRAINABLE_FILE
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "plot.png", "README.md", "adapter_config.json",
+             "adapter_model.safetensors", "checkpoints", "model")
+"""What a run writes into output_dir: peftkit refuses to start where one of these is the user's own file."""
+# Job fields that must be the same to resume: they decide the adapter, the data and the optimizer's path.
+# Length (epochs, max_steps, max_minutes) and what is shown or saved may change.
+RESUME_FIXED = ("model", "method", "adapter", "data", "seed", "dtype", "quantization", "train.batch_size",
+                "train.grad_accum", "train.lr", "train.weight_decay", "train.schedule", "train.warmup_steps",
+                "train.group_by_length", "train.packing", "train.max_grad_norm")
 
 
 @dataclass
@@ -217,7 +227,7 @@ class Run:
         self.last_eval_step = -1
         self.tokens_seen = 0
         self.train_time = 0.0
-        self.stop_requested = False
+        self.stop_signal = 0  # the signal that asked the run to stop (0: none)
         if cfg.packing:
             self.check_packing()
 
@@ -252,7 +262,7 @@ class Run:
         state = {"step": self.step, "micro_batches": self.position,
                  "optimizer": distributed.optimizer_state(self.model, self.optimizer, self.procs),
                  "scheduler": self.scheduler.state_dict(), "before": self.before or {},
-                 "tokens_seen": self.tokens_seen, "train_time": self.train_time}
+                 "tokens_seen": self.tokens_seen, "train_time": self.train_time, "job": self.config.to_dict()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         rng_per_rank = self.procs.gather(ckpt.rng_state())
@@ -268,7 +278,12 @@ class Run:
     def restore(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
+        ckpt.check_complete(folder)
         state = ckpt.load_state(folder)
+        changed = _resume_differences(state.get("job"), self.config.to_dict())
+        if changed:
+            raise ConfigError([f"{folder} was written by a different job; --resume continues the same job, so "
+                               "change these back or start a new output_dir:", *changed])
         weights = load_file(str(folder / TRAINABLE_FILE))
         named = dict(self.model.named_parameters())
         missing = [k for k in weights if k not in named]
@@ -418,7 +433,26 @@ class _TrainableSaver:
         if isinstance(self.model, PeftModel):  # after full fine-tuning, trainable.safetensors is the model
             self.model.save_pretrained(folder)
         tensors = {k: p.detach().cpu().contiguous() for k, p in self.model.named_parameters() if p.requires_grad}
-        save_file(tensors, str(folder / TRAINABLE_FILE))
+        with atomic_write(folder / TRAINABLE_FILE) as tmp:  # the umask's permissions, like every other file
+            save_file(tensors, tmp)
+
+
+def _resume_differences(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """``field: <at the checkpoint> -> <now>`` for each :data:`RESUME_FIXED` field that differs."""
+    if not saved:
+        return []  # a checkpoint from before jobs were recorded: trust the tensor checks
+    changed = []
+    for name in RESUME_FIXED:
+        section, _, key = name.partition(".")
+        old, new = saved.get(section), now.get(section)
+        if key:
+            old, new = (old or {}).get(key), (new or {}).get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{name}.{k}: {_short(old.get(k))} at the checkpoint, {_short(new.get(k))} now"
+                        for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)]
+        elif old != new:
+            changed.append(f"{name}: {_short(old)} at the checkpoint, {_short(new)} now")
+    return changed
 
 
 def _resume_folder(config: JobConfig, log: Callable[[str], None]) -> Path | None:
@@ -426,10 +460,6 @@ def _resume_folder(config: JobConfig, log: Callable[[str], None]) -> Path | None
     if isinstance(resume, str) and resume not in ("true", "latest"):
         return Path(resume)
     if not resume:
-        existing = ckpt.find_latest(config.output_dir)
-        if existing is not None:
-            raise ConfigError(f"output_dir {config.output_dir} already holds checkpoints of an earlier run "
-                              f"({existing.name}); pass --resume to continue it, or choose a new output_dir")
         return None
     latest = ckpt.find_latest(config.output_dir)
     if latest is None:
@@ -520,10 +550,59 @@ def _quiet(_: str) -> None:
 
 def _train(config: JobConfig, model: nn.Module | None, tokenizer: Any, log: Callable[[str], None],
            procs: Processes) -> TrainResult:
-    from ..models import load_tokenizer
-
     seed_everything(config.seed)  # the same adapter initialization on every process
     _check_writable(Path(config.output_dir))
+    with _own_output_dir(config, procs, log):
+        return _train_owned(config, model, tokenizer, log, procs)
+
+
+@contextlib.contextmanager
+def _own_output_dir(config: JobConfig, procs: Processes, log: Callable[[str], None]) -> Iterator[None]:
+    """Rank 0 holds output_dir's writer lock for the whole run, cleans what killed runs left there, and
+    checks that the run's files are peftkit's to write; every process learns whether that worked."""
+    out = Path(config.output_dir)
+    with contextlib.ExitStack() as stack:
+        failure: PeftkitError | None = None
+        if procs.is_main:
+            try:
+                stack.enter_context(outputs.writer_lock(out))
+                removed = outputs.clean_leftovers(out, RUN_FILES)
+                if removed:
+                    log(f"removed {len(removed)} leftover(s) of an interrupted write in {out}: {', '.join(removed)}")
+                _claim_run_files(config, log)
+            except PeftkitError as err:
+                failure = err
+        if procs.distributed and procs.any(failure is not None):
+            raise failure or outputs.OutputDirError(f"rank 0 could not take output_dir {out}; see its message")
+        if failure is not None:
+            raise failure
+        yield
+
+
+def _claim_run_files(config: JobConfig, log: Callable[[str], None]) -> None:
+    """Refuse the user's own files where the run would write, and an earlier run's results unless the job
+    resumes it or asks to replace it (``train.overwrite``)."""
+    out = Path(config.output_dir)
+    existing = ckpt.find_latest(out)
+    if existing is not None and not config.train.resume:
+        raise ConfigError(f"output_dir {out} already holds checkpoints of an earlier run ({existing.name}); pass "
+                          "--resume to continue it, or choose a new output_dir")
+    earlier = outputs.claim(out, RUN_FILES, "train", "output_dir")
+    if not earlier or config.train.resume:
+        return
+    if not config.train.overwrite:
+        raise outputs.OutputDirError(
+            f"output_dir {out} already holds the results of an earlier run ({', '.join(earlier)}); pass --resume "
+            "to continue it, --train.overwrite true to replace those files (only files peftkit wrote), or choose "
+            "a new output_dir")
+    outputs.remove_owned(out, RUN_FILES, "train")
+    log(f"replacing the earlier run in {out} (train.overwrite)")
+
+
+def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log: Callable[[str], None],
+                 procs: Processes) -> TrainResult:
+    from ..models import load_tokenizer
+
     resume_from = _resume_folder(config, log)
     if procs.distributed:
         _check_batch(config.train, procs)
@@ -567,25 +646,32 @@ def _run(run: Run, config: JobConfig, log: Callable[[str], None], resumed: bool)
     return _finish(run, metrics)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, a scheduler's or ``kill``'s stop, a closed terminal: each asks for a checkpoint and a clean stop."""
+
+
 @contextlib.contextmanager
 def _stop_on_interrupt(run: Run) -> Iterator[None]:
-    """The first Ctrl-C asks the run to stop after the current step (with a checkpoint); a second one
+    """The first stop signal asks the run to stop after the current step (with a checkpoint); a second one
     stops at once. Only in the main thread, where Python delivers signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if run.stop_requested:
-            raise KeyboardInterrupt
-        run.stop_requested = True
-        run.log("\nstopping after this step and saving a checkpoint (Ctrl-C again to stop at once)")
+        name = signal.Signals(signum).name
+        if run.stop_signal:
+            raise TrainingInterrupted(f"stopped at once by a second {name} at step {run.step}; the last checkpoint "
+                                      f"in {ckpt.checkpoints_dir(run.out)} is intact: continue with --resume", signum)
+        run.stop_signal = signum
+        run.log(f"\n{name}: stopping after this step and saving a checkpoint (send it again to stop at once)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def _loop(run: Run, metrics: MetricsLog) -> None:
@@ -615,15 +701,16 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
             _record_eval(run, metrics)
         if cfg.save_every and run.step % cfg.save_every == 0:
             run.save()
-        if run.procs.distributed:
-            run.stop_requested = run.procs.any(run.stop_requested)  # every process stops at the same step
-        if run.stop_requested:
+        if run.procs.distributed and run.procs.any(run.stop_signal != 0):  # every process stops at the same step
+            run.stop_signal = run.stop_signal or signal.SIGTERM
+        if run.stop_signal:
             bar.close()
             if not (cfg.save_every and run.step % cfg.save_every == 0):
                 run.save()
             raise TrainingInterrupted(
-                f"interrupted at step {run.step} of {run.total}; checkpoint saved in "
-                f"{ckpt.checkpoints_dir(run.out)}. Continue with the same config and --resume")
+                f"interrupted by {signal.Signals(run.stop_signal).name} at step {run.step} of {run.total}; "
+                f"checkpoint saved in {ckpt.checkpoints_dir(run.out)}. Continue with the same config and --resume",
+                run.stop_signal)
     bar.close()
 
 
