@@ -204,23 +204,37 @@ def rebase_prompt_keys(tensors: dict[str, torch.Tensor], to_file: bool) -> dict[
 
 
 def to_model_keys(
-    model: torch.nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], source: str
+    model: torch.nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], source: str,
+    allowed: set[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Map file keys back to ``model``'s parameter names for ``adapter_name``, checking keys and shapes.
+    """Map file keys back to ``model``'s parameter names for ``adapter_name``, checking keys, shapes and values.
+
+    Args:
+        allowed: the file keys the adapter's config writes besides its own layers' tensors (the biases of
+            ``bias="all"``); a key naming any other base-model weight is refused, never loaded over it.
 
     Raises:
-        AdapterFormatError: a tensor has no place in the model, an adapter weight is missing, or a shape
-            differs; the message names the layer and both shapes.
+        AdapterFormatError: a tensor has no place in the model or names a base weight, an adapter weight is
+            missing, a shape differs, or a value is NaN or infinite; the message names the tensor.
     """
     state = model.state_dict()
     wanted = {checkpoint_key(k, adapter_name): k for k in state if _is_adapter_param(k, adapter_name)}
+    extra = {k for k in (allowed or set()) if k in state}
     out: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for file_key, tensor in tensors.items():
-        model_key = wanted.get(file_key, file_key if file_key in state else None)
+        model_key = wanted.get(file_key, file_key if file_key in extra else None)
+        if model_key is None and file_key in state:
+            raise AdapterFormatError(
+                f"{source}: tensor {file_key!r} names a weight of the base model, not of the adapter; loading it "
+                "would overwrite the base model. An adapter file holds only the adapter's own tensors: this file "
+                "was made by another tool or tampered with.")
         if model_key is None:
             unexpected.append(file_key)
             continue
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdapterFormatError(f"{source}: tensor {file_key!r} holds NaN or infinite values; the adapter was "
+                                     "saved from a diverged run or the file is damaged. Use an earlier checkpoint.")
         expected = tuple(state[model_key].shape)
         if tuple(tensor.shape) != expected:
             raise AdapterFormatError(

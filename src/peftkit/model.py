@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +20,7 @@ from torch import nn
 from . import format as fmt
 from . import prompting, surgery
 from .config import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptLearningConfig, TaskType
-from .errors import AdapterNotFoundError, ConfigError, PeftkitError
+from .errors import AdapterFormatError, AdapterNotFoundError, ConfigError, PeftkitError, short_repr
 from .merging import MIXES
 
 __all__ = [
@@ -167,6 +168,7 @@ class PeftModel(nn.Module):
         Raises:
             ConfigError: the name is taken, or the config's task does not fit this model.
         """
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise ConfigError(f"an adapter named {adapter_name!r} already exists; pick another name or delete it")
         if not isinstance(peft_config, PeftConfig):
@@ -188,10 +190,8 @@ class PeftModel(nn.Module):
             config.modules_to_save = list(dict.fromkeys(modules))
             surgery.add_modules_to_save(base, config.modules_to_save, adapter_name)
         self.peft_config[adapter_name] = config
-        if adapter_name == self.active_adapter:
-            self.set_adapter(adapter_name)
-        else:  # a new adapter stays inactive and frozen until chosen
-            surgery.set_active(base, [self.active_adapter])
+        # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT
+        self.set_adapter(adapter_name if adapter_name == self.active_adapter else self.active_adapter)
 
     def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
         return []
@@ -315,16 +315,16 @@ class PeftModel(nn.Module):
         self._require_layer_adapters(names, "merge")
         base = self.get_base_model()
         surgery.unmerge(base)
-        surgery.merge(base, names)
+        surgery.merge(base, names)  # only these: another active adapter must not reach the weights
         if safe_merge:
             bad = [n for n, p in base.named_parameters() if not torch.isfinite(p).all()]
             if bad:
                 raise PeftkitError(f"merging produced NaN or inf in {bad[:3]}; the adapter weights are broken")
-        return surgery.unload(base, merge_active=True)
+        return surgery.unload(base, keep_merged=True)
 
     def unload(self) -> nn.Module:
         """Return the base model without adapter layers and without merging (the original weights)."""
-        return surgery.unload(self.get_base_model(), merge_active=False)
+        return surgery.unload(self.get_base_model(), keep_merged=False)
 
     # ----- parameters --------------------------------------------------------------------------------
 
@@ -483,6 +483,7 @@ class PeftModel(nn.Module):
         for name in names:
             config = self._require(name).replace()
             tensors = self.adapter_state_dict(name)
+            _check_saveable(name, config, tensors)
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
             if config.base_model_name_or_path is None:
                 config.base_model_name_or_path = self.name_or_path or None
@@ -550,13 +551,54 @@ class PeftModel(nn.Module):
             prompt = tensors.pop(fmt.PROMPT_KEY, None)
             if prompt is None:
                 raise fmt.AdapterFormatError(f"{folder}: no {fmt.PROMPT_KEY!r} tensor in the adapter file")
+            if prompt.is_floating_point() and not torch.isfinite(prompt).all():
+                raise fmt.AdapterFormatError(f"{folder}: {fmt.PROMPT_KEY!r} holds NaN or infinite values; the "
+                                             "adapter was saved from a diverged run or the file is damaged")
             prompting.load_embeddings(self.prompt_encoder[adapter_name], prompt, source=str(folder))
             tensors = fmt.rebase_prompt_keys(tensors, to_file=False)
-        state = fmt.to_model_keys(self, adapter_name, tensors, source=str(folder))
+        state = fmt.to_model_keys(self, adapter_name, tensors, source=str(folder),
+                                  allowed=set(self.adapter_state_dict(adapter_name)))
         with torch.no_grad():
             params = dict(self.state_dict(keep_vars=True))
             for key, tensor in state.items():
                 params[key].copy_(tensor.to(params[key].dtype))
+
+
+def check_adapter_name(name: object) -> None:
+    """Adapter names become module keys and subfolder names: plain, non-empty text without dots or slashes.
+
+    Raises:
+        ConfigError: the name is empty, too long, has ``.``, ``/``, ``\\`` or control characters, or is a
+            name a module already uses for itself.
+    """
+    problem = None
+    if not isinstance(name, str) or not name.strip():
+        problem = "is empty" if isinstance(name, str) else f"is a {type(name).__name__}, not text"
+    elif len(name) > 128:
+        problem = f"is {len(name)} characters long (at most 128)"
+    elif any(c in name for c in "./\\") or not name.isprintable():
+        problem = "contains '.', '/', '\\' or a control character"
+    elif hasattr(nn.ModuleDict(), name):
+        problem = "is the name of a module attribute"
+    if problem:
+        raise ConfigError(f"adapter name {short_repr(name)} {problem}; adapter names become layer keys and folder "
+                          "names, so use letters, digits, '-' and '_' (e.g. 'default', 'sentiment-v2')")
+
+
+def _check_saveable(name: str, config: PeftConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse to write an adapter file that could not be loaded back as the adapter its config describes."""
+    if config.is_prompt_learning:
+        return
+    if not tensors:
+        raise AdapterFormatError(
+            f"adapter {name!r} has no weights left in the model (merge_and_unload() or unload() removed its "
+            "layers), so saving it would write an empty adapter over any good one in that folder. Save the "
+            "adapter before unloading it, or save the merged model returned by merge_and_unload().")
+    a_keys = {k.replace(".lora_A.", ".") for k in tensors if ".lora_A." in k}
+    b_keys = {k.replace(".lora_B.", ".") for k in tensors if ".lora_B." in k}
+    if a_keys != b_keys:
+        raise AdapterFormatError(f"adapter {name!r} is inconsistent: {len(a_keys ^ b_keys)} layer(s) hold "
+                                 "only one of lora_A and lora_B; it would not load again")
 
 
 def _to_plain_lora(config: PeftConfig, tensors: dict[str, torch.Tensor], initial: str | os.PathLike[str]
@@ -656,6 +698,14 @@ def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str 
     """
     if isinstance(model, PeftModel):
         raise ConfigError("the model already has adapters; use model.add_adapter(name, config) to add another")
+    held = {n for _, layer in surgery.adapter_layers(model) for n in surgery.layer_adapter_names(layer)}
+    if adapter_name in held:  # a second get_peft_model would re-initialize the first one's trained weights
+        raise ConfigError(f"this model already holds an adapter named {adapter_name!r} from an earlier "
+                          "get_peft_model; its trained weights would be re-initialized. Use the PeftModel you got "
+                          "then (add_adapter for another adapter), or load a fresh base model")
+    if held:
+        warnings.warn("You are trying to modify a model with PEFT for a second time. If you want to reload the "
+                      "model with a different config, make sure to call `.unload()` before.", stacklevel=2)
     task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
     model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel
     return model_cls(model, peft_config, adapter_name)

@@ -25,7 +25,8 @@ from .config import (
     PromptTuningInit,
     TaskType,
 )
-from .errors import AdapterFormatError, ConfigError
+from .errors import AdapterFormatError, ConfigError, short_repr
+from .memory import check_allocation
 from .tuners.prompt import PrefixEncoder, PromptEmbedding, PromptEncoder
 
 __all__ = ["build_prompt_module", "embeddings_to_save", "generate", "load_embeddings", "prepare_inputs"]
@@ -67,6 +68,9 @@ def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Mod
     fill_shape_fields(base, config)
     n, dim = cast(int, config.num_virtual_tokens), cast(int, config.token_dim)
     total = n * cast(int, config.num_transformer_submodules)
+    layers = 2 * cast(int, config.num_layers) if isinstance(config, PrefixTuningConfig) else 1  # keys and values
+    check_allocation(16 * total * dim * layers, f"{short_repr(n)} virtual tokens",  # fp32 + grad + 2 moments
+                     "choose fewer num_virtual_tokens (8 to 32 is usual)")
     module: nn.Module
     if isinstance(config, PromptTuningConfig):
         module = PromptEmbedding(total, dim)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from .config import IA3Config, LoraConfig, PeftConfig, TaskType
-from .errors import ConfigError, TargetNotFoundError
+from .errors import ConfigError, TargetNotFoundError, short_repr
+from .memory import check_allocation
 from .merging import MIXES, mix
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
@@ -90,21 +90,41 @@ def _linear_types() -> tuple[type[nn.Module], ...]:
     return (nn.Linear, conv1d) if conv1d is not None else (nn.Linear,)
 
 
+REGEX_SECONDS = 0.25
+"""The most time one name may take to match a pattern from a config. Patterns come from files that may be
+untrusted (an ``adapter_config.json``), and a pattern such as ``(a|a?)+$`` can backtrack for hours with
+``re``; the ``regex`` engine takes a timeout, and a pattern that hits it is refused."""
+
+
+def _regex(kind: str, pattern: str, key: str) -> Any:
+    """``regex.fullmatch`` (``kind="full"``) or ``regex.match`` of a config pattern, with :data:`REGEX_SECONDS`."""
+    import regex
+
+    try:
+        compiled = regex.compile(pattern, flags=regex.VERSION0)
+        return (compiled.fullmatch if kind == "full" else compiled.match)(key, timeout=REGEX_SECONDS)
+    except TimeoutError as err:
+        raise ConfigError(f"the pattern {short_repr(pattern)} took over {REGEX_SECONDS}s to match the layer name "
+                          f"{key!r} (catastrophic backtracking); simplify it, or list the layer names") from err
+    except regex.error as err:
+        raise ConfigError(f"the pattern {short_repr(pattern)} is not a valid regular expression: {err}") from err
+
+
 def _matches(spec: list[str] | str, key: str) -> bool:
     """PEFT's rule: a string is a regex that must match the whole name; a list matches a name or a suffix."""
     if isinstance(spec, str):
-        return re.fullmatch(spec, key) is not None
+        return _regex("full", spec, key) is not None
     return key in spec or any(key.endswith(f".{t}") for t in spec)
 
 
 def _layer_index(config: LoraConfig, key: str) -> int | None:
     patterns = getattr(config, "layers_pattern", None)
     if not patterns:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+        match = _regex("match", r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
     else:
         match = None
         for pattern in [patterns] if isinstance(patterns, str) else patterns:
-            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
+            match = _regex("match", rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
             if match:
                 break
     return int(match.group("idx")) if match else None
@@ -114,7 +134,7 @@ def is_target(config: LoraConfig | IA3Config, key: str) -> bool:
     """Whether the module named ``key`` is adapted under ``config`` (PEFT's ``check_target_module_exists``)."""
     if config.exclude_modules and _matches(config.exclude_modules, key):
         return False
-    if config.modules_to_save and any(re.match(rf"(^|.*\.){m}($|\..*)", key) for m in config.modules_to_save):
+    if config.modules_to_save and any(_regex("match", rf"(^|.*\.){m}($|\..*)", key) for m in config.modules_to_save):
         return False
     if config.target_modules is None or not _matches(config.target_modules, key):
         return False
@@ -190,7 +210,7 @@ def _wrap(module: nn.Module, key: str, config: LoraConfig) -> LoraLayer:
 
 def _pattern_value(pattern: dict[str, float] | dict[str, int], key: str, default: float) -> float:
     for pat, value in pattern.items():
-        if re.match(rf"(.*\.)?({pat})$", key):
+        if _regex("match", rf"(.*\.)?({pat})$", key):
             return value
     return default
 
@@ -242,6 +262,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
     if config.init_lora_weights == "olora" and transposed:  # before any change: OLoRA rewrites base weights
         raise ConfigError(f"init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D "
                           f"({transposed[0]!r}); use 'pissa' there")
+    _check_lora_size(model, config, keys)
     for key in keys:
         module = model.get_submodule(key)
         layer = module if isinstance(module, LoraLayer) else _wrap(module, key, config)
@@ -254,6 +275,18 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
         if layer is not module:
             _set_submodule(model, key, layer)
     return keys
+
+
+def _check_lora_size(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
+    """Refuse ranks whose A and B (fp32, with AdamW's two moments when trained) cannot fit in memory."""
+    total = 0
+    for key in keys:
+        weight = getattr(model.get_submodule(key), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            total += int(_pattern_value(config.rank_pattern, key, config.r)) * sum(weight.shape)
+    factor = 4 if config.inference_mode else 16  # bytes per value: fp32, plus gradient and two moments to train
+    check_allocation(total * factor, f"LoRA with r={short_repr(config.r)} on {len(keys)} layers",
+                     "choose a smaller r (8 to 64 is usual)")
 
 
 IA3_TARGET_MODULES: dict[str, list[str]] = {
@@ -272,7 +305,7 @@ def _is_feedforward(config: IA3Config, key: str) -> bool:
     """PEFT's rule: a regex must match the whole name; list entries match as plain suffixes."""
     spec = config.feedforward_modules or []
     if isinstance(spec, str):
-        return re.fullmatch(spec, key) is not None
+        return _regex("full", spec, key) is not None
     return any(key.endswith(f) for f in spec)
 
 
@@ -436,22 +469,26 @@ def unmerge(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def unload(model: nn.Module, merge_active: bool) -> nn.Module:
-    """Replace every adapter layer by its base layer, first merging the active adapters if asked.
+def unload(model: nn.Module, keep_merged: bool) -> nn.Module:
+    """Replace every adapter layer by its base layer: with the adapters merged so far (``keep_merged``; merge
+    the wanted ones first), or with the original weights.
 
-    A trainable copy (``modules_to_save``) replaces its original when merging, as in PEFT.
+    A trainable copy (``modules_to_save``) replaces its original when keeping merges, as in PEFT.
     """
     for key, layer in list(adapter_layers(model)):
         if isinstance(layer, AdapterLayer):
-            if merge_active:
-                layer.merge()
-            else:
+            if not keep_merged:
                 layer.unmerge()
             _set_submodule(model, key, layer.base_layer)
         else:
-            kept = layer._current() if merge_active else layer.original_module
+            kept = layer._current() if keep_merged else layer.original_module
             _set_submodule(model, key, kept)
     return model
+
+
+def layer_adapter_names(layer: AdapterLayer | ModulesToSaveWrapper) -> list[str]:
+    """The adapters a layer (or trainable copy) holds."""
+    return list(layer.adapter_names) if isinstance(layer, AdapterLayer) else list(layer.modules_to_save)
 
 
 COMBINATIONS = ("cat", *MIXES, *(f"{m}_svd" for m in MIXES if m != "linear"), "svd")

@@ -708,7 +708,7 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
             if not (cfg.save_every and run.step % cfg.save_every == 0):
                 run.save()
             raise TrainingInterrupted(
-                f"interrupted by {signal.Signals(run.stop_signal).name} at step {run.step} of {run.total}; "
+                f"interrupted at step {run.step} of {run.total} ({signal.Signals(run.stop_signal).name}); "
                 f"checkpoint saved in {ckpt.checkpoints_dir(run.out)}. Continue with the same config and --resume",
                 run.stop_signal)
     bar.close()

@@ -102,8 +102,21 @@ class AdapterLayer(nn.Module):
         held = set(self.adapter_names)
         for name in names if names is not None else self.active_adapters:
             if name in held and name not in self.merged_adapters:
+                self._check_finite(name)
                 self._merge_one(name)
                 self.merged_adapters.append(name)
+
+    def _check_finite(self, name: str) -> None:
+        """A NaN or infinity merged into the base weight cannot be taken out again: refuse before merging."""
+        for attr in self.adapter_param_names:
+            container = getattr(self, attr)
+            held = container[name] if name in container else None
+            tensors = held.parameters() if isinstance(held, nn.Module) else [held] if held is not None else []
+            if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+                from ..errors import TrainingError
+
+                raise TrainingError(f"adapter {name!r} holds NaN or infinite values in {attr}; merging would make "
+                                    "the base weight NaN for good. Reload the adapter from a good checkpoint")
 
     @torch.no_grad()
     def unmerge(self) -> None:
