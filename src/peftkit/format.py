@@ -41,6 +41,8 @@ __all__ = [
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 PROMPT_KEY = "prompt_embeddings"
+CARD_MARK = "Saved by peftkit"
+"""The model card's own words: a README.md without them is not peftkit's, and is never overwritten."""
 
 
 def _umask() -> int:
@@ -102,8 +104,9 @@ def write_failure_reason(err: BaseException, folder: str | os.PathLike[str]) -> 
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         reasons.append(f"this process may write files of at most {limit:,} bytes (ulimit -f)")
-    if not reasons:
-        reasons.append(str(getattr(err, "strerror", None) or err).splitlines()[0])
+    if not reasons:  # torch's "[enforce fail at inline_container.cc]" says nothing a user can act on
+        reasons.append(str(err).splitlines()[0] if isinstance(err, (OSError, SafetensorError))
+                       else "the file could not be written (a full disk, a quota or a file-size limit)")
     return "; ".join(reasons) + f". Free some space or choose another folder than {folder}"
 
 
@@ -375,7 +378,7 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
     bases = {c.base_model_name_or_path for c in model.peft_config.values() if c.base_model_name_or_path}
     if len(bases) == 1:
         lines.append(f"base_model: {bases.pop()}")
-    lines += ["---", "", "# Adapter", "", "Saved by peftkit in Hugging Face PEFT's format.", "",
+    lines += ["---", "", "# Adapter", "", f"{CARD_MARK} in Hugging Face PEFT's format.", "",
               "| adapter | method | task |", "|---|---|---|"]
     for name, config in model.peft_config.items():
         task = config.task_type.value if config.task_type is not None else "-"
@@ -383,4 +386,7 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
     lines += ["", "Load it with `peftkit.PeftModel.from_pretrained(base_model, path)` or PEFT's own.", ""]
     lines += [*training, ""] if training else []
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "README.md", "\n".join(lines))
+    card = folder / "README.md"
+    if card.is_file() and CARD_MARK not in card.read_text(encoding="utf-8", errors="replace"):
+        return  # the user's own README (or another tool's card) stays as it is
+    write_text_atomic(card, "\n".join(lines))

@@ -43,6 +43,7 @@ def main_() -> None:
         tmp.mkdir()
         text = message(case, tmp, model_dir).removeprefix("peftkit: error: ")
         text = re.sub(re.escape(str(tmp)), "…", text).replace(str(model_dir), "MODEL").replace("|", "\\|")
+        text = re.sub(r"\s*\n\s*", " ", text)  # one table row per case
         text = text if len(text) <= 220 else text[:217] + "..."
         rows.append(f"| `{case.id}` | {case.what} | {case.error.__name__} | {case.code} | {text} |")
     doc = DOCS.read_text()

@@ -30,6 +30,7 @@ from peftkit import (
 )
 from peftkit.cli import main
 from peftkit.errors import PeftkitError, StorageError, TrainingError
+from peftkit.outputs import OutputDirError
 from tests.conftest import tiny_model
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -219,6 +220,308 @@ def resume_damaged(tmp: Path) -> None:
     checkpoint.load_state(folder)
 
 
+# ----- second corpus: data loss, silent wrong results, exhaustion, exit codes, faults ----------------------
+
+
+def _merge_setup(tmp: Path) -> tuple[Path, Path]:
+    from tests.conftest import char_tokenizer
+
+    tiny_model("llama").save_pretrained(tmp / "model")
+    char_tokenizer().save_pretrained(tmp / "model")
+    return tmp / "model", _saved_lora(tmp)
+
+
+def merge_over_user_files(tmp: Path) -> None:
+    model, adapter = _merge_setup(tmp)
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "precious.txt").write_text("x")
+    try:
+        main(["--debug", "merge", str(model), str(adapter), str(tmp / "mine")])
+    finally:
+        assert (tmp / "mine" / "precious.txt").read_text() == "x"
+
+
+def merge_into_adapter(tmp: Path) -> None:
+    model, adapter = _merge_setup(tmp)
+    before = (adapter / "adapter_model.safetensors").read_bytes()
+    try:
+        main(["--debug", "merge", str(model), str(adapter), str(adapter)])
+    finally:
+        assert (adapter / "adapter_model.safetensors").read_bytes() == before
+
+
+def merge_into_adapters_parent(tmp: Path) -> None:
+    model, adapter = _merge_setup(tmp)
+    try:
+        main(["--debug", "merge", str(model), str(adapter), str(tmp)])
+    finally:
+        assert (adapter / "adapter_config.json").is_file()
+
+
+def _run_job(tmp: Path, out: str = "out", **train_fields: Any) -> Any:
+    from peftkit import JobConfig
+    from peftkit import train as run_train
+    from tests.conftest import char_tokenizer
+
+    if not (tmp / "d.csv").exists():
+        (tmp / "d.csv").write_text(GOOD_CSV)
+    job = JobConfig(adapter={"r": 2, "target_modules": ["q_proj"], **train_fields.pop("adapter", {})},
+                    output_dir=str(tmp / out), data={"path": str(tmp / "d.csv"), "val_size": 0},
+                    train={"max_steps": 2, "batch_size": 4, "progress": False, "plot": False, **train_fields})
+    return run_train(job, model=tiny_model("llama"), tokenizer=char_tokenizer(), log=lambda _: None)
+
+
+def train_over_finished_run(tmp: Path) -> None:
+    _run_job(tmp)
+    before = (tmp / "out" / "adapter_model.safetensors").read_bytes()
+    try:
+        _run_job(tmp, lr=0.5)
+    finally:
+        assert (tmp / "out" / "adapter_model.safetensors").read_bytes() == before
+
+
+def train_while_another_runs(tmp: Path) -> None:
+    import socket
+
+    (tmp / "out").mkdir()
+    # pid 1 lives as long as the machine: a run that holds the folder
+    (tmp / "out" / ".peftkit.lock").write_text(json.dumps({"pid": 1, "host": socket.gethostname()}))
+    _run_job(tmp)
+
+
+def train_lock_from_other_host(tmp: Path) -> None:
+    (tmp / "out").mkdir()
+    (tmp / "out" / ".peftkit.lock").write_text(json.dumps({"pid": 12345, "host": "another-machine"}))
+    _run_job(tmp)
+
+
+def save_after_merge_and_unload(tmp: Path) -> None:
+    folder = _saved_lora(tmp)
+    before = (folder / "adapter_model.safetensors").read_bytes()
+    model = PeftModel.from_pretrained(tiny_model("llama"), folder)
+    model.merge_and_unload()
+    try:
+        model.save_pretrained(folder)
+    finally:
+        assert (folder / "adapter_model.safetensors").read_bytes() == before
+
+
+def save_half_adapter(tmp: Path) -> None:
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    del layer.lora_B["default"]
+    model.save_pretrained(tmp / "adapter")
+
+
+def get_peft_model_twice(tmp: Path) -> None:
+    base = tiny_model("llama")
+    first = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    trained = {k: v.clone() for k, v in first.state_dict().items() if "lora_" in k}
+    try:
+        get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    finally:
+        assert all(torch.equal(v, first.state_dict()[k]) for k, v in trained.items())
+
+
+def _edit_weights(tmp: Path, change: Callable[[dict[str, torch.Tensor]], None], **config: Any) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    folder = _saved_lora(tmp, **config)
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    change(tensors)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def _first_b(tensors: dict[str, torch.Tensor]) -> str:
+    return next(k for k in tensors if "lora_B" in k)
+
+
+def adapter_weights_nan(tmp: Path) -> None:
+    folder = _edit_weights(tmp, lambda t: t[_first_b(t)].fill_(float("nan")))
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_weights_inf(tmp: Path) -> None:
+    folder = _edit_weights(tmp, lambda t: t[_first_b(t)].fill_(float("inf")))
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_names_base_weight(tmp: Path) -> None:
+    base = tiny_model("llama")
+
+    def poison(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["base_model.model.model.embed_tokens.weight"] = torch.zeros_like(base.model.embed_tokens.weight)
+
+    folder = _edit_weights(tmp, poison)
+    before = base.model.embed_tokens.weight.clone()
+    try:
+        PeftModel.from_pretrained(base, folder)
+    finally:
+        assert torch.equal(base.model.embed_tokens.weight, before)
+
+
+def prompt_weights_nan(tmp: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from peftkit import PromptTuningConfig
+
+    model = get_peft_model(tiny_model("llama"), PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
+    model.save_pretrained(tmp / "adapter")
+    path = tmp / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    tensors["prompt_embeddings"][0, 0] = float("nan")
+    save_file(tensors, str(path))
+    PeftModel.from_pretrained(tiny_model("llama"), tmp / "adapter")
+
+
+def merge_nan_in_memory(tmp: Path) -> None:
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(float("nan"))
+    model.merge_and_unload()
+
+
+def _resume_job(tmp: Path, **changes: Any) -> None:
+    _run_job(tmp, save_every=1, max_steps=2)
+    (tmp / "d2.csv").write_text(GOOD_CSV)
+    adapter = {"lora_alpha": 32} if changes.pop("alpha", False) else {}
+    _run_job(tmp, resume=True, max_steps=3, adapter=adapter, **changes)
+
+
+def resume_changed_alpha(tmp: Path) -> None:
+    _resume_job(tmp, alpha=True)
+
+
+def resume_changed_lr(tmp: Path) -> None:
+    _resume_job(tmp, lr=0.5)
+
+
+def resume_half_deleted(tmp: Path) -> None:
+    from peftkit.train import checkpoint
+
+    _run_job(tmp, save_every=1, max_steps=2)
+    folder = tmp / "out" / "checkpoints" / "step-000002"
+    (folder / checkpoint.TRAINABLE_FILE).unlink()  # a kill while the folder was being deleted
+    assert [p.name for p in checkpoint.list_checkpoints(tmp / "out")] == ["step-000001"]
+    _run_job(tmp, resume=str(folder), max_steps=3)
+
+
+def _adapter_config(tmp: Path, **changes: Any) -> Path:
+    folder = _edit_config(tmp, **changes)
+    return folder
+
+
+def regex_backtracking_from_file(tmp: Path) -> None:
+    import time
+
+    folder = _adapter_config(tmp, target_modules="(.*?)*?(.*)*(?=X)")
+    started = time.monotonic()
+    try:
+        PeftModel.from_pretrained(tiny_model("llama"), folder)
+    finally:
+        assert time.monotonic() - started < 10
+
+
+def regex_re_backtracking_is_fast(tmp: Path) -> None:
+    import time
+
+    folder = _adapter_config(tmp, target_modules="(.|.)*X")  # minutes with the re module
+    started = time.monotonic()
+    try:
+        PeftModel.from_pretrained(tiny_model("llama"), folder)
+    finally:
+        assert time.monotonic() - started < 10
+
+
+def adapter_config_huge(tmp: Path) -> None:
+    folder = _saved_lora(tmp)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "x": "' + "a" * 5_000_000 + '"}')
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_config_deep(tmp: Path) -> None:
+    folder = _saved_lora(tmp)
+    (folder / "adapter_config.json").write_text('{"peft_type": "LORA", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_config_nan_alpha(tmp: Path) -> None:
+    folder = _saved_lora(tmp)
+    path = folder / "adapter_config.json"
+    path.write_text(path.read_text().replace('"lora_alpha": 8', '"lora_alpha": NaN'))
+    PeftModel.from_pretrained(tiny_model("llama"), folder)
+
+
+def adapter_config_huge_rank(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, r=2**40))
+
+
+def _load_named(tmp: Path, name: str) -> None:
+    model = PeftModel.from_pretrained(tiny_model("llama"), _saved_lora(tmp))
+    model.load_adapter(tmp / "adapter", adapter_name=name)
+    model.save_pretrained(tmp / "saved")
+
+
+def adapter_name_absolute(tmp: Path) -> None:
+    try:
+        _load_named(tmp, str(tmp / "elsewhere"))
+    finally:
+        assert not (tmp / "elsewhere").exists()
+
+
+def adapter_name_dotdot(tmp: Path) -> None:
+    _load_named(tmp, "..")
+
+
+def adapter_name_empty(tmp: Path) -> None:
+    _load_named(tmp, "")
+
+
+def adapter_name_dotted(tmp: Path) -> None:
+    _load_named(tmp, "v1.2")
+
+
+def adapter_name_attribute(tmp: Path) -> None:
+    _load_named(tmp, "training")
+
+
+def checkpoint_file_size_limit(tmp: Path) -> None:
+    import resource
+
+    from peftkit.train import checkpoint
+
+    real = checkpoint.save_checkpoint
+
+    def limited(*args: Any, **kwargs: Any) -> Any:  # a real limit, set only while the checkpoint is written
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+        try:
+            return real(*args, **kwargs)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    checkpoint.save_checkpoint = limited  # type: ignore[assignment]
+    try:
+        _run_job(tmp, save_every=1, max_steps=1)
+    finally:
+        checkpoint.save_checkpoint = real  # type: ignore[assignment]
+
+
+def checkpoint_disk_full(tmp: Path) -> None:
+    real = torch.save
+
+    def full(*args: Any, **kwargs: Any) -> None:  # what torch.save raises when the disk fills mid-write
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+
+    torch.save = full  # type: ignore[assignment]
+    try:
+        _run_job(tmp, save_every=1, max_steps=1)
+    finally:
+        torch.save = real
+
+
 # ----- the corpus ----------------------------------------------------------------------------------------
 
 
@@ -349,6 +652,129 @@ CASES = [
          train("--resume", "{tmp}/plain"), ConfigError, 2, "is not a checkpoint"),
     Case("merge-into-file", "merge into a path inside a file", {}, None, StorageError, 1, "cannot create",
          api=merge_into_file),
+    # second corpus: data loss
+    Case("merge-over-user-files", "merge into a folder holding the user's files", {}, None, OutputDirError, 2,
+         "peftkit did not write (precious.txt)", api=merge_over_user_files),
+    Case("merge-into-adapter", "merge into the adapter's own folder", {}, None, ConfigError, 2,
+         "would delete it", api=merge_into_adapter),
+    Case("merge-into-adapters-parent", "merge into the folder that holds the adapter", {}, None, ConfigError, 2,
+         "is (or holds) the adapter", api=merge_into_adapters_parent),
+    Case("train-over-user-files", "--output-dir . where the user keeps config.yaml and README.md",
+         {"d.csv": GOOD_CSV, "out/config.yaml": "mine: 1\n", "out/README.md": "# my notes\n"}, train(),
+         OutputDirError, 2, "config.yaml, README.md, which peftkit did not write"),
+    Case("train-output-empty", "--output-dir ''", {"d.csv": GOOD_CSV}, train("--output-dir", ""), ConfigError, 2,
+         "output_dir='' is empty"),
+    Case("train-over-finished-run", "a fresh run over a finished run's adapter", {}, None, OutputDirError, 2,
+         "results of an earlier run", api=train_over_finished_run),
+    Case("train-concurrent", "a second run on an output_dir that a live run holds", {}, None, OutputDirError, 2,
+         "another peftkit run (process 1)", api=train_while_another_runs),
+    Case("train-lock-other-host", "a lock left by a run on another host", {}, None, OutputDirError, 2,
+         "on host another-machine", api=train_lock_from_other_host),
+    Case("save-after-unload", "save_pretrained over the adapter after merge_and_unload", {}, None,
+         AdapterFormatError, 2, "no weights left", api=save_after_merge_and_unload),
+    Case("save-half-adapter", "save an adapter whose layer lost lora_B", {}, None, AdapterFormatError, 2,
+         "only one of lora_A and lora_B", api=save_half_adapter),
+    Case("get-peft-model-twice", "get_peft_model twice on one base model", {}, None, ConfigError, 2,
+         "already holds an adapter named 'default'", api=get_peft_model_twice),
+    # second corpus: silent wrong results
+    Case("alpha-nan", "lora_alpha NaN", {"d.csv": GOOD_CSV}, train("--adapter.lora_alpha", "nan"), ConfigError, 2,
+         "lora_alpha=nan must be a positive number"),
+    Case("alpha-inf", "lora_alpha infinite in YAML", yaml_job("data: {path: d.csv}\nadapter: {lora_alpha: inf}\n"),
+         JOB, ConfigError, 2, "lora_alpha=inf must be a positive number"),
+    Case("lr-nan", "a NaN learning rate", {"d.csv": GOOD_CSV}, train("--train.lr", "nan"), ConfigError, 2,
+         "train.lr=nan"),
+    Case("threshold-nan", "a NaN label threshold", {"d.csv": GOOD_CSV}, classify("--data.label_threshold", "nan"),
+         ConfigError, 2, "data.label_threshold=nan"),
+    Case("adapter-config-nan", "adapter_config.json with lora_alpha NaN", {}, None, ConfigError, 2,
+         "lora_alpha=nan", api=adapter_config_nan_alpha),
+    Case("adapter-weights-nan", "an adapter file holding NaN", {}, None, AdapterFormatError, 2, "NaN or infinite",
+         api=adapter_weights_nan),
+    Case("adapter-weights-inf", "an adapter file holding infinity", {}, None, AdapterFormatError, 2,
+         "NaN or infinite", api=adapter_weights_inf),
+    Case("prompt-weights-nan", "a prompt-tuning file holding NaN", {}, None, AdapterFormatError, 2,
+         "NaN or infinite", api=prompt_weights_nan),
+    Case("adapter-key-base-weight", "an adapter file that names a base weight", {}, None, AdapterFormatError, 2,
+         "names a weight of the base model", api=adapter_names_base_weight),
+    Case("merge-nan", "merging an adapter that went NaN in memory", {}, None, TrainingError, 1,
+         "NaN or infinite", api=merge_nan_in_memory),
+    Case("max-length-one", "max_length 1: no token left to learn", {"d.csv": GOOD_CSV},
+         train("--data.max_length", "1", "--data.val_size", "0"), DataError, 2, "no training example keeps a token"),
+    Case("label-nan", "a NaN label under label_threshold", {"d.csv": "text,score\ngood,0.9\nbad,nan\n"},
+         train("--data.mode", "classification", "--data.label_column", "score", "--data.label_threshold", "0.5",
+               "--data.label_words", "{'1': yes, '0': no}", "--data.val_size", "0"), DataError, 2,
+         "d.csv:3: label 'nan' is not a number"),
+    Case("text-list", "a text column holding lists", {"d.jsonl": json.dumps({"text": ["a", "b"]}) + "\n"},
+         train("--data.val_size", "0", data="d.jsonl"), DataError, 2, "d.jsonl:1: column 'text' holds a list"),
+    Case("text-mapping", "a text column holding objects", {"d.jsonl": json.dumps({"text": {"a": 1}}) + "\n"},
+         train("--data.val_size", "0", data="d.jsonl"), DataError, 2, "column 'text' holds a mapping"),
+    Case("label-word-empty", "an empty label word", {"d.csv": GOOD_CSV},
+         train("--data.mode", "classification", "--data.label_words", "{pos: '', neg: no}"), ConfigError, 2,
+         "the word for label 'pos' is empty"),
+    Case("label-word-blank", "a label word of spaces", {"d.csv": GOOD_CSV},
+         train("--data.mode", "classification", "--data.label_words", "{pos: '  ', neg: no}"), ConfigError, 2,
+         "the word for label 'pos' is empty"),
+    Case("yaml-duplicate-section", "a data: section given twice",
+         yaml_job("data: {path: d.csv}\ntrain: {lr: 0.1}\ndata: {path: other.csv}\n"), JOB, ConfigError, 2,
+         "'data' is given twice"),
+    Case("yaml-duplicate-field", "a field given twice in one section",
+         yaml_job("data: {path: d.csv}\ntrain:\n  lr: 0.1\n  lr: 0.2\n"), JOB, ConfigError, 2, "'lr' is given twice"),
+    Case("resume-changed-alpha", "--resume with another lora_alpha", {}, None, ConfigError, 2,
+         "adapter.lora_alpha: 8 at the checkpoint, 32 now", api=resume_changed_alpha),
+    Case("resume-changed-lr", "--resume with another learning rate", {}, None, ConfigError, 2,
+         "train.lr: 0.0002 at the checkpoint, 0.5 now", api=resume_changed_lr),
+    # second corpus: inputs that exhaust the machine
+    Case("regex-backtracking", "a target_modules regex that backtracks for ever", {}, None, ConfigError, 2,
+         "catastrophic backtracking", api=regex_backtracking_from_file),
+    Case("regex-re-backtracking", "(.|.)*X, minutes with Python's re", {}, None, TargetNotFoundError, 2,
+         "matches no layer", api=regex_re_backtracking_is_fast),
+    Case("yaml-alias-bomb", "a YAML alias bomb (a billion laughs)", yaml_job(
+        "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))),
+         JOB, ConfigError, 2, "expands to more than 100,000 values"),
+    Case("config-huge", "a 5 MB config file", yaml_job("data: {path: d.csv}\n# " + "x" * 5_000_000 + "\n"), JOB,
+         ConfigError, 2, "bytes are refused"),
+    Case("adapter-config-huge", "a 5 MB adapter_config.json", {}, None, AdapterFormatError, 2, "is refused",
+         api=adapter_config_huge),
+    Case("rank-huge", "r = 2**40", {"d.csv": GOOD_CSV}, train("--adapter.r", str(2**40)), ConfigError, 2,
+         "GiB available; choose a smaller r"),
+    Case("adapter-config-rank-huge", "an adapter_config.json with r = 2**40", {}, None, ConfigError, 2,
+         "choose a smaller r", api=adapter_config_huge_rank),
+    Case("virtual-tokens-huge", "prompt tuning with 2**40 virtual tokens", {"d.csv": GOOD_CSV},
+         ["train", "--model", "{model}", "--method", "prompt_tuning", "--adapter.num_virtual_tokens", str(2**40),
+          "--data.path", "{tmp}/d.csv", "--output-dir", "{tmp}/out"], ConfigError, 2,
+         "choose fewer num_virtual_tokens"),
+    Case("adapter-name-absolute", "an adapter name that is an absolute path", {}, None, ConfigError, 2,
+         "contains '.', '/'", api=adapter_name_absolute),
+    Case("adapter-name-dotdot", "the adapter name '..'", {}, None, ConfigError, 2, "adapter name '..'",
+         api=adapter_name_dotdot),
+    Case("adapter-name-empty", "an empty adapter name", {}, None, ConfigError, 2, "adapter name '' is empty",
+         api=adapter_name_empty),
+    Case("adapter-name-dotted", "the adapter name 'v1.2'", {}, None, ConfigError, 2, "adapter name 'v1.2'",
+         api=adapter_name_dotted),
+    Case("adapter-name-attribute", "an adapter named 'training'", {}, None, ConfigError, 2,
+         "is the name of a module attribute", api=adapter_name_attribute),
+    # second corpus: exit codes and messages
+    Case("config-deep-json", "a config nested 100,000 deep", {"job.yaml": "[" * 100_000 + "]" * 100_000},
+         JOB, ConfigError, 2, "nested more than 64 deep"),
+    Case("adapter-config-deep", "an adapter_config.json nested 100,000 deep", {}, None, AdapterFormatError, 2,
+         "nested too deeply", api=adapter_config_deep),
+    Case("seed-huge", "a seed beyond 64 bits", {"d.csv": GOOD_CSV}, train("--seed", str(2**70)), ConfigError, 2,
+         "must be a whole number from 0 to 2**63 - 1"),
+    Case("seed-negative", "a negative seed", {"d.csv": GOOD_CSV}, train("--seed=-1"), ConfigError, 2,
+         "seed=-1 must be a whole number from 0"),
+    Case("config-folder", "--config pointing at a folder", {"conf/x": "x"}, ["train", "--config", "{tmp}/conf"],
+         ConfigError, 2, "is a folder"),
+    Case("config-not-utf8", "a Latin-1 config file", {"job.yaml": b"data: {path: caf\xe9.csv}\n"}, JOB,
+         ConfigError, 2, "is not UTF-8 text"),
+    Case("checkpoint-file-size-limit", "ulimit -f while writing a checkpoint", {}, None, StorageError, 1,
+         "ulimit -f", api=checkpoint_file_size_limit),
+    Case("checkpoint-disk-full", "the disk fills while torch writes a checkpoint", {}, None, StorageError, 1,
+         "training_state", api=checkpoint_disk_full),
+    Case("parquet-binary-garbage", "binary garbage named .parquet", {"d.parquet": b"\x00\xff\xfe garbage"},
+         train(data="d.parquet"), DataError, 2, "d.parquet: cannot read it as parquet"),
+    # second corpus: faults
+    Case("resume-half-deleted", "--resume of a checkpoint killed while being pruned", {}, None, TrainingError, 1,
+         "is damaged: trainable.safetensors missing", api=resume_half_deleted),
 ]
 
 
@@ -392,9 +818,12 @@ def test_unknown_adapter_config_fields_from_a_newer_peft_only_warn(tmp_path: Pat
         PeftModel.from_pretrained(tiny_model("llama"), folder)
 
 
-def test_at_least_fifty_cases_and_all_documented() -> None:
-    assert len(CASES) >= 50
+def test_at_least_120_hostile_cases_and_all_documented() -> None:
+    from tests.hostile.test_outcomes import OUTCOMES
+
+    assert len(CASES) + len(OUTCOMES) >= 120  # refusals here, right answers in test_outcomes.py
     assert len({c.id for c in CASES}) == len(CASES)
     documented = DOCS.read_text()
-    missing = [c.id for c in CASES if f"`{c.id}`" not in documented]
+    ids = [c.id for c in CASES] + [f.__name__.replace("_", "-") for f in OUTCOMES]
+    missing = [i for i in ids if f"`{i}`" not in documented]
     assert not missing, f"add these cases to docs/reliability.md: {missing}"

@@ -101,3 +101,20 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(tmp_path: Path, 
     code, log = finish(start(config, "--resume"))
     assert code == 0, log
     assert_same_adapter(uninterrupted, tmp_path / "stopped")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["sigterm", "sighup"])
+def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path: Path, model_dir: Path, uninterrupted: Path,
+                                             sig: signal.Signals, code: int) -> None:
+    """Schedulers send SIGTERM and closed terminals SIGHUP: both must checkpoint, say so and exit 128 + signal."""
+    config = job_file(tmp_path, model_dir, "stopped")
+    proc = start(config)
+    wait_for_checkpoint(tmp_path / "stopped", SAVE_EVERY * 2, proc)
+    proc.send_signal(sig)
+    got, log = finish(proc)
+    assert got == code, log
+    assert f"({sig.name})" in log and "--resume" in log and "Traceback" not in log
+    assert not (tmp_path / "stopped" / ".peftkit.lock").exists()
+    got, log = finish(start(config, "--resume"))
+    assert got == 0, log
+    assert_same_adapter(uninterrupted, tmp_path / "stopped")

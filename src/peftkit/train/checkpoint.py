@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, TrainingError
-from ..format import atomic_directory
+from ..errors import ConfigError, StorageError, TrainingError
+from ..format import atomic_directory, is_write_failure, write_failure_reason
 
 __all__ = ["check_complete", "find_latest", "load_state", "save_checkpoint"]
 
@@ -54,7 +54,13 @@ def save_checkpoint(output_dir: str | os.PathLike[str], step: int, model: Any, s
     root.mkdir(parents=True, exist_ok=True)
     with atomic_directory(root / f"step-{step:06d}") as tmp:
         model.save_pretrained(tmp)
-        torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
+        try:
+            torch.save({**state, "rng": rng_state()}, tmp / STATE_FILE)
+        except RuntimeError as err:  # torch's writer names neither the file nor the cause
+            if not is_write_failure(err):
+                raise
+            raise StorageError(f"cannot write {root / f'step-{step:06d}' / STATE_FILE}: "
+                               f"{write_failure_reason(err, root)}. Earlier checkpoints are intact") from err
         (tmp / POSITION_FILE).write_text(json.dumps({"step": step, "micro_batches": state["micro_batches"]}))
     for old in list_checkpoints(output_dir)[:-keep]:
         trash = root / f".trash-{old.name}"

@@ -262,7 +262,7 @@ class Run:
         state = {"step": self.step, "micro_batches": self.position,
                  "optimizer": distributed.optimizer_state(self.model, self.optimizer, self.procs),
                  "scheduler": self.scheduler.state_dict(), "before": self.before or {},
-                 "tokens_seen": self.tokens_seen, "train_time": self.train_time, "job": self.config.to_dict()}
+                 "tokens_seen": self.tokens_seen, "train_time": self.train_time, "job": _job_record(self.config)}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         rng_per_rank = self.procs.gather(ckpt.rng_state())
@@ -280,10 +280,10 @@ class Run:
 
         ckpt.check_complete(folder)
         state = ckpt.load_state(folder)
-        changed = _resume_differences(state.get("job"), self.config.to_dict())
+        changed = _resume_differences(state.get("job"), _job_record(self.config))
         if changed:
-            raise ConfigError([f"{folder} was written by a different job; --resume continues the same job, so "
-                               "change these back or start a new output_dir:", *changed])
+            raise ConfigError(f"{folder} was written by a different job ({'; '.join(changed)}). --resume continues "
+                              "the same job: change these back, or start a new output_dir")
         weights = load_file(str(folder / TRAINABLE_FILE))
         named = dict(self.model.named_parameters())
         missing = [k for k in weights if k not in named]
@@ -437,6 +437,13 @@ class _TrainableSaver:
             save_file(tensors, tmp)
 
 
+def _job_record(config: JobConfig) -> dict[str, Any]:
+    """The job as a checkpoint records it, with the adapter's every field (defaults included), so that
+    leaving a field out and writing its default are the same job."""
+    peft_config = config.peft_config()
+    return {**config.to_dict(), "adapter": peft_config.to_dict() if peft_config is not None else {}}
+
+
 def _resume_differences(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
     """``field: <at the checkpoint> -> <now>`` for each :data:`RESUME_FIXED` field that differs."""
     if not saved:
@@ -584,9 +591,10 @@ def _claim_run_files(config: JobConfig, log: Callable[[str], None]) -> None:
     resumes it or asks to replace it (``train.overwrite``)."""
     out = Path(config.output_dir)
     existing = ckpt.find_latest(out)
-    if existing is not None and not config.train.resume:
+    if existing is not None and not (config.train.resume or config.train.overwrite):
         raise ConfigError(f"output_dir {out} already holds checkpoints of an earlier run ({existing.name}); pass "
-                          "--resume to continue it, or choose a new output_dir")
+                          "--resume to continue it, --train.overwrite true to replace it, or choose a new "
+                          "output_dir")
     earlier = outputs.claim(out, RUN_FILES, "train", "output_dir")
     if not earlier or config.train.resume:
         return

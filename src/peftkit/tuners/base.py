@@ -110,8 +110,10 @@ class AdapterLayer(nn.Module):
         """A NaN or infinity merged into the base weight cannot be taken out again: refuse before merging."""
         for attr in self.adapter_param_names:
             container = getattr(self, attr)
-            held = container[name] if name in container else None
-            tensors = held.parameters() if isinstance(held, nn.Module) else [held] if held is not None else []
+            if name not in container:
+                continue
+            held = container[name]  # a module (LoRA's Linear) or a tensor (IA3's vector)
+            tensors = held.parameters() if isinstance(held, nn.Module) else [held]
             if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
                 from ..errors import TrainingError
 
