@@ -260,6 +260,8 @@ class LoraConfig(PeftConfig):
             problems.append(f"lora_dropout={short_repr(self.lora_dropout)} must be a number in [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):
             problems.append(f"bias={short_repr(self.bias)} is not allowed; expected one of none, all, lora_only")
+        if isinstance(self.init_lora_weights, str):  # PEFT compares these names case-insensitively
+            self.init_lora_weights = self.init_lora_weights.lower()
         init = self.init_lora_weights
         pissa_niter = isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init) is not None
         if init not in (True, False, "gaussian", "pissa", "olora") and not pissa_niter:
@@ -321,8 +323,8 @@ class PromptLearningConfig(PeftConfig):
     """Transformer layers of the base model."""
 
     def _validate(self, problems: list[str]) -> None:
-        if not isinstance(self.num_virtual_tokens, int) or isinstance(self.num_virtual_tokens, bool) \
-                or self.num_virtual_tokens <= 0:
+        if self.num_virtual_tokens is not None and (not _is_int(self.num_virtual_tokens)  # None: PEFT's default,
+                                                    or self.num_virtual_tokens <= 0):    # required at build time
             problems.append(f"num_virtual_tokens={short_repr(self.num_virtual_tokens)} must be a positive integer "
                             "(try 8 to 20)")
         for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
 from . import prompting, surgery
@@ -174,6 +175,11 @@ class PeftModel(nn.Module):
         if not isinstance(peft_config, PeftConfig):
             raise ConfigError(f"expected a peftkit config (e.g. LoraConfig), got {type(peft_config).__name__}")
         config = peft_config.replace()  # our own copy: surgery records resolved targets in it
+        with_bias = [n for n, c in self.peft_config.items() if getattr(c, "bias", "none") != "none"]
+        if with_bias and getattr(config, "bias", "none") != "none":  # PEFT's rule: the biases are shared
+            raise ConfigError(f"only one adapter may train biases (bias='all' or 'lora_only'), and {with_bias[0]!r} "
+                              "already does: the model's biases cannot belong to two adapters. Set bias='none' for "
+                              f"{adapter_name!r}")
         if config.task_type is None and self.task_type is not None:
             config.task_type = self.task_type
         base = self.get_base_model()
@@ -209,8 +215,15 @@ class PeftModel(nn.Module):
             self.requires_grad_(False)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove an adapter. Deleting the active one activates another, if any remains."""
+        """Remove an adapter. Deleting the active one activates another, if any remains.
+
+        Raises:
+            PeftkitError: the adapter is merged into the weights (unmerge it first, as PEFT requires).
+        """
         self._require(adapter_name)
+        if adapter_name in surgery.merged_names(self.get_base_model()):
+            raise PeftkitError(f"cannot delete adapter {adapter_name!r} while it is merged into the weights; call "
+                               "unmerge_adapter() first")
         surgery.delete_adapter(self.get_base_model(), adapter_name)
         if adapter_name in self.prompt_encoder:
             del self.prompt_encoder[adapter_name]
@@ -301,6 +314,9 @@ class PeftModel(nn.Module):
         """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op."""
         names = adapter_names or [self.active_adapter]
         self._require_layer_adapters(names, "merge")
+        merged = surgery.merged_names(self.get_base_model())
+        if merged and set(names) <= merged:
+            warnings.warn("All adapters are already merged, nothing to do.", stacklevel=2)  # PEFT's words
         surgery.merge(self.get_base_model(), names)
 
     def unmerge_adapter(self) -> None:
@@ -407,6 +423,10 @@ class PeftModel(nn.Module):
         inputs = {k: v for k, v in named.items() if v is not None}
         inputs.update(kwargs)
         prompt = self._prompt_module()
+        base = self.get_base_model()
+        if prompt is None and not _is_transformers_model(base):  # a plain nn.Module: model(x) means base(x)
+            first = inputs.pop("input_ids", None)
+            return base(*(() if first is None else (first,)), **inputs)
         if prompt is not None:
             inputs = prompting.prepare_inputs(prompt, self.get_base_model(), inputs, self._task(),
                                              cast(PromptLearningConfig, self.active_peft_config))
@@ -466,17 +486,26 @@ class PeftModel(nn.Module):
         selected_adapters: list[str] | None = None,
         is_main_process: bool = True,
         path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
-        **kwargs: Any,
+        safe_serialization: bool = True,
+        save_embedding_layers: str | bool = "auto",
     ) -> None:
         """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
 
-        Only safetensors are written. Each file is replaced atomically.
+        Only safetensors are written (``safe_serialization=False`` is refused: pickles can run code). Each
+        file is replaced atomically. ``save_embedding_layers`` is accepted with PEFT's values: peftkit never
+        resizes embeddings, so there is nothing extra to save, and ``True`` is refused.
 
         Args:
             path_initial_model_for_weight_conversion: for a PiSSA/OLoRA adapter, the folder where it was saved
                 right after initialization. The adapter is then written as a plain LoRA adapter of twice the
                 rank that applies to the original base weights (``[A | A0]``, ``[B | -B0]``), as PEFT does.
         """
+        if not safe_serialization:
+            raise ConfigError("safe_serialization=False would write a pickle (adapter_model.bin), which can run code "
+                              "when loaded; peftkit writes safetensors only, which PEFT and transformers read")
+        if save_embedding_layers is True:
+            raise ConfigError("save_embedding_layers=True: peftkit does not train or resize embedding layers, so "
+                              "there is nothing to add to the adapter; leave it at 'auto'")
         if not is_main_process:
             return
         names = selected_adapters or list(self.peft_config)
@@ -530,8 +559,13 @@ class PeftModel(nn.Module):
         adapter_name: str,
         is_trainable: bool = False,
         **kwargs: Any,
-    ) -> None:
-        """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`)."""
+    ) -> Any:
+        """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`).
+
+        Returns:
+            PEFT's load result: ``missing_keys`` and ``unexpected_keys`` (always empty: a mismatch raises
+            :class:`AdapterFormatError` instead of loading part of an adapter).
+        """
         folder = fmt.resolve_adapter_path(model_id, **kwargs)
         config = fmt.read_adapter_config(folder).replace(inference_mode=not is_trainable)
         self.add_adapter(adapter_name, config)
@@ -544,6 +578,7 @@ class PeftModel(nn.Module):
             self.set_adapter(adapter_name)
         if not is_trainable:
             self.eval()
+        return _IncompatibleKeys([], [])
 
     def _load_weights(self, folder: str | os.PathLike[str], adapter_name: str) -> None:
         tensors = fmt.load_adapter_weights(folder, device=self.device)
@@ -562,6 +597,14 @@ class PeftModel(nn.Module):
             params = dict(self.state_dict(keep_vars=True))
             for key, tensor in state.items():
                 params[key].copy_(tensor.to(params[key].dtype))
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:
+        return False
+    return isinstance(model, PreTrainedModel)
 
 
 def check_adapter_name(name: object) -> None:

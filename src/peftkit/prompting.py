@@ -65,6 +65,9 @@ def fill_shape_fields(base: nn.Module, config: PromptLearningConfig) -> None:
 
 def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Module:
     """Create the prompt module for ``config`` on ``base``'s device (fills the config's shape fields)."""
+    if config.num_virtual_tokens is None:
+        raise ConfigError(f"{type(config).__name__}.num_virtual_tokens is empty; set how many virtual tokens to "
+                          "learn (8 to 20 is usual)")
     fill_shape_fields(base, config)
     n, dim = cast(int, config.num_virtual_tokens), cast(int, config.token_dim)
     total = n * cast(int, config.num_transformer_submodules)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -242,14 +243,16 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
         TargetNotFoundError: no layer matches, naming the targets and the model's candidate layers.
     """
     user_given = resolve_target_modules(model, config)
-    keys = [name for name, _ in _candidate_modules(model) if is_target(config, name)]
+    candidates = [name for name, _ in _candidate_modules(model)]
+    keys = [name for name in candidates if is_target(config, name)]
     if not keys:
         raise TargetNotFoundError(
             f"target_modules={config.target_modules!r} matches no layer of {type(model).__name__}. "
             f"Layer names this model has: {', '.join(_suggest_targets(model))}."
         )
     if user_given:  # checked before any change, so a typo leaves the model untouched
-        _check_target_list(model, config, keys)
+        _check_target_list(model, config, candidates)
+    _warn_unused_exclusions(config, candidates)
     embeddings = [k for k in keys if isinstance(model.get_submodule(k), (nn.Embedding, LoraEmbedding))]
     special = "use_dora=True" if config.use_dora else (
         f"init_lora_weights={config.init_lora_weights!r}" if isinstance(config.init_lora_weights, str)
@@ -347,11 +350,18 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[s
     return keys
 
 
-def _check_target_list(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
-    """Every entry of a target list must match something: a typo should not pass silently."""
+def _warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str]) -> None:
+    """PEFT's warning when ``exclude_modules`` excludes nothing (a typo there would otherwise pass silently)."""
+    if config.exclude_modules and not any(_matches(config.exclude_modules, k) for k in candidates):
+        warnings.warn(f"You have passed exclude_modules={config.exclude_modules} but no modules were excluded. "
+                      "Please check that exclude_modules was set correctly.", stacklevel=4)
+
+
+def _check_target_list(model: nn.Module, config: LoraConfig, candidates: list[str]) -> None:
+    """Every entry of a target list must match some layer (before exclusions): a typo should not pass silently."""
     if not isinstance(config.target_modules, list) or config.layers_to_transform is not None:
         return
-    missing = [t for t in config.target_modules if not any(k == t or k.endswith(f".{t}") for k in keys)]
+    missing = [t for t in config.target_modules if not any(k == t or k.endswith(f".{t}") for k in candidates)]
     if missing:
         raise TargetNotFoundError(
             f"target_modules entries {missing} match no layer of {type(model).__name__}. "
@@ -369,6 +379,9 @@ def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -
         )
     for key in keys:
         module = model.get_submodule(key)
+        if isinstance(module, (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList, AdapterLayer)):
+            raise TypeError(f"modules_to_save cannot be applied to modules of type {type(module)} ({key!r}): it "
+                            "needs a module with a forward of its own; name the layers inside it instead")
         wrapper = module if isinstance(module, ModulesToSaveWrapper) else ModulesToSaveWrapper(module)
         wrapper.add_adapter(adapter_name)
         if wrapper is not module:
@@ -459,6 +472,11 @@ def merge(model: nn.Module, names: list[str] | None = None) -> None:
     for _, layer in adapter_layers(model):
         if isinstance(layer, AdapterLayer):
             layer.merge(names)
+
+
+def merged_names(model: nn.Module) -> set[str]:
+    """The adapters merged into some layer's weight."""
+    return {n for _, layer in adapter_layers(model) if isinstance(layer, AdapterLayer) for n in layer.merged_adapters}
 
 
 def unmerge(model: nn.Module) -> None:

@@ -262,6 +262,8 @@ class LoraLinear(LoraLayer):
     def _forward_rows(self, x: torch.Tensor, rows: RowAdapters, *args: object, **kwargs: object) -> torch.Tensor:
         """Each row through its own adapter: two batched matmuls over the rows' weights, so a batch of many
         adapters costs what a batch of one does."""
+        if x.dim() == 2:  # (B, in): a model without a time axis; one token per row
+            return self._forward_rows(x.unsqueeze(1), rows, *args, **kwargs).squeeze(1)
         result = self.base_layer(x, *args, **kwargs)  # (B, T, out)
         a, b = (rows.a, rows.b) if rows.slots is None else (rows.a[rows.slots], rows.b[rows.slots])
         if x.shape[0] != a.shape[0]:

@@ -1,0 +1,184 @@
+"""Behaviour side by side with PEFT: the same calls on both libraries give the same outcome.
+
+Each test runs one scenario through ``peft`` and through ``peftkit`` (the ``lib`` fixture) and checks the
+outcome against an independent computation (weights from the adapters' own tensors, the base model's
+output) or against what PEFT itself does. These are the mismatches PEFT's own test suite found.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import warnings
+from typing import Any
+
+import peft
+import pytest
+import torch
+from torch import nn
+
+import peftkit
+
+from ..conftest import tiny_model
+
+LIBS = {"peft": peft, "peftkit": peftkit}
+
+
+@pytest.fixture(params=list(LIBS))
+def lib(request: pytest.FixtureRequest) -> types.ModuleType:
+    return LIBS[request.param]
+
+
+def _lora(lib: types.ModuleType, **kw: Any) -> Any:
+    return lib.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False, **kw)
+
+
+def _two_adapters(lib: types.ModuleType) -> Any:
+    torch.manual_seed(0)
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
+    model.add_adapter("b", _lora(lib))
+    return model
+
+
+def _delta(model: Any, name: str) -> torch.Tensor:
+    """q_proj's update of adapter ``name`` in layer 0, from its own A and B: scaling * B @ A."""
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    return layer.scaling[name] * layer.lora_B[name].weight @ layer.lora_A[name].weight
+
+
+def test_merge_and_unload_merges_only_the_named_adapters(lib: types.ModuleType) -> None:
+    model = _two_adapters(lib)  # "default" is active
+    base_weight = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    expected = base_weight + _delta(model, "b").detach()
+    merged = model.merge_and_unload(adapter_names=["b"])
+    torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, expected)
+
+
+def test_a_new_adapter_is_inactive_and_frozen(lib: types.ModuleType) -> None:
+    model = _two_adapters(lib)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".default." in n for n in trainable)
+
+
+def test_an_adapter_loaded_for_inference_is_frozen(lib: types.ModuleType, tmp_path: Any) -> None:
+    _two_adapters(lib).save_pretrained(tmp_path)  # "default" at the top, "b" in a subfolder
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
+    model.load_adapter(tmp_path / "b", adapter_name="other", is_trainable=False)
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and ".other." in n]
+
+
+def test_load_adapter_returns_the_load_result(lib: types.ModuleType, tmp_path: Any) -> None:
+    _two_adapters(lib).save_pretrained(tmp_path)
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
+    result = model.load_adapter(tmp_path / "b", adapter_name="other")
+    assert not [k for k in result.missing_keys if "other" in k] and not result.unexpected_keys
+
+
+def test_only_one_adapter_may_train_biases(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib, bias="all"))
+    with pytest.raises(ValueError, match="bias"):
+        model.add_adapter("b", _lora(lib, bias="lora_only"))
+    model.add_adapter("c", _lora(lib))  # bias="none" beside it is fine
+
+
+def test_mixed_batches_take_two_dimensional_inputs(lib: types.ModuleType) -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    config = lib.LoraConfig(r=2, target_modules=["0", "2"], init_lora_weights=False)
+    model = lib.get_peft_model(copy.deepcopy(mlp), config)
+    model.add_adapter("b", lib.LoraConfig(r=2, target_modules=["0", "2"], init_lora_weights=False))
+    model.eval()
+    x = torch.randn(3, 8)
+    mixed = model(x, adapter_names=["default", "b", "__base__"])
+    model.set_adapter("b")
+    with torch.no_grad():
+        b_row = model(x[1:2])
+    torch.testing.assert_close(mixed[1:2], b_row)
+    torch.testing.assert_close(mixed[2:3], mlp(x[2:3]))  # "__base__" is the untouched model
+
+
+def test_a_plain_module_is_called_with_its_own_arguments(lib: types.ModuleType) -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    model = lib.get_peft_model(copy.deepcopy(mlp), lib.LoraConfig(r=2, target_modules=["0"]))
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(model(x), mlp(x))  # zero-initialized B: the base model's output
+
+
+def test_exclude_modules_with_a_target_list_adapts_the_rest(lib: types.ModuleType) -> None:
+    config = lib.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], exclude_modules=["model.layers.0.self_attn.q_proj"])
+    model = lib.get_peft_model(tiny_model("llama"), config)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert "base_model.model.model.layers.0.self_attn.q_proj" not in adapted
+    assert "base_model.model.model.layers.1.self_attn.q_proj" in adapted
+
+
+def test_an_exclusion_that_matches_nothing_warns(lib: types.ModuleType) -> None:
+    with pytest.warns(UserWarning, match="no modules were excluded"):
+        lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(r=2, target_modules=["q_proj"],
+                                                               exclude_modules=["nothing_like_this"]))
+
+
+def test_a_merged_adapter_cannot_be_deleted(lib: types.ModuleType) -> None:
+    model = _two_adapters(lib)
+    model.merge_adapter()
+    with pytest.raises(ValueError if lib is peft else peftkit.PeftkitError, match="merged"):
+        model.delete_adapter("default")
+
+
+def test_merging_twice_warns(lib: types.ModuleType) -> None:
+    model = _two_adapters(lib)
+    model.merge_adapter()
+    with pytest.warns(UserWarning, match="already merged"):
+        model.merge_adapter()
+
+
+def test_pickle_saving_is_refused_or_written_as_pickle(lib: types.ModuleType, tmp_path: Any) -> None:
+    """PEFT writes adapter_model.bin; peftkit refuses (never silently writes safetensors instead)."""
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
+    if lib is peft:
+        model.save_pretrained(tmp_path, safe_serialization=False)
+        assert (tmp_path / "adapter_model.bin").is_file()
+    else:
+        with pytest.raises(peftkit.ConfigError, match="safe_serialization=False"):
+            model.save_pretrained(tmp_path, safe_serialization=False)
+        assert not (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_unknown_save_arguments_raise(lib: types.ModuleType, tmp_path: Any) -> None:
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
+    if lib is peft:
+        pytest.skip("PEFT passes unknown keywords on to the model card; peftkit refuses them")
+    with pytest.raises(TypeError, match="no_such_option"):
+        model.save_pretrained(tmp_path, no_such_option=True)
+
+
+def test_prompt_configs_default_to_no_token_count(lib: types.ModuleType) -> None:
+    config = lib.PromptTuningConfig(task_type="CAUSAL_LM")
+    assert config.num_virtual_tokens is None
+    with pytest.raises((ValueError, TypeError)):
+        lib.get_peft_model(tiny_model("llama"), config)
+
+
+def test_init_lora_weights_names_are_case_insensitive(lib: types.ModuleType) -> None:
+    config = lib.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights="OLoRA")
+    model = lib.get_peft_model(tiny_model("llama"), config)
+    assert any(".lora_A." in n for n, _ in model.named_parameters())
+
+
+def test_modules_to_save_refuses_containers(lib: types.ModuleType) -> None:
+    with pytest.raises(TypeError, match="cannot be applied"):
+        lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(r=2, target_modules=["lm_head"],
+                                                               modules_to_save=["layers"]))
+
+
+def test_a_second_get_peft_model_warns(lib: types.ModuleType) -> None:
+    base = tiny_model("llama")
+    lib.get_peft_model(base, _lora(lib))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            lib.get_peft_model(base, _lora(lib), adapter_name="other")
+        except Exception:  # noqa: BLE001 - PEFT may go on to fail later; the warning is what is compared
+            pass
+    assert any("second time" in str(w.message) for w in caught)
