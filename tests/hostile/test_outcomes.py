@@ -57,7 +57,7 @@ def flag_and_yaml_agree(tmp: Path) -> None:
     yaml_job = _job_yaml(tmp, "{pos: yes, neg: no}")
     args = build_parser().parse_args(["train", "--data.path", str(tmp / "d.csv"), "--data.mode", "classification",
                                       "--data.label_words", "{pos: yes, neg: no}"])
-    assert job_from_args(args).data.label_words == yaml_job.data.label_words
+    assert job_from_args(args).data.label_words == yaml_job.data.label_words == {"pos": "yes", "neg": "no"}
 
 
 def yaml_numbers_typed_by_schema(tmp: Path) -> None:
