@@ -43,6 +43,7 @@ from .model import (
     get_peft_model,
 )
 from .models import PACKAGED_MODELS, load_model, load_tokenizer
+from .outputs import OutputDirError
 from .quantization import prepare_model_for_kbit_training
 from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
 
@@ -60,6 +61,7 @@ __all__ = [
     "JobConfig",
     "LoraConfig",
     "ModelLoadError",
+    "OutputDirError",
     "PeftConfig",
     "PeftModel",
     "PeftModelForCausalLM",
