@@ -742,13 +742,20 @@ def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str 
     if isinstance(model, PeftModel):
         raise ConfigError("the model already has adapters; use model.add_adapter(name, config) to add another")
     held = {n for _, layer in surgery.adapter_layers(model) for n in surgery.layer_adapter_names(layer)}
-    if adapter_name in held:  # a second get_peft_model would re-initialize the first one's trained weights
-        raise ConfigError(f"this model already holds an adapter named {adapter_name!r} from an earlier "
-                          "get_peft_model; its trained weights would be re-initialized. Use the PeftModel you got "
-                          "then (add_adapter for another adapter), or load a fresh base model")
     if held:
         warnings.warn("You are trying to modify a model with PEFT for a second time. If you want to reload the "
                       "model with a different config, make sure to call `.unload()` before.", stacklevel=2)
+    kept: dict[str, torch.Tensor] = {}
+    if adapter_name in held:  # PEFT re-initializes it; peftkit keeps the trained weights, or refuses
+        if surgery.planned_layout(model, peft_config) != surgery.held_layout(model, adapter_name):
+            raise ConfigError(f"this model already holds an adapter named {adapter_name!r} from an earlier "
+                              "get_peft_model, with other layers or ranks; wrapping it again with this config would "
+                              "re-initialize its trained weights and leave its config disagreeing with them. Use the "
+                              "PeftModel you got then (add_adapter for another adapter), or call .unload() first")
+        kept = surgery.adapter_tensors(model, adapter_name)
     task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
     model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel
-    return model_cls(model, peft_config, adapter_name)
+    peft_model = model_cls(model, peft_config, adapter_name)
+    if kept:  # the same adapter again: its weights, not fresh ones
+        model.load_state_dict(kept, strict=False)
+    return peft_model

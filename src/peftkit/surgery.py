@@ -504,6 +504,43 @@ def unload(model: nn.Module, keep_merged: bool) -> nn.Module:
     return model
 
 
+def held_layout(model: nn.Module, name: str) -> dict[str, tuple[float, ...]]:
+    """Where adapter ``name`` sits in ``model``: layer name -> (rank, scaling) for LoRA, () otherwise."""
+    layout: dict[str, tuple[float, ...]] = {}
+    for key, layer in adapter_layers(model):
+        if name in layer_adapter_names(layer) and not isinstance(layer, ModulesToSaveWrapper):
+            layout[key] = (layer.r[name], layer.scaling[name]) if isinstance(layer, LoraLayer) else ()
+    return layout
+
+
+def planned_layout(model: nn.Module, config: PeftConfig) -> dict[str, tuple[float, ...]]:
+    """What :func:`held_layout` would read after injecting ``config`` into ``model`` (nothing is changed)."""
+    if not isinstance(config, (LoraConfig, IA3Config)):
+        return {}
+    config = cast(LoraConfig | IA3Config, config.replace())
+    if isinstance(config, LoraConfig):
+        resolve_target_modules(model, config)
+    elif config.target_modules is None:
+        model_type = str(getattr(getattr(model, "config", None), "model_type", None))
+        config.target_modules = list(IA3_TARGET_MODULES.get(model_type, []))
+    keys = [k for k, _ in _candidate_modules(model) if is_target(config, k)]
+    if not isinstance(config, LoraConfig):
+        return dict.fromkeys(keys, ())
+    layout: dict[str, tuple[float, ...]] = {}
+    for key in keys:
+        r = int(_pattern_value(config.rank_pattern, key, config.r))
+        alpha = _pattern_value(config.alpha_pattern, key, config.lora_alpha)
+        layout[key] = (r, alpha / math.sqrt(r) if config.use_rslora else alpha / r)
+    return layout
+
+
+def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Copies of every tensor of adapter ``name`` in ``model`` (LoRA/IA3 weights and trainable copies)."""
+    marker = f".{name}."
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if marker in f".{k}."
+            and any(p in f".{k}" for p in (".lora_", ".ia3_l.", ".modules_to_save."))}
+
+
 def layer_adapter_names(layer: AdapterLayer | ModulesToSaveWrapper) -> list[str]:
     """The adapters a layer (or trainable copy) holds."""
     return list(layer.adapter_names) if isinstance(layer, AdapterLayer) else list(layer.modules_to_save)

@@ -318,7 +318,7 @@ def get_peft_model_twice(tmp: Path) -> None:
     first = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
     trained = {k: v.clone() for k, v in first.state_dict().items() if "lora_" in k}
     try:
-        get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+        get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"]))  # another rank: its weights would go
     finally:
         assert all(torch.equal(v, first.state_dict()[k]) for k, v in trained.items())
 
@@ -674,7 +674,7 @@ CASES = [
          AdapterFormatError, 2, "no weights left", api=save_after_merge_and_unload),
     Case("save-half-adapter", "save an adapter whose layer lost lora_B", {}, None, AdapterFormatError, 2,
          "only one of lora_A and lora_B", api=save_half_adapter),
-    Case("get-peft-model-twice", "get_peft_model twice on one base model", {}, None, ConfigError, 2,
+    Case("get-peft-model-twice", "get_peft_model twice on one base model, another rank", {}, None, ConfigError, 2,
          "already holds an adapter named 'default'", api=get_peft_model_twice),
     # second corpus: silent wrong results
     Case("alpha-nan", "lora_alpha NaN", {"d.csv": GOOD_CSV}, train("--adapter.lora_alpha", "nan"), ConfigError, 2,

@@ -206,6 +206,22 @@ def second_get_peft_model_under_another_name_warns(tmp: Path) -> None:
     assert all(torch.equal(v, first.state_dict()[k]) for k, v in before.items())
 
 
+def second_get_peft_model_with_the_same_config_keeps_the_weights(tmp: Path) -> None:
+    """PEFT warns and re-initializes the trained adapter; peftkit warns the same and keeps its weights."""
+    base = tiny_model("llama")
+    first = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, param in first.named_parameters():
+            if "lora_" in name:
+                param.normal_()  # "trained"
+    inputs = torch.tensor([[5, 6, 7, 8]])
+    expected = first(input_ids=inputs).logits
+    with pytest.warns(UserWarning, match="modify a model with PEFT for a second time"):
+        second = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    torch.testing.assert_close(second(input_ids=inputs).logits, expected)
+    torch.testing.assert_close(first(input_ids=inputs).logits, expected)
+
+
 def save_keeps_the_users_readme(tmp: Path) -> None:
     (tmp / "adapter").mkdir()
     (tmp / "adapter" / "README.md").write_text("# my notes\n")
@@ -244,7 +260,8 @@ OUTCOMES: list[Callable[[Path], None]] = [
     overwrite_replaces_only_peftkit_files, stale_lock_is_taken_over, lock_released_after_a_failed_run,
     leftovers_of_killed_writes_are_cleaned, pruning_killed_midway_leaves_no_listed_checkpoint,
     files_get_umask_permissions, resume_may_extend_the_run, second_get_peft_model_under_another_name_warns,
-    save_keeps_the_users_readme, compare_beside_user_report,
+    second_get_peft_model_with_the_same_config_keeps_the_weights, save_keeps_the_users_readme,
+    compare_beside_user_report,
 ]
 
 
