@@ -508,6 +508,21 @@ def checkpoint_file_size_limit(tmp: Path) -> None:
         checkpoint.save_checkpoint = real  # type: ignore[assignment]
 
 
+def metrics_disk_full(tmp: Path) -> None:
+    real_open = Path.open
+
+    def full(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if self.name == "metrics.jsonl" and mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)
+
+    Path.open = full  # type: ignore[method-assign]
+    try:
+        _run_job(tmp, log_every=1)
+    finally:
+        Path.open = real_open  # type: ignore[method-assign]
+
+
 def checkpoint_disk_full(tmp: Path) -> None:
     real = torch.save
 
@@ -770,6 +785,8 @@ CASES = [
          "ulimit -f", api=checkpoint_file_size_limit),
     Case("checkpoint-disk-full", "the disk fills while torch writes a checkpoint", {}, None, StorageError, 1,
          "training_state", api=checkpoint_disk_full),
+    Case("metrics-disk-full", "the disk fills while appending to metrics.jsonl", {}, None, StorageError, 1,
+         "cannot append to", api=metrics_disk_full),
     Case("parquet-binary-garbage", "binary garbage named .parquet", {"d.parquet": b"\x00\xff\xfe garbage"},
          train(data="d.parquet"), DataError, 2, "d.parquet: cannot read it as parquet"),
     # second corpus: faults

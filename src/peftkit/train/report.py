@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..format import write_text_atomic
+from ..errors import StorageError
+from ..format import write_failure_reason, write_text_atomic
 
 __all__ = ["MetricsLog", "plot_metrics", "read_metrics"]
 
@@ -26,9 +27,13 @@ class MetricsLog:
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+        except OSError as err:  # a full disk mid-run: say which file and why, as every other write does
+            raise StorageError(f"cannot append to {self.path}: {write_failure_reason(err, self.path.parent)}; "
+                               "the checkpoints written so far are intact, continue with --resume") from err
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
