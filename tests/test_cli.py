@@ -102,3 +102,18 @@ def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     with pytest.raises(ConfigError):
         main(["--debug", "train", "--config", "nope.yaml"])
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import peftkit
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"peftkit {peftkit.__version__}"
+
+
+def test_debug_works_after_the_command_too(tmp_path: Path) -> None:
+    from peftkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config file not found"):
+        main(["train", "--config", str(tmp_path / "nope.yaml"), "--debug"])

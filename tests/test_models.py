@@ -91,3 +91,19 @@ def test_smollm2_learns_ethos_hate_speech(tmp_path, data_dir):
     assert result.after is not None and result.after.accuracy is not None
     print(f"ethos held-out accuracy {result.after.accuracy:.3f} (majority {majority:.3f})")
     assert result.after.accuracy > max(majority, 0.566), (result.after.accuracy, majority)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"PEFTKIT_CACHE": "/a", "HF_HOME": "/b", "XDG_CACHE_HOME": "/c"}, "/a"),
+    ({"HF_HOME": "/b", "XDG_CACHE_HOME": "/c"}, "/b/peftkit"),
+    ({"XDG_CACHE_HOME": "/c"}, "/c/peftkit"),
+])
+def test_cache_dir_follows_the_usual_variables(env: dict[str, str], expected: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from peftkit.models import cache_dir
+
+    for name in ("PEFTKIT_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert str(cache_dir()) == expected

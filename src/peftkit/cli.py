@@ -304,7 +304,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .train.config import DataConfig, TrainingConfig
 
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
+    parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -369,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used by ``python -m peftkit``)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv[1:]:  # accepted after the command too, where people add it when a command fails
+        argv = ["--debug", *[a for a in argv if a != "--debug"]]
     args = parser.parse_args(argv)
     args.argv = argv
     where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""

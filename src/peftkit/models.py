@@ -59,8 +59,13 @@ def _package_dir(package: str) -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Where converted packaged models are kept (``$PEFTKIT_CACHE``, default ``~/.cache/peftkit``)."""
-    return Path(os.environ.get("PEFTKIT_CACHE", Path.home() / ".cache" / "peftkit"))
+    """Where converted packaged models are kept: ``$PEFTKIT_CACHE``, else ``peftkit`` under the cache root the
+    Hugging Face tools use (``$HF_HOME``, else ``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    if os.environ.get("PEFTKIT_CACHE"):
+        return Path(os.environ["PEFTKIT_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "peftkit"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peftkit"
 
 
 def _converted_dir(alias: str) -> Path:
