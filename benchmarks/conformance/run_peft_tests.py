@@ -67,6 +67,18 @@ if os.environ.get("CONFORMANCE_LIB") == "peftkit":
     peft_shim.install()
 UNCLAIMED_RE = re.compile({pattern!r})
 
+# Stay offline: PEFT's hub_online_once lifts HF_HUB_OFFLINE and then waits out the hub client's retries.
+import contextlib
+import tests.testing_utils
+
+
+@contextlib.contextmanager
+def _offline(*args, **kwargs):
+    yield
+
+
+tests.testing_utils.hub_online_once = _offline
+
 def pytest_collection_modifyitems(config, items):
     kept = [i for i in items if not UNCLAIMED_RE.search(i.nodeid)]
     config.hook.pytest_deselected(items=[i for i in items if i not in kept])

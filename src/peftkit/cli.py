@@ -302,9 +302,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train.config import DataConfig, TrainingConfig
-
     from . import __version__
+    from .train.config import DataConfig, TrainingConfig
 
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")

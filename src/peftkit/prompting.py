@@ -65,6 +65,11 @@ def fill_shape_fields(base: nn.Module, config: PromptLearningConfig) -> None:
 
 def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Module:
     """Create the prompt module for ``config`` on ``base``'s device (fills the config's shape fields)."""
+    classifies = config.task_type in (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
+    if isinstance(config, PrefixTuningConfig) and classifies and not _takes_past_key_values(base):
+        raise ConfigError(f"Model does not support past key values which are required for prefix tuning "
+                          f"({type(base).__name__}'s forward takes no past_key_values, so PEFT could not load this "
+                          "adapter either). Use prompt tuning or p-tuning, or LoRA, on this model")
     if config.num_virtual_tokens is None:
         raise ConfigError(f"{type(config).__name__}.num_virtual_tokens is empty; set how many virtual tokens to "
                           "learn (8 to 20 is usual)")
@@ -92,6 +97,15 @@ def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Mod
         raise ConfigError(f"{type(config).__name__} is not a supported prompt method")
     device = next(base.parameters()).device
     return module.to(device)
+
+
+def _takes_past_key_values(base: nn.Module) -> bool:
+    """PEFT's test for the classification tasks: the model's forward, or its backbone's (``bert`` in
+    BertForSequenceClassification), names ``past_key_values``; encoder-only models in transformers 5 do not,
+    and PEFT refuses prefix tuning there (generative models take the cache through ``generate``'s path)."""
+    backbone = getattr(base, getattr(base, "base_model_prefix", "") or "", None)
+    return any("past_key_values" in inspect.signature(m.forward).parameters
+               for m in (base, backbone) if isinstance(m, nn.Module))
 
 
 def _init_prompt_embedding(module: PromptEmbedding, base: nn.Module, config: PromptTuningConfig) -> None:

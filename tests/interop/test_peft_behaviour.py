@@ -180,3 +180,14 @@ def test_a_second_get_peft_model_warns(lib: types.ModuleType) -> None:
         warnings.simplefilter("always")
         lib.get_peft_model(base, _lora(lib), adapter_name="other")
     assert any("second time" in str(w.message) for w in caught)
+
+
+def test_prefix_tuning_on_bert_is_refused(lib: types.ModuleType) -> None:
+    """PEFT refuses it when the model runs; peftkit when the adapter is made, so no adapter PEFT cannot load
+    is ever trained or saved."""
+    from ..conftest import model_inputs
+
+    with pytest.raises(ValueError, match="does not support past key values"):
+        model = lib.get_peft_model(tiny_model("bert"), lib.PrefixTuningConfig(num_virtual_tokens=3,
+                                                                              task_type="SEQ_CLS"))
+        model(**model_inputs("bert"))
