@@ -139,8 +139,15 @@ def categorize(peft: dict[str, dict[str, str]], ours: dict[str, dict[str, str]])
             missing.update(names)
         else:
             categories["behaviour"].append(test_id)
+    reasons = {t: _first_error_line(ours[t]["message"]) for t in categories["behaviour"]}
     return {"counts": {k: len(v) for k, v in categories.items()}, "tests": categories,
-            "missing_names": missing.most_common()}
+            "missing_names": missing.most_common(), "behaviour_reasons": reasons}
+
+
+def _first_error_line(message: str) -> str:
+    """The line that names the exception (``E   SomeError: ...``), cut short."""
+    lines = [line[1:].strip() for line in message.splitlines() if line.startswith("E ")]
+    return (lines[0] if lines else message.strip().splitlines()[0] if message.strip() else "")[:300]
 
 
 def _missing_names(message: str) -> list[str]:

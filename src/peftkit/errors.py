@@ -13,6 +13,7 @@ from collections.abc import Iterable
 __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "AdapterStateError",
     "ConfigError",
     "DataError",
     "ModelLoadError",
@@ -69,6 +70,10 @@ class AdapterNotFoundError(UserInputError, KeyError):
 
     def __str__(self) -> str:  # KeyError would add quotes around the message
         return str(self.args[0]) if self.args else ""
+
+
+class AdapterStateError(PeftkitError, ValueError):
+    """An adapter's state forbids the call (deleting an adapter that is merged into the weights)."""
 
 
 class ModelLoadError(UserInputError):

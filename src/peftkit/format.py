@@ -370,23 +370,43 @@ def resolve_adapter_path(
 
 
 def write_model_card(folder: Path, model: Any, training: list[str] | None = None) -> None:
-    """A short README.md with the Hub's metadata header (``library_name: peft`` so the Hub and PEFT find it).
+    """README.md with the Hub's metadata, written with huggingface_hub's model card tools, as PEFT's is:
+    ``library_name: peft``, ``base_model``, the tags the Hub reads (``lora``, ``base_model:adapter:<id>``,
+    ``transformers``) and ``pipeline_tag`` for a causal LM. A README.md that peftkit did not write is kept.
 
-    ``training`` lines (markdown) describe how the adapter was trained, when known.
+    Args:
+        training: markdown lines on how the adapter was trained, when known.
     """
-    lines = ["---", "library_name: peft", "tags:", "- peftkit"]
-    bases = {c.base_model_name_or_path for c in model.peft_config.values() if c.base_model_name_or_path}
-    if len(bases) == 1:
-        lines.append(f"base_model: {bases.pop()}")
-    lines += ["---", "", "# Adapter", "", f"{CARD_MARK} in Hugging Face PEFT's format.", "",
-              "| adapter | method | task |", "|---|---|---|"]
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card_path = folder / "README.md"
+    if card_path.is_file() and CARD_MARK not in card_path.read_text(encoding="utf-8", errors="replace"):
+        return  # the user's own README (or another tool's card) stays as it is
+    base = _card_base_model(model)
+    active = model.peft_config[model.active_adapter]
+    tags = {"peftkit"} | ({f"base_model:adapter:{base}"} if base else set())
+    tags |= {"lora"} if active.peft_type.value == "LORA" else set()
+    tags |= {"transformers"} if hasattr(model, "config") else set()
+    causal = active.task_type is not None and active.task_type.value == "CAUSAL_LM"
+    data = ModelCardData(library_name="peft", base_model=base, tags=sorted(tags),
+                         pipeline_tag="text-generation" if causal else None)
+    lines = ["# Adapter", "", f"{CARD_MARK} in Hugging Face PEFT's format.", "",
+             "| adapter | method | task |", "|---|---|---|"]
     for name, config in model.peft_config.items():
         task = config.task_type.value if config.task_type is not None else "-"
         lines.append(f"| {name} | {config.peft_type.value} | {task} |")
     lines += ["", "Load it with `peftkit.PeftModel.from_pretrained(base_model, path)` or PEFT's own.", ""]
     lines += [*training, ""] if training else []
     folder.mkdir(parents=True, exist_ok=True)
-    card = folder / "README.md"
-    if card.is_file() and CARD_MARK not in card.read_text(encoding="utf-8", errors="replace"):
-        return  # the user's own README (or another tool's card) stays as it is
-    write_text_atomic(card, "\n".join(lines))
+    write_text_atomic(card_path, str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))))
+
+
+def _card_base_model(model: Any) -> str | None:
+    """The base model's name as PEFT's card gives it: the transformers config's ``_name_or_path``, else the one
+    name all adapters record; None for a custom model or a model built from a config."""
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", None) if config is not None else None
+    if name:
+        return str(name)
+    bases = {c.base_model_name_or_path for c in model.peft_config.values() if c.base_model_name_or_path}
+    return bases.pop() if len(bases) == 1 else None

@@ -21,7 +21,14 @@ from torch.nn.modules.module import _IncompatibleKeys
 from . import format as fmt
 from . import prompting, surgery
 from .config import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptLearningConfig, TaskType
-from .errors import AdapterFormatError, AdapterNotFoundError, ConfigError, PeftkitError, short_repr
+from .errors import (
+    AdapterFormatError,
+    AdapterNotFoundError,
+    AdapterStateError,
+    ConfigError,
+    PeftkitError,
+    short_repr,
+)
 from .merging import MIXES
 
 __all__ = [
@@ -78,7 +85,12 @@ class PeftModel(nn.Module):
 
     @property
     def config(self) -> Any:
-        return getattr(self.get_base_model(), "config", None)
+        """The base model's config; a plain ``nn.Module`` has none (``hasattr(model, "config")`` is False, as in
+        PEFT, so code can tell a transformers model from a custom one)."""
+        base = self.get_base_model()
+        if not hasattr(base, "config"):
+            raise AttributeError(f"{type(base).__name__} has no config (it is not a transformers model)")
+        return base.config
 
     @property
     def generation_config(self) -> Any:
@@ -158,8 +170,8 @@ class PeftModel(nn.Module):
 
     def _require(self, adapter_name: str) -> PeftConfig:
         if adapter_name not in self.peft_config:
-            raise AdapterNotFoundError(
-                f"no adapter named {adapter_name!r}; this model has: {', '.join(self.peft_config) or 'none'}"
+            raise AdapterNotFoundError(  # PEFT's words first, so code matching them still does
+                f"Adapter {adapter_name} does not exist; this model has: {', '.join(self.peft_config) or 'none'}"
             )
         return self.peft_config[adapter_name]
 
@@ -174,7 +186,7 @@ class PeftModel(nn.Module):
             raise ConfigError(f"an adapter named {adapter_name!r} already exists; pick another name or delete it")
         if not isinstance(peft_config, PeftConfig):
             raise ConfigError(f"expected a peftkit config (e.g. LoraConfig), got {type(peft_config).__name__}")
-        config = peft_config.replace()  # our own copy: surgery records resolved targets in it
+        config = peft_config  # as in PEFT, the object given is the adapter's config; surgery resolves targets in it
         with_bias = [n for n, c in self.peft_config.items() if getattr(c, "bias", "none") != "none"]
         if with_bias and getattr(config, "bias", "none") != "none":  # PEFT's rule: the biases are shared
             raise ConfigError(f"only one adapter may train biases (bias='all' or 'lora_only'), and {with_bias[0]!r} "
@@ -218,12 +230,12 @@ class PeftModel(nn.Module):
         """Remove an adapter. Deleting the active one activates another, if any remains.
 
         Raises:
-            PeftkitError: the adapter is merged into the weights (unmerge it first, as PEFT requires).
+            AdapterStateError: the adapter is merged into the weights (unmerge it first, as PEFT requires).
         """
         self._require(adapter_name)
         if adapter_name in surgery.merged_names(self.get_base_model()):
-            raise PeftkitError(f"cannot delete adapter {adapter_name!r} while it is merged into the weights; call "
-                               "unmerge_adapter() first")
+            raise AdapterStateError(f"Cannot delete adapter(s) {[adapter_name]} while they are merged. Please unmerge "
+                                    "them first (unmerge_adapter()); deleting it would leave its update in the weights")
         surgery.delete_adapter(self.get_base_model(), adapter_name)
         if adapter_name in self.prompt_encoder:
             del self.prompt_encoder[adapter_name]
@@ -542,7 +554,8 @@ class PeftModel(nn.Module):
             config: use this config instead of the folder's ``adapter_config.json``.
         """
         folder = fmt.resolve_adapter_path(model_id, **kwargs)
-        config = (config or fmt.read_adapter_config(folder)).replace(inference_mode=not is_trainable)
+        config = config or fmt.read_adapter_config(folder)
+        config.inference_mode = not is_trainable  # on the object given, which becomes the adapter's (as in PEFT)
         model_cls = cls
         if cls is PeftModel and config.task_type is not None:
             model_cls = TASK_MODEL_CLASSES.get(TaskType(config.task_type), PeftModel)
@@ -567,7 +580,8 @@ class PeftModel(nn.Module):
             :class:`AdapterFormatError` instead of loading part of an adapter).
         """
         folder = fmt.resolve_adapter_path(model_id, **kwargs)
-        config = fmt.read_adapter_config(folder).replace(inference_mode=not is_trainable)
+        config = fmt.read_adapter_config(folder)
+        config.inference_mode = not is_trainable
         self.add_adapter(adapter_name, config)
         try:
             self._load_weights(folder, adapter_name)
@@ -753,6 +767,8 @@ def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str 
                               "re-initialize its trained weights and leave its config disagreeing with them. Use the "
                               "PeftModel you got then (add_adapter for another adapter), or call .unload() first")
         kept = surgery.adapter_tensors(model, adapter_name)
+    # PEFT records the base model's name in the config here (None for a model built from a config)
+    peft_config.base_model_name_or_path = model.__dict__.get("name_or_path") or None
     task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
     model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel
     peft_model = model_cls(model, peft_config, adapter_name)
