@@ -25,6 +25,7 @@ from .config import (
 from .errors import (
     AdapterFormatError,
     AdapterNotFoundError,
+    AdapterStateError,
     ConfigError,
     DataError,
     ModelLoadError,
@@ -32,6 +33,13 @@ from .errors import (
     TargetNotFoundError,
     TrainingError,
     UserInputError,
+)
+from .functional import (
+    get_base_model_state_dict,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_base_model_state_dict,
+    set_peft_model_state_dict,
 )
 from .model import (
     PeftModel,
@@ -49,10 +57,14 @@ from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
 
 __version__ = "0.1.0"
 
+NoMatchingPeftModuleError = TargetNotFoundError  # PEFT's name for the same error
+PeftError = PeftkitError  # PEFT's base error class
+
 __all__ = [
     "PACKAGED_MODELS",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "AdapterStateError",
     "CompareConfig",
     "ConfigError",
     "DataConfig",
@@ -61,8 +73,10 @@ __all__ = [
     "JobConfig",
     "LoraConfig",
     "ModelLoadError",
+    "NoMatchingPeftModuleError",
     "OutputDirError",
     "PeftConfig",
+    "PeftError",
     "PeftModel",
     "PeftModelForCausalLM",
     "PeftModelForFeatureExtraction",
@@ -85,9 +99,14 @@ __all__ = [
     "UserInputError",
     "__version__",
     "compare",
+    "get_base_model_state_dict",
     "get_peft_model",
+    "get_peft_model_state_dict",
+    "inject_adapter_in_model",
     "load_model",
     "load_tokenizer",
     "prepare_model_for_kbit_training",
+    "set_base_model_state_dict",
+    "set_peft_model_state_dict",
     "train",
 ]

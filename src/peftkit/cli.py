@@ -77,7 +77,7 @@ def _adapter_fields() -> dict[str, tuple[type, Any]]:
     for cls in CONFIG_CLASSES.values():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name not in base and not f.name.startswith("_"):
+            if f.name not in base and not f.name.startswith("_") and f.name not in cls.peft_only_fields():
                 fields.setdefault(f.name, (cls, hints[f.name]))
     return fields
 

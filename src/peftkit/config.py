@@ -132,6 +132,7 @@ class PeftConfig:
     # peftkit-only fields that only shape the start of training; left out of adapter_config.json so
     # PEFT reads our files without warnings.
     _local: ClassVar[frozenset[str]] = frozenset()
+    _peft_only_extra: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -151,6 +152,12 @@ class PeftConfig:
         """Whether the method adds virtual tokens instead of changing layers."""
         return False
 
+    @classmethod
+    def peft_only_fields(cls) -> frozenset[str]:
+        """Fields that exist so PEFT code and files work unchanged, for features peftkit does not implement
+        (only their "off" value is accepted); left out of peftkit's own flags and docs."""
+        return frozenset(cls._unsupported) | cls._peft_only_extra
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form, with PEFT's field names and enum values as strings."""
         out: dict[str, Any] = {"peft_type": self.peft_type.value}
@@ -159,7 +166,7 @@ class PeftConfig:
                 continue
             value = getattr(self, f.name)
             out[f.name] = value.value if isinstance(value, enum.Enum) else value
-        out.update(self._unsupported)
+        out.update({k: v for k, v in self._unsupported.items() if k not in out})
         return out
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
@@ -191,6 +198,17 @@ class PeftConfig:
             source: where the mapping came from, named in errors.
         """
         return config_from_dict(data, strict=strict, source=source, expected=cls)
+
+    @classmethod
+    def from_json_file(cls, path_json_file: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:
+        """The mapping in a JSON config file, as PEFT returns it (``runtime_config`` dropped)."""
+        from .configfile import read_json_file
+
+        data = read_json_file(path_json_file, "config file")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path_json_file} holds {type(data).__name__}, not a mapping of config fields")
+        data.pop("runtime_config", None)
+        return data
 
     def replace(self, **changes: Any) -> PeftConfig:
         """A copy with some fields changed (validated again)."""
@@ -233,23 +251,63 @@ class LoraConfig(PeftConfig):
     """Per-layer alpha overrides: ``{name regex: lora_alpha}``."""
     use_dora: bool = False
     """DoRA: split each adapted weight into a learned magnitude per output row and a LoRA-updated direction."""
+    # PEFT's fields for features peftkit does not implement. They exist so PEFT code and files work unchanged
+    # with their "off" value (PEFT's default); any other value is refused by name (_validate).
+    lora_bias: bool = False
+    """PEFT's bias on lora_B; only False."""
+    layer_replication: Any = None
+    """PEFT's layer replication; only empty."""
+    loftq_config: Any = field(default_factory=dict)
+    """PEFT's LoftQ initialization; only empty."""
+    megatron_config: Any = None
+    """PEFT's Megatron parallel layers; only empty."""
+    megatron_core: Any = "megatron.core"
+    """PEFT's Megatron module name; read and written, unused."""
+    target_parameters: Any = None
+    """PEFT's LoRA on raw parameters (MoE experts); only empty."""
+    trainable_token_indices: Any = None
+    """PEFT's trainable tokens beside LoRA; only empty."""
+    eva_config: Any = None
+    """PEFT's EVA initialization; only empty."""
+    corda_config: Any = None
+    """PEFT's CorDA initialization; only empty."""
+    lora_ga_config: Any = None
+    """PEFT's LoRA-GA initialization; only empty."""
+    velora_config: Any = None
+    """PEFT's VeLoRA; only empty."""
+    alora_invocation_tokens: Any = None
+    """PEFT's activated LoRA; only empty."""
+    use_qalora: bool = False
+    """PEFT's QA-LoRA; only False."""
+    qalora_group_size: Any = 16
+    """PEFT's QA-LoRA group size; read and written, unused."""
+    monteclora_config: Any = None
+    """PEFT's MonteCLoRA; only empty."""
+    use_bdlora: Any = None
+    """PEFT's block-diagonal LoRA; only empty."""
+    arrow_config: Any = None
+    """PEFT's Arrow routing; only empty."""
+    kasa_config: Any = None
+    """PEFT's KaSA; only empty."""
+    ensure_weight_tying: bool = False
+    """PEFT's adapter tying for tied embeddings; only False."""
+    runtime_config: Any = None
+    """PEFT's runtime options (GPU offload); not saved, ignored."""
 
     peft_type: ClassVar[PeftType] = PeftType.LORA
     _unsupported: ClassVar[dict[str, Any]] = {
-        "lora_bias": False,
-        "layer_replication": None,
-        "loftq_config": {},
-        "megatron_config": None,
-        "target_parameters": None,
-        "trainable_token_indices": None,
-        "eva_config": None,
-        "corda_config": None,
-        "alora_invocation_tokens": None,
-        "use_qalora": False,
-        "arrow_config": None,
+        "lora_bias": False, "layer_replication": None, "loftq_config": {}, "megatron_config": None,
+        "target_parameters": None, "trainable_token_indices": None, "eva_config": None, "corda_config": None,
+        "lora_ga_config": None, "velora_config": None, "alora_invocation_tokens": None, "use_qalora": False,
+        "monteclora_config": None, "use_bdlora": None, "arrow_config": None, "kasa_config": None,
+        "ensure_weight_tying": False,
     }
+    _local: ClassVar[frozenset[str]] = frozenset({"runtime_config"})
+    _peft_only_extra: ClassVar[frozenset[str]] = frozenset({"megatron_core", "qalora_group_size", "runtime_config"})
 
     def _validate(self, problems: list[str]) -> None:
+        problems += [f"{k}={short_repr(getattr(self, k))} is a PEFT feature peftkit does not support yet; remove it"
+                     for k, off in self._unsupported.items() if not _is_off(getattr(self, k), off)]
         if isinstance(self.target_modules, list) and [str(t).lower() for t in self.target_modules] == ["all-linear"]:
             self.target_modules = "all-linear"  # a one-item list, as a CLI flag or YAML list gives it
         if not _is_int(self.r) or self.r <= 0:
@@ -484,9 +542,7 @@ CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
 }
 
 # Keys PEFT writes that carry no meaning for loading.
-_IGNORED_KEYS = frozenset({"peft_type", "peft_version", "auto_mapping", "megatron_core", "qalora_group_size",
-                           "use_bdlora", "lora_ga_config", "kasa_config", "monteclora_config", "velora_config",
-                           "ensure_weight_tying"})
+_IGNORED_KEYS = frozenset({"peft_type", "peft_version", "auto_mapping", "megatron_core", "qalora_group_size"})
 
 
 def config_from_dict(
@@ -508,7 +564,7 @@ def config_from_dict(
         if key in known:
             kwargs[key] = value
         elif key in cls._unsupported:
-            if value != cls._unsupported[key] and not (value in (None, {}, False) and not cls._unsupported[key]):
+            if not _is_off(value, cls._unsupported[key]):
                 problems.append(f"{key}={short_repr(value)} is a PEFT feature peftkit does not support yet; remove it")
         elif key not in _IGNORED_KEYS:
             unknown.append(key)
@@ -528,6 +584,11 @@ def config_from_dict(
         return cls(**kwargs)
     except ConfigError as err:
         raise ConfigError(err.problems, source=source or cls.__name__) from None
+
+
+def _is_off(value: Any, off: Any) -> bool:
+    """Whether a PEFT-only field holds its "off" value (None, {} and False all mean off where off is empty)."""
+    return bool(value == off or (value in (None, {}, [], False) and not off))
 
 
 def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str | None) -> type[PeftConfig]:

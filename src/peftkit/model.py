@@ -20,7 +20,15 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
 from . import prompting, surgery
-from .config import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptLearningConfig, TaskType
+from .config import (
+    IA3Config,
+    LoraConfig,
+    PeftConfig,
+    PeftType,
+    PrefixTuningConfig,
+    PromptLearningConfig,
+    TaskType,
+)
 from .errors import (
     AdapterFormatError,
     AdapterNotFoundError,
@@ -43,11 +51,64 @@ __all__ = [
 
 
 class BaseModelHolder(nn.Module):
-    """Holds the wrapped model as ``.model`` so parameter names read ``base_model.model.<path>`` as in PEFT."""
+    """Holds the wrapped model as ``.model`` so parameter names read ``base_model.model.<path>`` as in PEFT.
 
-    def __init__(self, model: nn.Module) -> None:
+    PEFT code also calls the tuner methods on ``peft_model.base_model`` (``set_adapter``,
+    ``disable_adapter_layers``, ...): each is answered explicitly by the :class:`PeftModel` that owns it.
+    """
+
+    def __init__(self, model: nn.Module, owner: PeftModel | None = None) -> None:
         super().__init__()
         self.model = model
+        object.__setattr__(self, "_owner", owner)  # not a submodule: the owner holds this holder
+
+    def _peft(self) -> PeftModel:
+        owner = self.__dict__.get("_owner")
+        if owner is None:
+            raise AttributeError("this holder belongs to no PeftModel")
+        return cast(PeftModel, owner)
+
+    @property
+    def peft_config(self) -> dict[str, PeftConfig]:
+        return self._peft().peft_config
+
+    @property
+    def active_adapter(self) -> str:
+        return self._peft().active_adapter
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return self._peft().active_adapters
+
+    def set_adapter(self, adapter_name: str) -> None:
+        self._peft().set_adapter(adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._peft().delete_adapter(adapter_name)
+
+    def disable_adapter_layers(self) -> None:
+        """Run the base model alone until :meth:`enable_adapter_layers` (merged adapters are unmerged)."""
+        surgery.set_disabled(self.model, True)
+
+    def enable_adapter_layers(self) -> None:
+        surgery.set_disabled(self.model, False)
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self._peft().merge_adapter(adapter_names, safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        self._peft().unmerge_adapter()
+
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None) -> nn.Module:
+        return self._peft().merge_and_unload(progressbar, safe_merge, adapter_names)
+
+    def unload(self) -> nn.Module:
+        return self._peft().unload()
+
+    @property
+    def targeted_module_names(self) -> list[str]:
+        return surgery.adapted_layer_names(self.model)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -72,7 +133,7 @@ class PeftModel(nn.Module):
 
     def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default") -> None:
         super().__init__()
-        self.base_model = BaseModelHolder(model)
+        self.base_model = BaseModelHolder(model, self)
         self.peft_config: dict[str, PeftConfig] = {}
         self.prompt_encoder = nn.ModuleDict()
         self.active_adapter = adapter_name
@@ -322,14 +383,20 @@ class PeftModel(nn.Module):
         surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, combination, rank,
                              density=1.0 if density is None else float(density), sign_method=majority_sign_method)
 
-    def merge_adapter(self, adapter_names: list[str] | None = None) -> None:
-        """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op."""
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op.
+
+        A NaN or infinite adapter is always refused before it reaches a weight; ``safe_merge`` (PEFT's flag)
+        also checks the merged weights.
+        """
         names = adapter_names or [self.active_adapter]
         self._require_layer_adapters(names, "merge")
         merged = surgery.merged_names(self.get_base_model())
         if merged and set(names) <= merged:
             warnings.warn("All adapters are already merged, nothing to do.", stacklevel=2)  # PEFT's words
         surgery.merge(self.get_base_model(), names)
+        if safe_merge:
+            _check_finite_weights(self.get_base_model())
 
     def unmerge_adapter(self) -> None:
         """Restore the base weights from before any merge."""
@@ -345,9 +412,7 @@ class PeftModel(nn.Module):
         surgery.unmerge(base)
         surgery.merge(base, names)  # only these: another active adapter must not reach the weights
         if safe_merge:
-            bad = [n for n, p in base.named_parameters() if not torch.isfinite(p).all()]
-            if bad:
-                raise PeftkitError(f"merging produced NaN or inf in {bad[:3]}; the adapter weights are broken")
+            _check_finite_weights(base)
         return surgery.unload(base, keep_merged=True)
 
     def unload(self) -> nn.Module:
@@ -595,22 +660,52 @@ class PeftModel(nn.Module):
         return _IncompatibleKeys([], [])
 
     def _load_weights(self, folder: str | os.PathLike[str], adapter_name: str) -> None:
-        tensors = fmt.load_adapter_weights(folder, device=self.device)
+        self.load_adapter_state(fmt.load_adapter_weights(folder, device=self.device), adapter_name, str(folder))
+
+    def load_adapter_state(self, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
+        """Copy an adapter's tensors, under the file's keys, into adapter ``adapter_name``.
+
+        Raises:
+            AdapterFormatError: a tensor is missing, has no place, names a base weight, has another shape,
+                or holds NaN or infinity (``source`` names where it came from).
+        """
+        tensors = dict(tensors)
         if adapter_name in self.prompt_encoder:
             prompt = tensors.pop(fmt.PROMPT_KEY, None)
             if prompt is None:
-                raise fmt.AdapterFormatError(f"{folder}: no {fmt.PROMPT_KEY!r} tensor in the adapter file")
+                raise fmt.AdapterFormatError(f"{source}: no {fmt.PROMPT_KEY!r} tensor in the adapter file")
             if prompt.is_floating_point() and not torch.isfinite(prompt).all():
-                raise fmt.AdapterFormatError(f"{folder}: {fmt.PROMPT_KEY!r} holds NaN or infinite values; the "
+                raise fmt.AdapterFormatError(f"{source}: {fmt.PROMPT_KEY!r} holds NaN or infinite values; the "
                                              "adapter was saved from a diverged run or the file is damaged")
-            prompting.load_embeddings(self.prompt_encoder[adapter_name], prompt, source=str(folder))
+            prompting.load_embeddings(self.prompt_encoder[adapter_name], prompt, source=source)
             tensors = fmt.rebase_prompt_keys(tensors, to_file=False)
-        state = fmt.to_model_keys(self, adapter_name, tensors, source=str(folder),
+        state = fmt.to_model_keys(self, adapter_name, tensors, source=source,
                                   allowed=set(self.adapter_state_dict(adapter_name)))
         with torch.no_grad():
             params = dict(self.state_dict(keep_vars=True))
             for key, tensor in state.items():
                 params[key].copy_(tensor.to(params[key].dtype))
+
+    # ----- PEFT's names for what the model holds ------------------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        """The parameter-name prefix of the active method's tensors (``lora_``, ``ia3_``), as PEFT's tuner has."""
+        prefix = {PeftType.LORA: "lora_", PeftType.IA3: "ia3_"}.get(self.active_peft_config.peft_type)
+        if prefix is None:
+            raise AttributeError(f"{self.active_peft_config.peft_type.value} adds no layer tensors, so has no prefix")
+        return prefix
+
+    @property
+    def targeted_module_names(self) -> list[str]:
+        """The names of the base model's layers that hold an adapter (PEFT's attribute of the same name)."""
+        return surgery.adapted_layer_names(self.get_base_model())
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise PeftkitError(f"merging produced NaN or inf in {bad[:3]}; the adapter weights are broken")
 
 
 def _is_transformers_model(model: nn.Module) -> bool:
@@ -743,18 +838,38 @@ TASK_MODEL_CLASSES: dict[TaskType, type[PeftModel]] = {
 }
 
 
-def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default") -> PeftModel:
+def get_peft_model(
+    model: nn.Module,
+    peft_config: PeftConfig,
+    adapter_name: str = "default",
+    mixed: bool = False,
+    autocast_adapter_dtype: bool = True,
+    revision: str | None = None,
+    low_cpu_mem_usage: bool = False,
+) -> PeftModel:
     """Wrap ``model`` with a new adapter described by ``peft_config``.
 
     The task class (causal LM, seq2seq, classification, ...) follows ``peft_config.task_type``.
     The model is modified in place: its targeted layers become adapter layers.
 
+    Args:
+        mixed: PEFT's ``PeftMixedModel`` (adapters of different methods active together); not supported.
+        autocast_adapter_dtype: True (PEFT's default): adapter weights are float32 whatever the base's dtype;
+            False: they take the dtype of the layer they adapt.
+        revision: the hub revision of the base model, recorded in the config.
+        low_cpu_mem_usage: accepted for PEFT's signature; adapters are small and created in place.
+
     Example:
         >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
         >>> model.print_trainable_parameters()
     """
+    if mixed:
+        raise ConfigError("mixed=True (PEFT's PeftMixedModel, adapters of different methods active at once) is not "
+                          "supported; use one method per model, with add_adapter and set_adapter to switch")
     if isinstance(model, PeftModel):
         raise ConfigError("the model already has adapters; use model.add_adapter(name, config) to add another")
+    if revision is not None:
+        peft_config.revision = revision
     held = {n for _, layer in surgery.adapter_layers(model) for n in surgery.layer_adapter_names(layer)}
     if held:
         warnings.warn("You are trying to modify a model with PEFT for a second time. If you want to reload the "
@@ -774,4 +889,6 @@ def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str 
     peft_model = model_cls(model, peft_config, adapter_name)
     if kept:  # the same adapter again: its weights, not fresh ones
         model.load_state_dict(kept, strict=False)
+    if not autocast_adapter_dtype:
+        surgery.cast_adapter_to_layers(model, adapter_name)
     return peft_model

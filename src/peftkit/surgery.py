@@ -474,6 +474,51 @@ def merge(model: nn.Module, names: list[str] | None = None) -> None:
             layer.merge(names)
 
 
+def adapted_layer_names(model: nn.Module) -> list[str]:
+    """The names of the layers that hold adapters (not the trainable copies of modules_to_save)."""
+    return [key for key, layer in adapter_layers(model) if isinstance(layer, AdapterLayer)]
+
+
+@torch.no_grad()
+def cast_adapter_to_layers(model: nn.Module, name: str) -> None:
+    """Give adapter ``name``'s tensors the dtype of the weight each adapts (PEFT's autocast_adapter_dtype=False)."""
+    for _, layer in adapter_layers(model):
+        if not isinstance(layer, AdapterLayer):
+            continue
+        for attr in layer.adapter_param_names:
+            container = getattr(layer, attr)
+            if name in container:
+                held = container[name]
+                if isinstance(held, nn.Module):
+                    held.to(layer.weight.dtype)
+                else:
+                    held.data = held.data.to(layer.weight.dtype)
+
+
+def _original_names(model: nn.Module) -> dict[str, str]:
+    """Each base weight's key in ``model`` (``q_proj.base_layer.weight``) -> its key before any adapter was
+    added (``q_proj.weight``); adapter tensors and trainable copies are left out."""
+    names = {}
+    for key in model.state_dict():
+        parts = key.split(".")
+        if any(p.startswith("lora_") or p in ("ia3_l", "modules_to_save") for p in parts):
+            continue
+        names[key] = ".".join(p for p in parts if p not in ("base_layer", "original_module"))
+    return names
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's weights under their original names."""
+    state = model.state_dict()
+    return {original: state[key] for key, original in _original_names(model).items()}
+
+
+def to_wrapped_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename original-name keys to where those weights sit in ``model`` now (unknown keys pass unchanged)."""
+    wrapped = {original: key for key, original in _original_names(model).items()}
+    return {wrapped.get(k, k): v for k, v in state.items()}
+
+
 def merged_names(model: nn.Module) -> set[str]:
     """The adapters merged into some layer's weight."""
     return {n for _, layer in adapter_layers(model) if isinstance(layer, AdapterLayer) for n in layer.merged_adapters}

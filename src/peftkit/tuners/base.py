@@ -126,6 +126,40 @@ class AdapterLayer(nn.Module):
         while self.merged_adapters:
             self._unmerge_one(self.merged_adapters[-1])
 
+    # ----- PEFT's layer API (BaseTunerLayer), for code that drives layers directly --------------------------
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        return self.active_adapters[0] if len(self.active_adapters) == 1 else list(self.active_adapters)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    @property
+    def disable_adapters(self) -> bool:
+        """PEFT's name for :attr:`disabled`."""
+        return self.disabled
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Apply the active adapters again (``True``) or run the base layer alone (``False``)."""
+        self.disabled = not enabled
+
+    def set_adapter(self, adapter_names: str | list[str]) -> None:
+        """Make these adapters active; as in PEFT, they become trainable and the others frozen."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self.set_active(names)
+        for attr in self.adapter_param_names:
+            for name, held in getattr(self, attr).items():
+                held.requires_grad_(name in names)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """PEFT's name for the dense update this adapter adds to the base weight."""
+        return self.delta_weight(adapter)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
     def _pending(self) -> list[str]:
         """Adapters to compute in ``forward``: active and not already in the weight."""
         if self.disabled:

@@ -1,0 +1,112 @@
+"""PEFT's functional API: adapters in a plain model, and state dicts, without the PeftModel wrapper.
+
+``inject_adapter_in_model`` puts LoRA or IA3 layers into a model in place (for code that manages its own
+model class, as diffusers does); ``get_peft_model_state_dict`` / ``set_peft_model_state_dict`` read and
+write one adapter's tensors under the adapter file's keys; ``get_base_model_state_dict`` /
+``set_base_model_state_dict`` read and write the base model's weights under their original names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
+
+from . import format as fmt
+from . import surgery
+from .config import IA3Config, LoraConfig, PeftConfig
+from .errors import ConfigError
+from .model import PeftModel
+
+__all__ = ["get_base_model_state_dict", "get_peft_model_state_dict", "inject_adapter_in_model",
+           "set_base_model_state_dict", "set_peft_model_state_dict"]
+
+
+def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_name: str = "default",
+                            low_cpu_mem_usage: bool = False, state_dict: dict[str, Any] | None = None) -> nn.Module:
+    """Add a LoRA or IA3 adapter to ``model``'s layers in place; only the adapter stays trainable.
+
+    The model keeps its class; ``model.peft_config`` records the config, as in PEFT.
+
+    Raises:
+        ConfigError: a prompt-learning config (it needs the PeftModel's forward), or ``state_dict`` (PEFT's
+            targets-from-a-state-dict mode, not supported).
+    """
+    from .model import check_adapter_name
+
+    check_adapter_name(adapter_name)
+    if state_dict is not None:
+        raise ConfigError("inject_adapter_in_model(state_dict=...) is not supported: name the layers in "
+                          "target_modules, then load the tensors with set_peft_model_state_dict")
+    if isinstance(peft_config, LoraConfig):
+        surgery.inject_lora(model, peft_config, adapter_name)
+    elif isinstance(peft_config, IA3Config):
+        surgery.inject_ia3(model, peft_config, adapter_name)
+    else:
+        raise ConfigError(f"{type(peft_config).__name__}: inject_adapter_in_model takes LoRA or IA3 configs; "
+                          "prompt-learning methods change the model's inputs, so use get_peft_model")
+    surgery.set_active(model, [adapter_name])
+    surgery.mark_trainable(model, adapter_name, peft_config)
+    configs = getattr(model, "peft_config", None)
+    setattr(model, "peft_config", {**(configs if isinstance(configs, dict) else {}), adapter_name: peft_config})  # noqa: B010 - a plain attribute on any nn.Module, as PEFT sets it
+    return model
+
+
+def _config(model: nn.Module, adapter_name: str) -> PeftConfig | None:
+    configs = getattr(model, "peft_config", None)
+    return configs.get(adapter_name) if isinstance(configs, dict) else None
+
+
+def get_peft_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None,
+                              adapter_name: str = "default", unwrap_compiled: bool = False,
+                              save_embedding_layers: str | bool = "auto") -> dict[str, torch.Tensor]:
+    """The tensors of adapter ``adapter_name`` under the keys ``adapter_model.safetensors`` uses."""
+    if save_embedding_layers is True:
+        raise ConfigError("save_embedding_layers=True: peftkit does not resize embeddings; leave it at 'auto'")
+    if isinstance(model, PeftModel):
+        return model.adapter_state_dict(adapter_name)
+    return fmt.lora_state_dict(model, adapter_name, getattr(_config(model, adapter_name), "bias", "none"))
+
+
+def set_peft_model_state_dict(model: nn.Module, peft_model_state_dict: dict[str, torch.Tensor],
+                              adapter_name: str = "default", ignore_mismatched_sizes: bool = False,
+                              low_cpu_mem_usage: bool = False) -> _IncompatibleKeys:
+    """Load an adapter's tensors (keys as :func:`get_peft_model_state_dict` gives them) into the model.
+
+    Returns:
+        PEFT's load result; its lists are empty, since a missing, extra or misshapen tensor raises
+        :class:`~peftkit.AdapterFormatError` instead of loading part of an adapter.
+    """
+    if ignore_mismatched_sizes:
+        raise ConfigError("ignore_mismatched_sizes=True would load part of an adapter; peftkit refuses mismatches")
+    if isinstance(model, PeftModel):
+        model.load_adapter_state(peft_model_state_dict, adapter_name, "the state dict")
+        return _IncompatibleKeys([], [])
+    allowed = set(get_peft_model_state_dict(model, adapter_name=adapter_name))
+    state = fmt.to_model_keys(model, adapter_name, peft_model_state_dict, "the state dict", allowed=allowed)
+    with torch.no_grad():
+        params = dict(model.state_dict(keep_vars=True))
+        for key, tensor in state.items():
+            params[key].copy_(tensor.to(params[key].dtype))
+    return _IncompatibleKeys([], [])
+
+
+def get_base_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's weights under their original names (no ``base_layer``, no adapter tensors)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return surgery.base_state_dict(base)
+
+
+def set_base_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor],
+                              strict: bool = True) -> _IncompatibleKeys:
+    """Load base-model weights given under their original names into a model that holds adapters."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    result = base.load_state_dict(surgery.to_wrapped_keys(base, state_dict), strict=False)
+    adapter = set(base.state_dict()) - set(surgery.to_wrapped_keys(base, surgery.base_state_dict(base)))
+    missing = [k for k in result.missing_keys if k not in adapter]  # the adapter's tensors are not the base's
+    if strict and (missing or result.unexpected_keys):
+        raise RuntimeError(f"set_base_model_state_dict: missing keys {missing[:5]}, unexpected keys "
+                           f"{result.unexpected_keys[:5]}")
+    return _IncompatibleKeys(missing, result.unexpected_keys)
