@@ -11,6 +11,9 @@ peftkit. The report puts every test in one category:
 - ``pass``: passes on peftkit;
 - ``environment``: fails or is skipped on PEFT itself too (hub access, GPU, optional packages);
 - ``missing API``: peftkit lacks a name or argument the test uses (the name is counted);
+- ``unsupported feature``: peftkit refuses a PEFT feature it does not implement, by name (a DoRA embedding,
+  an initialization method, a PEFT-only config field set on);
+- ``message only``: the same exception type, another message (PEFT's test matches its exact wording);
 - ``behaviour``: PEFT passes and peftkit gets a different outcome.
 
 Needs PEFT's test dependencies in the environment: ``pip install diffusers scipy parameterized``.
@@ -57,6 +60,8 @@ ENVIRONMENT_RE = re.compile(r"offline|LocalEntryNotFound|couldn't connect|HF_HUB
                             r"huggingface\.co|No module named|requires .*GPU|CUDA|cuda", re.IGNORECASE)
 MISSING_RE = re.compile(r"(peft[\w.]*\.\w+) is not in peftkit")
 ATTRIBUTE_RE = re.compile(r"'(\w+)' object has no attribute '(\w+)'")
+UNSUPPORTED_RE = re.compile(r"is a PEFT feature peftkit does not support|is not supported|peftkit supports it on "
+                            r"linear layers only|cannot be combined with use_dora|init_lora_weights='\w+' is not")
 ARGUMENT_RE = re.compile(r"(\w+)\(\) got an unexpected keyword argument '(\w+)'")
 
 PLUGIN = '''
@@ -137,6 +142,10 @@ def categorize(peft: dict[str, dict[str, str]], ours: dict[str, dict[str, str]])
         elif names := _missing_names(result["message"]):
             categories["missing API"].append(test_id)
             missing.update(names)
+        elif UNSUPPORTED_RE.search(result["message"]):
+            categories["unsupported feature"].append(test_id)
+        elif "Regex pattern did not match" in result["message"]:
+            categories["message only"].append(test_id)
         else:
             categories["behaviour"].append(test_id)
     reasons = {t: _first_error_line(ours[t]["message"]) for t in categories["behaviour"]}

@@ -258,7 +258,7 @@ def merge_into_adapters_parent(tmp: Path) -> None:
         assert (adapter / "adapter_config.json").is_file()
 
 
-def _run_job(tmp: Path, out: str = "out", **train_fields: Any) -> Any:
+def _run_job(tmp: Path, out: str = "out", data: str = "d.csv", **train_fields: Any) -> Any:
     from peftkit import JobConfig
     from peftkit import train as run_train
     from tests.conftest import char_tokenizer
@@ -266,7 +266,7 @@ def _run_job(tmp: Path, out: str = "out", **train_fields: Any) -> Any:
     if not (tmp / "d.csv").exists():
         (tmp / "d.csv").write_text(GOOD_CSV)
     job = JobConfig(adapter={"r": 2, "target_modules": ["q_proj"], **train_fields.pop("adapter", {})},
-                    output_dir=str(tmp / out), data={"path": str(tmp / "d.csv"), "val_size": 0},
+                    output_dir=str(tmp / out), data={"path": str(tmp / data), "val_size": 0},
                     train={"max_steps": 2, "batch_size": 4, "progress": False, "plot": False, **train_fields})
     return run_train(job, model=tiny_model("llama"), tokenizer=char_tokenizer(), log=lambda _: None)
 
@@ -391,6 +391,10 @@ def _resume_job(tmp: Path, **changes: Any) -> None:
 
 def resume_changed_alpha(tmp: Path) -> None:
     _resume_job(tmp, alpha=True)
+
+
+def resume_changed_data(tmp: Path) -> None:
+    _resume_job(tmp, data="d2.csv")
 
 
 def resume_changed_lr(tmp: Path) -> None:
@@ -735,6 +739,8 @@ CASES = [
          yaml_job("data: {path: d.csv}\ntrain:\n  lr: 0.1\n  lr: 0.2\n"), JOB, ConfigError, 2, "'lr' is given twice"),
     Case("resume-changed-alpha", "--resume with another lora_alpha", {}, None, ConfigError, 2,
          "adapter.lora_alpha: 8 at the checkpoint, 32 now", api=resume_changed_alpha),
+    Case("resume-changed-data", "--resume with another data file", {}, None, ConfigError, 2,
+         "data.path: ", api=resume_changed_data),
     Case("resume-changed-lr", "--resume with another learning rate", {}, None, ConfigError, 2,
          "train.lr: 0.0002 at the checkpoint, 0.5 now", api=resume_changed_lr),
     # second corpus: inputs that exhaust the machine
