@@ -175,14 +175,19 @@ def main() -> None:
     parser.add_argument("--rev", default="HEAD", help="the mirror's revision to read tests from")
     parser.add_argument("-n", "--workers", type=int, default=2)
     parser.add_argument("--files", nargs="+", default=FILES, choices=FILES, help="PEFT's test files to run")
+    parser.add_argument("--peftkit-only", action="store_true", help="skip the PEFT run (for a quick look)")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "peft-conformance.json"))
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (e.g. -k test_merge)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="peft-conformance-") as tmp:
         folder = Path(tmp)
         read_tests(args, folder)
-        peft = run("peft", folder, args.files, args.workers, args.pytest_args)
-        ours = run("peftkit", folder, args.files, args.workers, args.pytest_args)
+        if args.peftkit_only:  # a quick look at peftkit's failures; every test counts as passing on PEFT
+            ours = run("peftkit", folder, args.files, args.workers, args.pytest_args)
+            peft = {t: {"outcome": "passed", "message": ""} for t in ours}
+        else:
+            peft = run("peft", folder, args.files, args.workers, args.pytest_args)
+            ours = run("peftkit", folder, args.files, args.workers, args.pytest_args)
     summary = categorize(peft, ours)
     peft_passed = sum(r["outcome"] == "passed" for r in peft.values())
     summary = {"selected": len(ours), "peft_passed": peft_passed, **summary}

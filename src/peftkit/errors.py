@@ -16,6 +16,7 @@ __all__ = [
     "AdapterStateError",
     "ConfigError",
     "DataError",
+    "HubError",
     "ModelLoadError",
     "PeftkitError",
     "StorageError",
@@ -82,6 +83,10 @@ class ModelLoadError(UserInputError):
 
 class DataError(UserInputError):
     """A data file is missing, malformed, or does not fit the template."""
+
+
+class HubError(PeftkitError):
+    """The Hugging Face Hub could not be reached or refused the request (offline, no token, no permission)."""
 
 
 class TrainingError(PeftkitError):

@@ -54,6 +54,17 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
     return model
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside FSDP's or DDP's wrapper, whose parameter names the adapter's keys are made from."""
+    while True:
+        inner = getattr(model, "_fsdp_wrapped_module", None)
+        if inner is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def _config(model: nn.Module, adapter_name: str) -> PeftConfig | None:
     configs = getattr(model, "peft_config", None)
     return configs.get(adapter_name) if isinstance(configs, dict) else None
@@ -65,6 +76,7 @@ def get_peft_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
     """The tensors of adapter ``adapter_name`` under the keys ``adapter_model.safetensors`` uses."""
     if save_embedding_layers is True:
         raise ConfigError("save_embedding_layers=True: peftkit does not resize embeddings; leave it at 'auto'")
+    model = _unwrap(model)
     if isinstance(model, PeftModel):
         return model.adapter_state_dict(adapter_name)
     return fmt.lora_state_dict(model, adapter_name, getattr(_config(model, adapter_name), "bias", "none"))
@@ -81,6 +93,7 @@ def set_peft_model_state_dict(model: nn.Module, peft_model_state_dict: dict[str,
     """
     if ignore_mismatched_sizes:
         raise ConfigError("ignore_mismatched_sizes=True would load part of an adapter; peftkit refuses mismatches")
+    model = _unwrap(model)
     if isinstance(model, PeftModel):
         model.load_adapter_state(peft_model_state_dict, adapter_name, "the state dict")
         return _IncompatibleKeys([], [])

@@ -73,15 +73,22 @@ class BaseModelHolder(nn.Module):
         return self._peft().peft_config
 
     @property
-    def active_adapter(self) -> str:
-        return self._peft().active_adapter
-
-    @property
     def active_adapters(self) -> list[str]:
         return self._peft().active_adapters
 
-    def set_adapter(self, adapter_name: str) -> None:
-        self._peft().set_adapter(adapter_name)
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """One adapter, or several applied together (a list), as PEFT's tuner allows."""
+        if isinstance(adapter_name, str):
+            self._peft().set_adapter(adapter_name, inference_mode=inference_mode)
+        else:
+            self._peft()._set_active_many(list(adapter_name))
+            if inference_mode:
+                self._peft().requires_grad_(False)
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        names = self._peft().active_adapters
+        return names[0] if len(names) == 1 else names
 
     def delete_adapter(self, adapter_name: str) -> None:
         self._peft().delete_adapter(adapter_name)
@@ -137,6 +144,7 @@ class PeftModel(nn.Module):
         self.peft_config: dict[str, PeftConfig] = {}
         self.prompt_encoder = nn.ModuleDict()
         self.active_adapter = adapter_name
+        self._also_active: list[str] = []  # adapters applied together with active_adapter (base_model.set_adapter)
         self._disabled = False
         self.register_state_dict_post_hook(_drop_tied_aliases)
         self.add_adapter(adapter_name, peft_config)
@@ -223,7 +231,43 @@ class PeftModel(nn.Module):
 
     @property
     def active_adapters(self) -> list[str]:
-        return [self.active_adapter]
+        return [self.active_adapter, *self._also_active]
+
+    def _set_active_many(self, names: list[str]) -> None:
+        """Several LoRA/IA3 adapters applied together (PEFT's ``base_model.set_adapter([...])``), all trainable."""
+        for name in names:
+            if self._require(name).is_prompt_learning:
+                raise ConfigError(f"{name!r} is a prompt-learning adapter; only layer adapters can be active together")
+        self.set_adapter(names[0])
+        self._also_active = list(names[1:])
+        base = self.get_base_model()
+        surgery.set_active(base, names)
+        for name in names[1:]:
+            surgery.mark_trainable(base, name, self.peft_config[name], freeze_others=False)
+
+    def disable_adapter_layers(self) -> None:
+        """Run the base model alone until :meth:`enable_adapter_layers` (PEFT's tuner method)."""
+        self.base_model.disable_adapter_layers()
+
+    def enable_adapter_layers(self) -> None:
+        self.base_model.enable_adapter_layers()
+
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload adapter", private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False) -> Any:
+        """Save the adapters and upload them to the Hugging Face Hub repository ``repo_id`` (huggingface_hub).
+
+        Raises:
+            HubError: the hub cannot be reached (offline, no token, no permission); nothing is half-uploaded
+                that was not already there.
+        """
+        import tempfile
+
+        from .hub import upload_folder
+
+        with tempfile.TemporaryDirectory(prefix="peftkit-push-") as tmp:
+            self.save_pretrained(tmp)
+            return upload_folder(tmp, repo_id, commit_message=commit_message, private=private, token=token,
+                                 revision=revision, create_pr=create_pr)
 
     @property
     def active_peft_config(self) -> PeftConfig:
@@ -236,8 +280,12 @@ class PeftModel(nn.Module):
             )
         return self.peft_config[adapter_name]
 
-    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
+                    autocast_adapter_dtype: bool = True) -> None:
         """Add a new adapter (inactive until :meth:`set_adapter`).
+
+        ``autocast_adapter_dtype=False`` keeps its tensors in the dtype of the layers it adapts (PEFT's option);
+        ``low_cpu_mem_usage`` is accepted for PEFT's signature.
 
         Raises:
             ConfigError: the name is taken, or the config's task does not fit this model.
@@ -269,19 +317,25 @@ class PeftModel(nn.Module):
             config.modules_to_save = list(dict.fromkeys(modules))
             surgery.add_modules_to_save(base, config.modules_to_save, adapter_name)
         self.peft_config[adapter_name] = config
+        if not autocast_adapter_dtype:
+            surgery.cast_adapter_to_layers(base, adapter_name)
         # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT
         self.set_adapter(adapter_name if adapter_name == self.active_adapter else self.active_adapter)
 
     def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
         return []
 
-    def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the adapter that ``forward`` applies; only its weights train."""
+    def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """Make ``adapter_name`` the adapter that ``forward`` applies; only its weights train (none with
+        ``inference_mode``, as in PEFT)."""
         config = self._require(adapter_name)
         self.active_adapter = adapter_name
+        self._also_active = []
         base = self.get_base_model()
         surgery.set_active(base, [adapter_name])
         surgery.mark_trainable(base, adapter_name, config)
+        if inference_mode:
+            self.requires_grad_(False)
         for name, module in self.prompt_encoder.items():
             module.requires_grad_(name == adapter_name)
         if config.inference_mode:
@@ -607,7 +661,12 @@ class PeftModel(nn.Module):
         adapter_name: str = "default",
         is_trainable: bool = False,
         config: PeftConfig | None = None,
-        **kwargs: Any,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        torch_device: str | None = None,
+        ephemeral_gpu_offload: bool = False,
+        key_mapping: dict[str, str] | None = None,
+        **hub_kwargs: Any,
     ) -> PeftModel:
         """Attach the adapter saved at ``model_id`` to ``model``.
 
@@ -617,14 +676,23 @@ class PeftModel(nn.Module):
             adapter_name: the name to register the adapter under.
             is_trainable: False freezes the adapter for inference; True lets training continue.
             config: use this config instead of the folder's ``adapter_config.json``.
+            autocast_adapter_dtype: False keeps the adapter in the dtype of the layers it adapts (see
+                :func:`get_peft_model`).
+            low_cpu_mem_usage, torch_device: accepted for PEFT's signature (the adapter is loaded on the
+                model's device).
+            ephemeral_gpu_offload, key_mapping: PEFT features peftkit does not implement; only their defaults.
+            hub_kwargs: ``subfolder``, ``revision``, for a hub download.
         """
-        folder = fmt.resolve_adapter_path(model_id, **kwargs)
+        _check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
+        folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
         config = config or fmt.read_adapter_config(folder)
         config.inference_mode = not is_trainable  # on the object given, which becomes the adapter's (as in PEFT)
         model_cls = cls
         if cls is PeftModel and config.task_type is not None:
             model_cls = TASK_MODEL_CLASSES.get(TaskType(config.task_type), PeftModel)
         peft_model = model_cls(model, config, adapter_name)
+        if not autocast_adapter_dtype:
+            surgery.cast_adapter_to_layers(peft_model.get_base_model(), adapter_name)
         peft_model._load_weights(folder, adapter_name)
         peft_model.set_adapter(adapter_name)
         if not is_trainable:
@@ -636,18 +704,26 @@ class PeftModel(nn.Module):
         model_id: str | os.PathLike[str],
         adapter_name: str,
         is_trainable: bool = False,
-        **kwargs: Any,
+        torch_device: str | None = None,
+        autocast_adapter_dtype: bool = True,
+        ephemeral_gpu_offload: bool = False,
+        low_cpu_mem_usage: bool = False,
+        key_mapping: dict[str, str] | None = None,
+        **hub_kwargs: Any,
     ) -> Any:
         """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`).
+
+        The options are :meth:`from_pretrained`'s.
 
         Returns:
             PEFT's load result: ``missing_keys`` and ``unexpected_keys`` (always empty: a mismatch raises
             :class:`AdapterFormatError` instead of loading part of an adapter).
         """
-        folder = fmt.resolve_adapter_path(model_id, **kwargs)
+        _check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
+        folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
         config = fmt.read_adapter_config(folder)
         config.inference_mode = not is_trainable
-        self.add_adapter(adapter_name, config)
+        self.add_adapter(adapter_name, config, autocast_adapter_dtype=autocast_adapter_dtype)
         try:
             self._load_weights(folder, adapter_name)
         except Exception:
@@ -700,6 +776,14 @@ class PeftModel(nn.Module):
     def targeted_module_names(self) -> list[str]:
         """The names of the base model's layers that hold an adapter (PEFT's attribute of the same name)."""
         return surgery.adapted_layer_names(self.get_base_model())
+
+
+def _check_unsupported_load_options(ephemeral_gpu_offload: bool, key_mapping: dict[str, str] | None) -> None:
+    if ephemeral_gpu_offload:
+        raise ConfigError("ephemeral_gpu_offload=True (PEFT's DoRA-on-CPU offload) is not supported; leave it False")
+    if key_mapping:
+        raise ConfigError("key_mapping (PEFT's renaming of checkpoint keys) is not supported; rename the keys in the "
+                          "file, or load the base model under the names the adapter was trained on")
 
 
 def _check_finite_weights(model: nn.Module) -> None:

@@ -449,9 +449,11 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             _set_submodule(model, key, layer.original_module)
 
 
-def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig) -> None:
-    """Freeze everything, then unfreeze the parameters of ``adapter_name`` (and biases per ``config.bias``)."""
-    model.requires_grad_(False)
+def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, freeze_others: bool = True) -> None:
+    """Freeze everything (unless ``freeze_others`` is False), then unfreeze the parameters of ``adapter_name``
+    (and biases per ``config.bias``)."""
+    if freeze_others:
+        model.requires_grad_(False)
     marker = f".{adapter_name}."
     for name, param in model.named_parameters():
         if marker in f".{name}." and any(m in f".{name}" for m in (".lora_", ".ia3_l.", ".modules_to_save.")):

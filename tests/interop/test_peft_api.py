@@ -146,3 +146,26 @@ def test_errors_have_peft_names() -> None:
 def test_mixed_models_are_refused_clearly() -> None:
     with pytest.raises(peftkit.ConfigError, match="PeftMixedModel"):
         peftkit.get_peft_model(copy.deepcopy(_mlp()), peftkit.LoraConfig(target_modules=["0"]), mixed=True)
+
+
+def test_several_adapters_active_through_base_model(lib: types.ModuleType) -> None:
+    """Both adapters' updates apply at once: the output equals merging both into the base weights."""
+    torch.manual_seed(0)
+    model = lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(r=2, target_modules=["q_proj"],
+                                                                   init_lora_weights=False))
+    model.add_adapter("other", lib.LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False))
+    model.base_model.set_adapter(["default", "other"])
+    assert model.active_adapters == ["default", "other"]
+    assert model.base_model.active_adapter == ["default", "other"]
+    got = outputs(model, model_inputs("llama"))
+    merged = model.merge_and_unload(adapter_names=["default", "other"])
+    torch.testing.assert_close(got, outputs(merged, model_inputs("llama")), atol=1e-5, rtol=1e-5)
+
+
+def test_push_to_hub_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = peftkit.get_peft_model(tiny_model("llama"), peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(peftkit.HubError, match=r"HF_HUB_OFFLINE=1.*save_pretrained"):
+        model.push_to_hub("someone/adapter")
