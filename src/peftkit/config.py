@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .errors import ConfigError, did_you_mean, short_repr
+from .errors import ConfigError, MissingKeysError, did_you_mean, short_repr
 
 __all__ = [
     "IA3Config",
@@ -182,7 +182,7 @@ class PeftConfig:
         from .format import read_adapter_config
 
         folder = os.path.join(path, subfolder) if subfolder else path
-        config = read_adapter_config(folder)
+        config = read_adapter_config(folder, expected=cls)
         if cls is not PeftConfig and not isinstance(config, cls):
             raise ConfigError(f"{folder} holds a {type(config).__name__}, not a {cls.__name__}")
         return config
@@ -555,6 +555,11 @@ def config_from_dict(
     """Build the config class that ``data["peft_type"]`` names (or ``expected`` when it is concrete)."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of field names to values, got {type(data).__name__}", source=source)
+    if not strict and "peft_type" not in data:  # a file: any JSON is not an adapter config (PEFT's rule and words)
+        name = expected.__name__ if expected is not PeftConfig else "PEFT"
+        raise MissingKeysError(f"The {name} config that is trying to be loaded is missing required keys: "
+                               "{'peft_type'}. It is not an adapter_config.json written by PEFT or peftkit",
+                               source=source)
     cls = _select_class(data, expected, source)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -575,9 +580,9 @@ def config_from_dict(
     if problems:
         raise ConfigError(problems, source=source)
     if unknown:
-        warnings.warn(
-            f"{source or cls.__name__}: ignoring fields peftkit does not know: {', '.join(sorted(unknown))} "
-            "(probably written by a newer PEFT version)",
+        warnings.warn(  # PEFT's words first, so code that matches them still does
+            f"Unexpected keyword arguments {sorted(unknown)} for class {cls.__name__}, these are ignored. "
+            f"({source or cls.__name__} was probably written by a newer PEFT version.)",
             stacklevel=3,
         )
     try:

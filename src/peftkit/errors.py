@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "HubError",
+    "MissingKeysError",
     "ModelLoadError",
     "PeftkitError",
     "StorageError",
@@ -56,6 +57,10 @@ class ConfigError(UserInputError):
             lines = "\n".join(f"  - {p}" for p in self.problems)
             msg = f"Invalid configuration{where} ({len(self.problems)} problems):\n{lines}"
         super().__init__(msg)
+
+
+class MissingKeysError(ConfigError, TypeError):
+    """A config file lacks a required key (``peft_type``); a TypeError too, as PEFT raises it."""
 
 
 class TargetNotFoundError(UserInputError):

@@ -278,7 +278,7 @@ def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: d
         ) from err
 
 
-def read_adapter_config(folder: str | os.PathLike[str]) -> PeftConfig:
+def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfig] = PeftConfig) -> PeftConfig:
     """Read and validate ``adapter_config.json`` from ``folder`` (or a path to the file itself).
 
     Unknown fields (from a newer PEFT) are ignored with a warning; bad values raise ``ConfigError``.
@@ -303,7 +303,7 @@ def read_adapter_config(folder: str | os.PathLike[str]) -> PeftConfig:
     except RecursionError as err:
         raise AdapterFormatError(f"{path} is nested too deeply to be an adapter config") from err
     try:
-        return config_from_dict(data, strict=False, source=str(path))
+        return config_from_dict(data, strict=False, source=str(path), expected=expected)
     except ConfigError:
         raise
     except TypeError as err:

@@ -360,14 +360,25 @@ class PeftModel(nn.Module):
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """Within this context the model behaves as the base model (merged weights are unmerged)."""
+        """Within this context the model behaves as the base model (merged weights are unmerged).
+
+        Afterwards the layers are as they were: still disabled if all were (``disable_adapter_layers``); when
+        some were and some were not, PEFT's warning, and all are enabled again.
+        """
+        states = surgery.disabled_states(self.get_base_model())
+        if len(states) > 1:
+            warnings.warn("The model contains some adapter layers that are enabled and others that are disabled. "
+                          "This is most likely unintentional. After exiting the disable_adapter context, all "
+                          "adapters will be enabled", stacklevel=3)
+        was_disabled = self._disabled
         surgery.set_disabled(self.get_base_model(), True)
         self._disabled = True
         try:
             yield
         finally:
-            surgery.set_disabled(self.get_base_model(), False)
-            self._disabled = False
+            if states != {True}:
+                surgery.set_disabled(self.get_base_model(), False)
+            self._disabled = was_disabled
 
     # ----- merging -----------------------------------------------------------------------------------
 

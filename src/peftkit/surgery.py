@@ -408,6 +408,11 @@ def set_disabled(model: nn.Module, disabled: bool) -> None:
         layer.disabled = disabled
 
 
+def disabled_states(model: nn.Module) -> set[bool]:
+    """``{True}``: every adapter layer is switched off; ``{False}``: none is; both: some are."""
+    return {layer.disabled for _, layer in adapter_layers(model)}
+
+
 BASE_ROW = "__base__"
 """The name, in ``adapter_names``, of rows that get no adapter (PEFT's)."""
 

@@ -191,3 +191,24 @@ def test_prefix_tuning_on_bert_is_refused(lib: types.ModuleType) -> None:
         model = lib.get_peft_model(tiny_model("bert"), lib.PrefixTuningConfig(num_virtual_tokens=3,
                                                                               task_type="SEQ_CLS"))
         model(**model_inputs("bert"))
+
+
+def test_a_json_without_peft_type_is_not_a_config(lib: types.ModuleType, tmp_path: Any) -> None:
+    (tmp_path / "adapter_config.json").write_text('{"foo": "bar", "baz": 123}')
+    with pytest.raises(TypeError, match="LoraConfig config that is trying to be loaded is missing required keys"):
+        lib.LoraConfig.from_pretrained(tmp_path)
+
+
+def test_disable_adapter_restores_the_layers_state(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "enable_adapters")]
+    model.disable_adapter_layers()
+    with model.disable_adapter():
+        pass
+    assert all(m.disable_adapters for m in layers)  # still off, as before the context
+    model.enable_adapter_layers()
+    layers[0].enable_adapters(False)
+    with pytest.warns(UserWarning, match="some adapter layers that are enabled and others that are disabled"), \
+            model.disable_adapter():
+        pass
+    assert not any(m.disable_adapters for m in layers)
