@@ -49,6 +49,8 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
                           "prompt-learning methods change the model's inputs, so use get_peft_model")
     surgery.set_active(model, [adapter_name])
     surgery.mark_trainable(model, adapter_name, peft_config)
+    if low_cpu_mem_usage:  # empty until set_peft_model_state_dict fills it, as in PEFT
+        surgery.adapter_to_meta(model, adapter_name)
     configs = getattr(model, "peft_config", None)
     setattr(model, "peft_config", {**(configs if isinstance(configs, dict) else {}), adapter_name: peft_config})  # noqa: B010 - a plain attribute on any nn.Module, as PEFT sets it
     return model
@@ -95,14 +97,14 @@ def set_peft_model_state_dict(model: nn.Module, peft_model_state_dict: dict[str,
         raise ConfigError("ignore_mismatched_sizes=True would load part of an adapter; peftkit refuses mismatches")
     model = _unwrap(model)
     if isinstance(model, PeftModel):
-        model.load_adapter_state(peft_model_state_dict, adapter_name, "the state dict")
+        model.load_adapter_state(peft_model_state_dict, adapter_name, "the state dict", any_bias=True)
         return _IncompatibleKeys([], [])
+    # a PeftModel's keys carry "base_model.model."; a model injected in place has none (PEFT takes both)
+    peft_model_state_dict = {k.removeprefix("base_model.model."): v for k, v in peft_model_state_dict.items()}
     allowed = set(get_peft_model_state_dict(model, adapter_name=adapter_name))
-    state = fmt.to_model_keys(model, adapter_name, peft_model_state_dict, "the state dict", allowed=allowed)
-    with torch.no_grad():
-        params = dict(model.state_dict(keep_vars=True))
-        for key, tensor in state.items():
-            params[key].copy_(tensor.to(params[key].dtype))
+    allowed |= {k for k in peft_model_state_dict if k.endswith(".bias")}  # PEFT loads every bias given
+    surgery.load_tensors(model, fmt.to_model_keys(model, adapter_name, peft_model_state_dict, "the state dict",
+                                                  allowed=allowed))
     return _IncompatibleKeys([], [])
 
 

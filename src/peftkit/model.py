@@ -285,7 +285,7 @@ class PeftModel(nn.Module):
         """Add a new adapter (inactive until :meth:`set_adapter`).
 
         ``autocast_adapter_dtype=False`` keeps its tensors in the dtype of the layers it adapts (PEFT's option);
-        ``low_cpu_mem_usage`` is accepted for PEFT's signature.
+        ``low_cpu_mem_usage=True`` creates them on the meta device, to be filled by loading (as PEFT does).
 
         Raises:
             ConfigError: the name is taken, or the config's task does not fit this model.
@@ -319,6 +319,8 @@ class PeftModel(nn.Module):
         self.peft_config[adapter_name] = config
         if not autocast_adapter_dtype:
             surgery.cast_adapter_to_layers(base, adapter_name)
+        if low_cpu_mem_usage:  # empty until loaded (load_adapter, set_peft_model_state_dict), as in PEFT
+            surgery.adapter_to_meta(base, adapter_name)
         # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT
         self.set_adapter(adapter_name if adapter_name == self.active_adapter else self.active_adapter)
 
@@ -689,8 +691,8 @@ class PeftModel(nn.Module):
             config: use this config instead of the folder's ``adapter_config.json``.
             autocast_adapter_dtype: False keeps the adapter in the dtype of the layers it adapts (see
                 :func:`get_peft_model`).
-            low_cpu_mem_usage, torch_device: accepted for PEFT's signature (the adapter is loaded on the
-                model's device).
+            low_cpu_mem_usage: create the adapter empty (meta device) and fill it from the file.
+            torch_device: accepted for PEFT's signature (the adapter is loaded on the model's device).
             ephemeral_gpu_offload, key_mapping: PEFT features peftkit does not implement; only their defaults.
             hub_kwargs: ``subfolder``, ``revision``, for a hub download.
         """
@@ -704,6 +706,8 @@ class PeftModel(nn.Module):
         peft_model = model_cls(model, config, adapter_name)
         if not autocast_adapter_dtype:
             surgery.cast_adapter_to_layers(peft_model.get_base_model(), adapter_name)
+        if low_cpu_mem_usage:  # the file's tensors replace empty ones instead of being copied over random ones
+            surgery.adapter_to_meta(peft_model.get_base_model(), adapter_name)
         peft_model._load_weights(folder, adapter_name)
         peft_model.set_adapter(adapter_name)
         if not is_trainable:
@@ -734,7 +738,8 @@ class PeftModel(nn.Module):
         folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
         config = fmt.read_adapter_config(folder)
         config.inference_mode = not is_trainable
-        self.add_adapter(adapter_name, config, autocast_adapter_dtype=autocast_adapter_dtype)
+        self.add_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage,
+                         autocast_adapter_dtype=autocast_adapter_dtype)
         try:
             self._load_weights(folder, adapter_name)
         except Exception:
@@ -749,8 +754,12 @@ class PeftModel(nn.Module):
     def _load_weights(self, folder: str | os.PathLike[str], adapter_name: str) -> None:
         self.load_adapter_state(fmt.load_adapter_weights(folder, device=self.device), adapter_name, str(folder))
 
-    def load_adapter_state(self, tensors: dict[str, torch.Tensor], adapter_name: str, source: str) -> None:
+    def load_adapter_state(self, tensors: dict[str, torch.Tensor], adapter_name: str, source: str,
+                           any_bias: bool = False) -> None:
         """Copy an adapter's tensors, under the file's keys, into adapter ``adapter_name``.
+
+        Biases load only where the adapter's config trains them, unless ``any_bias`` (PEFT's
+        ``set_peft_model_state_dict`` loads every bias a state dict carries).
 
         Raises:
             AdapterFormatError: a tensor is missing, has no place, names a base weight, has another shape,
@@ -766,12 +775,10 @@ class PeftModel(nn.Module):
                                              "adapter was saved from a diverged run or the file is damaged")
             prompting.load_embeddings(self.prompt_encoder[adapter_name], prompt, source=source)
             tensors = fmt.rebase_prompt_keys(tensors, to_file=False)
-        state = fmt.to_model_keys(self, adapter_name, tensors, source=source,
-                                  allowed=set(self.adapter_state_dict(adapter_name)))
-        with torch.no_grad():
-            params = dict(self.state_dict(keep_vars=True))
-            for key, tensor in state.items():
-                params[key].copy_(tensor.to(params[key].dtype))
+        allowed = set(self.adapter_state_dict(adapter_name))
+        if any_bias:
+            allowed |= {k for k in tensors if k.endswith(".bias")}
+        surgery.load_tensors(self, fmt.to_model_keys(self, adapter_name, tensors, source=source, allowed=allowed))
 
     # ----- PEFT's names for what the model holds ------------------------------------------------------------
 
@@ -952,7 +959,7 @@ def get_peft_model(
         autocast_adapter_dtype: True (PEFT's default): adapter weights are float32 whatever the base's dtype;
             False: they take the dtype of the layer they adapt.
         revision: the hub revision of the base model, recorded in the config.
-        low_cpu_mem_usage: accepted for PEFT's signature; adapters are small and created in place.
+        low_cpu_mem_usage: create the adapter on the meta device, to be filled by loading (as PEFT does).
 
     Example:
         >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
@@ -982,6 +989,8 @@ def get_peft_model(
     task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
     model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel
     peft_model = model_cls(model, peft_config, adapter_name)
+    if low_cpu_mem_usage and not kept:
+        surgery.adapter_to_meta(model, adapter_name)
     if kept:  # the same adapter again: its weights, not fresh ones
         model.load_state_dict(kept, strict=False)
     if not autocast_adapter_dtype:

@@ -526,6 +526,34 @@ def to_wrapped_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
     return {wrapped.get(k, k): v for k, v in state.items()}
 
 
+def adapter_to_meta(model: nn.Module, name: str) -> None:
+    """Put adapter ``name``'s tensors on the meta device (PEFT's ``low_cpu_mem_usage``): no memory until loaded."""
+    for _, layer in adapter_layers(model):
+        if isinstance(layer, AdapterLayer):
+            for attr in layer.adapter_param_names:
+                container = getattr(layer, attr)
+                if name in container:
+                    held = container[name]
+                    if isinstance(held, nn.Module):
+                        held.to_empty(device="meta")
+                    else:
+                        container[name] = nn.Parameter(held.detach().to("meta"), requires_grad=held.requires_grad)
+
+
+def load_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy tensors into the named parameters and buffers of ``model``; a tensor on the meta device (created
+    with low_cpu_mem_usage) is replaced by the loaded one."""
+    with torch.no_grad():
+        for key, tensor in state.items():
+            owner_name, _, attr = key.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            old = getattr(owner, attr)
+            if old.is_meta:
+                setattr(owner, attr, nn.Parameter(tensor.to(old.dtype), requires_grad=old.requires_grad))
+            else:
+                old.copy_(tensor.to(old.dtype))
+
+
 def merged_names(model: nn.Module) -> set[str]:
     """The adapters merged into some layer's weight."""
     return {n for _, layer in adapter_layers(model) if isinstance(layer, AdapterLayer) for n in layer.merged_adapters}

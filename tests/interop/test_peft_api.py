@@ -169,3 +169,17 @@ def test_push_to_hub_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch)
     model = peftkit.get_peft_model(tiny_model("llama"), peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(peftkit.HubError, match=r"HF_HUB_OFFLINE=1.*save_pretrained"):
         model.push_to_hub("someone/adapter")
+
+
+def test_low_cpu_mem_usage_creates_empty_adapters_that_loading_fills(lib: types.ModuleType, tmp_path: Any) -> None:
+    config = lib.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+    trained = lib.get_peft_model(tiny_model("llama"), config)
+    trained.save_pretrained(tmp_path)
+    injected = lib.inject_adapter_in_model(lib.LoraConfig(r=2, target_modules=["q_proj"]), tiny_model("llama"),
+                                           low_cpu_mem_usage=True)
+    assert "meta" in {p.device.type for p in injected.parameters()}
+    lib.set_peft_model_state_dict(injected, lib.get_peft_model_state_dict(trained), low_cpu_mem_usage=True)
+    assert {p.device.type for p in injected.parameters()} == {"cpu"}
+    loaded = lib.PeftModel.from_pretrained(tiny_model("llama"), tmp_path, low_cpu_mem_usage=True)
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+    torch.testing.assert_close(outputs(loaded, model_inputs("llama")), outputs(trained, model_inputs("llama")))
