@@ -61,7 +61,9 @@ ENVIRONMENT_RE = re.compile(r"offline|LocalEntryNotFound|couldn't connect|HF_HUB
 MISSING_RE = re.compile(r"(peft[\w.]*\.\w+) is not in peftkit")
 ATTRIBUTE_RE = re.compile(r"'(\w+)' object has no attribute '(\w+)'")
 UNSUPPORTED_RE = re.compile(r"is a PEFT feature peftkit does not support|is not supported|peftkit supports it on "
-                            r"linear layers only|cannot be combined with use_dora|init_lora_weights='\w+' is not")
+                            r"linear layers only|cannot be combined with use_dora|init_lora_weights='\w+' is not|"
+                            r"which LoRA cannot adapt|safe_serialization=False would write a pickle|"
+                            r"save_embedding_layers=True: peftkit")
 ARGUMENT_RE = re.compile(r"(\w+)\(\) got an unexpected keyword argument '(\w+)'")
 
 PLUGIN = '''
