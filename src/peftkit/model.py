@@ -94,11 +94,16 @@ class BaseModelHolder(nn.Module):
         self._peft().delete_adapter(adapter_name)
 
     def disable_adapter_layers(self) -> None:
-        """Run the base model alone until :meth:`enable_adapter_layers` (merged adapters are unmerged)."""
+        """Run the base model alone until :meth:`enable_adapter_layers` (merged adapters are unmerged); the
+        adapters are frozen meanwhile, as in PEFT."""
         surgery.set_disabled(self.model, True)
+        self._peft().requires_grad_(False)
 
     def enable_adapter_layers(self) -> None:
+        """Apply the adapters again; the active one trains again (unless it was loaded for inference)."""
         surgery.set_disabled(self.model, False)
+        peft = self._peft()
+        peft.set_adapter(peft.active_adapter, inference_mode=peft.active_peft_config.inference_mode)
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         self._peft().merge_adapter(adapter_names, safe_merge=safe_merge)
@@ -373,13 +378,17 @@ class PeftModel(nn.Module):
                           "This is most likely unintentional. After exiting the disable_adapter context, all "
                           "adapters will be enabled", stacklevel=3)
         was_disabled = self._disabled
+        trainable = [p for p in self.parameters() if p.requires_grad]  # nothing trains while switched off (PEFT)
         surgery.set_disabled(self.get_base_model(), True)
+        self.requires_grad_(False)
         self._disabled = True
         try:
             yield
         finally:
             if states != {True}:
                 surgery.set_disabled(self.get_base_model(), False)
+            for param in trainable:
+                param.requires_grad_(True)
             self._disabled = was_disabled
 
     # ----- merging -----------------------------------------------------------------------------------

@@ -212,3 +212,15 @@ def test_disable_adapter_restores_the_layers_state(lib: types.ModuleType) -> Non
             model.disable_adapter():
         pass
     assert not any(m.disable_adapters for m in layers)
+
+
+def test_nothing_trains_while_adapters_are_switched_off(lib: types.ModuleType) -> None:
+    model = _two_adapters(lib)
+    before = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    with model.disable_adapter():
+        assert not [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == before
+    model.base_model.disable_adapter_layers()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad]
+    model.base_model.enable_adapter_layers()
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == before
