@@ -16,6 +16,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
 from . import surgery
+from .checks import check_adapter_name
 from .config import IA3Config, LoraConfig, PeftConfig
 from .errors import ConfigError
 from .model import PeftModel
@@ -34,8 +35,6 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
         ConfigError: a prompt-learning config (it needs the PeftModel's forward), or ``state_dict`` (PEFT's
             targets-from-a-state-dict mode, not supported).
     """
-    from .model import check_adapter_name
-
     check_adapter_name(adapter_name)
     if state_dict is not None:
         raise ConfigError("inject_adapter_in_model(state_dict=...) is not supported: name the layers in "

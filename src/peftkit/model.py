@@ -20,6 +20,12 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
 from . import prompting, surgery
+from .checks import (
+    check_adapter_name,
+    check_finite_weights,
+    check_saveable,
+    check_unsupported_load_options,
+)
 from .config import (
     IA3Config,
     LoraConfig,
@@ -30,13 +36,12 @@ from .config import (
     TaskType,
 )
 from .errors import (
-    AdapterFormatError,
     AdapterNotFoundError,
     AdapterStateError,
     ConfigError,
     PeftkitError,
-    short_repr,
 )
+from .holder import BaseModelHolder
 from .merging import MIXES
 
 __all__ = [
@@ -48,82 +53,6 @@ __all__ = [
     "PeftModelForTokenClassification",
     "get_peft_model",
 ]
-
-
-class BaseModelHolder(nn.Module):
-    """Holds the wrapped model as ``.model`` so parameter names read ``base_model.model.<path>`` as in PEFT.
-
-    PEFT code also calls the tuner methods on ``peft_model.base_model`` (``set_adapter``,
-    ``disable_adapter_layers``, ...): each is answered explicitly by the :class:`PeftModel` that owns it.
-    """
-
-    def __init__(self, model: nn.Module, owner: PeftModel | None = None) -> None:
-        super().__init__()
-        self.model = model
-        object.__setattr__(self, "_owner", owner)  # not a submodule: the owner holds this holder
-
-    def _peft(self) -> PeftModel:
-        owner = self.__dict__.get("_owner")
-        if owner is None:
-            raise AttributeError("this holder belongs to no PeftModel")
-        return cast(PeftModel, owner)
-
-    @property
-    def peft_config(self) -> dict[str, PeftConfig]:
-        return self._peft().peft_config
-
-    @property
-    def active_adapters(self) -> list[str]:
-        return self._peft().active_adapters
-
-    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
-        """One adapter, or several applied together (a list), as PEFT's tuner allows."""
-        if isinstance(adapter_name, str):
-            self._peft().set_adapter(adapter_name, inference_mode=inference_mode)
-        else:
-            self._peft()._set_active_many(list(adapter_name))
-            if inference_mode:
-                self._peft().requires_grad_(False)
-
-    @property
-    def active_adapter(self) -> str | list[str]:
-        names = self._peft().active_adapters
-        return names[0] if len(names) == 1 else names
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        self._peft().delete_adapter(adapter_name)
-
-    def disable_adapter_layers(self) -> None:
-        """Run the base model alone until :meth:`enable_adapter_layers` (merged adapters are unmerged); the
-        adapters are frozen meanwhile, as in PEFT."""
-        surgery.set_disabled(self.model, True)
-        self._peft().requires_grad_(False)
-
-    def enable_adapter_layers(self) -> None:
-        """Apply the adapters again; the active one trains again (unless it was loaded for inference)."""
-        surgery.set_disabled(self.model, False)
-        peft = self._peft()
-        peft.set_adapter(peft.active_adapter, inference_mode=peft.active_peft_config.inference_mode)
-
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        self._peft().merge_adapter(adapter_names, safe_merge=safe_merge)
-
-    def unmerge_adapter(self) -> None:
-        self._peft().unmerge_adapter()
-
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: list[str] | None = None) -> nn.Module:
-        return self._peft().merge_and_unload(progressbar, safe_merge, adapter_names)
-
-    def unload(self) -> nn.Module:
-        return self._peft().unload()
-
-    @property
-    def targeted_module_names(self) -> list[str]:
-        return surgery.adapted_layer_names(self.model)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
 
 
 class PeftModel(nn.Module):
@@ -472,7 +401,7 @@ class PeftModel(nn.Module):
             warnings.warn("All adapters are already merged, nothing to do.", stacklevel=2)  # PEFT's words
         surgery.merge(self.get_base_model(), names)
         if safe_merge:
-            _check_finite_weights(self.get_base_model())
+            check_finite_weights(self.get_base_model())
 
     def unmerge_adapter(self) -> None:
         """Restore the base weights from before any merge."""
@@ -488,7 +417,7 @@ class PeftModel(nn.Module):
         surgery.unmerge(base)
         surgery.merge(base, names)  # only these: another active adapter must not reach the weights
         if safe_merge:
-            _check_finite_weights(base)
+            check_finite_weights(base)
         return surgery.unload(base, keep_merged=True)
 
     def unload(self) -> nn.Module:
@@ -665,7 +594,7 @@ class PeftModel(nn.Module):
         for name in names:
             config = self._require(name).replace()
             tensors = self.adapter_state_dict(name)
-            _check_saveable(name, config, tensors)
+            check_saveable(name, config, tensors)
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
             if config.base_model_name_or_path is None:
                 config.base_model_name_or_path = self.name_or_path or None
@@ -705,7 +634,7 @@ class PeftModel(nn.Module):
             ephemeral_gpu_offload, key_mapping: PEFT features peftkit does not implement; only their defaults.
             hub_kwargs: ``subfolder``, ``revision``, for a hub download.
         """
-        _check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
+        check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
         folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
         config = config or fmt.read_adapter_config(folder)
         config.inference_mode = not is_trainable  # on the object given, which becomes the adapter's (as in PEFT)
@@ -743,7 +672,7 @@ class PeftModel(nn.Module):
             PEFT's load result: ``missing_keys`` and ``unexpected_keys`` (always empty: a mismatch raises
             :class:`AdapterFormatError` instead of loading part of an adapter).
         """
-        _check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
+        check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
         folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
         config = fmt.read_adapter_config(folder)
         config.inference_mode = not is_trainable
@@ -805,63 +734,12 @@ class PeftModel(nn.Module):
         return surgery.adapted_layer_names(self.get_base_model())
 
 
-def _check_unsupported_load_options(ephemeral_gpu_offload: bool, key_mapping: dict[str, str] | None) -> None:
-    if ephemeral_gpu_offload:
-        raise ConfigError("ephemeral_gpu_offload=True (PEFT's DoRA-on-CPU offload) is not supported; leave it False")
-    if key_mapping:
-        raise ConfigError("key_mapping (PEFT's renaming of checkpoint keys) is not supported; rename the keys in the "
-                          "file, or load the base model under the names the adapter was trained on")
-
-
-def _check_finite_weights(model: nn.Module) -> None:
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise PeftkitError(f"merging produced NaN or inf in {bad[:3]}; the adapter weights are broken")
-
-
 def _is_transformers_model(model: nn.Module) -> bool:
     try:
         from transformers import PreTrainedModel
     except ImportError:
         return False
     return isinstance(model, PreTrainedModel)
-
-
-def check_adapter_name(name: object) -> None:
-    """Adapter names become module keys and subfolder names: plain, non-empty text without dots or slashes.
-
-    Raises:
-        ConfigError: the name is empty, too long, has ``.``, ``/``, ``\\`` or control characters, or is a
-            name a module already uses for itself.
-    """
-    problem = None
-    if not isinstance(name, str) or not name.strip():
-        problem = "is empty" if isinstance(name, str) else f"is a {type(name).__name__}, not text"
-    elif len(name) > 128:
-        problem = f"is {len(name)} characters long (at most 128)"
-    elif any(c in name for c in "./\\") or not name.isprintable():
-        problem = "contains '.', '/', '\\' or a control character"
-    elif hasattr(nn.ModuleDict(), name):
-        problem = "is the name of a module attribute"
-    if problem:
-        raise ConfigError(f"adapter name {short_repr(name)} {problem}; adapter names become layer keys and folder "
-                          "names, so use letters, digits, '-' and '_' (e.g. 'default', 'sentiment-v2')")
-
-
-def _check_saveable(name: str, config: PeftConfig, tensors: dict[str, torch.Tensor]) -> None:
-    """Refuse to write an adapter file that could not be loaded back as the adapter its config describes."""
-    if config.is_prompt_learning:
-        return
-    if not tensors:
-        raise AdapterFormatError(
-            f"adapter {name!r} has no weights left in the model (merge_and_unload() or unload() removed its "
-            "layers), so saving it would write an empty adapter over any good one in that folder. Save the "
-            "adapter before unloading it, or save the merged model returned by merge_and_unload().")
-    a_keys = {k.replace(".lora_A.", ".") for k in tensors if ".lora_A." in k}
-    b_keys = {k.replace(".lora_B.", ".") for k in tensors if ".lora_B." in k}
-    if a_keys != b_keys:
-        raise AdapterFormatError(f"adapter {name!r} is inconsistent: {len(a_keys ^ b_keys)} layer(s) hold "
-                                 "only one of lora_A and lora_B; it would not load again")
 
 
 def _to_plain_lora(config: PeftConfig, tensors: dict[str, torch.Tensor], initial: str | os.PathLike[str]

