@@ -172,6 +172,10 @@ class PeftModel(nn.Module):
         for name in names:
             if self._require(name).is_prompt_learning:
                 raise ConfigError(f"{name!r} is a prompt-learning adapter; only layer adapters can be active together")
+        shared = surgery.shared_trainable_copies(self.get_base_model(), names)
+        if shared:  # checked before any layer changes (PEFT's words)
+            raise ConfigError(f"Only one adapter can be set at a time for ModulesToSaveWrapper: {shared} hold a full "
+                              f"copy for several of {names}, and copies cannot be combined")
         self.set_adapter(names[0])
         self._also_active = list(names[1:])
         base = self.get_base_model()
@@ -354,6 +358,10 @@ class PeftModel(nn.Module):
             ConfigError: unknown adapters or combination, mismatched weights or ranks, or non-LoRA adapters.
         """
         configs = [self._require(a) for a in adapters]
+        shared = surgery.shared_trainable_copies(self.get_base_model(), adapters)
+        if shared:  # PEFT's rule and words: full copies cannot be weighted together
+            raise ConfigError(f"Cannot add weighted adapters if they target the same module with modules_to_save, but "
+                              f"found {len(shared)} such instance(s): {', '.join(shared)}")
         problems = []
         if len(weights) != len(adapters) or not adapters:
             problems.append(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights")

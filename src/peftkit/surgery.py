@@ -554,6 +554,12 @@ def load_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 old.copy_(tensor.to(old.dtype))
 
 
+def shared_trainable_copies(model: nn.Module, names: list[str]) -> list[str]:
+    """The modules_to_save modules that hold a copy for more than one of adapters ``names``."""
+    return [key for key, layer in adapter_layers(model)
+            if isinstance(layer, ModulesToSaveWrapper) and sum(n in layer.modules_to_save for n in names) > 1]
+
+
 def merged_names(model: nn.Module) -> set[str]:
     """The adapters merged into some layer's weight."""
     return {n for _, layer in adapter_layers(model) if isinstance(layer, AdapterLayer) for n in layer.merged_adapters}

@@ -224,3 +224,32 @@ def test_nothing_trains_while_adapters_are_switched_off(lib: types.ModuleType) -
     assert not [n for n, p in model.named_parameters() if p.requires_grad]
     model.base_model.enable_adapter_layers()
     assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == before
+
+
+def _mlp_with_copies(lib: types.ModuleType, first: list[str], second: list[str]) -> Any:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    model = lib.get_peft_model(mlp, lib.LoraConfig(r=2, target_modules=["0"], modules_to_save=first))
+    model.add_adapter("other", lib.LoraConfig(r=2, target_modules=["0"], modules_to_save=second))
+    return model
+
+
+@pytest.mark.parametrize(("first", "second"), [(["2"], ["2"]), (["2", "4"], ["4"])], ids=["same", "overlapping"])
+def test_two_active_adapters_cannot_share_a_trainable_copy(lib: types.ModuleType, first: list[str],
+                                                           second: list[str]) -> None:
+    model = _mlp_with_copies(lib, first, second)
+    with pytest.raises(ValueError, match="Only one adapter can be set at a time for ModulesToSaveWrapper"):
+        model.base_model.set_adapter(["default", "other"])
+
+
+def test_two_active_adapters_with_their_own_copies(lib: types.ModuleType) -> None:
+    model = _mlp_with_copies(lib, ["2"], ["4"])
+    model.base_model.set_adapter(["default", "other"])
+    assert model.base_model.model[2].active_adapters == ["default"]
+    assert model.base_model.model[4].active_adapters == ["other"]
+
+
+def test_weighted_adapters_cannot_share_a_trainable_copy(lib: types.ModuleType) -> None:
+    model = _mlp_with_copies(lib, ["2"], ["2"])
+    with pytest.raises(ValueError, match="target the same module with modules_to_save, but found 1 such instance"):
+        model.add_weighted_adapter(["default", "other"], weights=[1.0, 1.0], adapter_name="merged")

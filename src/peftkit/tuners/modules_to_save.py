@@ -35,8 +35,16 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save[name] = clone
 
     def set_active(self, names: list[str]) -> None:
+        """Use adapter ``names``' copy; a full copy replaces the module, so two adapters cannot share it."""
         held = [n for n in names if n in self.modules_to_save]
+        if len(held) > 1:
+            raise ValueError(f"Only one adapter can be set at a time for ModulesToSaveWrapper: {held} each hold a full "
+                             "copy of this module, and copies cannot be combined (PEFT refuses the same)")
         self.active_adapter = held[0] if held else None
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter] if self.active_adapter is not None else []
 
     def delete_adapter(self, name: str) -> None:
         if name in self.modules_to_save:
