@@ -253,3 +253,11 @@ def test_weighted_adapters_cannot_share_a_trainable_copy(lib: types.ModuleType) 
     model = _mlp_with_copies(lib, ["2"], ["2"])
     with pytest.raises(ValueError, match="target the same module with modules_to_save, but found 1 such instance"):
         model.add_weighted_adapter(["default", "other"], weights=[1.0, 1.0], adapter_name="merged")
+
+
+def test_every_adapter_layer_states_its_features(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(tiny_model("gpt2"), lib.LoraConfig(r=2, target_modules=["wte", "c_attn"]))
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") or hasattr(m, "lora_embedding_A")]
+    assert len(layers) == 3
+    for layer in layers:  # the embedding: (vocabulary, width); Conv1D: its (in, out), though stored transposed
+        assert (layer.in_features, layer.out_features) in {(1000, 32), (32, 96)}

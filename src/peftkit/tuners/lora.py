@@ -349,6 +349,7 @@ class LoraEmbedding(LoraLayer):
         super().__init__(base_layer)
         self.num_embeddings = base_layer.num_embeddings
         self.embedding_dim = base_layer.embedding_dim
+        self.in_features, self.out_features = self.num_embeddings, self.embedding_dim  # as every PEFT layer has
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
 
