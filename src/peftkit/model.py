@@ -546,8 +546,9 @@ class PeftModel(nn.Module):
     @contextlib.contextmanager
     def _mixed_batch(self, adapter_names: list[str]) -> Iterator[None]:
         if self.training:
-            raise ConfigError("adapter_names is for inference: call model.eval() first (a training batch mixing "
-                              "adapters would need each adapter's own optimizer step)")
+            raise ConfigError("Cannot pass `adapter_names` when the model is in training mode: it is for inference; "
+                              "call model.eval() first (a training batch mixing adapters would need each adapter's "
+                              "own optimizer step)")
         unknown = [n for n in adapter_names if n != surgery.BASE_ROW and n not in self.peft_config]
         if unknown:
             raise AdapterNotFoundError(f"adapter_names has {unknown[0]!r}, which this model does not hold; it holds "

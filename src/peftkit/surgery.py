@@ -429,8 +429,9 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str]) -> Iterato
             raise ConfigError(f"a mixed batch (adapter_names) works with LoRA on linear layers; {used[0]} also "
                               f"adapts a {type(layer).__name__}. Run that adapter's rows on their own")
         if layer.merged_adapters:
-            raise ConfigError("adapter_names needs unmerged adapters (merged ones are in every row's weights); "
-                              "call unmerge_adapter() first")
+            raise ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call "
+                              "`unmerge_adapter` first (adapter_names needs unmerged adapters: merged ones are in "
+                              "every row's weights)")
     lora = [layer for layer in layers if isinstance(layer, LoraLinear)]
     try:
         for layer in lora:

@@ -261,3 +261,12 @@ def test_every_adapter_layer_states_its_features(lib: types.ModuleType) -> None:
     assert len(layers) == 3
     for layer in layers:  # the embedding: (vocabulary, width); Conv1D: its (in, out), though stored transposed
         assert (layer.in_features, layer.out_features) in {(1000, 32), (32, 96)}
+
+
+def test_switched_off_adapters_win_over_adapter_names(lib: types.ModuleType) -> None:
+    model = _two_adapters(lib).eval()
+    inputs = {"input_ids": torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 13]])}
+    with model.disable_adapter(), torch.no_grad():
+        expected = model(**inputs).logits
+        mixed = model(**inputs, adapter_names=["__base__", "default", "b"]).logits
+    torch.testing.assert_close(mixed, expected)

@@ -230,7 +230,7 @@ class LoraLinear(LoraLayer):
         return RowAdapters(a, b, slots)
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        if self.rows is not None:
+        if self.rows is not None and not self.disabled:  # switched off wins over per-row adapters, as in PEFT
             return self._forward_rows(x, self.rows, *args, **kwargs)
         pending = self._pending()  # first: it may unmerge before the base layer runs
         result = self.base_layer(x, *args, **kwargs)  # (..., out)
@@ -267,8 +267,10 @@ class LoraLinear(LoraLayer):
         result = self.base_layer(x, *args, **kwargs)  # (B, T, out)
         a, b = (rows.a, rows.b) if rows.slots is None else (rows.a[rows.slots], rows.b[rows.slots])
         if x.shape[0] != a.shape[0]:
-            raise ConfigError(f"adapter_names names {a.shape[0]} rows but the batch has {x.shape[0]} "
-                              f"(beam search and num_return_sequences expand the batch; repeat adapter_names to match)")
+            raise ConfigError(f"Length of `adapter_names` should be the same as the number of inputs, but got "
+                              f"{a.shape[0]} and {x.shape[0]} respectively: adapter_names names {a.shape[0]} rows but "
+                              f"the batch has {x.shape[0]} (beam search and num_return_sequences expand the batch; "
+                              "repeat adapter_names to match)")
         if a.shape[2] == 0:
             return result
         h = torch.bmm(x if x.dtype == a.dtype else x.to(a.dtype), a)  # (B, T, r)
