@@ -54,6 +54,7 @@ from .model import (
 from .models import PACKAGED_MODELS, load_model, load_tokenizer
 from .outputs import OutputDirError
 from .quantization import prepare_model_for_kbit_training
+from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
 from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
 
 __version__ = "0.1.0"
@@ -98,10 +99,14 @@ __all__ = [
     "TrainResult",
     "TrainingConfig",
     "TrainingError",
+    "TunerLayerStatus",
+    "TunerModelStatus",
     "UserInputError",
     "__version__",
     "compare",
     "get_base_model_state_dict",
+    "get_layer_status",
+    "get_model_status",
     "get_peft_model",
     "get_peft_model_state_dict",
     "inject_adapter_in_model",

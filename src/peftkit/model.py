@@ -737,6 +737,18 @@ class PeftModel(nn.Module):
             raise AttributeError(f"{self.active_peft_config.peft_type.value} adds no layer tensors, so has no prefix")
         return prefix
 
+    def get_layer_status(self) -> list[Any]:
+        """PEFT's per-layer report: see :func:`peftkit.get_layer_status`."""
+        from .status import get_layer_status
+
+        return get_layer_status(self)
+
+    def get_model_status(self) -> Any:
+        """PEFT's whole-model report: see :func:`peftkit.get_model_status`."""
+        from .status import get_model_status
+
+        return get_model_status(self)
+
     @property
     def targeted_module_names(self) -> list[str]:
         """The names of the base model's layers that hold an adapter (PEFT's attribute of the same name)."""

@@ -628,6 +628,17 @@ def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
             and any(p in f".{k}" for p in (".lora_", ".ia3_l.", ".modules_to_save."))}
 
 
+def layer_adapter_parameters(layer: AdapterLayer | ModulesToSaveWrapper) -> Iterator[tuple[str, nn.Parameter]]:
+    """(adapter name, parameter) for every tensor each adapter holds in ``layer``."""
+    if isinstance(layer, ModulesToSaveWrapper):
+        for name, copy in layer.modules_to_save.items():
+            yield from ((name, p) for p in copy.parameters())
+        return
+    for attr in layer.adapter_param_names:
+        for name, held in getattr(layer, attr).items():
+            yield from ((name, p) for p in (held.parameters() if isinstance(held, nn.Module) else [held]))
+
+
 def layer_adapter_names(layer: AdapterLayer | ModulesToSaveWrapper) -> list[str]:
     """The adapters a layer (or trainable copy) holds."""
     return list(layer.adapter_names) if isinstance(layer, AdapterLayer) else list(layer.modules_to_save)

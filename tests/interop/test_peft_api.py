@@ -183,3 +183,33 @@ def test_low_cpu_mem_usage_creates_empty_adapters_that_loading_fills(lib: types.
     loaded = lib.PeftModel.from_pretrained(tiny_model("llama"), tmp_path, low_cpu_mem_usage=True)
     assert {p.device.type for p in loaded.parameters()} == {"cpu"}
     torch.testing.assert_close(outputs(loaded, model_inputs("llama")), outputs(trained, model_inputs("llama")))
+
+
+def _status_model(lib: types.ModuleType) -> Any:
+    model = lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                                   modules_to_save=["lm_head"]))
+    model.add_adapter("other", lib.LoraConfig(r=2, target_modules=["q_proj"]))
+    model.merge_adapter(["other"])  # merged where it exists, so "other" is merged everywhere it is held
+    model.get_base_model().model.layers[0].self_attn.v_proj.enable_adapters(False)  # one layer off: irregular
+    return model
+
+
+def test_layer_and_model_status_equal_peft() -> None:
+    import dataclasses
+
+    theirs, ours = _status_model(peft), _status_model(peftkit)
+    a = [dataclasses.asdict(s) for s in peft.get_layer_status(theirs)]
+    b = [dataclasses.asdict(s) for s in peftkit.get_layer_status(ours)]
+    assert [s["name"] for s in a] == [s["name"] for s in b]
+    for x, y in zip(a, b, strict=True):
+        assert x == y, (x, y)
+    m, n = dataclasses.asdict(peft.get_model_status(theirs)), dataclasses.asdict(peftkit.get_model_status(ours))
+    assert m == n
+    assert n["enabled"] == "irregular" and n["merged_adapters"] == ["other"]
+
+
+def test_status_of_a_prompt_model_is_refused(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(tiny_model("llama"), lib.PromptTuningConfig(num_virtual_tokens=2,
+                                                                           task_type="CAUSAL_LM"))
+    with pytest.raises(TypeError, match="prefix tuning and adaption prompt are not supported"):
+        lib.get_layer_status(model)

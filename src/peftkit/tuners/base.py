@@ -142,8 +142,14 @@ class AdapterLayer(nn.Module):
         return self.disabled
 
     def enable_adapters(self, enabled: bool) -> None:
-        """Apply the active adapters again (``True``) or run the base layer alone (``False``)."""
+        """Apply the active adapters again (``True``, and they train) or run the base layer alone (``False``,
+        and this layer's adapters are frozen), as PEFT's layers do."""
         self.disabled = not enabled
+        if enabled:
+            self.set_adapter(self.active_adapters)
+        else:
+            for attr in self.adapter_param_names:
+                getattr(self, attr).requires_grad_(False)
 
     def set_adapter(self, adapter_names: str | list[str]) -> None:
         """Make these adapters active; as in PEFT, they become trainable and the others frozen."""
