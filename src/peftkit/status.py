@@ -99,8 +99,19 @@ def get_layer_status(model: nn.Module) -> list[TunerLayerStatus]:
             merged_adapters=list(getattr(layer, "merged_adapters", [])),
             requires_grad={k: v[0] if all(x == v[0] for x in v) else "irregular" for k, v in grads.items()},
             available_adapters=sorted(held), devices={k: sorted(v) for k, v in devices.items()},
-            quantization_backend="bnb 4bit" if isinstance(layer, AdapterLayer) and layer.quantized else None))
+            quantization_backend=_quantization_backend(layer)))
+    if not statuses:
+        raise ValueError("No adapter layers found in the model: it holds no LoRA or IA3 layer (add one with "
+                         "get_peft_model or inject_adapter_in_model)")
     return statuses
+
+
+def _quantization_backend(layer: nn.Module) -> str | None:
+    """PEFT's name for the layer's quantization: its ``quantization_backend`` when a backend sets one."""
+    given = getattr(layer, "quantization_backend", None)  # PEFT's backend objects carry their name
+    if given is not None:
+        return str(getattr(given, "backend_name", given))
+    return "bnb 4bit" if isinstance(layer, AdapterLayer) and layer.quantized else None
 
 
 def get_model_status(model: nn.Module) -> TunerModelStatus:

@@ -213,3 +213,10 @@ def test_status_of_a_prompt_model_is_refused(lib: types.ModuleType) -> None:
                                                                            task_type="CAUSAL_LM"))
     with pytest.raises(TypeError, match="prefix tuning and adaption prompt are not supported"):
         lib.get_layer_status(model)
+
+
+def test_status_of_a_model_without_adapters_is_refused(lib: types.ModuleType) -> None:
+    with pytest.raises(ValueError, match="No adapter layers found in the model"):
+        lib.get_layer_status(nn.Linear(10, 10))
+    with pytest.raises(ValueError, match="No adapter layers found in the model"):
+        lib.get_model_status(nn.Linear(10, 10))
