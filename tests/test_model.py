@@ -240,3 +240,29 @@ def test_generate_with_lora():
     assert out.shape == (1, ids.shape[1] + 5)
     merged = model.merge_and_unload()
     assert torch.equal(merged.generate(input_ids=ids, max_new_tokens=5, do_sample=False), out)
+
+
+def test_a_peft_model_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle (base_model holds its PeftModel weakly): under torchrun a cyclic model was freed only
+    at interpreter shutdown, after the process group it reaches, which aborted a rank."""
+    import gc
+    import weakref
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_a_copied_model_s_base_model_answers_for_the_copy() -> None:
+    import copy
+
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.add_adapter("b", LoraConfig(r=2, target_modules=["q_proj"]))
+    copied = copy.deepcopy(model)
+    copied.base_model.set_adapter("b")
+    assert copied.active_adapter == "b" and model.active_adapter == "default"

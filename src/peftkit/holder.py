@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from torch import nn
@@ -23,11 +24,18 @@ class BaseModelHolder(nn.Module):
     def __init__(self, model: nn.Module, owner: Any = None) -> None:
         super().__init__()
         self.model = model
-        object.__setattr__(self, "_owner", owner)  # not a submodule: the owner holds this holder
+        self.bind(owner)
+
+    def bind(self, owner: Any) -> None:
+        """Answer for ``owner``, held weakly: a strong reference would put every PeftModel in a reference
+        cycle, freed only by the garbage collector (under torchrun, possibly at interpreter shutdown, after the
+        process group it reaches is gone)."""
+        object.__setattr__(self, "_owner", weakref.ref(owner) if owner is not None else None)
 
     def _peft(self) -> Any:
         """The PeftModel that owns this holder (typed loosely: model.py imports this module)."""
-        owner = self.__dict__.get("_owner")
+        ref = self.__dict__.get("_owner")
+        owner = ref() if ref is not None else None
         if owner is None:
             raise AttributeError("this holder belongs to no PeftModel")
         return owner

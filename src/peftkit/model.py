@@ -74,7 +74,7 @@ class PeftModel(nn.Module):
 
     def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default") -> None:
         super().__init__()
-        self.base_model = BaseModelHolder(model, self)
+        self.base_model = BaseModelHolder(model, self)  # holds self weakly: no reference cycle
         self.peft_config: dict[str, PeftConfig] = {}
         self.prompt_encoder = nn.ModuleDict()
         self.active_adapter = adapter_name
@@ -83,6 +83,11 @@ class PeftModel(nn.Module):
         self.register_state_dict_post_hook(_drop_tied_aliases)
         self.add_adapter(adapter_name, peft_config)
         self.set_adapter(adapter_name)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """After copy.deepcopy or unpickling, the copied holder answers for the copy, not the original."""
+        super().__setstate__(state)
+        self.base_model.bind(self)
 
     # ----- what transformers (Trainer, generate) reads from a model -----------------------------------
 
