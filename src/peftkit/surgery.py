@@ -487,20 +487,25 @@ def adapted_layer_names(model: nn.Module) -> list[str]:
     return [key for key, layer in adapter_layers(model) if isinstance(layer, AdapterLayer)]
 
 
+def _adapter_entries(model: nn.Module, name: str) -> Iterator[tuple[AdapterLayer, Any, Any]]:
+    """(layer, container, entry) for each place adapter ``name`` keeps tensors: a module (LoRA's Linear) or a
+    parameter (IA3's vector, LoRA's embedding factors)."""
+    for _, layer in list(adapter_layers(model)):
+        if isinstance(layer, AdapterLayer):
+            for attr in layer.adapter_param_names:
+                container = getattr(layer, attr)
+                if name in container:
+                    yield layer, container, container[name]
+
+
 @torch.no_grad()
 def cast_adapter_to_layers(model: nn.Module, name: str) -> None:
     """Give adapter ``name``'s tensors the dtype of the weight each adapts (PEFT's autocast_adapter_dtype=False)."""
-    for _, layer in adapter_layers(model):
-        if not isinstance(layer, AdapterLayer):
-            continue
-        for attr in layer.adapter_param_names:
-            container = getattr(layer, attr)
-            if name in container:
-                held = container[name]
-                if isinstance(held, nn.Module):
-                    held.to(layer.weight.dtype)
-                else:
-                    held.data = held.data.to(layer.weight.dtype)
+    for layer, _, held in _adapter_entries(model, name):
+        if isinstance(held, nn.Module):
+            held.to(layer.weight.dtype)
+        else:
+            held.data = held.data.to(layer.weight.dtype)
 
 
 def _original_names(model: nn.Module) -> dict[str, str]:
@@ -529,16 +534,11 @@ def to_wrapped_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[st
 
 def adapter_to_meta(model: nn.Module, name: str) -> None:
     """Put adapter ``name``'s tensors on the meta device (PEFT's ``low_cpu_mem_usage``): no memory until loaded."""
-    for _, layer in adapter_layers(model):
-        if isinstance(layer, AdapterLayer):
-            for attr in layer.adapter_param_names:
-                container = getattr(layer, attr)
-                if name in container:
-                    held = container[name]
-                    if isinstance(held, nn.Module):
-                        held.to_empty(device="meta")
-                    else:
-                        container[name] = nn.Parameter(held.detach().to("meta"), requires_grad=held.requires_grad)
+    for _, container, held in list(_adapter_entries(model, name)):
+        if isinstance(held, nn.Module):
+            held.to_empty(device="meta")
+        else:
+            container[name] = nn.Parameter(held.detach().to("meta"), requires_grad=held.requires_grad)
 
 
 def load_tensors(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
