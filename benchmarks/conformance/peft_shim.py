@@ -36,6 +36,11 @@ ALIASES: dict[str, str] = {
 }
 
 
+# PEFT modules that are one peftkit module, so that patching a module global (``peft.config.__version__``)
+# reaches the code that reads it.
+MODULE_ALIASES: dict[str, str] = {"peft.config": "peftkit.config"}
+
+
 class MissingAPI(NotImplementedError):
     """A PEFT name that peftkit does not provide."""
 
@@ -127,10 +132,12 @@ class ShimModule(types.ModuleType):
 class ShimFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         if fullname == "peft" or (fullname.startswith("peft.") and fullname in _peft_submodules()):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname not in MODULE_ALIASES)
         return None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        if spec.name in MODULE_ALIASES:
+            return importlib.import_module(MODULE_ALIASES[spec.name])
         module = ShimModule(spec.name)
         module.__path__ = []
         module.__version__ = "0.21.2"  # what PEFT's tests compare against; peftkit writes this version's format

@@ -64,6 +64,9 @@ UNSUPPORTED_RE = re.compile(r"is a PEFT feature peftkit does not support|is not 
                             r"linear layers only|cannot be combined with use_dora|init_lora_weights='\w+' is not|"
                             r"which LoRA cannot adapt|safe_serialization=False would write a pickle|"
                             r"save_embedding_layers=True: peftkit")
+# pytest >= 8.4 reports a ``pytest.raises(..., match=)`` whose exception came but whose message differs as a
+# bare AssertionError with a diff, under the ``>`` line that holds the ``pytest.raises`` call.
+RAISES_MATCH_RE = re.compile(r"^>.*pytest\.raises\(.*match=.*\n(?:[^E\n].*\n)*?E\s+AssertionError: *\n", re.MULTILINE)
 ARGUMENT_RE = re.compile(r"(\w+)\(\) got an unexpected keyword argument '(\w+)'")
 
 PLUGIN = '''
@@ -146,7 +149,7 @@ def categorize(peft: dict[str, dict[str, str]], ours: dict[str, dict[str, str]])
             missing.update(names)
         elif UNSUPPORTED_RE.search(result["message"]):
             categories["unsupported feature"].append(test_id)
-        elif "Regex pattern did not match" in result["message"]:
+        elif "Regex pattern did not match" in result["message"] or RAISES_MATCH_RE.search(result["message"]):
             categories["message only"].append(test_id)
         else:
             categories["behaviour"].append(test_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib.metadata
 import json
 import math
 import os
@@ -35,6 +36,12 @@ __all__ = [
 ]
 
 CONFIG_NAME = "adapter_config.json"
+
+# Recorded as ``peft_version`` in every adapter_config.json. PEFT reads that field to decide how to
+# interpret a file (it converts OFT files older than 0.18, for one), so it names the PEFT release whose
+# format peftkit writes and is tested against (constraints.txt), not peftkit's own version. Module-level
+# under PEFT's name so code that reads or patches ``peft.config.__version__`` works unchanged.
+__version__ = "0.21.2"
 
 
 class PeftType(str, enum.Enum):
@@ -86,6 +93,31 @@ def _enum_value(enum_cls: type[enum.Enum], value: Any, name: str, problems: list
     return value
 
 
+def _format_version() -> str:
+    """``__version__``, with the commit it was installed from when it is a dev version (as PEFT records it)."""
+    version = __version__
+    if ".dev" not in version:
+        return version
+    try:
+        commit = _get_commit_hash("peftkit") or "UNKNOWN"
+    except Exception:  # bookkeeping must never stop a config from being built
+        warnings.warn("A dev version of PEFT is used but there was an error while trying to determine the commit "
+                      "hash; the version is recorded without it", stacklevel=4)
+        commit = "UNKNOWN"
+    return f"{version}@{commit}"
+
+
+def _get_commit_hash(package: str) -> str | None:
+    """The commit a package was installed from (``pip install git+...@HASH``), from its ``direct_url.json``."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    text = dist.read_text("direct_url.json")
+    vcs = json.loads(text).get("vcs_info", {}) if text else {}
+    return vcs.get("commit_id")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -93,6 +125,12 @@ def _is_int(value: Any) -> bool:
 def _is_number(value: Any) -> bool:
     """A real, finite number: NaN and infinity pass every comparison test silently, so they are refused here."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _name_set(value: Any, name: str, problems: list[str]) -> Any:
+    """A names-or-regex field as PEFT keeps it: a list of names becomes a set (order carries no meaning)."""
+    value = _str_list(value, name, problems, allow_str=True)
+    return set(value) if isinstance(value, list) else value
 
 
 def _str_list(value: Any, name: str, problems: list[str], *, allow_str: bool) -> Any:
@@ -124,6 +162,8 @@ class PeftConfig:
     """True when the adapter is loaded for inference only (its weights are frozen)."""
     modules_to_save: list[str] | None = None
     """Extra base-model modules (e.g. a classification head) trained in full and saved with the adapter."""
+    peft_version: str | None = None
+    """The PEFT format version that wrote the file; filled in when left empty."""
 
     peft_type: ClassVar[PeftType]
     # PEFT fields that peftkit reads but does not implement, with the value meaning "off".
@@ -132,10 +172,12 @@ class PeftConfig:
     # peftkit-only fields that only shape the start of training; left out of adapter_config.json so
     # PEFT reads our files without warnings.
     _local: ClassVar[frozenset[str]] = frozenset()
-    _peft_only_extra: ClassVar[frozenset[str]] = frozenset()
+    _peft_only_extra: ClassVar[frozenset[str]] = frozenset({"peft_version"})
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.peft_version is None:
+            self.peft_version = _format_version()
         self.task_type = _enum_value(TaskType, self.task_type, "task_type", problems)
         self.modules_to_save = _str_list(self.modules_to_save, "modules_to_save", problems, allow_str=False)
         if not isinstance(self.inference_mode, bool):
@@ -165,6 +207,8 @@ class PeftConfig:
             if f.name in self._local:
                 continue
             value = getattr(self, f.name)
+            if isinstance(value, set):  # JSON has no sets; sorted so the file is the same on every run
+                value = sorted(value)
             out[f.name] = value.value if isinstance(value, enum.Enum) else value
         out.update({k: v for k, v in self._unsupported.items() if k not in out})
         return out
@@ -221,10 +265,10 @@ class LoraConfig(PeftConfig):
 
     r: int = 8
     """Rank of the update (the inner size of ``A`` and ``B``)."""
-    target_modules: list[str] | str | None = None
-    """Layers to adapt: a list of names or name suffixes, a regex (full match), or ``"all-linear"``.
-    None picks the architecture's default (e.g. ``q_proj``/``v_proj`` for Llama)."""
-    exclude_modules: list[str] | str | None = None
+    target_modules: list[str] | set[str] | str | None = None
+    """Layers to adapt: a list of names or name suffixes (kept as a set, as PEFT does), a regex (full match), or
+    ``"all-linear"``. None picks the architecture's default (e.g. ``q_proj``/``v_proj`` for Llama)."""
+    exclude_modules: list[str] | set[str] | str | None = None
     """Layers never to adapt, with the same matching rules as ``target_modules``."""
     lora_alpha: float = 8
     """Numerator of the scaling ``lora_alpha / r``."""
@@ -303,12 +347,14 @@ class LoraConfig(PeftConfig):
         "ensure_weight_tying": False,
     }
     _local: ClassVar[frozenset[str]] = frozenset({"runtime_config"})
-    _peft_only_extra: ClassVar[frozenset[str]] = frozenset({"megatron_core", "qalora_group_size", "runtime_config"})
+    _peft_only_extra: ClassVar[frozenset[str]] = PeftConfig._peft_only_extra | {
+        "megatron_core", "qalora_group_size", "runtime_config"}
 
     def _validate(self, problems: list[str]) -> None:
         problems += [f"{k}={short_repr(getattr(self, k))} is a PEFT feature peftkit does not support yet; remove it"
                      for k, off in self._unsupported.items() if not _is_off(getattr(self, k), off)]
-        if isinstance(self.target_modules, list) and [str(t).lower() for t in self.target_modules] == ["all-linear"]:
+        targets = self.target_modules
+        if isinstance(targets, (list, set)) and [str(t).lower() for t in targets] == ["all-linear"]:
             self.target_modules = "all-linear"  # a one-item list, as a CLI flag or YAML list gives it
         if not _is_int(self.r) or self.r <= 0:
             problems.append(f"r={short_repr(self.r)} must be a positive integer (try 8 or 16)")
@@ -330,8 +376,8 @@ class LoraConfig(PeftConfig):
         for name in ("fan_in_fan_out", "use_rslora"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
-        self.target_modules = _str_list(self.target_modules, "target_modules", problems, allow_str=True)
-        self.exclude_modules = _str_list(self.exclude_modules, "exclude_modules", problems, allow_str=True)
+        self.target_modules = _name_set(self.target_modules, "target_modules", problems)
+        self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
         self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
         self._validate_layers(problems)
         self._validate_patterns(problems)
@@ -505,11 +551,11 @@ class IA3Config(PeftConfig):
     """(IA)^3: learned vectors rescaling the outputs of attention projections and the inputs of
     feed-forward layers. Field names and defaults are PEFT's."""
 
-    target_modules: list[str] | str | None = None
+    target_modules: list[str] | set[str] | str | None = None
     """Layers to adapt: a list of names (or name suffixes) or a regex; empty means the architecture default."""
-    exclude_modules: list[str] | str | None = None
+    exclude_modules: list[str] | set[str] | str | None = None
     """Layers never to adapt, with the same matching rules as ``target_modules``."""
-    feedforward_modules: list[str] | str | None = None
+    feedforward_modules: list[str] | set[str] | str | None = None
     """Which targets are feed-forward layers (scaled on their input); must be among ``target_modules``."""
     fan_in_fan_out: bool = False
     """True for layers that store their weight as (in, out), such as GPT-2's Conv1D (set automatically)."""
@@ -522,15 +568,14 @@ class IA3Config(PeftConfig):
         for name in ("fan_in_fan_out", "init_ia3_weights"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
-        self.target_modules = _str_list(self.target_modules, "target_modules", problems, allow_str=True)
-        self.exclude_modules = _str_list(self.exclude_modules, "exclude_modules", problems, allow_str=True)
-        self.feedforward_modules = _str_list(self.feedforward_modules, "feedforward_modules", problems,
-                                             allow_str=True)
-        if isinstance(self.feedforward_modules, list) and isinstance(self.target_modules, list):
-            extra = [m for m in self.feedforward_modules if m not in self.target_modules]
+        self.target_modules = _name_set(self.target_modules, "target_modules", problems)
+        self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
+        self.feedforward_modules = _name_set(self.feedforward_modules, "feedforward_modules", problems)
+        if isinstance(self.feedforward_modules, set) and isinstance(self.target_modules, set):
+            extra = sorted(self.feedforward_modules - self.target_modules)
             if extra:
-                problems.append(f"feedforward_modules {extra} are not in target_modules; every feed-forward "
-                                f"module must also be a target")
+                problems.append(f"`feedforward_modules` should be a subset of `target_modules`: {extra} are not "
+                                f"targets; every feed-forward module must also be a target")
 
 
 CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
@@ -542,7 +587,7 @@ CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
 }
 
 # Keys PEFT writes that carry no meaning for loading.
-_IGNORED_KEYS = frozenset({"peft_type", "peft_version", "auto_mapping", "megatron_core", "qalora_group_size"})
+_IGNORED_KEYS = frozenset({"peft_type", "auto_mapping", "megatron_core", "qalora_group_size"})
 
 
 def config_from_dict(

@@ -391,9 +391,9 @@ class PeftModel(nn.Module):
         targets = [c.target_modules for c in loras]
         if any(isinstance(t, str) for t in targets) and not all(isinstance(t, str) for t in targets):
             raise ConfigError("the adapters mix list and regex target_modules; PEFT cannot combine those either")
-        merged_targets: list[str] | str = (
+        merged_targets: set[str] | str = (
             "|".join(f"({t})" for t in cast(list[str], targets)) if isinstance(targets[0], str)
-            else sorted({m for t in targets for m in cast(list[str], t)})
+            else {m for t in targets for m in cast(set[str], t)}
         )
         config = loras[0].replace(r=rank, lora_alpha=rank, target_modules=merged_targets, rank_pattern={},
                                   alpha_pattern={})

@@ -84,11 +84,7 @@ def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Mod
         module = PromptEmbedding(total, dim)
         _init_prompt_embedding(module, base, config)
     elif isinstance(config, PromptEncoderConfig):
-        module = PromptEncoder(total, dim, cast(int, config.encoder_hidden_size),
-                               kind=str(getattr(config.encoder_reparameterization_type, "value",
-                                                config.encoder_reparameterization_type)),
-                               num_layers=config.encoder_num_layers, dropout=config.encoder_dropout,
-                               direct=config.inference_mode)
+        module = PromptEncoder(config)
     elif isinstance(config, PrefixTuningConfig):
         module = PrefixEncoder(n, dim, cast(int, config.num_layers), config.encoder_hidden_size,
                                projection=config.prefix_projection and not config.inference_mode)

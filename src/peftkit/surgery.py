@@ -111,7 +111,7 @@ def _regex(kind: str, pattern: str, key: str) -> Any:
         raise ConfigError(f"the pattern {short_repr(pattern)} is not a valid regular expression: {err}") from err
 
 
-def _matches(spec: list[str] | str, key: str) -> bool:
+def _matches(spec: list[str] | set[str] | str, key: str) -> bool:
     """PEFT's rule: a string is a regex that must match the whole name; a list matches a name or a suffix."""
     if isinstance(spec, str):
         return _regex("full", spec, key) is not None
@@ -174,14 +174,14 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> bool:
                 f"target_modules is empty and there is no default for model type {model_type!r}; "
                 f"set target_modules, e.g. {_suggest_targets(model)} or 'all-linear'"
             )
-        config.target_modules = list(DEFAULT_TARGET_MODULES[model_type])
+        config.target_modules = set(DEFAULT_TARGET_MODULES[model_type])
         return False
     if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
         skip = _output_layer_names(model, config)
         linear = _linear_types()
         found = {n for n, m in model.named_modules() if isinstance(m, linear) and n not in skip}
         found |= {n for n, m in model.named_modules() if isinstance(m, (LoraLinear, IA3Linear))}
-        config.target_modules = sorted(found)
+        config.target_modules = set(found)
         return False
     return True
 
@@ -319,9 +319,9 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[s
         if model_type not in IA3_TARGET_MODULES:
             raise ConfigError(f"target_modules is empty and there is no IA3 default for model type {model_type!r}; "
                               f"set target_modules and feedforward_modules, e.g. {_suggest_targets(model)}")
-        config.target_modules = list(IA3_TARGET_MODULES[model_type])
+        config.target_modules = set(IA3_TARGET_MODULES[model_type])
         if config.feedforward_modules is None:
-            config.feedforward_modules = list(IA3_FEEDFORWARD_MODULES[model_type])
+            config.feedforward_modules = set(IA3_FEEDFORWARD_MODULES[model_type])
     keys = [name for name, _ in _candidate_modules(model) if is_target(config, name)]
     if not keys:
         raise TargetNotFoundError(
@@ -359,9 +359,9 @@ def _warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str
 
 def _check_target_list(model: nn.Module, config: LoraConfig, candidates: list[str]) -> None:
     """Every entry of a target list must match some layer (before exclusions): a typo should not pass silently."""
-    if not isinstance(config.target_modules, list) or config.layers_to_transform is not None:
+    if not isinstance(config.target_modules, (list, set)) or config.layers_to_transform is not None:
         return
-    missing = [t for t in config.target_modules if not any(k == t or k.endswith(f".{t}") for k in candidates)]
+    missing = [t for t in sorted(config.target_modules) if not any(k == t or k.endswith(f".{t}") for k in candidates)]
     if missing:
         raise TargetNotFoundError(
             f"target_modules entries {missing} match no layer of {type(model).__name__}. "
@@ -609,7 +609,7 @@ def planned_layout(model: nn.Module, config: PeftConfig) -> dict[str, tuple[floa
         resolve_target_modules(model, config)
     elif config.target_modules is None:
         model_type = str(getattr(getattr(model, "config", None), "model_type", None))
-        config.target_modules = list(IA3_TARGET_MODULES.get(model_type, []))
+        config.target_modules = set(IA3_TARGET_MODULES.get(model_type, []))
     keys = [k for k, _ in _candidate_modules(model) if is_target(config, k)]
     if not isinstance(config, LoraConfig):
         return dict.fromkeys(keys, ())

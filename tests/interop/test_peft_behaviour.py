@@ -270,3 +270,38 @@ def test_switched_off_adapters_win_over_adapter_names(lib: types.ModuleType) -> 
         expected = model(**inputs).logits
         mixed = model(**inputs, adapter_names=["__base__", "default", "b"]).logits
     torch.testing.assert_close(mixed, expected)
+
+
+def test_config_records_the_format_version_and_keeps_target_names_as_a_set(lib: types.ModuleType, tmp_path: Any) -> None:
+    config = lib.LoraConfig(target_modules=["v_proj", "q_proj", "q_proj"])
+    assert config.target_modules == {"q_proj", "v_proj"}
+    assert config.peft_version == peft.__version__  # peftkit writes the format of the PEFT it is tested with
+    config.save_pretrained(tmp_path)
+    loaded = lib.LoraConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded.target_modules, set) and loaded.to_dict() == config.to_dict()
+    assert loaded.peft_version == config.peft_version
+
+
+def test_a_dev_version_records_its_commit_or_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = __import__("peftkit.config", fromlist=["x"])
+    monkeypatch.setattr(module, "__version__", "0.15.0.dev7")
+    monkeypatch.setattr(module, "_get_commit_hash", lambda _: "abc123")
+    assert peftkit.IA3Config().peft_version == "0.15.0.dev7@abc123"
+
+    def broken(_: str) -> str:
+        raise OSError("unreadable metadata")
+
+    monkeypatch.setattr(module, "_get_commit_hash", broken)
+    with pytest.warns(UserWarning, match="error while trying to determine the commit hash"):
+        assert peftkit.IA3Config().peft_version == "0.15.0.dev7@UNKNOWN"
+
+
+def test_prompt_encoder_is_built_from_its_config_and_warns_about_ignored_mlp_depth(lib: types.ModuleType) -> None:
+    encoder_cls = lib.tuners.p_tuning.PromptEncoder if lib is peft else peftkit.tuners.prompt.PromptEncoder
+    kwargs = {"num_virtual_tokens": 4, "num_transformer_submodules": 1, "token_dim": 8, "encoder_hidden_size": 6}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder = encoder_cls(lib.PromptEncoderConfig(**kwargs))
+    assert encoder.embedding.weight.shape == (4, 8) and encoder.mlp_head[0].weight.shape == (6, 8)
+    with pytest.warns(UserWarning, match="the argument `encoder_num_layers` is ignored. Exactly 2 MLP layers"):
+        encoder_cls(lib.PromptEncoderConfig(encoder_num_layers=3, **kwargs))

@@ -6,8 +6,12 @@ Each ``forward()`` returns the whole prompt, ``(num_tokens, width)``; batching h
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
+
+from ..config import PromptEncoderConfig
 
 __all__ = ["PrefixEncoder", "PromptEmbedding", "PromptEncoder"]
 
@@ -26,34 +30,35 @@ class PromptEmbedding(nn.Module):
 class PromptEncoder(nn.Module):
     """P-tuning: embeddings reparameterized by an MLP or a bidirectional LSTM plus MLP.
 
-    With ``direct=True`` (an adapter loaded for inference) only the encoder's saved output is kept, as in PEFT.
+    Built from its config, as PEFT's is. An adapter loaded for inference (``config.inference_mode``) keeps
+    only the encoder's saved output, as in PEFT.
     """
 
-    def __init__(
-        self,
-        num_tokens: int,
-        token_dim: int,
-        hidden_size: int,
-        kind: str = "MLP",
-        num_layers: int = 2,
-        dropout: float = 0.0,
-        direct: bool = False,
-    ) -> None:
+    def __init__(self, config: PromptEncoderConfig) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(num_tokens, token_dim)
-        self.kind = kind
-        self.direct = direct
-        if direct:
+        if config.num_virtual_tokens is None or config.token_dim is None:
+            raise ValueError("PromptEncoder needs config.num_virtual_tokens and config.token_dim; get_peft_model "
+                             "fills token_dim from the model, or set both in the PromptEncoderConfig")
+        tokens = config.num_virtual_tokens * (config.num_transformer_submodules or 1)
+        token_dim, hidden = config.token_dim, config.encoder_hidden_size or config.token_dim
+        self.embedding = nn.Embedding(tokens, token_dim)
+        self.kind = str(getattr(config.encoder_reparameterization_type, "value",
+                                config.encoder_reparameterization_type))
+        self.direct = config.inference_mode
+        if self.direct:
             return
-        if kind == "LSTM":
-            self.lstm_head = nn.LSTM(token_dim, hidden_size, num_layers=num_layers, dropout=dropout,
-                                     bidirectional=True, batch_first=True)
-            self.mlp_head = nn.Sequential(nn.Linear(2 * hidden_size, 2 * hidden_size), nn.ReLU(),
-                                          nn.Linear(2 * hidden_size, token_dim))
-        else:
-            self.mlp_head = nn.Sequential(nn.Linear(token_dim, hidden_size), nn.ReLU(),
-                                          nn.Linear(hidden_size, hidden_size), nn.ReLU(),
-                                          nn.Linear(hidden_size, token_dim))
+        if self.kind == "LSTM":
+            self.lstm_head = nn.LSTM(token_dim, hidden, num_layers=config.encoder_num_layers,
+                                     dropout=config.encoder_dropout, bidirectional=True, batch_first=True)
+            self.mlp_head = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(),
+                                          nn.Linear(2 * hidden, token_dim))
+            return
+        if config.encoder_num_layers != 2:  # PEFT's words: the MLP has a fixed depth
+            warnings.warn(f"for {self.kind}, the argument `encoder_num_layers` is ignored. Exactly 2 MLP layers are "
+                          "used.", stacklevel=2)
+        self.mlp_head = nn.Sequential(nn.Linear(token_dim, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, token_dim))
 
     def forward(self) -> torch.Tensor:
         x = self.embedding.weight  # (N, D)
