@@ -272,7 +272,7 @@ def test_switched_off_adapters_win_over_adapter_names(lib: types.ModuleType) -> 
     torch.testing.assert_close(mixed, expected)
 
 
-def test_config_records_the_format_version_and_keeps_target_names_as_a_set(lib: types.ModuleType, tmp_path: Any) -> None:
+def test_config_records_the_format_version_and_keeps_target_names_as_set(lib: types.ModuleType, tmp_path: Any) -> None:
     config = lib.LoraConfig(target_modules=["v_proj", "q_proj", "q_proj"])
     assert config.target_modules == {"q_proj", "v_proj"}
     assert config.peft_version == peft.__version__  # peftkit writes the format of the PEFT it is tested with
