@@ -554,10 +554,11 @@ class PeftModel(nn.Module):
             raise ConfigError("Cannot pass `adapter_names` when the model is in training mode: it is for inference; "
                               "call model.eval() first (a training batch mixing adapters would need each adapter's "
                               "own optimizer step)")
-        unknown = [n for n in adapter_names if n != surgery.BASE_ROW and n not in self.peft_config]
+        unknown = list(dict.fromkeys(n for n in adapter_names if n != surgery.BASE_ROW and n not in self.peft_config))
         if unknown:
-            raise AdapterNotFoundError(f"adapter_names has {unknown[0]!r}, which this model does not hold; it holds "
-                                       f"{', '.join(self.peft_config)} (and {surgery.BASE_ROW!r} means none)")
+            raise AdapterNotFoundError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}. This "
+                                       f"model holds {', '.join(self.peft_config)} (and {surgery.BASE_ROW!r} means "
+                                       "none)")
         prompts = [n for n in adapter_names if n in self.prompt_encoder]
         if prompts or self._prompt_module() is not None:
             raise ConfigError("adapter_names mixes LoRA adapters; prompt-learning adapters change the input length "

@@ -23,6 +23,7 @@ from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraEmbedding, LoraLayer, LoraLinear
 from .tuners.modules_to_save import ModulesToSaveWrapper
+from .tuners.rows import group_rows
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -420,9 +421,12 @@ BASE_ROW = "__base__"
 @contextlib.contextmanager
 def rows_through_adapters(model: nn.Module, adapter_names: list[str]) -> Iterator[None]:
     """Inside, row ``i`` of every batch goes through adapter ``adapter_names[i]`` (``"__base__"``: none),
-    whatever adapter is active. LoRA linear layers only, for inference, with nothing merged."""
+    whatever adapter is active: LoRA linear layers and the adapters' modules_to_save copies, for inference,
+    with nothing merged."""
     wanted = list(dict.fromkeys(n for n in adapter_names if n != BASE_ROW))
-    layers = [layer for _, layer in adapter_layers(model) if isinstance(layer, AdapterLayer)]
+    found = [layer for _, layer in adapter_layers(model)]
+    layers = [layer for layer in found if isinstance(layer, AdapterLayer)]
+    copies = [layer for layer in found if isinstance(layer, ModulesToSaveWrapper)]
     for layer in layers:
         used = [n for n in wanted if n in layer.adapter_names]
         if used and not isinstance(layer, LoraLinear):
@@ -432,17 +436,16 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str]) -> Iterato
             raise ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call "
                               "`unmerge_adapter` first (adapter_names needs unmerged adapters: merged ones are in "
                               "every row's weights)")
-    lora = [layer for layer in layers if isinstance(layer, LoraLinear)]
+    for wrapper in copies:
+        wrapper.check_rows(wanted)
+    routed: list[LoraLinear | ModulesToSaveWrapper] = [*(x for x in layers if isinstance(x, LoraLinear)), *copies]
     try:
-        for layer in lora:
-            used = [n for n in wanted if n in layer.adapter_names]
-            slots = torch.tensor([used.index(n) if n in used else -1 for n in adapter_names],
-                                 device=layer.weight.device)
-            layer.rows = layer.row_adapters(used, slots)  # stacked once, for every forward inside
+        for module in routed:
+            module.rows = group_rows(adapter_names, next(module.parameters()).device)
         yield
     finally:
-        for layer in lora:
-            layer.rows = None
+        for module in routed:
+            module.rows = None
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

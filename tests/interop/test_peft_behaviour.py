@@ -305,3 +305,16 @@ def test_prompt_encoder_is_built_from_its_config_and_warns_about_ignored_mlp_dep
     assert encoder.embedding.weight.shape == (4, 8) and encoder.mlp_head[0].weight.shape == (6, 8)
     with pytest.warns(UserWarning, match="the argument `encoder_num_layers` is ignored. Exactly 2 MLP layers"):
         encoder_cls(lib.PromptEncoderConfig(encoder_num_layers=3, **kwargs))
+
+
+def test_a_seed_gives_peft_s_initial_embedding_adapter() -> None:
+    def init(lib: types.ModuleType) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = lib.get_peft_model(nn.Sequential(nn.Embedding(20, 5), nn.Linear(5, 3)),
+                                   lib.LoraConfig(target_modules=["0", "1"]))
+        return {n: p.detach() for n, p in model.named_parameters() if "lora_" in n}
+
+    ours, theirs = init(peftkit), init(peft)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)

@@ -10,7 +10,7 @@ about the model around them; :mod:`peftkit.surgery` places them.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import AdapterLayer
+from .rows import RowGroups
 
 __all__ = ["AdapterLayer", "LoraEmbedding", "LoraLayer", "LoraLinear"]
 
@@ -71,7 +72,7 @@ class LoraLinear(LoraLayer):
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: one magnitude per output row
         self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the weight norm used at merge, for unmerge
-        self.rows: RowAdapters | None = None  # set for a mixed batch: each row's own adapter
+        self.rows: RowGroups | None = None  # set for a mixed batch: each row's own adapter
 
     def add_adapter(
         self,
@@ -207,28 +208,6 @@ class LoraLinear(LoraLayer):
         delta = (b @ a) * self.scaling[name]  # (out, in)
         return delta.T if self.fan_in_fan_out else delta
 
-    def row_adapters(self, names: list[str], index: torch.Tensor) -> RowAdapters:
-        """The weights for a mixed batch: row ``i`` gets adapter ``names[index[i]]`` (-1: none).
-
-        The adapters are stacked once per batch. Each row's copy is also gathered once, rather than at every
-        forward (a generate call runs each layer once per new token, and the rows' adapters do not change in
-        between), while the copies stay within :data:`ROW_WEIGHTS_BYTES`; a larger batch gathers them in
-        each forward instead, so that every adapted layer does not hold a copy per row at once.
-        """
-        if any(n in self.lora_magnitude_vector for n in names):
-            raise ConfigError("a mixed batch (adapter_names) cannot include DoRA adapters yet; run them separately")
-        rank = max((self.r[n] for n in names), default=0)  # 0: no row of the batch uses this layer
-        a = torch.zeros(len(names) + 1, self.in_features, rank, device=self.weight.device)  # (N+1, in, r)
-        b = torch.zeros(len(names) + 1, rank, self.out_features, device=self.weight.device)  # (N+1, r, out)
-        for i, name in enumerate(names):  # the last slot stays zero: rows without an adapter
-            r = self.r[name]
-            a[i, :, :r] = cast(torch.Tensor, self.lora_A[name].weight).detach().T
-            b[i, :r] = cast(torch.Tensor, self.lora_B[name].weight).detach().T * self.scaling[name]
-        slots = torch.where(index < 0, len(names), index)  # (B,)
-        if len(slots) * (a[0].nbytes + b[0].nbytes) <= ROW_WEIGHTS_BYTES:
-            return RowAdapters(a[slots].contiguous(), b[slots].contiguous(), None)
-        return RowAdapters(a, b, slots)
-
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         if self.rows is not None and not self.disabled:  # switched off wins over per-row adapters, as in PEFT
             return self._forward_rows(x, self.rows, *args, **kwargs)
@@ -241,8 +220,10 @@ class LoraLinear(LoraLayer):
                 result = self._add_update(name, x, result)
         return result
 
-    def _add_update(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        """``result + scaling * B(A(dropout(x)))``.
+    def _add_update(self, name: str, x: torch.Tensor, result: torch.Tensor,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``result + scaling * B(A(dropout(x)))``; with ``rows`` (a mixed batch), added in place to those rows
+        of ``result`` only, ``x`` being theirs.
 
         Calls the functional ops directly rather than the ``nn.Linear`` containers, folds the scaling into
         the sum, and skips the cast and the dropout when they would do nothing: at batch 1 a decode step is
@@ -255,28 +236,24 @@ class LoraLinear(LoraLayer):
         if self.training and not isinstance(self.lora_dropout[name], nn.Identity):  # the identity in eval mode
             h = self.lora_dropout[name](x.to(a.dtype))
         if result.dtype != b.dtype:  # e.g. a bf16 base: the update is computed in fp32, then rounded once
-            return result + _low_rank(h, a, b, self.scaling[name]).to(result.dtype)
-        h = h if h.dtype == a.dtype else h.to(a.dtype)
-        return torch.add(result, F.linear(F.linear(h, a), b), alpha=self.scaling[name])  # (..., out)
+            update, alpha = _low_rank(h, a, b, self.scaling[name]).to(result.dtype), 1.0
+        else:
+            update, alpha = F.linear(F.linear(h if h.dtype == a.dtype else h.to(a.dtype), a), b), self.scaling[name]
+        if rows is None:
+            return torch.add(result, update, alpha=alpha)  # (..., out)
+        return result.index_add_(0, rows, update, alpha=alpha)  # the same sum, row for row
 
-    def _forward_rows(self, x: torch.Tensor, rows: RowAdapters, *args: object, **kwargs: object) -> torch.Tensor:
-        """Each row through its own adapter: two batched matmuls over the rows' weights, so a batch of many
-        adapters costs what a batch of one does."""
-        if x.dim() == 2:  # (B, in): a model without a time axis; one token per row
-            return self._forward_rows(x.unsqueeze(1), rows, *args, **kwargs).squeeze(1)
-        result = self.base_layer(x, *args, **kwargs)  # (B, T, out)
-        a, b = (rows.a, rows.b) if rows.slots is None else (rows.a[rows.slots], rows.b[rows.slots])
-        if x.shape[0] != a.shape[0]:
-            raise ConfigError(f"Length of `adapter_names` should be the same as the number of inputs, but got "
-                              f"{a.shape[0]} and {x.shape[0]} respectively: adapter_names names {a.shape[0]} rows but "
-                              f"the batch has {x.shape[0]} (beam search and num_return_sequences expand the batch; "
-                              "repeat adapter_names to match)")
-        if a.shape[2] == 0:
-            return result
-        h = torch.bmm(x if x.dtype == a.dtype else x.to(a.dtype), a)  # (B, T, r)
-        if result.dtype == b.dtype:
-            return torch.baddbmm(result, h, b)  # (B, T, out): the sum in the same kernel
-        return result + torch.bmm(h, b).to(result.dtype)
+    def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
+        """Each adapter on its own rows, with the single-adapter path's operations (see :mod:`.rows`)."""
+        rows.check(x.shape[0])
+        if any(n in self.lora_magnitude_vector for n in rows.by_adapter):
+            raise ConfigError("Cannot pass `adapter_names` when DoRA is enabled: a mixed batch cannot include DoRA "
+                              "adapters yet; run them separately")
+        result = self.base_layer(x, *args, **kwargs)  # (B, ..., out)
+        for name, index in rows.by_adapter.items():
+            if name in self.scaling:  # other rows: the base layer's output, untouched
+                result = self._add_update(name, x[index], result, index)
+        return result
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
@@ -327,21 +304,6 @@ class LowPrecisionInputLora(torch.autograd.Function):
         return grad_x, grad_a, grad_b, None
 
 
-ROW_WEIGHTS_BYTES = 1 << 20
-"""Most bytes of per-row adapter copies one layer keeps for a mixed batch (4 adapters of rank 8 on a 576-wide
-layer in a batch of 8: 0.3 MiB); past it the rows' copies are gathered in each forward."""
-
-
-class RowAdapters(NamedTuple):
-    """A mixed batch's adapters for one layer: A ``(n, in, r)`` and B times the scaling ``(n, r, out)``, both
-    transposed for ``bmm``. With ``slots`` None there is one of each per row (n = B); otherwise they are the
-    N adapters plus a zero slot for rows without one, and ``slots`` ``(B,)`` picks each row's."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    slots: torch.Tensor | None
-
-
 class LoraEmbedding(LoraLayer):
     """LoRA around ``nn.Embedding``: the update is looked up like the embedding itself (no dropout)."""
 
@@ -369,8 +331,10 @@ class LoraEmbedding(LoraLayer):
         a = torch.randn(r, self.num_embeddings, device=device)
         b = torch.randn(self.embedding_dim, r, device=device)
         if init_lora_weights is not False:
-            # As in the LoRA paper's embedding layer: A zero, B normal, so the update starts at zero.
+            # As in the LoRA paper's embedding layer: A zero, B normal, so the update starts at zero. B is
+            # drawn a second time because PEFT does: the same seed then gives PEFT's adapter, draw for draw.
             a.zero_()
+            b.normal_()
         self.lora_embedding_A[name] = nn.Parameter(a)
         self.lora_embedding_B[name] = nn.Parameter(b)
         self._set_scaling(name, r, lora_alpha, use_rslora)

@@ -7,14 +7,20 @@ import copy
 import torch
 from torch import nn
 
+from .rows import RowGroups
+
 __all__ = ["ModulesToSaveWrapper"]
+
+# Modules whose first dimension is always the batch, so a mixed batch can be split by rows (PEFT's list).
+ROW_SPLITTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class ModulesToSaveWrapper(nn.Module):
     """Keeps ``original_module`` frozen and one trainable deep copy per adapter in ``modules_to_save``.
 
     The forward runs the active adapter's copy, or the original when no copy is active or the adapter
-    is disabled. Parameter names match PEFT's (``score.modules_to_save.<name>.weight``).
+    is disabled. In a mixed batch (``rows`` set: one adapter name per row) each row goes through its own
+    adapter's copy. Parameter names match PEFT's (``score.modules_to_save.<name>.weight``).
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -23,6 +29,7 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active_adapter: str | None = None
         self.disabled = False
+        self.rows: RowGroups | None = None  # set for a mixed batch: each row's own adapter
 
     @property
     def weight(self) -> torch.Tensor:
@@ -57,5 +64,30 @@ class ModulesToSaveWrapper(nn.Module):
             return self.original_module
         return self.modules_to_save[self.active_adapter]
 
+    def check_rows(self, names: list[str]) -> None:
+        """Refuse a mixed batch over a copy whose rows cannot be told apart (PEFT's TypeError and words)."""
+        if any(n in self.modules_to_save for n in names) and not isinstance(self.original_module, ROW_SPLITTABLE):
+            kinds = ", ".join(k.__name__ for k in ROW_SPLITTABLE)
+            raise TypeError(f"Mixed batching is only supported for the following modules: {kinds}. This module is a "
+                            f"{type(self.original_module).__name__}, whose batch dimension is not known; run each "
+                            "adapter's rows on their own")
+
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
-        return self._current()(*args, **kwargs)
+        if self.rows is None or self.disabled:  # switched off wins over per-row adapters, as in PEFT
+            return self._current()(*args, **kwargs)
+        x, *rest = args
+        return self._forward_rows(x, self.rows, *rest, **kwargs)  # type: ignore[arg-type]
+
+    def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
+        """Each adapter's rows through its own copy (the original for rows of adapters without one)."""
+        if not any(n in self.modules_to_save for n in rows.by_adapter):  # no row uses a copy of this module
+            return self.original_module(x, *args, **kwargs)
+        rows.check(x.shape[0])
+        out: torch.Tensor | None = None
+        for name, index in rows.by_adapter.items():
+            module = self.modules_to_save[name] if name in self.modules_to_save else self.original_module  # noqa: SIM401 - ModuleDict has no get()
+            y = module(x[index], *args, **kwargs)  # (rows of name, ...)
+            out = y.new_empty((x.shape[0], *y.shape[1:])) if out is None else out
+            out[index] = y
+        assert out is not None  # a batch has at least one row
+        return out
