@@ -372,7 +372,10 @@ def resolve_adapter_path(
 def write_model_card(folder: Path, model: Any, training: list[str] | None = None) -> None:
     """README.md with the Hub's metadata, written with huggingface_hub's model card tools, as PEFT's is:
     ``library_name: peft``, ``base_model``, the tags the Hub reads (``lora``, ``base_model:adapter:<id>``,
-    ``transformers``) and ``pipeline_tag`` for a causal LM. A README.md that peftkit did not write is kept.
+    ``transformers``) and ``pipeline_tag`` for a causal LM, on the Hub's card template.
+
+    A README.md that peftkit did not write keeps every word: only that metadata is added to its header,
+    as PEFT adds it (a header that does not parse is left alone, with a warning).
 
     Args:
         training: markdown lines on how the adapter was trained, when known.
@@ -380,25 +383,51 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
     from huggingface_hub import ModelCard, ModelCardData
 
     card_path = folder / "README.md"
-    if card_path.is_file() and CARD_MARK not in card_path.read_text(encoding="utf-8", errors="replace"):
-        return  # the user's own README (or another tool's card) stays as it is
     base = _card_base_model(model)
     active = model.peft_config[model.active_adapter]
     tags = {"peftkit"} | ({f"base_model:adapter:{base}"} if base else set())
     tags |= {"lora"} if active.peft_type.value == "LORA" else set()
     tags |= {"transformers"} if hasattr(model, "config") else set()
     causal = active.task_type is not None and active.task_type.value == "CAUSAL_LM"
-    data = ModelCardData(library_name="peft", base_model=base, tags=sorted(tags),
-                         pipeline_tag="text-generation" if causal else None)
-    lines = ["# Adapter", "", f"{CARD_MARK} in Hugging Face PEFT's format.", "",
-             "| adapter | method | task |", "|---|---|---|"]
+    pipeline = "text-generation" if causal else None
+    if card_path.is_file() and CARD_MARK not in card_path.read_text(encoding="utf-8", errors="replace"):
+        _add_card_metadata(card_path, base, tags, pipeline)
+        return
+    data = ModelCardData(library_name="peft", base_model=base, tags=sorted(tags), pipeline_tag=pipeline)
+    lines = ["| adapter | method | task |", "|---|---|---|"]
     for name, config in model.peft_config.items():
         task = config.task_type.value if config.task_type is not None else "-"
         lines.append(f"| {name} | {config.peft_type.value} | {task} |")
-    lines += ["", "Load it with `peftkit.PeftModel.from_pretrained(base_model, path)` or PEFT's own.", ""]
-    lines += [*training, ""] if training else []
+    lines += ["", *training] if training else []
+    from . import __version__
+
+    card = ModelCard.from_template(
+        data, model_id=f"an adapter of {base}" if base else "an adapter", model_description="\n".join(lines),
+        model_type=f"{active.peft_type.value} adapter", base_model=base,
+        model_summary=f"{CARD_MARK} in Hugging Face PEFT's format: it loads in peftkit and in PEFT.",
+        get_started_code="```python\nfrom peftkit import PeftModel\n\nmodel = PeftModel.from_pretrained(base_model, "
+                         "\"path/to/this/folder\")\n```",
+        software=f"peftkit {__version__} (PEFT's adapter format)")
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(card_path, str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))))
+    write_text_atomic(card_path, str(card))
+
+
+def _add_card_metadata(card_path: Path, base: str | None, tags: set[str], pipeline: str | None) -> None:
+    """Add PEFT's metadata to the header of someone else's card, keeping its text as it is."""
+    from huggingface_hub import ModelCard
+
+    try:
+        card = ModelCard.load(card_path)
+    except Exception as err:  # any parse failure: leave the user's file alone
+        warnings.warn(f"{card_path} is kept as it is: its metadata header could not be read ({err})", stacklevel=3)
+        return
+    card.data.library_name = "peft"
+    card.data.tags = sorted(set(card.data.tags or []) | tags)
+    if base and not card.data.base_model:
+        card.data.base_model = base
+    if pipeline and not card.data.pipeline_tag:
+        card.data.pipeline_tag = pipeline
+    write_text_atomic(card_path, str(card))
 
 
 def _card_base_model(model: Any) -> str | None:

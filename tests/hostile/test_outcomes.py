@@ -224,9 +224,11 @@ def second_get_peft_model_with_the_same_config_keeps_the_weights(tmp: Path) -> N
 
 def save_keeps_the_users_readme(tmp: Path) -> None:
     (tmp / "adapter").mkdir()
-    (tmp / "adapter" / "README.md").write_text("# my notes\n")
+    (tmp / "adapter" / "README.md").write_text("---\nmeta: hello\n---\n# my notes\n\nkept as written\n")
     get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp / "adapter")
-    assert (tmp / "adapter" / "README.md").read_text() == "# my notes\n"
+    header, body = (tmp / "adapter" / "README.md").read_text().split("---\n")[1:]
+    assert body == "# my notes\n\nkept as written\n"  # every word kept; PEFT's metadata added to the header
+    assert "meta: hello" in header and "library_name: peft" in header
     assert PeftModel.from_pretrained(tiny_model("llama"), tmp / "adapter") is not None
 
 

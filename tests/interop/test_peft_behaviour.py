@@ -318,3 +318,18 @@ def test_a_seed_gives_peft_s_initial_embedding_adapter() -> None:
     assert ours.keys() == theirs.keys()
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_model_card_keeps_a_users_card_and_fills_the_hub_template(lib: types.ModuleType, tmp_path: Any,
+                                                                   existing: bool) -> None:
+    model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
+    if existing:
+        (tmp_path / "README.md").write_text("---\nmeta: hello\n---\nThis is a model card\n")
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "library_name: peft" in card
+    if existing:
+        assert "meta: hello" in card and card.endswith("This is a model card\n")
+    else:
+        assert "## Training Details" in card and len(card) > 1000  # the Hub's template, as PEFT writes it
