@@ -330,6 +330,6 @@ def test_model_card_keeps_a_users_card_and_fills_the_hub_template(lib: types.Mod
     card = (tmp_path / "README.md").read_text()
     assert "library_name: peft" in card
     if existing:
-        assert "meta: hello" in card and card.endswith("This is a model card\n")
+        assert "meta: hello" in card and "---\nThis is a model card\n" in card  # PEFT appends its version
     else:
         assert "## Training Details" in card and len(card) > 1000  # the Hub's template, as PEFT writes it
