@@ -25,6 +25,7 @@ from .config import (
 from .errors import (
     AdapterFormatError,
     AdapterNotFoundError,
+    AdapterShapeError,
     AdapterStateError,
     ConfigError,
     DataError,
@@ -66,6 +67,7 @@ __all__ = [
     "PACKAGED_MODELS",
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "AdapterShapeError",
     "AdapterStateError",
     "CompareConfig",
     "ConfigError",

@@ -71,6 +71,10 @@ class AdapterFormatError(UserInputError):
     """An adapter folder or file is missing, unreadable, unsafe, or does not fit the model."""
 
 
+class AdapterShapeError(AdapterFormatError, RuntimeError):
+    """An adapter tensor's shape does not fit the model's layer; a RuntimeError too, as torch (and PEFT) raise it."""
+
+
 class AdapterNotFoundError(UserInputError, KeyError):
     """An adapter name is not registered on the model."""
 

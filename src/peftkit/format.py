@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import CONFIG_NAME, PeftConfig, config_from_dict, config_to_json
 from .configfile import MAX_CONFIG_BYTES
-from .errors import AdapterFormatError, ConfigError, StorageError
+from .errors import AdapterFormatError, AdapterShapeError, ConfigError, StorageError
 
 __all__ = [
     "CONFIG_NAME",
@@ -208,19 +208,23 @@ def rebase_prompt_keys(tensors: dict[str, torch.Tensor], to_file: bool) -> dict[
 
 def to_model_keys(
     model: torch.nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], source: str,
-    allowed: set[str] | None = None,
+    allowed: set[str] | None = None, ignore_mismatched_sizes: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Map file keys back to ``model``'s parameter names for ``adapter_name``, checking keys, shapes and values.
 
     Args:
         allowed: the file keys the adapter's config writes besides its own layers' tensors (the biases of
             ``bias="all"``); a key naming any other base-model weight is refused, never loaded over it.
+        ignore_mismatched_sizes: leave tensors whose shape differs out (their layers keep their initial
+            values) with a warning naming each, as PEFT does when asked (a base whose embedding was resized).
 
     Raises:
         AdapterFormatError: a tensor has no place in the model or names a base weight, an adapter weight is
-            missing, a shape differs, or a value is NaN or infinite; the message names the tensor.
+            missing, or a value is NaN or infinite; the message names the tensor.
+        AdapterShapeError: a shape differs (and ``ignore_mismatched_sizes`` is False).
     """
     state = model.state_dict()
+    skipped: list[str] = []
     wanted = {checkpoint_key(k, adapter_name): k for k in state if _is_adapter_param(k, adapter_name)}
     extra = {k for k in (allowed or set()) if k in state}
     out: dict[str, torch.Tensor] = {}
@@ -239,11 +243,16 @@ def to_model_keys(
             raise AdapterFormatError(f"{source}: tensor {file_key!r} holds NaN or infinite values; the adapter was "
                                      "saved from a diverged run or the file is damaged. Use an earlier checkpoint.")
         expected = tuple(state[model_key].shape)
+        if tuple(tensor.shape) != expected and ignore_mismatched_sizes:
+            skipped.append(f"- {model_key}: found shape {tuple(tensor.shape)} in the checkpoint and {expected} in "
+                           "the model instantiated")
+            continue
         if tuple(tensor.shape) != expected:
-            raise AdapterFormatError(
-                f"{source}: tensor {file_key!r} has shape {tuple(tensor.shape)} but the model's layer expects "
-                f"{expected}. The adapter was trained on a different base model (or with another rank); "
-                "load it on the model named in its adapter_config.json (base_model_name_or_path)."
+            raise AdapterShapeError(
+                f"{source}: size mismatch for {file_key}: copying a param with shape {tuple(tensor.shape)} from "
+                f"checkpoint, the shape in current model is {expected}. The adapter was trained on a different "
+                "base model (or with another rank); load it on the model named in its adapter_config.json "
+                "(base_model_name_or_path), or pass ignore_mismatched_sizes=True to leave those tensors out."
             )
         out[model_key] = tensor
     if unexpected:
@@ -252,6 +261,10 @@ def to_model_keys(
             f"{source}: {len(unexpected)} tensor(s) match no layer of this model: {shown}. "
             "The adapter was made for a different base model or target layers."
         )
+    if skipped:
+        warnings.warn(f"Some weights of {type(model).__name__} were not initialized from the model checkpoint "
+                      "and are being ignored because you passed `ignore_mismatched_sizes=True`: "
+                      + "\n".join(skipped) + ".", stacklevel=3)
     missing = sorted(set(wanted) - set(tensors))
     if missing:
         raise AdapterFormatError(

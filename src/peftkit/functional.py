@@ -88,22 +88,24 @@ def set_peft_model_state_dict(model: nn.Module, peft_model_state_dict: dict[str,
                               low_cpu_mem_usage: bool = False) -> _IncompatibleKeys:
     """Load an adapter's tensors (keys as :func:`get_peft_model_state_dict` gives them) into the model.
 
+    Args:
+        ignore_mismatched_sizes: leave out tensors whose shape does not fit, with a warning naming each.
+
     Returns:
-        PEFT's load result; its lists are empty, since a missing, extra or misshapen tensor raises
+        PEFT's load result; its lists are empty, since a missing or extra tensor raises
         :class:`~peftkit.AdapterFormatError` instead of loading part of an adapter.
     """
-    if ignore_mismatched_sizes:
-        raise ConfigError("ignore_mismatched_sizes=True would load part of an adapter; peftkit refuses mismatches")
     model = _unwrap(model)
     if isinstance(model, PeftModel):
-        model.load_adapter_state(peft_model_state_dict, adapter_name, "the state dict", any_bias=True)
+        model.load_adapter_state(peft_model_state_dict, adapter_name, "the state dict", any_bias=True,
+                                 ignore_mismatched_sizes=ignore_mismatched_sizes)
         return _IncompatibleKeys([], [])
     # a PeftModel's keys carry "base_model.model."; a model injected in place has none (PEFT takes both)
     peft_model_state_dict = {k.removeprefix("base_model.model."): v for k, v in peft_model_state_dict.items()}
     allowed = set(get_peft_model_state_dict(model, adapter_name=adapter_name))
     allowed |= {k for k in peft_model_state_dict if k.endswith(".bias")}  # PEFT loads every bias given
     surgery.load_tensors(model, fmt.to_model_keys(model, adapter_name, peft_model_state_dict, "the state dict",
-                                                  allowed=allowed))
+                                                  allowed=allowed, ignore_mismatched_sizes=ignore_mismatched_sizes))
     return _IncompatibleKeys([], [])
 
 

@@ -632,6 +632,7 @@ class PeftModel(nn.Module):
         torch_device: str | None = None,
         ephemeral_gpu_offload: bool = False,
         key_mapping: dict[str, str] | None = None,
+        ignore_mismatched_sizes: bool = False,
         **hub_kwargs: Any,
     ) -> PeftModel:
         """Attach the adapter saved at ``model_id`` to ``model``.
@@ -647,6 +648,8 @@ class PeftModel(nn.Module):
             low_cpu_mem_usage: create the adapter empty (meta device) and fill it from the file.
             torch_device: accepted for PEFT's signature (the adapter is loaded on the model's device).
             ephemeral_gpu_offload, key_mapping: PEFT features peftkit does not implement; only their defaults.
+            ignore_mismatched_sizes: leave out tensors whose shape does not fit (their layers keep their
+                initial values), with a warning naming each; False refuses them (:class:`AdapterShapeError`).
             hub_kwargs: ``subfolder``, ``revision``, for a hub download.
         """
         check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
@@ -661,7 +664,7 @@ class PeftModel(nn.Module):
             surgery.cast_adapter_to_layers(peft_model.get_base_model(), adapter_name)
         if low_cpu_mem_usage:  # the file's tensors replace empty ones instead of being copied over random ones
             surgery.adapter_to_meta(peft_model.get_base_model(), adapter_name)
-        peft_model._load_weights(folder, adapter_name)
+        peft_model._load_weights(folder, adapter_name, ignore_mismatched_sizes)
         peft_model.set_adapter(adapter_name)
         if not is_trainable:
             peft_model.eval()  # inference: dropout off, as in PEFT
@@ -677,6 +680,7 @@ class PeftModel(nn.Module):
         ephemeral_gpu_offload: bool = False,
         low_cpu_mem_usage: bool = False,
         key_mapping: dict[str, str] | None = None,
+        ignore_mismatched_sizes: bool = False,
         **hub_kwargs: Any,
     ) -> Any:
         """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`).
@@ -694,7 +698,7 @@ class PeftModel(nn.Module):
         self.add_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage,
                          autocast_adapter_dtype=autocast_adapter_dtype)
         try:
-            self._load_weights(folder, adapter_name)
+            self._load_weights(folder, adapter_name, ignore_mismatched_sizes)
         except Exception:
             self.delete_adapter(adapter_name)  # leave the model as it was
             raise
@@ -704,11 +708,13 @@ class PeftModel(nn.Module):
             self.eval()
         return _IncompatibleKeys([], [])
 
-    def _load_weights(self, folder: str | os.PathLike[str], adapter_name: str) -> None:
-        self.load_adapter_state(fmt.load_adapter_weights(folder, device=self.device), adapter_name, str(folder))
+    def _load_weights(self, folder: str | os.PathLike[str], adapter_name: str,
+                      ignore_mismatched_sizes: bool = False) -> None:
+        self.load_adapter_state(fmt.load_adapter_weights(folder, device=self.device), adapter_name, str(folder),
+                                ignore_mismatched_sizes=ignore_mismatched_sizes)
 
     def load_adapter_state(self, tensors: dict[str, torch.Tensor], adapter_name: str, source: str,
-                           any_bias: bool = False) -> None:
+                           any_bias: bool = False, ignore_mismatched_sizes: bool = False) -> None:
         """Copy an adapter's tensors, under the file's keys, into adapter ``adapter_name``.
 
         Biases load only where the adapter's config trains them, unless ``any_bias`` (PEFT's
@@ -731,7 +737,8 @@ class PeftModel(nn.Module):
         allowed = set(self.adapter_state_dict(adapter_name))
         if any_bias:
             allowed |= {k for k in tensors if k.endswith(".bias")}
-        surgery.load_tensors(self, fmt.to_model_keys(self, adapter_name, tensors, source=source, allowed=allowed))
+        surgery.load_tensors(self, fmt.to_model_keys(self, adapter_name, tensors, source=source, allowed=allowed,
+                                                     ignore_mismatched_sizes=ignore_mismatched_sizes))
 
     # ----- PEFT's names for what the model holds ------------------------------------------------------------
 

@@ -46,12 +46,17 @@ def is_quantized(weight: torch.Tensor) -> bool:
 
 
 def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing: bool = True,
-                                    gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> nn.Module:
+                                    gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                    auto_clear_cache: bool = True) -> nn.Module:
     """Ready a quantized base for adapter training, as PEFT's function of the same name does.
 
     Freezes every weight, keeps the unquantized half-precision ones (norms, embeddings, head) in fp32 for
     stable training, and with ``use_gradient_checkpointing`` turns checkpointing on with inputs that
     require grad (so gradients reach adapters behind frozen, checkpointed blocks).
+
+    Args:
+        auto_clear_cache: empty the accelerator's caching allocator after the fp32 casts, giving back the
+            memory the half-precision copies held (it matters where host and accelerator share memory).
 
     Returns:
         ``model``, changed in place.
@@ -60,6 +65,10 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
         param.requires_grad_(False)
         if param.dtype in (torch.float16, torch.bfloat16) and not is_quantized(param):
             param.data = param.data.float()
+    if auto_clear_cache and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if auto_clear_cache and hasattr(torch, "xpu") and torch.xpu.is_available():
+        torch.xpu.empty_cache()
     if use_gradient_checkpointing:
         enable = getattr(model, "enable_input_require_grads", None)
         if enable is not None:

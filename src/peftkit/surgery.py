@@ -112,6 +112,11 @@ def _regex(kind: str, pattern: str, key: str) -> Any:
         raise ConfigError(f"the pattern {short_repr(pattern)} is not a valid regular expression: {err}") from err
 
 
+def _shown(spec: Any) -> str:
+    """A names field for a message: a set as a sorted list, so the message reads the same on every run."""
+    return repr(sorted(spec) if isinstance(spec, set) else spec)
+
+
 def _matches(spec: list[str] | set[str] | str, key: str) -> bool:
     """PEFT's rule: a string is a regex that must match the whole name; a list matches a name or a suffix."""
     if isinstance(spec, str):
@@ -248,7 +253,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
     keys = [name for name in candidates if is_target(config, name)]
     if not keys:
         raise TargetNotFoundError(
-            f"target_modules={config.target_modules!r} matches no layer of {type(model).__name__}. "
+            f"target_modules={_shown(config.target_modules)} matches no layer of {type(model).__name__}. "
             f"Layer names this model has: {', '.join(_suggest_targets(model))}."
         )
     if user_given:  # checked before any change, so a typo leaves the model untouched
@@ -326,7 +331,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[s
     keys = [name for name, _ in _candidate_modules(model) if is_target(config, name)]
     if not keys:
         raise TargetNotFoundError(
-            f"target_modules={config.target_modules!r} matches no layer of {type(model).__name__}. "
+            f"target_modules={_shown(config.target_modules)} matches no layer of {type(model).__name__}. "
             f"Layer names this model has: {', '.join(_suggest_targets(model))}."
         )
     conv1d = _conv1d_type()
@@ -354,7 +359,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[s
 def _warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str]) -> None:
     """PEFT's warning when ``exclude_modules`` excludes nothing (a typo there would otherwise pass silently)."""
     if config.exclude_modules and not any(_matches(config.exclude_modules, k) for k in candidates):
-        warnings.warn(f"You have passed exclude_modules={config.exclude_modules} but no modules were excluded. "
+        warnings.warn(f"You have passed exclude_modules={_shown(config.exclude_modules)} but no modules were excluded. "
                       "Please check that exclude_modules was set correctly.", stacklevel=4)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from peftkit import (
     AdapterFormatError,
+    AdapterShapeError,
     ConfigError,
     DataError,
     LoraConfig,
@@ -642,7 +643,7 @@ CASES = [
     # adapters
     Case("adapter-folder-missing", "generate with an adapter folder that does not exist", {},
          ["generate", "{model}", "hi", "--adapter-path", "{tmp}/no-adapter"], AdapterFormatError, 2, "no-adapter"),
-    Case("adapter-other-size", "an adapter from a model of another width", {}, None, AdapterFormatError, 2,
+    Case("adapter-other-size", "an adapter from a model of another width", {}, None, AdapterShapeError, 2,
          "q_proj", api=adapter_other_size),
     Case("adapter-other-arch", "a Llama adapter on GPT-2", {}, None, TargetNotFoundError, 2, "q_proj",
          api=adapter_other_arch),

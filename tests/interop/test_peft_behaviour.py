@@ -15,6 +15,7 @@ from typing import Any
 import peft
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import peftkit
@@ -333,3 +334,21 @@ def test_model_card_keeps_a_users_card_and_fills_the_hub_template(lib: types.Mod
         assert "meta: hello" in card and "---\nThis is a model card\n" in card  # PEFT appends its version
     else:
         assert "## Training Details" in card and len(card) > 1000  # the Hub's template, as PEFT writes it
+
+
+def test_a_resized_embedding_is_refused_unless_mismatched_sizes_are_ignored(lib: types.ModuleType,
+                                                                           tmp_path: Any) -> None:
+    def model(vocab: int) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(vocab, 5), nn.Linear(5, 3))
+
+    lib.get_peft_model(model(100), lib.LoraConfig(target_modules=["0", "1"], init_lora_weights=False)
+                       ).save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="size mismatch") as err:
+        lib.PeftModel.from_pretrained(model(105), tmp_path)
+    assert "100" in str(err.value) and "105" in str(err.value)
+    with pytest.warns(UserWarning, match="ignore_mismatched_sizes=True"):
+        loaded = lib.PeftModel.from_pretrained(model(105), tmp_path, ignore_mismatched_sizes=True)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    linear = loaded.get_base_model()[1]  # the linear layer still gets its tensors
+    torch.testing.assert_close(linear.lora_A["default"].weight, saved["base_model.model.1.lora_A.weight"])

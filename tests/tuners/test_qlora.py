@@ -134,3 +134,13 @@ def test_full_fine_tuning_of_a_4bit_base_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="a 4-bit base cannot be fully fine-tuned"):
         JobConfig(method="full", quantization="nf4", data={"path": "x.csv"})
+
+
+@pytest.mark.parametrize("clear", [True, False])
+def test_prepare_gives_back_the_accelerator_cache_unless_asked_not_to(clear: bool) -> None:
+    from unittest import mock
+
+    model = torch.nn.Linear(4, 4).half()
+    with mock.patch("torch.cuda.is_available", return_value=True), mock.patch("torch.cuda.empty_cache") as empty:
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=False, auto_clear_cache=clear)
+    assert empty.call_count == int(clear) and model.weight.dtype == torch.float32
