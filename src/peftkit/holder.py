@@ -92,7 +92,7 @@ class BaseModelHolder(nn.Module):
 
     @property
     def targeted_module_names(self) -> list[str]:
-        return surgery.adapted_layer_names(self.model)
+        return list(self._peft().targeted_module_names)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)

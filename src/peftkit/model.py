@@ -80,6 +80,7 @@ class PeftModel(nn.Module):
         self.active_adapter = adapter_name
         self._also_active: list[str] = []  # adapters applied together with active_adapter (base_model.set_adapter)
         self._disabled = False
+        self._targeted: list[str] = []  # adapted layer names in the order adapters first reached them (PEFT's)
         self.register_state_dict_post_hook(_drop_tied_aliases)
         self.add_adapter(adapter_name, peft_config)
         self.set_adapter(adapter_name)
@@ -260,6 +261,7 @@ class PeftModel(nn.Module):
             config.modules_to_save = list(dict.fromkeys(modules))
             surgery.add_modules_to_save(base, config.modules_to_save, adapter_name)
         self.peft_config[adapter_name] = config
+        self._targeted += [n for n in surgery.adapted_layer_names(base) if n not in self._targeted]
         if not autocast_adapter_dtype:
             surgery.cast_adapter_to_layers(base, adapter_name)
         if low_cpu_mem_usage:  # empty until loaded (load_adapter, set_peft_model_state_dict), as in PEFT
@@ -764,8 +766,10 @@ class PeftModel(nn.Module):
 
     @property
     def targeted_module_names(self) -> list[str]:
-        """The names of the base model's layers that hold an adapter (PEFT's attribute of the same name)."""
-        return surgery.adapted_layer_names(self.get_base_model())
+        """The names of the base model's layers that hold an adapter, in the order the adapters first reached
+        them (PEFT's attribute of the same name; layers of deleted adapters are left out)."""
+        held = surgery.adapted_layer_names(self.get_base_model())
+        return [n for n in self._targeted if n in held] + [n for n in held if n not in self._targeted]
 
 
 def _is_transformers_model(model: nn.Module) -> bool:

@@ -352,3 +352,10 @@ def test_a_resized_embedding_is_refused_unless_mismatched_sizes_are_ignored(lib:
     saved = load_file(tmp_path / "adapter_model.safetensors")
     linear = loaded.get_base_model()[1]  # the linear layer still gets its tensors
     torch.testing.assert_close(linear.lora_A["default"].weight, saved["base_model.model.1.lora_A.weight"])
+
+
+def test_targeted_module_names_keep_the_order_adapters_reached_them(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), lib.LoraConfig(target_modules=["1"]))
+    model.add_adapter("other", lib.LoraConfig(target_modules=["0", "1"]))
+    assert model.targeted_module_names == ["1", "0"]
+    assert model.base_model.targeted_module_names == ["1", "0"]
