@@ -62,8 +62,7 @@ MISSING_RE = re.compile(r"(peft[\w.]*\.\w+) is not in peftkit")
 ATTRIBUTE_RE = re.compile(r"'(\w+)' object has no attribute '(\w+)'")
 UNSUPPORTED_RE = re.compile(r"is a PEFT feature peftkit does not support|is not supported|peftkit supports it on "
                             r"linear layers only|cannot be combined with use_dora|init_lora_weights='\w+' is not|"
-                            r"which LoRA cannot adapt|safe_serialization=False would write a pickle|"
-                            r"save_embedding_layers=True: peftkit")
+                            r"which LoRA cannot adapt|safe_serialization=False would write a pickle")
 # pytest >= 8.4 reports a ``pytest.raises(..., match=)`` whose exception came but whose message differs as a
 # bare AssertionError with a diff, under the ``>`` line that holds the ``pytest.raises`` call.
 RAISES_MATCH_RE = re.compile(r"^>.*pytest\.raises\(.*match=.*\n(?:[^E\n].*\n)*?E\s+AssertionError: *\n", re.MULTILINE)

@@ -234,8 +234,9 @@ def to_model_keys(
         if model_key is None and file_key in state:
             raise AdapterFormatError(
                 f"{source}: tensor {file_key!r} names a weight of the base model, not of the adapter; loading it "
-                "would overwrite the base model. An adapter file holds only the adapter's own tensors: this file "
-                "was made by another tool or tampered with.")
+                "would overwrite the base model. An adapter file holds only the adapter's own tensors (and the "
+                "embedding weights, which PEFT saves beside some adapters): this file was made by another tool or "
+                "tampered with.")
         if model_key is None:
             unexpected.append(file_key)
             continue
@@ -279,7 +280,7 @@ def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: d
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        contiguous = _unshared({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
         with atomic_write(folder / WEIGHTS_NAME) as tmp:
             save_file(contiguous, tmp, metadata={"format": "pt"})
         with atomic_write(folder / CONFIG_NAME) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -289,6 +290,18 @@ def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: d
             f"cannot write the adapter to {folder}: {err.strerror or err}. "
             "Check that the folder is writable and the disk has space; any earlier adapter there is intact."
         ) from err
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies for tensors that share memory with an earlier one (tied input and output embeddings), which
+    safetensors refuses to write as they are."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        storage = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
+    return out
 
 
 def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfig] = PeftConfig) -> PeftConfig:

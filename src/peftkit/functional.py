@@ -18,6 +18,7 @@ from . import format as fmt
 from . import surgery
 from .checks import check_adapter_name
 from .config import IA3Config, LoraConfig, PeftConfig
+from .embeddings import embedding_state
 from .errors import ConfigError
 from .model import PeftModel
 
@@ -74,12 +75,12 @@ def _config(model: nn.Module, adapter_name: str) -> PeftConfig | None:
 def get_peft_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None,
                               adapter_name: str = "default", unwrap_compiled: bool = False,
                               save_embedding_layers: str | bool = "auto") -> dict[str, torch.Tensor]:
-    """The tensors of adapter ``adapter_name`` under the keys ``adapter_model.safetensors`` uses."""
-    if save_embedding_layers is True:
-        raise ConfigError("save_embedding_layers=True: peftkit does not resize embeddings; leave it at 'auto'")
+    """The tensors of adapter ``adapter_name`` under the keys ``adapter_model.safetensors`` uses (with the base
+    model's embedding weights per ``save_embedding_layers``, as PEFT decides it)."""
     model = _unwrap(model)
     if isinstance(model, PeftModel):
-        return model.adapter_state_dict(adapter_name)
+        return {**model.adapter_state_dict(adapter_name),
+                **embedding_state(model, model.peft_config[adapter_name], save_embedding_layers)}
     return fmt.lora_state_dict(model, adapter_name, getattr(_config(model, adapter_name), "bias", "none"))
 
 

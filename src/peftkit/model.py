@@ -35,6 +35,7 @@ from .config import (
     PromptLearningConfig,
     TaskType,
 )
+from .embeddings import embedding_keys, embedding_state
 from .errors import (
     AdapterNotFoundError,
     AdapterStateError,
@@ -591,10 +592,12 @@ class PeftModel(nn.Module):
         """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
 
         Only safetensors are written (``safe_serialization=False`` is refused: pickles can run code). Each
-        file is replaced atomically. ``save_embedding_layers`` is accepted with PEFT's values: peftkit never
-        resizes embeddings, so there is nothing extra to save, and ``True`` is refused.
+        file is replaced atomically.
 
         Args:
+            save_embedding_layers: also save the base model's embedding weights, as PEFT does: ``"auto"`` when
+                an adapter adapts an embedding layer or the vocabulary was resized, ``True`` always (see
+                :func:`peftkit.embeddings.embedding_state`).
             path_initial_model_for_weight_conversion: for a PiSSA/OLoRA adapter, the folder where it was saved
                 right after initialization. The adapter is then written as a plain LoRA adapter of twice the
                 rank that applies to the original base weights (``[A | A0]``, ``[B | -B0]``), as PEFT does.
@@ -602,9 +605,6 @@ class PeftModel(nn.Module):
         if not safe_serialization:
             raise ConfigError("safe_serialization=False would write a pickle (adapter_model.bin), which can run code "
                               "when loaded; peftkit writes safetensors only, which PEFT and transformers read")
-        if save_embedding_layers is True:
-            raise ConfigError("save_embedding_layers=True: peftkit does not train or resize embedding layers, so "
-                              "there is nothing to add to the adapter; leave it at 'auto'")
         if not is_main_process:
             return
         names = selected_adapters or list(self.peft_config)
@@ -612,6 +612,7 @@ class PeftModel(nn.Module):
             config = self._require(name).replace()
             tensors = self.adapter_state_dict(name)
             check_saveable(name, config, tensors)
+            tensors.update(embedding_state(self, config, save_embedding_layers))
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
             if config.base_model_name_or_path is None:
                 config.base_model_name_or_path = self.name_or_path or None
@@ -736,7 +737,7 @@ class PeftModel(nn.Module):
                                              "adapter was saved from a diverged run or the file is damaged")
             prompting.load_embeddings(self.prompt_encoder[adapter_name], prompt, source=source)
             tensors = fmt.rebase_prompt_keys(tensors, to_file=False)
-        allowed = set(self.adapter_state_dict(adapter_name))
+        allowed = set(self.adapter_state_dict(adapter_name)) | embedding_keys(self)  # PEFT saves embeddings
         if any_bias:
             allowed |= {k for k in tensors if k.endswith(".bias")}
         surgery.load_tensors(self, fmt.to_model_keys(self, adapter_name, tensors, source=source, allowed=allowed,

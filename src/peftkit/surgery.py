@@ -33,6 +33,7 @@ __all__ = [
     "inject_lora",
     "is_target",
     "mark_trainable",
+    "matches_target",
     "merge",
     "resolve_target_modules",
     "set_active",
@@ -117,7 +118,7 @@ def _shown(spec: Any) -> str:
     return repr(sorted(spec) if isinstance(spec, set) else spec)
 
 
-def _matches(spec: list[str] | set[str] | str, key: str) -> bool:
+def matches_target(spec: list[str] | set[str] | str, key: str) -> bool:
     """PEFT's rule: a string is a regex that must match the whole name; a list matches a name or a suffix."""
     if isinstance(spec, str):
         return _regex("full", spec, key) is not None
@@ -139,11 +140,11 @@ def _layer_index(config: LoraConfig, key: str) -> int | None:
 
 def is_target(config: LoraConfig | IA3Config, key: str) -> bool:
     """Whether the module named ``key`` is adapted under ``config`` (PEFT's ``check_target_module_exists``)."""
-    if config.exclude_modules and _matches(config.exclude_modules, key):
+    if config.exclude_modules and matches_target(config.exclude_modules, key):
         return False
     if config.modules_to_save and any(_regex("match", rf"(^|.*\.){m}($|\..*)", key) for m in config.modules_to_save):
         return False
-    if config.target_modules is None or not _matches(config.target_modules, key):
+    if config.target_modules is None or not matches_target(config.target_modules, key):
         return False
     layers = getattr(config, "layers_to_transform", None)
     if layers is None or isinstance(config.target_modules, str) or key in config.target_modules:
@@ -358,7 +359,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[s
 
 def _warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str]) -> None:
     """PEFT's warning when ``exclude_modules`` excludes nothing (a typo there would otherwise pass silently)."""
-    if config.exclude_modules and not any(_matches(config.exclude_modules, k) for k in candidates):
+    if config.exclude_modules and not any(matches_target(config.exclude_modules, k) for k in candidates):
         warnings.warn(f"You have passed exclude_modules={_shown(config.exclude_modules)} but no modules were excluded. "
                       "Please check that exclude_modules was set correctly.", stacklevel=4)
 
@@ -377,7 +378,7 @@ def _check_target_list(model: nn.Module, config: LoraConfig, candidates: list[st
 
 def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -> list[str]:
     """Give each module named (or suffixed) in ``names`` a trainable copy for ``adapter_name``."""
-    keys = [k for k, _ in _candidate_modules(model) if _matches(names, k)]
+    keys = [k for k, _ in _candidate_modules(model) if matches_target(names, k)]
     if not keys:
         raise TargetNotFoundError(
             f"modules_to_save={names!r} matches no module of {type(model).__name__}; "

@@ -351,15 +351,18 @@ def adapter_weights_inf(tmp: Path) -> None:
 def adapter_names_base_weight(tmp: Path) -> None:
     base = tiny_model("llama")
 
+    # (the embedding weights are the one exception: PEFT saves them beside an adapter of a resized vocabulary)
+    weight = base.model.layers[0].mlp.down_proj.weight
+
     def poison(tensors: dict[str, torch.Tensor]) -> None:
-        tensors["base_model.model.model.embed_tokens.weight"] = torch.zeros_like(base.model.embed_tokens.weight)
+        tensors["base_model.model.model.layers.0.mlp.down_proj.weight"] = torch.zeros_like(weight)
 
     folder = _edit_weights(tmp, poison)
-    before = base.model.embed_tokens.weight.clone()
+    before = weight.clone()
     try:
         PeftModel.from_pretrained(base, folder)
     finally:
-        assert torch.equal(base.model.embed_tokens.weight, before)
+        assert torch.equal(base.model.layers[0].mlp.down_proj.weight, before)
 
 
 def prompt_weights_nan(tmp: Path) -> None:

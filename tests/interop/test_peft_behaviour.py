@@ -359,3 +359,29 @@ def test_targeted_module_names_keep_the_order_adapters_reached_them(lib: types.M
     model.add_adapter("other", lib.LoraConfig(target_modules=["0", "1"]))
     assert model.targeted_module_names == ["1", "0"]
     assert model.base_model.targeted_module_names == ["1", "0"]
+
+
+@pytest.mark.parametrize("saver", ["peft", "peftkit"])
+def test_an_adapted_embedding_travels_with_its_base_weights(saver: str, tmp_path: Any) -> None:
+    ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    writer, reader = (peft, peftkit) if saver == "peft" else (peftkit, peft)
+    torch.manual_seed(0)
+    model = writer.get_peft_model(tiny_model("llama"), writer.LoraConfig(
+        r=2, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False))
+    with torch.no_grad():  # an embedding that differs from the base's, as a resized or trained one does
+        model.get_base_model().model.embed_tokens.base_layer.weight.mul_(1.5)
+    with pytest.warns(UserWarning, match="Setting `save_embedding_layers` to `True`"):
+        model.save_pretrained(tmp_path)
+    assert "base_model.model.model.embed_tokens.base_layer.weight" in load_file(tmp_path / "adapter_model.safetensors")
+    loaded = reader.PeftModel.from_pretrained(tiny_model("llama"), tmp_path).eval()
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+
+
+def test_tied_embeddings_saved_beside_an_adapter_are_written_once_each(tmp_path: Any) -> None:
+    base = tiny_model("llama")
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    model = peftkit.get_peft_model(base, peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path, save_embedding_layers=True)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert torch.equal(saved["base_model.model.model.embed_tokens.weight"], saved["base_model.model.lm_head.weight"])
