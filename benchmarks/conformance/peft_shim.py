@@ -33,6 +33,8 @@ ALIASES: dict[str, str] = {
     "PromptEncoder": "peftkit.tuners.prompt:PromptEncoder",
     "PrefixEncoder": "peftkit.tuners.prompt:PrefixEncoder",
     "INCLUDE_LINEAR_LAYERS_SHORTHAND": "=all-linear",
+    "_find_minimal_target_modules": "peftkit.surgery:minimal_target_modules",
+    "MIN_TARGET_MODULES_FOR_OPTIMIZATION": "peftkit.surgery:MIN_TARGET_MODULES_FOR_OPTIMIZATION",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import torch
@@ -240,6 +240,54 @@ def _candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         yield name, module
 
 
+MIN_TARGET_MODULES_FOR_OPTIMIZATION = 20
+"""PEFT's threshold: a target list at least this long is recorded as the fewest name suffixes that pick the
+same layers (a list of hundreds of full names, as tools that infer targets from a state dict write, slows
+every later match and bloats ``adapter_config.json``)."""
+
+
+def minimal_target_modules(targets: Iterable[str], others: Iterable[str]) -> set[str]:
+    """The fewest name suffixes (``a.b.c``: ``c``, ``b.c``, ``a.b.c``) that match every name in ``targets`` and
+    no name in ``others``; each target contributes its shortest suffix that no other name ends with, unless a
+    suffix chosen before already matches it.
+
+    Raises:
+        ValueError: ``targets`` is a string, empty or holds an empty name, or shares a name with ``others``.
+    """
+    if isinstance(targets, str) or not targets:
+        raise ValueError("target_modules should be a list or set of strings.")
+    wanted, rest = sorted(set(targets)), set(others)
+    if "" in wanted:
+        raise ValueError("target_modules should not contain an empty string.")
+    if rest.intersection(wanted):
+        raise ValueError(f"target_modules and other_module_names contain common elements: "
+                         f"{sorted(rest.intersection(wanted))[:3]}; a name cannot be both targeted and not")
+
+    def suffixes(name: str) -> list[str]:  # shortest first
+        parts = name.split(".")
+        return [".".join(parts[i:]) for i in range(len(parts) - 1, -1, -1)]
+
+    taken = {suffix for name in rest for suffix in suffixes(name)}
+    chosen: set[str] = set()
+    for name in wanted:
+        if not any(name == c or name.endswith(f".{c}") for c in chosen):
+            chosen.add(next(s for s in suffixes(name) if s not in taken))  # the full name is never taken
+    return chosen
+
+
+def _shorten_targets(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
+    """Record a long target list as its minimal suffixes, as PEFT does (same layers, a shorter config)."""
+    targets = config.target_modules
+    if not isinstance(targets, (list, set)) or len(targets) < MIN_TARGET_MODULES_FOR_OPTIMIZATION:
+        return
+    if config.layers_to_transform is not None:  # the layer filter applies on top of the names: keep them
+        return
+    adapted = set(keys)
+    shorter = minimal_target_modules(keys, [name for name, _ in model.named_modules() if name not in adapted])
+    if len(shorter) < len(targets):
+        config.target_modules = shorter
+
+
 def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
     """Add LoRA adapter ``adapter_name`` to every layer ``config`` targets, wrapping plain layers.
 
@@ -273,6 +321,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
         raise ConfigError(f"init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D "
                           f"({transposed[0]!r}); use 'pissa' there")
     _check_lora_size(model, config, keys)
+    _shorten_targets(model, config, keys)
     for key in keys:
         module = model.get_submodule(key)
         layer = module if isinstance(module, LoraLayer) else _wrap(module, key, config)

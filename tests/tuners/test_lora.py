@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,3 +243,29 @@ def test_autocast_with_a_bf16_input_matches_an_fp32_input_and_backpropagates(dor
     grads = [p.grad.clone() for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight)]
     assert all(g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
     torch.testing.assert_close(out.float(), reference.float(), atol=5e-2, rtol=5e-2)
+
+
+def test_a_long_target_list_is_recorded_as_its_shortest_suffixes(tmp_path: Path) -> None:
+    from peftkit import LoraConfig, PeftModel, get_peft_model
+    from peftkit.surgery import MIN_TARGET_MODULES_FOR_OPTIMIZATION, minimal_target_modules
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        blocks = nn.ModuleList(nn.ModuleDict({"q": nn.Linear(4, 4), "v": nn.Linear(4, 4), "k": nn.Linear(4, 4)})
+                               for _ in range(MIN_TARGET_MODULES_FOR_OPTIMIZATION))
+        single = nn.ModuleList([nn.ModuleDict({"q": nn.Linear(4, 4)})])  # "q" alone would pick it too
+        return nn.ModuleDict({"blocks": blocks, "single_blocks": single})
+
+    full = [f"blocks.{i}.{p}" for i in range(MIN_TARGET_MODULES_FOR_OPTIMIZATION) for p in ("q", "v")]
+    peft_model = get_peft_model(model(), LoraConfig(target_modules=full))
+    # "q" alone would also pick single_blocks.0.q, so the q layers keep the shortest suffix that does not
+    # ("0.q" also ends single_blocks.0.q; "10.q" is not a suffix of it, names being split at the dots)
+    expected = {"blocks.0.q", *{f"{i}.q" for i in range(1, MIN_TARGET_MODULES_FOR_OPTIMIZATION)}, "v"}
+    assert peft_model.peft_config["default"].target_modules == expected
+    assert sorted(peft_model.targeted_module_names) == sorted(full)  # the same layers as the full list
+    peft_model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(model(), tmp_path)
+    assert sorted(loaded.targeted_module_names) == sorted(full)
+    assert minimal_target_modules([f"a.{i}.q_proj" for i in range(3)], ["a.0.k_proj"]) == {"q_proj"}
+    with pytest.raises(ValueError, match="common elements"):
+        minimal_target_modules(["a.q"], ["a.q"])
