@@ -183,11 +183,14 @@ def _is_adapter_param(key: str, adapter_name: str) -> bool:
     return False
 
 
-def lora_state_dict(model: torch.nn.Module, adapter_name: str, bias: str) -> dict[str, torch.Tensor]:
-    """The tensors of a LoRA-style adapter under PEFT's file keys (biases per the config's ``bias``)."""
+def lora_state_dict(model: torch.nn.Module, adapter_name: str, bias: str,
+                    state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA-style adapter under PEFT's file keys (biases per the config's ``bias``), taken from
+    ``state`` when given (a whole model's state dict, as Trainer passes one gathered from shards)."""
     # Parameters and buffers rather than state_dict(): the same tensors (tied aliases listed once), and under
     # FSDP's full_parameters() the whole ones, where state_dict() would return shards.
-    state = {**dict(model.named_buffers()), **{k: p.detach() for k, p in model.named_parameters()}}
+    if state is None:
+        state = {**dict(model.named_buffers()), **{k: p.detach() for k, p in model.named_parameters()}}
     out = {checkpoint_key(k, adapter_name): v for k, v in state.items() if _is_adapter_param(k, adapter_name)}
     if bias == "all":
         out.update({k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k})

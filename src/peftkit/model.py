@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
-from . import prompting, surgery
+from . import prompting, surgery, trainer_support
 from .checks import (
     check_adapter_name,
     check_finite_weights,
@@ -83,6 +83,7 @@ class PeftModel(nn.Module):
         self._disabled = False
         self._targeted: list[str] = []  # adapted layer names in the order adapters first reached them (PEFT's)
         self.register_state_dict_post_hook(_drop_tied_aliases)
+        trainer_support.install()  # transformers.Trainer checkpoints and losses as for PEFT's models
         self.add_adapter(adapter_name, peft_config)
         self.set_adapter(adapter_name)
 
@@ -141,12 +142,23 @@ class PeftModel(nn.Module):
     def _keys_to_ignore_on_save(self) -> Any:
         return getattr(self.get_base_model(), "_keys_to_ignore_on_save", None)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
-        """Checkpoint activations of the base model; inputs get grads so frozen layers still backpropagate."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      **kwargs: Any) -> None:
+        """Checkpoint activations of the base model; inputs get grads so frozen layers still backpropagate.
+        ``kwargs`` (``every_n_layers``, ``offload``) go to the base model's method, as Trainer passes them."""
         base: Any = self.get_base_model()
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers 5.24 name; the old one warns
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs,
+                                                 **kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
         if hasattr(base, "enable_input_require_grads"):
             base.enable_input_require_grads()
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                        **kwargs: Any) -> None:
+        """transformers' newer name of :meth:`gradient_checkpointing_enable` (what Trainer calls)."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
         base: Any = self.get_base_model()
@@ -571,10 +583,12 @@ class PeftModel(nn.Module):
 
     # ----- files -------------------------------------------------------------------------------------
 
-    def adapter_state_dict(self, adapter_name: str) -> dict[str, torch.Tensor]:
-        """The tensors that :meth:`save_pretrained` writes for ``adapter_name``, under PEFT's keys."""
+    def adapter_state_dict(self, adapter_name: str,
+                           state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The tensors that :meth:`save_pretrained` writes for ``adapter_name``, under PEFT's keys (read from
+        ``state_dict``, a whole model's, when given)."""
         config = self._require(adapter_name)
-        tensors = fmt.lora_state_dict(self, adapter_name, getattr(config, "bias", "none"))
+        tensors = fmt.lora_state_dict(self, adapter_name, getattr(config, "bias", "none"), state_dict)
         if adapter_name in self.prompt_encoder:
             tensors = fmt.rebase_prompt_keys(tensors, to_file=True)
             tensors[fmt.PROMPT_KEY] = prompting.embeddings_to_save(self.prompt_encoder[adapter_name])
@@ -588,6 +602,7 @@ class PeftModel(nn.Module):
         path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
         safe_serialization: bool = True,
         save_embedding_layers: str | bool = "auto",
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
 
@@ -595,6 +610,8 @@ class PeftModel(nn.Module):
         file is replaced atomically.
 
         Args:
+            state_dict: the whole model's state dict to take the adapters' tensors from (Trainer passes one it
+                gathered from FSDP or DeepSpeed shards); by default the model's own parameters.
             save_embedding_layers: also save the base model's embedding weights, as PEFT does: ``"auto"`` when
                 an adapter adapts an embedding layer or the vocabulary was resized, ``True`` always (see
                 :func:`peftkit.embeddings.embedding_state`).
@@ -610,7 +627,7 @@ class PeftModel(nn.Module):
         names = selected_adapters or list(self.peft_config)
         for name in names:
             config = self._require(name).replace()
-            tensors = self.adapter_state_dict(name)
+            tensors = self.adapter_state_dict(name, state_dict)
             check_saveable(name, config, tensors)
             tensors.update(embedding_state(self, config, save_embedding_layers))
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
@@ -698,13 +715,17 @@ class PeftModel(nn.Module):
         folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
         config = fmt.read_adapter_config(folder)
         config.inference_mode = not is_trainable
-        self.add_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage,
-                         autocast_adapter_dtype=autocast_adapter_dtype)
-        try:
-            self._load_weights(folder, adapter_name, ignore_mismatched_sizes)
-        except Exception:
-            self.delete_adapter(adapter_name)  # leave the model as it was
-            raise
+        if adapter_name in self.peft_config:  # new weights for an adapter it holds (Trainer's resume), as in PEFT
+            self._load_weights(folder, adapter_name, ignore_mismatched_sizes)  # checked whole before any copy
+            self.peft_config[adapter_name].inference_mode = not is_trainable
+        else:
+            self.add_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage,
+                             autocast_adapter_dtype=autocast_adapter_dtype)
+            try:
+                self._load_weights(folder, adapter_name, ignore_mismatched_sizes)
+            except Exception:
+                self.delete_adapter(adapter_name)  # leave the model as it was
+                raise
         if adapter_name == self.active_adapter:
             self.set_adapter(adapter_name)
         if not is_trainable:

@@ -7,6 +7,7 @@ tiny BLOOM with the offline MiniLM tokenizer and the shared CSV copy of the data
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +82,14 @@ def test_seed_lora_notebook(foundation_model, tokenizer, data_dir, tmp_path):
     peft_model_path = os.path.join(output_directory, "lora_model")
     trainer.model.save_pretrained(peft_model_path)
     trainer.save_model(os.path.join(output_directory, "trainer_save"))
+    # Trainer's checkpoints and save_model hold the adapter alone, in PEFT's layout (not the whole model)
+    checkpoints = [p for p in Path(output_directory).iterdir() if p.name.startswith("checkpoint-")]
+    adapter_bytes = sum(p.numel() * p.element_size() for p in peft_model.parameters() if p.requires_grad)
+    for folder in [*checkpoints, Path(output_directory) / "trainer_save"]:
+        names = {p.name for p in folder.iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= names and "model.safetensors" not in names
+        assert (folder / "adapter_model.safetensors").stat().st_size < adapter_bytes + 10_000
+    assert checkpoints, "the run saves a checkpoint at its end"
 
     input_sentences = tokenizer("I want you to act as a motivational coach. ", return_tensors="pt")
     input_sentences.pop("token_type_ids")

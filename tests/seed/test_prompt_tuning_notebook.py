@@ -96,6 +96,11 @@ def test_seed_prompt_tuning_notebook(foundational_model, tokenizer, data_dir, tm
                                     train_sample_prompt, tokenizer)
     trainer_prompt.train()
     trainer_prompt.model.save_pretrained(output_directory_prompt)
+    checkpoints = [f for f in os.listdir(output_directory_prompt) if f.startswith("checkpoint-")]
+    assert checkpoints  # each holds the prompt adapter alone, in PEFT's layout
+    for name in checkpoints:
+        files = set(os.listdir(os.path.join(output_directory_prompt, name)))
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
 
     peft_model_sentences = get_peft_model(foundational_model, classification_config)
     output_directory_sentences = os.path.join(tmp_path, "peft_outputs_sentences")
