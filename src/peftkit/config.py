@@ -33,6 +33,7 @@ __all__ = [
     "PromptTuningInit",
     "TaskType",
     "config_from_dict",
+    "get_peft_config",
 ]
 
 CONFIG_NAME = "adapter_config.json"
@@ -659,6 +660,12 @@ def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str 
     if not issubclass(cls, expected):
         raise ConfigError(f"peft_type={peft_type!r} does not fit {expected.__name__}", source=source)
     return cls
+
+
+def get_peft_config(config_dict: dict[str, Any]) -> PeftConfig:
+    """The config that ``config_dict["peft_type"]`` names, built from the mapping (PEFT's function of the same
+    name); an unknown key is refused, as PEFT's config constructors refuse it."""
+    return config_from_dict(config_dict, strict=True)
 
 
 def config_to_json(config: PeftConfig) -> str:

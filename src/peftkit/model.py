@@ -872,6 +872,16 @@ class PeftModelForTokenClassification(PeftModelForSequenceClassification):
     task_type = TaskType.TOKEN_CLS
 
 
+class PeftModelForQuestionAnswering(PeftModel):
+    """Adapters on an extractive question-answering model; its span head (``qa_outputs``) trains in full, as in
+    PEFT."""
+
+    task_type = TaskType.QUESTION_ANS
+
+    def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
+        return ["qa_outputs"] if isinstance(getattr(base, "qa_outputs", None), nn.Module) else []
+
+
 class PeftModelForFeatureExtraction(PeftModel):
     """Adapters on an encoder used for embeddings (``AutoModel``)."""
 
@@ -883,6 +893,7 @@ TASK_MODEL_CLASSES: dict[TaskType, type[PeftModel]] = {
     TaskType.SEQ_2_SEQ_LM: PeftModelForSeq2SeqLM,
     TaskType.SEQ_CLS: PeftModelForSequenceClassification,
     TaskType.TOKEN_CLS: PeftModelForTokenClassification,
+    TaskType.QUESTION_ANS: PeftModelForQuestionAnswering,
     TaskType.FEATURE_EXTRACTION: PeftModelForFeatureExtraction,
 }
 

@@ -162,7 +162,8 @@ def load_model(
         model = auto_cls.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
                                          **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"cannot load model {os.fspath(name_or_path)!r} as {task_type.value}: {err}") from err
+        raise ModelLoadError(f"cannot load model {os.fspath(name_or_path)!r} as {task_type.value}: {err}"
+                             f"{_packaged_hint(os.fspath(name_or_path))}") from err
     except RuntimeError as err:
         if quantization is None:
             raise
@@ -177,6 +178,15 @@ def load_model(
         model.name_or_path = alias.hub_id
         model.config._name_or_path = alias.hub_id
     return model
+
+
+def _packaged_hint(name: str) -> str:
+    """For a hub id that peftkit also packages (what its adapters record), how to load the local copy."""
+    for alias, entry in PACKAGED_MODELS.items():
+        if entry.hub_id == name and _package_dir(entry.package) is not None:
+            return (f"\npeftkit packages this model as {alias!r} ({entry.description}; `make demo` trains on it): "
+                    f"without a network, pass {alias!r} as the model instead")
+    return ""
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
