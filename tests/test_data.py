@@ -12,6 +12,7 @@ from peftkit.data import (
     Example,
     build_example,
     collate,
+    detect_format,
     load_rows,
     load_task_data,
     render_template,
@@ -218,3 +219,31 @@ def test_seed_ethos_file_reads_with_its_semicolons(data_dir: Path, chars) -> Non
     data = load_task_data(cfg, chars, seed=0)
     labels = [e.label_index for e in data.train + data.val]
     assert len(labels) == 998 and labels.count(0) == 433
+
+
+@pytest.mark.parametrize("shape", ["dataset", "dict"])
+def test_a_save_to_disk_folder_is_read_like_a_file(tmp_path: Path, shape: str) -> None:
+    import datasets
+
+    rows = [{"text": "a good film", "label": "pos"}, {"text": "a dull film", "label": "neg"}]
+    data = datasets.Dataset.from_list(rows)
+    (datasets.DatasetDict({"train": data, "test": data}) if shape == "dict" else data).save_to_disk(tmp_path / "d")
+    assert detect_format(tmp_path / "d") == "disk"
+    assert load_rows(tmp_path / "d") == rows
+
+
+def test_a_hub_dataset_id_offline_says_how_to_use_a_local_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach 'fka/awesome-chatgpt-prompts' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    assert detect_format("fka/awesome-chatgpt-prompts") == "hub"
+    with pytest.raises(DataError, match=r"looks like a Hugging Face Hub dataset id.*save_to_disk\('folder'\)"):
+        load_rows("fka/awesome-chatgpt-prompts")
+
+
+def test_a_plain_folder_is_not_data(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a folder, not a data file"):
+        load_rows(tmp_path)

@@ -43,6 +43,8 @@ __all__ = [
 
 IGNORE_INDEX = -100
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+DISK_MARKERS = ("dataset_dict.json", "state.json")
+"""Files that ``datasets``' ``save_to_disk`` writes: a DatasetDict's index, or a Dataset's state."""
 COMPRESSIONS = (".bz2", ".gz", ".xz", ".zst")
 
 
@@ -81,7 +83,16 @@ class TaskData:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The table format from the file name (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``, compressed too)."""
+    """The table format from the file name (``.csv``, ``.tsv``, ``.json``, ``.jsonl``, ``.parquet``, compressed
+    too); ``"disk"`` for a folder written by ``datasets``' ``save_to_disk``; ``"hub"`` for a Hugging Face Hub
+    dataset id (``org/name``) that is not a local path."""
+    if Path(path).is_dir():
+        if any((Path(path) / marker).is_file() for marker in DISK_MARKERS):
+            return "disk"
+        raise DataError(f"{path} is a folder, not a data file, and not a dataset saved with datasets' "
+                        f"save_to_disk (no {' or '.join(DISK_MARKERS)} in it); point data.path at a file")
+    if _looks_like_hub_id(os.fspath(path)):
+        return "hub"
     name = Path(path).name.lower()
     for suffix in COMPRESSIONS:
         name = name.removesuffix(suffix)
@@ -101,6 +112,9 @@ def load_rows(path: str | os.PathLike[str], fmt: str | None = None,
     """
     from datasets import load_dataset
 
+    fmt = fmt or (detect_format(path) if Path(path).is_dir() or not Path(path).exists() else None)
+    if fmt in ("disk", "hub"):
+        return _dataset_rows(os.fspath(path), fmt)
     if not Path(path).is_file():
         raise DataError(f"data file not found: {path}; check data.path (relative paths start from the "
                         f"current directory {os.getcwd()})")
@@ -119,6 +133,40 @@ def load_rows(path: str | os.PathLike[str], fmt: str | None = None,
     rows = list(dataset)
     if not rows:
         raise DataError(f"{path}: the file has no rows")
+    return rows
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    """``org/name`` with no file suffix, not a path that starts locally: what the Hub names datasets by."""
+    if Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        return False
+    name = text.lower()
+    return not any(name.endswith(s) for s in (*FORMATS, *COMPRESSIONS)) and all(part for part in text.split("/"))
+
+
+def _dataset_rows(path: str, kind: str) -> list[dict[str, Any]]:
+    """The ``train`` split (or the only split) of a ``save_to_disk`` folder or a Hub dataset, as rows."""
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            loaded = datasets.load_from_disk(path) if kind == "disk" else datasets.load_dataset(path)
+    except Exception as err:  # offline, no such dataset, a damaged folder: all mean "cannot read it"
+        if kind == "disk":
+            raise DataError(f"{path}: cannot read the dataset saved there: {_first_line(err)}") from err
+        raise DataError(
+            f"data.path {path!r} looks like a Hugging Face Hub dataset id, and it could not be loaded "
+            f"({_first_line(err)}). Without a network, fetch it where there is one "
+            f"(datasets.load_dataset({path!r}).save_to_disk('folder'), or save it as a CSV) and point data.path "
+            "at that folder or file") from err
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded and len(loaded) != 1:
+            raise DataError(f"{path} holds the splits {', '.join(loaded)} and none is named 'train'; save the split "
+                            "to train on alone, or as a file")
+        loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+    rows = list(loaded)
+    if not rows:
+        raise DataError(f"{path}: the dataset has no rows")
     return rows
 
 
