@@ -117,3 +117,26 @@ def test_debug_works_after_the_command_too(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="config file not found"):
         main(["train", "--config", str(tmp_path / "nope.yaml"), "--debug"])
+
+
+def test_train_help_shows_defaults_plain_text_and_the_right_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "``" not in text and ":class:" not in text  # docstrings' markup does not reach the terminal
+    assert "--adapter.rank_pattern {KEY: VALUE}" in text and "--adapter.layers_to_transform N [N ...]" in text
+    assert "(default: 0.0002)" in text and "[LoRA]" in text and "--resume [CHECKPOINT]" in text
+
+
+def test_a_mapping_flag_is_read_as_yaml() -> None:
+    import argparse
+
+    from peftkit.cli import add_job_flags, job_from_args
+
+    parser = argparse.ArgumentParser()
+    add_job_flags(parser)
+    args = parser.parse_args(["--model", "m", "--data.path", "d.csv", "--adapter.rank_pattern", "{q_proj: 2}",
+                              "--adapter.alpha_pattern", "{v_proj: 0.5}"])
+    adapter = job_from_args(args).peft_config()
+    assert adapter.rank_pattern == {"q_proj": 2} and adapter.alpha_pattern == {"v_proj": 0.5}

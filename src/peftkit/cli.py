@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
+import types
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -26,29 +28,50 @@ TOP_LEVEL = ("model", "method", "output_dir", "seed", "dtype", "trust_remote_cod
 # ----- flags from the schema ---------------------------------------------------------------------------------
 
 
+def _kinds(hint: Any) -> tuple[Any, ...]:
+    """The members of a union hint (``int | None``: int, None); any other hint alone (``dict[str, int]``)."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
 def _is_list(hint: Any) -> bool:
-    return any(typing.get_origin(a) is list for a in (typing.get_args(hint) or (hint,)))
+    return any(typing.get_origin(a) in (list, set) for a in _kinds(hint))
 
 
 def _is_dict(hint: Any) -> bool:
-    return any(typing.get_origin(a) is dict for a in (typing.get_args(hint) or (hint,)))
+    return any(typing.get_origin(a) is dict for a in _kinds(hint))
 
 
 def _metavar(hint: Any) -> str:
     """A short placeholder for ``--help`` from the field's type."""
-    kinds = set(typing.get_args(hint)) or {hint}
-    kinds.discard(type(None))
+    kinds = set(_kinds(hint)) - {type(None)}
     if _is_dict(hint):
         return "{KEY: VALUE}"
     if _is_list(hint):
-        return "NAME"
+        items = {t for k in kinds if typing.get_origin(k) in (list, set) for t in typing.get_args(k)}
+        return "N" if items == {int} else "NAME"
     if bool in kinds:
-        return "true|false"
+        return "true|false" if kinds == {bool} else "true|false|TEXT"
     if int in kinds and float not in kinds:
         return "N"
     if float in kinds:
         return "X"
     return "TEXT"
+
+
+def _help(doc: str, default: Any) -> str:
+    """A field's docstring as plain text (no reStructuredText markup), with its default when it has one."""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([\w]+)`", r"\1", doc)  # :class:`~peftkit.X` -> X
+    text = text.replace("``", "").replace("%", "%%")  # argparse formats help with %
+    if default is None or default == "" or default == {} or default == []:
+        return text
+    shown = str(default).lower() if isinstance(default, bool) else getattr(default, "value", default)
+    return f"{text} (default: {shown})"
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 def _add_section(parser: argparse.ArgumentParser, cls: type, prefix: str, only: Sequence[str] | None = None) -> None:
@@ -61,7 +84,7 @@ def _add_section(parser: argparse.ArgumentParser, cls: type, prefix: str, only: 
             continue
         dest = f"{prefix}.{f.name}" if prefix else f.name
         flag = f"--{dest}" if prefix else f"--{f.name.replace('_', '-')}"
-        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": docs.get(f.name, ""),
+        kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": _help(docs.get(f.name, ""), _default(f)),
                                   "metavar": _metavar(hints[f.name])}
         if _is_list(hints[f.name]):
             kwargs["nargs"] = "+"
@@ -82,18 +105,28 @@ def _adapter_fields() -> dict[str, tuple[type, Any]]:
     return fields
 
 
+def _adapter_help(cls: type, name: str) -> str:
+    """The field's docstring and default in the method that documents it (defaults differ between methods)."""
+    from .train.config import field_docs
+
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    methods = {"LoraConfig": "LoRA", "IA3Config": "IA3", "PromptTuningConfig": "prompt tuning",
+               "PromptEncoderConfig": "p-tuning", "PrefixTuningConfig": "prefix tuning"}
+    return f"[{methods.get(cls.__name__, cls.__name__)}] " + _help(field_docs(cls).get(name, ""), _default(field))
+
+
 def add_job_flags(parser: argparse.ArgumentParser) -> None:
     """``--config`` plus a flag for every field of the job schema."""
-    from .train.config import DataConfig, JobConfig, TrainingConfig, field_docs
+    from .train.config import DataConfig, JobConfig, TrainingConfig
 
-    parser.add_argument("--config", help="a YAML job file; flags override its fields")
+    parser.add_argument("--config", metavar="YAML", help="a YAML job file; flags override its fields")
     _add_section(parser, JobConfig, "", only=TOP_LEVEL)
     _add_section(parser, DataConfig, "data")
     _add_section(parser, TrainingConfig, "train")
     group = parser.add_argument_group("adapter fields (PEFT's names; those of the chosen --method apply)")
     for name, (cls, hint) in sorted(_adapter_fields().items()):
-        kwargs: dict[str, Any] = {"dest": f"adapter.{name}", "default": None,
-                                  "help": field_docs(cls).get(name, ""), "metavar": _metavar(hint)}
+        kwargs: dict[str, Any] = {"dest": f"adapter.{name}", "default": None, "help": _adapter_help(cls, name),
+                                  "metavar": _metavar(hint)}
         if _is_list(hint):
             kwargs["nargs"] = "+"
         group.add_argument(f"--adapter.{name}", **kwargs)
@@ -311,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="fine-tune a model with an adapter (YAML config and/or flags)")
-    train.add_argument("--resume", nargs="?", const=True, default=None,
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                        help="continue from the latest checkpoint in the output dir (or the one given)")
     train.add_argument("--nproc", type=int, default=None, metavar="N",
                        help="train on N processes of this machine (starts torchrun; one per GPU, or CPU with gloo)")
