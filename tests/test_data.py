@@ -247,3 +247,10 @@ def test_a_hub_dataset_id_offline_says_how_to_use_a_local_copy(monkeypatch: pyte
 def test_a_plain_folder_is_not_data(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="is a folder, not a data file"):
         load_rows(tmp_path)
+
+
+def test_reading_a_file_draws_no_progress_bar_off_a_terminal(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "d.csv").write_text("text,label\na,pos\nb,neg\n")
+    assert len(load_rows(tmp_path / "d.csv")) == 2
+    assert "Generating" not in capsys.readouterr().err  # datasets' bars are for terminals, not log files

@@ -222,7 +222,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     device = pick_device(job.train.device)
     metrics = evaluate(model.to(device), examples, pad_id=tokenizer.pad_token_id or 0, device=device,
                        batch_size=job.train.eval_batch_size or job.train.batch_size * 2,
-                       candidate_ids=data.candidate_ids or None)
+                       candidate_ids=data.candidate_ids or None, progress=job.train.progress)
     label = f"{job.model} + {args.adapter_path}" if args.adapter_path else job.model
     print(f"{label} on {len(examples)} examples of {job.data.path}:")
     for key, value in metrics.as_dict("").items():

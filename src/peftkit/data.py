@@ -22,6 +22,7 @@ import math
 import os
 import re
 import string
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,15 +185,22 @@ def _check_not_empty(path: str | os.PathLike[str], fmt: str) -> None:
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
     """datasets logs its own tracebacks when a parser fails (and its log calls can themselves fail);
-    the user gets our one-paragraph error instead."""
+    the user gets our one-paragraph error instead. Its progress bars show on a terminal only: in a log file
+    they are lines of carriage returns."""
+    import datasets
     from datasets.utils import logging as ds_logging
 
     level = ds_logging.get_verbosity()
+    bars = datasets.is_progress_bar_enabled()
     ds_logging.set_verbosity(logging.CRITICAL)
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
     try:
         yield
     finally:
         ds_logging.set_verbosity(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _bad_spot(path: str | os.PathLike[str], fmt: str) -> str:

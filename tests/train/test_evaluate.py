@@ -97,3 +97,29 @@ def test_single_token_scores_skip_the_virtual_tokens() -> None:
         with torch.no_grad():
             logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1], dim=-1)
         torch.testing.assert_close(scores[i], logprobs[[20, 21]], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", [
+    LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
+    PromptTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"),
+], ids=["lora", "prompt-causal"])
+def test_classification_runs_each_example_once_with_the_two_pass_numbers(config: object) -> None:
+    model = get_peft_model(tiny_model("llama"), config)  # type: ignore[arg-type]
+    prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14], [3, 4]]
+    answers = [20, 21, 20, 21]
+    examples = [Example(p + [a], [IGNORE_INDEX] * len(p) + [a], prompt_ids=p, label_index=[20, 21].index(a))
+                for p, a in zip(prompts, answers, strict=True)]
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    metrics = evaluate(model, examples, pad_id=0, batch_size=3, candidate_ids=[[20], [21]])
+    assert len(calls) == 2  # two batches, one forward pass each: the loss pass also scores the labels
+    expected_scores = classification_scores(model, prompts, [[20], [21]], pad_id=0, batch_size=3)
+    assert metrics.predictions == expected_scores.argmax(dim=1).tolist()
+    losses, count = 0.0, 0
+    for e in examples:  # the loss, one example at a time
+        batch = collate([e], 0)
+        labels = batch.pop("labels")
+        with torch.no_grad():
+            total, n = token_loss(model(**batch).logits, labels)
+        losses, count = losses + float(total), count + n
+    assert metrics.loss == pytest.approx(losses / count, abs=1e-5)

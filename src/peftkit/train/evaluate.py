@@ -109,32 +109,45 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 @torch.no_grad()
 def evaluate(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batch_size: int = 16,
              device: torch.device | str = "cpu", candidate_ids: list[list[int]] | None = None,
-             autocast: contextlib.AbstractContextManager[Any] | None = None, counted: int | None = None) -> Metrics:
+             autocast: contextlib.AbstractContextManager[Any] | None = None, counted: int | None = None,
+             progress: bool = False) -> Metrics:
     """Loss and perplexity over ``examples``; with ``candidate_ids``, also label-word accuracy.
+
+    When every label word is one token, the forward pass that gives an example's loss gives its label
+    scores too (the position that predicts the answer's first token), so each example runs once.
 
     Args:
         counted: only the first ``counted`` examples enter the metrics; the rest are run but not counted
             (distributed evaluation pads every process's share to the same length, so that processes
             that shard the model run the same number of forward passes).
+        progress: show a progress bar (on a terminal).
     """
     counted = len(examples) if counted is None else counted
+    one_pass = bool(candidate_ids) and all(len(c) == 1 for c in candidate_ids or []) and all(
+        e.prompt_ids and e.input_ids[:len(e.prompt_ids)] == e.prompt_ids for e in examples)
+    tokens = [c[0] for c in candidate_ids] if one_pass and candidate_ids else None
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    scores = torch.empty(len(examples), len(candidate_ids or []))
     try:
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
-        for chunk in _batches(order, batch_size):
+        for chunk in _progress(_batches(order, batch_size), progress, len(examples), batch_size):
             inputs = {k: v.to(device) for k, v in collate([examples[i] for i in chunk], pad_id).items()}
             labels = inputs.pop("labels")
+            answer_at = torch.tensor([len(examples[i].prompt_ids) - 1 for i in chunk]) if tokens else None
             with autocast or contextlib.nullcontext():
-                losses, counts = row_losses(model, inputs, labels)
+                losses, counts, picked = _losses_and_scores(model, inputs, labels, answer_at, tokens)
+            if picked is not None:
+                scores[torch.tensor(list(chunk))] = picked
             keep = torch.tensor([i < counted for i in chunk], device=losses.device)
             total, count = total + float(losses[keep].sum()), count + int(counts[keep].sum())
         metrics = Metrics(loss=total / max(count, 1), perplexity=math.exp(min(total / max(count, 1), 50)),
                           tokens=count)
         if candidate_ids:
-            scores = classification_scores(model, [e.prompt_ids for e in examples], candidate_ids, pad_id=pad_id,
-                                           batch_size=batch_size, device=device, autocast=autocast)
+            if not one_pass:  # multi-token label words: each prompt runs once per word
+                scores = classification_scores(model, [e.prompt_ids for e in examples], candidate_ids,
+                                               pad_id=pad_id, batch_size=batch_size, device=device, autocast=autocast)
             predictions = scores.argmax(dim=1).tolist()[:counted]
             gold = [e.label_index for e in examples[:counted]]
             metrics.accuracy = sum(p == g for p, g in zip(predictions, gold, strict=True)) / max(len(gold), 1)
@@ -142,6 +155,41 @@ def evaluate(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batc
     finally:
         model.train(was_training)
     return metrics
+
+
+def _progress(batches: list[Sequence[int]], show: bool, total: int, size: int) -> Any:
+    """The batches, counted on a progress bar in examples when ``show`` and stderr is a terminal."""
+    import sys
+
+    if not (show and sys.stderr.isatty()):
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=len(batches), desc=f"evaluating {total} examples", unit="batch", leave=False,
+                unit_scale=False, postfix={"batch": size})
+
+
+def _losses_and_scores(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                       answer_at: torch.Tensor | None, tokens: list[int] | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-row summed loss and target count (:func:`row_losses`), and, when ``answer_at`` (each row's last
+    prompt position) is given, the log-probabilities of ``tokens`` there: ``(B, K)``. One forward pass."""
+    if answer_at is None or tokens is None:
+        return (*row_losses(model, inputs, labels), None)
+    front = _positions_in_front(model)
+    if front is None:  # the LM head runs on every position: read both from the whole sequence's logits
+        logits = model(**inputs).logits  # (B, front + T, V)
+        losses, counts = _row_token_loss(logits, labels)
+        at = answer_at.to(logits.device) + logits.shape[1] - labels.shape[1]
+    else:  # the LM head only where a target is predicted, and where each row's answer starts
+        predicting = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (P,)
+        positions, where = torch.unique(torch.cat([predicting, answer_at.to(predicting.device)]),
+                                        return_inverse=True)  # (U,)
+        logits = model(**inputs, logits_to_keep=positions + front).logits  # (B, U, V)
+        losses, counts = _row_cross_entropy(logits[:, where[:len(predicting)]], labels[:, predicting + 1])
+        at = where[len(predicting):].to(logits.device)
+    picked = logits[torch.arange(len(answer_at), device=logits.device), at]  # (B, V)
+    return losses, counts, torch.log_softmax(picked.float(), dim=-1)[:, tokens].cpu()
 
 
 @torch.no_grad()

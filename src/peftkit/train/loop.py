@@ -13,6 +13,7 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -241,7 +242,8 @@ class Run:
         indices, own = distributed.even_shard(len(val), self.procs)
         part = evaluate(self.model, [val[i] for i in indices], pad_id=self.pad_id, device=self.device,
                         batch_size=self.cfg.eval_batch_size or self.cfg.batch_size * 2,
-                        candidate_ids=self.data.candidate_ids or None, autocast=self.autocast, counted=own)
+                        candidate_ids=self.data.candidate_ids or None, autocast=self.autocast, counted=own,
+                        progress=self.cfg.progress and self.procs.is_main)
         if not self.procs.distributed:
             return part
         correct = (part.accuracy or 0.0) * own
@@ -687,8 +689,8 @@ def _loop(run: Run, metrics: MetricsLog) -> None:
 
     cfg = run.cfg
     run.model.train()
-    bar = tqdm(total=run.total, initial=run.step, disable=not (cfg.progress and run.procs.is_main),
-               desc="training", unit="step")
+    shown = cfg.progress and run.procs.is_main and sys.stderr.isatty()  # a log file gets the log lines only
+    bar = tqdm(total=run.total, initial=run.step, disable=not shown, desc="training", unit="step")
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     while run.step < run.total and not _out_of_time(run):
         started = time.perf_counter()
