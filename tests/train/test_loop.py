@@ -216,3 +216,24 @@ def test_schedules() -> None:
     assert [round(linear(s), 4) for s in (0, 1, 2, 6, 10)] == [0.3333, 0.6667, 1.0, 0.5, 0.0]
     assert [round(cosine(s), 4) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
     assert constant(9) == 1.0
+
+
+def test_report_to_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(job(tmp_path, epochs=1, report_to=["tensorboard"]), model=tiny_model("llama"), tokenizer=chars,
+                   log=quiet)
+    records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(next((result.output_dir / "runs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    for key in ("loss", "eval_loss", "eval_accuracy"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        expected = [(r["step"], r[key]) for r in records if key in r]
+        assert [s for s, _ in logged] == [s for s, _ in expected] and expected
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)  # stored as float32
+
+
+def test_report_to_names_a_known_tracker(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.report_to"):
+        job(tmp_path, report_to=["tensorbord"])

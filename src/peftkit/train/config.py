@@ -200,9 +200,16 @@ class TrainingConfig:
     """Show a progress bar with loss and tokens/s."""
     plot: bool = True
     """Save plot.png of loss and metrics at the end (needs matplotlib)."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that also get the metrics: tensorboard (files under <output_dir>/runs), wandb,
+    mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio; each needs its own package."""
 
     def _validate(self, problems: list[str]) -> None:
         typecheck(self, "train.", problems)
+        from .report import TRACKERS
+
+        for name in self.report_to if isinstance(self.report_to, list) else []:
+            _choice(problems, "train.report_to", name, tuple(TRACKERS))
         _positive(problems, "train.epochs", self.epochs)
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
             _positive(problems, f"train.{name}", getattr(self, name), integer=True)

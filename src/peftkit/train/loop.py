@@ -35,7 +35,7 @@ from . import distributed
 from .config import JobConfig, TrainingConfig
 from .distributed import Processes
 from .evaluate import Metrics, evaluate, row_losses
-from .report import MetricsLog, plot_metrics
+from .report import MetricsLog, Trackers, plot_metrics
 
 __all__ = ["TrainResult", "train"]
 
@@ -421,6 +421,9 @@ class _NoMetrics(MetricsLog):
     def read(self) -> list[dict[str, Any]]:
         return []
 
+    def close(self) -> None:
+        pass
+
 
 class _TrainableSaver:
     """Saves the PEFT adapter (for users) and every trainable tensor (for an exact resume: p-tuning's
@@ -644,16 +647,21 @@ def _check_batch(cfg: TrainingConfig, procs: Processes) -> None:
 
 
 def _run(run: Run, config: JobConfig, log: Callable[[str], None], resumed: bool) -> TrainResult:
-    metrics: MetricsLog = MetricsLog(run.out / "metrics.jsonl", resume_step=run.step if resumed else None) \
-        if run.procs.is_main else _NoMetrics()
-    if run.before is None and config.train.eval_before:
-        before = run.evaluate()
-        if before is not None:
-            run.before = before.as_dict()
-            metrics.write({"step": 0, **run.before})
-            log(_format_metrics("before training", run.before))
-    _loop(run, metrics)
-    return _finish(run, metrics)
+    trackers = Trackers(config.train.report_to, run.out.name, run.out / "runs", config.to_dict()) \
+        if run.procs.is_main and config.train.report_to else None
+    metrics: MetricsLog = MetricsLog(run.out / "metrics.jsonl", resume_step=run.step if resumed else None,
+                                     trackers=trackers) if run.procs.is_main else _NoMetrics()
+    try:
+        if run.before is None and config.train.eval_before:
+            before = run.evaluate()
+            if before is not None:
+                run.before = before.as_dict()
+                metrics.write({"step": 0, **run.before})
+                log(_format_metrics("before training", run.before))
+        _loop(run, metrics)
+        return _finish(run, metrics)
+    finally:
+        metrics.close()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -8,10 +8,58 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageError
+from ..errors import ConfigError, StorageError
 from ..format import write_failure_reason, write_text_atomic
 
-__all__ = ["MetricsLog", "plot_metrics", "read_metrics"]
+__all__ = ["TRACKERS", "MetricsLog", "Trackers", "plot_metrics", "read_metrics"]
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+"""The experiment trackers ``train.report_to`` accepts (accelerate's integrations), with the package each needs."""
+
+
+class Trackers:
+    """Metrics sent on to experiment trackers through accelerate's tracking integrations, none of which is a
+    dependency of peftkit: a tracker whose package is missing is refused, naming the package.
+
+    TensorBoard writes its event files under ``<output_dir>/runs``, as transformers' Trainer does.
+    """
+
+    def __init__(self, names: list[str], run_name: str, logging_dir: str | os.PathLike[str],
+                 config: dict[str, Any]) -> None:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        self.trackers: list[Any] = []
+        for name in names:
+            cls = LOGGER_TYPE_TO_CLASS[name]
+            try:
+                tracker = cls(run_name, logging_dir) if cls.requires_logging_directory else cls(run_name)
+                tracker.start()
+                tracker.store_init_configuration(_flat(config))
+            except ImportError as err:
+                raise ConfigError(f"train.report_to has {name!r}, but its package is not installed ({err}); "
+                                  f"pip install {TRACKERS[name]}, or leave {name!r} out") from err
+            self.trackers.append(tracker)
+
+    def log(self, record: dict[str, Any]) -> None:
+        values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        for tracker in self.trackers:
+            tracker.log(values, step=record.get("step"))
+
+    def finish(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``, with values trackers can store (text otherwise)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
 
 
 class MetricsLog:
@@ -20,8 +68,10 @@ class MetricsLog:
     On resume, records after the resumed step are dropped first, so a crashed run's tail is not duplicated.
     """
 
-    def __init__(self, path: str | os.PathLike[str], resume_step: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], resume_step: int | None = None,
+                 trackers: Trackers | None = None) -> None:
         self.path = Path(path)
+        self.trackers = trackers
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in self.read() if resume_step is not None and r.get("step", 0) <= resume_step]
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
@@ -34,6 +84,13 @@ class MetricsLog:
         except OSError as err:  # a full disk mid-run: say which file and why, as every other write does
             raise StorageError(f"cannot append to {self.path}: {write_failure_reason(err, self.path.parent)}; "
                                "the checkpoints written so far are intact, continue with --resume") from err
+        if self.trackers is not None:
+            self.trackers.log(record)
+
+    def close(self) -> None:
+        """Finish the trackers' runs (their files are complete after this)."""
+        if self.trackers is not None:
+            self.trackers.finish()
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
