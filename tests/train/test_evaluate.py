@@ -107,7 +107,7 @@ def test_classification_runs_each_example_once_with_the_two_pass_numbers(config:
     model = get_peft_model(tiny_model("llama"), config)  # type: ignore[arg-type]
     prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14], [3, 4]]
     answers = [20, 21, 20, 21]
-    examples = [Example(p + [a], [IGNORE_INDEX] * len(p) + [a], prompt_ids=p, label_index=[20, 21].index(a))
+    examples = [Example([*p, a], [IGNORE_INDEX] * len(p) + [a], prompt_ids=p, label_index=[20, 21].index(a))
                 for p, a in zip(prompts, answers, strict=True)]
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from peftkit import JobConfig, PeftModel, train
 from peftkit.errors import ConfigError, TrainingError
 from peftkit.train import checkpoint as ckpt
-from peftkit.train.loop import UNFUSED_ATTENTION_SCORES, Run, Schedule, attention_kernel, unfused_attention
+from peftkit.train.loop import UNFUSED_ATTENTION_SCORES, Run, attention_kernel, lr_schedule, unfused_attention
 from tests.conftest import outputs, tiny_model
 
 
@@ -211,11 +211,19 @@ def test_checkpoints_are_pruned_and_damaged_ones_refused(tmp_path: Path, chars) 
         ckpt.load_state(found[-1])
 
 
-def test_schedules() -> None:
-    linear, cosine, constant = Schedule("linear", 2, 10), Schedule("cosine", 0, 10), Schedule("constant", 0, 10)
-    assert [round(linear(s), 4) for s in (0, 1, 2, 6, 10)] == [0.3333, 0.6667, 1.0, 0.5, 0.0]
-    assert [round(cosine(s), 4) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
-    assert constant(9) == 1.0
+@pytest.mark.parametrize(("kind", "warmup", "expected"), [
+    ("linear", 2, {0: 0.0, 1: 0.5, 2: 1.0, 6: 0.5, 10: 0.0}),  # warmup from 0, then a straight line to 0
+    ("cosine", 0, {0: 1.0, 5: 0.5, 10: 0.0}),  # half a cosine
+    ("constant", 2, {0: 0.0, 1: 0.5, 2: 1.0, 9: 1.0}),
+])
+def test_schedules(kind: str, warmup: int, expected: dict[int, float]) -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    schedule, seen = lr_schedule(optimizer, kind, warmup, total=10), {}
+    for step in range(11):
+        seen[step] = optimizer.param_groups[0]["lr"] / 2.0
+        optimizer.step()
+        schedule.step()
+    assert {s: round(seen[s], 4) for s in expected} == expected
 
 
 def test_report_to_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
@@ -235,5 +243,5 @@ def test_report_to_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path: Path,
 
 
 def test_report_to_names_a_known_tracker(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="train.report_to"):
+    with pytest.raises(ConfigError, match=r"train\.report_to"):
         job(tmp_path, report_to=["tensorbord"])

@@ -126,21 +126,13 @@ def attention_kernel(model: nn.Module, inputs: dict[str, Any], budget: int) -> c
     return sdpa_kernel([SDPBackend.MATH]) if scores <= budget else contextlib.nullcontext()
 
 
-class Schedule:
-    """Learning-rate factor per step: linear warmup, then linear decay, cosine decay, or constant."""
+def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
+    """transformers' schedule of that name (linear or cosine decay, or constant, after linear warmup from 0):
+    the one a Trainer run with the same settings gets, so peftkit's runs and the peer's follow the same curve."""
+    from transformers import get_scheduler
 
-    def __init__(self, kind: str, warmup: int, total: int) -> None:
-        self.kind, self.warmup, self.total = kind, warmup, total
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        if self.kind == "constant":
-            return 1.0
-        progress = (step - self.warmup) / max(1, self.total - self.warmup)
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return max(0.0, 1.0 - progress)
+    name = "constant_with_warmup" if kind == "constant" else kind
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 class Batches:
@@ -220,8 +212,7 @@ class Run:
         if not self.params:
             raise TrainingError("the model has no trainable parameters; check the adapter config")
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           Schedule(cfg.schedule, cfg.warmup_steps, self.total))
+        self.scheduler = lr_schedule(self.optimizer, cfg.schedule, cfg.warmup_steps, self.total)
         self.step = 0
         self.position = 0
         self.before: dict[str, float] | None = None
