@@ -26,6 +26,12 @@ TOP_LEVEL = ("model", "method", "output_dir", "seed", "dtype", "trust_remote_cod
 
 
 # ----- flags from the schema ---------------------------------------------------------------------------------
+# Written here rather than with a dataclass-to-CLI library (tyro, jsonargparse, simple_parsing), because those
+# convert each value as they parse it and stop at the first bad one, and read YAML 1.1 (`{pos: yes}` becomes
+# True). peftkit's flags and YAML files go through one reader that keeps every value as the text written
+# (configfile.py) and one typed schema that converts it and reports every problem at once, with did-you-mean
+# for misspelt fields (train/config.py) — the guarantees the hostile-input corpus (tests/hostile) checks.
+# What is left here is the argparse surface: a flag per schema field, its placeholder and its help.
 
 
 def _kinds(hint: Any) -> tuple[Any, ...]:
