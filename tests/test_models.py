@@ -49,7 +49,9 @@ def test_smollm2_lora_report_generate_and_save(tmp_path, capsys):
     peft_model.save_pretrained(tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # not a path of this machine
-    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (tmp_path / "adapter" / "README.md").read_text()
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "loaded from the GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf` and de-quantized" in card
     reloaded = PeftModel.from_pretrained(peftkit.load_model("smollm2-135m"), tmp_path / "adapter")
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, expected, atol=1e-4, rtol=1e-4)

@@ -428,6 +428,11 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
         task = config.task_type.value if config.task_type is not None else "-"
         lines.append(f"| {name} | {config.peft_type.value} | {task} |")
     lines += ["", *training] if training else []
+    gguf = getattr(model.get_base_model(), "gguf_source", None)
+    if gguf:
+        lines += ["", f"The base model was loaded from the GGUF file `{gguf}` and de-quantized to float: the "
+                  "adapter was trained on those weights, which differ slightly from the original checkpoint's "
+                  f"({base or 'the base model'}), so it fits the GGUF's de-quantized weights best."]
     from . import __version__
 
     card = ModelCard.from_template(

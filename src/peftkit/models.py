@@ -174,6 +174,9 @@ def load_model(
         model = _as_plain_model(model, os.fspath(name_or_path))
         if alias is not None:
             _save_converted(model, os.fspath(name_or_path), path, gguf_file)
+    source = gguf_file or (alias.subpath if alias is not None and alias.subpath.endswith(".gguf") else None)
+    if source:  # saved adapters' model cards say so: the weights are the GGUF's, de-quantized
+        model.gguf_source = source
     if alias is not None:  # what adapters record as their base: the hub id, which resolves on any machine
         model.name_or_path = alias.hub_id
         model.config._name_or_path = alias.hub_id
