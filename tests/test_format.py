@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from peftkit import AdapterFormatError, ConfigError, LoraConfig, PeftModel, get_peft_model
-from peftkit.format import atomic_write, checkpoint_key
+from peftkit.files import atomic_write
+from peftkit.format import checkpoint_key
 
 from .conftest import model_inputs, outputs, tiny_model
 
@@ -109,7 +110,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from peftkit.format import atomic_directory, write_text_atomic
+    from peftkit.files import atomic_directory, write_text_atomic
 
     old = os.umask(0o022)
     try:

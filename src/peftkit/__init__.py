@@ -68,8 +68,7 @@ from .outputs import OutputDirError
 from .quantization import prepare_model_for_kbit_training
 from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
 from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
-
-__version__ = "0.1.0"
+from .version import __version__
 
 NoMatchingPeftModuleError = TargetNotFoundError  # PEFT's name for the same error
 PeftError = PeftkitError  # PEFT's base error class

@@ -279,7 +279,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from . import outputs
-    from .format import atomic_directory
+    from .files import atomic_directory
 
     _check_merge_target(args.output_dir, {"adapter": args.adapter_path, "model": args.model})
     outputs.check_replaceable(args.output_dir, "merge", "output folder")  # before the slow part
@@ -341,8 +341,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     from .train.config import DataConfig, TrainingConfig
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")

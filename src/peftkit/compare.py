@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from . import outputs
+from .compare_report import MethodResult, ReportContext, write_report
 from .errors import ConfigError, did_you_mean
 from .train.config import (
     PROMPT_METHODS,
@@ -228,31 +229,6 @@ class CompareConfig:
             raise ConfigError(err.problems, source=os.fspath(path) if path else "command line") from err
 
 
-@dataclass
-class MethodResult:
-    """One row of the report."""
-
-    name: str
-    label: str
-    trainable: int
-    total: int
-    size_bytes: int
-    train_seconds: float
-    tokens_per_second: float
-    peak_memory_bytes: int
-    steps: int
-    eval_loss: float | None
-    accuracy: float | None
-    curve: list[tuple[int, float]] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    per_seed: list[dict[str, Any]] = field(default_factory=list)
-    """With ``seeds``: each run's seed, eval_loss and accuracy; the row's scores are their means."""
-
-    @property
-    def trainable_percent(self) -> float:
-        return 100 * self.trainable / max(self.total, 1)
-
-
 # ----- running --------------------------------------------------------------------------------------------
 
 
@@ -320,7 +296,6 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     """
     from collections import Counter
 
-    from .compare_report import ReportContext, write_report
     from .data import load_task_data
     from .models import load_tokenizer
 
@@ -332,7 +307,8 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     gold = Counter(e.label_index for e in data.val)
     context = ReportContext(len(data.train), len(data.val),
                             max(gold.values()) / len(data.val) if data.label_words and data.val else None,
-                            examples_text(tokenizer, data, config.examples))
+                            examples_text(tokenizer, data, config.examples), config.model,
+                            _facts(config, len(data.train), len(data.val)), _yaml(config))
     results = [_base_row(config, reference, tokenizer, data, log)]
     total = len(config.methods)
     for index, name in enumerate(config.methods, 1):
@@ -345,10 +321,29 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
             results.append(combine_seeds(runs, config.seeds))
         else:
             results.append(_run_method(name, config.job(name), tokenizer, config, log))
-        write_report(out, config, context, results)  # after every method, so a partial comparison is readable
+        write_report(out, context, results)  # after every method, so a partial comparison is readable
         log(f"[{index}/{total}] {name} done: {_headline(results[-1])}")
     log(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return results
+
+
+def _facts(config: CompareConfig, train_examples: int, val_examples: int) -> list[str]:
+    """The report's lines above the table: model, data, split, budget, seeds."""
+    steps, minutes = config.budget_steps_minutes()
+    budget = f"{steps} steps" if steps else f"{minutes:g} minutes" if minutes else f"{config.train.epochs:g} epoch(s)"
+    lines = [f"model: `{config.model}`; data: `{config.data.path}` ({config.data.mode}); {train_examples} "
+             f"training and {val_examples} held-out examples (seed {config.seed})",
+             f"budget per method: {budget}, batch {config.train.batch_size} x {config.train.grad_accum}"]
+    if config.seeds:
+        lines.append(f"each method trained with seeds {', '.join(map(str, config.seeds))} on that split: "
+                     f"scores are the mean over seeds (lowest-highest), times and speeds the mean")
+    return lines
+
+
+def _yaml(config: CompareConfig) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True))
 
 
 def combine_seeds(runs: list[MethodResult], seeds: list[int]) -> MethodResult:
@@ -442,7 +437,7 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
                        result.after.accuracy if result.after else None, _curve(folder))
     row.outputs = _example_outputs(result.model, tokenizer, result.data, config.examples,
                                    next(result.model.parameters()).device)
-    from .format import write_json_atomic
+    from .files import write_json_atomic
 
     write_json_atomic(done, dataclasses.asdict(row))
     outputs.record(folder, [done.name], "train")

@@ -8,19 +8,42 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .format import write_json_atomic, write_text_atomic
+from .files import write_json_atomic, write_text_atomic
 
-if TYPE_CHECKING:
-    from .compare import CompareConfig, MethodResult
+__all__ = ["MethodResult", "ReportContext", "write_report"]
 
-__all__ = ["ReportContext", "write_report"]
+
+@dataclass
+class MethodResult:
+    """One row of the report."""
+
+    name: str
+    label: str
+    trainable: int
+    total: int
+    size_bytes: int
+    train_seconds: float
+    tokens_per_second: float
+    peak_memory_bytes: int
+    steps: int
+    eval_loss: float | None
+    accuracy: float | None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    per_seed: list[dict[str, Any]] = field(default_factory=list)
+    """With ``seeds``: each run's seed, eval_loss and accuracy; the row's scores are their means."""
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100 * self.trainable / max(self.total, 1)
 
 
 @dataclass
 class ReportContext:
-    """What the report says about the task, besides the rows."""
+    """What the report says about the comparison, besides the rows; the comparison fills it in, so the report
+    needs nothing of the comparison's config."""
 
     train_examples: int
     val_examples: int
@@ -28,6 +51,12 @@ class ReportContext:
     """Accuracy of always answering the most common held-out label (classification)."""
     examples: list[tuple[str, str]] = field(default_factory=list)
     """(prompt, reference) of the held-out examples whose outputs are shown."""
+    model: str = ""
+    """The base model's name, for the page title."""
+    facts: list[str] = field(default_factory=list)
+    """The lines above the table: model, data, split, budget, seeds (majority class is added here)."""
+    config_yaml: str = ""
+    """The whole comparison config as YAML, written as config.yaml."""
 
 
 def _size(n: int) -> str:
@@ -79,23 +108,16 @@ HEADER = ["method", "trainable params", "trainable %", "saved size", "training t
           "held-out loss", "accuracy"]
 
 
-def summary_lines(config: CompareConfig, context: ReportContext) -> list[str]:
-    """The facts above the table: model, data, split, budget, majority class."""
-    steps, minutes = config.budget_steps_minutes()
-    budget = f"{steps} steps" if steps else f"{minutes:g} minutes" if minutes else f"{config.train.epochs:g} epoch(s)"
-    lines = [f"model: `{config.model}`; data: `{config.data.path}` ({config.data.mode}); {context.train_examples} "
-             f"training and {context.val_examples} held-out examples (seed {config.seed})",
-             f"budget per method: {budget}, batch {config.train.batch_size} x {config.train.grad_accum}"]
-    if config.seeds:
-        lines.append(f"each method trained with seeds {', '.join(map(str, config.seeds))} on that split: "
-                     f"scores are the mean over seeds (lowest-highest), times and speeds the mean")
+def summary_lines(context: ReportContext) -> list[str]:
+    """The facts above the table, with the majority-class score when there is one."""
+    lines = list(context.facts)
     if context.majority is not None:
         lines.append(f"majority class on the held-out split: {context.majority:.3f}")
     return lines
 
 
-def markdown(config: CompareConfig, context: ReportContext, results: list[MethodResult]) -> str:
-    lines = ["# peftkit compare", "", *[f"- {line}" for line in summary_lines(config, context)]]
+def markdown(context: ReportContext, results: list[MethodResult]) -> str:
+    lines = ["# peftkit compare", "", *[f"- {line}" for line in summary_lines(context)]]
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
     lines += ["", "Learning rates and adapter settings per method: `config.yaml` in each method's folder.",
@@ -182,12 +204,12 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def page(config: CompareConfig, context: ReportContext, results: list[MethodResult], folder: Path) -> str:
+def page(context: ReportContext, results: list[MethodResult], folder: Path) -> str:
     """One self-contained HTML page (charts embedded) with the table, the charts and the examples."""
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table_rows(results))
-    intro = "".join(f"<li>{esc(line).replace('`', '')}</li>" for line in summary_lines(config, context))
+    intro = "".join(f"<li>{esc(line).replace('`', '')}</li>" for line in summary_lines(context))
     images = ""
     for name, alt in (("score.png", "score vs trainable parameters"), ("curves.png", "training loss")):
         if (folder / name).is_file():
@@ -200,7 +222,7 @@ def page(config: CompareConfig, context: ReportContext, results: list[MethodResu
         examples += (f"<h3>Example {i + 1}</h3><p class=prompt>{esc(prompt)}</p><table>"
                      f"<tr><th>reference</th><td>{esc(reference)}</td></tr>{cells}</table>")
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>peftkit compare: {esc(config.model)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>peftkit compare: {esc(context.model)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }}
@@ -219,18 +241,12 @@ img {{ max-width: 48%; margin-right: 1%; }}
 """
 
 
-def write_report(folder: Path, config: CompareConfig, context: ReportContext,
-                 results: list[MethodResult]) -> None:
-    """report.md, score.png, curves.png, report.html and results.json in ``folder``."""
+def write_report(folder: Path, context: ReportContext, results: list[MethodResult]) -> None:
+    """report.md, score.png, curves.png, report.html, results.json and config.yaml in ``folder``."""
     write_charts(folder, results, context.majority)
-    write_text_atomic(folder / "report.md", markdown(config, context, results))
-    write_text_atomic(folder / "report.html", page(config, context, results, folder))
-    write_json_atomic(folder / "results.json", {"context": dataclasses.asdict(context),
+    write_text_atomic(folder / "report.md", markdown(context, results))
+    write_text_atomic(folder / "report.html", page(context, results, folder))
+    report = {k: v for k, v in dataclasses.asdict(context).items() if k not in ("facts", "config_yaml", "model")}
+    write_json_atomic(folder / "results.json", {"context": report,
                                                 "results": [dataclasses.asdict(r) for r in results]})
-    write_text_atomic(folder / "config.yaml", _yaml(config))
-
-
-def _yaml(config: CompareConfig) -> str:
-    import yaml
-
-    return str(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False, allow_unicode=True))
+    write_text_atomic(folder / "config.yaml", context.config_yaml)

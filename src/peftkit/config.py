@@ -16,9 +16,12 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import ConfigError, MissingKeysError, did_you_mean, short_repr
+from .configfile import MAX_CONFIG_BYTES, read_json_file
+from .errors import AdapterFormatError, ConfigError, MissingKeysError, did_you_mean, short_repr
+from .files import write_json_atomic
 
 __all__ = [
     "IA3Config",
@@ -34,6 +37,7 @@ __all__ = [
     "TaskType",
     "config_from_dict",
     "get_peft_config",
+    "read_adapter_config",
 ]
 
 CONFIG_NAME = "adapter_config.json"
@@ -216,16 +220,12 @@ class PeftConfig:
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
         """Write ``adapter_config.json`` into ``save_directory`` (atomically)."""
-        from .format import write_json_atomic
-
         os.makedirs(save_directory, exist_ok=True)
         write_json_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_dict())
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], subfolder: str | None = None) -> PeftConfig:
         """Read ``adapter_config.json`` from a folder (or the file itself)."""
-        from .format import read_adapter_config
-
         folder = os.path.join(path, subfolder) if subfolder else path
         config = read_adapter_config(folder, expected=cls)
         if cls is not PeftConfig and not isinstance(config, cls):
@@ -247,8 +247,6 @@ class PeftConfig:
     @classmethod
     def from_json_file(cls, path_json_file: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:
         """The mapping in a JSON config file, as PEFT returns it (``runtime_config`` dropped)."""
-        from .configfile import read_json_file
-
         data = read_json_file(path_json_file, "config file")
         if not isinstance(data, dict):
             raise ConfigError(f"{path_json_file} holds {type(data).__name__}, not a mapping of config fields")
@@ -660,6 +658,38 @@ def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str 
     if not issubclass(cls, expected):
         raise ConfigError(f"peft_type={peft_type!r} does not fit {expected.__name__}", source=source)
     return cls
+
+
+def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfig] = PeftConfig) -> PeftConfig:
+    """Read and validate ``adapter_config.json`` from ``folder`` (or a path to the file itself).
+
+    Unknown fields (from a newer PEFT) are ignored with a warning; bad values raise ``ConfigError``.
+    """
+    path = Path(folder)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        hint = "" if Path(folder).exists() else " (the folder does not exist)"
+        raise AdapterFormatError(
+            f"no {CONFIG_NAME} at {path}{hint}. Pass the folder that save_pretrained wrote; "
+            "loading adapters from a model hub needs a hub id and a network connection."
+        )
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:  # an untrusted file: refuse before reading (PEFT's configs are a few KB)
+        raise AdapterFormatError(f"{path} is {size:,} bytes; an adapter_config.json above {MAX_CONFIG_BYTES:,} "
+                                 "bytes is refused. It is not an adapter config, or it was damaged.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterFormatError(f"{path} is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise AdapterFormatError(f"{path} is nested too deeply to be an adapter config") from err
+    try:
+        return config_from_dict(data, strict=False, source=str(path), expected=expected)
+    except ConfigError:
+        raise
+    except TypeError as err:
+        raise ConfigError(str(err), source=str(path)) from err
 
 
 def get_peft_config(config_dict: dict[str, Any]) -> PeftConfig:

@@ -8,13 +8,9 @@ into a subfolder of its name. Every write is atomic: a temporary file, fsync, th
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +18,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import CONFIG_NAME, PeftConfig, config_from_dict, config_to_json
-from .configfile import MAX_CONFIG_BYTES
-from .errors import AdapterFormatError, AdapterShapeError, ConfigError, StorageError
+from .config import CONFIG_NAME, PeftConfig, config_to_json, read_adapter_config
+from .errors import AdapterFormatError, AdapterShapeError, StorageError
+from .files import (
+    atomic_write,
+    write_json_atomic,
+)
 
 __all__ = [
     "CONFIG_NAME",
@@ -41,128 +40,6 @@ __all__ = [
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 PROMPT_KEY = "prompt_embeddings"
-CARD_MARK = "Saved by peftkit"
-"""The model card's own words: a README.md without them is not peftkit's, and is never overwritten."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
-
-    On any error the temporary file is removed and ``path`` is left as it was. Operating-system errors
-    (a full disk, a read-only or missing folder) become :class:`StorageError` naming the file.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the permissions open() would
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException as err:
-        _remove(tmp)
-        if is_write_failure(err):
-            raise StorageError(f"cannot write {path}: {write_failure_reason(err, folder)}. The previous "
-                               f"{os.path.basename(path)}, if any, is unchanged") from err
-        raise
-
-
-def is_write_failure(err: BaseException) -> bool:
-    """Whether ``err`` means "the bytes could not be written": an OS error, safetensors' own error type, or
-    torch.save's writer failing (a full disk or ``ulimit -f`` shows up as ``[enforce fail at
-    inline_container.cc]``, with no file name and no errno)."""
-    return isinstance(err, (OSError, SafetensorError)) or (
-        isinstance(err, RuntimeError) and ("PytorchStreamWriter" in str(err) or "inline_container" in str(err)))
-
-
-def write_failure_reason(err: BaseException, folder: str | os.PathLike[str]) -> str:
-    """Why a write into ``folder`` failed, in words: the disk is full, a file-size limit, or the OS's reason."""
-    import resource
-    import shutil
-
-    reasons = [err.strerror] if isinstance(err, OSError) and err.strerror else []
-    with contextlib.suppress(OSError):
-        free = shutil.disk_usage(folder).free
-        if free < 64 * 2**20 or getattr(err, "errno", None) == 28:
-            reasons.append(f"the disk is full ({free / 2**20:.1f} MiB free on the disk of {folder})")
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    if limit != resource.RLIM_INFINITY:
-        reasons.append(f"this process may write files of at most {limit:,} bytes (ulimit -f)")
-    if not reasons:  # torch's "[enforce fail at inline_container.cc]" says nothing a user can act on
-        reasons.append(str(err).splitlines()[0] if isinstance(err, (OSError, SafetensorError))
-                       else "the file could not be written (a full disk, a quota or a file-size limit)")
-    return "; ".join(reasons) + f". Free some space or choose another folder than {folder}"
-
-
-def _remove(path: str | None) -> None:
-    if path is not None:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an old one is removed).
-
-    On any error the temporary folder is deleted and ``path`` is left as it was.
-    """
-    import shutil
-
-    final = Path(path)
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    except OSError as err:
-        raise StorageError(f"cannot create {final}: {err.strerror or err}; choose a writable folder") from err
-    try:
-        try:
-            yield tmp
-        except StorageError:
-            raise
-        except BaseException as err:
-            if is_write_failure(err):
-                raise StorageError(f"cannot write {final}: {write_failure_reason(err, final.parent)}. The previous "
-                                   f"{final.name}, if any, is unchanged") from err
-            raise
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the permissions mkdir would
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
-            os.replace(final, old / final.name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def checkpoint_key(key: str, adapter_name: str) -> str:
@@ -307,38 +184,6 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfig] = PeftConfig) -> PeftConfig:
-    """Read and validate ``adapter_config.json`` from ``folder`` (or a path to the file itself).
-
-    Unknown fields (from a newer PEFT) are ignored with a warning; bad values raise ``ConfigError``.
-    """
-    path = Path(folder)
-    if path.is_dir():
-        path = path / CONFIG_NAME
-    if not path.is_file():
-        hint = "" if Path(folder).exists() else " (the folder does not exist)"
-        raise AdapterFormatError(
-            f"no {CONFIG_NAME} at {path}{hint}. Pass the folder that save_pretrained wrote; "
-            "loading adapters from a model hub needs a hub id and a network connection."
-        )
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:  # an untrusted file: refuse before reading (PEFT's configs are a few KB)
-        raise AdapterFormatError(f"{path} is {size:,} bytes; an adapter_config.json above {MAX_CONFIG_BYTES:,} "
-                                 "bytes is refused. It is not an adapter config, or it was damaged.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterFormatError(f"{path} is not valid JSON: {err}") from err
-    except RecursionError as err:
-        raise AdapterFormatError(f"{path} is nested too deeply to be an adapter config") from err
-    try:
-        return config_from_dict(data, strict=False, source=str(path), expected=expected)
-    except ConfigError:
-        raise
-    except TypeError as err:
-        raise ConfigError(str(err), source=str(path)) from err
-
-
 def load_adapter_weights(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load the adapter tensors: safetensors, or a legacy ``.bin`` through ``torch.load(weights_only=True)``."""
     folder = Path(folder)
@@ -396,80 +241,3 @@ def resolve_adapter_path(
                 "Pass the folder that save_pretrained wrote."
             ) from err
     raise AdapterFormatError(f"adapter folder {path} does not exist; pass the folder that save_pretrained wrote")
-
-
-def write_model_card(folder: Path, model: Any, training: list[str] | None = None) -> None:
-    """README.md with the Hub's metadata, written with huggingface_hub's model card tools, as PEFT's is:
-    ``library_name: peft``, ``base_model``, the tags the Hub reads (``lora``, ``base_model:adapter:<id>``,
-    ``transformers``) and ``pipeline_tag`` for a causal LM, on the Hub's card template.
-
-    A README.md that peftkit did not write keeps every word: only that metadata is added to its header,
-    as PEFT adds it (a header that does not parse is left alone, with a warning).
-
-    Args:
-        training: markdown lines on how the adapter was trained, when known.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    card_path = folder / "README.md"
-    base = _card_base_model(model)
-    active = model.peft_config[model.active_adapter]
-    tags = {"peftkit"} | ({f"base_model:adapter:{base}"} if base else set())
-    tags |= {"lora"} if active.peft_type.value == "LORA" else set()
-    tags |= {"transformers"} if hasattr(model, "config") else set()
-    causal = active.task_type is not None and active.task_type.value == "CAUSAL_LM"
-    pipeline = "text-generation" if causal else None
-    if card_path.is_file() and CARD_MARK not in card_path.read_text(encoding="utf-8", errors="replace"):
-        _add_card_metadata(card_path, base, tags, pipeline)
-        return
-    data = ModelCardData(library_name="peft", base_model=base, tags=sorted(tags), pipeline_tag=pipeline)
-    lines = ["| adapter | method | task |", "|---|---|---|"]
-    for name, config in model.peft_config.items():
-        task = config.task_type.value if config.task_type is not None else "-"
-        lines.append(f"| {name} | {config.peft_type.value} | {task} |")
-    lines += ["", *training] if training else []
-    gguf = getattr(model.get_base_model(), "gguf_source", None)
-    if gguf:
-        lines += ["", f"The base model was loaded from the GGUF file `{gguf}` and de-quantized to float: the "
-                  "adapter was trained on those weights, which differ slightly from the original checkpoint's "
-                  f"({base or 'the base model'}), so it fits the GGUF's de-quantized weights best."]
-    from . import __version__
-
-    card = ModelCard.from_template(
-        data, model_id=f"an adapter of {base}" if base else "an adapter", model_description="\n".join(lines),
-        model_type=f"{active.peft_type.value} adapter", base_model=base,
-        model_summary=f"{CARD_MARK} in Hugging Face PEFT's format: it loads in peftkit and in PEFT.",
-        get_started_code="```python\nfrom peftkit import PeftModel\n\nmodel = PeftModel.from_pretrained(base_model, "
-                         "\"path/to/this/folder\")\n```",
-        software=f"peftkit {__version__} (PEFT's adapter format)")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(card_path, str(card))
-
-
-def _add_card_metadata(card_path: Path, base: str | None, tags: set[str], pipeline: str | None) -> None:
-    """Add PEFT's metadata to the header of someone else's card, keeping its text as it is."""
-    from huggingface_hub import ModelCard
-
-    try:
-        card = ModelCard.load(card_path)
-    except Exception as err:  # any parse failure: leave the user's file alone
-        warnings.warn(f"{card_path} is kept as it is: its metadata header could not be read ({err})", stacklevel=3)
-        return
-    card.data.library_name = "peft"
-    card.data.tags = sorted(set(card.data.tags or []) | tags)
-    if base and not card.data.base_model:
-        card.data.base_model = base
-    if pipeline and not card.data.pipeline_tag:
-        card.data.pipeline_tag = pipeline
-    write_text_atomic(card_path, str(card))
-
-
-def _card_base_model(model: Any) -> str | None:
-    """The base model's name as PEFT's card gives it: the transformers config's ``_name_or_path``, else the one
-    name all adapters record; None for a custom model or a model built from a config."""
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) if config is not None else None
-    if name:
-        return str(name)
-    bases = {c.base_model_name_or_path for c in model.peft_config.values() if c.base_model_name_or_path}
-    return bases.pop() if len(bases) == 1 else None

@@ -20,6 +20,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
 from . import prompting, surgery, trainer_support
+from .card import write_model_card
 from .checks import (
     check_adapter_name,
     check_finite_weights,
@@ -83,7 +84,7 @@ class PeftModel(nn.Module):
         self._disabled = False
         self._targeted: list[str] = []  # adapted layer names in the order adapters first reached them (PEFT's)
         self.register_state_dict_post_hook(_drop_tied_aliases)
-        trainer_support.install()  # transformers.Trainer checkpoints and losses as for PEFT's models
+        trainer_support.install(PeftModel)  # transformers.Trainer checkpoints and losses as for PEFT's models
         self.add_adapter(adapter_name, peft_config)
         self.set_adapter(adapter_name)
 
@@ -637,7 +638,7 @@ class PeftModel(nn.Module):
             if path_initial_model_for_weight_conversion is not None:
                 config, tensors = _to_plain_lora(config, tensors, path_initial_model_for_weight_conversion)
             fmt.write_adapter(folder, config, tensors)
-        fmt.write_model_card(Path(save_directory), self)
+        write_model_card(Path(save_directory), self)
 
     @classmethod
     def from_pretrained(

@@ -65,7 +65,7 @@ def owned(folder: str | os.PathLike[str], kind: str | None = None) -> set[str]:
 
 def record(folder: str | os.PathLike[str], names: Iterable[str], kind: str) -> None:
     """Add ``names`` to the folder's manifest as written by a command of ``kind``."""
-    from .format import write_json_atomic
+    from .files import write_json_atomic
 
     path = Path(folder)
     previous = owned(path, kind)

@@ -25,15 +25,15 @@ from typing import Any
 __all__ = ["install"]
 
 _TRAINER = "transformers.trainer"
-_installed = False
+_classes: list[type] = []  # peftkit's model class, given by install(): this module imports nothing of peftkit
 
 
-def install() -> None:
-    """Make Trainer see peftkit models as adapter models (idempotent; cheap when already done)."""
-    global _installed
-    if _installed:
+def install(model_class: type) -> None:
+    """Make Trainer see instances of ``model_class`` (peftkit's PeftModel) as adapter models (idempotent;
+    cheap when already done)."""
+    if _classes:
         return
-    _installed = True
+    _classes.append(model_class)
     if _TRAINER in sys.modules:
         _patch(sys.modules[_TRAINER])
     else:
@@ -41,9 +41,7 @@ def install() -> None:
 
 
 def _is_peftkit_model(model: Any) -> bool:
-    from .model import PeftModel
-
-    return isinstance(model, PeftModel)
+    return isinstance(model, tuple(_classes))
 
 
 def _patch(trainer: types.ModuleType) -> None:
@@ -67,14 +65,12 @@ def _patch(trainer: types.ModuleType) -> None:
 def _extend_saved_classes(trainer: types.ModuleType) -> None:
     """Trainer._save writes ``model.save_pretrained(...)`` for ``(PreTrainedModel, PeftModel)`` when PEFT is
     installed, and the whole state dict otherwise: add peftkit's class to that tuple, PEFT installed or not."""
-    from .model import PeftModel
-
     theirs = getattr(trainer, "PeftModel", None)
-    classes: tuple[type, ...] = (PeftModel,)
+    classes: tuple[type, ...] = tuple(_classes)
     if isinstance(theirs, type):
-        classes = (theirs, PeftModel)
+        classes = (theirs, *_classes)
     elif isinstance(theirs, tuple):
-        classes = tuple(dict.fromkeys((*theirs, PeftModel)))
+        classes = tuple(dict.fromkeys((*theirs, *_classes)))
     trainer.PeftModel = classes  # type: ignore[attr-defined]
     available = getattr(trainer, "is_peft_available", None)
     if callable(available) and not getattr(available, "_peftkit", False):

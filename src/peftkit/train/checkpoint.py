@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, StorageError, TrainingError
-from ..format import atomic_directory, is_write_failure, write_failure_reason
+from ..files import atomic_directory, is_write_failure, write_failure_reason
 
 __all__ = ["check_complete", "find_latest", "load_state", "save_checkpoint"]
 

@@ -120,6 +120,10 @@ def setup(device: str, strategy: str, timeout_minutes: float) -> tuple[Processes
 
 def teardown(created: bool) -> None:
     if created and dist.is_initialized():
+        # The run's DDP or FSDP wrapper may still be alive in a reference cycle; its reducer and Gloo threads
+        # must go before the group does, or freeing them at interpreter exit aborts the process (SIGABRT,
+        # "terminate called without an active exception") after a run that finished.
+        gc.collect()
         dist.destroy_process_group()
 
 

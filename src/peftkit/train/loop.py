@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from .. import outputs
+from ..card import write_model_card
 from ..data import IGNORE_INDEX, Example, TaskData, collate, load_task_data, pack
 from ..errors import ConfigError, PeftkitError, TrainingError, TrainingInterrupted
 from ..errors import short_repr as _short
-from ..format import atomic_write, write_json_atomic, write_model_card, write_text_atomic
+from ..files import atomic_write, write_json_atomic, write_text_atomic
 from ..model import PeftModel, get_peft_model
 from . import checkpoint as ckpt
 from . import distributed
@@ -776,7 +777,7 @@ def _save_model(run: Run) -> None:
     if isinstance(run.model, PeftModel):
         run.model.save_pretrained(run.out)
         return
-    from ..format import atomic_directory
+    from ..files import atomic_directory
 
     with atomic_directory(run.out / "model") as tmp:
         run.model.save_pretrained(tmp)  # type: ignore[operator]  # a transformers model

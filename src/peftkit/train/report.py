@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, StorageError
-from ..format import write_failure_reason, write_text_atomic
+from ..files import write_failure_reason, write_text_atomic
 
 __all__ = ["TRACKERS", "MetricsLog", "Trackers", "plot_metrics", "read_metrics"]
 
