@@ -11,16 +11,23 @@ from safetensors.torch import load_file, save_file
 
 from peftkit import AdapterFormatError, ConfigError, LoraConfig, PeftModel, get_peft_model
 from peftkit.files import atomic_write
-from peftkit.format import checkpoint_key
+from peftkit.format import file_keys
 
 from .conftest import model_inputs, outputs, tiny_model
 
 
-def test_checkpoint_key_strips_only_the_adapter_segment():
-    assert checkpoint_key("base_model.model.default.q.lora_A.default.weight", "default") == \
-        "base_model.model.default.q.lora_A.weight"
-    assert checkpoint_key("base_model.model.score.modules_to_save.x.weight", "x") == "base_model.model.score.weight"
-    assert checkpoint_key("base_model.model.emb.lora_embedding_A.x", "x") == "base_model.model.emb.lora_embedding_A"
+def test_file_keys_strip_only_the_adapter_segment():
+    from torch import nn
+
+    base = nn.ModuleDict({"default": nn.ModuleDict({"q": nn.Linear(4, 4)}), "emb": nn.Embedding(10, 4),
+                          "score": nn.Linear(4, 2)})
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q", "emb"], modules_to_save=["score"]),
+                           adapter_name="default")
+    keys = file_keys(model, "default")
+    # a module that happens to be called "default" keeps its name; only the adapter's segment goes
+    assert keys["base_model.model.default.q.lora_A.default.weight"] == "base_model.model.default.q.lora_A.weight"
+    assert keys["base_model.model.score.modules_to_save.default.weight"] == "base_model.model.score.weight"
+    assert keys["base_model.model.emb.lora_embedding_A.default"] == "base_model.model.emb.lora_embedding_A"
 
 
 def test_shape_mismatch_names_layer_and_shapes(tmp_path):

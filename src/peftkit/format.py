@@ -24,13 +24,14 @@ from .files import (
     atomic_write,
     write_json_atomic,
 )
+from .surgery import adapter_parameters
 
 __all__ = [
     "CONFIG_NAME",
     "LEGACY_WEIGHTS_NAME",
     "WEIGHTS_NAME",
     "atomic_write",
-    "checkpoint_key",
+    "file_keys",
     "load_adapter_weights",
     "read_adapter_config",
     "write_adapter",
@@ -42,22 +43,11 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 PROMPT_KEY = "prompt_embeddings"
 
 
-def checkpoint_key(key: str, adapter_name: str) -> str:
-    """Map a model parameter name to its key in the file: drop ``modules_to_save.<name>.`` and ``.<name>``.
-
-    ``base_model.model.q_proj.lora_A.default.weight`` -> ``base_model.model.q_proj.lora_A.weight``
-    ``base_model.model.score.modules_to_save.default.weight`` -> ``base_model.model.score.weight``
-    """
-    key = key.replace(f".modules_to_save.{adapter_name}.", ".")
-    return re.sub(rf"(\.lora_\w+?|\.ia3_l)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
-
-
-def _is_adapter_param(key: str, adapter_name: str) -> bool:
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if (part.startswith("lora_") or part in ("ia3_l", "modules_to_save")) and parts[i + 1] == adapter_name:
-            return True
-    return False
+def file_keys(model: torch.nn.Module, adapter_name: str) -> dict[str, str]:
+    """Adapter ``adapter_name``'s keys in ``model`` -> its keys in the file, as its layers name them: the file
+    drops the adapter's name (``q_proj.lora_A.default.weight`` -> ``q_proj.lora_A.weight``;
+    ``score.modules_to_save.default.weight`` -> ``score.weight``), as PEFT's does."""
+    return {key: in_file for key, in_file, _ in adapter_parameters(model, adapter_name)}
 
 
 def lora_state_dict(model: torch.nn.Module, adapter_name: str, bias: str,
@@ -68,7 +58,7 @@ def lora_state_dict(model: torch.nn.Module, adapter_name: str, bias: str,
     # FSDP's full_parameters() the whole ones, where state_dict() would return shards.
     if state is None:
         state = {**dict(model.named_buffers()), **{k: p.detach() for k, p in model.named_parameters()}}
-    out = {checkpoint_key(k, adapter_name): v for k, v in state.items() if _is_adapter_param(k, adapter_name)}
+    out = {in_file: state[key] for key, in_file in file_keys(model, adapter_name).items() if key in state}
     if bias == "all":
         out.update({k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k})
     elif bias == "lora_only":
@@ -105,7 +95,7 @@ def to_model_keys(
     """
     state = model.state_dict()
     skipped: list[str] = []
-    wanted = {checkpoint_key(k, adapter_name): k for k in state if _is_adapter_param(k, adapter_name)}
+    wanted = {in_file: key for key, in_file in file_keys(model, adapter_name).items() if key in state}
     extra = {k for k in (allowed or set()) if k in state}
     out: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []

@@ -513,15 +513,22 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             _set_submodule(model, key, layer.original_module)
 
 
+def adapter_parameters(model: nn.Module, name: str) -> Iterator[tuple[str, str, nn.Parameter]]:
+    """Adapter ``name``'s tensors in ``model``, as its layers name them: (key in ``model``, key in an adapter
+    file, parameter). Every walk over an adapter's tensors goes through here, so no code outside the layers
+    needs to know their attribute names."""
+    for key, layer in adapter_layers(model):
+        for local, in_file, param in layer.adapter_parameters(name):
+            yield f"{key}.{local}", f"{key}.{in_file}", param
+
+
 def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, freeze_others: bool = True) -> None:
     """Freeze everything (unless ``freeze_others`` is False), then unfreeze the parameters of ``adapter_name``
     (and biases per ``config.bias``)."""
     if freeze_others:
         model.requires_grad_(False)
-    marker = f".{adapter_name}."
-    for name, param in model.named_parameters():
-        if marker in f".{name}." and any(m in f".{name}" for m in (".lora_", ".ia3_l.", ".modules_to_save.")):
-            param.requires_grad_(True)
+    for _, _, param in adapter_parameters(model, adapter_name):
+        param.requires_grad_(True)
     bias = getattr(config, "bias", "none")
     if bias == "all":
         for name, param in model.named_parameters():
@@ -569,13 +576,10 @@ def cast_adapter_to_layers(model: nn.Module, name: str) -> None:
 def _original_names(model: nn.Module) -> dict[str, str]:
     """Each base weight's key in ``model`` (``q_proj.base_layer.weight``) -> its key before any adapter was
     added (``q_proj.weight``); adapter tensors and trainable copies are left out."""
-    names = {}
-    for key in model.state_dict():
-        parts = key.split(".")
-        if any(p.startswith("lora_") or p in ("ia3_l", "modules_to_save") for p in parts):
-            continue
-        names[key] = ".".join(p for p in parts if p not in ("base_layer", "original_module"))
-    return names
+    held = {f"{key}.{local}" for key, layer in adapter_layers(model) for adapter in layer_adapter_names(layer)
+            for local, _, _ in layer.adapter_parameters(adapter)}
+    return {key: ".".join(p for p in key.split(".") if p not in ("base_layer", "original_module"))
+            for key in model.state_dict() if key not in held}
 
 
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -681,20 +685,13 @@ def planned_layout(model: nn.Module, config: PeftConfig) -> dict[str, tuple[floa
 
 def adapter_tensors(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """Copies of every tensor of adapter ``name`` in ``model`` (LoRA/IA3 weights and trainable copies)."""
-    marker = f".{name}."
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if marker in f".{k}."
-            and any(p in f".{k}" for p in (".lora_", ".ia3_l.", ".modules_to_save."))}
+    return {key: param.detach().clone() for key, _, param in adapter_parameters(model, name)}
 
 
 def layer_adapter_parameters(layer: AdapterLayer | ModulesToSaveWrapper) -> Iterator[tuple[str, nn.Parameter]]:
     """(adapter name, parameter) for every tensor each adapter holds in ``layer``."""
-    if isinstance(layer, ModulesToSaveWrapper):
-        for name, copy in layer.modules_to_save.items():
-            yield from ((name, p) for p in copy.parameters())
-        return
-    for attr in layer.adapter_param_names:
-        for name, held in getattr(layer, attr).items():
-            yield from ((name, p) for p in (held.parameters() if isinstance(held, nn.Module) else [held]))
+    for name in layer_adapter_names(layer):
+        yield from ((name, param) for _, _, param in layer.adapter_parameters(name))
 
 
 def layer_adapter_names(layer: AdapterLayer | ModulesToSaveWrapper) -> list[str]:

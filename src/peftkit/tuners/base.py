@@ -6,6 +6,7 @@ the base weight and taken out again. No I/O here; :mod:`peftkit.surgery` places 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import cast
 
 import torch
@@ -63,6 +64,20 @@ class AdapterLayer(nn.Module):
     @property
     def adapter_names(self) -> list[str]:
         raise NotImplementedError
+
+    def adapter_parameters(self, name: str) -> Iterator[tuple[str, str, nn.Parameter]]:
+        """Adapter ``name``'s tensors here: (name in this layer, name in an adapter file, parameter), e.g.
+        ``("lora_A.default.weight", "lora_A.weight", A)``; the file drops the adapter's name, as PEFT's does."""
+        for attr in self.adapter_param_names:
+            container = getattr(self, attr)
+            if name not in container:
+                continue
+            held = container[name]
+            if isinstance(held, nn.Parameter):
+                yield f"{attr}.{name}", attr, held
+            else:
+                for sub, param in held.named_parameters():
+                    yield f"{attr}.{name}.{sub}", f"{attr}.{sub}", param
 
     def set_active(self, names: list[str]) -> None:
         """Apply exactly these adapters (those this layer holds) in ``forward``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -40,6 +41,13 @@ class ModulesToSaveWrapper(nn.Module):
         clone = copy.deepcopy(self.original_module)
         clone.requires_grad_(True)
         self.modules_to_save[name] = clone
+
+    def adapter_parameters(self, name: str) -> Iterator[tuple[str, str, nn.Parameter]]:
+        """Adapter ``name``'s copy: (name in this wrapper, name in an adapter file, parameter); the file keys the
+        copy by the module's own name (``score.weight``), as PEFT's does."""
+        if name in self.modules_to_save:
+            for sub, param in self.modules_to_save[name].named_parameters():
+                yield f"modules_to_save.{name}.{sub}", sub, param
 
     def set_active(self, names: list[str]) -> None:
         """Use adapter ``names``' copy; a full copy replaces the module, so two adapters cannot share it."""
