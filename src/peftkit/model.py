@@ -135,7 +135,7 @@ class PeftModel(nn.Module):
     @property
     def is_gradient_checkpointing(self) -> bool:
         base = self.get_base_model()
-        if hasattr(base, "is_activation_checkpointing"):  # transformers 5.24 name; the old one warns
+        if hasattr(base, "is_activation_checkpointing"):  # transformers' newer name; the old one warns
             return bool(base.is_activation_checkpointing)
         return bool(getattr(base, "is_gradient_checkpointing", False))
 
@@ -148,7 +148,7 @@ class PeftModel(nn.Module):
         """Checkpoint activations of the base model; inputs get grads so frozen layers still backpropagate.
         ``kwargs`` (``every_n_layers``, ``offload``) go to the base model's method, as Trainer passes them."""
         base: Any = self.get_base_model()
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers 5.24 name; the old one warns
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers' newer name; the old one warns
             base.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs,
                                                  **kwargs)
         else:

@@ -102,9 +102,8 @@ def unfused_attention(device: torch.device, model: nn.Module, autocast: contextl
     """How many attention scores per layer a training step may hold on the unfused ("math") kernel: up to
     :data:`UNFUSED_ATTENTION_SCORES` for half precision on CPU, else 0 (always the fused kernel).
 
-    PyTorch's fused CPU attention is fast forward but slow backward in bf16: fused forward+backward took
-    2.3-2.9x the unfused kernel's time at 8 rows x 64-136 tokens, 9 heads of 64 (``benchmarks/attention.py``;
-    in fp32 the fused one is faster), and it was a third of a prompt-tuning step. The unfused kernel keeps
+    PyTorch's fused CPU attention is fast forward but slow backward in bf16 (in fp32 the fused one is faster;
+    measured in benchmarks/results/attention-cpu.md, by ``benchmarks/attention.py``). The unfused kernel keeps
     the (rows, heads, width, width) scores for backward, so long batches stay on the fused one. Evaluation
     and generation (no backward) keep the fused kernel, as do fp32 and CUDA.
     """

@@ -273,8 +273,8 @@ class LowPrecisionInputLora(torch.autograd.Function):
 
     Plain autograd would save ``x.to(fp32)``: twice the bytes of ``x``, and one copy per layer, so q, k and v,
     which read the same input, kept three. With q, k, v and o adapted these copies were the largest saved
-    tensors of a bf16-base training step (``benchmarks/activations.py``: 422 of 1707 MB at 8 x 200 tokens;
-    the bf16 inputs kept instead take 105). The arithmetic is the plain path's; backward casts ``x`` again.
+    tensors of a bf16-base training step (benchmarks/results/training-cpu.md, measured by
+    ``benchmarks/activations.py``). The arithmetic is the plain path's; backward casts ``x`` again.
     """
 
     @staticmethod
