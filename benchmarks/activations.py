@@ -18,7 +18,7 @@ import torch
 import transformers
 
 import peftkit
-from peftkit.train.loop import UNFUSED_ATTENTION_SCORES, attention_kernel
+from peftkit.train.kernels import UNFUSED_ATTENTION_SCORES, attention_kernel
 
 LLAMA = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
          "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": True}

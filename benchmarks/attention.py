@@ -2,7 +2,7 @@
 
 The shapes of the training benchmark's batches on SmolLM2-135M: 8 rows, 9 heads of 64, causal, at two
 widths, in bf16 and fp32. This is the measurement behind peftkit's choice of the unfused kernel for
-half-precision training steps on CPU (``peftkit.train.loop.unfused_attention``).
+half-precision training steps on CPU (``peftkit.train.kernels.unfused_attention``).
 
     python benchmarks/attention.py [--repeats 10]
 """

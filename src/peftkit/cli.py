@@ -214,7 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_task_data
     from .train.evaluate import evaluate
-    from .train.loop import pick_device
+    from .train.kernels import pick_device
 
     job = job_from_args(args)
     model, tokenizer = _load(job.model, args.adapter_path, job)

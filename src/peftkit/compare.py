@@ -380,7 +380,7 @@ def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
     from .inspection import count_parameters
     from .models import load_model
     from .train.evaluate import evaluate
-    from .train.loop import pick_device
+    from .train.kernels import pick_device
 
     device = pick_device(job.train.device)
     model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype)).to(device)

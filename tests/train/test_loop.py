@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from peftkit import JobConfig, PeftModel, train
 from peftkit.errors import ConfigError, TrainingError
 from peftkit.train import checkpoint as ckpt
-from peftkit.train.loop import UNFUSED_ATTENTION_SCORES, Run, attention_kernel, lr_schedule, unfused_attention
+from peftkit.train.kernels import UNFUSED_ATTENTION_SCORES, attention_kernel, unfused_attention
+from peftkit.train.loop import Run, lr_schedule
 from tests.conftest import outputs, tiny_model
 
 

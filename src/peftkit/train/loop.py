@@ -24,33 +24,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import outputs
 from ..card import write_model_card
 from ..data import IGNORE_INDEX, Example, TaskData, collate, load_task_data, pack
-from ..errors import ConfigError, PeftkitError, TrainingError, TrainingInterrupted
-from ..errors import short_repr as _short
+from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..files import atomic_write, write_json_atomic, write_text_atomic
 from ..model import PeftModel, get_peft_model
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, rundir
+from .batches import Batches, total_steps
 from .config import JobConfig, TrainingConfig
 from .distributed import Processes
 from .evaluate import Metrics, evaluate, row_losses
+from .kernels import attention_kernel, autocast_for, pick_device, unfused_attention
 from .report import MetricsLog, Trackers, plot_metrics
 
 __all__ = ["TrainResult", "train"]
 
 TRAINABLE_FILE = ckpt.TRAINABLE_FILE
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "plot.png", "README.md", "adapter_config.json",
-             "adapter_model.safetensors", "checkpoints", "model")
-"""What a run writes into output_dir: peftkit refuses to start where one of these is the user's own file."""
-# Job fields that must be the same to resume: they decide the adapter, the data and the optimizer's path.
-# Length (epochs, max_steps, max_minutes) and what is shown or saved may change.
-RESUME_FIXED = ("model", "method", "adapter", "data", "seed", "dtype", "quantization", "train.batch_size",
-                "train.grad_accum", "train.lr", "train.weight_decay", "train.schedule", "train.warmup_steps",
-                "train.group_by_length", "train.packing", "train.max_grad_norm")
-
-
 @dataclass
 class TrainResult:
     """What a finished run produced."""
@@ -69,63 +59,6 @@ class TrainResult:
 # ----- pieces --------------------------------------------------------------------------------------------
 
 
-def pick_device(name: str, procs: Processes | None = None) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use device: auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and procs is not None and procs.distributed:
-        return torch.device("cuda", procs.local_rank)  # one GPU per process
-    return torch.device(name)
-
-
-def autocast_for(precision: str, device: torch.device) -> tuple[contextlib.AbstractContextManager[Any], bool]:
-    """The autocast context for ``precision`` and whether fp16 loss scaling is needed."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext(), False
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision=fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype), precision == "fp16"
-
-
-UNFUSED_ATTENTION_SCORES = 1 << 23
-"""Most attention scores (rows x heads x width^2) a step may hold per layer on the unfused kernel; wider
-batches keep the fused kernel, which stores none. On CPU the unfused kernel computes a bf16 batch in fp32
-and keeps the scores and fp32 copies of q, k and v for backward: 2^23 scores are 32 MiB per layer, and the
-copies add 3 x head_dim / width of that."""
-
-
-def unfused_attention(device: torch.device, model: nn.Module, autocast: contextlib.AbstractContextManager[Any]) -> int:
-    """How many attention scores per layer a training step may hold on the unfused ("math") kernel: up to
-    :data:`UNFUSED_ATTENTION_SCORES` for half precision on CPU, else 0 (always the fused kernel).
-
-    PyTorch's fused CPU attention is fast forward but slow backward in bf16 (in fp32 the fused one is faster;
-    measured in benchmarks/results/attention-cpu.md, by ``benchmarks/attention.py``). The unfused kernel keeps
-    the (rows, heads, width, width) scores for backward, so long batches stay on the fused one. Evaluation
-    and generation (no backward) keep the fused kernel, as do fp32 and CUDA.
-    """
-    half = (torch.bfloat16, torch.float16)
-    computes_half = getattr(autocast, "fast_dtype", None) in half or any(p.dtype in half for p in model.parameters())
-    return UNFUSED_ATTENTION_SCORES if device.type == "cpu" and computes_half else 0
-
-
-def attention_kernel(model: nn.Module, inputs: dict[str, Any], budget: int) -> contextlib.AbstractContextManager[Any]:
-    """The unfused attention kernel when this batch's scores fit ``budget`` (see :func:`unfused_attention`)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if not budget:
-        return contextlib.nullcontext()
-    rows, width = inputs["input_ids"].shape
-    config = getattr(model, "config", None)
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 32
-    front = model.tokens_in_front if isinstance(model, PeftModel) else 0  # virtual tokens widen the scores
-    scores = rows * int(heads) * (width + front) ** 2
-    return sdpa_kernel([SDPBackend.MATH]) if scores <= budget else contextlib.nullcontext()
-
-
 def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
     """transformers' schedule of that name (linear or cosine decay, or constant, after linear warmup from 0):
     the one a Trainer run with the same settings gets, so peftkit's runs and the peer's follow the same curve."""
@@ -133,58 +66,6 @@ def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total:
 
     name = "constant_with_warmup" if kind == "constant" else kind
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-
-
-class Batches:
-    """Micro-batch number ``position`` of an endless, epoch-by-epoch reshuffled pass over the examples.
-
-    With ``group_by_length``, each shuffled window of 50 batches is sorted by length before it is cut into
-    batches (then the batches are shuffled): rows in a batch have similar lengths, so little compute goes
-    to padding. Either way the order is a pure function of the seed and the epoch.
-    """
-
-    WINDOW = 50
-
-    def __init__(self, examples: list[Example], batch_size: int, seed: int, pad_id: int,
-                 group_by_length: bool = False) -> None:
-        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
-        self.group_by_length = group_by_length
-        self.per_epoch = math.ceil(len(examples) / batch_size)
-        self._order: tuple[int, list[list[int]]] | None = None
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(len(self.examples), generator=generator).tolist()
-            size = self.batch_size
-            if not self.group_by_length:
-                batches = [order[i: i + size] for i in range(0, len(order), size)]
-            else:
-                batches = []
-                for start in range(0, len(order), size * self.WINDOW):
-                    window = sorted(order[start: start + size * self.WINDOW],
-                                    key=lambda i: -len(self.examples[i].input_ids))
-                    batches += [window[i: i + size] for i in range(0, len(window), size)]
-                batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-            self._order = (epoch, batches)
-        return self._order[1]
-
-    def indices(self, position: int) -> list[int]:
-        """Which examples form micro-batch ``position``."""
-        epoch, index = divmod(position, self.per_epoch)
-        return self._epoch_batches(epoch)[index]
-
-    def __call__(self, position: int) -> dict[str, torch.Tensor]:
-        return collate([self.examples[i] for i in self.indices(position)], self.pad_id)
-
-    def epoch(self, position: int) -> float:
-        return position / self.per_epoch
-
-
-def total_steps(cfg: TrainingConfig, batches: Batches) -> int:
-    if cfg.max_steps is not None:
-        return cfg.max_steps
-    return max(1, math.ceil(cfg.epochs * batches.per_epoch / cfg.grad_accum))
 
 
 # ----- the run -----------------------------------------------------------------------------------------------
@@ -255,7 +136,7 @@ class Run:
         state = {"step": self.step, "micro_batches": self.position,
                  "optimizer": distributed.optimizer_state(self.model, self.optimizer, self.procs),
                  "scheduler": self.scheduler.state_dict(), "before": self.before or {},
-                 "tokens_seen": self.tokens_seen, "train_time": self.train_time, "job": _job_record(self.config)}
+                 "tokens_seen": self.tokens_seen, "train_time": self.train_time, "job": rundir.job_record(self.config)}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         rng_per_rank = self.procs.gather(ckpt.rng_state())
@@ -273,7 +154,7 @@ class Run:
 
         ckpt.check_complete(folder)
         state = ckpt.load_state(folder)
-        changed = _resume_differences(state.get("job"), _job_record(self.config))
+        changed = rundir.resume_differences(state.get("job"), rundir.job_record(self.config))
         if changed:
             raise ConfigError(f"{folder} was written by a different job ({'; '.join(changed)}). --resume continues "
                               "the same job: change these back, or start a new output_dir")
@@ -433,56 +314,6 @@ class _TrainableSaver:
             save_file(tensors, tmp)
 
 
-def _job_record(config: JobConfig) -> dict[str, Any]:
-    """The job as a checkpoint records it, with the adapter's every field (defaults included), so that
-    leaving a field out and writing its default are the same job."""
-    peft_config = config.peft_config()
-    return {**config.to_dict(), "adapter": peft_config.to_dict() if peft_config is not None else {}}
-
-
-def _resume_differences(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
-    """``field: <at the checkpoint> -> <now>`` for each :data:`RESUME_FIXED` field that differs."""
-    if not saved:
-        return []  # a checkpoint from before jobs were recorded: trust the tensor checks
-    changed = []
-    for name in RESUME_FIXED:
-        section, _, key = name.partition(".")
-        old, new = saved.get(section), now.get(section)
-        if key:
-            old, new = (old or {}).get(key), (new or {}).get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += [f"{name}.{k}: {_short(old.get(k))} at the checkpoint, {_short(new.get(k))} now"
-                        for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)]
-        elif old != new:
-            changed.append(f"{name}: {_short(old)} at the checkpoint, {_short(new)} now")
-    return changed
-
-
-def _resume_folder(config: JobConfig, log: Callable[[str], None]) -> Path | None:
-    resume = config.train.resume
-    if isinstance(resume, str) and resume not in ("true", "latest"):
-        return Path(resume)
-    if not resume:
-        return None
-    latest = ckpt.find_latest(config.output_dir)
-    if latest is None:
-        log(f"no checkpoint in {config.output_dir}; starting from the beginning")
-    return latest
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before any work when output_dir cannot hold the results."""
-    import tempfile
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise ConfigError(f"output_dir {out} cannot be written: {err.strerror or err}; choose a writable "
-                          f"folder with --output-dir") from err
-
-
 def _check_context(config: JobConfig, model: nn.Module, data: TaskData) -> None:
     """Every example (plus virtual tokens) must fit the model's position range."""
     peft = model if isinstance(model, PeftModel) else None
@@ -554,60 +385,16 @@ def _quiet(_: str) -> None:
 def _train(config: JobConfig, model: nn.Module | None, tokenizer: Any, log: Callable[[str], None],
            procs: Processes) -> TrainResult:
     seed_everything(config.seed)  # the same adapter initialization on every process
-    _check_writable(Path(config.output_dir))
-    with _own_output_dir(config, procs, log):
+    rundir.check_writable(Path(config.output_dir))
+    with rundir.own_output_dir(config, procs, log):
         return _train_owned(config, model, tokenizer, log, procs)
-
-
-@contextlib.contextmanager
-def _own_output_dir(config: JobConfig, procs: Processes, log: Callable[[str], None]) -> Iterator[None]:
-    """Rank 0 holds output_dir's writer lock for the whole run, cleans what killed runs left there, and
-    checks that the run's files are peftkit's to write; every process learns whether that worked."""
-    out = Path(config.output_dir)
-    with contextlib.ExitStack() as stack:
-        failure: PeftkitError | None = None
-        if procs.is_main:
-            try:
-                stack.enter_context(outputs.writer_lock(out))
-                removed = outputs.clean_leftovers(out, RUN_FILES)
-                if removed:
-                    log(f"removed {len(removed)} leftover(s) of an interrupted write in {out}: {', '.join(removed)}")
-                _claim_run_files(config, log)
-            except PeftkitError as err:
-                failure = err
-        if procs.distributed and procs.any(failure is not None):
-            raise failure or outputs.OutputDirError(f"rank 0 could not take output_dir {out}; see its message")
-        if failure is not None:
-            raise failure
-        yield
-
-
-def _claim_run_files(config: JobConfig, log: Callable[[str], None]) -> None:
-    """Refuse the user's own files where the run would write, and an earlier run's results unless the job
-    resumes it or asks to replace it (``train.overwrite``)."""
-    out = Path(config.output_dir)
-    existing = ckpt.find_latest(out)
-    if existing is not None and not (config.train.resume or config.train.overwrite):
-        raise ConfigError(f"output_dir {out} already holds checkpoints of an earlier run ({existing.name}); pass "
-                          "--resume to continue it, --train.overwrite true to replace it, or choose a new "
-                          "output_dir")
-    earlier = outputs.claim(out, RUN_FILES, "train", "output_dir")
-    if not earlier or config.train.resume:
-        return
-    if not config.train.overwrite:
-        raise outputs.OutputDirError(
-            f"output_dir {out} already holds the results of an earlier run ({', '.join(earlier)}); pass --resume "
-            "to continue it, --train.overwrite true to replace those files (only files peftkit wrote), or choose "
-            "a new output_dir")
-    outputs.remove_owned(out, RUN_FILES, "train")
-    log(f"replacing the earlier run in {out} (train.overwrite)")
 
 
 def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log: Callable[[str], None],
                  procs: Processes) -> TrainResult:
     from ..models import load_tokenizer
 
-    resume_from = _resume_folder(config, log)
+    resume_from = rundir.resume_folder(config, log)
     if procs.distributed:
         _check_batch(config.train, procs)
         log(f"training on {procs.world_size} processes ({procs.strategy}); global batch "
