@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
-from . import prompting, surgery, trainer_support
+from . import prompting, surgery, trainer_support, weighted
 from .card import write_model_card
 from .checks import (
     check_adapter_name,
@@ -44,7 +44,6 @@ from .errors import (
     PeftkitError,
 )
 from .holder import BaseModelHolder
-from .merging import MIXES
 
 __all__ = [
     "PeftModel",
@@ -383,39 +382,10 @@ class PeftModel(nn.Module):
         if shared:  # PEFT's rule and words: full copies cannot be weighted together
             raise ConfigError(f"Cannot add weighted adapters if they target the same module with modules_to_save, but "
                               f"found {len(shared)} such instance(s): {', '.join(shared)}")
-        problems = []
-        if len(weights) != len(adapters) or not adapters:
-            problems.append(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights")
-        if combination_type not in surgery.COMBINATIONS:
-            problems.append(f"combination_type={combination_type!r} is not supported; expected one of "
-                            f"{', '.join(surgery.COMBINATIONS)}")
-        pruning = combination_type not in ("linear", "cat", "svd")
-        if pruning and not (isinstance(density, (int, float)) and 0 <= density <= 1):
-            problems.append(f"combination_type={combination_type!r} needs density in [0, 1], got {density!r}")
-        if majority_sign_method not in ("total", "frequency"):
-            problems.append(f"majority_sign_method={majority_sign_method!r}; expected total or frequency")
-        if not all(isinstance(c, LoraConfig) and not c.use_dora for c in configs):
-            problems.append("add_weighted_adapter combines plain LoRA adapters only (not DoRA or other methods)")
-        if problems:
-            raise ConfigError(problems)
-        loras = [cast(LoraConfig, c) for c in configs]
-        ranks = [max(c.r, *c.rank_pattern.values()) if c.rank_pattern else c.r for c in loras]
-        combination = "linear" if len(adapters) == 1 else combination_type
-        if combination in MIXES and len(set(ranks)) != 1:
-            raise ConfigError(f"combination_type={combination!r} needs equal ranks, got {ranks}; use 'cat' or 'svd'")
-        rank = ranks[0] if combination in MIXES else sum(ranks) if combination == "cat" else svd_rank or max(ranks)
-        targets = [c.target_modules for c in loras]
-        if any(isinstance(t, str) for t in targets) and not all(isinstance(t, str) for t in targets):
-            raise ConfigError("the adapters mix list and regex target_modules; PEFT cannot combine those either")
-        merged_targets: set[str] | str = (
-            "|".join(f"({t})" for t in cast(list[str], targets)) if isinstance(targets[0], str)
-            else {m for t in targets for m in cast(set[str], t)}
-        )
-        config = loras[0].replace(r=rank, lora_alpha=rank, target_modules=merged_targets, rank_pattern={},
-                                  alpha_pattern={})
-        self.add_adapter(adapter_name, config)
-        surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, combination, rank,
-                             density=1.0 if density is None else float(density), sign_method=majority_sign_method)
+        plan = weighted.plan(configs, weights, combination_type, svd_rank, density, majority_sign_method)
+        self.add_adapter(adapter_name, plan.config)
+        surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, plan.combination,
+                             plan.rank, density=plan.density, sign_method=majority_sign_method)
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op.
@@ -636,7 +606,7 @@ class PeftModel(nn.Module):
                 config.base_model_name_or_path = self.name_or_path or None
             config.inference_mode = True
             if path_initial_model_for_weight_conversion is not None:
-                config, tensors = _to_plain_lora(config, tensors, path_initial_model_for_weight_conversion)
+                config, tensors = weighted.to_plain_lora(config, tensors, path_initial_model_for_weight_conversion)
             fmt.write_adapter(folder, config, tensors)
         write_model_card(Path(save_directory), self)
 
@@ -801,34 +771,6 @@ def _is_transformers_model(model: nn.Module) -> bool:
     except ImportError:
         return False
     return isinstance(model, PreTrainedModel)
-
-
-def _to_plain_lora(config: PeftConfig, tensors: dict[str, torch.Tensor], initial: str | os.PathLike[str]
-                   ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
-    """Turn a PiSSA/OLoRA adapter into a LoRA adapter on the original weights.
-
-    ``W = W_res + s B0 A0`` and the trained model is ``W_res + s B A``, so the update on ``W`` is
-    ``s (B A - B0 A0) = s [B | -B0] [A | A0]``: rank doubles, and alpha doubles so the scaling stays.
-    """
-    if not isinstance(config, LoraConfig):
-        raise ConfigError("path_initial_model_for_weight_conversion applies to LoRA adapters only")
-    if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
-        raise ConfigError("path_initial_model_for_weight_conversion does not support rank_pattern or "
-                          "alpha_pattern together with use_rslora (nor does PEFT)")
-    start = fmt.load_adapter_weights(initial)
-    converted = dict(tensors)
-    for key, tensor in tensors.items():
-        if key not in start:
-            continue
-        if ".lora_A" in key:
-            converted[key] = torch.cat([tensor, start[key].to(tensor)], dim=0)
-        elif ".lora_B" in key:
-            converted[key] = torch.cat([tensor, -start[key].to(tensor)], dim=1)
-    new = config.replace(init_lora_weights=True, r=config.r * 2,
-                         lora_alpha=config.lora_alpha * (2**0.5 if config.use_rslora else 2),
-                         rank_pattern={k: 2 * v for k, v in config.rank_pattern.items()},
-                         alpha_pattern={k: 2 * v for k, v in config.alpha_pattern.items()})
-    return new, converted
 
 
 def _drop_tied_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

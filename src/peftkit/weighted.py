@@ -1,0 +1,103 @@
+"""Adapters rewritten as other LoRA adapters: a weighted combination of several (PEFT's
+``add_weighted_adapter``), and a PiSSA/OLoRA adapter as the plain LoRA it amounts to on the original weights.
+
+The tensor arithmetic of the combinations is in :mod:`peftkit.merging`; the layers are filled by
+:func:`peftkit.surgery.combine_lora`. Here: what the combined adapter's config is, checked whole first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+
+from . import format as fmt
+from .config import LoraConfig, PeftConfig
+from .errors import ConfigError
+from .merging import MIXES
+from .surgery import COMBINATIONS
+
+__all__ = ["WeightedPlan", "plan", "to_plain_lora"]
+
+
+@dataclass(frozen=True)
+class WeightedPlan:
+    """The combined adapter: its config, how it is combined, and its rank."""
+
+    config: LoraConfig
+    combination: str
+    rank: int
+    density: float
+
+
+def plan(configs: Sequence[PeftConfig], weights: Sequence[float], combination_type: str, svd_rank: int | None,
+         density: float | None, majority_sign_method: str) -> WeightedPlan:
+    """Check a weighted combination (every problem at once) and work out the new adapter's config.
+
+    Raises:
+        ConfigError: mismatched weights or ranks, an unknown combination, or adapters that are not plain LoRA.
+    """
+    problems = []
+    if len(weights) != len(configs) or not configs:
+        problems.append(f"give one weight per adapter: {len(configs)} adapters, {len(weights)} weights")
+    if combination_type not in COMBINATIONS:
+        problems.append(f"combination_type={combination_type!r} is not supported; expected one of "
+                        f"{', '.join(COMBINATIONS)}")
+    pruning = combination_type not in ("linear", "cat", "svd")
+    if pruning and not (isinstance(density, (int, float)) and 0 <= density <= 1):
+        problems.append(f"combination_type={combination_type!r} needs density in [0, 1], got {density!r}")
+    if majority_sign_method not in ("total", "frequency"):
+        problems.append(f"majority_sign_method={majority_sign_method!r}; expected total or frequency")
+    if not all(isinstance(c, LoraConfig) and not c.use_dora for c in configs):
+        problems.append("add_weighted_adapter combines plain LoRA adapters only (not DoRA or other methods)")
+    if problems:
+        raise ConfigError(problems)
+    loras = [cast(LoraConfig, c) for c in configs]
+    ranks = [max(c.r, *c.rank_pattern.values()) if c.rank_pattern else c.r for c in loras]
+    combination = "linear" if len(loras) == 1 else combination_type
+    if combination in MIXES and len(set(ranks)) != 1:
+        raise ConfigError(f"combination_type={combination!r} needs equal ranks, got {ranks}; use 'cat' or 'svd'")
+    rank = ranks[0] if combination in MIXES else sum(ranks) if combination == "cat" else svd_rank or max(ranks)
+    targets = [c.target_modules for c in loras]
+    if any(isinstance(t, str) for t in targets) and not all(isinstance(t, str) for t in targets):
+        raise ConfigError("the adapters mix list and regex target_modules; PEFT cannot combine those either")
+    merged_targets: set[str] | str = (
+        "|".join(f"({t})" for t in cast(list[str], targets)) if isinstance(targets[0], str)
+        else {m for t in targets for m in cast(set[str], t)}
+    )
+    config = cast(LoraConfig, loras[0].replace(r=rank, lora_alpha=rank, target_modules=merged_targets,
+                                               rank_pattern={}, alpha_pattern={}))
+    return WeightedPlan(config, combination, rank, 1.0 if density is None else float(density))
+
+
+def to_plain_lora(config: PeftConfig, tensors: dict[str, torch.Tensor], initial: str | os.PathLike[str]
+                   ) -> tuple[PeftConfig, dict[str, torch.Tensor]]:
+    """Turn a PiSSA/OLoRA adapter into a LoRA adapter on the original weights.
+
+    ``W = W_res + s B0 A0`` and the trained model is ``W_res + s B A``, so the update on ``W`` is
+    ``s (B A - B0 A0) = s [B | -B0] [A | A0]``: rank doubles, and alpha doubles so the scaling stays.
+    """
+    if not isinstance(config, LoraConfig):
+        raise ConfigError("path_initial_model_for_weight_conversion applies to LoRA adapters only")
+    if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
+        raise ConfigError("path_initial_model_for_weight_conversion does not support rank_pattern or "
+                          "alpha_pattern together with use_rslora (nor does PEFT)")
+    start = fmt.load_adapter_weights(initial)
+    converted = dict(tensors)
+    for key, tensor in tensors.items():
+        if key not in start:
+            continue
+        if ".lora_A" in key:
+            converted[key] = torch.cat([tensor, start[key].to(tensor)], dim=0)
+        elif ".lora_B" in key:
+            converted[key] = torch.cat([tensor, -start[key].to(tensor)], dim=1)
+    new = config.replace(init_lora_weights=True, r=config.r * 2,
+                         lora_alpha=config.lora_alpha * (2**0.5 if config.use_rslora else 2),
+                         rank_pattern={k: 2 * v for k, v in config.rank_pattern.items()},
+                         alpha_pattern={k: 2 * v for k, v in config.alpha_pattern.items()})
+    return new, converted
+
+
