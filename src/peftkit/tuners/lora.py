@@ -10,14 +10,16 @@ about the model around them; :mod:`peftkit.surgery` places them.
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from . import dora, lora_init
 from .base import AdapterLayer
+from .low_rank import low_rank_update
 from .rows import RowGroups
 
 __all__ = ["AdapterLayer", "LoraEmbedding", "LoraLayer", "LoraLinear"]
@@ -120,67 +122,43 @@ class LoraLinear(LoraLayer):
 
     @torch.no_grad()
     def _pissa_init(self, name: str, how: str) -> None:
-        """PiSSA: A and B take the top ``r`` singular directions of W (split as sqrt(S) on each side, divided by
-        the scaling); the base keeps the residual, so ``W_res + scaling * B @ A == W`` at the start."""
-        r, scaling = self.r[name], self.scaling[name]
-        weight = self._base_weight().float()  # (out, in)
-        if how == "pissa":
-            u, sigma, vh = torch.linalg.svd(weight, full_matrices=False)
-            u, sigma, vh = u[:, :r], sigma[:r], vh[:r]
-        else:  # "pissa_niter_<n>": randomized SVD with n subspace iterations
-            u, sigma, v = torch.svd_lowrank(weight, r, niter=int(how.split("_niter_")[-1]))
-            vh = v.T
-        root = torch.diag(torch.sqrt(sigma / scaling))
-        a, b = root @ vh, u @ root  # (r, in), (out, r)
-        self._set_pair(name, a, b, weight - scaling * (b @ a))
+        """PiSSA: A and B from the top singular directions of W; the base keeps the residual."""
+        self._set_pair(name, *lora_init.pissa(self._base_weight().float(), self.r[name], self.scaling[name], how))
 
     @torch.no_grad()
     def _olora_init(self, name: str) -> None:
-        """OLoRA: A and B from the QR decomposition of W (B = Q[:, :r], A = R[:r]); the base keeps the residual."""
+        """OLoRA: A and B from the QR decomposition of W; the base keeps the residual."""
         if self.fan_in_fan_out:
             raise ConfigError("init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D; "
                               "use 'pissa' there")
-        r, scaling = self.r[name], self.scaling[name]
-        weight = self.weight.float()  # (out, in)
-        q, upper = torch.linalg.qr(weight)
-        a, b = upper[:r].contiguous(), q[:, :r].contiguous()
-        self._set_pair(name, a, b, weight - scaling * (b @ a))
+        self._set_pair(name, *lora_init.olora(self.weight.float(), self.r[name], self.scaling[name]))
 
     def _set_pair(self, name: str, a: torch.Tensor, b: torch.Tensor, residual: torch.Tensor) -> None:
         """Install A, B and the residual base weight (given in (out, in) layout)."""
         cast(torch.Tensor, self.lora_A[name].weight).data = a.contiguous()
         cast(torch.Tensor, self.lora_B[name].weight).data = b.contiguous()
-        residual = residual.T if self.fan_in_fan_out else residual
-        self.weight.data = residual.to(self.weight.dtype).contiguous()
+        self._set_base_weight(residual)
 
     def _base_weight(self) -> torch.Tensor:
         """The base weight as (out, in), whatever the layer's storage layout."""
         return self.weight.T if self.fan_in_fan_out else self.weight
 
     def _weight_norm(self, name: str) -> torch.Tensor:
-        """Row norms of ``W + scaling * B @ A`` in (out, in) layout: DoRA's direction normalizer, ``(out,)``."""
-        a = cast(torch.Tensor, self.lora_A[name].weight)
-        b = cast(torch.Tensor, self.lora_B[name].weight)
-        adapted = self._base_weight().float() + self.scaling[name] * (b @ a)  # (out, in)
-        return torch.linalg.norm(adapted, dim=1)
+        """DoRA's row norms of ``W + scaling * B @ A``, ``(out,)``."""
+        a, b = cast(torch.Tensor, self.lora_A[name].weight), cast(torch.Tensor, self.lora_B[name].weight)
+        return dora.row_norms(self._base_weight(), a, b, self.scaling[name])
 
     def _dora(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        """What a DoRA adapter adds to ``result`` (the base output): ``(m / ||W + sBA|| - 1) W x + m / ||..|| s BA x``.
-
-        The norm is treated as a constant (detached), as the DoRA paper (section 4.3) and PEFT do.
-        """
+        """What DoRA adapter ``name`` adds to ``result``, the base output (see :mod:`.dora`)."""
         dropout = self.lora_dropout[name]
-        factor = (self.lora_magnitude_vector[name] / self._weight_norm(name).detach()).view(1, -1)  # (1, out)
-        weight_a = cast(torch.Tensor, self.lora_A[name].weight)
-        weight_b = cast(torch.Tensor, self.lora_B[name].weight)
+        factor = self.lora_magnitude_vector[name] / self._weight_norm(name).detach()  # (out,)
+        a, b = cast(torch.Tensor, self.lora_A[name].weight), cast(torch.Tensor, self.lora_B[name].weight)
         if isinstance(dropout, nn.Identity) or not self.training:
-            h = x
-            base = result if self.bias is None else result - self.bias  # (..., out): W x
+            h, base = x, (result if self.bias is None else result - self.bias)  # (..., out): W x
         else:
-            h = dropout(x.to(weight_a.dtype))
+            h = dropout(x.to(a.dtype))
             base = F.linear(h, self._base_weight().to(h.dtype))  # W applied to the dropped-out input
-        update = (factor - 1) * base + factor * _low_rank(h, weight_a, weight_b, self.scaling[name])  # (..., out)
-        return update.to(result.dtype)
+        return dora.output_change(base, h, a, b, self.scaling[name], factor).to(result.dtype)
 
     def _merge_one(self, name: str) -> None:
         if name not in self.lora_magnitude_vector:
@@ -188,24 +166,27 @@ class LoraLinear(LoraLayer):
             return
         norm = self._weight_norm(name).detach()
         self._merged_norms[name] = norm
-        factor = (self.lora_magnitude_vector[name] / norm).view(-1, 1)  # (out, 1)
-        factor = factor.T if self.fan_in_fan_out else factor
-        merged = factor * (self.weight.float() + self.delta_weight(name))
-        self.weight.data = merged.to(self.weight.dtype)
+        factor = self.lora_magnitude_vector[name] / norm
+        self._set_base_weight(dora.merged_weight(self._base_weight(), self._delta_out_in(name), factor))
 
     def _unmerge_one(self, name: str) -> None:
         if name not in self.lora_magnitude_vector:
             super()._unmerge_one(name)
             return
-        factor = (self.lora_magnitude_vector[name] / self._merged_norms.pop(name)).view(-1, 1)
-        factor = factor.T if self.fan_in_fan_out else factor
-        self.weight.data = (self.weight.float() / factor - self.delta_weight(name)).to(self.weight.dtype)
+        factor = self.lora_magnitude_vector[name] / self._merged_norms.pop(name)
+        self._set_base_weight(dora.unmerged_weight(self._base_weight(), self._delta_out_in(name), factor))
         self.merged_adapters.remove(name)
 
+    def _delta_out_in(self, name: str) -> torch.Tensor:
+        a, b = cast(torch.Tensor, self.lora_A[name].weight), cast(torch.Tensor, self.lora_B[name].weight)
+        return (b @ a) * self.scaling[name]  # (out, in)
+
+    def _set_base_weight(self, weight: torch.Tensor) -> None:
+        """Store a weight given as (out, in) in the layer's own layout and dtype."""
+        self.weight.data = (weight.T if self.fan_in_fan_out else weight).to(self.weight.dtype).contiguous()
+
     def delta_weight(self, name: str) -> torch.Tensor:
-        a = cast(torch.Tensor, self.lora_A[name].weight)  # (r, in)
-        b = cast(torch.Tensor, self.lora_B[name].weight)  # (out, r)
-        delta = (b @ a) * self.scaling[name]  # (out, in)
+        delta = self._delta_out_in(name)  # (out, in)
         return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
@@ -236,7 +217,7 @@ class LoraLinear(LoraLayer):
         if self.training and not isinstance(self.lora_dropout[name], nn.Identity):  # the identity in eval mode
             h = self.lora_dropout[name](x.to(a.dtype))
         if result.dtype != b.dtype:  # e.g. a bf16 base: the update is computed in fp32, then rounded once
-            update, alpha = _low_rank(h, a, b, self.scaling[name]).to(result.dtype), 1.0
+            update, alpha = low_rank_update(h, a, b, self.scaling[name]).to(result.dtype), 1.0
         else:
             update, alpha = F.linear(F.linear(h if h.dtype == a.dtype else h.to(a.dtype), a), b), self.scaling[name]
         if rows is None:
@@ -257,51 +238,6 @@ class LoraLinear(LoraLayer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
-
-
-def _low_rank(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """``scaling * B(A(x))`` in the adapter's dtype, scaled at rank r; a narrower ``x`` that autograd records is
-    kept as it is for backward (:class:`LowPrecisionInputLora`), not as an fp32 copy."""
-    if LowPrecisionInputLora.applies(x, a):
-        return cast(torch.Tensor, LowPrecisionInputLora.apply(x, a, b, scaling))
-    return F.linear(F.linear(x.to(a.dtype), a) * scaling, b)  # (..., out)
-
-
-class LowPrecisionInputLora(torch.autograd.Function):
-    """``scaling * B(A(x))`` in the adapter's dtype (fp32) for an input in a lower one (a bf16 base), keeping
-    ``x`` itself for backward instead of its fp32 copy.
-
-    Plain autograd would save ``x.to(fp32)``: twice the bytes of ``x``, and one copy per layer, so q, k and v,
-    which read the same input, kept three. With q, k, v and o adapted these copies were the largest saved
-    tensors of a bf16-base training step (benchmarks/results/training-cpu.md, measured by
-    ``benchmarks/activations.py``). The arithmetic is the plain path's; backward casts ``x`` again.
-    """
-
-    @staticmethod
-    def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether ``x`` is narrower than the adapter's ``weight`` with autograd recording. Not under autocast,
-        which casts the weights down instead of ``x`` up (and would run this backward without autocast)."""
-        return (x.element_size() < weight.element_size() and torch.is_grad_enabled()
-                and not torch.is_autocast_enabled(x.device.type))
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
-        h = F.linear(x.to(a.dtype), a) * scaling  # (..., r)
-        ctx.save_for_backward(x, a, b, h)
-        ctx.scaling = scaling
-        return F.linear(h, b)  # (..., out), in the adapter's dtype
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, a, b, h = ctx.saved_tensors
-        wants_x, wants_a, wants_b = ctx.needs_input_grad[:3]
-        grad = grad.to(b.dtype)  # (..., out)
-        grad_h = F.linear(grad, b.T) * ctx.scaling  # (..., r): back through B and the scaling
-        grad_x = F.linear(grad_h, a.T).to(x.dtype) if wants_x else None  # (..., in)
-        rank = h.shape[-1]  # the weight gradients sum over every position of every row: (N, ...) matrices
-        grad_a = grad_h.reshape(-1, rank).T @ x.reshape(-1, x.shape[-1]).to(a.dtype) if wants_a else None  # (r, in)
-        grad_b = grad.reshape(-1, grad.shape[-1]).T @ h.reshape(-1, rank) if wants_b else None  # (out, r)
-        return grad_x, grad_a, grad_b, None
 
 
 class LoraEmbedding(LoraLayer):
