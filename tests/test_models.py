@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,9 @@ def test_an_unreachable_hub_id_that_peftkit_packages_names_the_alias(monkeypatch
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", offline)
     with pytest.raises(ModelLoadError, match="without a network, pass 'smollm2-135m' as the model instead"):
         peftkit.load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_loading_a_model_draws_no_progress_bar_off_a_terminal(model_dir: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    peftkit.load_model(str(model_dir))
+    assert "Loading weights" not in capsys.readouterr().err  # transformers' bar is for terminals, not log files

@@ -8,8 +8,11 @@ Packaged aliases point at models that install from PyPI and work offline:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,8 +162,9 @@ def load_model(
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
-        model = auto_cls.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
-                                         **kwargs)
+        with _bars_on_terminals_only():
+            model = auto_cls.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
+                                             **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"cannot load model {os.fspath(name_or_path)!r} as {task_type.value}: {err}"
                              f"{_packaged_hint(os.fspath(name_or_path))}") from err
@@ -181,6 +185,21 @@ def load_model(
         model.name_or_path = alias.hub_id
         model.config._name_or_path = alias.hub_id
     return model
+
+
+@contextlib.contextmanager
+def _bars_on_terminals_only() -> Iterator[None]:
+    """transformers' "Loading weights" bar only on a terminal: in a log file it is lines of carriage returns."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    if shown and not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def _packaged_hint(name: str) -> str:
