@@ -73,7 +73,10 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
         enable = getattr(model, "enable_input_require_grads", None)
         if enable is not None:
             enable()
-        checkpointing = getattr(model, "gradient_checkpointing_enable", None)
-        if checkpointing is not None:
-            checkpointing(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        transformers_model: Any = model
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers' newer name; the old one warns
+            transformers_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        elif hasattr(model, "gradient_checkpointing_enable"):
+            transformers_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
