@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,26 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
                   "adapter was trained on those weights, which differ slightly from the original checkpoint's "
                   f"({base or 'the base model'}), so it fits the GGUF's de-quantized weights best."]
 
-    card = ModelCard.from_template(
-        data, model_id=f"an adapter of {base}" if base else "an adapter", model_description="\n".join(lines),
-        model_type=f"{active.peft_type.value} adapter", base_model=base,
-        model_summary=f"{CARD_MARK} in Hugging Face PEFT's format: it loads in peftkit and in PEFT.",
-        get_started_code="```python\nfrom peftkit import PeftModel\n\nmodel = PeftModel.from_pretrained(base_model, "
-                         "\"path/to/this/folder\")\n```",
-        software=f"peftkit {__version__} (PEFT's adapter format)")
+    fields = {**data.to_dict(), "model_id": f"an adapter of {base}" if base else "an adapter",
+              "model_description": "\n".join(lines), "model_type": f"{active.peft_type.value} adapter",
+              "base_model": base,
+              "model_summary": f"{CARD_MARK} in Hugging Face PEFT's format: it loads in peftkit and in PEFT.",
+              "get_started_code": "```python\nfrom peftkit import PeftModel\n\nmodel = PeftModel.from_pretrained("
+                                  "base_model, \"path/to/this/folder\")\n```",
+              "software": f"peftkit {__version__} (PEFT's adapter format)"}
+    card = ModelCard(_hub_template().render(card_data=data.to_yaml(), **fields))
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(card_path, str(card))
+
+
+@functools.cache
+def _hub_template() -> Any:
+    """The Hub's model card template, compiled once: ``ModelCard.from_template`` renders this same template but
+    compiles it on every call, which was three quarters of the time of saving a small adapter."""
+    import jinja2
+    from huggingface_hub import ModelCard
+
+    return jinja2.Template(Path(ModelCard.default_template_path).read_text(encoding="utf-8"))
 
 
 def _add_card_metadata(card_path: Path, base: str | None, tags: set[str], pipeline: str | None) -> None:
