@@ -127,8 +127,4 @@ class AutoPeftModelForFeatureExtraction(AutoPeftModel):
     model_class = PeftModelForFeatureExtraction
 
 
-_BY_TASK: dict[TaskType, type[AutoPeftModel]] = {
-    c.task: c for c in (AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM, AutoPeftModelForSequenceClassification,
-                        AutoPeftModelForTokenClassification, AutoPeftModelForQuestionAnswering,
-                        AutoPeftModelForFeatureExtraction) if c.task is not None
-}
+_BY_TASK: dict[TaskType, type[AutoPeftModel]] = {c.task: c for c in AutoPeftModel.__subclasses__() if c.task}

@@ -204,9 +204,8 @@ def load_rows(path: str | os.PathLike[str], fmt: str | None = None,
     """
     from datasets import load_dataset
 
-    fmt = fmt or (detect_format(path) if Path(path).is_dir() or not Path(path).exists() else None)
-    if fmt in ("disk", "hub"):
-        return _dataset_rows(os.fspath(path), fmt)
+    if Path(path).is_dir() or _looks_like_hub_id(os.fspath(path)):  # a save_to_disk folder or a Hub dataset
+        return _dataset_rows(os.fspath(path), detect_format(path))
     if not Path(path).is_file():
         raise DataError(f"data file not found: {path}; check data.path (relative paths start from the "
                         f"current directory {os.getcwd()})")

@@ -7,6 +7,7 @@ adapter is then of no use without them; peftkit writes and reads those files the
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -91,6 +92,13 @@ def _vocab_resized(base: nn.Module, config: PeftConfig) -> bool:
     folder = config.base_model_name_or_path
     if not vocab or not folder or not os.path.isfile(os.path.join(folder, "config.json")):
         return False
+    return _saved_vocab(folder) != vocab
+
+
+@functools.cache
+def _saved_vocab(folder: str) -> int | None:
+    """The vocabulary size in a base model folder's config.json, read once per process (every checkpoint of
+    a run asks)."""
     from transformers import AutoConfig
 
-    return bool(AutoConfig.from_pretrained(folder).vocab_size != vocab)
+    return getattr(AutoConfig.from_pretrained(folder), "vocab_size", None)
