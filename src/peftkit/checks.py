@@ -6,9 +6,11 @@ import torch
 from torch import nn
 
 from .config import PeftConfig
-from .errors import AdapterFormatError, ConfigError, PeftkitError, short_repr
+from .errors import AdapterFormatError, AdapterNotFoundError, ConfigError, PeftkitError, short_repr
+from .tuners.rows import BASE_ROW
 
-__all__ = ["check_adapter_name", "check_finite_weights", "check_saveable", "check_unsupported_load_options"]
+__all__ = ["check_adapter_name", "check_finite_weights", "check_mixed_batch", "check_new_adapter",
+           "check_safe_serialization", "check_saveable", "check_unsupported_load_options"]
 
 
 def check_unsupported_load_options(ephemeral_gpu_offload: bool, key_mapping: dict[str, str] | None) -> None:
@@ -60,3 +62,40 @@ def check_saveable(name: str, config: PeftConfig, tensors: dict[str, torch.Tenso
     if a_keys != b_keys:
         raise AdapterFormatError(f"adapter {name!r} is inconsistent: {len(a_keys ^ b_keys)} layer(s) hold "
                                  "only one of lora_A and lora_B; it would not load again")
+
+
+def check_new_adapter(name: str, config: object, held: dict[str, PeftConfig]) -> None:
+    """Refuse a second adapter of the same name, a config that is not peftkit's, or a second adapter that
+    trains biases (PEFT's rule: the model's biases cannot belong to two adapters)."""
+    if name in held:
+        raise ConfigError(f"an adapter named {name!r} already exists; pick another name or delete it")
+    if not isinstance(config, PeftConfig):
+        raise ConfigError(f"expected a peftkit config (e.g. LoraConfig), got {type(config).__name__}")
+    with_bias = [n for n, c in held.items() if getattr(c, "bias", "none") != "none"]
+    if with_bias and getattr(config, "bias", "none") != "none":
+        raise ConfigError(f"only one adapter may train biases (bias='all' or 'lora_only'), and {with_bias[0]!r} "
+                          "already does: the model's biases cannot belong to two adapters. Set bias='none' for "
+                          f"{name!r}")
+
+
+def check_mixed_batch(training: bool, adapter_names: list[str], held: list[str], prompt_adapters: list[str],
+                      prompt_active: bool) -> None:
+    """Refuse a mixed batch (``adapter_names``, one per row) in training, with unknown names, or with prompt
+    adapters (they change the input length)."""
+    if training:
+        raise ConfigError("Cannot pass `adapter_names` when the model is in training mode: it is for inference; "
+                          "call model.eval() first (a training batch mixing adapters would need each adapter's "
+                          "own optimizer step)")
+    unknown = list(dict.fromkeys(n for n in adapter_names if n != BASE_ROW and n not in held))
+    if unknown:
+        raise AdapterNotFoundError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}. This "
+                                   f"model holds {', '.join(held)} (and {BASE_ROW!r} means none)")
+    if prompt_active or any(n in prompt_adapters for n in adapter_names):
+        raise ConfigError("adapter_names mixes LoRA adapters; prompt-learning adapters change the input length "
+                          "and cannot share a batch this way. Generate their rows separately")
+
+
+def check_safe_serialization(safe_serialization: bool) -> None:
+    if not safe_serialization:
+        raise ConfigError("safe_serialization=False would write a pickle (adapter_model.bin), which can run code "
+                          "when loaded; peftkit writes safetensors only, which PEFT and transformers read")

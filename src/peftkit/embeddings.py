@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import os
 import re
-import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
 from .config import PeftConfig
+from .errors import warn_caller
 from .surgery import matches_target
 
 __all__ = ["EMBEDDING_LAYER_NAMES", "embedding_keys", "embedding_state"]
@@ -36,11 +36,10 @@ def embedding_state(model: Any, config: PeftConfig, save_embedding_layers: str |
     targeted = _targets_an_embedding(base, config)
     if save_embedding_layers == "auto":
         if targeted:
-            warnings.warn("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.",
-                          stacklevel=3)
+            warn_caller("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.")
         elif _vocab_resized(base, config):
-            warnings.warn("Setting `save_embedding_layers` to `True` as the embedding layer has been resized during "
-                          "finetuning.", stacklevel=3)
+            warn_caller("Setting `save_embedding_layers` to `True` as the embedding layer has been resized during "
+                          "finetuning.")
         else:
             return {}
     elif not save_embedding_layers:
@@ -67,8 +66,7 @@ def _embedding_modules(model: Any, targeted: bool, quiet: bool = False) -> list[
     get_input = getattr(base, "get_input_embeddings", None)
     if not callable(get_input):
         if not quiet:
-            warnings.warn("Could not identify embedding layer(s) because the model is not a 🤗 transformers model.",
-                          stacklevel=4)
+            warn_caller("Could not identify embedding layer(s) because the model is not a 🤗 transformers model.")
         return []
     get_output = getattr(base, "get_output_embeddings", None)
     layers = [get_input(), get_output() if callable(get_output) else None]

@@ -7,7 +7,10 @@ The CLI maps :class:`UserInputError` subclasses to exit code 2 and everything el
 from __future__ import annotations
 
 import difflib
+import os
 import reprlib
+import sys
+import warnings
 from collections.abc import Iterable
 
 __all__ = [
@@ -25,7 +28,20 @@ __all__ = [
     "TrainingError",
     "TrainingInterrupted",
     "UserInputError",
+    "warn_caller",
 ]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn at the first line outside peftkit (the user's call), however deep inside peftkit the warning is
+    raised: a fixed ``stacklevel`` points at peftkit's own code when a helper is reached by two paths."""
+    frame = sys._getframe(1)
+    level = 2  # warnings.warn's level of this function's caller
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class PeftkitError(Exception):

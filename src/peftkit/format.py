@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import CONFIG_NAME, PeftConfig, config_to_json, read_adapter_config
-from .errors import AdapterFormatError, AdapterShapeError, StorageError
+from .errors import AdapterFormatError, AdapterShapeError, StorageError, warn_caller
 from .files import (
     atomic_write,
     write_json_atomic,
@@ -133,9 +132,9 @@ def to_model_keys(
             "The adapter was made for a different base model or target layers."
         )
     if skipped:
-        warnings.warn(f"Some weights of {type(model).__name__} were not initialized from the model checkpoint "
+        warn_caller(f"Some weights of {type(model).__name__} were not initialized from the model checkpoint "
                       "and are being ignored because you passed `ignore_mismatched_sizes=True`: "
-                      + "\n".join(skipped) + ".", stacklevel=3)
+                      + "\n".join(skipped) + ".")
     missing = sorted(set(wanted) - set(tensors))
     if missing:
         raise AdapterFormatError(
@@ -191,7 +190,7 @@ def load_adapter_weights(folder: str | os.PathLike[str], device: str | torch.dev
 
 
 def _load_legacy(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
-    warnings.warn(f"{path} is a legacy pickle file; re-save the adapter to get safetensors", stacklevel=3)
+    warn_caller(f"{path} is a legacy pickle file; re-save the adapter to get safetensors")
     try:
         data = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # weights_only refuses any pickle that would run code

@@ -1,8 +1,9 @@
 """``PeftModel``: a base model plus named adapters, with Hugging Face PEFT's API.
 
 The module tree mirrors PEFT's (``base_model.model.<path>.lora_A.<name>.weight``) so parameter names,
-saved keys and Trainer checkpoints line up. Layer changes go through :mod:`peftkit.surgery`; files
-through :mod:`peftkit.format`; prompt methods through :mod:`peftkit.prompting`.
+saved keys and Trainer checkpoints line up. This class is the facade: layer changes go through
+:mod:`peftkit.surgery`, files through :mod:`peftkit.adapter_io`, prompt methods through
+:mod:`peftkit.prompting`, and what transformers reads from a model through :mod:`peftkit.wrapper`.
 """
 
 from __future__ import annotations
@@ -11,20 +12,19 @@ import contextlib
 import os
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from . import format as fmt
-from . import prompting, surgery, trainer_support, weighted
-from .card import write_model_card
+from . import adapter_io, prompting, surgery, trainer_support, weighted
 from .checks import (
     check_adapter_name,
     check_finite_weights,
-    check_saveable,
+    check_mixed_batch,
+    check_new_adapter,
+    check_safe_serialization,
     check_unsupported_load_options,
 )
 from .config import (
@@ -36,14 +36,9 @@ from .config import (
     PromptLearningConfig,
     TaskType,
 )
-from .embeddings import embedding_keys, embedding_state
-from .errors import (
-    AdapterNotFoundError,
-    AdapterStateError,
-    ConfigError,
-    PeftkitError,
-)
+from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, PeftkitError
 from .holder import BaseModelHolder
+from .wrapper import ModelWrapper, is_transformers_model
 
 __all__ = [
     "PeftModel",
@@ -55,8 +50,7 @@ __all__ = [
     "get_peft_model",
 ]
 
-
-class PeftModel(nn.Module):
+class PeftModel(ModelWrapper):
     """A model with one or more adapters, one of them active.
 
     Args:
@@ -92,139 +86,11 @@ class PeftModel(nn.Module):
         super().__setstate__(state)
         self.base_model.bind(self)
 
-    # ----- what transformers (Trainer, generate) reads from a model -----------------------------------
-
-    @property
-    def config(self) -> Any:
-        """The base model's config; a plain ``nn.Module`` has none (``hasattr(model, "config")`` is False, as in
-        PEFT, so code can tell a transformers model from a custom one)."""
-        base = self.get_base_model()
-        if not hasattr(base, "config"):
-            raise AttributeError(f"{type(base).__name__} has no config (it is not a transformers model)")
-        return base.config
-
-    @property
-    def generation_config(self) -> Any:
-        return getattr(self.get_base_model(), "generation_config", None)
-
-    @generation_config.setter
-    def generation_config(self, value: Any) -> None:
-        self.get_base_model().generation_config = value
-
-    @property
-    def main_input_name(self) -> str:
-        return getattr(self.get_base_model(), "main_input_name", "input_ids")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return getattr(self.get_base_model(), "dtype", next(self.parameters()).dtype)
-
-    @property
-    def name_or_path(self) -> str | None:
-        return getattr(self.get_base_model(), "name_or_path", None)
-
-    @property
-    def accepts_loss_kwargs(self) -> bool:
-        return bool(getattr(self.get_base_model(), "accepts_loss_kwargs", True))
-
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        base = self.get_base_model()
-        if hasattr(base, "is_activation_checkpointing"):  # transformers' newer name; the old one warns
-            return bool(base.is_activation_checkpointing)
-        return bool(getattr(base, "is_gradient_checkpointing", False))
-
-    @property
-    def _keys_to_ignore_on_save(self) -> Any:
-        return getattr(self.get_base_model(), "_keys_to_ignore_on_save", None)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
-                                      **kwargs: Any) -> None:
-        """Checkpoint activations of the base model; inputs get grads so frozen layers still backpropagate.
-        ``kwargs`` (``every_n_layers``, ``offload``) go to the base model's method, as Trainer passes them."""
-        base: Any = self.get_base_model()
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers' newer name; the old one warns
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs,
-                                                 **kwargs)
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
-        if hasattr(base, "enable_input_require_grads"):
-            base.enable_input_require_grads()
-
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
-                                        **kwargs: Any) -> None:
-        """transformers' newer name of :meth:`gradient_checkpointing_enable` (what Trainer calls)."""
-        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        base: Any = self.get_base_model()
-        base.gradient_checkpointing_disable()
-
-    def get_input_embeddings(self) -> nn.Module:
-        base: Any = self.get_base_model()
-        return base.get_input_embeddings()
-
-    def get_output_embeddings(self) -> nn.Module | None:
-        get = getattr(self.get_base_model(), "get_output_embeddings", None)
-        return get() if callable(get) else None
-
-    def can_generate(self) -> bool:
-        can = getattr(self.get_base_model(), "can_generate", None)
-        return bool(can()) if callable(can) else False
-
-    def get_base_model(self) -> nn.Module:
-        """The wrapped model (with adapter layers in it, unless unloaded)."""
-        return self.base_model.model
-
     # ----- adapters ----------------------------------------------------------------------------------
 
     @property
     def active_adapters(self) -> list[str]:
         return [self.active_adapter, *self._also_active]
-
-    def _set_active_many(self, names: list[str]) -> None:
-        """Several LoRA/IA3 adapters applied together (PEFT's ``base_model.set_adapter([...])``), all trainable."""
-        for name in names:
-            if self._require(name).is_prompt_learning:
-                raise ConfigError(f"{name!r} is a prompt-learning adapter; only layer adapters can be active together")
-        shared = surgery.shared_trainable_copies(self.get_base_model(), names)
-        if shared:  # checked before any layer changes (PEFT's words)
-            raise ConfigError(f"Only one adapter can be set at a time for ModulesToSaveWrapper: {shared} hold a full "
-                              f"copy for several of {names}, and copies cannot be combined")
-        self.set_adapter(names[0])
-        self._also_active = list(names[1:])
-        base = self.get_base_model()
-        surgery.set_active(base, names)
-        for name in names[1:]:
-            surgery.mark_trainable(base, name, self.peft_config[name], freeze_others=False)
-
-    def disable_adapter_layers(self) -> None:
-        """Run the base model alone until :meth:`enable_adapter_layers` (PEFT's tuner method)."""
-        self.base_model.disable_adapter_layers()
-
-    def enable_adapter_layers(self) -> None:
-        self.base_model.enable_adapter_layers()
-
-    def push_to_hub(self, repo_id: str, commit_message: str = "Upload adapter", private: bool | None = None,
-                    token: str | None = None, revision: str | None = None, create_pr: bool = False) -> Any:
-        """Save the adapters and upload them to the Hugging Face Hub repository ``repo_id`` (huggingface_hub).
-
-        Raises:
-            HubError: the hub cannot be reached (offline, no token, no permission); nothing is half-uploaded
-                that was not already there.
-        """
-        import tempfile
-
-        from .hub import upload_folder
-
-        with tempfile.TemporaryDirectory(prefix="peftkit-push-") as tmp:
-            self.save_pretrained(tmp)
-            return upload_folder(tmp, repo_id, commit_message=commit_message, private=private, token=token,
-                                 revision=revision, create_pr=create_pr)
 
     @property
     def active_peft_config(self) -> PeftConfig:
@@ -248,27 +114,12 @@ class PeftModel(nn.Module):
             ConfigError: the name is taken, or the config's task does not fit this model.
         """
         check_adapter_name(adapter_name)
-        if adapter_name in self.peft_config:
-            raise ConfigError(f"an adapter named {adapter_name!r} already exists; pick another name or delete it")
-        if not isinstance(peft_config, PeftConfig):
-            raise ConfigError(f"expected a peftkit config (e.g. LoraConfig), got {type(peft_config).__name__}")
+        check_new_adapter(adapter_name, peft_config, self.peft_config)
         config = peft_config  # as in PEFT, the object given is the adapter's config; surgery resolves targets in it
-        with_bias = [n for n, c in self.peft_config.items() if getattr(c, "bias", "none") != "none"]
-        if with_bias and getattr(config, "bias", "none") != "none":  # PEFT's rule: the biases are shared
-            raise ConfigError(f"only one adapter may train biases (bias='all' or 'lora_only'), and {with_bias[0]!r} "
-                              "already does: the model's biases cannot belong to two adapters. Set bias='none' for "
-                              f"{adapter_name!r}")
         if config.task_type is None and self.task_type is not None:
             config.task_type = self.task_type
         base = self.get_base_model()
-        if isinstance(config, LoraConfig):
-            surgery.inject_lora(base, config, adapter_name)
-        elif isinstance(config, IA3Config):
-            surgery.inject_ia3(base, config, adapter_name)
-        elif isinstance(config, PromptLearningConfig):
-            self.prompt_encoder[adapter_name] = prompting.build_prompt_module(base, config)
-        else:
-            raise ConfigError(f"{type(config).__name__} is not supported")
+        self._inject(base, config, adapter_name)
         modules = list(config.modules_to_save or []) + self._default_modules_to_save(base, config)
         if modules:
             config.modules_to_save = list(dict.fromkeys(modules))
@@ -282,6 +133,16 @@ class PeftModel(nn.Module):
         # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT
         self.set_adapter(adapter_name if adapter_name == self.active_adapter else self.active_adapter)
 
+    def _inject(self, base: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+        if isinstance(config, LoraConfig):
+            surgery.inject_lora(base, config, adapter_name)
+        elif isinstance(config, IA3Config):
+            surgery.inject_ia3(base, config, adapter_name)
+        elif isinstance(config, PromptLearningConfig):
+            self.prompt_encoder[adapter_name] = prompting.build_prompt_module(base, config)
+        else:
+            raise ConfigError(f"{type(config).__name__} is not supported")
+
     def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
         return []
 
@@ -294,12 +155,26 @@ class PeftModel(nn.Module):
         base = self.get_base_model()
         surgery.set_active(base, [adapter_name])
         surgery.mark_trainable(base, adapter_name, config)
-        if inference_mode:
-            self.requires_grad_(False)
         for name, module in self.prompt_encoder.items():
             module.requires_grad_(name == adapter_name)
-        if config.inference_mode:
+        if inference_mode or config.inference_mode:
             self.requires_grad_(False)
+
+    def _set_active_many(self, names: list[str]) -> None:
+        """Several LoRA/IA3 adapters applied together (PEFT's ``base_model.set_adapter([...])``), all trainable."""
+        for name in names:
+            if self._require(name).is_prompt_learning:
+                raise ConfigError(f"{name!r} is a prompt-learning adapter; only layer adapters can be active together")
+        shared = surgery.shared_trainable_copies(self.get_base_model(), names)
+        if shared:  # checked before any layer changes (PEFT's words)
+            raise ConfigError(f"Only one adapter can be set at a time for ModulesToSaveWrapper: {shared} hold a full "
+                              f"copy for several of {names}, and copies cannot be combined")
+        self.set_adapter(names[0])
+        self._also_active = list(names[1:])
+        base = self.get_base_model()
+        surgery.set_active(base, names)
+        for name in names[1:]:
+            surgery.mark_trainable(base, name, self.peft_config[name], freeze_others=False)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter. Deleting the active one activates another, if any remains.
@@ -318,20 +193,26 @@ class PeftModel(nn.Module):
         if self.active_adapter == adapter_name and self.peft_config:
             self.set_adapter(next(iter(self.peft_config)))
 
+    def disable_adapter_layers(self) -> None:
+        """Run the base model alone until :meth:`enable_adapter_layers` (PEFT's tuner method)."""
+        self.base_model.disable_adapter_layers()
+
+    def enable_adapter_layers(self) -> None:
+        self.base_model.enable_adapter_layers()
+
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Within this context the model behaves as the base model (merged weights are unmerged).
 
         Afterwards the layers are as they were: still disabled if all were (``disable_adapter_layers``); when
-        some were and some were not, PEFT's warning, and all are enabled again.
+        some were and some were not, PEFT's warning, and all are enabled again. Nothing trains meanwhile (PEFT).
         """
         states = surgery.disabled_states(self.get_base_model())
         if len(states) > 1:
             warnings.warn("The model contains some adapter layers that are enabled and others that are disabled. "
                           "This is most likely unintentional. After exiting the disable_adapter context, all "
                           "adapters will be enabled", stacklevel=3)
-        was_disabled = self._disabled
-        trainable = [p for p in self.parameters() if p.requires_grad]  # nothing trains while switched off (PEFT)
+        was_disabled, trainable = self._disabled, [p for p in self.parameters() if p.requires_grad]
         surgery.set_disabled(self.get_base_model(), True)
         self.requires_grad_(False)
         self._disabled = True
@@ -351,37 +232,19 @@ class PeftModel(nn.Module):
         if prompt:
             raise PeftkitError(f"cannot {action} prompt-learning adapter(s) {prompt}: they change no weight")
 
-    def add_weighted_adapter(
-        self,
-        adapters: list[str],
-        weights: list[float],
-        adapter_name: str,
-        combination_type: str = "svd",
-        svd_rank: int | None = None,
-        density: float | None = None,
-        majority_sign_method: str = "total",
-    ) -> None:
-        """Create LoRA adapter ``adapter_name`` as a weighted combination of existing LoRA adapters (PEFT's API).
-
-        Args:
-            adapters: the LoRA adapters to combine.
-            weights: one weight per adapter (negative subtracts).
-            adapter_name: the new adapter's name (inactive until :meth:`set_adapter`).
-            combination_type: ``linear`` (same ranks; fast, approximate), ``cat`` (exact; rank = sum of ranks)
-                or ``svd`` (exact sum truncated to ``svd_rank``, default the largest rank).
-            svd_rank: the rank of the ``svd`` result.
-            density: the share of entries kept by ``ties``, ``dare_*`` and ``magnitude_prune`` (and their
-                ``_svd`` forms), in [0, 1].
-            majority_sign_method: ``total`` or ``frequency``: how TIES elects each entry's sign.
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: str = "svd", svd_rank: int | None = None, density: float | None = None,
+                             majority_sign_method: str = "total") -> None:
+        """Create LoRA adapter ``adapter_name`` (inactive) as a weighted combination of LoRA ``adapters``, one
+        weight each (negative subtracts), as PEFT does: ``combination_type`` ``linear``, ``cat``, ``svd`` (to
+        ``svd_rank``), ``ties``, ``dare_*``, ``magnitude_prune`` (and ``_svd`` forms) keeping a ``density`` share;
+        ``majority_sign_method`` is how TIES elects signs. See :func:`peftkit.weighted.plan`.
 
         Raises:
             ConfigError: unknown adapters or combination, mismatched weights or ranks, or non-LoRA adapters.
         """
         configs = [self._require(a) for a in adapters]
-        shared = surgery.shared_trainable_copies(self.get_base_model(), adapters)
-        if shared:  # PEFT's rule and words: full copies cannot be weighted together
-            raise ConfigError(f"Cannot add weighted adapters if they target the same module with modules_to_save, but "
-                              f"found {len(shared)} such instance(s): {', '.join(shared)}")
+        weighted.check_no_shared_copies(surgery.shared_trainable_copies(self.get_base_model(), adapters))
         plan = weighted.plan(configs, weights, combination_type, svd_rank, density, majority_sign_method)
         self.add_adapter(adapter_name, plan.config)
         surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, plan.combination,
@@ -406,10 +269,9 @@ class PeftModel(nn.Module):
         """Restore the base weights from before any merge."""
         surgery.unmerge(self.get_base_model())
 
-    def merge_and_unload(
-        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
-    ) -> nn.Module:
-        """Merge the active adapter and return the plain base model without adapter layers."""
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None) -> nn.Module:
+        """Merge the active adapter (or ``adapter_names``, only those) and return the plain base model."""
         names = adapter_names or [self.active_adapter]
         self._require_layer_adapters(names, "merge")
         base = self.get_base_model()
@@ -423,27 +285,7 @@ class PeftModel(nn.Module):
         """Return the base model without adapter layers and without merging (the original weights)."""
         return surgery.unload(self.get_base_model(), keep_merged=False)
 
-    # ----- parameters --------------------------------------------------------------------------------
-
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters), shared weights counted once."""
-        from .inspection import count_parameters
-
-        return count_parameters(self)
-
-    def print_trainable_parameters(self) -> None:
-        trainable, total = self.get_nb_trainable_parameters()
-        print(
-            f"trainable params: {trainable:,d} || all params: {total:,d} || "
-            f"trainable%: {100 * trainable / max(total, 1):.4f}"
-        )
-
     # ----- forward and generate ----------------------------------------------------------------------
-
-    @property
-    def uses_prompt_adapter(self) -> bool:
-        """True when the active, enabled adapter is a prompt method (prompt tuning, p-tuning or prefix)."""
-        return self._prompt_module() is not None
 
     @property
     def tokens_in_front(self) -> int:
@@ -453,65 +295,48 @@ class PeftModel(nn.Module):
         config = self.active_peft_config
         if self._prompt_module() is None or isinstance(config, PrefixTuningConfig):
             return 0
-        if config.task_type == TaskType.SEQ_2_SEQ_LM:
-            return 0
-        return int(getattr(config, "num_virtual_tokens", 0) or 0)
+        return 0 if config.task_type == TaskType.SEQ_2_SEQ_LM else int(getattr(config, "num_virtual_tokens", 0) or 0)
+
+    @property
+    def uses_prompt_adapter(self) -> bool:
+        """True when the active, enabled adapter is a prompt method (prompt tuning, p-tuning or prefix)."""
+        return self._prompt_module() is not None
 
     def _prompt_module(self) -> nn.Module | None:
         if self._disabled or self.active_adapter not in self.prompt_encoder:
             return None
         return self.prompt_encoder[self.active_adapter]
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Run the base model with the active adapter. Arguments are the base model's.
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs: Any) -> Any:
+        """Run the base model with the active adapter. Arguments are the base model's (named here because
+        Trainer reads the signature to keep dataset columns).
 
         ``adapter_names`` (a keyword, one name per row, ``"__base__"`` for none) runs a mixed batch: each row
         through its own LoRA adapter, in one pass (inference only).
         """
-        adapter_names = kwargs.pop("adapter_names", None)
-        if adapter_names is not None:
-            with self._mixed_batch(adapter_names):
-                return self.forward(input_ids, attention_mask, inputs_embeds, labels, token_type_ids, position_ids,
-                                    decoder_input_ids, decoder_attention_mask, output_attentions,
-                                    output_hidden_states, return_dict, **kwargs)
-        named = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "inputs_embeds": inputs_embeds,
-            "labels": labels,
-            "token_type_ids": token_type_ids,
-            "position_ids": position_ids,
-            "decoder_input_ids": decoder_input_ids,
-            "decoder_attention_mask": decoder_attention_mask,
-            "output_attentions": output_attentions,
-            "output_hidden_states": output_hidden_states,
-            "return_dict": return_dict,
-        }
-        inputs = {k: v for k, v in named.items() if v is not None}
-        inputs.update(kwargs)
-        prompt = self._prompt_module()
-        base = self.get_base_model()
-        if prompt is None and not _is_transformers_model(base):  # a plain nn.Module: model(x) means base(x)
+        named = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels,
+                     token_type_ids=token_type_ids, position_ids=position_ids, decoder_input_ids=decoder_input_ids,
+                     decoder_attention_mask=decoder_attention_mask, output_attentions=output_attentions,
+                     output_hidden_states=output_hidden_states, return_dict=return_dict)
+        inputs = {k: v for k, v in named.items() if v is not None} | kwargs
+        adapter_names = inputs.pop("adapter_names", None)
+        with self._mixed_batch(adapter_names) if adapter_names is not None else contextlib.nullcontext():
+            return self._run_base(inputs)
+
+    def _run_base(self, inputs: dict[str, Any]) -> Any:
+        prompt, base = self._prompt_module(), self.get_base_model()
+        if prompt is None and not is_transformers_model(base):  # a plain nn.Module: model(x) means base(x)
             first = inputs.pop("input_ids", None)
             return base(*(() if first is None else (first,)), **inputs)
         if prompt is not None:
-            inputs = prompting.prepare_inputs(prompt, self.get_base_model(), inputs, self._task(),
+            inputs = prompting.prepare_inputs(prompt, base, inputs, self._task(),
                                              cast(PromptLearningConfig, self.active_peft_config))
-        return self.get_base_model()(**inputs)
+        return base(**inputs)
 
     def _task(self) -> TaskType:
         return TaskType(self.active_peft_config.task_type or self.task_type or TaskType.CAUSAL_LM)
@@ -523,34 +348,22 @@ class PeftModel(nn.Module):
         its own LoRA adapter.
         """
         adapter_names = kwargs.pop("adapter_names", None)
+        base: Any = self.get_base_model()
         if adapter_names is not None:
             with self._mixed_batch(adapter_names):
-                return self.get_base_model().generate(*args, **kwargs)  # type: ignore[operator]
+                return base.generate(*args, **kwargs)
         prompt = self._prompt_module()
         if prompt is None:
-            return self.get_base_model().generate(*args, **kwargs)  # type: ignore[operator]
+            return base.generate(*args, **kwargs)
         if args:  # generate(input_ids) positionally, as transformers allows
             kwargs["input_ids"] = args[0]
         config = cast(PromptLearningConfig, self.active_peft_config)
-        return prompting.generate(prompt, self.get_base_model(), self._task(), config, **kwargs)
+        return prompting.generate(prompt, base, self._task(), config, **kwargs)
 
-    @contextlib.contextmanager
-    def _mixed_batch(self, adapter_names: list[str]) -> Iterator[None]:
-        if self.training:
-            raise ConfigError("Cannot pass `adapter_names` when the model is in training mode: it is for inference; "
-                              "call model.eval() first (a training batch mixing adapters would need each adapter's "
-                              "own optimizer step)")
-        unknown = list(dict.fromkeys(n for n in adapter_names if n != surgery.BASE_ROW and n not in self.peft_config))
-        if unknown:
-            raise AdapterNotFoundError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}. This "
-                                       f"model holds {', '.join(self.peft_config)} (and {surgery.BASE_ROW!r} means "
-                                       "none)")
-        prompts = [n for n in adapter_names if n in self.prompt_encoder]
-        if prompts or self._prompt_module() is not None:
-            raise ConfigError("adapter_names mixes LoRA adapters; prompt-learning adapters change the input length "
-                              "and cannot share a batch this way. Generate their rows separately")
-        with surgery.rows_through_adapters(self.get_base_model(), list(adapter_names)):
-            yield
+    def _mixed_batch(self, adapter_names: list[str]) -> contextlib.AbstractContextManager[None]:
+        check_mixed_batch(self.training, adapter_names, list(self.peft_config), list(self.prompt_encoder),
+                          self._prompt_module() is not None)
+        return surgery.rows_through_adapters(self.get_base_model(), list(adapter_names))
 
     # ----- files -------------------------------------------------------------------------------------
 
@@ -558,23 +371,14 @@ class PeftModel(nn.Module):
                            state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The tensors that :meth:`save_pretrained` writes for ``adapter_name``, under PEFT's keys (read from
         ``state_dict``, a whole model's, when given)."""
-        config = self._require(adapter_name)
-        tensors = fmt.lora_state_dict(self, adapter_name, getattr(config, "bias", "none"), state_dict)
-        if adapter_name in self.prompt_encoder:
-            tensors = fmt.rebase_prompt_keys(tensors, to_file=True)
-            tensors[fmt.PROMPT_KEY] = prompting.embeddings_to_save(self.prompt_encoder[adapter_name])
-        return tensors
+        self._require(adapter_name)
+        return adapter_io.adapter_state_dict(self, adapter_name, state_dict)
 
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike[str],
-        selected_adapters: list[str] | None = None,
-        is_main_process: bool = True,
-        path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
-        safe_serialization: bool = True,
-        save_embedding_layers: str | bool = "auto",
-        state_dict: dict[str, torch.Tensor] | None = None,
-    ) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike[str], selected_adapters: list[str] | None = None,
+                        is_main_process: bool = True,
+                        path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
+                        safe_serialization: bool = True, save_embedding_layers: str | bool = "auto",
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
 
         Only safetensors are written (``safe_serialization=False`` is refused: pickles can run code). Each
@@ -584,129 +388,79 @@ class PeftModel(nn.Module):
             state_dict: the whole model's state dict to take the adapters' tensors from (Trainer passes one it
                 gathered from FSDP or DeepSpeed shards); by default the model's own parameters.
             save_embedding_layers: also save the base model's embedding weights, as PEFT does: ``"auto"`` when
-                an adapter adapts an embedding layer or the vocabulary was resized, ``True`` always (see
-                :func:`peftkit.embeddings.embedding_state`).
+                an adapter adapts an embedding layer or the vocabulary was resized, ``True`` always.
             path_initial_model_for_weight_conversion: for a PiSSA/OLoRA adapter, the folder where it was saved
                 right after initialization. The adapter is then written as a plain LoRA adapter of twice the
                 rank that applies to the original base weights (``[A | A0]``, ``[B | -B0]``), as PEFT does.
         """
-        if not safe_serialization:
-            raise ConfigError("safe_serialization=False would write a pickle (adapter_model.bin), which can run code "
-                              "when loaded; peftkit writes safetensors only, which PEFT and transformers read")
-        if not is_main_process:
-            return
-        names = selected_adapters or list(self.peft_config)
-        for name in names:
-            config = self._require(name).replace()
-            tensors = self.adapter_state_dict(name, state_dict)
-            check_saveable(name, config, tensors)
-            tensors.update(embedding_state(self, config, save_embedding_layers))
-            folder = Path(save_directory) if name == "default" else Path(save_directory) / name
-            if config.base_model_name_or_path is None:
-                config.base_model_name_or_path = self.name_or_path or None
-            config.inference_mode = True
-            if path_initial_model_for_weight_conversion is not None:
-                config, tensors = weighted.to_plain_lora(config, tensors, path_initial_model_for_weight_conversion)
-            fmt.write_adapter(folder, config, tensors)
-        write_model_card(Path(save_directory), self)
+        check_safe_serialization(safe_serialization)
+        if is_main_process:
+            adapter_io.save_pretrained(self, save_directory, selected_adapters or list(self.peft_config),
+                                       path_initial_model_for_weight_conversion, save_embedding_layers, state_dict)
+
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload adapter", private: bool | None = None,
+                    token: str | None = None, revision: str | None = None, create_pr: bool = False) -> Any:
+        """Save the adapters and upload them to the Hugging Face Hub repository ``repo_id`` (huggingface_hub).
+
+        Raises:
+            HubError: the hub cannot be reached (offline, no token, no permission); nothing is half-uploaded
+                that was not already there.
+        """
+        return adapter_io.push_to_hub(self, repo_id, commit_message=commit_message, private=private, token=token,
+                                      revision=revision, create_pr=create_pr)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model: nn.Module,
-        model_id: str | os.PathLike[str],
-        adapter_name: str = "default",
-        is_trainable: bool = False,
-        config: PeftConfig | None = None,
-        autocast_adapter_dtype: bool = True,
-        low_cpu_mem_usage: bool = False,
-        torch_device: str | None = None,
-        ephemeral_gpu_offload: bool = False,
-        key_mapping: dict[str, str] | None = None,
-        ignore_mismatched_sizes: bool = False,
-        **hub_kwargs: Any,
-    ) -> PeftModel:
-        """Attach the adapter saved at ``model_id`` to ``model``.
+    def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike[str], adapter_name: str = "default",
+                        is_trainable: bool = False, config: PeftConfig | None = None,
+                        autocast_adapter_dtype: bool = True, low_cpu_mem_usage: bool = False,
+                        torch_device: str | None = None, ephemeral_gpu_offload: bool = False,
+                        key_mapping: dict[str, str] | None = None, ignore_mismatched_sizes: bool = False,
+                        **hub_kwargs: Any) -> PeftModel:
+        """Attach the adapter saved at ``model_id`` (a folder written by peftkit or PEFT, or a hub id, with
+        ``subfolder`` and ``revision`` in ``hub_kwargs``) to ``model``, the base model it was trained on.
 
-        Args:
-            model: the base model the adapter was trained on.
-            model_id: a folder written by ``save_pretrained`` (peftkit's or PEFT's), or a hub id.
-            adapter_name: the name to register the adapter under.
-            is_trainable: False freezes the adapter for inference; True lets training continue.
-            config: use this config instead of the folder's ``adapter_config.json``.
-            autocast_adapter_dtype: False keeps the adapter in the dtype of the layers it adapts (see
-                :func:`get_peft_model`).
-            low_cpu_mem_usage: create the adapter empty (meta device) and fill it from the file.
-            torch_device: accepted for PEFT's signature (the adapter is loaded on the model's device).
-            ephemeral_gpu_offload, key_mapping: PEFT features peftkit does not implement; only their defaults.
-            ignore_mismatched_sizes: leave out tensors whose shape does not fit (their layers keep their
-                initial values), with a warning naming each; False refuses them (:class:`AdapterShapeError`).
-            hub_kwargs: ``subfolder``, ``revision``, for a hub download.
+        ``is_trainable=False`` freezes it for inference. ``config`` replaces the folder's config.
+        ``autocast_adapter_dtype=False`` keeps it in the dtype of the layers it adapts; ``low_cpu_mem_usage``
+        creates it empty and fills it from the file; ``ignore_mismatched_sizes`` leaves out tensors whose shape
+        does not fit, with a warning naming each (otherwise :class:`AdapterShapeError`). ``torch_device`` is
+        accepted for PEFT's signature; ``ephemeral_gpu_offload`` and ``key_mapping`` only with their defaults.
         """
         check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
-        folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
-        config = config or fmt.read_adapter_config(folder)
-        config.inference_mode = not is_trainable  # on the object given, which becomes the adapter's (as in PEFT)
-        model_cls = cls
-        if cls is PeftModel and config.task_type is not None:
-            model_cls = TASK_MODEL_CLASSES.get(TaskType(config.task_type), PeftModel)
+        folder, config = adapter_io.read_config(model_id, config, is_trainable, **hub_kwargs)
+        model_cls = cls if cls is not PeftModel or config.task_type is None else \
+            TASK_MODEL_CLASSES.get(TaskType(config.task_type), PeftModel)
         peft_model = model_cls(model, config, adapter_name)
         if not autocast_adapter_dtype:
             surgery.cast_adapter_to_layers(peft_model.get_base_model(), adapter_name)
         if low_cpu_mem_usage:  # the file's tensors replace empty ones instead of being copied over random ones
             surgery.adapter_to_meta(peft_model.get_base_model(), adapter_name)
-        peft_model._load_weights(folder, adapter_name, ignore_mismatched_sizes)
+        adapter_io.load_weights(peft_model, folder, adapter_name, ignore_mismatched_sizes)
         peft_model.set_adapter(adapter_name)
         if not is_trainable:
             peft_model.eval()  # inference: dropout off, as in PEFT
         return peft_model
 
-    def load_adapter(
-        self,
-        model_id: str | os.PathLike[str],
-        adapter_name: str,
-        is_trainable: bool = False,
-        torch_device: str | None = None,
-        autocast_adapter_dtype: bool = True,
-        ephemeral_gpu_offload: bool = False,
-        low_cpu_mem_usage: bool = False,
-        key_mapping: dict[str, str] | None = None,
-        ignore_mismatched_sizes: bool = False,
-        **hub_kwargs: Any,
-    ) -> Any:
-        """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`).
-
-        The options are :meth:`from_pretrained`'s.
+    def load_adapter(self, model_id: str | os.PathLike[str], adapter_name: str, is_trainable: bool = False,
+                     torch_device: str | None = None, autocast_adapter_dtype: bool = True,
+                     ephemeral_gpu_offload: bool = False, low_cpu_mem_usage: bool = False,
+                     key_mapping: dict[str, str] | None = None, ignore_mismatched_sizes: bool = False,
+                     **hub_kwargs: Any) -> Any:
+        """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`), or new weights
+        for one it holds (Trainer's resume). The options are :meth:`from_pretrained`'s.
 
         Returns:
             PEFT's load result: ``missing_keys`` and ``unexpected_keys`` (always empty: a mismatch raises
             :class:`AdapterFormatError` instead of loading part of an adapter).
         """
         check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
-        folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
-        config = fmt.read_adapter_config(folder)
-        config.inference_mode = not is_trainable
-        if adapter_name in self.peft_config:  # new weights for an adapter it holds (Trainer's resume), as in PEFT
-            self._load_weights(folder, adapter_name, ignore_mismatched_sizes)  # checked whole before any copy
-            self.peft_config[adapter_name].inference_mode = not is_trainable
-        else:
-            self.add_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage,
-                             autocast_adapter_dtype=autocast_adapter_dtype)
-            try:
-                self._load_weights(folder, adapter_name, ignore_mismatched_sizes)
-            except Exception:
-                self.delete_adapter(adapter_name)  # leave the model as it was
-                raise
+        folder, config = adapter_io.read_config(model_id, None, is_trainable, **hub_kwargs)
+        adapter_io.load_adapter(self, folder, config, adapter_name, ignore_mismatched_sizes,
+                                low_cpu_mem_usage=low_cpu_mem_usage, autocast_adapter_dtype=autocast_adapter_dtype)
         if adapter_name == self.active_adapter:
             self.set_adapter(adapter_name)
         if not is_trainable:
             self.eval()
         return _IncompatibleKeys([], [])
-
-    def _load_weights(self, folder: str | os.PathLike[str], adapter_name: str,
-                      ignore_mismatched_sizes: bool = False) -> None:
-        self.load_adapter_state(fmt.load_adapter_weights(folder, device=self.device), adapter_name, str(folder),
-                                ignore_mismatched_sizes=ignore_mismatched_sizes)
 
     def load_adapter_state(self, tensors: dict[str, torch.Tensor], adapter_name: str, source: str,
                            any_bias: bool = False, ignore_mismatched_sizes: bool = False) -> None:
@@ -719,23 +473,20 @@ class PeftModel(nn.Module):
             AdapterFormatError: a tensor is missing, has no place, names a base weight, has another shape,
                 or holds NaN or infinity (``source`` names where it came from).
         """
-        tensors = dict(tensors)
-        if adapter_name in self.prompt_encoder:
-            prompt = tensors.pop(fmt.PROMPT_KEY, None)
-            if prompt is None:
-                raise fmt.AdapterFormatError(f"{source}: no {fmt.PROMPT_KEY!r} tensor in the adapter file")
-            if prompt.is_floating_point() and not torch.isfinite(prompt).all():
-                raise fmt.AdapterFormatError(f"{source}: {fmt.PROMPT_KEY!r} holds NaN or infinite values; the "
-                                             "adapter was saved from a diverged run or the file is damaged")
-            prompting.load_embeddings(self.prompt_encoder[adapter_name], prompt, source=source)
-            tensors = fmt.rebase_prompt_keys(tensors, to_file=False)
-        allowed = set(self.adapter_state_dict(adapter_name)) | embedding_keys(self)  # PEFT saves embeddings
-        if any_bias:
-            allowed |= {k for k in tensors if k.endswith(".bias")}
-        surgery.load_tensors(self, fmt.to_model_keys(self, adapter_name, tensors, source=source, allowed=allowed,
-                                                     ignore_mismatched_sizes=ignore_mismatched_sizes))
+        adapter_io.load_adapter_state(self, tensors, adapter_name, source, any_bias, ignore_mismatched_sizes)
 
-    # ----- PEFT's names for what the model holds ------------------------------------------------------------
+    # ----- what the model holds, in PEFT's words -------------------------------------------------------
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), shared weights counted once."""
+        from .inspection import count_parameters
+
+        return count_parameters(self)
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / max(total, 1):.4f}")
 
     @property
     def prefix(self) -> str:
@@ -763,14 +514,6 @@ class PeftModel(nn.Module):
         them (PEFT's attribute of the same name; layers of deleted adapters are left out)."""
         held = surgery.adapted_layer_names(self.get_base_model())
         return [n for n in self._targeted if n in held] + [n for n in held if n not in self._targeted]
-
-
-def _is_transformers_model(model: nn.Module) -> bool:
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
-        return False
-    return isinstance(model, PreTrainedModel)
 
 
 def _drop_tied_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

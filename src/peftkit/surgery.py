@@ -23,7 +23,7 @@ from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraEmbedding, LoraLayer, LoraLinear
 from .tuners.modules_to_save import ModulesToSaveWrapper
-from .tuners.rows import group_rows
+from .tuners.rows import BASE_ROW, group_rows
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -467,10 +467,6 @@ def set_disabled(model: nn.Module, disabled: bool) -> None:
 def disabled_states(model: nn.Module) -> set[bool]:
     """``{True}``: every adapter layer is switched off; ``{False}``: none is; both: some are."""
     return {layer.disabled for _, layer in adapter_layers(model)}
-
-
-BASE_ROW = "__base__"
-"""The name, in ``adapter_names``, of rows that get no adapter (PEFT's)."""
 
 
 @contextlib.contextmanager

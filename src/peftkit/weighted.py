@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .merging import MIXES
 from .surgery import COMBINATIONS
 
-__all__ = ["WeightedPlan", "plan", "to_plain_lora"]
+__all__ = ["WeightedPlan", "check_no_shared_copies", "plan", "to_plain_lora"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,13 @@ class WeightedPlan:
     combination: str
     rank: int
     density: float
+
+
+def check_no_shared_copies(shared: Sequence[str]) -> None:
+    """PEFT's rule and words: full copies (modules_to_save) of one module cannot be weighted together."""
+    if shared:
+        raise ConfigError(f"Cannot add weighted adapters if they target the same module with modules_to_save, but "
+                          f"found {len(shared)} such instance(s): {', '.join(shared)}")
 
 
 def plan(configs: Sequence[PeftConfig], weights: Sequence[float], combination_type: str, svd_rank: int | None,

@@ -12,7 +12,10 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["RowGroups", "group_rows"]
+__all__ = ["BASE_ROW", "RowGroups", "group_rows"]
+
+BASE_ROW = "__base__"
+"""The name, in ``adapter_names``, of rows that get no adapter (PEFT's)."""
 
 
 class RowGroups(NamedTuple):
