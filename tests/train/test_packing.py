@@ -99,7 +99,7 @@ def test_packing_is_refused_where_it_would_be_wrong(tmp_path: Path, chars, monke
         return out
 
     # a model that ignored the restarts would let packed examples see each other: the check must notice
-    monkeypatch.setattr(sys.modules["peftkit.train.loop"], "pack", no_restarts)
+    monkeypatch.setattr(sys.modules["peftkit.train.packing"], "pack", no_restarts)
     model = tiny_model("llama")
     with torch.no_grad():  # sharper attention than at random init, so leaking context shows clearly
         for name, weight in model.named_parameters():

@@ -1,16 +1,17 @@
-"""The order of a run's micro-batches: a pure function of the seed and the epoch, so a resumed run sees the
-same batches an uninterrupted one would."""
+"""The order of a run's micro-batches (a pure function of the seed and the epoch, so a resumed run sees the
+same batches an uninterrupted one would), how many steps they make, and the learning rate along them."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from ..data import Example, collate
 from .config import TrainingConfig
 
-__all__ = ["Batches", "total_steps"]
+__all__ = ["Batches", "lr_schedule", "total_steps"]
 
 
 class Batches:
@@ -63,3 +64,12 @@ def total_steps(cfg: TrainingConfig, batches: Batches) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
     return max(1, math.ceil(cfg.epochs * batches.per_epoch / cfg.grad_accum))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
+    """transformers' schedule of that name (linear or cosine decay, or constant, after linear warmup from 0):
+    the one a Trainer run with the same settings gets, so peftkit's runs and the peer's follow the same curve."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if kind == "constant" else kind
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)

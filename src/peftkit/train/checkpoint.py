@@ -19,7 +19,7 @@ import torch
 from ..errors import ConfigError, StorageError, TrainingError
 from ..files import atomic_directory, is_write_failure, write_failure_reason
 
-__all__ = ["check_complete", "find_latest", "load_state", "save_checkpoint"]
+__all__ = ["check_complete", "find_latest", "load_state", "load_trainable", "save_checkpoint"]
 
 STATE_FILE = "training_state.pt"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -113,3 +113,29 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
                             f"written by peftkit; resume from an earlier checkpoint, or start a new output_dir"
                             ) from err
     return state
+
+
+def load_trainable(folder: Path, model: Any, trainable: int, copy: Any) -> None:
+    """Copy a checkpoint's trainable tensors into ``model`` (``copy(parameter, tensor)`` does each, so a
+    sharded parameter takes its part), after checking they are this run's: the same names, count
+    (``trainable``) and shapes.
+
+    Raises:
+        ConfigError: the checkpoint was written for another adapter.
+    """
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / TRAINABLE_FILE))
+    named = dict(model.named_parameters())
+    missing = [k for k in weights if k not in named]
+    if missing or len(weights) != trainable:
+        raise ConfigError(f"{folder} was written for a different adapter ({len(weights)} tensors, this run "
+                          f"trains {trainable}); resume with the same config, or start a new output_dir")
+    wrong = [k for k, t in weights.items() if t.shape != named[k].shape]
+    if wrong:
+        raise ConfigError(f"{folder} was written for a different adapter: {wrong[0]} has shape "
+                          f"{tuple(weights[wrong[0]].shape)}, this run's is {tuple(named[wrong[0]].shape)}; "
+                          f"resume with the same config, or start a new output_dir")
+    with torch.no_grad():
+        for key, tensor in weights.items():
+            copy(named[key], tensor)

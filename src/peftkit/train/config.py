@@ -43,6 +43,9 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STRATEGIES = ("ddp", "fsdp")
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+"""The experiment trackers ``train.report_to`` accepts (accelerate's integrations), with the package each needs."""
 
 
 @dataclass
@@ -113,7 +116,6 @@ class TrainingConfig:
 
     def _validate(self, problems: list[str]) -> None:
         typecheck(self, "train.", problems)
-        from .report import TRACKERS
 
         for name in self.report_to if isinstance(self.report_to, list) else []:
             _choice(problems, "train.report_to", name, tuple(TRACKERS))

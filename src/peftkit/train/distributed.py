@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["Processes", "setup", "shard", "wrap"]
+__all__ = ["Processes", "check_global_batch", "setup", "shard", "wrap"]
 
 T = TypeVar("T")
 
@@ -245,3 +245,11 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def check_global_batch(batch_size: int, procs: Processes) -> None:
+    """The global micro-batch is split over the processes, so each must get at least one row."""
+    if batch_size < procs.world_size:
+        raise ConfigError(f"train.batch_size={batch_size} is the global micro-batch, split over "
+                          f"{procs.world_size} processes, so it must be at least {procs.world_size}; raise it "
+                          f"(and lower train.grad_accum to keep the same global batch)")

@@ -18,8 +18,11 @@ from torch import nn
 
 from ..data import IGNORE_INDEX, Example, collate
 from ..prompting import forward_accepts
+from . import distributed
+from .distributed import Processes
 
-__all__ = ["Metrics", "classification_scores", "evaluate", "row_losses", "target_loss", "token_loss"]
+__all__ = ["Metrics", "classification_scores", "evaluate", "evaluate_sharded", "row_losses", "target_loss",
+           "token_loss"]
 
 
 @dataclass
@@ -154,6 +157,26 @@ def evaluate(model: nn.Module, examples: Sequence[Example], *, pad_id: int, batc
             metrics.predictions = predictions
     finally:
         model.train(was_training)
+    return metrics
+
+
+def evaluate_sharded(model: nn.Module, examples: Sequence[Example], procs: Processes, **options: Any) -> Metrics:
+    """:func:`evaluate` with each process taking its share of ``examples``; sums and predictions are gathered,
+    so every process returns the metrics of the whole set. ``options`` are :func:`evaluate`'s."""
+    indices, own = distributed.even_shard(len(examples), procs)
+    part = evaluate(model, [examples[i] for i in indices], counted=own, **options)
+    if not procs.distributed:
+        return part
+    loss_sum, tokens, correct = procs.sum([part.loss * part.tokens, part.tokens, (part.accuracy or 0.0) * own])
+    loss = loss_sum / max(tokens, 1)
+    metrics = Metrics(loss, math.exp(min(loss, 50)), int(tokens))
+    if part.predictions is not None:
+        metrics.accuracy = correct / len(examples)
+        predictions = [0] * len(examples)
+        for rank_indices, rank_predictions in procs.gather((indices, part.predictions)):
+            for i, p in zip(rank_indices, rank_predictions, strict=False):  # padding is past the predictions
+                predictions[i] = p
+        metrics.predictions = predictions
     return metrics
 
 

@@ -10,13 +10,10 @@ from typing import Any
 
 from ..errors import ConfigError, StorageError
 from ..files import write_failure_reason, write_text_atomic
+from .config import TRACKERS, JobConfig
 
-__all__ = ["TRACKERS", "MetricsLog", "Trackers", "plot_metrics", "read_metrics"]
-
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
-"""The experiment trackers ``train.report_to`` accepts (accelerate's integrations), with the package each needs."""
-
+__all__ = ["TRACKERS", "MetricsLog", "NoMetrics", "Trackers", "card_lines", "format_metrics", "plot_metrics",
+           "read_metrics"]
 
 class Trackers:
     """Metrics sent on to experiment trackers through accelerate's tracking integrations, none of which is a
@@ -145,3 +142,38 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike[str]) ->
     plt.close(fig)
     os.replace(tmp, path)
     return True
+
+
+class NoMetrics(MetricsLog):
+    """What processes other than rank 0 write: nothing."""
+
+    def __init__(self) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def read(self) -> list[dict[str, Any]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def format_metrics(label: str, values: dict[str, float]) -> str:
+    """One log line: ``after training: loss 1.2345, perplexity 3.4360``."""
+    return f"{label}: " + ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in values.items())
+
+
+def card_lines(job: JobConfig, summary: dict[str, Any]) -> list[str]:
+    """The model card's "Training" section: base, method, data, steps and the metrics before and after."""
+    lines = ["## Training", "", f"- base model: `{job.model}`", f"- method: {job.method}, "
+             f"adapter settings: `{json.dumps(job.adapter)}`",
+             f"- data: `{job.data.path}` ({job.data.mode}), {summary['train_examples']} training and "
+             f"{summary['val_examples']} validation examples",
+             f"- {summary['steps']} steps, batch {job.train.batch_size} x {job.train.grad_accum}, lr {job.train.lr}, "
+             f"{job.train.schedule} schedule, seed {job.seed}"]
+    for label in ("before", "after"):
+        if summary[label]:
+            lines.append(format_metrics(f"- validation {label} training", summary[label]))
+    return [*lines, "", "The full settings are in `config.yaml`; the curves in `metrics.jsonl` and `plot.png`."]

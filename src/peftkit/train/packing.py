@@ -1,0 +1,65 @@
+"""Micro-batch tensors, padded or packed, and the check that packing is exact on this model.
+
+Packing puts several examples in one row, with positions restarting at each example, so no pad token is
+computed. It is exact only where attention reads position restarts as boundaries; the check runs two
+examples apart and packed and compares their losses before training starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import Example, collate, pack
+from ..errors import ConfigError
+from ..prompting import forward_accepts
+from .evaluate import row_losses
+
+__all__ = ["check_packing", "model_inputs"]
+
+
+def model_inputs(examples: list[Example], pad_id: int, packing: bool, device: torch.device,
+                 width: int | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+    """The model inputs and labels of a micro-batch on ``device``: padded rows, or packed into ``width``."""
+    if packing:
+        batch: dict[str, Any] = pack(examples, pad_id, width)
+        batch["use_cache"] = False  # transformers only reads position restarts as boundaries without a cache
+    else:
+        batch = collate(examples, pad_id)
+    labels = batch.pop("labels").to(device)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, labels
+
+
+def check_packing(model: nn.Module, base: nn.Module, examples: list[Example], pad_id: int, device: torch.device,
+                  autocast: contextlib.AbstractContextManager[Any]) -> None:
+    """Refuse packing on a model whose attention ignores position restarts: two examples packed into one
+    row must lose what they lose apart.
+
+    Raises:
+        ConfigError: ``base`` takes no position ids, or the packed loss differs from the loss apart.
+    """
+    if not forward_accepts(base, "position_ids"):
+        raise ConfigError(f"train.packing: {type(base).__name__} takes no position ids, so packed examples "
+                          "would attend to each other; set train.packing: false")
+    longest = sorted(examples[:8], key=lambda e: len(e.input_ids))[-2:]
+    pair = [Example(e.input_ids, list(e.input_ids)) for e in longest]  # every token a target: most sensitive
+    if len(pair) < 2:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast:
+            apart = sum(float(row_losses(model, *model_inputs([e], pad_id, True, device))[0].sum()) for e in pair)
+            width = sum(len(e.input_ids) for e in pair)
+            together = float(row_losses(model, *model_inputs(pair, pad_id, True, device, width))[0].sum())
+    finally:
+        model.train(was_training)
+    exact = isinstance(autocast, contextlib.nullcontext) and all(p.dtype == torch.float32 for p in model.parameters())
+    tolerance = 1e-4 if exact else 3e-2  # half precision rounds the two layouts differently
+    if not math.isclose(apart, together, rel_tol=tolerance):
+        raise ConfigError(f"train.packing: this model lets packed examples attend to each other (loss "
+                          f"{together:.4f} packed against {apart:.4f} apart); set train.packing: false")
