@@ -52,3 +52,50 @@ def test_no_import_cycles() -> None:
 
     cycles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a))
     assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+ADAPTER_TENSOR_NAMES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "ia3_l")
+
+
+def _code_strings(tree: ast.AST) -> list[ast.Constant]:
+    """String constants that are not docstrings (of modules, classes, functions or fields)."""
+    docs = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    return [node for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs]
+
+
+def _matches_a_tensor_name(text: str) -> bool:
+    """A key or a pattern (``lora_A``, ``.lora_A.``), not prose that mentions the name."""
+    return any(text == t or f".{t}" in text or f"{t}." in text for t in ADAPTER_TENSOR_NAMES)
+
+
+def test_only_the_layers_spell_their_tensor_names() -> None:
+    """Marking trainable, exporting, key mapping and conversions ask the layers; no string matching elsewhere."""
+    found = []
+    for name, path in _modules().items():
+        if name.startswith("peftkit.tuners"):
+            continue
+        for node in _code_strings(ast.parse(path.read_text())):
+            if _matches_a_tensor_name(node.value):
+                found.append(f"{path.name}:{node.lineno} {node.value!r}")
+    assert not found, "adapter tensor names spelled outside tuners/: " + "; ".join(found)
+
+
+def test_configs_change_only_in_config_py() -> None:
+    """Resolution returns new configs; only ``config.adopt`` writes into the object a user passed."""
+    from peftkit.config import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, PromptEncoderConfig
+
+    fields = {f for cls in (PeftConfig, LoraConfig, IA3Config, PrefixTuningConfig, PromptEncoderConfig)
+              for f in cls.__dataclass_fields__}
+    found = []
+    for name, path in _modules().items():
+        if name == "peftkit.config":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                if (isinstance(target, ast.Attribute) and target.attr in fields and isinstance(target.value, ast.Name)
+                        and "config" in target.value.id):
+                    found.append(f"{path.name}:{node.lineno} {target.value.id}.{target.attr}")
+    assert not found, "adapter config fields assigned outside config.py: " + "; ".join(found)

@@ -17,7 +17,7 @@ from . import format as fmt
 from . import prompting, surgery, weighted
 from .card import write_model_card
 from .checks import check_saveable
-from .config import PeftConfig
+from .config import PeftConfig, adopt
 from .embeddings import embedding_keys, embedding_state
 
 __all__ = ["adapter_state_dict", "load_adapter", "load_adapter_state", "load_weights", "push_to_hub",
@@ -69,8 +69,7 @@ def read_config(model_id: str | os.PathLike[str], config: PeftConfig | None, is_
     which then becomes the adapter's, as in PEFT)."""
     folder = fmt.resolve_adapter_path(model_id, **hub_kwargs)
     config = config or fmt.read_adapter_config(folder)
-    config.inference_mode = not is_trainable
-    return str(folder), config
+    return str(folder), adopt(config, config.replace(inference_mode=not is_trainable))
 
 
 def load_adapter(model: Any, folder: str, config: PeftConfig, adapter_name: str, ignore_mismatched_sizes: bool,
@@ -79,7 +78,8 @@ def load_adapter(model: Any, folder: str, config: PeftConfig, adapter_name: str,
     (Trainer's resume, as in PEFT), otherwise a new adapter, removed again if its weights do not load."""
     if adapter_name in model.peft_config:
         load_weights(model, folder, adapter_name, ignore_mismatched_sizes)  # checked whole before any copy
-        model.peft_config[adapter_name].inference_mode = config.inference_mode
+        held = model.peft_config[adapter_name]
+        adopt(held, held.replace(inference_mode=config.inference_mode))
         return
     model.add_adapter(adapter_name, config, **add_options)
     try:

@@ -7,6 +7,7 @@ from torch import nn
 
 from .config import PeftConfig
 from .errors import AdapterFormatError, AdapterNotFoundError, ConfigError, PeftkitError, short_repr
+from .tuners.lora import unpaired_factors
 from .tuners.rows import BASE_ROW
 
 __all__ = ["check_adapter_name", "check_finite_weights", "check_mixed_batch", "check_new_adapter",
@@ -57,10 +58,9 @@ def check_saveable(name: str, config: PeftConfig, tensors: dict[str, torch.Tenso
             f"adapter {name!r} has no weights left in the model (merge_and_unload() or unload() removed its "
             "layers), so saving it would write an empty adapter over any good one in that folder. Save the "
             "adapter before unloading it, or save the merged model returned by merge_and_unload().")
-    a_keys = {k.replace(".lora_A.", ".") for k in tensors if ".lora_A." in k}
-    b_keys = {k.replace(".lora_B.", ".") for k in tensors if ".lora_B." in k}
-    if a_keys != b_keys:
-        raise AdapterFormatError(f"adapter {name!r} is inconsistent: {len(a_keys ^ b_keys)} layer(s) hold "
+    unpaired = unpaired_factors(tensors)
+    if unpaired:
+        raise AdapterFormatError(f"adapter {name!r} is inconsistent: {len(unpaired)} layer(s) hold "
                                  "only one of lora_A and lora_B; it would not load again")
 
 

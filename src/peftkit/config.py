@@ -35,6 +35,7 @@ __all__ = [
     "PromptTuningConfig",
     "PromptTuningInit",
     "TaskType",
+    "adopt",
     "config_from_dict",
     "get_peft_config",
     "read_adapter_config",
@@ -587,6 +588,24 @@ CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
 
 # Keys PEFT writes that carry no meaning for loading.
 _IGNORED_KEYS = frozenset({"peft_type", "auto_mapping", "megatron_core", "qalora_group_size"})
+
+
+def adopt(config: PeftConfig, resolved: PeftConfig) -> PeftConfig:
+    """Write what was resolved for ``config`` back into it, and return it: the one place a config changes
+    after validation.
+
+    PEFT's contract is that the object given to ``get_peft_model``, ``add_adapter`` or ``from_pretrained``
+    *is* the adapter's config (``model.peft_config["default"] is config``), with its targets and model-shape
+    fields filled in. Resolution works on copies (``config.replace``) so a failed step leaves the user's
+    config as it was; the model adopts the result only once the adapter is in place.
+    """
+    if type(resolved) is not type(config):
+        raise TypeError(f"cannot adopt a {type(resolved).__name__} into a {type(config).__name__}")
+    for name in (f.name for f in dataclasses.fields(resolved)):
+        value = getattr(resolved, name)
+        if getattr(config, name) is not value:
+            setattr(config, name, value)
+    return config
 
 
 def config_from_dict(

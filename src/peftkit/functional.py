@@ -17,7 +17,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from . import format as fmt
 from . import surgery
 from .checks import check_adapter_name
-from .config import IA3Config, LoraConfig, PeftConfig
+from .config import IA3Config, LoraConfig, PeftConfig, adopt
 from .embeddings import embedding_state
 from .errors import ConfigError
 from .model import PeftModel
@@ -41,9 +41,9 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
         raise ConfigError("inject_adapter_in_model(state_dict=...) is not supported: name the layers in "
                           "target_modules, then load the tensors with set_peft_model_state_dict")
     if isinstance(peft_config, LoraConfig):
-        surgery.inject_lora(model, peft_config, adapter_name)
+        adopt(peft_config, surgery.inject_lora(model, peft_config, adapter_name))
     elif isinstance(peft_config, IA3Config):
-        surgery.inject_ia3(model, peft_config, adapter_name)
+        adopt(peft_config, surgery.inject_ia3(model, peft_config, adapter_name))
     else:
         raise ConfigError(f"{type(peft_config).__name__}: inject_adapter_in_model takes LoRA or IA3 configs; "
                           "prompt-learning methods change the model's inputs, so use get_peft_model")

@@ -35,9 +35,12 @@ from .config import (
     PrefixTuningConfig,
     PromptLearningConfig,
     TaskType,
+    adopt,
 )
 from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, PeftkitError
 from .holder import BaseModelHolder
+from .tuners.ia3 import IA3Linear
+from .tuners.lora import LoraLayer
 from .wrapper import ModelWrapper, is_transformers_model
 
 __all__ = [
@@ -115,16 +118,16 @@ class PeftModel(ModelWrapper):
         """
         check_adapter_name(adapter_name)
         check_new_adapter(adapter_name, peft_config, self.peft_config)
-        config = peft_config  # as in PEFT, the object given is the adapter's config; surgery resolves targets in it
+        config = peft_config
         if config.task_type is None and self.task_type is not None:
-            config.task_type = self.task_type
+            config = config.replace(task_type=self.task_type)
         base = self.get_base_model()
-        self._inject(base, config, adapter_name)
-        modules = list(config.modules_to_save or []) + self._default_modules_to_save(base, config)
+        config = self._inject(base, config, adapter_name)  # resolved against the model: a new config
+        modules = list(dict.fromkeys(list(config.modules_to_save or []) + self._default_modules_to_save(base, config)))
         if modules:
-            config.modules_to_save = list(dict.fromkeys(modules))
-            surgery.add_modules_to_save(base, config.modules_to_save, adapter_name)
-        self.peft_config[adapter_name] = config
+            config = config.replace(modules_to_save=modules)
+            surgery.add_modules_to_save(base, modules, adapter_name)
+        self.peft_config[adapter_name] = adopt(peft_config, config)  # as in PEFT, the object given is the config
         self._targeted += [n for n in surgery.adapted_layer_names(base) if n not in self._targeted]
         if not autocast_adapter_dtype:
             surgery.cast_adapter_to_layers(base, adapter_name)
@@ -133,15 +136,17 @@ class PeftModel(ModelWrapper):
         # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT
         self.set_adapter(adapter_name if adapter_name == self.active_adapter else self.active_adapter)
 
-    def _inject(self, base: nn.Module, config: PeftConfig, adapter_name: str) -> None:
+    def _inject(self, base: nn.Module, config: PeftConfig, adapter_name: str) -> PeftConfig:
+        """Add the adapter's layers or prompt module; returns the config resolved against ``base``."""
         if isinstance(config, LoraConfig):
-            surgery.inject_lora(base, config, adapter_name)
-        elif isinstance(config, IA3Config):
-            surgery.inject_ia3(base, config, adapter_name)
-        elif isinstance(config, PromptLearningConfig):
+            return surgery.inject_lora(base, config, adapter_name)
+        if isinstance(config, IA3Config):
+            return surgery.inject_ia3(base, config, adapter_name)
+        if isinstance(config, PromptLearningConfig):
+            config = prompting.resolve(base, config)
             self.prompt_encoder[adapter_name] = prompting.build_prompt_module(base, config)
-        else:
-            raise ConfigError(f"{type(config).__name__} is not supported")
+            return config
+        raise ConfigError(f"{type(config).__name__} is not supported")
 
     def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
         return []
@@ -491,7 +496,8 @@ class PeftModel(ModelWrapper):
     @property
     def prefix(self) -> str:
         """The parameter-name prefix of the active method's tensors (``lora_``, ``ia3_``), as PEFT's tuner has."""
-        prefix = {PeftType.LORA: "lora_", PeftType.IA3: "ia3_"}.get(self.active_peft_config.peft_type)
+        prefixes = {PeftType.LORA: LoraLayer.prefix, PeftType.IA3: IA3Linear.prefix}
+        prefix = prefixes.get(self.active_peft_config.peft_type)
         if prefix is None:
             raise AttributeError(f"{self.active_peft_config.peft_type.value} adds no layer tensors, so has no prefix")
         return prefix
@@ -614,8 +620,6 @@ def get_peft_model(
                           "supported; use one method per model, with add_adapter and set_adapter to switch")
     if isinstance(model, PeftModel):
         raise ConfigError("the model already has adapters; use model.add_adapter(name, config) to add another")
-    if revision is not None:
-        peft_config.revision = revision
     held = {n for _, layer in surgery.adapter_layers(model) for n in surgery.layer_adapter_names(layer)}
     if held:
         warnings.warn("You are trying to modify a model with PEFT for a second time. If you want to reload the "
@@ -629,7 +633,8 @@ def get_peft_model(
                               "PeftModel you got then (add_adapter for another adapter), or call .unload() first")
         kept = surgery.adapter_tensors(model, adapter_name)
     # PEFT records the base model's name in the config here (None for a model built from a config)
-    peft_config.base_model_name_or_path = model.__dict__.get("name_or_path") or None
+    recorded = {"base_model_name_or_path": model.__dict__.get("name_or_path") or None}
+    adopt(peft_config, peft_config.replace(**recorded, **({"revision": revision} if revision is not None else {})))
     task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
     model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel
     peft_model = model_cls(model, peft_config, adapter_name)

@@ -1,9 +1,9 @@
-"""Prompt methods' one small interface: build the module, prepare the inputs, generate, save and load.
+"""Prompt methods' one small interface: resolve the shape, build the module, prepare the inputs, generate.
 
-Virtual-token methods (prompt tuning, p-tuning) prepend embeddings: the attention mask gets ones, labels
-get -100, token types get zeros. Prefix tuning hands the model a key/value cache holding the prefix and
-extends the attention mask. ``PeftModel.forward`` and ``generate`` call :func:`prepare_inputs` and
-:func:`generate`; the per-method difference lives in the two strategy classes below.
+Two strategies, one class each. :class:`VirtualTokens` (prompt tuning, p-tuning) prepends embeddings: the
+attention mask gets ones, labels get -100, token types get zeros. :class:`PrefixKeyValues` (prefix tuning)
+hands the model a key/value cache holding the prefix and extends the attention mask. ``PeftModel.forward``
+and ``generate`` call :func:`prepare_inputs` and :func:`generate`, which pick the strategy for the config.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -29,7 +30,39 @@ from .errors import AdapterFormatError, ConfigError, short_repr
 from .memory import check_allocation
 from .tuners.prompt import PrefixEncoder, PromptEmbedding, PromptEncoder
 
-__all__ = ["build_prompt_module", "embeddings_to_save", "generate", "load_embeddings", "prepare_inputs"]
+__all__ = ["PrefixKeyValues", "PromptShape", "VirtualTokens", "build_prompt_module", "embeddings_to_save",
+           "generate", "load_embeddings", "prepare_inputs", "resolve", "strategy"]
+
+# ----- the shape -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """A prompt adapter's sizes once resolved against the model (PEFT records them in the config)."""
+
+    virtual_tokens: int
+    """N: the learned positions in front of each input."""
+    submodules: int
+    """1, or 2 on encoder-decoder models (PEFT keeps prompt rows for the decoder too)."""
+    layers: int
+    """L: transformer layers (prefix tuning learns keys and values for each)."""
+    token_dim: int
+    """D: the width of one virtual token; for prefixes, key/value heads times head size."""
+    heads: int
+    """H: attention heads (key/value heads on grouped-query models, for prefixes)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.token_dim // self.heads
+
+    @classmethod
+    def of(cls, config: PromptLearningConfig) -> PromptShape:
+        """The shape of a config that :func:`resolve` filled."""
+        values = (config.num_virtual_tokens, config.num_transformer_submodules, config.num_layers,
+                  config.token_dim, config.num_attention_heads)
+        if any(v is None for v in values):
+            raise ConfigError(f"{type(config).__name__} has empty shape fields; resolve it against the model first")
+        return cls(*cast(tuple[int, int, int, int, int], values))
 
 
 def _model_config(base: nn.Module) -> dict[str, Any]:
@@ -41,232 +74,33 @@ def _first(config: dict[str, Any], *keys: str) -> Any:
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
 
-def fill_shape_fields(base: nn.Module, config: PromptLearningConfig) -> None:
-    """Fill the model-shape fields left empty, as PEFT does (GQA models: key/value heads for prefixes)."""
-    mc = _model_config(base)
-    if config.num_transformer_submodules is None:
-        config.num_transformer_submodules = 2 if config.task_type == TaskType.SEQ_2_SEQ_LM else 1
-    if config.num_layers is None:
-        config.num_layers = _first(mc, "num_hidden_layers", "num_layers", "n_layer")
-    if config.token_dim is None:
-        config.token_dim = _first(mc, "hidden_size", "n_embd", "d_model")
-    if config.num_attention_heads is None:
-        config.num_attention_heads = _first(mc, "num_attention_heads", "n_head", "num_heads")
-    missing = [f for f in ("num_layers", "token_dim", "num_attention_heads") if getattr(config, f) is None]
-    if missing:
-        raise ConfigError(f"cannot read {', '.join(missing)} from the model's config; set them in the adapter config")
-    if isinstance(config, PrefixTuningConfig) and mc.get("num_key_value_heads") is not None:
-        head_dim = mc.get("head_dim") or cast(int, config.token_dim) // cast(int, config.num_attention_heads)
-        config.token_dim = head_dim * mc["num_key_value_heads"]
-        config.num_attention_heads = mc["num_key_value_heads"]
-    if isinstance(config, (PromptEncoderConfig, PrefixTuningConfig)) and config.encoder_hidden_size is None:
-        config.encoder_hidden_size = config.token_dim
-
-
-def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Module:
-    """Create the prompt module for ``config`` on ``base``'s device (fills the config's shape fields)."""
-    classifies = config.task_type in (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
-    if isinstance(config, PrefixTuningConfig) and classifies and not _takes_past_key_values(base):
-        raise ConfigError(f"Model does not support past key values which are required for prefix tuning "
-                          f"({type(base).__name__}'s forward takes no past_key_values, so PEFT could not load this "
-                          "adapter either). Use prompt tuning or p-tuning, or LoRA, on this model")
+def resolve(base: nn.Module, config: PromptLearningConfig) -> PromptLearningConfig:
+    """A copy of ``config`` with the model-shape fields left empty filled from ``base``, as PEFT fills them
+    (grouped-query models: key/value heads for prefixes). ``config`` itself is not changed."""
     if config.num_virtual_tokens is None:
         raise ConfigError(f"{type(config).__name__}.num_virtual_tokens is empty; set how many virtual tokens to "
                           "learn (8 to 20 is usual)")
-    fill_shape_fields(base, config)
-    n, dim = cast(int, config.num_virtual_tokens), cast(int, config.token_dim)
-    total = n * cast(int, config.num_transformer_submodules)
-    layers = 2 * cast(int, config.num_layers) if isinstance(config, PrefixTuningConfig) else 1  # keys and values
-    check_allocation(16 * total * dim * layers, f"{short_repr(n)} virtual tokens",  # fp32 + grad + 2 moments
-                     "choose fewer num_virtual_tokens (8 to 32 is usual)")
-    module: nn.Module
-    if isinstance(config, PromptTuningConfig):
-        module = PromptEmbedding(total, dim)
-        _init_prompt_embedding(module, base, config)
-    elif isinstance(config, PromptEncoderConfig):
-        module = PromptEncoder(config)
-    elif isinstance(config, PrefixTuningConfig):
-        module = PrefixEncoder(n, dim, cast(int, config.num_layers), config.encoder_hidden_size,
-                               projection=config.prefix_projection and not config.inference_mode)
-        _init_prefix(module, base, config)
-    else:
-        raise ConfigError(f"{type(config).__name__} is not a supported prompt method")
-    device = next(base.parameters()).device
-    return module.to(device)
+    mc = _model_config(base)
+    seq2seq = config.task_type == TaskType.SEQ_2_SEQ_LM
+    filled: dict[str, Any] = {
+        "num_transformer_submodules": config.num_transformer_submodules or (2 if seq2seq else 1),
+        "num_layers": config.num_layers or _first(mc, "num_hidden_layers", "num_layers", "n_layer"),
+        "token_dim": config.token_dim or _first(mc, "hidden_size", "n_embd", "d_model"),
+        "num_attention_heads": config.num_attention_heads or _first(mc, "num_attention_heads", "n_head", "num_heads"),
+    }
+    missing = [f for f in ("num_layers", "token_dim", "num_attention_heads") if filled[f] is None]
+    if missing:
+        raise ConfigError(f"cannot read {', '.join(missing)} from the model's config; set them in the adapter config")
+    if isinstance(config, PrefixTuningConfig) and mc.get("num_key_value_heads") is not None:
+        head_dim = mc.get("head_dim") or filled["token_dim"] // filled["num_attention_heads"]
+        filled["token_dim"] = head_dim * mc["num_key_value_heads"]
+        filled["num_attention_heads"] = mc["num_key_value_heads"]
+    if isinstance(config, (PromptEncoderConfig, PrefixTuningConfig)) and config.encoder_hidden_size is None:
+        filled["encoder_hidden_size"] = filled["token_dim"]
+    return cast(PromptLearningConfig, config.replace(**filled))
 
 
-def _takes_past_key_values(base: nn.Module) -> bool:
-    """PEFT's test for the classification tasks: the model's forward, or its backbone's (``bert`` in
-    BertForSequenceClassification), names ``past_key_values``; encoder-only models in transformers 5 do not,
-    and PEFT refuses prefix tuning there (generative models take the cache through ``generate``'s path)."""
-    backbone = getattr(base, getattr(base, "base_model_prefix", "") or "", None)
-    return any("past_key_values" in inspect.signature(m.forward).parameters
-               for m in (base, backbone) if isinstance(m, nn.Module))
-
-
-def _init_prompt_embedding(module: PromptEmbedding, base: nn.Module, config: PromptTuningConfig) -> None:
-    if config.inference_mode or config.prompt_tuning_init == PromptTuningInit.RANDOM:
-        return
-    words = cast(nn.Embedding, base.get_input_embeddings())  # type: ignore[operator]
-    total = module.embedding.num_embeddings
-    if config.prompt_tuning_init == PromptTuningInit.SAMPLE_VOCAB:
-        ids = torch.randint(0, words.num_embeddings, (total,), dtype=torch.long)
-    else:
-        ids = torch.tensor(_text_token_ids(str(config.tokenizer_name_or_path), str(config.prompt_tuning_init_text),
-                                           total, config.tokenizer_kwargs), dtype=torch.long)
-    with torch.no_grad():
-        module.embedding.weight.copy_(words(ids.to(words.weight.device)).float())
-
-
-def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str, Any] | None = None) -> list[int]:
-    """Token ids of an init text, repeated or cut to ``total`` (PEFT's rule)."""
-    from .models import load_tokenizer
-
-    kwargs = dict(kwargs or {})
-    kwargs.pop("trust_remote_code", None)  # a saved config must never make us run downloaded code
-    tokenizer = load_tokenizer(tokenizer_name, **kwargs)  # packaged aliases too
-    ids = list(tokenizer(text)["input_ids"])
-    if not ids:
-        raise ConfigError(f"the init text {text!r} tokenizes to nothing; give a non-empty text")
-    return (ids * math.ceil(total / len(ids)))[:total]
-
-
-def _init_prefix(module: PrefixEncoder, base: nn.Module, config: PrefixTuningConfig) -> None:
-    """PEFT's ``init_weights="zero"``, or peftkit's ``prefix_init_text``: the key/values of real text.
-
-    Random key/values at unit scale make the model far worse than the base before any training; the
-    activations of real words start it where the base model is after reading that text (Li and Liang's
-    finding that real-word initialization helps prefix tuning most when data is small).
-    """
-    if config.inference_mode:
-        return
-    if config.init_weights == "zero":
-        last = module.transform[-1] if module.projection else module.embedding
-        with torch.no_grad():
-            for tensor in last.parameters():
-                tensor.zero_()
-        return
-    if config.prefix_init_text is None:
-        return
-    if config.task_type == TaskType.SEQ_2_SEQ_LM:
-        raise ConfigError("prefix_init_text is supported on decoder-only models; on encoder-decoder models "
-                          "leave it empty (random start) or use init_weights: zero")
-    n = cast(int, config.num_virtual_tokens)
-    ids = torch.tensor([_text_token_ids(str(config.tokenizer_name_or_path), config.prefix_init_text, n)])
-    module.embedding.weight.data.copy_(_text_key_values(base, ids, config))
-
-
-def _text_key_values(base: nn.Module, ids: torch.Tensor, config: PrefixTuningConfig) -> torch.Tensor:
-    """The base model's per-layer keys and values for ``ids``, in the prefix's flat layout ``(N, L*2*H*hd)``."""
-    was_training = base.training
-    base.eval()  # no dropout in the activations we copy
-    try:
-        with torch.no_grad():
-            device = next(base.parameters()).device
-            out = base(input_ids=ids.to(device), use_cache=True)
-    finally:
-        base.train(was_training)
-    # transformers 5.24 names the output's cache ``cache`` (``past_key_values`` still works, with a warning)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    layers = cache.layers[: cast(int, config.num_layers)]
-    kv = [t for layer in layers for t in (layer.keys, layer.values)]  # L*2 x (1, H, N, hd)
-    stacked = torch.cat(kv, dim=0)  # (L*2, H, N, hd)
-    width = stacked.shape[0] * stacked.shape[1] * stacked.shape[3]
-    if width != cast(int, config.num_layers) * 2 * cast(int, config.token_dim):
-        raise ConfigError(f"the model's key/values have {width} values per token, not the prefix's "
-                          f"{cast(int, config.num_layers) * 2 * cast(int, config.token_dim)}; "
-                          "prefix_init_text does not support this architecture")
-    return stacked.permute(2, 0, 1, 3).reshape(ids.shape[1], -1).float()  # (N, L*2*H*hd)
-
-
-# ----- inputs ---------------------------------------------------------------------------------------------
-
-
-def _batch_and_embeds(base: nn.Module, inputs: dict[str, Any]) -> tuple[int, torch.Tensor]:
-    embeds = inputs.pop("inputs_embeds", None)
-    ids = inputs.pop("input_ids", None)
-    if embeds is None:
-        if ids is None:
-            raise ConfigError("pass input_ids or inputs_embeds")
-        embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]
-    return embeds.shape[0], embeds
-
-
-def _extend_mask(inputs: dict[str, Any], batch: int, n: int, device: torch.device) -> None:
-    mask = inputs.get("attention_mask")
-    if mask is not None:
-        inputs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)  # (B, N+T)
-
-
-def _encoder_prompts(module: nn.Module, task: TaskType, config: PromptLearningConfig) -> torch.Tensor:
-    """The virtual tokens that go in front of the (encoder) input: ``(N, D)``.
-
-    Encoder-decoder models get ``num_virtual_tokens * 2`` prompt rows, as in PEFT, of which the encoder
-    takes the first half; the file format keeps all rows.
-    """
-    prompts = module()  # (N * submodules, D)
-    if task == TaskType.SEQ_2_SEQ_LM:
-        prompts = prompts[: cast(int, config.num_virtual_tokens)]
-    return prompts
-
-
-def _prepend(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
-             config: PromptLearningConfig) -> dict[str, Any]:
-    batch, embeds = _batch_and_embeds(base, inputs)  # (B, T, D)
-    prompts = _encoder_prompts(module, task, config)  # (N, D)
-    n = prompts.shape[0]
-    inputs["inputs_embeds"] = torch.cat([prompts.to(embeds.dtype).expand(batch, -1, -1), embeds], dim=1)
-    _extend_mask(inputs, batch, n, embeds.device)
-    labels = inputs.get("labels")
-    if labels is not None and task == TaskType.CAUSAL_LM:
-        inputs["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], dim=1)  # (B, N+T)
-    if inputs.get("token_type_ids") is not None:
-        types = inputs["token_type_ids"]
-        inputs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
-    inputs.pop("position_ids", None)  # positions are recomputed over the longer sequence, as in PEFT
-    return inputs
-
-
-def prefix_cache(module: nn.Module, base: nn.Module, config: PrefixTuningConfig, batch: int) -> Any:
-    """A fresh ``DynamicCache`` holding the learned prefix keys and values for every layer."""
-    from transformers import DynamicCache
-
-    layers, heads = cast(int, config.num_layers), cast(int, config.num_attention_heads)
-    head_dim = cast(int, config.token_dim) // heads
-    dtype = next(base.parameters()).dtype
-    flat = module().to(dtype)  # (N, L*2*H*hd)
-    n = flat.shape[0]
-    kv = flat.view(n, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (L*2, H, N, hd)
-    kv = kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (L*2, B, H, N, hd)
-    cache = DynamicCache(config=base.config)  # type: ignore[arg-type]
-    positions = torch.arange(n, device=flat.device)
-    for layer in range(layers):
-        cache.update(kv[2 * layer], kv[2 * layer + 1], layer, cache_kwargs={"cache_position": positions})
-    return cache
-
-
-def seq2seq_prefix_cache(module: nn.Module, base: nn.Module, config: PrefixTuningConfig, batch: int) -> Any:
-    """The prefix of an encoder-decoder model, laid out as PEFT does it.
-
-    PEFT doubles the per-layer key/value list, regroups it four at a time (self-attention key and value,
-    cross-attention key and value) and then discards the cross-attention part, so decoder layer ``i``'s
-    self-attention gets the prefix learned in slot ``2 * i mod num_layers``. The encoder sees no prefix.
-    """
-    from transformers import DynamicCache, EncoderDecoderCache
-
-    layers, heads = cast(int, config.num_layers), cast(int, config.num_attention_heads)
-    head_dim = cast(int, config.token_dim) // heads
-    flat = module().to(next(base.parameters()).dtype)  # (N, L*2*H*hd)
-    n = flat.shape[0]
-    kv = flat.view(n, layers * 2, heads, head_dim).permute(1, 2, 0, 3)  # (L*2, H, N, hd)
-    kv = kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (L*2, B, H, N, hd)
-    decoder_layers = int(getattr(base.config, "num_decoder_layers", None) or layers)
-    self_cache = DynamicCache(config=base.config)  # type: ignore[arg-type]
-    positions = torch.arange(n, device=flat.device)
-    for layer in range(decoder_layers):
-        slot = (2 * layer) % layers
-        self_cache.update(kv[2 * slot], kv[2 * slot + 1], layer, cache_kwargs={"cache_position": positions})
-    return EncoderDecoderCache(self_cache, DynamicCache())
+# ----- shared pieces ----------------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -280,86 +114,282 @@ def forward_accepts(module: nn.Module, name: str) -> bool:
 
 
 def _cache_keyword(base: nn.Module) -> str:
-    """transformers 5.24 renamed ``past_key_values`` to ``cache`` in forward (the old name warns)."""
+    """Newer transformers name forward's cache ``cache`` (``past_key_values`` still works, with a warning)."""
     return "cache" if forward_accepts(base, "cache") else "past_key_values"
 
 
-def _prefix(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
-            config: PrefixTuningConfig) -> dict[str, Any]:
-    given = inputs.get("input_ids")
-    given = inputs.get("inputs_embeds") if given is None else given
-    if given is None:
+def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str, Any] | None = None) -> list[int]:
+    """Token ids of an init text, repeated or cut to ``total`` (PEFT's rule)."""
+    from .models import load_tokenizer  # transformers' tokenizers load only when an init text asks
+
+    kwargs = dict(kwargs or {})
+    kwargs.pop("trust_remote_code", None)  # a saved config must never make us run downloaded code
+    tokenizer = load_tokenizer(tokenizer_name, **kwargs)  # packaged aliases too
+    ids = list(tokenizer(text)["input_ids"])
+    if not ids:
+        raise ConfigError(f"the init text {text!r} tokenizes to nothing; give a non-empty text")
+    return (ids * math.ceil(total / len(ids)))[:total]
+
+
+def _with_ones(mask: torch.Tensor | None, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """The attention mask with ``n`` ones in front (all ones when none was given): ``(B, N+T)``."""
+    mask = torch.ones_like(ids) if mask is None else mask
+    return torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
+
+
+def _embeds(base: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """The input embeddings ``(B, T, D)``, taking ``input_ids`` or ``inputs_embeds`` out of ``inputs``."""
+    embeds = inputs.pop("inputs_embeds", None)
+    ids = inputs.pop("input_ids", None)
+    if embeds is not None:
+        return cast(torch.Tensor, embeds)
+    if ids is None:
         raise ConfigError("pass input_ids or inputs_embeds")
-    batch, n = given.shape[0], cast(int, config.num_virtual_tokens)
-    if inputs.get("past_key_values") is not None or inputs.get("cache") is not None:
-        return inputs  # a later decoding step: the prefix is already in the cache
-    if task == TaskType.SEQ_2_SEQ_LM:
-        inputs[_cache_keyword(base)] = seq2seq_prefix_cache(module, base, config, batch)
-        mask = inputs.get("decoder_attention_mask")
-        if mask is not None:
-            inputs["decoder_attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)
+    return cast(torch.Tensor, base.get_input_embeddings()(ids))  # type: ignore[operator]
+
+
+# ----- virtual tokens: prompt tuning, p-tuning -------------------------------------------------------------
+
+
+class VirtualTokens:
+    """Prompt tuning and p-tuning: N learned embeddings go in front of the (encoder) input.
+
+    Encoder-decoder models get ``N * 2`` prompt rows, as in PEFT, of which the encoder takes the first
+    half; the file format keeps all rows.
+    """
+
+    def __init__(self, config: PromptTuningConfig | PromptEncoderConfig, task: TaskType) -> None:
+        self.config, self.task, self.shape = config, task, PromptShape.of(config)
+
+    def build(self, base: nn.Module) -> nn.Module:
+        if isinstance(self.config, PromptEncoderConfig):
+            return PromptEncoder(self.config)
+        module = PromptEmbedding(self.shape.virtual_tokens * self.shape.submodules, self.shape.token_dim)
+        self._init_embedding(module, base)
+        return module
+
+    def _init_embedding(self, module: PromptEmbedding, base: nn.Module) -> None:
+        config = cast(PromptTuningConfig, self.config)
+        if config.inference_mode or config.prompt_tuning_init == PromptTuningInit.RANDOM:
+            return
+        words = cast(nn.Embedding, base.get_input_embeddings())  # type: ignore[operator]
+        total = module.embedding.num_embeddings
+        if config.prompt_tuning_init == PromptTuningInit.SAMPLE_VOCAB:
+            ids = torch.randint(0, words.num_embeddings, (total,), dtype=torch.long)
+        else:
+            ids = torch.tensor(_text_token_ids(str(config.tokenizer_name_or_path),
+                                               str(config.prompt_tuning_init_text), total, config.tokenizer_kwargs))
+        with torch.no_grad():
+            module.embedding.weight.copy_(words(ids.to(words.weight.device)).float())
+
+    def prompts(self, module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        """The rows that go in front of the input: ``(N, D)``."""
+        rows = module()  # (N * submodules, D)
+        if self.task == TaskType.SEQ_2_SEQ_LM:
+            rows = rows[: self.shape.virtual_tokens]
+        return cast(torch.Tensor, rows.to(dtype))
+
+    def prepare(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        embeds = _embeds(base, inputs)  # (B, T, D)
+        prompts = self.prompts(module, embeds.dtype)  # (N, D)
+        batch, n = embeds.shape[0], prompts.shape[0]
+        inputs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
+        if inputs.get("attention_mask") is not None:
+            inputs["attention_mask"] = _with_ones(inputs["attention_mask"], embeds, n)
+        if inputs.get("labels") is not None and self.task == TaskType.CAUSAL_LM:
+            labels = inputs["labels"]
+            inputs["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], dim=1)  # (B, N+T)
+        if inputs.get("token_type_ids") is not None:
+            types = inputs["token_type_ids"]
+            inputs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
+        inputs.pop("position_ids", None)  # positions are recomputed over the longer sequence, as in PEFT
         return inputs
-    inputs[_cache_keyword(base)] = prefix_cache(module, base, config, batch)
-    _extend_mask(inputs, batch, n, given.device)
-    inputs.pop("position_ids", None)
-    return inputs
+
+    def generate(self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+        embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]  # (B, T, D)
+        prompts = self.prompts(module, embeds.dtype)  # (N, D)
+        batch, n = ids.shape[0], prompts.shape[0]
+        kwargs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
+        kwargs["attention_mask"] = _with_ones(kwargs.pop("attention_mask", None), ids, n)
+        if self.task == TaskType.SEQ_2_SEQ_LM:  # the output holds decoder tokens only
+            return base.generate(**kwargs)  # type: ignore[operator]
+        return _generate_after_placeholders(base, ids, n, kwargs)
+
+
+def _generate_after_placeholders(base: nn.Module, ids: torch.Tensor, n: int, kwargs: dict[str, Any]) -> Any:
+    """``base.generate`` with ``n`` virtual positions in front, cut from the output again.
+
+    The virtual positions get placeholder ids (a token already in each row, so repetition penalties are
+    unchanged); the result has the shape the base model's ``generate`` gives.
+    """
+    placeholder = ids[:, -1:].expand(ids.shape[0], n)  # (B, N)
+    out = base.generate(input_ids=torch.cat([placeholder, ids], dim=1), **kwargs)  # type: ignore[operator]
+    return out[:, n:]
+
+
+# ----- prefix key/values: prefix tuning --------------------------------------------------------------------
+
+
+class PrefixKeyValues:
+    """Prefix tuning: learned keys and values for every layer, handed to the model as its cache."""
+
+    def __init__(self, config: PrefixTuningConfig, task: TaskType) -> None:
+        self.config, self.task, self.shape = config, task, PromptShape.of(config)
+
+    def build(self, base: nn.Module) -> nn.Module:
+        classifies = self.task in (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
+        if classifies and not _takes_past_key_values(base):
+            raise ConfigError(f"Model does not support past key values which are required for prefix tuning "
+                              f"({type(base).__name__}'s forward takes no past_key_values, so PEFT could not load "
+                              "this adapter either). Use prompt tuning or p-tuning, or LoRA, on this model")
+        config, s = self.config, self.shape
+        module = PrefixEncoder(s.virtual_tokens, s.token_dim, s.layers, config.encoder_hidden_size,
+                               projection=config.prefix_projection and not config.inference_mode)
+        self._init(module, base)
+        return module
+
+    def _init(self, module: PrefixEncoder, base: nn.Module) -> None:
+        """PEFT's ``init_weights="zero"``, or peftkit's ``prefix_init_text``: the key/values of real text.
+
+        Random key/values at unit scale make the model far worse than the base before any training; the
+        activations of real words start it where the base model is after reading that text (Li and Liang's
+        finding that real-word initialization helps prefix tuning most when data is small).
+        """
+        config = self.config
+        if config.inference_mode:
+            return
+        if config.init_weights == "zero":
+            last = module.transform[-1] if module.projection else module.embedding
+            with torch.no_grad():
+                for tensor in last.parameters():
+                    tensor.zero_()
+            return
+        if config.prefix_init_text is None:
+            return
+        if self.task == TaskType.SEQ_2_SEQ_LM:
+            raise ConfigError("prefix_init_text is supported on decoder-only models; on encoder-decoder models "
+                              "leave it empty (random start) or use init_weights: zero")
+        n = self.shape.virtual_tokens
+        ids = torch.tensor([_text_token_ids(str(config.tokenizer_name_or_path), config.prefix_init_text, n)])
+        module.embedding.weight.data.copy_(self._text_key_values(base, ids))
+
+    def _text_key_values(self, base: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        """The base model's per-layer keys and values for ``ids``, in the prefix's flat layout ``(N, L*2*H*hd)``."""
+        was_training = base.training
+        base.eval()  # no dropout in the activations we copy
+        try:
+            with torch.no_grad():
+                out = base(input_ids=ids.to(next(base.parameters()).device), use_cache=True)
+        finally:
+            base.train(was_training)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]  # the newer name first
+        kv = [t for layer in cache.layers[: self.shape.layers] for t in (layer.keys, layer.values)]  # (1, H, N, hd)
+        stacked = torch.cat(kv, dim=0)  # (L*2, H, N, hd)
+        width = stacked.shape[0] * stacked.shape[1] * stacked.shape[3]
+        expected = self.shape.layers * 2 * self.shape.token_dim
+        if width != expected:
+            raise ConfigError(f"the model's key/values have {width} values per token, not the prefix's {expected}; "
+                              "prefix_init_text does not support this architecture")
+        return stacked.permute(2, 0, 1, 3).reshape(ids.shape[1], -1).float()  # (N, L*2*H*hd)
+
+    def key_values(self, module: nn.Module, base: nn.Module, batch: int) -> torch.Tensor:
+        """The learned prefix as per-layer keys and values: ``(L*2, B, H, N, hd)``."""
+        flat = module().to(next(base.parameters()).dtype)  # (N, L*2*H*hd)
+        s = self.shape
+        kv = flat.view(flat.shape[0], s.layers * 2, s.heads, s.head_dim).permute(1, 2, 0, 3)  # (L*2, H, N, hd)
+        return kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (L*2, B, H, N, hd)
+
+    def cache(self, module: nn.Module, base: nn.Module, batch: int) -> Any:
+        """A fresh cache holding the prefix: ``DynamicCache`` for decoder-only models.
+
+        Encoder-decoder models get it laid out as PEFT does: PEFT doubles the per-layer key/value list,
+        regroups it four at a time (self-attention key and value, cross-attention key and value) and then
+        discards the cross-attention part, so decoder layer ``i``'s self-attention gets the prefix learned in
+        slot ``2 * i mod num_layers``. The encoder sees no prefix.
+        """
+        from transformers import DynamicCache, EncoderDecoderCache  # only prefix tuning needs a cache object
+
+        kv = self.key_values(module, base, batch)
+        positions = torch.arange(kv.shape[3], device=kv.device)
+        cache = DynamicCache(config=base.config)  # type: ignore[arg-type]
+        seq2seq, layers = self.task == TaskType.SEQ_2_SEQ_LM, self.shape.layers
+        if seq2seq:
+            layers = int(getattr(base.config, "num_decoder_layers", None) or layers)
+        for layer in range(layers):
+            slot = (2 * layer) % self.shape.layers if seq2seq else layer
+            cache.update(kv[2 * slot], kv[2 * slot + 1], layer, cache_kwargs={"cache_position": positions})
+        return EncoderDecoderCache(cache, DynamicCache()) if seq2seq else cache
+
+    def prepare(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        given = inputs.get("input_ids")
+        given = inputs.get("inputs_embeds") if given is None else given
+        if given is None:
+            raise ConfigError("pass input_ids or inputs_embeds")
+        if inputs.get("past_key_values") is not None or inputs.get("cache") is not None:
+            return inputs  # a later decoding step: the prefix is already in the cache
+        inputs[_cache_keyword(base)] = self.cache(module, base, given.shape[0])
+        mask = "decoder_attention_mask" if self.task == TaskType.SEQ_2_SEQ_LM else "attention_mask"
+        if inputs.get(mask) is not None:
+            inputs[mask] = _with_ones(inputs[mask], given, self.shape.virtual_tokens)
+        if self.task != TaskType.SEQ_2_SEQ_LM:
+            inputs.pop("position_ids", None)
+        return inputs
+
+    def generate(self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+        kwargs[_cache_keyword(base)] = self.cache(module, base, ids.shape[0])
+        if self.task == TaskType.SEQ_2_SEQ_LM:  # the decoder's cache holds the prefix; the encoder sees none
+            return base.generate(input_ids=ids, **kwargs)  # type: ignore[operator]
+        n = self.shape.virtual_tokens
+        kwargs["attention_mask"] = _with_ones(kwargs.pop("attention_mask", None), ids, n)
+        return _generate_after_placeholders(base, ids, n, kwargs)
+
+
+def _takes_past_key_values(base: nn.Module) -> bool:
+    """PEFT's test for the classification tasks: the model's forward, or its backbone's (``bert`` in
+    BertForSequenceClassification), names ``past_key_values``; encoder-only models in transformers 5 do not,
+    and PEFT refuses prefix tuning there (generative models take the cache through ``generate``'s path)."""
+    backbone = getattr(base, getattr(base, "base_model_prefix", "") or "", None)
+    return any("past_key_values" in inspect.signature(m.forward).parameters
+               for m in (base, backbone) if isinstance(m, nn.Module))
+
+
+# ----- the interface PeftModel calls ---------------------------------------------------------------------
+
+
+def strategy(config: PromptLearningConfig, task: TaskType) -> VirtualTokens | PrefixKeyValues:
+    """The strategy for a resolved prompt config."""
+    if isinstance(config, PrefixTuningConfig):
+        return PrefixKeyValues(config, task)
+    if isinstance(config, (PromptTuningConfig, PromptEncoderConfig)):
+        return VirtualTokens(config, task)
+    raise ConfigError(f"{type(config).__name__} is not a supported prompt method")
+
+
+def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Module:
+    """Create the prompt module for ``config`` (resolved against ``base`` first) on ``base``'s device."""
+    config = resolve(base, config)
+    shape = PromptShape.of(config)
+    layers = 2 * shape.layers if isinstance(config, PrefixTuningConfig) else 1  # keys and values
+    size = 16 * shape.virtual_tokens * shape.submodules * shape.token_dim * layers  # fp32 + grad + 2 moments
+    check_allocation(size, f"{short_repr(shape.virtual_tokens)} virtual tokens",
+                     "choose fewer num_virtual_tokens (8 to 32 is usual)")
+    task = TaskType(config.task_type or TaskType.CAUSAL_LM)
+    return strategy(config, task).build(base).to(next(base.parameters()).device)
 
 
 def prepare_inputs(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
                    config: PromptLearningConfig) -> dict[str, Any]:
     """Turn the user's inputs into the base model's inputs with the prompt applied."""
-    if isinstance(config, PrefixTuningConfig):
-        return _prefix(module, base, inputs, task, config)
-    return _prepend(module, base, inputs, task, config)
-
-
-# ----- generation -----------------------------------------------------------------------------------------
+    return strategy(config, task).prepare(module, base, inputs)
 
 
 def generate(module: nn.Module, base: nn.Module, task: TaskType, config: PromptLearningConfig,
              **kwargs: Any) -> torch.Tensor:
-    """``base.generate`` with the prompt in the key/value cache: it is computed once, at the first step.
-
-    Virtual positions get placeholder ids (a token already in each row, so repetition penalties are
-    unchanged) that are cut from the output; the result has the shape the base model's ``generate`` gives.
-    """
+    """``base.generate`` with the prompt in the key/value cache: it is computed once, at the first step."""
     ids = kwargs.pop("input_ids", None)
     if ids is None:
         raise ConfigError("generate with a prompt adapter needs input_ids")
-    if task == TaskType.SEQ_2_SEQ_LM:
-        return _generate_seq2seq(module, base, config, ids, **kwargs)
-    batch = ids.shape[0]
-    if isinstance(config, PrefixTuningConfig):
-        n = cast(int, config.num_virtual_tokens)
-        kwargs[_cache_keyword(base)] = prefix_cache(module, base, config, batch)
-    else:
-        embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]  # (B, T, D)
-        prompts = module().to(embeds.dtype)  # (N, D)
-        n = prompts.shape[0]
-        kwargs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
-    mask = kwargs.pop("attention_mask", None)
-    mask = torch.ones_like(ids) if mask is None else mask
-    kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, n), mask], dim=1)  # (B, N+T)
-    placeholder = ids[:, -1:].expand(batch, n)  # (B, N)
-    out = base.generate(input_ids=torch.cat([placeholder, ids], dim=1), **kwargs)  # type: ignore[operator]
-    return out[:, n:]
-
-
-def _generate_seq2seq(module: nn.Module, base: nn.Module, config: PromptLearningConfig, ids: torch.Tensor,
-                      **kwargs: Any) -> torch.Tensor:
-    """Encoder-decoder generation: virtual tokens in front of the encoder input, or the prefix in the
-    decoder's self-attention cache. The output holds decoder tokens only, as the base model's does."""
-    batch = ids.shape[0]
-    if isinstance(config, PrefixTuningConfig):
-        kwargs[_cache_keyword(base)] = seq2seq_prefix_cache(module, base, config, batch)
-        return cast(torch.Tensor, base.generate(input_ids=ids, **kwargs))  # type: ignore[operator]
-    embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]  # (B, T, D)
-    prompts = _encoder_prompts(module, TaskType.SEQ_2_SEQ_LM, config).to(embeds.dtype)  # (N, D)
-    mask = kwargs.pop("attention_mask", None)
-    mask = torch.ones_like(ids) if mask is None else mask
-    kwargs["attention_mask"] = torch.cat([mask.new_ones(batch, prompts.shape[0]), mask], dim=1)  # (B, N+T)
-    kwargs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
-    return cast(torch.Tensor, base.generate(**kwargs))  # type: ignore[operator]
+    return cast(torch.Tensor, strategy(config, task).generate(module, base, ids, kwargs))
 
 
 # ----- files ----------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from .holder import BaseModelHolder
 from .inspection import count_parameters
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
-from .tuners.lora import LoraEmbedding, LoraLinear
+from .tuners.lora import LoraLinear
+from .tuners.lora_embedding import LoraEmbedding
 
 __all__ = ["TunerLayerStatus", "TunerModelStatus", "get_layer_status", "get_model_status"]
 

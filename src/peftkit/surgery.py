@@ -21,7 +21,8 @@ from .memory import check_allocation
 from .merging import MIXES, mix
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
-from .tuners.lora import LoraEmbedding, LoraLayer, LoraLinear
+from .tuners.lora import LoraLayer, LoraLinear
+from .tuners.lora_embedding import LoraEmbedding
 from .tuners.modules_to_save import ModulesToSaveWrapper
 from .tuners.rows import BASE_ROW, group_rows
 
@@ -167,12 +168,12 @@ def _output_layer_names(model: nn.Module, config: PeftConfig) -> set[str]:
     return {name for name, module in model.named_modules() if any(module is h for h in heads)}
 
 
-def resolve_target_modules(model: nn.Module, config: LoraConfig) -> bool:
-    """Fill ``config.target_modules`` in place: the architecture default when empty, and the explicit
-    list of layer names for ``"all-linear"`` (as PEFT records them).
+def resolve_target_modules(model: nn.Module, config: LoraConfig) -> tuple[LoraConfig, bool]:
+    """``config`` with ``target_modules`` resolved: the architecture default when empty, and the explicit
+    list of layer names for ``"all-linear"`` (as PEFT records them). ``config`` itself is not changed.
 
     Returns:
-        True when the list came from the user (so each entry must match a layer).
+        The resolved config, and True when the list came from the user (so each entry must match a layer).
     """
     if config.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -181,16 +182,14 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> bool:
                 f"target_modules is empty and there is no default for model type {model_type!r}; "
                 f"set target_modules, e.g. {_suggest_targets(model)} or 'all-linear'"
             )
-        config.target_modules = set(DEFAULT_TARGET_MODULES[model_type])
-        return False
+        return cast(LoraConfig, config.replace(target_modules=set(DEFAULT_TARGET_MODULES[model_type]))), False
     if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
         skip = _output_layer_names(model, config)
         linear = _linear_types()
         found = {n for n, m in model.named_modules() if isinstance(m, linear) and n not in skip}
         found |= {n for n, m in model.named_modules() if isinstance(m, (LoraLinear, IA3Linear))}
-        config.target_modules = set(found)
-        return False
-    return True
+        return cast(LoraConfig, config.replace(target_modules=found)), False
+    return config, True
 
 
 def _suggest_targets(model: nn.Module) -> list[str]:
@@ -200,10 +199,9 @@ def _suggest_targets(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def _wrap(module: nn.Module, key: str, config: LoraConfig) -> LoraLayer:
+def _wrap(module: nn.Module, key: str) -> LoraLayer:
     conv1d = _conv1d_type()
     if conv1d is not None and isinstance(module, conv1d):
-        config.fan_in_fan_out = True  # recorded in the config as PEFT does, so files stay interchangeable
         return LoraLinear(module, fan_in_fan_out=True)
     if isinstance(module, nn.Linear):
         return LoraLinear(module, fan_in_fan_out=False)
@@ -275,29 +273,29 @@ def minimal_target_modules(targets: Iterable[str], others: Iterable[str]) -> set
     return chosen
 
 
-def _shorten_targets(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
-    """Record a long target list as its minimal suffixes, as PEFT does (same layers, a shorter config)."""
+def _shorten_targets(model: nn.Module, config: LoraConfig, keys: list[str]) -> LoraConfig:
+    """A long target list recorded as its minimal suffixes, as PEFT does (same layers, a shorter config)."""
     targets = config.target_modules
     if not isinstance(targets, (list, set)) or len(targets) < MIN_TARGET_MODULES_FOR_OPTIMIZATION:
-        return
+        return config
     if config.layers_to_transform is not None:  # the layer filter applies on top of the names: keep them
-        return
+        return config
     adapted = set(keys)
     shorter = minimal_target_modules(keys, [name for name, _ in model.named_modules() if name not in adapted])
-    if len(shorter) < len(targets):
-        config.target_modules = shorter
+    return cast(LoraConfig, config.replace(target_modules=shorter)) if len(shorter) < len(targets) else config
 
 
-def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list[str]:
+def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> LoraConfig:
     """Add LoRA adapter ``adapter_name`` to every layer ``config`` targets, wrapping plain layers.
 
     Returns:
-        The names of the adapted layers.
+        ``config`` resolved against the model (targets listed, ``fan_in_fan_out`` for GPT-2's Conv1D), as
+        the adapter's file records it; ``config`` itself is not changed.
 
     Raises:
         TargetNotFoundError: no layer matches, naming the targets and the model's candidate layers.
     """
-    user_given = resolve_target_modules(model, config)
+    config, user_given = resolve_target_modules(model, config)
     candidates = [name for name, _ in _candidate_modules(model)]
     keys = [name for name in candidates if is_target(config, name)]
     if not keys:
@@ -321,10 +319,12 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
         raise ConfigError(f"init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D "
                           f"({transposed[0]!r}); use 'pissa' there")
     _check_lora_size(model, config, keys)
-    _shorten_targets(model, config, keys)
+    config = _shorten_targets(model, config, keys)
+    if transposed:  # recorded as PEFT does, so files stay interchangeable
+        config = cast(LoraConfig, config.replace(fan_in_fan_out=True))
     for key in keys:
         module = model.get_submodule(key)
-        layer = module if isinstance(module, LoraLayer) else _wrap(module, key, config)
+        layer = module if isinstance(module, LoraLayer) else _wrap(module, key)
         r = int(_pattern_value(config.rank_pattern, key, config.r))
         alpha = _pattern_value(config.alpha_pattern, key, config.lora_alpha)
         kwargs = {"use_dora": True} if config.use_dora else {}
@@ -333,7 +333,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> list
         )
         if layer is not module:
             _set_submodule(model, key, layer)
-    return keys
+    return config
 
 
 def _check_lora_size(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
@@ -368,23 +368,34 @@ def _is_feedforward(config: IA3Config, key: str) -> bool:
     return any(key.endswith(f) for f in spec)
 
 
-def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[str]:
-    """Add IA3 adapter ``adapter_name`` to every layer ``config`` targets (architecture defaults when empty)."""
+def resolve_ia3_targets(model: nn.Module, config: IA3Config) -> IA3Config:
+    """``config`` with the architecture's default targets and feed-forward layers when it names none."""
+    if config.target_modules is not None:
+        return config
     model_type = str(getattr(getattr(model, "config", None), "model_type", None))
-    if config.target_modules is None:
-        if model_type not in IA3_TARGET_MODULES:
-            raise ConfigError(f"target_modules is empty and there is no IA3 default for model type {model_type!r}; "
-                              f"set target_modules and feedforward_modules, e.g. {_suggest_targets(model)}")
-        config.target_modules = set(IA3_TARGET_MODULES[model_type])
-        if config.feedforward_modules is None:
-            config.feedforward_modules = set(IA3_FEEDFORWARD_MODULES[model_type])
+    if model_type not in IA3_TARGET_MODULES:
+        raise ConfigError(f"target_modules is empty and there is no IA3 default for model type {model_type!r}; "
+                          f"set target_modules and feedforward_modules, e.g. {_suggest_targets(model)}")
+    feedforward = config.feedforward_modules
+    return cast(IA3Config, config.replace(
+        target_modules=set(IA3_TARGET_MODULES[model_type]),
+        feedforward_modules=set(IA3_FEEDFORWARD_MODULES[model_type]) if feedforward is None else feedforward))
+
+
+def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Config:
+    """Add IA3 adapter ``adapter_name`` to every layer ``config`` targets (architecture defaults when empty).
+
+    Returns:
+        ``config`` resolved against the model (targets, ``fan_in_fan_out``); ``config`` itself is not changed.
+    """
+    config = resolve_ia3_targets(model, config)
     keys = [name for name, _ in _candidate_modules(model) if is_target(config, name)]
     if not keys:
         raise TargetNotFoundError(
             f"target_modules={_shown(config.target_modules)} matches no layer of {type(model).__name__}. "
             f"Layer names this model has: {', '.join(_suggest_targets(model))}."
         )
-    conv1d = _conv1d_type()
+    conv1d, transposed = _conv1d_type(), False
     for key in keys:
         module = model.get_submodule(key)
         if isinstance(module, IA3Linear):
@@ -393,7 +404,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[s
             raise ConfigError(f"layer {key!r} already carries a {type(module).__name__} adapter; IA3 cannot share "
                               f"a layer with another method, choose other target_modules")
         elif conv1d is not None and isinstance(module, conv1d):
-            config.fan_in_fan_out = True
+            transposed = True
             layer = IA3Linear(module, _is_feedforward(config, key), fan_in_fan_out=True)
         elif isinstance(module, nn.Linear):
             layer = IA3Linear(module, _is_feedforward(config, key))
@@ -403,7 +414,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> list[s
         layer.add_adapter(adapter_name, config.init_ia3_weights)
         if layer is not module:
             _set_submodule(model, key, layer)
-    return keys
+    return cast(IA3Config, config.replace(fan_in_fan_out=True)) if transposed else config
 
 
 def _warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str]) -> None:
@@ -662,12 +673,10 @@ def planned_layout(model: nn.Module, config: PeftConfig) -> dict[str, tuple[floa
     """What :func:`held_layout` would read after injecting ``config`` into ``model`` (nothing is changed)."""
     if not isinstance(config, (LoraConfig, IA3Config)):
         return {}
-    config = cast(LoraConfig | IA3Config, config.replace())
     if isinstance(config, LoraConfig):
-        resolve_target_modules(model, config)
-    elif config.target_modules is None:
-        model_type = str(getattr(getattr(model, "config", None), "model_type", None))
-        config.target_modules = set(IA3_TARGET_MODULES.get(model_type, []))
+        config, _ = resolve_target_modules(model, config)
+    else:
+        config = resolve_ia3_targets(model, config)
     keys = [k for k, _ in _candidate_modules(model) if is_target(config, k)]
     if not isinstance(config, LoraConfig):
         return dict.fromkeys(keys, ())

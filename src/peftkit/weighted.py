@@ -19,6 +19,7 @@ from .config import LoraConfig, PeftConfig
 from .errors import ConfigError
 from .merging import MIXES
 from .surgery import COMBINATIONS
+from .tuners.lora import rank_axis
 
 __all__ = ["WeightedPlan", "check_no_shared_copies", "plan", "to_plain_lora"]
 
@@ -97,10 +98,10 @@ def to_plain_lora(config: PeftConfig, tensors: dict[str, torch.Tensor], initial:
     for key, tensor in tensors.items():
         if key not in start:
             continue
-        if ".lora_A" in key:
-            converted[key] = torch.cat([tensor, start[key].to(tensor)], dim=0)
-        elif ".lora_B" in key:
-            converted[key] = torch.cat([tensor, -start[key].to(tensor)], dim=1)
+        axis = rank_axis(key)
+        if axis is not None:  # A: [A | A0] over the ranks (axis 0); B: [B | -B0] (axis 1)
+            sign = -1 if axis == 1 else 1
+            converted[key] = torch.cat([tensor, sign * start[key].to(tensor)], dim=axis)
     new = config.replace(init_lora_weights=True, r=config.r * 2,
                          lora_alpha=config.lora_alpha * (2**0.5 if config.use_rslora else 2),
                          rank_pattern={k: 2 * v for k, v in config.rank_pattern.items()},

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from peftkit.tuners.lora import LoraEmbedding, LoraLinear
+from peftkit.tuners.lora import LoraLinear
+from peftkit.tuners.lora_embedding import LoraEmbedding
 
 
 def _linear(seed: int = 0) -> nn.Linear:

@@ -21,6 +21,8 @@ class IA3Linear(AdapterLayer):
     """IA3 around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in, out))."""
 
     adapter_param_names = ("ia3_l",)
+    prefix = "ia3_"
+    """What every IA3 tensor's name starts with (PEFT's tuner attribute of that name)."""
 
     def __init__(self, base_layer: nn.Module, is_feedforward: bool, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)

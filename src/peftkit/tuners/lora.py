@@ -4,12 +4,14 @@
 
 Each adapter lives under its name in ``ModuleDict``/``ParameterDict`` containers, so parameter names
 match Hugging Face PEFT's (``q_proj.lora_A.<name>.weight``). These modules do no I/O and know nothing
-about the model around them; :mod:`peftkit.surgery` places them.
+about the model around them; :mod:`peftkit.surgery` places them. LoRA on embeddings is in
+:mod:`.lora_embedding`, DoRA's arithmetic in :mod:`.dora`, PiSSA's and OLoRA's start in :mod:`.lora_init`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import cast
 
 import torch
@@ -22,7 +24,21 @@ from .base import AdapterLayer
 from .low_rank import low_rank_update
 from .rows import RowGroups
 
-__all__ = ["AdapterLayer", "LoraEmbedding", "LoraLayer", "LoraLinear"]
+__all__ = ["AdapterLayer", "LoraLayer", "LoraLinear", "rank_axis", "unpaired_factors"]
+
+
+def rank_axis(key: str) -> int | None:
+    """The rank axis of a saved LoRA factor: 0 for ``lora_A`` (r, in), 1 for ``lora_B`` (out, r); None for any
+    other tensor of an adapter file."""
+    parts = key.split(".")
+    return 0 if "lora_A" in parts else 1 if "lora_B" in parts else None
+
+
+def unpaired_factors(keys: Iterable[str]) -> set[str]:
+    """The layers (keys without the factor's name) whose saved tensors hold only one of ``lora_A`` and ``lora_B``."""
+    a_keys = {k.replace(".lora_A.", ".") for k in keys if ".lora_A." in k}
+    b_keys = {k.replace(".lora_B.", ".") for k in keys if ".lora_B." in k}
+    return a_keys ^ b_keys
 
 
 class LoraLayer(AdapterLayer):
@@ -31,6 +47,9 @@ class LoraLayer(AdapterLayer):
     Attributes:
         scaling: ``lora_alpha / r`` (or ``/ sqrt(r)`` with rsLoRA) per adapter.
     """
+
+    prefix = "lora_"
+    """What every LoRA tensor's name starts with (PEFT's tuner attribute of that name)."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -238,59 +257,3 @@ class LoraLinear(LoraLayer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
-
-
-class LoraEmbedding(LoraLayer):
-    """LoRA around ``nn.Embedding``: the update is looked up like the embedding itself (no dropout)."""
-
-    adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
-
-    def __init__(self, base_layer: nn.Embedding) -> None:
-        super().__init__(base_layer)
-        self.num_embeddings = base_layer.num_embeddings
-        self.embedding_dim = base_layer.embedding_dim
-        self.in_features, self.out_features = self.num_embeddings, self.embedding_dim  # as every PEFT layer has
-        self.lora_embedding_A = nn.ParameterDict()
-        self.lora_embedding_B = nn.ParameterDict()
-
-    def add_adapter(
-        self,
-        name: str,
-        r: int,
-        lora_alpha: float,
-        lora_dropout: float = 0.0,
-        init_lora_weights: bool | str = True,
-        use_rslora: bool = False,
-    ) -> None:
-        """Create adapter ``name``: A (r, num_embeddings) and B (embedding_dim, r), in fp32."""
-        device = self.weight.device
-        a = torch.randn(r, self.num_embeddings, device=device)
-        b = torch.randn(self.embedding_dim, r, device=device)
-        if init_lora_weights is not False:
-            # As in the LoRA paper's embedding layer: A zero, B normal, so the update starts at zero. B is
-            # drawn a second time because PEFT does: the same seed then gives PEFT's adapter, draw for draw.
-            a.zero_()
-            b.normal_()
-        self.lora_embedding_A[name] = nn.Parameter(a)
-        self.lora_embedding_B[name] = nn.Parameter(b)
-        self._set_scaling(name, r, lora_alpha, use_rslora)
-
-    def delta_weight(self, name: str) -> torch.Tensor:
-        a = self.lora_embedding_A[name]  # (r, V)
-        b = self.lora_embedding_B[name]  # (D, r)
-        return (b @ a).T * self.scaling[name]  # (V, D)
-
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        pending = self._pending()  # first: it may unmerge before the base layer runs
-        result = self.base_layer(x, *args, **kwargs)  # (B, T, D)
-        base = cast(nn.Embedding, self.base_layer)
-        for name in pending:
-            a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
-            after_a = F.embedding(
-                x, a.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse
-            )  # (B, T, r)
-            result = result + ((after_a @ b.T) * self.scaling[name]).to(result.dtype)  # (B, T, D)
-        return result
-
-    def extra_repr(self) -> str:
-        return f"num_embeddings={self.num_embeddings}, dim={self.embedding_dim}, adapters={self.adapter_names}"
