@@ -23,7 +23,12 @@ import torch
 
 from . import outputs
 from .compare_report import MethodResult, ReportContext, write_report
+from .data import IGNORE_INDEX, load_task_data
 from .errors import ConfigError, did_you_mean
+from .files import write_json_atomic
+from .inspection import count_parameters
+from .models import load_model, load_tokenizer
+from .train import train
 from .train.config import (
     PROMPT_METHODS,
     DataConfig,
@@ -37,6 +42,9 @@ from .train.config import (
     read_yaml,
     validate_sections,
 )
+from .train.evaluate import classification_scores, evaluate
+from .train.kernels import pick_device
+from .train.report import read_metrics
 
 __all__ = ["PRESETS", "CompareConfig", "MethodResult", "compare"]
 
@@ -283,7 +291,6 @@ def _saved_size(folder: Path) -> int:
 
 def _curve(folder: Path) -> list[tuple[int, float]]:
     """The training loss by step, from the run's metrics.jsonl."""
-    from .train.report import read_metrics
 
     return [(int(r["step"]), float(r["loss"])) for r in read_metrics(folder / "metrics.jsonl") if "loss" in r]
 
@@ -296,8 +303,6 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     """
     from collections import Counter
 
-    from .data import load_task_data
-    from .models import load_tokenizer
 
     out = Path(config.output_dir)
     outputs.claim(out, REPORT_FILES, "compare", "output_dir")
@@ -377,11 +382,6 @@ def _headline(row: MethodResult) -> str:
 
 def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
               log: Callable[[str], None]) -> MethodResult:
-    from .inspection import count_parameters
-    from .models import load_model
-    from .train.evaluate import evaluate
-    from .train.kernels import pick_device
-
     device = pick_device(job.train.device)
     model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype)).to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -415,10 +415,6 @@ def _same_job(saved: Path, job: JobConfig) -> bool:
 
 def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig,
                 log: Callable[[str], None]) -> MethodResult:
-    from .inspection import count_parameters
-    from .models import load_model
-    from .train import train
-
     folder = Path(job.output_dir)
     done = folder / "compare-result.json"
     if done.is_file() and _same_job(folder / "config.yaml", job):
@@ -437,7 +433,6 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
                        result.after.accuracy if result.after else None, _curve(folder))
     row.outputs = _example_outputs(result.model, tokenizer, result.data, config.examples,
                                    next(result.model.parameters()).device)
-    from .files import write_json_atomic
 
     write_json_atomic(done, dataclasses.asdict(row))
     outputs.record(folder, [done.name], "train")
@@ -449,7 +444,6 @@ def _example_outputs(model: torch.nn.Module, tokenizer: Any, data: Any, count: i
                      device: torch.device) -> list[str]:
     """The model's answer to the first ``count`` held-out prompts: the chosen label word for classification,
     else a greedy continuation of the prompt (the example's untrained part)."""
-    from .train.evaluate import classification_scores
 
     examples = data.val[:count]
     if not examples:
@@ -478,7 +472,6 @@ def _continue(model: torch.nn.Module, tokenizer: Any, prompt: list[int], device:
 def prompt_of(example: Any) -> list[int]:
     """The part of an example a model is asked to continue: the classification prompt, the untrained
     prefix of a completion, or (text mode, where every token trains) the first quarter, at most 16 tokens."""
-    from .data import IGNORE_INDEX
 
     if example.prompt_ids:
         return list(example.prompt_ids)

@@ -8,7 +8,9 @@ from typing import cast
 import torch
 from torch import nn
 
+from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .errors import ConfigError
+from .prompting import build_prompt_module
 from .surgery import DEFAULT_TARGET_MODULES, _linear_types
 
 __all__ = ["count_parameters", "describe_model", "lora_parameter_count", "prompt_parameter_counts"]
@@ -77,8 +79,6 @@ VIRTUAL_TOKENS = 20
 
 def prompt_parameter_counts(model: nn.Module, num_virtual_tokens: int = VIRTUAL_TOKENS) -> dict[str, int]:
     """Trainable parameters of each prompt method with PEFT's defaults, counted on the modules themselves."""
-    from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
-    from .prompting import build_prompt_module
 
     configs = {"prompt tuning": PromptTuningConfig(num_virtual_tokens=num_virtual_tokens),
                "p-tuning (MLP)": PromptEncoderConfig(num_virtual_tokens=num_virtual_tokens),

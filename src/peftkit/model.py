@@ -39,6 +39,8 @@ from .config import (
 )
 from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, PeftkitError
 from .holder import BaseModelHolder
+from .inspection import count_parameters
+from .status import get_layer_status, get_model_status
 from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraLayer
 from .wrapper import ModelWrapper, is_transformers_model
@@ -484,7 +486,6 @@ class PeftModel(ModelWrapper):
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable parameters, all parameters), shared weights counted once."""
-        from .inspection import count_parameters
 
         return count_parameters(self)
 
@@ -504,13 +505,11 @@ class PeftModel(ModelWrapper):
 
     def get_layer_status(self) -> list[Any]:
         """PEFT's per-layer report: see :func:`peftkit.get_layer_status`."""
-        from .status import get_layer_status
 
         return get_layer_status(self)
 
     def get_model_status(self) -> Any:
         """PEFT's whole-model report: see :func:`peftkit.get_model_status`."""
-        from .status import get_model_status
 
         return get_model_status(self)
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import TaskType
 from .errors import ModelLoadError, did_you_mean
+from .quantization import quantization_config
 
 __all__ = ["PACKAGED_MODELS", "PackagedModel", "load_model", "load_tokenizer", "resolve_model_path"]
 
@@ -153,7 +154,6 @@ def load_model(
     )
     auto_cls = getattr(transformers, _AUTO_CLASSES[task_type])
     if quantization is not None:
-        from .quantization import quantization_config
 
         kwargs["quantization_config"] = quantization_config(quantization, _as_dtype(dtype))
         if gguf_file:  # bitsandbytes quantizes dense weights: convert (and cache) the GGUF file first

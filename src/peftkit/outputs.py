@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import ConfigError, StorageError
+from .files import write_json_atomic
 
 __all__ = [
     "LOCK_NAME",
@@ -65,7 +66,6 @@ def owned(folder: str | os.PathLike[str], kind: str | None = None) -> set[str]:
 
 def record(folder: str | os.PathLike[str], names: Iterable[str], kind: str) -> None:
     """Add ``names`` to the folder's manifest as written by a command of ``kind``."""
-    from .files import write_json_atomic
 
     path = Path(folder)
     previous = owned(path, kind)

@@ -28,6 +28,7 @@ from .config import (
 )
 from .errors import AdapterFormatError, ConfigError, short_repr
 from .memory import check_allocation
+from .models import load_tokenizer
 from .tuners.prompt import PrefixEncoder, PromptEmbedding, PromptEncoder
 
 __all__ = ["PrefixKeyValues", "PromptShape", "VirtualTokens", "build_prompt_module", "embeddings_to_save",
@@ -120,7 +121,6 @@ def _cache_keyword(base: nn.Module) -> str:
 
 def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str, Any] | None = None) -> list[int]:
     """Token ids of an init text, repeated or cut to ``total`` (PEFT's rule)."""
-    from .models import load_tokenizer  # transformers' tokenizers load only when an init text asks
 
     kwargs = dict(kwargs or {})
     kwargs.pop("trust_remote_code", None)  # a saved config must never make us run downloaded code

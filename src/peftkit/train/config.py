@@ -63,8 +63,8 @@ class TrainingConfig:
     grad_accum: int = 1
     """Forward passes per optimizer step (effective batch = batch_size * grad_accum, whatever the process count)."""
     group_by_length: bool = False
-    """Batch examples of similar length together: far less padding (about 1.6x faster on mixed lengths), but
-    batches become less random, which can cost accuracy where length tracks the label (ETHOS: ~8 points)."""
+    """Batch examples of similar length together: far less padding, but batches become less random, which can
+    cost accuracy where length tracks the label (benchmarks/results/training-cpu.md measures both)."""
     packing: bool = False
     """Pack each batch's examples into as few rows as possible (no compute on padding), keeping them apart with
     restarting positions, so batches and losses are those of unpacked training. Decoder-only models whose

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import IGNORE_INDEX, Example, collate
+from ..model import PeftModel
 from ..prompting import forward_accepts
 from . import distributed
 from .distributed import Processes
@@ -72,7 +73,6 @@ def _positions_in_front(model: nn.Module) -> int | None:
     when its LM head cannot be run on chosen positions only (``logits_to_keep``)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..model import PeftModel
 
     if isinstance(model, DistributedDataParallel):
         model = model.module

@@ -25,6 +25,7 @@ from torch import nn
 from ..data import IGNORE_INDEX, Example, TaskData, load_task_data
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..files import write_json_atomic, write_text_atomic
+from ..models import load_tokenizer
 from . import checkpoint as ckpt
 from . import distributed, rundir
 from .batches import Batches, lr_schedule, total_steps
@@ -254,8 +255,6 @@ def _quiet(_: str) -> None:
 
 def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log: Callable[[str], None],
                  procs: Processes) -> TrainResult:
-    from ..models import load_tokenizer
-
     resume_from = rundir.resume_folder(config, log)
     if procs.distributed:
         distributed.check_global_batch(config.train.batch_size, procs)

@@ -15,6 +15,8 @@ from ..data import TaskData
 from ..errors import ConfigError
 from ..files import atomic_directory, atomic_write
 from ..model import PeftModel, get_peft_model
+from ..models import load_model
+from ..quantization import prepare_model_for_kbit_training
 from .checkpoint import TRAINABLE_FILE
 from .config import JobConfig
 
@@ -81,13 +83,11 @@ class TrainingTarget:
 
 def build_target(config: JobConfig, model: nn.Module | None, device: torch.device) -> TrainingTarget:
     """The base (``model``, or ``config.model`` loaded) with the job's adapter, or itself for full fine-tuning."""
-    from ..models import load_model
 
     if model is None:
         model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype),
                            trust_remote_code=config.trust_remote_code, quantization=config.quantization)
     if config.quantization is not None:
-        from ..quantization import prepare_model_for_kbit_training
 
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.train.gradient_checkpointing)
     peft_config = config.peft_config()

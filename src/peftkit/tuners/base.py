@@ -12,6 +12,9 @@ from typing import cast
 import torch
 from torch import nn
 
+from ..errors import ConfigError, TrainingError
+from ..quantization import is_quantized
+
 __all__ = ["AdapterLayer"]
 
 
@@ -48,7 +51,6 @@ class AdapterLayer(nn.Module):
     @property
     def quantized(self) -> bool:
         """True when the base weight is packed by bitsandbytes (QLoRA): it cannot absorb a merge."""
-        from ..quantization import is_quantized
 
         return is_quantized(self.weight)
 
@@ -110,7 +112,6 @@ class AdapterLayer(nn.Module):
     def merge(self, names: list[str] | None = None) -> None:
         """Fold adapters into the base weight. Already merged adapters are skipped (idempotent)."""
         if self.quantized:
-            from ..errors import ConfigError
 
             raise ConfigError("cannot merge into a 4-bit (bitsandbytes) base layer: its packed weight cannot hold "
                               "the update exactly. Load the base model unquantized, load the adapter, then merge")
@@ -130,7 +131,6 @@ class AdapterLayer(nn.Module):
             held = container[name]  # a module (LoRA's Linear) or a tensor (IA3's vector)
             tensors = held.parameters() if isinstance(held, nn.Module) else [held]
             if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
-                from ..errors import TrainingError
 
                 raise TrainingError(f"adapter {name!r} holds NaN or infinite values in {attr}; merging would make "
                                     "the base weight NaN for good. Reload the adapter from a good checkpoint")
