@@ -277,3 +277,19 @@ def test_prefix_init_settings_are_checked_together():
     text = str(err.value)
     for expected in ("tokenizer_name_or_path", "prefix_projection", "init_weights='ones'"):
         assert expected in text
+
+
+def test_resolve_fills_a_copy_and_the_model_adopts_it():
+    from peftkit.prompting import PromptShape, resolve
+
+    base = tiny_model("llama")
+    given = PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM")
+    resolved = resolve(base, given)
+    assert given.num_layers is None and given.token_dim is None  # resolution leaves the user's config alone
+    heads, kv_heads = base.config.num_attention_heads, base.config.num_key_value_heads
+    head_dim = base.config.hidden_size // heads
+    # a grouped-query model: the prefix holds the key/value heads, as PEFT records them
+    assert PromptShape.of(resolved) == PromptShape(3, 1, base.config.num_hidden_layers, head_dim * kv_heads, kv_heads)
+    assert resolve(base, resolved) == resolved  # resolving twice changes nothing
+    model = get_peft_model(base, given)
+    assert model.peft_config["default"] is given and given.token_dim == head_dim * kv_heads  # PEFT's contract

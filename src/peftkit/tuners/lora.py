@@ -118,42 +118,24 @@ class LoraLinear(LoraLayer):
         device = self.weight.device
         a = nn.Linear(self.in_features, r, bias=False, device=device)
         b = nn.Linear(r, self.out_features, bias=False, device=device)
-        if init_lora_weights is True:
-            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
-            nn.init.zeros_(b.weight)
-        elif init_lora_weights == "gaussian":
-            nn.init.normal_(a.weight, std=1 / r)
-            nn.init.zeros_(b.weight)
-        # init_lora_weights=False keeps nn.Linear's random init for both: a non-zero update from the start.
+        lora_init.random_start(a, b, init_lora_weights, r)
         self.lora_A[name] = a
         self.lora_B[name] = b
         self.lora_dropout[name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.lora_dropout[name].train(self.training)  # a new adapter follows the layer's train/eval mode
         self._set_scaling(name, r, lora_alpha, use_rslora)
-        if isinstance(init_lora_weights, str) and init_lora_weights.startswith("pissa"):
-            self._pissa_init(name, init_lora_weights)
-        elif isinstance(init_lora_weights, str) and init_lora_weights.lower() == "olora":
-            self._olora_init(name)
+        if isinstance(init_lora_weights, str) and init_lora_weights != "gaussian":
+            self._start_from_weight(name, init_lora_weights.lower())
         if use_dora:
             with torch.no_grad():
                 norm = self._weight_norm(name)
             self.lora_magnitude_vector[name] = nn.Parameter(norm.float())
 
     @torch.no_grad()
-    def _pissa_init(self, name: str, how: str) -> None:
-        """PiSSA: A and B from the top singular directions of W; the base keeps the residual."""
-        self._set_pair(name, *lora_init.pissa(self._base_weight().float(), self.r[name], self.scaling[name], how))
-
-    @torch.no_grad()
-    def _olora_init(self, name: str) -> None:
-        """OLoRA: A and B from the QR decomposition of W; the base keeps the residual."""
-        if self.fan_in_fan_out:
-            raise ConfigError("init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D; "
-                              "use 'pissa' there")
-        self._set_pair(name, *lora_init.olora(self.weight.float(), self.r[name], self.scaling[name]))
-
-    def _set_pair(self, name: str, a: torch.Tensor, b: torch.Tensor, residual: torch.Tensor) -> None:
-        """Install A, B and the residual base weight (given in (out, in) layout)."""
+    def _start_from_weight(self, name: str, how: str) -> None:
+        """PiSSA or OLoRA: A and B from the base weight's principal part; the base keeps the residual."""
+        args = (self._base_weight(), self.r[name], self.scaling[name], self.fan_in_fan_out)
+        a, b, residual = lora_init.from_weight(how, *args)
         cast(torch.Tensor, self.lora_A[name].weight).data = a.contiguous()
         cast(torch.Tensor, self.lora_B[name].weight).data = b.contiguous()
         self._set_base_weight(residual)

@@ -1,11 +1,39 @@
-"""LoRA initializations that start from the base weight: A and B take its principal part, the base keeps the
-residual, so ``W_res + scaling * B @ A == W`` at the start. Pure tensor functions on ``W`` as (out, in)."""
+"""How LoRA's A and B start: PEFT's random starts, and the starts from the base weight (PiSSA, OLoRA), where A
+and B take its principal part and the base keeps the residual, so ``W_res + scaling * B @ A == W`` at the
+start. Pure functions on tensors; ``W`` is (out, in)."""
 
 from __future__ import annotations
 
-import torch
+import math
 
-__all__ = ["olora", "pissa"]
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["from_weight", "olora", "pissa", "random_start"]
+
+
+def random_start(a: nn.Linear, b: nn.Linear, how: bool | str, r: int) -> None:
+    """PEFT's starts: A kaiming-uniform (``True``) or normal with std 1/r (``"gaussian"``) and B zero, so the
+    update starts at zero; ``False`` keeps ``nn.Linear``'s random init for both (a non-zero update)."""
+    if how is True:
+        nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+        nn.init.zeros_(b.weight)
+    elif how == "gaussian":
+        nn.init.normal_(a.weight, std=1 / r)
+        nn.init.zeros_(b.weight)
+
+
+def from_weight(how: str, weight: torch.Tensor, r: int, scaling: float, transposed: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A, B and the residual for ``init_lora_weights=how`` (``"pissa"``, ``"pissa_niter_<n>"``, ``"olora"``)."""
+    if how.startswith("pissa"):
+        return pissa(weight.float(), r, scaling, how)
+    if transposed:
+        raise ConfigError("init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D; "
+                          "use 'pissa' there")
+    return olora(weight.float(), r, scaling)
 
 
 def pissa(weight: torch.Tensor, r: int, scaling: float, how: str = "pissa"
