@@ -24,7 +24,7 @@ from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraLayer, LoraLinear
 from .tuners.lora_embedding import LoraEmbedding
 from .tuners.modules_to_save import ModulesToSaveWrapper
-from .tuners.rows import BASE_ROW, group_rows
+from .tuners.rows import BASE_ROW, RowGroups, group_rows
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
@@ -501,9 +501,13 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str]) -> Iterato
     for wrapper in copies:
         wrapper.check_rows(wanted)
     routed: list[LoraLinear | ModulesToSaveWrapper] = [*(x for x in layers if isinstance(x, LoraLinear)), *copies]
+    groups: dict[torch.device, RowGroups] = {}  # split once per device, not once per layer
     try:
         for module in routed:
-            module.rows = group_rows(adapter_names, next(module.parameters()).device)
+            device = next(module.parameters()).device
+            if device not in groups:
+                groups[device] = group_rows(adapter_names, device)
+            module.rows = groups[device]
         yield
     finally:
         for module in routed:
