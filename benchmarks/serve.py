@@ -213,13 +213,20 @@ def main() -> None:
     base_jobs = [(MODEL, prompt) for _, prompt in jobs]
     many_jobs = [(f"adapter-{rng.randrange(100)}", prompt) for _, prompt in jobs]
 
-    setups = [("peftkit", adapters, jobs, 8), ("peft-serial", adapters, jobs, 8), ("base", {}, base_jobs, 8),
-              ("peftkit-100", many, many_jobs, 8)]
-    rows = {}
+    # peftkit and base run twice, interleaved, since this shared machine's speed drifts over minutes;
+    # the table reports each setup's faster round and the ratios come from those
+    setups = [("peftkit", adapters, jobs, 8), ("base", {}, base_jobs, 8), ("peft-serial", adapters, jobs, 8),
+              ("peftkit-100", many, many_jobs, 8), ("peftkit", adapters, jobs, 8), ("base", {}, base_jobs, 8)]
+    rows: dict[str, dict] = {}
+    rounds: dict[str, list[float]] = {}
     for port, (name, served, work, max_loaded) in enumerate(setups, start=18400):
         process = start("peft-serial" if name == "peft-serial" else "peftkit", port, served, max_loaded)
         try:
-            rows[name] = load(port, work, args.clients, args.tokens)
+            result = load(port, work, args.clients, args.tokens)
+            rounds.setdefault(name, []).append(result["tokens_per_s"])
+            if name in rows and rows[name]["tokens_per_s"] >= result["tokens_per_s"]:
+                continue
+            rows[name] = result | {k: v for k, v in rows.get(name, {}).items() if k == "equal_alone"}
             if name == "peftkit":  # the checks: alone, and non-streaming, give the same text
                 client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
                 alone = [client.completions.create(model=m, prompt=p, max_tokens=args.tokens, temperature=0,
@@ -243,7 +250,9 @@ def main() -> None:
               f"{row['tokens_per_s'] / rows['base']['tokens_per_s']:.2f}x | "
               f"{pct(row['ttft'], .5):.2f} / {pct(row['ttft'], .99):.2f} | "
               f"{pct(row['latency'], .5):.2f} / {pct(row['latency'], .99):.2f} | {row['rss']:.2f} |")
-    print(f"\nmixed-batch answers equal to each request served alone: {rows['peftkit']['equal_alone']}")
+    print("\ntokens/s of each round: " + "; ".join(f"{k} {', '.join(f'{v:.1f}' for v in vs)}"
+                                                for k, vs in rounds.items()))
+    print(f"mixed-batch answers equal to each request served alone: {rows['peftkit']['equal_alone']}")
     print(f"peftkit vs peft-serial answers equal: {rows['peftkit']['texts'] == rows['peft-serial']['texts']}")
     shutil.rmtree(folder, ignore_errors=True)
 
