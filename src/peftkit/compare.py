@@ -303,7 +303,6 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     """
     from collections import Counter
 
-
     out = Path(config.output_dir)
     outputs.claim(out, REPORT_FILES, "compare", "output_dir")
     tokenizer = load_tokenizer(config.model)

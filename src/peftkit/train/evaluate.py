@@ -73,7 +73,6 @@ def _positions_in_front(model: nn.Module) -> int | None:
     when its LM head cannot be run on chosen positions only (``logits_to_keep``)."""
     from torch.nn.parallel import DistributedDataParallel
 
-
     if isinstance(model, DistributedDataParallel):
         model = model.module
     front = 0
