@@ -266,3 +266,14 @@ def test_a_copied_model_s_base_model_answers_for_the_copy() -> None:
     copied = copy.deepcopy(model)
     copied.base_model.set_adapter("b")
     assert copied.active_adapter == "b" and model.active_adapter == "default"
+
+
+def test_an_adapter_added_after_the_last_one_was_deleted_becomes_the_active_one():
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.delete_adapter("default")
+    model.add_adapter("next", LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False))
+    assert model.active_adapter == "next" and list(model.peft_config) == ["next"]
+    inputs = model_inputs("llama")
+    with torch.no_grad(), model.disable_adapter():
+        base = model(**inputs).logits
+    assert not torch.allclose(model(**inputs).logits, base)  # the new adapter is applied

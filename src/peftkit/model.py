@@ -135,8 +135,10 @@ class PeftModel(ModelWrapper):
             surgery.cast_adapter_to_layers(base, adapter_name)
         if low_cpu_mem_usage:  # empty until loaded (load_adapter, set_peft_model_state_dict), as in PEFT
             surgery.adapter_to_meta(base, adapter_name)
-        # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT
-        self.set_adapter(adapter_name if adapter_name == self.active_adapter else self.active_adapter)
+        # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT; when the
+        # active one was deleted (the model held no adapter), the new one is all there is
+        active = self.active_adapter if self.active_adapter in self.peft_config else adapter_name
+        self.set_adapter(active)
 
     def _inject(self, base: nn.Module, config: PeftConfig, adapter_name: str) -> PeftConfig:
         """Add the adapter's layers or prompt module; returns the config resolved against ``base``."""

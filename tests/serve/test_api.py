@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -194,3 +196,14 @@ def test_min_tokens_keeps_the_end_of_text_token_out_as_min_new_tokens_does(serve
     expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     answer = complete(server, None, max_tokens=40, extra_body={"min_tokens": 40})
     assert answer.choices[0].text == expected and answer.usage.completion_tokens == 40
+
+
+def test_an_adapter_whose_files_went_bad_is_refused_and_the_others_go_on(models: Models, tmp_path: Path) -> None:
+    shutil.copytree(models.adapters["lora-b"], tmp_path / "lora-b")
+    engine = make_engine(models, names=["lora-a"], max_loaded=1)
+    engine.registry.register("fragile", tmp_path / "lora-b")  # registered, not loaded: memory holds one
+    (tmp_path / "lora-b" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with Server(engine) as server:
+        with pytest.raises(openai.BadRequestError, match=r"adapter_model\.safetensors"):
+            complete(server, "fragile")
+        assert complete(server, "lora-a").choices[0].text == models.alone("lora-a", PROMPT)

@@ -70,7 +70,7 @@ class Api:
         data = [{"id": base, "object": "model", "created": created, "owned_by": "peftkit", "root": base,
                  "parent": None}]
         data += [{"id": name, "object": "model", "created": created, "owned_by": "peftkit", "root": path,
-                  "parent": base} for name, path in self.registry.paths.items()]
+                  "parent": base} for name, path in list(self.registry.paths.items())]  # the engine may change it
         return JSONResponse({"object": "list", "data": data})
 
     async def load_adapter(self, request: HttpRequest) -> Response:
@@ -155,7 +155,8 @@ class Api:
         finally:
             run.cancel()
         if run.error:
-            raise BadRequest(run.error, 500, "server_error")
+            kind = "server_error" if run.status == 500 else "invalid_request_error"
+            raise BadRequest(run.error, run.status, kind)
         return JSONResponse(body)
 
 
@@ -178,6 +179,7 @@ class _Run:
         self.finish: list[str | None] = [None] * len(self.requests)
         self.usage = [(0, 0)] * len(self.requests)
         self.error: str | None = None
+        self.status = 500
 
     def _emitter(self, index: int) -> Callable[[Event], None]:
         def emit(event: Event) -> None:
@@ -197,7 +199,7 @@ class _Run:
         while pending:
             index, event = await self.events.get()
             if event.error is not None:
-                self.error = event.error
+                self.error, self.status = event.error, event.status
                 pending -= 1
             elif event.finish_reason is not None:
                 self.finish[index] = "stop" if event.finish_reason == "cancelled" else event.finish_reason

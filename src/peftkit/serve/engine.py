@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TaskType
-from ..errors import PeftkitError
+from ..errors import AdapterNotFoundError, PeftkitError
 from ..prompting import forward_accepts, prepare_inputs
 from ..surgery import rows_through_adapters, set_active
 from ..tuners.rows import BASE_ROW
@@ -65,6 +65,8 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    status: int = 500
+    """The HTTP status an error maps to: 404 for an adapter no longer served, 400 for one that cannot run."""
 
 
 @dataclass(eq=False)
@@ -203,7 +205,8 @@ class Engine:
             kind = self.registry.acquire(request.adapter, in_use=self.adapters_in_use())
             logits, cache, mask = self._prefill(request, kind)
         except Exception as err:
-            request.emit(Event(error=f"{type(err).__name__}: {err}"))
+            status = 404 if isinstance(err, AdapterNotFoundError) else 400 if isinstance(err, PeftkitError) else 500
+            request.emit(Event(error=str(err) if status != 500 else f"{type(err).__name__}: {err}", status=status))
             return
         if self._advance(request, logits[0]):
             key = request.adapter if kind is Kind.SOLO else "mixed"
