@@ -243,21 +243,11 @@ def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id
         for batch in _batches(seqs, batch_size):
             inputs = {key: v.to(device) for key, v in collate(batch, pad_id).items()}
             labels = inputs.pop("labels")
-            with autocast or contextlib.nullcontext():
-                logits = model(**inputs).logits
-            scores.append(_sequence_logprob(logits, labels))
+            with autocast or contextlib.nullcontext():  # the LM head on the candidate's positions only
+                losses, _ = row_losses(model, inputs, labels)
+            scores.append(-losses.float().cpu())  # summed log-probability of the candidate's tokens
         rows.append(torch.cat(scores))
     return torch.stack(rows, dim=1)
-
-
-def _sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-row sum of log p(label token) over labelled positions: ``(B,)``."""
-    logits = logits[:, -labels.shape[1]:]  # drop virtual-token positions
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    return (picked * mask).sum(dim=1).cpu()
 
 
 def _single_token_scores(model: nn.Module, prompts: Sequence[list[int]], token_ids: list[int], pad_id: int,
