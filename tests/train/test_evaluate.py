@@ -123,3 +123,27 @@ def test_classification_runs_each_example_once_with_the_two_pass_numbers(config:
             total, n = token_loss(model(**batch).logits, labels)
         losses, count = losses + float(total), count + n
     assert metrics.loss == pytest.approx(losses / count, abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-lora"])
+def test_multi_token_label_words_score_from_one_prompt_pass_as_each_sequence_alone(arch):
+    """The cached path (prompts left-padded, each label word continuing from their cache) against each
+    prompt + word run alone, unpadded, with a plain log-softmax."""
+    from peftkit.train.evaluate import classification_scores
+
+    torch.manual_seed(3)
+    model = tiny_model(arch.removesuffix("-lora"))
+    if arch.endswith("-lora"):
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert _positions_in_front(model) == 0  # the cached path, not the one pass per word
+    prompts = [torch.randint(3, 900, (n,)).tolist() for n in (5, 9, 2, 7, 9)]
+    candidates = [[11, 12], [13], [14, 15, 16]]
+    expected = torch.zeros(len(prompts), len(candidates))
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            for k, cand in enumerate(candidates):
+                ids = torch.tensor([prompt + cand])
+                logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)  # (T, V)
+                expected[i, k] = sum(logprobs[len(prompt) - 1 + j, t] for j, t in enumerate(cand))
+        got = classification_scores(model, prompts, candidates, pad_id=0, batch_size=3)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)

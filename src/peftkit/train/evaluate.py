@@ -236,6 +236,10 @@ def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id
     if all(len(c) == 1 for c in candidate_ids):
         return _single_token_scores(model, prompts, [c[0] for c in candidate_ids], pad_id, batch_size, device,
                                     autocast)
+    if _positions_in_front(model) == 0 and forward_accepts(_inner(model), "position_ids"):
+        with autocast or contextlib.nullcontext():
+            return torch.cat([_cached_scores(model, batch, candidate_ids, pad_id, device)
+                              for batch in _batches(prompts, batch_size)])
     rows = []
     for cand in candidate_ids:
         seqs = [Example(list(p) + cand, [IGNORE_INDEX] * len(p) + cand) for p in prompts]
@@ -248,6 +252,44 @@ def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id
             scores.append(-losses.float().cpu())  # summed log-probability of the candidate's tokens
         rows.append(torch.cat(scores))
     return torch.stack(rows, dim=1)
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _cached_scores(model: nn.Module, prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id: int,
+                   device: torch.device | str) -> torch.Tensor:
+    """Multi-token label words from one pass of the prompts: ``(B, K)`` summed log-probabilities.
+
+    The prompts are left-padded so that they end together; each candidate then continues from their key/value
+    cache (positions counted over real tokens, as ``generate`` counts them), and the cache goes back to the
+    prompts' before the next candidate.
+    """
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # (B, P)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): what follows each prompt
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    saved = [(layer.keys, layer.values) for layer in cache.layers]
+    keyword = "cache" if forward_accepts(_inner(model), "cache") else "past_key_values"
+    scores = []
+    for cand in candidate_ids:
+        score = first[:, cand[0]]  # (B,)
+        if len(cand) > 1:
+            rest = torch.tensor(cand[:-1], device=device).expand(len(prompts), -1)  # (B, L-1)
+            positions = mask.sum(1, keepdim=True) + torch.arange(len(cand) - 1, device=device)  # (B, L-1)
+            logits = model(input_ids=rest, attention_mask=torch.cat([mask, torch.ones_like(rest)], dim=1),
+                           position_ids=positions, use_cache=True, **{keyword: cache}).logits  # (B, L-1, V)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            score = score + logprobs.gather(-1, torch.tensor(cand[1:], device=device).expand(len(prompts), -1)
+                                            .unsqueeze(-1)).squeeze(-1).sum(dim=1)
+            for layer, (keys, values) in zip(cache.layers, saved, strict=True):  # back to the prompts' cache
+                layer.keys, layer.values = keys, values
+        scores.append(score.cpu())
+    return torch.stack(scores, dim=1)
 
 
 def _single_token_scores(model: nn.Module, prompts: Sequence[list[int]], token_ids: list[int], pad_id: int,
