@@ -488,7 +488,6 @@ class PeftModel(ModelWrapper):
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable parameters, all parameters), shared weights counted once."""
-
         return count_parameters(self)
 
     def print_trainable_parameters(self) -> None:
@@ -507,12 +506,10 @@ class PeftModel(ModelWrapper):
 
     def get_layer_status(self) -> list[Any]:
         """PEFT's per-layer report: see :func:`peftkit.get_layer_status`."""
-
         return get_layer_status(self)
 
     def get_model_status(self) -> Any:
         """PEFT's whole-model report: see :func:`peftkit.get_model_status`."""
-
         return get_model_status(self)
 
     @property

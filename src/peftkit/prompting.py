@@ -31,8 +31,9 @@ from .memory import check_allocation
 from .models import load_tokenizer
 from .tuners.prompt import PrefixEncoder, PromptEmbedding, PromptEncoder
 
-__all__ = ["PrefixKeyValues", "PromptShape", "VirtualTokens", "build_prompt_module", "embeddings_to_save",
-           "generate", "load_embeddings", "prepare_inputs", "resolve", "strategy"]
+__all__ = ["PrefixKeyValues", "PromptShape", "VirtualTokens", "build_prompt_module", "cache_keyword",
+           "embeddings_to_save", "generate", "load_embeddings", "output_cache", "prepare_inputs", "resolve",
+           "strategy"]
 
 # ----- the shape -------------------------------------------------------------------------------------------
 
@@ -114,9 +115,14 @@ def forward_accepts(module: nn.Module, name: str) -> bool:
     return name in _parameters(type(module).forward)
 
 
-def _cache_keyword(base: nn.Module) -> str:
+def cache_keyword(base: nn.Module) -> str:
     """Newer transformers name forward's cache ``cache`` (``past_key_values`` still works, with a warning)."""
     return "cache" if forward_accepts(base, "cache") else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The key/value cache a forward pass returned, under its newer name or the older one."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str, Any] | None = None) -> list[int]:
@@ -282,7 +288,7 @@ class PrefixKeyValues:
                 out = base(input_ids=ids.to(next(base.parameters()).device), use_cache=True)
         finally:
             base.train(was_training)
-        cache = out["cache"] if "cache" in out else out["past_key_values"]  # the newer name first
+        cache = output_cache(out)
         kv = [t for layer in cache.layers[: self.shape.layers] for t in (layer.keys, layer.values)]  # (1, H, N, hd)
         stacked = torch.cat(kv, dim=0)  # (L*2, H, N, hd)
         width = stacked.shape[0] * stacked.shape[1] * stacked.shape[3]
@@ -327,7 +333,7 @@ class PrefixKeyValues:
             raise ConfigError("pass input_ids or inputs_embeds")
         if inputs.get("past_key_values") is not None or inputs.get("cache") is not None:
             return inputs  # a later decoding step: the prefix is already in the cache
-        inputs[_cache_keyword(base)] = self.cache(module, base, given.shape[0])
+        inputs[cache_keyword(base)] = self.cache(module, base, given.shape[0])
         mask = "decoder_attention_mask" if self.task == TaskType.SEQ_2_SEQ_LM else "attention_mask"
         if inputs.get(mask) is not None:
             inputs[mask] = _with_ones(inputs[mask], given, self.shape.virtual_tokens)
@@ -336,7 +342,7 @@ class PrefixKeyValues:
         return inputs
 
     def generate(self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-        kwargs[_cache_keyword(base)] = self.cache(module, base, ids.shape[0])
+        kwargs[cache_keyword(base)] = self.cache(module, base, ids.shape[0])
         if self.task == TaskType.SEQ_2_SEQ_LM:  # the decoder's cache holds the prefix; the encoder sees none
             return base.generate(input_ids=ids, **kwargs)  # type: ignore[operator]
         n = self.shape.virtual_tokens

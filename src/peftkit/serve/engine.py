@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import TaskType
 from ..errors import AdapterNotFoundError, PeftkitError
-from ..prompting import forward_accepts, prepare_inputs
+from ..prompting import cache_keyword, forward_accepts, output_cache, prepare_inputs
 from ..surgery import rows_through_adapters, set_active
 from ..tuners.rows import BASE_ROW
 from .registry import AdapterRegistry, Kind
@@ -226,7 +226,7 @@ class Engine:
             inputs = prepare_inputs(module, model, inputs, TaskType.CAUSAL_LM, config)
         with self._routing(kind, [str(request.adapter) if kind is Kind.MIXED else BASE_ROW], request.adapter):
             out = model(**inputs, **_last_logits_only(model))
-        cache = _output_cache(out)
+        cache = output_cache(out)
         mask = torch.ones(1, _cache_length(cache), dtype=torch.long, device=ids.device)  # virtual tokens too
         return out.logits[:, -1].float(), cache, mask
 
@@ -239,8 +239,8 @@ class Engine:
         kind = Kind.SOLO if lane.key != "mixed" else Kind.MIXED
         with self._routing(kind, lane.routes, lane.key):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                        **{_cache_keyword(model): lane.cache}, **_last_logits_only(model))
-        lane.cache, lane.mask = _output_cache(out), mask
+                        **{cache_keyword(model): lane.cache}, **_last_logits_only(model))
+        lane.cache, lane.mask = output_cache(out), mask
         self.peak_rows = max(self.peak_rows, len(rows))
         logits = out.logits[:, -1].float()  # (B, V)
         done = [r for i, r in enumerate(rows) if not self._advance(r, logits[i])]
@@ -361,14 +361,6 @@ def _emit_text(request: Request, final: bool) -> None:
 def _last_logits_only(model: nn.Module) -> dict[str, int]:
     """Ask for the last position's logits only where the model can (a prompt's full logits are large)."""
     return {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
-
-
-def _cache_keyword(model: nn.Module) -> str:
-    return "cache" if forward_accepts(model, "cache") else "past_key_values"
-
-
-def _output_cache(out: Any) -> Any:
-    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def _cache_length(cache: Any) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data import IGNORE_INDEX, Example, collate
 from ..model import PeftModel
-from ..prompting import forward_accepts
+from ..prompting import cache_keyword, forward_accepts, output_cache
 from . import distributed
 from .distributed import Processes
 
@@ -272,9 +272,9 @@ def _cached_scores(model: nn.Module, prompts: Sequence[list[int]], candidate_ids
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                 use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V): what follows each prompt
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    cache = output_cache(out)
     saved = [(layer.keys, layer.values) for layer in cache.layers]
-    keyword = "cache" if forward_accepts(_inner(model), "cache") else "past_key_values"
+    keyword = cache_keyword(_inner(model))
     scores = []
     for cand in candidate_ids:
         score = first[:, cand[0]]  # (B,)
