@@ -149,7 +149,7 @@ class Api:
                              "rate_limit_exceeded", code="rate_limit_exceeded") from None
         kind = "chat.completion" if chat else "text_completion"
         if completion.stream:
-            return StreamingResponse(_guard(run, run.stream(kind)), media_type="text/event-stream")
+            return _RunStream(run, run.stream(kind))
         try:
             body = await run.collect(kind, http)
         finally:
@@ -261,13 +261,20 @@ class _Run:
         yield "data: [DONE]\n\n"
 
 
-async def _guard(run: _Run, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Free the run's rows however the stream ends: finished, or cancelled by a client that went away."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        run.cancel()
+class _RunStream(StreamingResponse):
+    """Server-sent events that free the run's rows however the response ends: finished, or stopped because the
+    client went away. The response, not the event generator, does it: a generator stopped while Starlette
+    awaits ``send`` is only closed when it is garbage-collected, which can be after the whole answer."""
+
+    def __init__(self, run: _Run, chunks: AsyncIterator[str]) -> None:
+        super().__init__(chunks, media_type="text/event-stream")
+        self.run = run
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.cancel()
 
 
 def _with_seed(completion: Completion, seed: int) -> Sampling:
