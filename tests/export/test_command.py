@@ -67,3 +67,12 @@ def test_output_over_an_input_is_refused(files: tuple[Path, Path], tmp_path: Pat
     code, _, err = run(capsys, "export", model, "--to", "gguf", model)
     assert code != 0 and "is the input" in err
     assert model.read_bytes() == before
+
+
+def test_a_q4_0_merge_warns_that_it_rounds_the_update_away(files: tuple[Path, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    base, adapter = files
+    code, out, _ = run(capsys, "export", base, adapter, "--to", "gguf", tmp_path / "m.gguf", "--quant", "q4_0")
+    assert code == 0 and out.startswith("note: q4_0 rounds weights") and "--to gguf-lora" in out
+    code, out, _ = run(capsys, "export", base, "--to", "gguf", tmp_path / "b.gguf", "--quant", "q4_0")
+    assert code == 0 and "note:" not in out  # no adapter, nothing to lose
