@@ -136,3 +136,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny_model("llama").save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _same_defaults_on_every_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dtype: auto` picks a bf16 base on CPUs with avx512_bf16 or AMX: the machines that run this suite differ,
+    so in-process tests see an AVX2 CPU (fp32) everywhere. tests/train/test_defaults.py checks both cases."""
+    from peftkit.train import defaults
+
+    monkeypatch.setattr(defaults, "cpu_flags", lambda: {"avx", "avx2", "fma"})

@@ -317,8 +317,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import describe_model
     from .models import load_model
+    from .train import defaults
 
     print(describe_model(load_model(args.model, task=args.task), r=args.r))
+    print()
+    print(defaults.describe())
     return 0
 
 

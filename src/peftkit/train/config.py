@@ -41,11 +41,23 @@ METHODS: dict[str, PeftType | None] = {
 PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")  # virtual tokens in front of every row
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STRATEGIES = ("ddp", "fsdp")
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
             "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
 """The experiment trackers ``train.report_to`` accepts (accelerate's integrations), with the package each needs."""
+
+
+def _switch(value: str, name: str, problems: list[str]) -> bool | str:
+    """``auto``, or text that means on or off, for a field that is true, false or auto."""
+    words = {"true": True, "on": True, "yes": True, "false": False, "off": False, "no": False}
+    if value.lower() == "auto":
+        return "auto"
+    if value.lower() not in words:
+        problems.append(f"{name}={_short(value)} must be true, false or auto")
+        return "auto"
+    return words[value.lower()]
 
 
 @dataclass
@@ -65,11 +77,12 @@ class TrainingConfig:
     group_by_length: bool = False
     """Batch examples of similar length together: far less padding, but batches become less random, which can
     cost accuracy where length tracks the label (benchmarks/results/training-cpu.md measures both)."""
-    packing: bool = False
+    packing: bool | str = "auto"
     """Pack each batch's examples into as few rows as possible (no compute on padding), keeping them apart with
     restarting positions, so batches and losses are those of unpacked training. Decoder-only models whose
-    attention honours position restarts (checked when training starts); not with prompt methods (in a
-    comparison, they train unpacked and the other methods packed)."""
+    attention honours position restarts (checked when training starts); not with prompt methods. auto: on
+    where it is exact (LoRA, DoRA, IA3, full fine-tuning on such a model), off otherwise; the start of training
+    says which and why (:mod:`peftkit.train.defaults`)."""
     lr: float = 2e-4
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -136,6 +149,8 @@ class TrainingConfig:
             _positive(problems, "train.max_grad_norm", self.max_grad_norm)
         _choice(problems, "train.schedule", self.schedule, SCHEDULES)
         _choice(problems, "train.precision", self.precision, PRECISIONS)
+        if isinstance(self.packing, str):  # flags and YAML text: "true", "off", ...
+            self.packing = _switch(self.packing, "train.packing", problems)
         _choice(problems, "train.device", self.device, DEVICES)
         _choice(problems, "train.strategy", self.strategy, STRATEGIES)
         _positive(problems, "train.timeout_minutes", self.timeout_minutes)
@@ -159,8 +174,11 @@ class JobConfig:
     """Where the adapter, checkpoints, metrics.jsonl and plot.png go."""
     seed: int = 42
     """Seeds the split, the shuffling, adapter initialization and dropout."""
-    dtype: str = "float32"
-    """Base model weights: float32, bfloat16 or float16."""
+    dtype: str = "auto"
+    """Base model weights: float32, bfloat16 or float16. auto: bfloat16 for the frozen base of an adapter method
+    on hardware that computes bf16 natively (CPUs with avx512_bf16 or AMX, CUDA GPUs with bf16; the adapter and
+    optimizer stay float32), float32 elsewhere and for full fine-tuning; the start of training says which and
+    why (:mod:`peftkit.train.defaults`)."""
     trust_remote_code: bool = False
     """Run model code from the hub; off unless you ask for it."""
     quantization: str | None = None
@@ -170,7 +188,7 @@ class JobConfig:
         problems: list[str] = []
         build_sections(self, problems)
         _choice(problems, "method", self.method, tuple(METHODS))
-        _choice(problems, "dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _choice(problems, "dtype", self.dtype, DTYPES)
         if self.quantization is not None:
             _choice(problems, "quantization", self.quantization, ("nf4", "fp4"))
             if self.method == "full":

@@ -30,6 +30,7 @@ from . import checkpoint as ckpt
 from . import distributed, rundir
 from .batches import Batches, lr_schedule, total_steps
 from .config import JobConfig
+from .defaults import banner, choose_dtype, choose_packing, with_choices
 from .distributed import Processes
 from .evaluate import Metrics, evaluate_sharded, row_losses
 from .kernels import attention_kernel, autocast_for, pick_device, unfused_attention
@@ -67,16 +68,19 @@ class Run:
 
     def __init__(self, job: JobConfig, target: TrainingTarget, tokenizer: Any, data: TaskData,
                  log: Callable[[str], None], procs: Processes | None = None) -> None:
-        settings = job.train
-        self.job, self.settings, self.target, self.model = job, settings, target, target.model
+        self.target, self.model = target, target.model
         self.tokenizer, self.data, self.log = tokenizer, data, log
         self.procs = procs or Processes()
+        self.device = pick_device(job.train.device, self.procs)
+        self.autocast, fp16 = autocast_for(job.train.precision, self.device)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.packing = choose_packing(job, lambda: check_packing(self.model, target.base, data.train, self.pad_id,
+                                                                 self.device, self.autocast))
+        self.job = job = with_choices(job, [self.packing])
+        self.settings = settings = job.train
         self.out = Path(job.output_dir)
-        self.device = pick_device(settings.device, self.procs)
-        self.autocast, fp16 = autocast_for(settings.precision, self.device)
         self.unfused_attention = unfused_attention(self.device, self.model, self.autocast)
         self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.batches = Batches(data.train, settings.batch_size, job.seed, self.pad_id, settings.group_by_length)
         self.total = total_steps(settings, self.batches)
         self.forward_model = distributed.wrap(self.model, self.procs, self.device)  # parameters change under FSDP
@@ -89,8 +93,6 @@ class Run:
         self.before: dict[str, float] | None = None
         self.tokens_seen, self.train_time = 0, 0.0
         self.stop_signal = 0  # the signal that asked the run to stop (0: none)
-        if settings.packing:
-            check_packing(self.model, target.base, data.train, self.pad_id, self.device, self.autocast)
 
     # --- evaluation and checkpoints ---
 
@@ -163,8 +165,8 @@ class Run:
         for i, rows in enumerate(micro):
             mine = distributed.shard(rows, self.procs)
             # A process without rows still joins the gradient sync, with a zero-weight copy of a row.
-            inputs, labels = model_inputs([examples[j] for j in (mine or rows[:1])], self.pad_id, self.settings.packing,
-                                          self.device)
+            batch = [examples[j] for j in (mine or rows[:1])]
+            inputs, labels = model_inputs(batch, self.pad_id, self.settings.packing is True, self.device)
             with (distributed.gradient_sync(self.forward_model, i == len(micro) - 1),
                   attention_kernel(self.model, inputs, self.unfused_attention)):
                 with self.autocast:  # forward only: backward runs each op in the dtype its forward chose
@@ -264,11 +266,16 @@ def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log
     data = load_task_data(config.data, tokenizer, seed=config.seed)
     for line in data.report:
         log(line)
-    target = build_target(config, model, pick_device(config.train.device, procs))
+    device = pick_device(config.train.device, procs)
+    dtype = choose_dtype(config, device, model_given=model is not None)
+    config = with_choices(config, [dtype])
+    target = build_target(config, model, device)
     target.check_context(data, config.data.max_length)
     if procs.distributed:
         torch.manual_seed(config.seed + procs.rank)  # independent dropout draws on each process
     run = Run(config, target, tokenizer, data, log, procs)
+    log(banner([dtype, run.packing]))
+    config = run.job  # with every auto resolved: what config.yaml and checkpoints record
     if procs.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run.out / "config.yaml", config.to_yaml())

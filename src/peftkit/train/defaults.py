@@ -1,0 +1,123 @@
+"""What ``auto`` means on this machine: every hardware- and method-dependent default, decided in one place.
+
+A job that leaves ``dtype`` and ``train.packing`` at ``auto`` gets the fastest setup that learns the same:
+
+- ``dtype``: a bfloat16 frozen base where the hardware computes bf16 natively (CPUs with avx512_bf16 or AMX,
+  CUDA GPUs with bf16), with the adapter and optimizer in float32; float32 elsewhere, because a CPU without
+  those instructions emulates bf16 matmuls far slower than fp32 (hundreds of times on AVX2 machines), and for
+  full fine-tuning, whose weights would lose small updates to bf16 rounding.
+- ``train.packing``: on for the methods that can pack (LoRA, DoRA, IA3, full fine-tuning) when the model's
+  attention honours position restarts (checked on two real examples before training), off for the prompt
+  methods, whose virtual tokens sit in front of each row.
+
+Each decision comes with its reason; training prints them at the start and ``peftkit inspect`` shows them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DataConfig
+from ..errors import ConfigError
+from .config import PROMPT_METHODS, JobConfig
+
+__all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "cpu_flags", "describe",
+           "with_choices"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One default as decided: the field, its value, and why."""
+
+    field: str
+    value: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.value} ({self.reason})"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def bf16_hardware(device: torch.device, flags: set[str] | None = None) -> str | None:
+    """What computes bf16 natively on ``device`` ("avx512_bf16", "amx_bf16", "CUDA bf16"), or None."""
+    if device.type == "cuda":
+        return "CUDA bf16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None  # Apple and ARM CPUs: not measured here, so not assumed
+    flags = cpu_flags() if flags is None else flags
+    return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
+
+
+def choose_dtype(job: JobConfig, device: torch.device, model_given: bool = False,
+                 flags: set[str] | None = None) -> Choice:
+    """The base model's dtype for ``job`` on ``device``."""
+    if job.dtype != "auto":
+        return Choice("dtype", job.dtype, "set in the job")
+    if model_given:
+        return Choice("dtype", "float32", "the model was passed in already loaded; its own dtype is kept")
+    if job.method == "full":
+        return Choice("dtype", "float32", "full fine-tuning trains every weight, and bf16 weights lose small updates")
+    hardware = bf16_hardware(device, flags)
+    if hardware is None:
+        where = "this GPU has no bf16" if device.type == "cuda" else "this CPU has neither avx512_bf16 nor AMX"
+        return Choice("dtype", "float32", f"{where}, and emulated bf16 is slower than fp32")
+    return Choice("dtype", "bfloat16", f"frozen base in bf16 on {hardware}; the adapter and optimizer stay fp32")
+
+
+def choose_packing(job: JobConfig, check: Callable[[], None]) -> Choice:
+    """Whether ``job`` trains packed; ``check`` raises :class:`ConfigError` when the model cannot pack exactly."""
+    if job.train.packing is True:
+        check()  # asked for: a model that cannot pack is an error, not a silent fallback
+    if job.train.packing != "auto":
+        return Choice("packing", "on" if job.train.packing else "off", "set in the job")
+    if job.method in PROMPT_METHODS:
+        return Choice("packing", "off", f"{job.method} puts its virtual tokens in front of each row")
+    try:
+        check()
+    except ConfigError as err:
+        why = err.problems[0].removeprefix("train.packing: ").split(";")[0]  # the reason, not the fix
+        return Choice("packing", "off", why)
+    return Choice("packing", "on", f"{job.method} on this model packs exactly (checked on two examples)")
+
+
+def with_choices(job: JobConfig, choices: list[Choice]) -> JobConfig:
+    """``job`` with its ``auto`` fields replaced by what was chosen (recorded in config.yaml and checkpoints)."""
+    values = {c.field: c.value for c in choices}
+    train = job.train
+    if "packing" in values:
+        train = dataclasses.replace(train, packing=values["packing"] == "on")
+    return dataclasses.replace(job, dtype=values.get("dtype", job.dtype), train=train)
+
+
+def describe(device: torch.device | None = None) -> str:
+    """What ``auto`` gives on this machine, with the reasons (``peftkit inspect``)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lora, full = (choose_dtype(JobConfig(method=m, data=DataConfig(path="any")), device) for m in ("lora", "full"))
+    return "\n".join([
+        f"Training defaults on this machine ({device.type}; every one can be set in the job):",
+        f"  dtype: auto -> {lora.value} for adapter methods ({lora.reason})",
+        f"                 {full.value} for full fine-tuning ({full.reason})",
+        "  train.packing: auto -> on for lora, dora, ia3 and full when the model's attention honours position "
+        "restarts (checked on two examples when training starts); off for prompt_tuning, p_tuning, prefix_tuning",
+    ])
+
+
+def banner(choices: list[Choice]) -> str:
+    """The line training prints at its start: ``defaults: dtype: float32 (...), packing: on (...)``."""
+    return "defaults: " + "; ".join(str(c) for c in choices)
