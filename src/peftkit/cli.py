@@ -213,11 +213,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import load_task_data
+    from .train import defaults
     from .train.evaluate import evaluate
     from .train.kernels import pick_device
 
     job = job_from_args(args)
-    model, tokenizer = _load(job.model, args.adapter_path, job)
+    device = pick_device(job.train.device)
+    dtype = defaults.inference_dtype(job.dtype, device)
+    print(defaults.banner([dtype]), file=sys.stderr)
+    model, tokenizer = _load(job.model, args.adapter_path, job, dtype=dtype.value)
     data_cfg = job.data
     if args.all:
         data_cfg = dataclasses.replace(data_cfg, val_size=0, max_train_samples=data_cfg.max_eval_samples)
@@ -225,7 +229,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     examples = data.train if args.all else data.val
     if not examples:
         raise ConfigError("nothing to evaluate: the validation split is empty; pass --all or set --data.val_size")
-    device = pick_device(job.train.device)
     metrics = evaluate(model.to(device), examples, pad_id=tokenizer.pad_token_id or 0, device=device,
                        batch_size=job.train.eval_batch_size or job.train.batch_size * 2,
                        candidate_ids=data.candidate_ids or None, progress=job.train.progress)
@@ -236,13 +239,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model_name: str, adapter_path: str | None, job: Any = None) -> tuple[Any, Any]:
+def _load(model_name: str, adapter_path: str | None, job: Any = None, dtype: str = "float32") -> tuple[Any, Any]:
     from .model import PeftModel
     from .models import load_model, load_tokenizer
 
     trust = bool(job and job.trust_remote_code)
     tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name, task="CAUSAL_LM", trust_remote_code=trust)
+    model = load_model(model_name, task="CAUSAL_LM", trust_remote_code=trust, dtype=dtype)
     if adapter_path:
         model = PeftModel.from_pretrained(model, adapter_path)
     return model.eval(), tokenizer
@@ -251,7 +254,11 @@ def _load(model_name: str, adapter_path: str | None, job: Any = None) -> tuple[A
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    model, tokenizer = _load(args.model, args.adapter_path)
+    from .train import defaults
+
+    dtype = defaults.inference_dtype(args.dtype, torch.device("cpu"))
+    print(defaults.banner([dtype]), file=sys.stderr)
+    model, tokenizer = _load(args.model, args.adapter_path, dtype=dtype.value)
     text = args.prompt
     if args.chat:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -411,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--adapter-path", help="an adapter folder; its output is shown next to the base model's")
     gen.add_argument("--max-new-tokens", type=int, default=48)
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                     help="weights' dtype; auto: bfloat16 where this CPU computes it natively, else float32")
     gen.set_defaults(func=_cmd_generate)
 
     merge = sub.add_parser("merge", help="fold an adapter into the base model and save a plain transformers folder")

@@ -46,8 +46,9 @@ def test_dtype_auto_is_a_bf16_base_only_where_bf16_is_native() -> None:
 
 
 def test_a_dtype_set_in_the_job_is_kept() -> None:
-    chosen = choose_dtype(_job(dtype="bfloat16"), CPU, flags=AVX2)
+    chosen = choose_dtype(_job(dtype="bfloat16"), CPU, flags=SAPPHIRE_RAPIDS)
     assert (chosen.value, chosen.reason) == ("bfloat16", "set in the job")
+    assert choose_dtype(_job(dtype="float32"), CPU, flags=SAPPHIRE_RAPIDS).value == "float32"
 
 
 def test_packing_auto_follows_the_method_and_the_model() -> None:
@@ -104,3 +105,19 @@ def test_inspect_shows_the_defaults_and_their_reasons(monkeypatch: pytest.Monkey
     if sys.platform == "linux" and __import__("platform").machine() == "x86_64":
         assert "dtype: auto -> float32 for adapter methods (this CPU has neither avx512_bf16 nor AMX" in text
     assert "train.packing: auto -> on for lora, dora, ia3 and full" in text
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="CPU flags are read on x86-64 only")
+def test_half_precision_asked_for_on_an_emulating_cpu_is_warned_about() -> None:
+    chosen = choose_dtype(_job(dtype="bfloat16"), CPU, flags=AVX2)
+    assert chosen.value == "bfloat16" and "WARNING: this CPU has neither avx512_bf16 nor AMX" in chosen.reason
+    assert "WARNING" not in choose_dtype(_job(dtype="bfloat16"), CPU, flags=SAPPHIRE_RAPIDS).reason
+    precision = defaults.choose_precision(_job(train={"precision": "bf16"}), CPU, flags=AVX2)
+    assert precision.value == "bf16" and "on one core and ~100x slower than fp32" in precision.reason
+
+
+@pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="CPU flags are read on x86-64 only")
+def test_evaluation_and_generation_use_bf16_weights_only_where_native() -> None:
+    assert defaults.inference_dtype("auto", CPU, flags=SAPPHIRE_RAPIDS).value == "bfloat16"
+    assert defaults.inference_dtype("auto", CPU, flags=AVX2).value == "float32"
+    assert defaults.inference_dtype("float32", CPU, flags=SAPPHIRE_RAPIDS).value == "float32"

@@ -28,8 +28,8 @@ from ..data import DataConfig
 from ..errors import ConfigError
 from .config import PROMPT_METHODS, JobConfig
 
-__all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "cpu_flags", "describe",
-           "with_choices"]
+__all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "cpu_flags",
+           "describe", "inference_dtype", "with_choices"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def choose_dtype(job: JobConfig, device: torch.device, model_given: bool = False
                  flags: set[str] | None = None) -> Choice:
     """The base model's dtype for ``job`` on ``device``."""
     if job.dtype != "auto":
-        return Choice("dtype", job.dtype, "set in the job")
+        return Choice("dtype", job.dtype, "set in the job" + _emulated(job.dtype, device, flags))
     if model_given:
         return Choice("dtype", "float32", "the model was passed in already loaded; its own dtype is kept")
     if job.method == "full":
@@ -78,6 +78,33 @@ def choose_dtype(job: JobConfig, device: torch.device, model_given: bool = False
         where = "this GPU has no bf16" if device.type == "cuda" else "this CPU has neither avx512_bf16 nor AMX"
         return Choice("dtype", "float32", f"{where}, and emulated bf16 is slower than fp32")
     return Choice("dtype", "bfloat16", f"frozen base in bf16 on {hardware}; the adapter and optimizer stay fp32")
+
+
+def _emulated(dtype: str, device: torch.device, flags: set[str] | None) -> str:
+    """A warning for half precision asked for on a CPU that only emulates it, else nothing."""
+    if dtype not in ("bfloat16", "float16", "bf16", "fp16") or device.type != "cpu" or bf16_hardware(device, flags):
+        return ""
+    return ("; WARNING: this CPU has neither avx512_bf16 nor AMX, so PyTorch emulates half-precision matmuls, on "
+            "one core and ~100x slower than fp32 (benchmarks/results/training-cpu.md): use auto or float32")
+
+
+def choose_precision(job: JobConfig, device: torch.device, flags: set[str] | None = None) -> Choice:
+    """The autocast precision (``auto`` is resolved by :func:`~peftkit.train.kernels.autocast_for`), with a warning
+    where half precision would be emulated."""
+    if job.train.precision == "auto":
+        return Choice("precision", "auto", "bf16 autocast on a CUDA GPU with bf16, else none")
+    return Choice("precision", job.train.precision, "set in the job" + _emulated(job.train.precision, device, flags))
+
+
+def inference_dtype(dtype: str, device: torch.device, flags: set[str] | None = None) -> Choice:
+    """The weights' dtype for evaluation and generation: ``auto`` is bf16 where it is native (decoding reads
+    every weight per token, so half the bytes), float32 elsewhere."""
+    if dtype != "auto":
+        return Choice("dtype", dtype, "set in the job" + _emulated(dtype, device, flags))
+    hardware = bf16_hardware(device, flags)
+    if hardware is None:
+        return Choice("dtype", "float32", "no native bf16 here (neither avx512_bf16 nor AMX, nor a CUDA GPU with it)")
+    return Choice("dtype", "bfloat16", f"native bf16 on {hardware}")
 
 
 def choose_packing(job: JobConfig, check: Callable[[], None]) -> Choice:

@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from . import distributed, rundir
 from .batches import Batches, lr_schedule, total_steps
 from .config import JobConfig
-from .defaults import banner, choose_dtype, choose_packing, with_choices
+from .defaults import banner, choose_dtype, choose_packing, choose_precision, with_choices
 from .distributed import Processes
 from .evaluate import Metrics, evaluate_sharded, row_losses
 from .kernels import attention_kernel, autocast_for, pick_device, unfused_attention
@@ -274,7 +274,7 @@ def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log
     if procs.distributed:
         torch.manual_seed(config.seed + procs.rank)  # independent dropout draws on each process
     run = Run(config, target, tokenizer, data, log, procs)
-    log(banner([dtype, run.packing]))
+    log(banner([dtype, run.packing, choose_precision(config, device)]))
     config = run.job  # with every auto resolved: what config.yaml and checkpoints record
     if procs.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
