@@ -24,15 +24,18 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
-CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-packed", "peftkit-grouped",
-           "peftkit-grouped-bf16-autocast", "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base"]
-PROMPT_CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit", "peftkit-grouped-bf16-base"]
+CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-fp32-unpacked", "peftkit-packed",
+           "peftkit-grouped", "peftkit-grouped-bf16-autocast", "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base"]
+PROMPT_CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-fp32-unpacked",
+                  "peftkit-grouped-bf16-base"]
 LR = {"lora": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 ADAPTERS: dict[str, dict[str, object]] = {"lora": LORA, "prompt": {"num_virtual_tokens": 8},
                                           "prefix": {"num_virtual_tokens": 20}}
 METHOD = {"lora": "lora", "prompt": "prompt_tuning", "prefix": "prefix_tuning"}
-"""peftkit: its defaults (fp32 on CPU, shuffled batches); -packed: the same batches packed into fewer rows
+"""peftkit-default: what a job gets without flags (``dtype: auto`` and ``train.packing: auto``, decided by
+peftkit.train.defaults: a bf16 base only where bf16 is native, packing for LoRA); -fp32-unpacked: the defaults
+before issue 22 (fp32, shuffled, unpacked); -packed: the same batches packed into fewer rows
 (train.packing); -grouped: length-grouped batches as in the peer's best;
 -bf16-autocast: precision bf16 (autocast over fp32 weights); -bf16-base: the frozen base stored in bf16
 (dtype: bfloat16) and the adapter in fp32, no autocast."""
@@ -77,9 +80,11 @@ def run_peft(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
     torch.manual_seed(0)
     model = peft.get_peft_model(load_model("smollm2-135m"), peft_config(method))
     best = name.endswith("best")
+    native = torch.cuda.is_available() or native_bf16()
     args = transformers.TrainingArguments(
         output_dir=tmp, per_device_train_batch_size=8, max_steps=steps, learning_rate=LR[method], logging_steps=1,
-        save_strategy="no", report_to=[], seed=0, bf16=best, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        save_strategy="no", report_to=[], seed=0, bf16=best and native, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
         **({"train_sampling_strategy": "group_by_length"} if best else {}))
     collator = transformers.DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     useful = {"tokens": 0}
@@ -100,14 +105,15 @@ def run_peft(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
 def run_peftkit(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
     from peftkit import JobConfig, train
 
+    default = name == "peftkit-default"
     job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp, method=METHOD[method],
-                    dtype="bfloat16" if name.endswith("bf16-base") else "float32",
+                    dtype="auto" if default else "bfloat16" if name.endswith("bf16-base") else "float32",
                     adapter=ADAPTERS[method],
                     data=data_config(),  # type: ignore[arg-type]
                     train={"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
                            "plot": False, "eval_before": False,
                            "precision": "bf16" if name.endswith("autocast") else "auto",
-                           "group_by_length": "grouped" in name, "packing": "packed" in name})
+                           "group_by_length": "grouped" in name, "packing": "auto" if default else "packed" in name})
     train(job, log=lambda _: None)
     records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -144,7 +150,23 @@ def child(name: str, steps: int, method: str) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (peftkit's own rule, peftkit.train.defaults)."""
+    import torch
+
+    from peftkit.train.defaults import bf16_hardware
+
+    return bf16_hardware(torch.device("cpu")) is not None
+
+
 PARAMS = 134_515_008  # SmolLM2-135M, tied embeddings counted once
+
+
+def cpu_flags() -> str:
+    from peftkit.train.defaults import cpu_flags as flags
+
+    found = flags()
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in found) or platform.machine()
 
 
 def peak_flops(dtype: str) -> float:
@@ -171,7 +193,9 @@ def main() -> None:
         child(args.child, args.steps, args.method)
         return
     rows = {}
-    for name in CONFIGS if args.method == "lora" else PROMPT_CONFIGS:
+    native = native_bf16()
+    names = [n for n in (CONFIGS if args.method == "lora" else PROMPT_CONFIGS) if native or "bf16" not in n]
+    for name in names:
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
                                "--method", args.method],
                               capture_output=True, text=True, check=False)
@@ -186,19 +210,22 @@ def main() -> None:
              "prefix": "Prefix tuning (20 virtual tokens)"}[args.method]
     print(f"# {title} training, SmolLM2-135M on ETHOS, batch 8, lr {LR[args.method]:g}, {args.steps} steps, "
           "one run each")
-    print(f"torch {rows['peftkit']['torch']}, {platform.machine()}, "
+    print(f"torch {rows['peftkit-default']['torch']}, {platform.machine()}, CPU flags: {cpu_flags()}; "
           f"useful tokens = the non-padding tokens of each batch\n")
-    peak = {d: peak_flops(d) for d in ("float32", "bfloat16")}
-    print(f"matmul peak (2048x2048): fp32 {peak['float32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peak['bfloat16'] / 1e9:.0f} GFLOP/s; "
-          f"MFU counts 4 x {PARAMS / 1e6:.0f}M FLOPs per useful token (forward, and the backward to the inputs; "
-          f"the frozen weights need no weight gradient) against the bf16 peak\n")
+    if not native:
+        print("This CPU has neither avx512_bf16 nor AMX: bf16 would be emulated (about 100x slower than fp32), so "
+              "the bf16 rows are left out and PEFT's best is fp32 with length grouping.\n")
+    peak = {d: peak_flops(d) for d in ("float32", "bfloat16")} if native else {"float32": peak_flops("float32")}
+    roof = "bfloat16" if native else "float32"
+    print("matmul peak (2048x2048): " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peak.items())
+          + f"; MFU counts 4 x {PARAMS / 1e6:.0f}M FLOPs per useful token (forward, and the backward to the inputs; "
+          f"the frozen weights need no weight gradient) against the {roof} peak\n")
     print("| setup | train time s | ms/step | useful tokens/s | x PEFT default | x PEFT best | peak RSS GB "
-          "| loss (last 10 steps) | MFU (bf16 peak) |")
+          f"| loss (last 10 steps) | MFU ({roof} peak) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         speed = r["tokens"] / r["seconds"]
-        mfu = speed * 4 * PARAMS / peak["bfloat16"]
+        mfu = speed * 4 * PARAMS / peak[roof]
         print(f"| {name} | {r['seconds']:.1f} | {1000 * r['seconds'] / args.steps:.0f} | {speed:.0f} | "
               f"{speed / (base['tokens'] / base['seconds']):.2f}x | {speed / (best['tokens'] / best['seconds']):.2f}x "
               f"| {r['rss_gb']:.2f} | {r['loss']:.4f} | {100 * mfu:.0f}% |")
