@@ -16,7 +16,6 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,16 +25,8 @@ from peftkit.data import load_task_data
 from peftkit.demo import demo_config
 from peftkit.export import export_gguf, export_gguf_lora
 from peftkit.models import load_model, load_tokenizer, packaged_gguf
+from peftkit.train.defaults import cpu_summary
 from peftkit.train.evaluate import classification_scores
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return platform.machine()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join(f for f in wanted if f" {f}" in flags) or "none of avx2/avx512/amx"
 
 
 def llama_cpp_scores(path: Path, prompts: list[list[int]], candidates: list[list[int]],
@@ -45,19 +36,21 @@ def llama_cpp_scores(path: Path, prompts: list[list[int]], candidates: list[list
 
     llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, logits_all=True, n_ctx=512,
                 n_threads=2, verbose=False)
+    def next_logprobs(ids: list[int], count: int) -> torch.Tensor:  # (count, V) for the last count positions
+        llm.reset()
+        llm.eval(ids)
+        return torch.log_softmax(torch.from_numpy(np.array(llm.scores[len(ids) - count: len(ids)])).float(), -1)
+
     start = time.perf_counter()
     scores = torch.empty(len(prompts), len(candidates))
+    single = all(len(c) == 1 for c in candidates)
     for i, prompt in enumerate(prompts):
+        if single:  # one pass of the prompt scores every one-token word
+            scores[i] = next_logprobs(prompt, 1)[0, [c[0] for c in candidates]]
+            continue
         for k, words in enumerate(candidates):
-            llm.reset()
-            llm.eval(prompt + words)
-            logits = torch.from_numpy(np.array(llm.scores[len(prompt) - 1: len(prompt) + len(words) - 1]))
-            logprobs = torch.log_softmax(logits.float(), -1)
+            logprobs = next_logprobs(prompt + words[:-1], len(words))
             scores[i, k] = logprobs[torch.arange(len(words)), torch.tensor(words)].sum()
-            if len(candidates[0]) == 1 and all(len(c) == 1 for c in candidates):  # one pass scores every word
-                one = torch.log_softmax(logits[-1].float(), -1)
-                scores[i] = torch.tensor([one[c[0]] for c in candidates])
-                break
     llm.close()
     return scores, time.perf_counter() - start
 
@@ -75,8 +68,8 @@ def main() -> None:
     start = time.perf_counter()
     with torch.no_grad():
         ours = classification_scores(model, prompts, data.candidate_ids, pad_id=tokenizer.pad_token_id or 0)
-    rows: list[tuple[str, Any, Any, float, str]] = [("peftkit, fp32 dequantized base + adapter", ours, None,
-                                                     time.perf_counter() - start, "")]
+    rows: list[tuple[str, torch.Tensor, float, str]] = [("peftkit, fp32 dequantized base + adapter", ours,
+                                                         time.perf_counter() - start, "")]
     base_file = packaged_gguf(job.model)
     assert base_file is not None
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,13 +85,13 @@ def main() -> None:
         for label, path, lora in runs:
             scores, seconds = llama_cpp_scores(path, prompts, data.candidate_ids, lora)
             size = f"{path.stat().st_size / 1e6:.0f} MB" + (f" + {lora.stat().st_size / 1e6:.1f} MB" if lora else "")
-            rows.append((label, scores, None, seconds, size))
+            rows.append((label, scores, seconds, size))
     picks = ours.argmax(1)
-    print(f"CPU: {platform.processor() or platform.machine()} ({cpu_flags()}), torch {torch.__version__}; "
+    print(f"CPU: {platform.processor() or platform.machine()} ({cpu_summary()}), torch {torch.__version__}; "
           f"{len(prompts)} held-out reviews of the demo, label words {data.label_words}")
     print("| run | accuracy | agree with peftkit | seconds | file |")
     print("|---|---|---|---|---|")
-    for label, scores, _, seconds, size in rows:
+    for label, scores, seconds, size in rows:
         predicted = scores.argmax(1)
         accuracy = float((predicted == truth).float().mean())
         agree = float((predicted == picks).float().mean())

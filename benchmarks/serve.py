@@ -37,18 +37,11 @@ import httpx
 import openai
 import torch
 
+from peftkit.train.defaults import cpu_summary
+
 MODEL = "smollm2-135m"
 PROMPTS = ["Write a haiku about the sea.", "The capital of France is", "List three colors:", "Once upon a time",
            "def fibonacci(n):", "Translate to French: good morning", "My favourite food is", "Explain LoRA in"]
-
-
-def cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return platform.machine()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join(f for f in wanted if f" {f}" in flags) or "none of avx2/avx512/amx"
 
 
 def make_adapters(folder: Path) -> dict[str, Path]:
@@ -238,7 +231,7 @@ def main() -> None:
             process.terminate()
             process.wait(60)
 
-    print(f"torch {torch.__version__}, {platform.machine()}, CPU flags: {cpu_flags()}, {os.cpu_count()} cores")
+    print(f"torch {torch.__version__}, {platform.machine()}, CPU flags: {cpu_summary()}, {os.cpu_count()} cores")
     print(f"{args.requests} requests x {args.tokens} new tokens (greedy), {args.clients} concurrent clients, "
           f"SmolLM2-135M fp32, 4 LoRA adapters r8 (q,k,v,o), a random adapter per request\n")
     print("| server | wall s | tokens/s | x peft-serial | x base | TTFT p50 / p99 s | latency p50 / p99 s "

@@ -162,13 +162,6 @@ def native_bf16() -> bool:
 PARAMS = 134_515_008  # SmolLM2-135M, tied embeddings counted once
 
 
-def cpu_flags() -> str:
-    from peftkit.train.defaults import cpu_flags as flags
-
-    found = flags()
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in found) or platform.machine()
-
-
 def peak_flops(dtype: str) -> float:
     """Matmul FLOP/s of this machine at 2048x2048 in ``dtype`` (the roofline the MFU column is against)."""
     import torch
@@ -210,7 +203,9 @@ def main() -> None:
              "prefix": "Prefix tuning (20 virtual tokens)"}[args.method]
     print(f"# {title} training, SmolLM2-135M on ETHOS, batch 8, lr {LR[args.method]:g}, {args.steps} steps, "
           "one run each")
-    print(f"torch {rows['peftkit-default']['torch']}, {platform.machine()}, CPU flags: {cpu_flags()}; "
+    from peftkit.train.defaults import cpu_summary
+
+    print(f"torch {rows['peftkit-default']['torch']}, {platform.machine()}, CPU flags: {cpu_summary()}; "
           f"useful tokens = the non-padding tokens of each batch\n")
     if not native:
         print("This CPU has neither avx512_bf16 nor AMX: bf16 would be emulated (about 100x slower than fp32), so "

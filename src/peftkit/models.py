@@ -25,7 +25,7 @@ from .errors import ModelLoadError, did_you_mean
 from .quantization import quantization_config
 
 __all__ = ["PACKAGED_MODELS", "PackagedModel", "load_model", "load_tokenizer", "packaged_alias", "packaged_gguf",
-           "resolve_model_path"]
+           "resolve_model_path", "source_gguf"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,14 @@ def packaged_gguf(alias: str) -> Path | None:
     if entry is None or root is None or not entry.subpath.endswith(".gguf"):
         return None
     return root / entry.subpath
+
+
+def source_gguf(name_or_path: str | os.PathLike[str]) -> Path | None:
+    """The GGUF file a model reference loads from (a ``.gguf`` path or a packaged GGUF alias), if any."""
+    path = Path(os.fspath(name_or_path))
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    return packaged_gguf(os.fspath(name_or_path))
 
 
 def cache_dir() -> Path:

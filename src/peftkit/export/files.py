@@ -52,8 +52,8 @@ _Q4_NOTE = ("note: q4_0 rounds weights in steps larger than most of an adapter's
 
 
 def _export_lora(adapter: str, out: str, base: str | None, encoding: str | None, adapter_name: str | None) -> str:
+    from ..models import source_gguf
     from . import export_gguf_lora, write_modelfile
-    from .vocab import source_gguf
 
     base_ref = _base_of(adapter, base)
     model, _ = _loaded(base_ref, adapter)
@@ -68,15 +68,16 @@ def _export_lora(adapter: str, out: str, base: str | None, encoding: str | None,
 
 
 def _export_model(inputs: list[str], out: str, encoding: str | None, adapter_name: str | None) -> str:
+    from ..models import source_gguf
     from . import export_gguf
-    from .vocab import source_gguf
+    from .ollama import modelfile_path
 
     model, tokenizer = _loaded(inputs[0], inputs[1] if len(inputs) == 2 else None)
     if adapter_name and hasattr(model, "set_adapter"):
         model.set_adapter(adapter_name)
     export_gguf(model, tokenizer, out, encoding=encoding or "f16", tokenizer_gguf=source_gguf(inputs[0]),
                 name=" + ".join(inputs))
-    modelfile = Path(out).with_suffix(".Modelfile")
+    modelfile = modelfile_path(out)
     note = _Q4_NOTE if encoding == "q4_0" and len(inputs) == 2 else ""
     return (f"{note}wrote {out} and {modelfile}. Run it with llama.cpp: llama-cli -m {out}\n"
             f"or with Ollama: ollama create my-model -f {modelfile}")

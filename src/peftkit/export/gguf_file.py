@@ -12,7 +12,7 @@ import torch
 from ..errors import ConfigError
 from ..files import atomic_write
 
-__all__ = ["ENCODINGS", "encode", "write_gguf"]
+__all__ = ["ENCODINGS", "check_encoding", "encode", "write_gguf"]
 
 ENCODINGS = ("f32", "f16", "q8_0", "q4_0")
 """Tensor encodings of an export: ``f32`` and ``f16`` keep the weights (to fp16 rounding), ``q8_0`` and ``q4_0`` are

@@ -8,7 +8,6 @@ package's vocabularies (GPT-2-style BPE or a Llama sentencepiece), with llama.cp
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ def _tokenizer_fields(source: str, mtime: float) -> tuple[tuple[str, Any, Any, A
     return tuple(fields)
 
 
-def copy_tokenizer(writer: Any, source: Path, vocab_size: int) -> list[str]:
-    """Copy every ``tokenizer.*`` key of the GGUF file ``source``; return its token strings."""
+def copy_tokenizer(writer: Any, source: Path, vocab_size: int) -> None:
+    """Copy every ``tokenizer.*`` key of the GGUF file ``source``."""
     fields = _tokenizer_fields(str(source.resolve()), source.stat().st_mtime)
     for key, value, main, sub in fields:
         writer.add_key_value(key, value, main, sub_type=sub)
@@ -42,7 +41,6 @@ def copy_tokenizer(writer: Any, source: Path, vocab_size: int) -> list[str]:
         raise ConfigError(f"{source} has no tokenizer (tokenizer.ggml.tokens); export without it, from the "
                           f"model's tokenizer folder")
     _check_size(len(tokens), vocab_size, str(source))
-    return [str(t) for t in tokens]
 
 
 def _check_size(tokens: int, vocab_size: int, source: str) -> None:
@@ -52,7 +50,7 @@ def _check_size(tokens: int, vocab_size: int, source: str) -> None:
                           f"with (a resized vocabulary needs its own tokenizer folder)")
 
 
-def write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> list[str]:
+def write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
     """Convert a transformers tokenizer (saved to a temporary folder first) into GGUF tokenizer keys."""
     import gguf
 
@@ -81,14 +79,4 @@ def write_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> list[str]:
         writer.add_token_types(types)
         special = gguf.SpecialVocab(folder, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=len(tokens))
         special.add_to_gguf(writer, quiet=True)
-    return [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in tokens]
 
-
-def source_gguf(name_or_path: str | os.PathLike[str]) -> Path | None:
-    """The GGUF file a model reference loads from (a ``.gguf`` path or a packaged GGUF alias), if any."""
-    from ..models import packaged_gguf
-
-    path = Path(os.fspath(name_or_path))
-    if path.suffix == ".gguf" and path.is_file():
-        return path
-    return packaged_gguf(os.fspath(name_or_path))

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from .config import PROMPT_METHODS, JobConfig
 
 __all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "cpu_flags",
-           "describe", "inference_dtype", "with_choices"]
+           "cpu_summary", "describe", "inference_dtype", "with_choices"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ def cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
+def cpu_summary() -> str:
+    """The flags that decide CPU speed here (avx2, avx512f, avx512_bf16, amx_bf16), for benchmark headers."""
+    found = cpu_flags()
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in found) or platform.machine()
+
+
 def bf16_hardware(device: torch.device, flags: set[str] | None = None) -> str | None:
     """What computes bf16 natively on ``device`` ("avx512_bf16", "amx_bf16", "CUDA bf16"), or None."""
     if device.type == "cuda":
@@ -67,17 +73,14 @@ def bf16_hardware(device: torch.device, flags: set[str] | None = None) -> str | 
 def choose_dtype(job: JobConfig, device: torch.device, model_given: bool = False,
                  flags: set[str] | None = None) -> Choice:
     """The base model's dtype for ``job`` on ``device``."""
-    if job.dtype != "auto":
-        return Choice("dtype", job.dtype, "set in the job" + _emulated(job.dtype, device, flags))
-    if model_given:
+    if job.dtype == "auto" and model_given:
         return Choice("dtype", "float32", "the model was passed in already loaded; its own dtype is kept")
-    if job.method == "full":
+    if job.dtype == "auto" and job.method == "full":
         return Choice("dtype", "float32", "full fine-tuning trains every weight, and bf16 weights lose small updates")
-    hardware = bf16_hardware(device, flags)
-    if hardware is None:
-        where = "this GPU has no bf16" if device.type == "cuda" else "this CPU has neither avx512_bf16 nor AMX"
-        return Choice("dtype", "float32", f"{where}, and emulated bf16 is slower than fp32")
-    return Choice("dtype", "bfloat16", f"frozen base in bf16 on {hardware}; the adapter and optimizer stay fp32")
+    chosen = inference_dtype(job.dtype, device, flags)
+    if job.dtype == "auto" and chosen.value == "bfloat16":
+        return Choice("dtype", "bfloat16", f"frozen base in {chosen.reason}; the adapter and optimizer stay fp32")
+    return chosen
 
 
 def _emulated(dtype: str, device: torch.device, flags: set[str] | None) -> str:
@@ -103,8 +106,9 @@ def inference_dtype(dtype: str, device: torch.device, flags: set[str] | None = N
         return Choice("dtype", dtype, "set in the job" + _emulated(dtype, device, flags))
     hardware = bf16_hardware(device, flags)
     if hardware is None:
-        return Choice("dtype", "float32", "no native bf16 here (neither avx512_bf16 nor AMX, nor a CUDA GPU with it)")
-    return Choice("dtype", "bfloat16", f"native bf16 on {hardware}")
+        where = "this GPU has no bf16" if device.type == "cuda" else "this CPU has neither avx512_bf16 nor AMX"
+        return Choice("dtype", "float32", f"{where}, and emulated bf16 is slower than fp32")
+    return Choice("dtype", "bfloat16", f"bf16 on {hardware}")
 
 
 def choose_packing(job: JobConfig, check: Callable[[], None]) -> Choice:
