@@ -152,11 +152,14 @@ def _flag_value(value: Any, hint: Any, name: str) -> Any:
 
 
 def _section_flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``--data.*`` and ``--train.*`` flags given, as dotted overrides (mappings parsed from YAML text)."""
+    """The ``--data.*``, ``--train.*`` (and ``--select.*``) flags given, as dotted overrides (mappings parsed
+    from YAML text)."""
+    from .compare_select import SelectConfig
     from .train.config import DataConfig, TrainingConfig
 
-    hints = {**{f"data.{k}": v for k, v in typing.get_type_hints(DataConfig).items()},
-             **{f"train.{k}": v for k, v in typing.get_type_hints(TrainingConfig).items()}}
+    hints = {f"{prefix}.{k}": v for prefix, cls in (("data", DataConfig), ("train", TrainingConfig),
+                                                    ("select", SelectConfig))
+             for k, v in typing.get_type_hints(cls).items()}
     return {k: _flag_value(v, hints.get(k), k) for k, v in vars(args).items() if v is not None and k in hints}
 
 
@@ -336,9 +339,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import CompareConfig, compare
 
     overrides = _section_flags(args)
-    for name in ("model", "methods", "budget", "output_dir", "seed", "seeds", "examples"):
+    for name in ("model", "methods", "budget", "output_dir", "seed", "seeds", "examples", "dtype"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
+    if args.select is not None:
+        overrides["select.params"] = args.select
     if args.data_path is not None:
         overrides["data.path"] = args.data_path
     for item in args.lr or []:
@@ -390,6 +395,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .compare_select import SelectConfig
     from .train.config import DataConfig, TrainingConfig
     from .version import __version__
 
@@ -462,8 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                      help="train every method once per seed on --seed's split; the table shows mean and range")
     cmp.add_argument("--examples", type=int, help="held-out examples shown per method")
+    cmp.add_argument("--dtype", help="base weights: float32 (default), bfloat16, float16, or auto (bf16 where native)")
+    cmp.add_argument("--select", metavar="lr,epochs",
+                     help="choose each method's learning rate and/or epoch count on validation rows carved from "
+                          "the training rows (the held-out split is read only to score the choice); "
+                          "--select.max_epochs 2 and the like tune the search")
     _add_section(cmp, DataConfig, "data")
     _add_section(cmp, TrainingConfig, "train")
+    _add_section(cmp, SelectConfig, "select")
     cmp.set_defaults(func=_cmd_compare)
 
     srv = sub.add_parser("serve", help="serve a model and its adapters behind an OpenAI-compatible HTTP API")

@@ -23,6 +23,7 @@ import torch
 
 from . import outputs
 from .compare_report import MethodResult, ReportContext, write_report
+from .compare_select import SelectConfig, Selection, load_base, select_settings, selection_section
 from .data import IGNORE_INDEX, load_task_data
 from .errors import ConfigError, did_you_mean
 from .files import write_json_atomic
@@ -42,11 +43,13 @@ from .train.config import (
     read_yaml,
     validate_sections,
 )
+from .train.defaults import inference_dtype
 from .train.evaluate import classification_scores, evaluate
 from .train.kernels import pick_device
 from .train.report import read_metrics
+from .train.rundir import same_job
 
-__all__ = ["PRESETS", "CompareConfig", "MethodResult", "compare"]
+__all__ = ["PRESETS", "CompareConfig", "MethodResult", "SelectConfig", "compare"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_METHODS = ["full", "lora", "dora", "ia3", "prompt", "p_tuning", "prefix"]
 
 
-REPORT_FILES = ("report.md", "report.html", "results.json", "config.yaml", "score.png", "curves.png")
+REPORT_FILES = ("report.md", "report.html", "results.json", "config.yaml", "score.png", "curves.png",
+                "selection.png", "selection.json")
 """What a comparison writes into its output_dir besides one folder per method run."""
 
 
@@ -100,6 +104,11 @@ class CompareConfig:
     """Training settings shared by all methods (each method's lr comes from its preset unless lr is set)."""
     lr: dict[str, float] = field(default_factory=dict)
     """Per-method learning rates that replace the presets', e.g. {lora: 2e-3, prompt: 1e-2}."""
+    epochs: dict[str, float] = field(default_factory=dict)
+    """Per-method epoch counts that replace train.epochs, e.g. {lora: 2} (a budget, when set, still rules)."""
+    select: SelectConfig = field(default_factory=SelectConfig)
+    """Choose each method's learning rate and/or epoch count on validation rows carved from the training
+    rows, never on the held-out split (``--select lr,epochs``); empty params: the presets as they are."""
     adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-method adapter settings merged over the presets', e.g. {lora: {r: 16}}."""
     output_dir: str = "outputs/compare"
@@ -113,7 +122,8 @@ class CompareConfig:
     examples: int = 4
     """How many held-out examples the report shows, each method's output next to the base model's."""
     dtype: str = "float32"
-    """Base model weights: float32, bfloat16 or float16."""
+    """Base model weights: float32, bfloat16, float16, or auto (each job's own rule: a bf16 frozen base where
+    the hardware computes bf16 natively, fp32 elsewhere and for full fine-tuning)."""
     init_text: str | None = None
     """The text prompt and prefix tuning start from; empty: the classification question ("Answer hate or
     not hate:"), or for other tasks the template with each field named."""
@@ -124,10 +134,10 @@ class CompareConfig:
             self.budget = str(self.budget)  # YAML reads `budget: 30` as a number
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
-        build_sections(self, problems)
+        build_sections(self, problems, (("select", SelectConfig),))
         for name in self.methods:
             _choice(problems, "methods", name, tuple(PRESETS))
-        for section in ("lr", "adapters"):
+        for section in ("lr", "epochs", "adapters"):
             for name in getattr(self, section):
                 if name not in PRESETS:
                     problems.append(f"{section}.{name}: not a method.{did_you_mean(name, PRESETS)}")
@@ -143,6 +153,7 @@ class CompareConfig:
         except ConfigError as err:
             problems += err.problems
         validate_sections(self, problems)
+        self._check_select(problems)
         if not problems:
             for name in self.methods:  # each method's job must be valid on its own
                 try:
@@ -151,6 +162,25 @@ class CompareConfig:
                     problems += [f"{name}: {p}" for p in err.problems]
         if problems:
             raise ConfigError(problems, source="compare config")
+
+    def _check_select(self, problems: list[str]) -> None:
+        if not isinstance(self.select, SelectConfig):
+            problems.append(f"select must be a mapping of its fields, not {self.select!r}")
+            self.select = SelectConfig()
+        self.select.validate(problems)
+        if "epochs" in self.select.params and self.budget is not None:
+            problems.append(f"select.params includes epochs, which sets each method's length, but budget="
+                            f"{self.budget!r} fixes it; remove budget (select.max_epochs bounds the trials) or "
+                            "select lr only")
+        if self.select.params and not (self.data.eval_path or self.data.val_size):
+            problems.append("select needs a held-out split to score the chosen settings on at the end; set "
+                            "data.val_size or data.eval_path")
+
+    def chosen(self, selections: list[Selection]) -> CompareConfig:
+        """This comparison with each method's selected rate and epoch count in place of its preset's."""
+        lr = {**self.lr, **{s.method: s.lr for s in selections}}
+        epochs = {**self.epochs, **{s.method: float(s.epochs) for s in selections if s.epochs is not None}}
+        return dataclasses.replace(self, lr=lr, epochs=epochs, select=SelectConfig())
 
     def budget_steps_minutes(self) -> tuple[int | None, float | None]:
         """The budget as (max_steps, max_minutes)."""
@@ -175,6 +205,8 @@ class CompareConfig:
         steps, minutes = self.budget_steps_minutes()
         train = dataclasses.asdict(self.train)
         train.update(lr=self.lr.get(name, preset.lr), eval_before=False, plot=False)
+        if name in self.epochs:
+            train["epochs"] = self.epochs[name]
         if preset.method in PROMPT_METHODS:  # packing is for speed; a row of virtual tokens holds one example
             train["packing"] = False
         if steps is not None:
@@ -298,6 +330,10 @@ def _curve(folder: Path) -> list[tuple[int, float]]:
 def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> list[MethodResult]:
     """Train every method of ``config``, evaluate each on the same held-out split, and write the report.
 
+    With ``config.select``, each method's learning rate and epoch count are first chosen on validation rows
+    carved from the training rows (:func:`~peftkit.compare_select.select_settings`); the held-out split is
+    read only afterwards, to score the chosen settings.
+
     Returns:
         One :class:`MethodResult` per method, the base model's zero-shot row first (name ``base``).
     """
@@ -306,14 +342,20 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     out = Path(config.output_dir)
     outputs.claim(out, REPORT_FILES, "compare", "output_dir")
     tokenizer = load_tokenizer(config.model)
-    reference = config.job(config.methods[0])
+    chosen, selections = config, []
+    if config.select.params:
+        log(f"selecting {' and '.join(config.select.params)} on validation data (the held-out split stays unread)")
+        selections = select_settings(config, tokenizer, log)
+        write_json_atomic(out / "selection.json", [dataclasses.asdict(s) for s in selections])
+        chosen = config.chosen(selections)
+    reference = chosen.job(chosen.methods[0])
     data = load_task_data(reference.data, tokenizer, seed=config.seed)  # the split every method gets
     gold = Counter(e.label_index for e in data.val)
     context = ReportContext(len(data.train), len(data.val),
                             max(gold.values()) / len(data.val) if data.label_words and data.val else None,
                             examples_text(tokenizer, data, config.examples), config.model,
                             _facts(config, len(data.train), len(data.val)), _yaml(config))
-    results = [_base_row(config, reference, tokenizer, data, log)]
+    results = [_base_row(chosen, reference, tokenizer, data, log)]
     total = len(config.methods)
     for index, name in enumerate(config.methods, 1):
         log(f"[{index}/{total}] {PRESETS[name].label}")
@@ -321,10 +363,12 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
             runs = []
             for seed in config.seeds:
                 log(f"  seed {seed}")
-                runs.append(_run_method(name, config.job(name, seed), tokenizer, config, log))
+                runs.append(_run_method(name, chosen.job(name, seed), tokenizer, chosen, log))
             results.append(combine_seeds(runs, config.seeds))
         else:
-            results.append(_run_method(name, config.job(name), tokenizer, config, log))
+            results.append(_run_method(name, chosen.job(name), tokenizer, chosen, log))
+        if selections:
+            context.sections = [selection_section(config, selections, results, out)]
         write_report(out, context, results)  # after every method, so a partial comparison is readable
         log(f"[{index}/{total}] {name} done: {_headline(results[-1])}")
     log(f"report: {out / 'report.md'} and {out / 'report.html'}")
@@ -335,6 +379,8 @@ def _facts(config: CompareConfig, train_examples: int, val_examples: int) -> lis
     """The report's lines above the table: model, data, split, budget, seeds."""
     steps, minutes = config.budget_steps_minutes()
     budget = f"{steps} steps" if steps else f"{minutes:g} minutes" if minutes else f"{config.train.epochs:g} epoch(s)"
+    if "epochs" in config.select.params:
+        budget = "each method's selected epoch count (see the selection below)"
     lines = [f"model: `{config.model}`; data: `{config.data.path}` ({config.data.mode}); {train_examples} "
              f"training and {val_examples} held-out examples (seed {config.seed})",
              f"budget per method: {budget}, batch {config.train.batch_size} x {config.train.grad_accum}"]
@@ -382,7 +428,8 @@ def _headline(row: MethodResult) -> str:
 def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
               log: Callable[[str], None]) -> MethodResult:
     device = pick_device(job.train.device)
-    model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype)).to(device)
+    dtype = inference_dtype(config.dtype, device).value
+    model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, dtype)).to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     metrics = evaluate(model, data.val, pad_id=pad, device=device, candidate_ids=data.candidate_ids or None,
                        batch_size=job.train.eval_batch_size or job.train.batch_size * 2) if data.val else None
@@ -394,34 +441,16 @@ def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
     return row
 
 
-def _same_job(saved: Path, job: JobConfig) -> bool:
-    """Whether the run saved with config ``saved`` is ``job``, ignoring settings that only change what is
-    shown while it runs (``train.progress``)."""
-    if not saved.is_file():
-        return False
-    import yaml
-
-    def essential(config: dict[str, Any]) -> dict[str, Any]:
-        config.get("train", {}).pop("progress", None)
-        return config
-
-    try:  # through JobConfig, so fields added since the run was saved take their defaults
-        before = JobConfig(**(yaml.safe_load(saved.read_text()) or {}))
-    except (yaml.YAMLError, ConfigError, TypeError):
-        return False
-    return essential(yaml.safe_load(before.to_yaml())) == essential(yaml.safe_load(job.to_yaml()))
-
-
 def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig,
                 log: Callable[[str], None]) -> MethodResult:
     folder = Path(job.output_dir)
     done = folder / "compare-result.json"
-    if done.is_file() and _same_job(folder / "config.yaml", job):
+    if done.is_file() and same_job(folder / "config.yaml", job):
         log(f"  {folder} already holds this run; reusing it")
         return MethodResult(**json.loads(done.read_text()))
     outputs.check_replaceable(folder, "train", "the comparison's method folder")  # a user's folder of that name
     outputs.remove_owned(folder, [done.name], "train")  # train() replaces its own earlier files
-    model = load_model(config.model, task="CAUSAL_LM", dtype=getattr(torch, config.dtype))
+    job, model = load_base(job)
     with PeakMemory(job.train.device) as memory:
         result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"  {line}"))
     trainable, total = count_parameters(result.model)

@@ -12,7 +12,7 @@ from typing import Any
 
 from .files import write_json_atomic, write_text_atomic
 
-__all__ = ["MethodResult", "ReportContext", "write_report"]
+__all__ = ["MethodResult", "ReportContext", "Section", "write_report"]
 
 
 @dataclass
@@ -41,6 +41,17 @@ class MethodResult:
 
 
 @dataclass
+class Section:
+    """A titled part of the report below the main table: lines, a table and an image file in the folder."""
+
+    title: str
+    lines: list[str]
+    header: list[str]
+    rows: list[list[str]]
+    image: str | None = None
+
+
+@dataclass
 class ReportContext:
     """What the report says about the comparison, besides the rows; the comparison fills it in, so the report
     needs nothing of the comparison's config."""
@@ -57,6 +68,8 @@ class ReportContext:
     """The lines above the table: model, data, split, budget, seeds (majority class is added here)."""
     config_yaml: str = ""
     """The whole comparison config as YAML, written as config.yaml."""
+    sections: list[Section] = field(default_factory=list)
+    """Parts below the table, e.g. how each method's settings were selected."""
 
 
 def _size(n: int) -> str:
@@ -126,8 +139,36 @@ def markdown(context: ReportContext, results: list[MethodResult]) -> str:
               "Training time and tokens/s are wall-clock on a shared 2-core machine: other work running at the "
               "same time slows a method down (see the notes in docs/compare.md).",
               "", "![score vs trainable parameters](score.png)", "", "![training loss](curves.png)", ""]
+    for section in context.sections:
+        lines += _section_markdown(section)
     lines += _examples_markdown(context, results)
     return "\n".join(lines) + "\n"
+
+
+def _section_markdown(section: Section) -> list[str]:
+    lines = [f"## {section.title}", "", *[f"- {line}" for line in section.lines], ""]
+    lines += ["| " + " | ".join(section.header) + " |", "|" + "---|" * len(section.header)]
+    lines += ["| " + " | ".join(_cell(c, 1000) for c in cells) + " |" for cells in section.rows]
+    if section.image:
+        lines += ["", f"![{section.title}]({section.image})"]
+    return [*lines, ""]
+
+
+def _section_html(section: Section, folder: Path) -> str:
+    esc = html.escape
+    items = "".join(f"<li>{esc(line).replace('`', '')}</li>" for line in section.lines)
+    head = "".join(f"<th>{esc(h)}</th>" for h in section.header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in section.rows)
+    return f"<h2>{esc(section.title)}</h2><ul>{items}</ul><table><thead><tr>{head}</tr></thead><tbody>{body}" \
+           f"</tbody></table>{_image(folder, section.image, section.title)}"
+
+
+def _image(folder: Path, name: str | None, alt: str) -> str:
+    """An <img> with the file embedded, or nothing when it is missing."""
+    if not name or not (folder / name).is_file():
+        return ""
+    data = base64.b64encode((folder / name).read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _examples_markdown(context: ReportContext, results: list[MethodResult]) -> list[str]:
@@ -210,11 +251,9 @@ def page(context: ReportContext, results: list[MethodResult], folder: Path) -> s
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table_rows(results))
     intro = "".join(f"<li>{esc(line).replace('`', '')}</li>" for line in summary_lines(context))
-    images = ""
-    for name, alt in (("score.png", "score vs trainable parameters"), ("curves.png", "training loss")):
-        if (folder / name).is_file():
-            data = base64.b64encode((folder / name).read_bytes()).decode()
-            images += f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+    images = _image(folder, "score.png", "score vs trainable parameters") + \
+        _image(folder, "curves.png", "training loss")
+    sections = "".join(_section_html(section, folder) for section in context.sections)
     examples = ""
     for i, (prompt, reference) in enumerate(context.examples):
         cells = "".join(f"<tr><th>{esc(r.label)}</th><td>{esc(r.outputs[i])}</td></tr>"
@@ -236,6 +275,7 @@ img {{ max-width: 48%; margin-right: 1%; }}
 <ul>{intro}</ul>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {images}
+{sections}
 {"<h2>Held-out examples</h2>" + examples if examples else ""}
 </body></html>
 """
@@ -246,7 +286,8 @@ def write_report(folder: Path, context: ReportContext, results: list[MethodResul
     write_charts(folder, results, context.majority)
     write_text_atomic(folder / "report.md", markdown(context, results))
     write_text_atomic(folder / "report.html", page(context, results, folder))
-    report = {k: v for k, v in dataclasses.asdict(context).items() if k not in ("facts", "config_yaml", "model")}
+    report = {k: v for k, v in dataclasses.asdict(context).items()
+              if k not in ("facts", "config_yaml", "model", "sections")}
     write_json_atomic(folder / "results.json", {"context": report,
                                                 "results": [dataclasses.asdict(r) for r in results]})
     write_text_atomic(folder / "config.yaml", context.config_yaml)

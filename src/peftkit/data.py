@@ -129,6 +129,10 @@ class DataConfig:
     split_seed: int | None = None
     """Seeds the train/validation split; empty: the job's ``seed``. Set it to keep one held-out split while
     ``seed`` varies initialization and batch order (runs over several seeds on the same split)."""
+    dev_size: float = 0
+    """Carve a validation split from the training rows (a share below 1, or a count) and evaluate on it
+    instead of the held-out split, whose rows are then set aside unread: for choosing settings such as the
+    learning rate without looking at the test rows (``peftkit compare --select``). 0: off."""
     max_train_samples: int | None = None
     """Use at most this many training examples (after the seeded shuffle)."""
     max_eval_samples: int | None = None
@@ -164,8 +168,10 @@ class DataConfig:
                     problems.append(f"data.label_words: the word for label {empty[0]!r} is empty; every label needs "
                                     "a word for the model to answer, e.g. {fresh: positive, rotten: negative}")
         _positive(problems, "data.max_length", self.max_length, integer=True)
-        if not _is_number(self.val_size) or self.val_size < 0 or (self.val_size >= 1 and self.val_size % 1):
-            problems.append(f"data.val_size={_short(self.val_size)} must be a fraction in [0, 1) or a whole count")
+        for name in ("val_size", "dev_size"):
+            size = getattr(self, name)
+            if not _is_number(size) or size < 0 or (size >= 1 and size % 1):
+                problems.append(f"data.{name}={_short(size)} must be a fraction in [0, 1) or a whole count")
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 _positive(problems, f"data.{name}", getattr(self, name), integer=True)
@@ -629,6 +635,24 @@ def _limit(items: list[Any], limit: int | None) -> list[Any]:
     return items if limit is None else items[:limit]
 
 
+def _train_and_val_rows(config: DataConfig, source: _Rows, seed: int, report: list[str]
+                        ) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, dict[str, Any]]], _Rows]:
+    """The training rows, the rows to evaluate on, and the file those come from. With ``dev_size``, the
+    held-out rows (``eval_path``, or ``val_size`` of the data) are dropped here, before their text is rendered
+    or tokenized, and validation is carved from what is left."""
+    if config.eval_path and not config.dev_size:
+        eval_source = read_rows(config, resolve_data_path(config.eval_path))
+        return _split(source.rows, 0, seed)[0], eval_source.rows, eval_source
+    train_rows, held_out = _split(source.rows, 0 if config.eval_path else config.val_size, seed)
+    if not config.dev_size:
+        return train_rows, held_out, source
+    train_rows, dev_rows = _split(train_rows, config.dev_size, seed)
+    where = f"the rows of {config.eval_path}" if config.eval_path else f"the {len(held_out)} held-out rows"
+    report.append(f"data.dev_size: {where} set aside (never tokenized, trained on or scored); "
+                  f"{len(dev_rows)} validation rows carved from the {len(train_rows) + len(dev_rows)} training rows")
+    return train_rows, dev_rows, source
+
+
 def load_task_data(config: DataConfig, tokenizer: Any, seed: int = 42) -> TaskData:
     """Read, split, render and tokenize the data that ``config`` (a :class:`~peftkit.train.DataConfig`) describes.
 
@@ -641,13 +665,7 @@ def load_task_data(config: DataConfig, tokenizer: Any, seed: int = 42) -> TaskDa
     report = [f"{source.path}: {len(source.rows) + source.dropped} rows"]
     if source.dropped:
         report.append(f"dropped {source.dropped} rows whose label is not in label_words")
-    if config.eval_path:
-        eval_source = read_rows(config, resolve_data_path(config.eval_path))
-        train_rows, _ = _split(source.rows, 0, seed)
-        val_rows = eval_source.rows
-    else:
-        eval_source = source
-        train_rows, val_rows = _split(source.rows, config.val_size, seed)
+    train_rows, val_rows, eval_source = _train_and_val_rows(config, source, seed, report)
     train, cut_train, empty_train = tokenize_rows(config, tokenizer, source,
                                                   _limit(train_rows, config.max_train_samples))
     val, cut_val, empty_val = tokenize_rows(config, tokenizer, eval_source, _limit(val_rows, config.max_eval_samples))

@@ -269,14 +269,14 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_config_file(path)
 
 
-def build_sections(obj: Any, problems: list[str]) -> None:
-    """Turn ``obj.data`` and ``obj.train`` mappings into their dataclasses and type-check ``obj``'s own fields
-    (shared by the job and the comparison configs)."""
-    if isinstance(obj.data, dict):
-        obj.data = _build(DataConfig, obj.data, "data", problems)
-    if isinstance(obj.train, dict):
-        obj.train = _build(TrainingConfig, obj.train, "train", problems)
-    typecheck(obj, "", problems, skip=("data", "train"))
+def build_sections(obj: Any, problems: list[str], sections: tuple[tuple[str, type], ...] = ()) -> None:
+    """Turn ``obj.data`` and ``obj.train`` mappings (and those of ``sections``: (field, dataclass) pairs) into
+    their dataclasses and type-check ``obj``'s own fields (shared by the job and the comparison configs)."""
+    every = (("data", DataConfig), ("train", TrainingConfig), *sections)
+    for name, cls in every:
+        if isinstance(getattr(obj, name), dict):
+            setattr(obj, name, _build(cls, getattr(obj, name), name, problems))
+    typecheck(obj, "", problems, skip=tuple(name for name, _ in every))
 
 
 def validate_sections(obj: Any, problems: list[str]) -> None:

@@ -16,7 +16,7 @@ from .config import JobConfig
 from .distributed import Processes
 
 __all__ = ["RESUME_FIXED", "RUN_FILES", "check_writable", "job_record", "own_output_dir", "resume_differences",
-           "resume_folder"]
+           "resume_folder", "same_job"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "plot.png", "README.md", "adapter_config.json",
              "adapter_model.safetensors", "checkpoints", "model")
@@ -120,3 +120,25 @@ def claim_run_files(config: JobConfig, log: Callable[[str], None]) -> None:
             "a new output_dir")
     outputs.remove_owned(out, RUN_FILES, "train")
     log(f"replacing the earlier run in {out} (train.overwrite)")
+
+
+def same_job(saved: Path, job: JobConfig) -> bool:
+    """Whether the run saved with config ``saved`` is ``job``, ignoring settings that only change what is
+    shown while it runs (``train.progress``). A field ``job`` leaves at ``auto`` (dtype, packing) matches what
+    the saved run resolved it to."""
+    import yaml
+
+    if not saved.is_file():
+        return False
+    try:  # through JobConfig, so fields added since the run was saved take their defaults
+        before = yaml.safe_load(JobConfig(**(yaml.safe_load(saved.read_text()) or {})).to_yaml())
+    except (yaml.YAMLError, ConfigError, TypeError):
+        return False
+    now = yaml.safe_load(job.to_yaml())
+    for config in (before, now):
+        config.get("train", {}).pop("progress", None)
+    if now.get("dtype") == "auto":
+        now["dtype"] = before.get("dtype")
+    if now.get("train", {}).get("packing") == "auto":
+        now["train"]["packing"] = before.get("train", {}).get("packing")
+    return bool(before == now)
