@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,10 +139,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _same_defaults_on_every_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def _same_defaults_on_every_cpu() -> Iterator[None]:
     """`dtype: auto` picks a bf16 base on CPUs with avx512_bf16 or AMX: the machines that run this suite differ,
-    so in-process tests see an AVX2 CPU (fp32) everywhere. tests/train/test_defaults.py checks both cases."""
+    so in-process tests (module- and session-scoped fixtures included) see an AVX2 CPU (fp32) everywhere.
+    tests/train/test_defaults.py checks both cases."""
     from peftkit.train import defaults
 
-    monkeypatch.setattr(defaults, "cpu_flags", lambda: {"avx", "avx2", "fma"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(defaults, "cpu_flags", lambda: {"avx", "avx2", "fma"})
+        yield

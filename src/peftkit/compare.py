@@ -121,9 +121,9 @@ class CompareConfig:
     accuracy points with the batch order alone. Empty: one run per method, with ``seed``."""
     examples: int = 4
     """How many held-out examples the report shows, each method's output next to the base model's."""
-    dtype: str = "float32"
-    """Base model weights: float32, bfloat16, float16, or auto (each job's own rule: a bf16 frozen base where
-    the hardware computes bf16 natively, fp32 elsewhere and for full fine-tuning)."""
+    dtype: str = "auto"
+    """Base model weights: auto (each job's own rule: a bf16 frozen base where the hardware computes bf16
+    natively, fp32 elsewhere and for full fine-tuning), float32, bfloat16 or float16."""
     init_text: str | None = None
     """The text prompt and prefix tuning start from; empty: the classification question ("Answer hate or
     not hate:"), or for other tasks the template with each field named."""
