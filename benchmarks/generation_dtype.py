@@ -48,18 +48,22 @@ def make_adapter(method: str) -> str:
     return folder
 
 
-def loaders(methods: list[str]) -> dict[str, Callable[[], Any]]:
+def loaders(methods: list[str], device: str) -> dict[str, Callable[[], Any]]:
     """Row name -> a function that builds that row's model, as a user of that library would."""
+
+    def base(dtype: str) -> Any:
+        return load_model("smollm2-135m", task="CAUSAL_LM", dtype=dtype).to(device)
+
     rows: dict[str, Callable[[], Any]] = {}
     for dtype in ("float32", "bfloat16"):
-        rows[f"base {dtype}"] = lambda d=dtype: load_model("smollm2-135m", task="CAUSAL_LM", dtype=d).eval()
+        rows[f"base {dtype}"] = lambda d=dtype: base(d).eval()
     for method in methods:
         folder = make_adapter(method)
         for dtype in ("float32", "bfloat16"):
             rows[f"peftkit {method} {dtype}"] = lambda f=folder, d=dtype: peftkit.PeftModel.from_pretrained(
-                load_model("smollm2-135m", task="CAUSAL_LM", dtype=d), f).eval()
+                base(d), f).to(device).eval()
             rows[f"PEFT {method} {dtype}"] = lambda f=folder, d=dtype: peft.PeftModel.from_pretrained(
-                load_model("smollm2-135m", task="CAUSAL_LM", dtype=d), f).eval()
+                base(d), f).to(device).eval()
     return rows
 
 
@@ -67,14 +71,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(ADAPTERS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    default = inference_dtype("auto", torch.device("cpu"))
+    default = inference_dtype("auto", torch.device(args.device))
     print(f"# Generation, batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, SmolLM2-135M")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-          f"{torch.get_num_threads()} threads; CPU: {cpu_summary()}")
+          f"{torch.get_num_threads()} threads; device {args.device}; CPU: {cpu_summary()}")
     print(f"peftkit's default dtype here: {default.value} ({default.reason})\n")
-    models = {name: build() for name, build in loaders(args.methods.split(",")).items()}
-    ids = torch.randint(100, 10000, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+    models = {name: build() for name, build in loaders(args.methods.split(","), args.device).items()}
+    ids = torch.randint(100, 10000, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0)).to(args.device)
     settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False,
                 "attention_mask": torch.ones_like(ids)}
     speeds: dict[str, list[float]] = {name: [] for name in models}
@@ -86,6 +91,8 @@ def main() -> None:
             for name, model in models.items():
                 start = time.perf_counter()
                 model.generate(input_ids=ids, **settings)
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
                 speeds[name].append(NEW_TOKENS / (time.perf_counter() - start))
     tps = {name: statistics.median(v) for name, v in speeds.items()}
     print("| row | tokens/s | x base, same dtype | x PEFT fp32 (its default) | same tokens as PEFT, same dtype |")

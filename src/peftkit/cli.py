@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                      help="train every method once per seed on --seed's split; the table shows mean and range")
     cmp.add_argument("--examples", type=int, help="held-out examples shown per method")
-    cmp.add_argument("--dtype", help="base weights: auto (default: bf16 where native, else fp32), float32, bfloat16, float16")
+    cmp.add_argument("--dtype", help="base weights: auto (default: bf16 where native, else fp32), float32, "
+                                     "bfloat16, float16")
     cmp.add_argument("--select", metavar="lr,epochs",
                      help="choose each method's learning rate and/or epoch count on validation rows carved from "
                           "the training rows (the held-out split is read only to score the choice); "

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import outputs
 from .compare_report import Section
@@ -30,12 +30,9 @@ from .data import load_task_data
 from .errors import ConfigError, did_you_mean
 from .files import write_json_atomic
 from .schema import _choice, _is_number, _positive, typecheck
-from .train.config import JobConfig
+from .train.config import JobConfig, TrainingConfig
 from .train.report import read_metrics
 from .train.rundir import same_job
-
-if TYPE_CHECKING:
-    from .compare import CompareConfig
 
 __all__ = ["SELECTABLE", "SelectConfig", "Selection", "Trial", "choose", "select_settings", "selection_section"]
 
@@ -88,6 +85,20 @@ class SelectConfig:
     def grid(self) -> list[float]:
         """The learning-rate factors tried, smallest first (one, x1, when the rate is not selected)."""
         return sorted(set(self.lr_factors)) if "lr" in self.params else [1.0]
+
+
+class CompareConfig(Protocol):
+    """What selection reads of a :class:`peftkit.compare.CompareConfig` (a protocol, so that the comparison
+    can import this module and not the other way round)."""
+
+    methods: list[str]
+    seed: int
+    seeds: list[int]
+    output_dir: str
+    train: TrainingConfig
+    select: SelectConfig
+
+    def job(self, name: str, seed: int | None = None) -> JobConfig: ...
 
 
 @dataclass
