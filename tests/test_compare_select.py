@@ -178,6 +178,10 @@ def test_dev_size_carves_validation_from_the_training_rows_only(tmp_path: Path, 
     # A separate held-out file is not even opened.
     missing = DataConfig(path=str(path), dev_size=5, eval_path=str(tmp_path / "no-such-file.csv"), **CLASSIFY)
     assert len(load_task_data(missing, tokenizer, seed=3).val) == 5
+    with pytest.raises(ConfigError, match=r"data.dev_size=-1 must be a fraction in \[0, 1\) or a whole count"):
+        from peftkit.train.config import JobConfig
+
+        JobConfig(model=str(model_dir), data={"path": str(path), "dev_size": -1, **CLASSIFY})  # type: ignore[arg-type]
 
 
 def test_bad_selections_are_reported_at_once(tmp_path: Path, model_dir: Path) -> None:
