@@ -35,6 +35,7 @@ def job_file(tmp: Path, model_dir: Path, out: str, *, dropout: float = 0.0, step
     path = tmp / f"{out}.yaml"
     path.write_text(
         f"model: {model_dir}\nseed: 5\noutput_dir: {tmp / out}\n"
+        "dtype: float32\n"  # torchrun's workers read the real CPU flags: no bf16 base on an AMX machine
         f"adapter: {{r: 4, lora_alpha: 8, lora_dropout: {dropout}, target_modules: [q_proj, v_proj]}}\n"
         f"data: {{path: {data}, mode: classification, template: 'Review: {{text}} Label: {{label}}', "
         "label_words: {pos: yes, neg: no}, val_size: 15}\n"
