@@ -191,6 +191,8 @@ def test_bad_selections_are_reported_at_once(tmp_path: Path, model_dir: Path) ->
     text = str(err.value)
     assert "'epoch' cannot be selected" in text and "did you mean 'epochs'" in text.lower()
     assert "select.lr_factors=[0, 1]" in text and "select.max_epochs=0" in text and "select.metric='f1'" in text
+    with pytest.raises(ConfigError, match=r"select\.baseline=.*no-such\.json.*results\.json"):
+        select_config(tmp_path, model_dir, select={"params": ["lr"], "baseline": str(tmp_path / "no-such.json")})
     with pytest.raises(ConfigError, match="remove budget"):
         select_config(tmp_path, model_dir, budget="5")
     with pytest.raises(ConfigError, match="held-out split"):

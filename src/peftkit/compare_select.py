@@ -81,6 +81,11 @@ class SelectConfig:
         if not _is_number(size) or size <= 0 or (size >= 1 and size % 1):
             problems.append(f"select.val_size={size!r} must be a share in (0, 1) or a whole count of rows")
         _choice(problems, "select.metric", self.metric, METRICS)
+        if self.baseline:  # checked now, not after an hour of trials
+            try:
+                _baseline_scores(self.baseline)
+            except ConfigError as err:
+                problems += err.problems
 
     def grid(self) -> list[float]:
         """The learning-rate factors tried, smallest first (one, x1, when the rate is not selected)."""
