@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 import torch
+import yaml
 
 from peftkit import PeftModel, load_model
 from peftkit.compare import CompareConfig
@@ -55,10 +56,12 @@ def main() -> None:
     for name in args.methods:
         for seed in seeds:
             folder = Path(args.runs) / f"{name}-seed-{seed}"
+            # the base in the dtype the run trained on (a bf16 base where the comparison chose one)
+            dtype = yaml.safe_load((folder / "config.yaml").read_text()).get("dtype", "float32")
             if name == "full":
                 model = load_model(str(folder / "model"))
             else:
-                model = PeftModel.from_pretrained(load_model(cfg.model), str(folder))
+                model = PeftModel.from_pretrained(load_model(cfg.model, dtype=dtype), str(folder))
             with torch.no_grad():
                 metrics = evaluate(model, data.val, pad_id=tokenizer.pad_token_id or 0,
                                    candidate_ids=data.candidate_ids)
