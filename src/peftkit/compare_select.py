@@ -330,6 +330,8 @@ def selection_plot(selections: list[Selection], path: Path) -> bool:
             ax.plot(*zip(*points, strict=True), marker="o", label=f"epoch {s.trials[0].scores[epoch]['epoch']:g}")
         ax.plot([s.lr], [s.score[key]], marker="o", markersize=14, fillstyle="none", color="black")
         ax.set_xscale("log")
+        ax.minorticks_off()  # the rates tried are the ticks; log minor labels would overlap them
+        ax.set_xticks([t.lr for t in s.trials], [f"{t.lr:.2g}" for t in s.trials])
         ax.set_title(s.method, fontsize=10)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(selections):]:
