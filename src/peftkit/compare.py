@@ -23,7 +23,14 @@ import torch
 
 from . import outputs
 from .compare_report import MethodResult, ReportContext, write_report
-from .compare_select import SelectConfig, Selection, load_base, select_settings, selection_section
+from .compare_select import (
+    SelectConfig,
+    Selection,
+    load_base,
+    select_settings,
+    selection_section,
+    write_selection,
+)
 from .data import IGNORE_INDEX, load_task_data
 from .errors import ConfigError, did_you_mean
 from .files import write_json_atomic
@@ -342,11 +349,11 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
     out = Path(config.output_dir)
     outputs.claim(out, REPORT_FILES, "compare", "output_dir")
     tokenizer = load_tokenizer(config.model)
-    chosen, selections = config, []
+    chosen, selections, image = config, [], None
     if config.select.params:
         log(f"selecting {' and '.join(config.select.params)} on validation data (the held-out split stays unread)")
         selections = select_settings(config, tokenizer, log)
-        write_json_atomic(out / "selection.json", [dataclasses.asdict(s) for s in selections])
+        image = write_selection(out, selections)
         chosen = config.chosen(selections)
     reference = chosen.job(chosen.methods[0])
     data = load_task_data(reference.data, tokenizer, seed=config.seed)  # the split every method gets
@@ -368,7 +375,7 @@ def compare(config: CompareConfig, *, log: Callable[[str], None] = print) -> lis
         else:
             results.append(_run_method(name, chosen.job(name), tokenizer, chosen, log))
         if selections:
-            context.sections = [selection_section(config, selections, results, out)]
+            context.sections = [selection_section(config, selections, results, image)]
         write_report(out, context, results)  # after every method, so a partial comparison is readable
         log(f"[{index}/{total}] {name} done: {_headline(results[-1])}")
     log(f"report: {out / 'report.md'} and {out / 'report.html'}")

@@ -34,7 +34,8 @@ from .train.config import JobConfig, TrainingConfig
 from .train.report import read_metrics
 from .train.rundir import same_job
 
-__all__ = ["SELECTABLE", "SelectConfig", "Selection", "Trial", "choose", "select_settings", "selection_section"]
+__all__ = ["SELECTABLE", "SelectConfig", "Selection", "Trial", "choose", "select_settings", "selection_section",
+           "write_selection"]
 
 SELECTABLE = ("lr", "epochs")
 """What selection can choose per method."""
@@ -148,7 +149,7 @@ def select_settings(config: CompareConfig, tokenizer: Any, log: Callable[[str], 
         One :class:`Selection` per method of ``config``, in order. Trials run in ``<output_dir>/select/``; a
         trial folder that already holds a finished run of the same job is reused.
     """
-    carved = load_task_data(_trial_data(config, config.methods[0]), tokenizer, seed=config.seed)
+    carved = load_task_data(_trial_data(config, config.job(config.methods[0])), tokenizer, seed=config.seed)
     for line in carved.report:
         log(f"  {line}")
     metric = config.select.metric
@@ -172,8 +173,8 @@ def steps_per_epoch(train_examples: int, config: CompareConfig) -> int:
     return max(1, math.ceil(batches / config.train.grad_accum))
 
 
-def _trial_data(config: CompareConfig, name: str) -> Any:
-    data = config.job(name).data
+def _trial_data(config: CompareConfig, job: JobConfig) -> Any:
+    data = job.data
     return dataclasses.replace(data, dev_size=config.select.val_size,
                                split_seed=config.seed if data.split_seed is None else data.split_seed)
 
@@ -186,7 +187,7 @@ def trial_job(config: CompareConfig, name: str, factor: float, per_epoch: int) -
         settings.update(epochs=float(config.select.max_epochs), max_steps=None, max_minutes=None,
                         eval_every=per_epoch)
     folder = Path(config.output_dir) / "select" / f"{name}-lr-{job.train.lr * factor:.3g}"
-    return dataclasses.replace(job, data=_trial_data(config, name), output_dir=str(folder),
+    return dataclasses.replace(job, data=_trial_data(config, job), output_dir=str(folder),
                                train=dataclasses.replace(job.train, **settings))
 
 
@@ -207,14 +208,15 @@ def _run_trial(config: CompareConfig, name: str, factor: float, per_epoch: int, 
                log: Callable[[str], None]) -> Trial:
     from .train import train
 
-    job, model = load_base(trial_job(config, name, factor, per_epoch))
+    job = trial_job(config, name, factor, per_epoch)
     folder = Path(job.output_dir)
     done = folder / "trial.json"
-    if done.is_file() and same_job(folder / "config.yaml", job):
+    if done.is_file() and same_job(folder / "config.yaml", job):  # before loading the model: reuse is free
         log(f"  {folder} already holds this trial; reusing it")
         return Trial(**json.loads(done.read_text()))
     outputs.check_replaceable(folder, "train", "a selection trial's folder")
     outputs.remove_owned(folder, [done.name], "train")
+    job, model = load_base(job)
     log(f"  {name}: trying lr {job.train.lr:.3g}")
     started = time.perf_counter()
     result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"    {line}"))
@@ -251,8 +253,15 @@ def choose(name: str, preset_lr: float, trials: list[Trial], metric: str, epochs
 # ----- the report's section ----------------------------------------------------------------------------------
 
 
+def write_selection(folder: Path, selections: list[Selection]) -> str | None:
+    """selection.json and selection.png in ``folder``, once, when selection is over; the image's name, or None
+    without matplotlib."""
+    write_json_atomic(folder / "selection.json", [dataclasses.asdict(s) for s in selections])
+    return "selection.png" if selection_plot(selections, folder / "selection.png") else None
+
+
 def selection_section(config: CompareConfig, selections: list[Selection], results: list[Any],
-                      folder: Path) -> Section:
+                      image: str | None) -> Section:
     """The report's account of selection: the grid, each point's validation score, the choice, the cost, and
     (with ``select.baseline``) the presets' held-out scores beside the chosen settings'."""
     first = selections[0]
@@ -276,9 +285,9 @@ def selection_section(config: CompareConfig, selections: list[Selection], result
               "chosen", "selection time", *(["held-out: preset"] if baseline else []), "held-out: chosen"]
     rows = []
     scored = {r.name: r for r in results}
-    key = "accuracy" if metric == "accuracy" else "eval_loss"
+    key = _key(metric)  # the validation scores' key, and the report rows' attribute
     for s in selections:
-        tried = "; ".join(f"{t.lr:.2g}: " + " / ".join(_fmt(p.get(_key(metric))) for p in t.scores) for t in s.trials)
+        tried = "; ".join(f"{t.lr:.2g}: " + " / ".join(_fmt(p.get(key)) for p in t.scores) for t in s.trials)
         chosen = f"lr {s.lr:.2g}" + (f", {s.epochs} epoch(s)" if s.epochs is not None else "")
         preset = [_fmt(baseline.get(s.method, {}).get(key))] if baseline else []
         rows.append([s.method, f"{s.preset_lr:.2g}", tried, chosen, _duration(s.seconds), *preset,
@@ -286,7 +295,6 @@ def selection_section(config: CompareConfig, selections: list[Selection], result
     if baseline:
         lines.append(f"held-out: preset is the score of `{config.select.baseline}` (the same comparison with the "
                      "presets; mean over its seeds); held-out: chosen is this report's")
-    image = "selection.png" if selection_plot(selections, folder / "selection.png") else None
     return Section("Selection on validation data", lines, header, rows, image)
 
 
