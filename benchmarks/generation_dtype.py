@@ -7,6 +7,11 @@ base model in, fp32 unless told otherwise. Each adapter is made once (random non
 branch really computes), saved, and loaded by both libraries the way their users load one. Batch 1, greedy,
 a 16-token prompt, 32 new tokens; rounds alternate between the rows; the median is kept.
 
+Correctness column: each adapter row's tokens against greedy decoding one token at a time through PEFT's
+*forward* (no cache) in the same dtype, the reference both libraries' forwards agree on. PEFT's own ``generate``
+is not the reference: with transformers 5 it ignores a prefix on Llama (the base model's tokens come out) and
+re-feeds the prompt at every later prompt-tuning step (tests/interop/test_peft_prompt.py).
+
     python benchmarks/generation_dtype.py [--rounds 3] [--methods lora,prefix,prompt]
 """
 
@@ -67,6 +72,20 @@ def loaders(methods: list[str], device: str) -> dict[str, Callable[[], Any]]:
     return rows
 
 
+def greedy_through_forward(model: Any, ids: torch.Tensor, steps: int) -> torch.Tensor:
+    """The reference: ``steps`` greedy tokens, one full forward (no cache) per token: ``(1, steps)``.
+
+    End-of-text tokens are masked as ``min_new_tokens`` masks them in the timed rows.
+    """
+    eos = model.get_base_model().generation_config.eos_token_id
+    seq = ids
+    for _ in range(steps):
+        logits = model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[:, -1]  # (1, V)
+        logits[:, torch.tensor(eos if isinstance(eos, list) else [eos])] = -float("inf")
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+    return seq[:, -steps:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -94,17 +113,19 @@ def main() -> None:
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 speeds[name].append(NEW_TOKENS / (time.perf_counter() - start))
+        reference = {name: greedy_through_forward(model, ids, NEW_TOKENS)
+                     for name, model in models.items() if name.startswith("PEFT")}
     tps = {name: statistics.median(v) for name, v in speeds.items()}
-    print("| row | tokens/s | x base, same dtype | x PEFT fp32 (its default) | same tokens as PEFT, same dtype |")
+    print("| row | tokens/s | x base, same dtype | x PEFT fp32 (its default) | same tokens as the reference |")
     print("|---|---|---|---|---|")
     for name, speed in tps.items():
-        library, *rest = name.split()
+        _, *rest = name.split()
         dtype = rest[-1]
         method = rest[0] if len(rest) == 2 else None
         base = tps[f"base {dtype}"]
         peer = tps.get(f"PEFT {method} float32") if method else None
-        twin = f"PEFT {method} {dtype}" if library == "peftkit" and method else None
-        same = str(torch.equal(outputs[name], outputs[twin])) if twin else "-"
+        twin = f"PEFT {method} {dtype}" if method else None
+        same = str(torch.equal(outputs[name], reference[twin])) if twin else "-"
         print(f"| {name} | {speed:.1f} | {speed / base:.2f}x | {f'{speed / peer:.2f}x' if peer else '-'} | {same} |",
               flush=True)
     print(f"\nHeadline: peftkit's default ({default.value}) against PEFT's default (float32), same adapter:")

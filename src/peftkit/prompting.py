@@ -226,11 +226,15 @@ def _generate_after_placeholders(base: nn.Module, ids: torch.Tensor, n: int, kwa
     """``base.generate`` with ``n`` virtual positions in front, cut from the output again.
 
     The virtual positions get placeholder ids (a token already in each row, so repetition penalties are
-    unchanged); the result has the shape the base model's ``generate`` gives.
+    unchanged); the result has the shape the base model's ``generate`` gives, a tensor or (with
+    ``return_dict_in_generate=True``) its output object with ``sequences`` cut the same way.
     """
     placeholder = ids[:, -1:].expand(ids.shape[0], n)  # (B, N)
     out = base.generate(input_ids=torch.cat([placeholder, ids], dim=1), **kwargs)  # type: ignore[operator]
-    return out[:, n:]
+    if isinstance(out, torch.Tensor):
+        return out[:, n:]
+    out.sequences = out.sequences[:, n:]  # return_dict_in_generate=True: scores etc. already cover new tokens only
+    return out
 
 
 # ----- prefix key/values: prefix tuning --------------------------------------------------------------------

@@ -57,3 +57,45 @@ def test_same_trainable_count_as_peft(arch, method):
     ours = peftkit.get_peft_model(tiny_model(arch), _config(peftkit, method, arch))
     theirs = peft.get_peft_model(tiny_model(arch), _config(peft, method, arch))
     assert ours.get_nb_trainable_parameters()[0] == theirs.get_nb_trainable_parameters()[0]
+
+
+
+def _greedy_through_forward(model, ids: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding one token at a time through ``model``'s forward, no cache: the reference.
+
+    Returns the sequence ``(1, T + steps)`` and each step's next-token logits ``(steps, V)``.
+    """
+    seq, scores = ids, []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[:, -1]  # (1, V)
+        scores.append(logits[0])
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], dim=1)
+    return seq, torch.stack(scores)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom"])
+@pytest.mark.parametrize("method", ["prompt", "p_tuning", "prefix"])
+def test_generation_of_a_peft_adapter_equals_greedy_decoding_through_peft_forward(arch, method, tmp_path):
+    # PEFT's forward is the reference, not PEFT's generate: with transformers 5, PEFT 0.21's generate ignores a
+    # prefix on Llama/GPT-2 (its tokens are the base model's) and re-feeds the prompt at every later prompt-tuning
+    # step, so the two libraries' generate outputs differ there while their forwards agree.
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(tiny_model(arch), _config(peft, method, arch)).eval()
+    with torch.no_grad():
+        for p in theirs.prompt_encoder["default"].parameters():
+            p.normal_(std=0.5)
+    theirs.save_pretrained(tmp_path)
+    ids = model_inputs(arch)["input_ids"][1:]  # (1, T)
+    expected, expected_scores = _greedy_through_forward(theirs, ids, 6)
+    _, base_scores = _greedy_through_forward(tiny_model(arch), ids, 1)
+    assert not torch.allclose(expected_scores[:1], base_scores, atol=1e-3)  # the prompt changes the logits
+    ours = peftkit.PeftModel.from_pretrained(tiny_model(arch), tmp_path)
+    with torch.no_grad():
+        got = ours.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+        as_dict = ours.generate(input_ids=ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True,
+                                output_logits=True)
+    steps = got.shape[1] - ids.shape[1]  # fewer than 6 where the end-of-text token came first
+    assert steps >= 3 and torch.equal(got, expected[:, : got.shape[1]])
+    assert torch.equal(as_dict.sequences, got)
+    torch.testing.assert_close(torch.cat(as_dict.logits), expected_scores[:steps], atol=1e-4, rtol=1e-4)
