@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from .config import PROMPT_METHODS, JobConfig
 
 __all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "cpu_flags",
-           "cpu_summary", "describe", "inference_dtype", "with_choices"]
+           "cpu_summary", "describe", "generation_dtype", "inference_dtype", "with_choices"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,19 @@ def inference_dtype(dtype: str, device: torch.device, flags: set[str] | None = N
     return Choice("dtype", "bfloat16", f"bf16 on {hardware}")
 
 
+def generation_dtype(dtype: str, device: torch.device, flags: set[str] | None = None) -> Choice:
+    """The weights' dtype for ``peftkit generate`` (one prompt, one token at a time).
+
+    ``auto`` is bf16 on a CUDA GPU with bf16 and float32 on a CPU, even one with AMX: there, batch-1 decoding
+    of SmolLM2-135M measured slower in bf16 than in fp32 (25.2 against 28.2 tokens/s,
+    benchmarks/results/generation-dtype-cpu.md): at this size a token costs kernel overhead, not weight bytes.
+    Evaluation runs batches, where bf16 pays, and keeps :func:`inference_dtype`.
+    """
+    if dtype != "auto" or device.type == "cuda":
+        return inference_dtype(dtype, device, flags)
+    return Choice("dtype", "float32", "batch-1 decoding on a CPU measured faster in fp32 than bf16, even with AMX")
+
+
 def choose_packing(job: JobConfig, check: Callable[[], None]) -> Choice:
     """Whether ``job`` trains packed; ``check`` raises :class:`ConfigError` when the model cannot pack exactly."""
     if job.train.packing is True:
@@ -140,10 +153,13 @@ def describe(device: torch.device | None = None) -> str:
     """What ``auto`` gives on this machine, with the reasons (``peftkit inspect``)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lora, full = (choose_dtype(JobConfig(method=m, data=DataConfig(path="any")), device) for m in ("lora", "full"))
+    evaluation, generation = inference_dtype("auto", device), generation_dtype("auto", device)
     return "\n".join([
         f"Training defaults on this machine ({device.type}; every one can be set in the job):",
         f"  dtype: auto -> {lora.value} for adapter methods ({lora.reason})",
         f"                 {full.value} for full fine-tuning ({full.reason})",
+        f"                 {evaluation.value} for peftkit eval ({evaluation.reason})",
+        f"                 {generation.value} for peftkit generate ({generation.reason})",
         "  train.packing: auto -> on for lora, dora, ia3 and full when the model's attention honours position "
         "restarts (checked on two examples when training starts); off for prompt_tuning, p_tuning, prefix_tuning",
     ])
