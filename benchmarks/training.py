@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
-CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-fp32-unpacked", "peftkit-packed",
-           "peftkit-grouped", "peftkit-grouped-bf16-autocast", "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base"]
+CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-default-compiled",
+           "peftkit-fp32-unpacked", "peftkit-packed", "peftkit-grouped", "peftkit-grouped-bf16-autocast",
+           "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base"]
 PROMPT_CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-fp32-unpacked",
                   "peftkit-grouped-bf16-base"]
 LR = {"lora": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
@@ -35,7 +36,8 @@ ADAPTERS: dict[str, dict[str, object]] = {"lora": LORA, "prompt": {"num_virtual_
 METHOD = {"lora": "lora", "prompt": "prompt_tuning", "prefix": "prefix_tuning"}
 """peftkit-default: what a job gets without flags (``dtype: auto`` and ``train.packing: auto``, decided by
 peftkit.train.defaults: a bf16 base only where bf16 is native, packing for LoRA); -fp32-unpacked: the defaults
-before issue 22 (fp32, shuffled, unpacked); -packed: the same batches packed into fewer rows
+before issue 22 (fp32, shuffled, unpacked); -default-compiled: the defaults plus train.torch_compile (its first
+step includes the compile); -packed: the same batches packed into fewer rows
 (train.packing); -grouped: length-grouped batches as in the peer's best;
 -bf16-autocast: precision bf16 (autocast over fp32 weights); -bf16-base: the frozen base stored in bf16
 (dtype: bfloat16) and the adapter in fp32, no autocast."""
@@ -105,13 +107,13 @@ def run_peft(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
 def run_peftkit(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
     from peftkit import JobConfig, train
 
-    default = name == "peftkit-default"
+    default = name.startswith("peftkit-default")
     job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp, method=METHOD[method],
                     dtype="auto" if default else "bfloat16" if name.endswith("bf16-base") else "float32",
                     adapter=ADAPTERS[method],
                     data=data_config(),  # type: ignore[arg-type]
                     train={"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
-                           "plot": False, "eval_before": False,
+                           "plot": False, "eval_before": False, "torch_compile": name.endswith("compiled"),
                            "precision": "bf16" if name.endswith("autocast") else "auto",
                            "group_by_length": "grouped" in name, "packing": "auto" if default else "packed" in name})
     train(job, log=lambda _: None)
@@ -130,18 +132,25 @@ def child(name: str, steps: int, method: str) -> None:
     if name.startswith("peftkit"):
         from peftkit.train import loop
 
-        measured = {"tokens": 0.0, "seconds": 0.0}
+        measured: dict[str, float] = {"tokens": 0.0, "seconds": 0.0}
+        step_seconds: list[float] = []
+        step_tokens: list[int] = []
         real_step = loop.Run.train_step
 
         def timed_step(self):  # type: ignore[no-untyped-def]
             t0 = time.perf_counter()
             loss, tokens = real_step(self)  # tokens: the non-padding tokens of the step's batches
-            measured["seconds"] += time.perf_counter() - t0
+            step_seconds.append(time.perf_counter() - t0)
+            step_tokens.append(tokens)
+            measured["seconds"] += step_seconds[-1]
             measured["tokens"] += tokens
             return loss, tokens
 
         loop.Run.train_step = timed_step  # type: ignore[method-assign]
-        out = {**run_peftkit(name, steps, tmp, method), **measured}
+        warm = min(WARM_STEPS, len(step_seconds) - 1)
+        out = {**run_peftkit(name, steps, tmp, method), **measured, "first_step": step_seconds[0],
+               "warm_steps": sum(step_seconds[:warm]),
+               "steady_tps": sum(step_tokens[warm:]) / sum(step_seconds[warm:])}
     else:
         out = run_peft(name, steps, tmp, method)
     out["wall"] = time.perf_counter() - start
@@ -158,6 +167,8 @@ def native_bf16() -> bool:
 
     return bf16_hardware(torch.device("cpu")) is not None
 
+
+WARM_STEPS = 5  # steps counted as warm-up (compile, allocator) in the steady-state column
 
 PARAMS = 134_515_008  # SmolLM2-135M, tied embeddings counted once
 
@@ -180,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--method", choices=sorted(LR), default="lora")
+    parser.add_argument("--configs", help="comma-separated subset of the setups (default: all)")
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child:
@@ -188,6 +200,9 @@ def main() -> None:
     rows = {}
     native = native_bf16()
     names = [n for n in (CONFIGS if args.method == "lora" else PROMPT_CONFIGS) if native or "bf16" not in n]
+    if args.configs:
+        wanted = set(args.configs.split(",")) | {"peft-trainer-default", "peft-trainer-best", "peftkit-default"}
+        names = [n for n in names if n in wanted]  # the ratio columns need the peer's two rows and the default
     for name in names:
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps),
                                "--method", args.method],
@@ -224,6 +239,31 @@ def main() -> None:
         print(f"| {name} | {r['seconds']:.1f} | {1000 * r['seconds'] / args.steps:.0f} | {speed:.0f} | "
               f"{speed / (base['tokens'] / base['seconds']):.2f}x | {speed / (best['tokens'] / best['seconds']):.2f}x "
               f"| {r['rss_gb']:.2f} | {r['loss']:.4f} | {100 * mfu:.0f}% |")
+    if "peftkit-default-compiled" in rows:
+        compile_table(rows["peftkit-default"], rows["peftkit-default-compiled"], args.steps)
+
+
+def compile_table(eager: dict[str, float], compiled: dict[str, float], steps: int) -> None:
+    """Whether train.torch_compile pays: its compile time against its steady-state gain, over a whole run."""
+    print(f"\n## train.torch_compile on the default row: compile time against steady-state gain ({steps} steps)\n")
+    print(f"| setup | first step s | first {WARM_STEPS} steps s | steady useful tokens/s | train time s |")
+    print("|---|---|---|---|---|")
+    for name, r in (("eager", eager), ("compiled", compiled)):
+        print(f"| {name} | {r['first_step']:.1f} | {r['warm_steps']:.1f} | {r['steady_tps']:.0f} "
+              f"| {r['seconds']:.1f} |")
+
+    def overhead(r: dict[str, float]) -> float:  # time beyond what the run's tokens cost at its steady speed
+        return r["seconds"] - r["tokens"] / r["steady_tps"]
+
+    gain = 1 / eager["steady_tps"] - 1 / compiled["steady_tps"]  # seconds saved per useful token once compiled
+    cost = overhead(compiled) - overhead(eager)
+    tokens_per_step = eager["tokens"] / steps
+    if gain <= 0:
+        print(f"\nCompiled steps are not faster once compiled ({compiled['steady_tps'] / eager['steady_tps']:.2f}x): "
+              "no run length pays for the compile.")
+    else:
+        print(f"\nSteady state {compiled['steady_tps'] / eager['steady_tps']:.2f}x eager; the compile costs "
+              f"{cost:.0f} s, paid back after ~{cost / gain / tokens_per_step:.0f} steps of this size.")
 
 
 if __name__ == "__main__":

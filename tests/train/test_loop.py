@@ -109,6 +109,22 @@ def test_accumulation_equals_a_bigger_batch(tmp_path: Path, chars) -> None:  # t
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
 
 
+def test_compiled_training_ends_with_the_eager_adapter_and_hands_the_model_back_eager(  # type: ignore[no-untyped-def]
+        tmp_path: Path, chars) -> None:
+    fields = {"dropout": 0.0, "max_steps": 3, "eval_before": False, "eval_every": None, "packing": True}
+    eager = train(job(tmp_path, "eager", **fields), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    model = tiny_model("llama")
+    torch._dynamo.reset()
+    compiled = train(job(tmp_path, "compiled", torch_compile=True, **fields), model=model, tokenizer=chars,
+                     log=quiet)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    a, b = adapter_tensors(eager.output_dir), adapter_tensors(compiled.output_dir)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in a.items() if "lora_B" in k)  # it trained
+    for key in a:  # batches of different widths went through one graph and updated as eager ones do
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    assert model._compiled_call_impl is None  # the caller's model is eager again
+
+
 def test_training_learns_and_writes_its_outputs(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
     config = job(tmp_path, epochs=6, eval_every=6, plot=True, lr=3e-2)
     config.adapter["target_modules"] = "all-linear"

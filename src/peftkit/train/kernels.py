@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -12,7 +13,8 @@ from ..errors import ConfigError
 from ..model import PeftModel
 from .distributed import Processes
 
-__all__ = ["UNFUSED_ATTENTION_SCORES", "attention_kernel", "autocast_for", "pick_device", "unfused_attention"]
+__all__ = ["UNFUSED_ATTENTION_SCORES", "attention_kernel", "autocast_for", "compiled", "pick_device",
+           "unfused_attention"]
 
 
 def pick_device(name: str, procs: Processes | None = None) -> torch.device:
@@ -70,3 +72,23 @@ def attention_kernel(model: nn.Module, inputs: dict[str, Any], budget: int) -> c
     front = model.tokens_in_front if isinstance(model, PeftModel) else 0  # virtual tokens widen the scores
     scores = rows * int(heads) * (width + front) ** 2
     return sdpa_kernel([SDPBackend.MATH]) if scores <= budget else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def compiled(module: nn.Module, enabled: bool) -> Iterator[None]:
+    """``module`` compiled in place with ``torch.compile`` while the block runs (``train.torch_compile``), eager again
+    after it, so a model the user passed in is handed back as it came.
+
+    The transformers model is compiled, not the PeftModel or DDP wrapper around it: the wrappers' Python (prompt
+    inputs, gradient sync) stays eager and ``isinstance`` checks on them still hold, while the layers, LoRA's
+    included, are in the graph. ``dynamic=True`` gives one graph for every batch width and row count; static
+    shapes would compile again for each new one.
+    """
+    if not enabled:
+        yield
+        return
+    module.compile(dynamic=True)
+    try:
+        yield
+    finally:
+        module._compiled_call_impl = None  # what nn.Module.compile set; torch has no public way to undo it

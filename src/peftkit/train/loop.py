@@ -33,7 +33,7 @@ from .config import JobConfig
 from .defaults import banner, choose_dtype, choose_packing, choose_precision, with_choices
 from .distributed import Processes
 from .evaluate import Metrics, evaluate_sharded, row_losses
-from .kernels import attention_kernel, autocast_for, pick_device, unfused_attention
+from .kernels import attention_kernel, autocast_for, compiled, pick_device, unfused_attention
 from .packing import check_packing, model_inputs
 from .report import MetricsLog, NoMetrics, Trackers, card_lines, format_metrics, plot_metrics
 from .signals import stop_on_signal
@@ -281,7 +281,8 @@ def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log
         write_text_atomic(run.out / "config.yaml", config.to_yaml())
     if resume_from is not None:
         run.restore(resume_from)
-    with stop_on_signal(run.request_stop, run.stop_now, lambda: run.stop_signal != 0):
+    with (stop_on_signal(run.request_stop, run.stop_now, lambda: run.stop_signal != 0),
+          compiled(run.target.base, run.settings.torch_compile)):
         return _run(run, resumed=resume_from is not None)
 
 
