@@ -457,7 +457,7 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
         return MethodResult(**json.loads(done.read_text()))
     outputs.check_replaceable(folder, "train", "the comparison's method folder")  # a user's folder of that name
     outputs.remove_owned(folder, [done.name], "train")  # train() replaces its own earlier files
-    job, model = load_base(job)
+    job, model = load_base(job, log)
     with PeakMemory(job.train.device) as memory:
         result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"  {line}"))
     trainable, total = count_parameters(result.model)

@@ -191,16 +191,19 @@ def trial_job(config: CompareConfig, name: str, factor: float, per_epoch: int) -
                                train=dataclasses.replace(job.train, **settings))
 
 
-def load_base(job: JobConfig) -> tuple[JobConfig, Any]:
+def load_base(job: JobConfig, log: Callable[[str], None]) -> tuple[JobConfig, Any]:
     """``job`` with ``dtype: auto`` resolved as training would resolve it, and its base model in that dtype
-    (a comparison loads the model itself, so that it can measure the run's memory)."""
+    (a comparison loads the model itself, so that it can measure the run's memory). The choice and its reason
+    are logged here: training only sees a model passed in."""
     import torch
 
     from .models import load_model
     from .train.defaults import choose_dtype, with_choices
     from .train.kernels import pick_device
 
-    job = with_choices(job, [choose_dtype(job, pick_device(job.train.device))])
+    choice = choose_dtype(job, pick_device(job.train.device))
+    log(f"  base model {choice}")
+    job = with_choices(job, [choice])
     return job, load_model(job.model, task="CAUSAL_LM", dtype=getattr(torch, job.dtype))
 
 
@@ -216,7 +219,7 @@ def _run_trial(config: CompareConfig, name: str, factor: float, per_epoch: int, 
         return Trial(**json.loads(done.read_text()))
     outputs.check_replaceable(folder, "train", "a selection trial's folder")
     outputs.remove_owned(folder, [done.name], "train")
-    job, model = load_base(job)
+    job, model = load_base(job, log)
     log(f"  {name}: trying lr {job.train.lr:.3g}")
     started = time.perf_counter()
     result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"    {line}"))

@@ -42,7 +42,11 @@ def test_dtype_auto_is_a_bf16_base_only_where_bf16_is_native() -> None:
     slow = choose_dtype(_job(), CPU, flags=AVX2)
     assert slow.value == "float32" and "neither avx512_bf16 nor AMX" in slow.reason
     assert choose_dtype(_job("full"), CPU, flags=SAPPHIRE_RAPIDS).value == "float32"  # weights would lose updates
-    assert choose_dtype(_job(), CPU, model_given=True, flags=SAPPHIRE_RAPIDS).value == "float32"
+    given = choose_dtype(_job(), CPU, model_dtype=torch.bfloat16, flags=AVX2)  # a loaded model keeps its dtype
+    assert given.value == "bfloat16" and "passed in already loaded" in given.reason
+    assert choose_dtype(_job(), CPU, model_dtype=torch.float32, flags=SAPPHIRE_RAPIDS).value == "float32"
+    told = choose_dtype(_job(dtype="bfloat16"), CPU, model_dtype=torch.float32, flags=SAPPHIRE_RAPIDS)
+    assert told.value == "float32" and "dtype bfloat16 is not applied" in told.reason
 
 
 def test_a_dtype_set_in_the_job_is_kept() -> None:

@@ -70,11 +70,14 @@ def bf16_hardware(device: torch.device, flags: set[str] | None = None) -> str | 
     return next((f for f in ("amx_bf16", "avx512_bf16") if f in flags), None)
 
 
-def choose_dtype(job: JobConfig, device: torch.device, model_given: bool = False,
+def choose_dtype(job: JobConfig, device: torch.device, model_dtype: torch.dtype | None = None,
                  flags: set[str] | None = None) -> Choice:
-    """The base model's dtype for ``job`` on ``device``."""
-    if job.dtype == "auto" and model_given:
-        return Choice("dtype", "float32", "the model was passed in already loaded; its own dtype is kept")
+    """The base model's dtype for ``job`` on ``device``; ``model_dtype``: that of a model passed in already loaded,
+    which is what it trains in (and what the run records), whatever the job says."""
+    if model_dtype is not None:
+        name = str(model_dtype).removeprefix("torch.")
+        unused = "" if job.dtype in ("auto", name) else f"; the job's dtype {job.dtype} is not applied to it"
+        return Choice("dtype", name, f"the model was passed in already loaded in {name}{unused}")
     if job.dtype == "auto" and job.method == "full":
         return Choice("dtype", "float32", "full fine-tuning trains every weight, and bf16 weights lose small updates")
     chosen = inference_dtype(job.dtype, device, flags)

@@ -255,6 +255,13 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _floating_dtype(model: nn.Module | None) -> torch.dtype | None:
+    """The dtype of a given model's floating-point weights (a quantized model's are its compute dtype's)."""
+    if model is None:
+        return None
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+
+
 def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log: Callable[[str], None],
                  procs: Processes) -> TrainResult:
     resume_from = rundir.resume_folder(config, log)
@@ -267,7 +274,7 @@ def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log
     for line in data.report:
         log(line)
     device = pick_device(config.train.device, procs)
-    dtype = choose_dtype(config, device, model_given=model is not None)
+    dtype = choose_dtype(config, device, model_dtype=_floating_dtype(model))
     config = with_choices(config, [dtype])
     target = build_target(config, model, device)
     target.check_context(data, config.data.max_length)
