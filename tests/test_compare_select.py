@@ -178,7 +178,7 @@ def test_dev_size_carves_validation_from_the_training_rows_only(tmp_path: Path, 
     # A separate held-out file is not even opened.
     missing = DataConfig(path=str(path), dev_size=5, eval_path=str(tmp_path / "no-such-file.csv"), **CLASSIFY)
     assert len(load_task_data(missing, tokenizer, seed=3).val) == 5
-    with pytest.raises(ConfigError, match=r"data.dev_size=-1 must be a fraction in \[0, 1\) or a whole count"):
+    with pytest.raises(ConfigError, match=r"data.dev_size=-1 must be a share of the rows in \[0, 1\) or a whole count"):
         from peftkit.train.config import JobConfig
 
         JobConfig(model=str(model_dir), data={"path": str(path), "dev_size": -1, **CLASSIFY})  # type: ignore[arg-type]
@@ -187,8 +187,10 @@ def test_dev_size_carves_validation_from_the_training_rows_only(tmp_path: Path, 
 def test_bad_selections_are_reported_at_once(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(ConfigError) as err:
         select_config(tmp_path, model_dir, budget="5",
-                      select={"params": ["lr", "epoch"], "lr_factors": [0, 1], "max_epochs": 0, "metric": "f1"})
+                      select={"params": ["lr", "epoch"], "lr_factors": [0, 1], "max_epochs": 0, "metric": "f1",
+                              "val_size": 0})
     text = str(err.value)
+    assert "select.val_size=0 must be a share of the rows in (0, 1)" in text
     assert "'epoch' cannot be selected" in text and "did you mean 'epochs'" in text.lower()
     assert "select.lr_factors=[0, 1]" in text and "select.max_epochs=0" in text and "select.metric='f1'" in text
     with pytest.raises(ConfigError, match=r"select\.baseline=.*no-such\.json.*results\.json"):

@@ -29,7 +29,7 @@ from .compare_report import Section
 from .data import load_task_data
 from .errors import ConfigError, did_you_mean
 from .files import write_json_atomic
-from .schema import _choice, _is_number, _positive, typecheck
+from .schema import _choice, _is_number, _positive, _split_size, typecheck
 from .train.config import JobConfig, TrainingConfig
 from .train.report import read_metrics
 from .train.rundir import same_job
@@ -78,9 +78,7 @@ class SelectConfig:
         if not self.lr_factors or not all(_is_number(f) and f > 0 for f in self.lr_factors):
             problems.append(f"select.lr_factors={self.lr_factors!r} must be numbers > 0, e.g. [0.333, 1, 3]")
         _positive(problems, "select.max_epochs", self.max_epochs, integer=True)
-        size = self.val_size
-        if not _is_number(size) or size <= 0 or (size >= 1 and size % 1):
-            problems.append(f"select.val_size={size!r} must be a share in (0, 1) or a whole count of rows")
+        _split_size(problems, "select.val_size", self.val_size, zero=False)
         _choice(problems, "select.metric", self.metric, METRICS)
         if self.baseline:  # checked now, not after an hour of trials
             try:

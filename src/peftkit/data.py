@@ -30,10 +30,8 @@ from typing import Any
 
 import torch
 
-from .config import _is_number
 from .errors import DataError, short_repr
-from .errors import short_repr as _short
-from .schema import _choice, _positive, typecheck
+from .schema import _choice, _positive, _split_size, typecheck
 
 __all__ = [
     "Example",
@@ -169,9 +167,7 @@ class DataConfig:
                                     "a word for the model to answer, e.g. {fresh: positive, rotten: negative}")
         _positive(problems, "data.max_length", self.max_length, integer=True)
         for name in ("val_size", "dev_size"):
-            size = getattr(self, name)
-            if not _is_number(size) or size < 0 or (size >= 1 and size % 1):
-                problems.append(f"data.{name}={_short(size)} must be a fraction in [0, 1) or a whole count")
+            _split_size(problems, f"data.{name}", getattr(self, name))
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None:
                 _positive(problems, f"data.{name}", getattr(self, name), integer=True)

@@ -117,6 +117,13 @@ def _positive(problems: list[str], name: str, value: Any, integer: bool = False)
         problems.append(f"{name}={_short(value)} must be {kind} > 0")
 
 
+def _split_size(problems: list[str], name: str, value: Any, zero: bool = True) -> None:
+    """A split's size: a share of the rows in [0, 1) (``(0, 1)`` when ``zero`` is not allowed) or a whole count."""
+    low = "[0, 1)" if zero else "(0, 1)"
+    if not _is_number(value) or value < 0 or (value == 0 and not zero) or (value >= 1 and value % 1):
+        problems.append(f"{name}={_short(value)} must be a share of the rows in {low} or a whole count of rows")
+
+
 def _choice(problems: list[str], name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in allowed:
         problems.append(f"{name}={_short(value)} is not allowed; expected one of {', '.join(allowed)}."
