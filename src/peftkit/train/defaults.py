@@ -5,7 +5,8 @@ A job that leaves ``dtype`` and ``train.packing`` at ``auto`` gets the fastest s
 - ``dtype``: a bfloat16 frozen base where the hardware computes bf16 natively (CPUs with avx512_bf16 or AMX,
   CUDA GPUs with bf16), with the adapter and optimizer in float32; float32 elsewhere, because a CPU without
   those instructions emulates bf16 matmuls far slower than fp32 (hundreds of times on AVX2 machines), and for
-  full fine-tuning, whose weights would lose small updates to bf16 rounding.
+  full fine-tuning, whose weights would lose small updates to bf16 rounding, and prefix tuning, which measured
+  far less accurate over a bf16 base (11 points on ETHOS, 3 seeds each, at the same held-out loss).
 - ``train.packing``: on for the methods that can pack (LoRA, DoRA, IA3, full fine-tuning) when the model's
   attention honours position restarts (checked on two real examples before training), off for the prompt
   methods, whose virtual tokens sit in front of each row.
@@ -30,6 +31,14 @@ from .config import PROMPT_METHODS, JobConfig
 
 __all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "cpu_flags",
            "cpu_summary", "describe", "generation_dtype", "inference_dtype", "with_choices"]
+
+
+FP32_METHODS = {
+    "full": "full fine-tuning trains every weight, and bf16 weights lose small updates",
+    "prefix_tuning": "prefix tuning's keys and values enter a bf16 base's attention rounded to bf16, and on ETHOS "
+                     "that cost 11 accuracy points at the same loss (docs/compare.md)",
+}
+"""Methods that ``dtype: auto`` keeps in float32 on any hardware, and why."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,8 @@ def choose_dtype(job: JobConfig, device: torch.device, model_dtype: torch.dtype 
         name = str(model_dtype).removeprefix("torch.")
         unused = "" if job.dtype in ("auto", name) else f"; the job's dtype {job.dtype} is not applied to it"
         return Choice("dtype", name, f"the model was passed in already loaded in {name}{unused}")
-    if job.dtype == "auto" and job.method == "full":
-        return Choice("dtype", "float32", "full fine-tuning trains every weight, and bf16 weights lose small updates")
+    if job.dtype == "auto" and job.method in FP32_METHODS:
+        return Choice("dtype", "float32", FP32_METHODS[job.method])
     chosen = inference_dtype(job.dtype, device, flags)
     if job.dtype == "auto" and chosen.value == "bfloat16":
         return Choice("dtype", "bfloat16", f"frozen base in {chosen.reason}; the adapter and optimizer stay fp32")
@@ -155,12 +164,14 @@ def with_choices(job: JobConfig, choices: list[Choice]) -> JobConfig:
 def describe(device: torch.device | None = None) -> str:
     """What ``auto`` gives on this machine, with the reasons (``peftkit inspect``)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lora, full = (choose_dtype(JobConfig(method=m, data=DataConfig(path="any")), device) for m in ("lora", "full"))
+    lora, full, prefix = (choose_dtype(JobConfig(method=m, data=DataConfig(path="any")), device)
+                          for m in ("lora", "full", "prefix_tuning"))
     evaluation, generation = inference_dtype("auto", device), generation_dtype("auto", device)
     return "\n".join([
         f"Training defaults on this machine ({device.type}; every one can be set in the job):",
         f"  dtype: auto -> {lora.value} for adapter methods ({lora.reason})",
         f"                 {full.value} for full fine-tuning ({full.reason})",
+        f"                 {prefix.value} for prefix tuning ({prefix.reason})",
         f"                 {evaluation.value} for peftkit eval ({evaluation.reason})",
         f"                 {generation.value} for peftkit generate ({generation.reason})",
         "  train.packing: auto -> on for lora, dora, ia3 and full when the model's attention honours position "
