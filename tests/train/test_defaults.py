@@ -22,7 +22,7 @@ SAPPHIRE_RAPIDS = AVX2 | {"avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}
 
 
 def _job(method: str = "lora", **fields: object) -> JobConfig:
-    adapter = {"num_virtual_tokens": 4} if method in ("prompt_tuning", "prefix_tuning") else {}
+    adapter = {"num_virtual_tokens": 4} if method in ("prompt_tuning", "p_tuning", "prefix_tuning") else {}
     return JobConfig(method=method, adapter=adapter, data={"path": "any.csv"}, **fields)  # type: ignore[arg-type]
 
 
@@ -43,6 +43,7 @@ def test_dtype_auto_is_a_bf16_base_only_where_bf16_is_native() -> None:
     assert slow.value == "float32" and "neither avx512_bf16 nor AMX" in slow.reason
     assert choose_dtype(_job("full"), CPU, flags=SAPPHIRE_RAPIDS).value == "float32"  # weights would lose updates
     assert choose_dtype(_job("prefix_tuning"), CPU, flags=SAPPHIRE_RAPIDS).value == "float32"  # measured worse
+    assert choose_dtype(_job("p_tuning"), CPU, flags=SAPPHIRE_RAPIDS).value == "float32"
     assert choose_dtype(_job("prompt_tuning"), CPU, flags=SAPPHIRE_RAPIDS).value == "bfloat16"
     given = choose_dtype(_job(), CPU, model_dtype=torch.bfloat16, flags=AVX2)  # a loaded model keeps its dtype
     assert given.value == "bfloat16" and "passed in already loaded" in given.reason
