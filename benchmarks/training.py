@@ -147,8 +147,9 @@ def child(name: str, steps: int, method: str) -> None:
             return loss, tokens
 
         loop.Run.train_step = timed_step  # type: ignore[method-assign]
-        warm = min(WARM_STEPS, len(step_seconds) - 1)
-        out = {**run_peftkit(name, steps, tmp, method), **measured, "first_step": step_seconds[0],
+        result = run_peftkit(name, steps, tmp, method)
+        warm = min(WARM_STEPS, len(step_seconds) - 1)  # after the run: the steps are recorded by then
+        out = {**result, **measured, "first_step": step_seconds[0],
                "warm_steps": sum(step_seconds[:warm]),
                "steady_tps": sum(step_tokens[warm:]) / sum(step_seconds[warm:])}
     else:

@@ -113,8 +113,9 @@ class TrainingConfig:
     """Recompute activations in the backward pass: less memory, more time."""
     torch_compile: bool = False
     """Compile the training forward and backward with torch.compile, batch size and width marked dynamic so a
-    run compiles once rather than once per batch shape. Off by default: on a 2-core CPU the compile cost more
-    than a whole run saved (benchmarks/results/compile-cpu.md)."""
+    run compiles once rather than once per batch shape. Off by default: on a 2-core CPU compiled steps ran
+    1.63x faster but the compile took 163-285 s, paid back only after ~750-1,350 steps
+    (benchmarks/results/compile-cpu.md)."""
     strategy: str = "ddp"
     """Under torchrun: ddp (replicate the model) or fsdp (shard the frozen base block by block)."""
     timeout_minutes: float = 30.0
