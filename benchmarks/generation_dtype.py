@@ -30,7 +30,7 @@ import transformers
 
 import peftkit
 from peftkit.models import load_model
-from peftkit.train.defaults import cpu_summary, inference_dtype
+from peftkit.train.defaults import cpu_summary, generation_dtype
 
 NEW_TOKENS, PROMPT_TOKENS = 32, 16
 ADAPTERS: dict[str, Callable[[], Any]] = {
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(ADAPTERS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    default = inference_dtype("auto", torch.device(args.device))
+    default = generation_dtype("auto", torch.device(args.device))
     print(f"# Generation, batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, SmolLM2-135M")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
           f"{torch.get_num_threads()} threads; device {args.device}; CPU: {cpu_summary()}")
