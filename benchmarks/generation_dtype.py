@@ -1,9 +1,9 @@
 """Generation at batch 1 in the default dtype: the packaged SmolLM2-135M with LoRA (unmerged), prefix tuning and
 prompt tuning, peftkit against PEFT, fp32 and bf16, side by side in one run.
 
-peftkit's ``generate`` and ``eval`` take ``dtype: auto``: bf16 weights where the CPU computes bf16 natively
-(avx512_bf16 or AMX), fp32 elsewhere (see ``peftkit inspect``). PEFT generates in the dtype the user loaded the
-base model in, fp32 unless told otherwise. Each adapter is made once (random nonzero weights, so LoRA's
+peftkit's ``generate`` takes ``dtype: auto``: fp32 on a CPU (this benchmark measured bf16 slower at batch 1,
+even with AMX) and bf16 on a CUDA GPU with bf16 (see ``peftkit inspect``). PEFT generates in the dtype the
+user loaded the base model in, fp32 unless told otherwise. Each adapter is made once (random nonzero weights, so LoRA's
 branch really computes), saved, and loaded by both libraries the way their users load one. Batch 1, greedy,
 a 16-token prompt, 32 new tokens; rounds alternate between the rows; the median is kept.
 
