@@ -166,14 +166,12 @@ def with_choices(job: JobConfig, choices: list[Choice]) -> JobConfig:
 def describe(device: torch.device | None = None) -> str:
     """What ``auto`` gives on this machine, with the reasons (``peftkit inspect``)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lora, full, prefix = (choose_dtype(JobConfig(method=m, data=DataConfig(path="any")), device)
-                          for m in ("lora", "full", "prefix_tuning"))
+    lora = choose_dtype(JobConfig(method="lora", data=DataConfig(path="any")), device)
     evaluation, generation = inference_dtype("auto", device), generation_dtype("auto", device)
     return "\n".join([
         f"Training defaults on this machine ({device.type}; every one can be set in the job):",
         f"  dtype: auto -> {lora.value} for adapter methods ({lora.reason})",
-        f"                 {full.value} for full fine-tuning ({full.reason})",
-        f"                 {prefix.value} for prefix tuning ({prefix.reason})",
+        *(f"                 float32 for {method} ({reason})" for method, reason in FP32_METHODS.items()),
         f"                 {evaluation.value} for peftkit eval ({evaluation.reason})",
         f"                 {generation.value} for peftkit generate ({generation.reason})",
         "  train.packing: auto -> on for lora, dora, ia3 and full when the model's attention honours position "

@@ -77,7 +77,7 @@ def attention_kernel(model: nn.Module, inputs: dict[str, Any], budget: int) -> c
 @contextlib.contextmanager
 def compiled(module: nn.Module, enabled: bool) -> Iterator[None]:
     """``module`` compiled in place with ``torch.compile`` while the block runs (``train.torch_compile``), eager again
-    after it, so a model the user passed in is handed back as it came.
+    after it, so a model the user passed in is handed back as it came (compiled or not).
 
     The transformers model is compiled, not the PeftModel or DDP wrapper around it: the wrappers' Python (prompt
     inputs, gradient sync) stays eager and ``isinstance`` checks on them still hold, while the layers, LoRA's
@@ -87,8 +87,9 @@ def compiled(module: nn.Module, enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
+    before = module._compiled_call_impl  # a model the caller compiled stays compiled their way afterwards
     module.compile(dynamic=True)
     try:
         yield
     finally:
-        module._compiled_call_impl = None  # what nn.Module.compile set; torch has no public way to undo it
+        module._compiled_call_impl = before  # what nn.Module.compile set; torch has no public way to undo it
