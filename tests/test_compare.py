@@ -106,11 +106,39 @@ def test_a_finished_method_is_reused(report, model_dir: Path, monkeypatch) -> No
         raise AssertionError("a finished method was trained again")
 
     monkeypatch.setattr(sys.modules["peftkit.train"], "train", fail)
+    monkeypatch.setattr(sys.modules["peftkit.compare"], "train", fail)  # bound at import there
     saved = folder / "lora" / "config.yaml"  # as written before data.split_seed existed: still the same job
     saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True) if "split_seed" not in line))
     shown = {"batch_size": 8, "progress": True, "log_every": 1}  # showing progress does not change the run
     again = compare(config(folder.parent, model_dir, methods=["lora", "ia3"], train=shown), log=lambda _: None)
     assert [r.accuracy for r in again[1:]] == [r.accuracy for r in results if r.name in ("lora", "ia3")]
+
+
+def test_a_method_saved_in_another_dtype_is_trained_again(report, model_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``dtype: auto`` resolves per machine and per policy (prefix tuning moved to fp32): a run saved in
+    another dtype is another run, and reusing it would report its numbers under this config."""
+    import re
+    import sys
+
+    folder, _ = report
+
+    class Retrained(Exception):
+        pass
+
+    def retrain(*args: object, **kwargs: object) -> None:
+        raise Retrained
+
+    monkeypatch.setattr(sys.modules["peftkit.train"], "train", retrain)
+    monkeypatch.setattr(sys.modules["peftkit.compare"], "train", retrain)
+    saved = folder / "lora" / "config.yaml"
+    text = saved.read_text()
+    now = re.search(r"^dtype: (\S+)$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    saved.write_text(text.replace(f"dtype: {now}", "dtype: float16" if now != "float16" else "dtype: float32"))
+    try:
+        with pytest.raises(Retrained):
+            compare(config(folder.parent, model_dir, methods=["lora"], dtype="auto"), log=lambda _: None)
+    finally:
+        saved.write_text(text)
 
 
 def test_bad_comparisons_are_reported_at_once(tmp_path: Path, model_dir: Path) -> None:

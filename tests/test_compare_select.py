@@ -143,6 +143,7 @@ def test_a_finished_selection_is_reused(selected, model_dir: Path, monkeypatch) 
         raise AssertionError("a finished trial or run was trained again")
 
     monkeypatch.setattr(sys.modules["peftkit.train"], "train", fail)
+    monkeypatch.setattr(sys.modules["peftkit.compare"], "train", fail)  # bound at import there
     again = compare(config, log=lambda _: None)
     assert [r.accuracy for r in again] == [r.accuracy for r in results]
 

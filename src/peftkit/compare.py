@@ -27,6 +27,7 @@ from .compare_select import (
     SelectConfig,
     Selection,
     load_base,
+    resolve_dtype,
     select_settings,
     selection_section,
     write_selection,
@@ -450,6 +451,7 @@ def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
 
 def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig,
                 log: Callable[[str], None]) -> MethodResult:
+    job = resolve_dtype(job, log)
     folder = Path(job.output_dir)
     done = folder / "compare-result.json"
     if done.is_file() and same_job(folder / "config.yaml", job):
@@ -457,7 +459,7 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
         return MethodResult(**json.loads(done.read_text()))
     outputs.check_replaceable(folder, "train", "the comparison's method folder")  # a user's folder of that name
     outputs.remove_owned(folder, [done.name], "train")  # train() replaces its own earlier files
-    job, model = load_base(job, log)
+    model = load_base(job)
     with PeakMemory(job.train.device) as memory:
         result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"  {line}"))
     trainable, total = count_parameters(result.model)

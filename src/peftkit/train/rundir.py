@@ -137,8 +137,6 @@ def same_job(saved: Path, job: JobConfig) -> bool:
     now = yaml.safe_load(job.to_yaml())
     for config in (before, now):
         config.get("train", {}).pop("progress", None)
-    if now.get("dtype") == "auto":
-        now["dtype"] = before.get("dtype")
     if now.get("train", {}).get("packing") == "auto":
         now["train"]["packing"] = before.get("train", {}).get("packing")
     return bool(before == now)
