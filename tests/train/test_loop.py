@@ -245,6 +245,32 @@ def test_schedules(kind: str, warmup: int, expected: dict[int, float]) -> None:
     assert {s: round(seen[s], 4) for s in expected} == expected
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_schedules_follow_transformers_step_for_step(kind: str) -> None:
+    from transformers import get_scheduler
+
+    for warmup, total in [(0, 1), (0, 10), (1, 5), (3, 10), (10, 10), (4, 3)]:
+        ours = lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), kind, warmup, total)
+        name = "constant_with_warmup" if kind == "constant" else kind
+        theirs = get_scheduler(name, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                               num_warmup_steps=warmup, num_training_steps=total)
+        for step in range(total + 3):  # past the end too: a run resumed with more steps
+            expected = theirs.lr_lambdas[0](step)
+            assert ours.lr_lambdas[0](step) == pytest.approx(expected, abs=1e-12), (warmup, total, step)
+
+
+def test_training_imports_neither_the_peer_nor_bitsandbytes() -> None:
+    """transformers.get_scheduler imports Trainer's utilities and, through them, PEFT and bitsandbytes."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from peftkit.train.loop import lr_schedule, train; "
+            "lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 'cosine', 1, 5); "
+            "print(sorted(m for m in ('peft', 'bitsandbytes', 'transformers.trainer_utils') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_report_to_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

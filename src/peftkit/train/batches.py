@@ -67,9 +67,23 @@ def total_steps(cfg: TrainingConfig, batches: Batches) -> int:
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
-    """transformers' schedule of that name (linear or cosine decay, or constant, after linear warmup from 0):
-    the one a Trainer run with the same settings gets, so peftkit's runs and the peer's follow the same curve."""
-    from transformers import get_scheduler
+    """The learning-rate factor of ``kind`` (linear or cosine decay to 0, or constant) after a linear warmup from
+    0: transformers' schedules of those names, step for step, so peftkit's runs and a Trainer's follow the same
+    curve (tests check it against ``transformers.get_scheduler``). Written here because importing that one
+    imports transformers' Trainer utilities, and through them PEFT and bitsandbytes where installed: seconds
+    of start-up and a stray warning in every run."""
+    decay = _DECAYS[kind]
 
-    name = "constant_with_warmup" if kind == "constant" else kind
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return decay((step - warmup) / max(1, total - warmup), total - step, total - warmup)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+_DECAYS: dict[str, Any] = {  # (progress after warmup, steps left, steps after warmup) -> factor
+    "linear": lambda progress, left, span: max(0.0, left / max(1, span)),
+    "cosine": lambda progress, left, span: max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress))),
+    "constant": lambda progress, left, span: 1.0,
+}
