@@ -188,13 +188,55 @@ def peak_flops(dtype: str) -> float:
     return n * 2 * 2048**3 / (time.perf_counter() - start)
 
 
+LINEARS = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)] * 30 \
+    + [(576, 49152)]
+"""SmolLM2-135M's linear layers as (in, out): q, k, v, o, gate, up, down in each of 30 blocks, and the head."""
+SHAPE_ROWS = 512  # a training step's rows x tokens at batch 8 (ETHOS rows pack to about that many)
+
+
+def shape_flops(dtype: str, rows: int = SHAPE_ROWS) -> float:
+    """Matmul FLOP/s of this machine at the model's own shapes in ``dtype``: every linear layer's forward
+    ``(rows, in) @ (in, out)`` and its backward to the input ``(rows, out) @ (out, in)``, the work MFU counts.
+    The attainable roofline for this model: small matmuls (hidden 576) run below the 2048x2048 rate."""
+    import torch
+
+    kind = getattr(torch, dtype)
+    seconds = 0.0
+    for i, o in sorted(set(LINEARS)):
+        x, w, g = torch.randn(rows, i, dtype=kind), torch.randn(o, i, dtype=kind), torch.randn(rows, o, dtype=kind)
+        for _ in range(2):  # warm-up
+            x @ w.T, g @ w
+        start, n = time.perf_counter(), 5
+        for _ in range(n):
+            x @ w.T, g @ w  # (rows, out), (rows, in)
+        seconds += LINEARS.count((i, o)) * (time.perf_counter() - start) / n
+    return sum(4 * rows * i * o for i, o in LINEARS) / seconds
+
+
+def print_peaks(dtypes: list[str]) -> dict[str, float]:
+    """The 2048x2048 rate and the model-shape rate per dtype, printed; returns the 2048x2048 ones."""
+    peak = {d: peak_flops(d) for d in dtypes}
+    own = {d: shape_flops(d) for d in dtypes}
+    print("matmul peak (2048x2048): " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peak.items()))
+    print(f"matmul rate at SmolLM2-135M's own shapes ({SHAPE_ROWS} rows, forward and backward to the inputs): "
+          + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s ({100 * v / peak[d]:.0f}% of 2048x2048)" for d, v in own.items()))
+    return peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--method", choices=sorted(LR), default="lora")
     parser.add_argument("--configs", help="comma-separated subset of the setups (default: all)")
     parser.add_argument("--child")
+    parser.add_argument("--peaks", action="store_true", help="only print the matmul rates MFU is measured against")
     args = parser.parse_args()
+    if args.peaks:
+        from peftkit.train.defaults import cpu_summary
+
+        print(f"CPU flags: {cpu_summary()}")
+        print_peaks(["float32", "bfloat16"] if native_bf16() else ["float32"])
+        return
     if args.child:
         child(args.child, args.steps, args.method)
         return
@@ -226,11 +268,10 @@ def main() -> None:
     if not native:
         print("This CPU has neither avx512_bf16 nor AMX: bf16 would be emulated (about 100x slower than fp32), so "
               "the bf16 rows are left out and PEFT's best is fp32 with length grouping.\n")
-    peak = {d: peak_flops(d) for d in ("float32", "bfloat16")} if native else {"float32": peak_flops("float32")}
+    peak = print_peaks(["float32", "bfloat16"] if native else ["float32"])
     roof = "bfloat16" if native else "float32"
-    print("matmul peak (2048x2048): " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peak.items())
-          + f"; MFU counts 4 x {PARAMS / 1e6:.0f}M FLOPs per useful token (forward, and the backward to the inputs; "
-          f"the frozen weights need no weight gradient) against the {roof} peak\n")
+    print(f"MFU counts 4 x {PARAMS / 1e6:.0f}M FLOPs per useful token (forward, and the backward to the inputs; "
+          f"the frozen weights need no weight gradient) against the {roof} 2048x2048 peak\n")
     print("| setup | train time s | ms/step | useful tokens/s | x PEFT default | x PEFT best | peak RSS GB "
           f"| loss (last 10 steps) | MFU ({roof} peak) |")
     print("|---|---|---|---|---|---|---|---|---|")
