@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
@@ -160,67 +161,83 @@ def child(name: str, steps: int, method: str) -> None:
     print("RESULT " + json.dumps(out))
 
 
+def device() -> str:
+    """Where the rows train: a CUDA GPU when there is one (both libraries take it), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (peftkit's own rule, peftkit.train.defaults)."""
+    """Whether this machine computes bf16 natively (peftkit's own rule, peftkit.train.defaults)."""
     import torch
 
     from peftkit.train.defaults import bf16_hardware
 
-    return bf16_hardware(torch.device("cpu")) is not None
+    return bf16_hardware(torch.device(device())) is not None
 
 
 WARM_STEPS = 5  # steps counted as warm-up (compile, allocator) in the steady-state column
 
 PARAMS = 134_515_008  # SmolLM2-135M, tied embeddings counted once
-
-
-def peak_flops(dtype: str) -> float:
-    """Matmul FLOP/s of this machine at 2048x2048 in ``dtype`` (the roofline the MFU column is against)."""
-    import torch
-
-    a = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
-    b = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
-    for _ in range(3):
-        a @ b
-    start, n = time.perf_counter(), 20
-    for _ in range(n):
-        a @ b
-    return n * 2 * 2048**3 / (time.perf_counter() - start)
-
-
+PEAK_SIZE = {"cpu": 2048, "cuda": 8192}  # a square matmul large enough to reach each one's peak
 LINEARS = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)] * 30 \
     + [(576, 49152)]
 """SmolLM2-135M's linear layers as (in, out): q, k, v, o, gate, up, down in each of 30 blocks, and the head."""
 SHAPE_ROWS = 512  # a training step's rows x tokens at batch 8 (ETHOS rows pack to about that many)
 
 
+def seconds_per_call(fn: Callable[[], object], n: int) -> float:
+    """Mean wall time of ``fn`` after two warm-up calls, waiting for the GPU where there is one."""
+    import torch
+
+    sync = torch.cuda.synchronize if device() == "cuda" else (lambda: None)
+    for _ in range(2):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def peak_flops(dtype: str) -> float:
+    """Matmul FLOP/s of this machine at a large square size in ``dtype`` (the roofline the MFU column is against)."""
+    import torch
+
+    size = PEAK_SIZE[device()]
+    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype), device=device()) for _ in range(2))
+    return 2 * size**3 / seconds_per_call(lambda: a @ b, 20)
+
+
 def shape_flops(dtype: str, rows: int = SHAPE_ROWS) -> float:
     """Matmul FLOP/s of this machine at the model's own shapes in ``dtype``: every linear layer's forward
     ``(rows, in) @ (in, out)`` and its backward to the input ``(rows, out) @ (out, in)``, the work MFU counts.
-    The attainable roofline for this model: small matmuls (hidden 576) run below the 2048x2048 rate."""
+    The roofline this model can reach: small matmuls (hidden 576) may run below the large-square rate."""
     import torch
 
-    kind = getattr(torch, dtype)
-    seconds = 0.0
+    kind, seconds = getattr(torch, dtype), 0.0
     for i, o in sorted(set(LINEARS)):
-        x, w, g = torch.randn(rows, i, dtype=kind), torch.randn(o, i, dtype=kind), torch.randn(rows, o, dtype=kind)
-        for _ in range(2):  # warm-up
-            x @ w.T, g @ w
-        start, n = time.perf_counter(), 5
-        for _ in range(n):
-            x @ w.T, g @ w  # (rows, out), (rows, in)
-        seconds += LINEARS.count((i, o)) * (time.perf_counter() - start) / n
+        x, w, g = (torch.randn(*shape, dtype=kind, device=device()) for shape in ((rows, i), (o, i), (rows, o)))
+        def both(x: torch.Tensor = x, w: torch.Tensor = w, g: torch.Tensor = g) -> object:
+            return x @ w.T, g @ w  # (rows, out), (rows, in)
+
+        seconds += LINEARS.count((i, o)) * seconds_per_call(both, 5)
     return sum(4 * rows * i * o for i, o in LINEARS) / seconds
 
 
-def print_peaks(dtypes: list[str]) -> dict[str, float]:
-    """The 2048x2048 rate and the model-shape rate per dtype, printed; returns the 2048x2048 ones."""
+def print_peaks(dtypes: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """The large-square rate and the model-shape rate per dtype, printed and returned."""
     peak = {d: peak_flops(d) for d in dtypes}
     own = {d: shape_flops(d) for d in dtypes}
-    print("matmul peak (2048x2048): " + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peak.items()))
+    size = PEAK_SIZE[device()]
+    print(f"matmul peak on {device()} ({size}x{size}): "
+          + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in peak.items()))
     print(f"matmul rate at SmolLM2-135M's own shapes ({SHAPE_ROWS} rows, forward and backward to the inputs): "
-          + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s ({100 * v / peak[d]:.0f}% of 2048x2048)" for d, v in own.items()))
-    return peak
+          + ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s ({100 * v / peak[d]:.0f}% of {size}x{size})"
+                      for d, v in own.items()))
+    return peak, own
 
 
 def main() -> None:
@@ -268,19 +285,20 @@ def main() -> None:
     if not native:
         print("This CPU has neither avx512_bf16 nor AMX: bf16 would be emulated (about 100x slower than fp32), so "
               "the bf16 rows are left out and PEFT's best is fp32 with length grouping.\n")
-    peak = print_peaks(["float32", "bfloat16"] if native else ["float32"])
+    peak, own = print_peaks(["float32", "bfloat16"] if native else ["float32"])
     roof = "bfloat16" if native else "float32"
     print(f"MFU counts 4 x {PARAMS / 1e6:.0f}M FLOPs per useful token (forward, and the backward to the inputs; "
-          f"the frozen weights need no weight gradient) against the {roof} 2048x2048 peak\n")
+          f"the frozen weights need no weight gradient) against the {roof} peak\n")
     print("| setup | train time s | ms/step | useful tokens/s | x PEFT default | x PEFT best | peak RSS GB "
-          f"| loss (last 10 steps) | MFU ({roof} peak) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| loss (last 10 steps) | MFU ({roof} peak) | MFU ({roof} at the model's shapes) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         speed = r["tokens"] / r["seconds"]
-        mfu = speed * 4 * PARAMS / peak[roof]
+        flops = speed * 4 * PARAMS
         print(f"| {name} | {r['seconds']:.1f} | {1000 * r['seconds'] / args.steps:.0f} | {speed:.0f} | "
               f"{speed / (base['tokens'] / base['seconds']):.2f}x | {speed / (best['tokens'] / best['seconds']):.2f}x "
-              f"| {r['rss_gb']:.2f} | {r['loss']:.4f} | {100 * mfu:.0f}% |")
+              f"| {r['rss_gb']:.2f} | {r['loss']:.4f} | {100 * flops / peak[roof]:.0f}% "
+              f"| {100 * flops / own[roof]:.0f}% |")
     if "peftkit-default-compiled" in rows:
         compile_table(rows["peftkit-default"], rows["peftkit-default-compiled"], args.steps)
 
