@@ -8,7 +8,7 @@
 #   2. the test suite with the CUDA builds installed (its models are tiny and stay on the CPU), then the slow
 #      tests on the packaged models
 #   3. benchmarks/training.py, generation.py, generation_dtype.py and adapters.py (peftkit's defaults against
-#      PEFT + Trainer's default and its best settings: bf16 on CUDA)
+#      PEFT + Trainer's default and its best settings: bf16 on CUDA), and lora_floor.py (batch-1 LoRA's floor)
 #   4. QLoRA (4-bit NF4 base, bf16) on the packaged model; distributed training: a 1-GPU torchrun launch, and on a multi-GPU machine DDP and FSDP over all GPUs,
 #      each ending in a check that the adapter loads and its logits match a single-process reload
 # No step needs the network except the installs (PyPI); the model is the packaged SmolLM2-135M.
@@ -38,6 +38,8 @@ $PY benchmarks/training.py --steps 60 2>&1 | tee "$OUT/training.md"
 $PY benchmarks/generation.py 2>&1 | tee "$OUT/generation.md"
 $PY benchmarks/generation_dtype.py 2>&1 | tee "$OUT/generation-dtype.md"   # default dtype (bf16) vs PEFT fp32
 $PY benchmarks/adapters.py 2>&1 | tee "$OUT/adapters.md"
+$PY benchmarks/lora_floor.py 2>&1 | tee "$OUT/lora-floor.md"   # unmerged LoRA at batch 1 against its floor
+$PY benchmarks/lora_floor.py --dtype bfloat16 2>&1 | tee -a "$OUT/lora-floor.md"
 
 echo "== 4. distributed"
 JOB="$OUT/job.yaml"

@@ -71,18 +71,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     print(f"# Unmerged LoRA at batch 1 against its floor, SmolLM2-135M, {args.dtype}, {PROMPT_TOKENS}-token prompt, "
           f"{NEW_TOKENS} new tokens")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
-          f"CPU: {cpu_summary()}\n")
+          f"device {args.device}; CPU: {cpu_summary()}\n")
     lora = lora_model(args.dtype)
     merged = lora_model(args.dtype)
     merged.merge_adapter()
     models = {"base": load_model("smollm2-135m", task="CAUSAL_LM", dtype=args.dtype).eval(),
               "peftkit LoRA unmerged": lora, "floor: 3 ops per layer": floor_model(lora, args.dtype),
               "peftkit LoRA merged": merged}
-    ids = torch.randint(100, 10000, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0))
+    models = {name: model.to(args.device) for name, model in models.items()}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    ids = torch.randint(100, 10000, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0)).to(args.device)
     settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False,
                 "attention_mask": torch.ones_like(ids)}
     speeds: dict[str, list[float]] = {name: [] for name in models}
@@ -92,6 +95,7 @@ def main() -> None:
             for name, model in models.items():
                 start = time.perf_counter()
                 model.generate(input_ids=ids, **settings)
+                sync()
                 speeds[name].append(NEW_TOKENS / (time.perf_counter() - start))
     same = torch.equal(tokens["peftkit LoRA unmerged"], tokens["floor: 3 ops per layer"])
     tps = {name: statistics.median(v) for name, v in speeds.items()}
