@@ -77,13 +77,13 @@ def main() -> None:
           f"{NEW_TOKENS} new tokens")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
           f"device {args.device}; CPU: {cpu_summary()}\n")
-    lora = lora_model(args.dtype)
-    merged = lora_model(args.dtype)
+    lora = lora_model(args.dtype).to(args.device)
+    merged = lora_model(args.dtype).to(args.device)
     merged.merge_adapter()
-    models = {"base": load_model("smollm2-135m", task="CAUSAL_LM", dtype=args.dtype).eval(),
-              "peftkit LoRA unmerged": lora, "floor: 3 ops per layer": floor_model(lora, args.dtype),
+    base = load_model("smollm2-135m", task="CAUSAL_LM", dtype=args.dtype).eval().to(args.device)
+    floor = floor_model(lora, args.dtype).to(args.device)  # after lora's move: its plain tensors are lora's own
+    models = {"base": base, "peftkit LoRA unmerged": lora, "floor: 3 ops per layer": floor,
               "peftkit LoRA merged": merged}
-    models = {name: model.to(args.device) for name, model in models.items()}
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     ids = torch.randint(100, 10000, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(0)).to(args.device)
     settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False,
