@@ -451,7 +451,7 @@ def _base_row(config: CompareConfig, job: JobConfig, tokenizer: Any, data: Any,
 
 def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig,
                 log: Callable[[str], None]) -> MethodResult:
-    job = resolve_dtype(job, log)
+    job, choice = resolve_dtype(job)
     folder = Path(job.output_dir)
     done = folder / "compare-result.json"
     if done.is_file() and same_job(folder / "config.yaml", job):
@@ -459,7 +459,7 @@ def _run_method(name: str, job: JobConfig, tokenizer: Any, config: CompareConfig
         return MethodResult(**json.loads(done.read_text()))
     outputs.check_replaceable(folder, "train", "the comparison's method folder")  # a user's folder of that name
     outputs.remove_owned(folder, [done.name], "train")  # train() replaces its own earlier files
-    model = load_base(job)
+    model = load_base(job, choice, log)
     with PeakMemory(job.train.device) as memory:
         result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"  {line}"))
     trainable, total = count_parameters(result.model)

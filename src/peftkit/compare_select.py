@@ -189,25 +189,26 @@ def trial_job(config: CompareConfig, name: str, factor: float, per_epoch: int) -
                                train=dataclasses.replace(job.train, **settings))
 
 
-def resolve_dtype(job: JobConfig, log: Callable[[str], None]) -> JobConfig:
-    """``job`` with ``dtype: auto`` resolved as training would resolve it here, the choice and its reason
-    logged (training only sees a model passed in). Done before a saved run is reused, so that a run made in
-    another dtype (an older ``auto`` policy, another machine) is never taken for this one."""
+def resolve_dtype(job: JobConfig) -> tuple[JobConfig, str]:
+    """``job`` with ``dtype: auto`` resolved as training would resolve it here, and the choice with its reason.
+    Done before a saved run is reused, so that a run made in another dtype (an older ``auto`` policy, another
+    machine) is never taken for this one."""
     from .train.defaults import choose_dtype, with_choices
     from .train.kernels import pick_device
 
     choice = choose_dtype(job, pick_device(job.train.device))
-    log(f"  base model {choice}")
-    return with_choices(job, [choice])
+    return with_choices(job, [choice]), str(choice)
 
 
-def load_base(job: JobConfig) -> Any:
-    """The base model of ``job`` (its dtype resolved by :func:`resolve_dtype`): a comparison loads the model
-    itself, so that it can measure the run's memory."""
+def load_base(job: JobConfig, choice: str, log: Callable[[str], None]) -> Any:
+    """The base model of ``job`` (its dtype resolved by :func:`resolve_dtype`), the ``choice`` logged: a
+    comparison loads the model itself, so that it can measure the run's memory, and training only sees a
+    model passed in."""
     import torch
 
     from .models import load_model
 
+    log(f"  base model {choice}")
     return load_model(job.model, task="CAUSAL_LM", dtype=getattr(torch, job.dtype))
 
 
@@ -215,7 +216,7 @@ def _run_trial(config: CompareConfig, name: str, factor: float, per_epoch: int, 
                log: Callable[[str], None]) -> Trial:
     from .train import train
 
-    job = resolve_dtype(trial_job(config, name, factor, per_epoch), log)
+    job, choice = resolve_dtype(trial_job(config, name, factor, per_epoch))
     folder = Path(job.output_dir)
     done = folder / "trial.json"
     if done.is_file() and same_job(folder / "config.yaml", job):  # before loading the model: reuse is free
@@ -223,7 +224,7 @@ def _run_trial(config: CompareConfig, name: str, factor: float, per_epoch: int, 
         return Trial(**json.loads(done.read_text()))
     outputs.check_replaceable(folder, "train", "a selection trial's folder")
     outputs.remove_owned(folder, [done.name], "train")
-    model = load_base(job)
+    model = load_base(job, choice, log)
     log(f"  {name}: trying lr {job.train.lr:.3g}")
     started = time.perf_counter()
     result = train(job, model=model, tokenizer=tokenizer, log=lambda line: log(f"    {line}"))
