@@ -147,3 +147,18 @@ def test_multi_token_label_words_score_from_one_prompt_pass_as_each_sequence_alo
                 expected[i, k] = sum(logprobs[len(prompt) - 1 + j, t] for j, t in enumerate(cand))
         got = classification_scores(model, prompts, candidates, pad_id=0, batch_size=3)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_the_lm_head_reads_a_dense_input_when_label_words_score_from_the_cache() -> None:
+    """``logits_to_keep=1`` hands the head a strided (B, 1, C) slice, and PyTorch's CPU linear then copies the
+    whole head once per row (over a second per batch for SmolLM2 in bf16). No timing here: the input's layout."""
+    torch.manual_seed(3)
+    model = tiny_model("llama")
+    seen: list[tuple[tuple[int, ...], bool]] = []
+    model.lm_head.register_forward_pre_hook(
+        lambda _, args: seen.append((tuple(args[0].shape), args[0].is_contiguous())))
+    prompts = [torch.randint(3, 900, (n,)).tolist() for n in (5, 9, 2)]
+    with torch.no_grad():
+        classification_scores(model, prompts, [[11, 12], [13]], pad_id=0, batch_size=3)
+    assert seen and all(dense for _, dense in seen), seen
+    assert seen[0][0] == (3, 1, model.config.hidden_size)  # the prompts' pass: the last position only
