@@ -105,18 +105,23 @@ def run_peft(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
     return {"seconds": elapsed, "tokens": useful["tokens"], "loss": sum(losses[-10:]) / len(losses[-10:])}
 
 
+def peftkit_settings(name: str, steps: int, method: str) -> dict[str, object]:
+    """The job a peftkit setup name stands for: its base dtype and its train section."""
+    default = name.startswith("peftkit-default")
+    parts = name.split("-")  # whole words: "unpacked" contains "packed"
+    return {"dtype": "auto" if default else "bfloat16" if name.endswith("bf16-base") else "float32",
+            "train": {"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
+                      "plot": False, "eval_before": False, "torch_compile": parts[-1] == "compiled",
+                      "precision": "bf16" if parts[-1] == "autocast" else "auto",
+                      "group_by_length": "grouped" in parts, "packing": "auto" if default else "packed" in parts}}
+
+
 def run_peftkit(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:
     from peftkit import JobConfig, train
 
-    default = name.startswith("peftkit-default")
-    job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp, method=METHOD[method],
-                    dtype="auto" if default else "bfloat16" if name.endswith("bf16-base") else "float32",
-                    adapter=ADAPTERS[method],
-                    data=data_config(),  # type: ignore[arg-type]
-                    train={"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
-                           "plot": False, "eval_before": False, "torch_compile": name.endswith("compiled"),
-                           "precision": "bf16" if name.endswith("autocast") else "auto",
-                           "group_by_length": "grouped" in name, "packing": "auto" if default else "packed" in name})
+    settings = peftkit_settings(name, steps, method)
+    job = JobConfig(model="smollm2-135m", seed=0, output_dir=tmp, method=METHOD[method], adapter=ADAPTERS[method],
+                    data=data_config(), **settings)  # type: ignore[arg-type]
     train(job, log=lambda _: None)
     records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
