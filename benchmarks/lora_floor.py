@@ -39,6 +39,9 @@ class FloorLora(nn.Module):
         self.weight, self.a, self.b, self.scaling = weight, a, b, scaling  # plain tensors: plain attributes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.a.dtype:  # a bf16 base with its fp32 adapter: the update in fp32, rounded once, as peftkit
+            update = F.linear(F.linear(x.to(self.a.dtype), self.a) * self.scaling, self.b).to(x.dtype)
+            return F.linear(x, self.weight).add_(update)  # (B, T, out)
         return F.linear(x, self.weight).add_(F.linear(F.linear(x, self.a), self.b), alpha=self.scaling)  # (B, T, out)
 
 
