@@ -39,7 +39,7 @@ from .inspection import count_parameters
 from .models import load_model, load_tokenizer
 from .train import train
 from .train.config import (
-    PROMPT_METHODS,
+    UNPACKED_METHODS,
     DataConfig,
     JobConfig,
     TrainingConfig,
@@ -215,7 +215,7 @@ class CompareConfig:
         train.update(lr=self.lr.get(name, preset.lr), eval_before=False, plot=False)
         if name in self.epochs:
             train["epochs"] = self.epochs[name]
-        if preset.method in PROMPT_METHODS:  # packing is for speed; a row of virtual tokens holds one example
+        if preset.method in UNPACKED_METHODS:  # packing is for speed; prefix tuning's key/values hold one example
             train["packing"] = False
         if steps is not None:
             train["max_steps"] = steps

@@ -719,7 +719,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def pack(examples: Sequence[Example], pad_id: int, width: int | None = None) -> dict[str, torch.Tensor]:
+def pack(examples: Sequence[Example], pad_id: int, width: int | None = None,
+         reserve: int = 0) -> dict[str, torch.Tensor]:
     """Pack a batch into as few rows as possible, each ``width`` wide (by default its longest example's).
 
     Examples are placed first-fit, longest first. Each example's positions restart at 0, and with no
@@ -727,27 +728,32 @@ def pack(examples: Sequence[Example], pad_id: int, width: int | None = None) -> 
     examples and each example's loss is what it is unpacked. The first label of each example is ignored,
     as the shifted loss of an unpacked row never predicts it. The tail of a row is padding, with
     positions restarting at 0 so that it forms its own (label-free) segment.
+
+    Args:
+        reserve: slots in front of every example (positions 0 to ``reserve - 1``, ``pad_id``, no label) for
+            prompt tuning's virtual tokens, which the prompt fills in. The example's first label is still
+            ignored, as in peftkit's unpacked loss, which scores the logits of the example's own tokens only.
     """
-    width = max([len(e.input_ids) for e in examples] + [width or 0])
+    width = max([len(e.input_ids) + reserve for e in examples] + [width or 0])
     rows: list[list[Example]] = []
     room: list[int] = []
     for e in sorted(examples, key=lambda e: -len(e.input_ids)):
-        row = next((r for r, free in enumerate(room) if free >= len(e.input_ids)), None)
+        row = next((r for r, free in enumerate(room) if free >= len(e.input_ids) + reserve), None)
         if row is None:
             rows.append([])
             room.append(width)
             row = len(rows) - 1
         rows[row].append(e)
-        room[row] -= len(e.input_ids)
+        room[row] -= len(e.input_ids) + reserve
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     for r, members in enumerate(rows):
         start = 0
         for e in members:
-            n = len(e.input_ids)
-            input_ids[r, start: start + n] = torch.tensor(e.input_ids)
-            labels[r, start + 1: start + n] = torch.tensor(e.labels[1:])
+            n = reserve + len(e.input_ids)
+            input_ids[r, start + reserve: start + n] = torch.tensor(e.input_ids)
+            labels[r, start + reserve + 1: start + n] = torch.tensor(e.labels[1:])
             positions[r, start: start + n] = torch.arange(n)
             start += n
         positions[r, start:] = torch.arange(width - start)

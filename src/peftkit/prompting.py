@@ -196,6 +196,9 @@ class VirtualTokens:
         return cast(torch.Tensor, rows.to(dtype))
 
     def prepare(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        slots = inputs.pop("virtual_token_slots", None)
+        if slots is not None:
+            return self._fill_slots(module, base, inputs, int(slots))
         embeds = _embeds(base, inputs)  # (B, T, D)
         prompts = self.prompts(module, embeds.dtype)  # (N, D)
         batch, n = embeds.shape[0], prompts.shape[0]
@@ -209,6 +212,22 @@ class VirtualTokens:
             types = inputs["token_type_ids"]
             inputs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
         inputs.pop("position_ids", None)  # positions are recomputed over the longer sequence, as in PEFT
+        return inputs
+
+    def _fill_slots(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any], slots: int) -> dict[str, Any]:
+        """A packed batch (:func:`peftkit.data.pack` with ``reserve``): every example starts with ``slots`` free
+        positions, 0 to N-1 of its own positions, and the virtual tokens go there instead of in front of the
+        row. Each example then sees what it sees unpacked: the N tokens, then its own, at the same positions.
+        """
+        positions = inputs.get("position_ids")
+        if self.task != TaskType.CAUSAL_LM or positions is None or slots != self.shape.virtual_tokens:
+            raise ConfigError(f"virtual_token_slots={slots} needs a causal LM's packed batch with position_ids and "
+                              f"one slot per virtual token ({self.shape.virtual_tokens}); build it with "
+                              f"peftkit.data.pack(..., reserve={self.shape.virtual_tokens})")
+        embeds = _embeds(base, inputs)  # (B, W, D)
+        prompts = self.prompts(module, embeds.dtype)  # (N, D)
+        in_slot = (positions < slots).unsqueeze(-1)  # (B, W, 1)
+        inputs["inputs_embeds"] = torch.where(in_slot, prompts[positions.clamp(max=slots - 1)], embeds)  # (B, W, D)
         return inputs
 
     def generate(self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:
@@ -331,6 +350,9 @@ class PrefixKeyValues:
         return EncoderDecoderCache(cache, DynamicCache()) if seq2seq else cache
 
     def prepare(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        if inputs.pop("virtual_token_slots", None) is not None:
+            raise ConfigError("prefix tuning cannot fill packed slots: its key/values come before the whole row, "
+                              "so packed examples would share them; train prefix tuning unpacked")
         given = inputs.get("input_ids")
         given = inputs.get("inputs_embeds") if given is None else given
         if given is None:

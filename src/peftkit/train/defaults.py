@@ -7,9 +7,10 @@ A job that leaves ``dtype`` and ``train.packing`` at ``auto`` gets the fastest s
   those instructions emulates bf16 matmuls far slower than fp32 (hundreds of times on AVX2 machines), and for
   full fine-tuning, whose weights would lose small updates to bf16 rounding, and prefix tuning and p-tuning,
   which measured less accurate over a bf16 base (11 and 4 points on ETHOS, 3 seeds each, at the same loss).
-- ``train.packing``: on for the methods that can pack (LoRA, DoRA, IA3, full fine-tuning) when the model's
-  attention honours position restarts (checked on two real examples before training), off for the prompt
-  methods, whose virtual tokens sit in front of each row.
+- ``train.packing``: on for the methods that can pack (LoRA, DoRA, IA3, full fine-tuning, and prompt tuning and
+  p-tuning, whose virtual tokens take slots in front of each packed example) when the model's attention
+  honours position restarts and packed examples lose what they lose unpacked (checked on two real examples
+  before training); off for prefix tuning, whose key/values sit in front of the whole row.
 
 Each decision comes with its reason; training prints them at the start and ``peftkit inspect`` shows them.
 """
@@ -27,7 +28,7 @@ import torch
 
 from ..data import DataConfig
 from ..errors import ConfigError
-from .config import PROMPT_METHODS, JobConfig
+from .config import UNPACKED_METHODS, JobConfig
 
 __all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "cpu_flags",
            "cpu_summary", "describe", "generation_dtype", "inference_dtype", "with_choices"]
@@ -144,8 +145,8 @@ def choose_packing(job: JobConfig, check: Callable[[], None]) -> Choice:
         check()  # asked for: a model that cannot pack is an error, not a silent fallback
     if job.train.packing != "auto":
         return Choice("packing", "on" if job.train.packing else "off", "set in the job")
-    if job.method in PROMPT_METHODS:
-        return Choice("packing", "off", f"{job.method} puts its virtual tokens in front of each row")
+    if job.method in UNPACKED_METHODS:
+        return Choice("packing", "off", f"{job.method} puts its key/values in front of the whole row")
     try:
         check()
     except ConfigError as err:
@@ -174,8 +175,9 @@ def describe(device: torch.device | None = None) -> str:
         *(f"                 float32 for {method} ({reason})" for method, reason in FP32_METHODS.items()),
         f"                 {evaluation.value} for peftkit eval ({evaluation.reason})",
         f"                 {generation.value} for peftkit generate ({generation.reason})",
-        "  train.packing: auto -> on for lora, dora, ia3 and full when the model's attention honours position "
-        "restarts (checked on two examples when training starts); off for prompt_tuning, p_tuning, prefix_tuning",
+        "  train.packing: auto -> on for lora, dora, ia3, full, prompt_tuning and p_tuning when the model's "
+        "attention honours position restarts (checked on two examples when training starts); off for "
+        "prefix_tuning",
     ])
 
 

@@ -99,6 +99,8 @@ def row_losses(model: nn.Module, inputs: dict[str, torch.Tensor],
     front = _positions_in_front(model)
     if front is None:
         return _row_token_loss(model(**inputs).logits, labels)
+    if "virtual_token_slots" in inputs:  # packed: the virtual tokens fill slots the labels already count
+        front = 0
     positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) predicting positions
     logits = model(**inputs, logits_to_keep=positions + front).logits  # (B, K, V)
     return _row_cross_entropy(logits, labels[:, positions + 1])

@@ -70,6 +70,8 @@ def attention_kernel(model: nn.Module, inputs: dict[str, Any], budget: int) -> c
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 32
     front = model.tokens_in_front if isinstance(model, PeftModel) else 0  # virtual tokens widen the scores
+    if "virtual_token_slots" in inputs:  # packed: they fill slots already counted in the width
+        front = 0
     scores = rows * int(heads) * (width + front) ** 2
     return sdpa_kernel([SDPBackend.MATH]) if scores <= budget else contextlib.nullcontext()
 

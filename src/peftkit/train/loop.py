@@ -74,8 +74,10 @@ class Run:
         self.device = pick_device(job.train.device, self.procs)
         self.autocast, fp16 = autocast_for(job.train.precision, self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # prompt tuning's virtual tokens take slots in front of each packed example (none for other methods)
+        self.reserve = getattr(self.model, "tokens_in_front", 0)
         self.packing = choose_packing(job, lambda: check_packing(self.model, target.base, data.train, self.pad_id,
-                                                                 self.device, self.autocast))
+                                                                 self.device, self.autocast, self.reserve))
         self.job = job = with_choices(job, [self.packing])
         self.settings = settings = job.train
         self.out = Path(job.output_dir)
@@ -166,7 +168,8 @@ class Run:
             mine = distributed.shard(rows, self.procs)
             # A process without rows still joins the gradient sync, with a zero-weight copy of a row.
             batch = [examples[j] for j in (mine or rows[:1])]
-            inputs, labels = model_inputs(batch, self.pad_id, self.settings.packing is True, self.device)
+            inputs, labels = model_inputs(batch, self.pad_id, self.settings.packing is True, self.device,
+                                          reserve=self.reserve)
             with (distributed.gradient_sync(self.forward_model, i == len(micro) - 1),
                   attention_kernel(self.model, inputs, self.unfused_attention)):
                 with self.autocast:  # forward only: backward runs each op in the dtype its forward chose
