@@ -7,8 +7,9 @@
 #   1. a virtual environment .venv-gpu with a CUDA build of torch 2.13, peftkit[test], peft, bitsandbytes
 #   2. the test suite with the CUDA builds installed (its models are tiny and stay on the CPU), then the slow
 #      tests on the packaged models
-#   3. benchmarks/training.py, generation.py, generation_dtype.py and adapters.py (peftkit's defaults against
-#      PEFT + Trainer's default and its best settings: bf16 on CUDA), and lora_floor.py (batch-1 LoRA's floor)
+#   3. benchmarks/training.py (LoRA, prompt and prefix tuning), generation.py, generation_dtype.py and adapters.py
+#      (peftkit's defaults against PEFT + Trainer's default and its best settings: bf16 on CUDA), and
+#      lora_floor.py (batch-1 LoRA's floor)
 #   4. QLoRA (4-bit NF4 base, bf16) on the packaged model; distributed training: a 1-GPU torchrun launch, and on a multi-GPU machine DDP and FSDP over all GPUs,
 #      each ending in a check that the adapter loads and its logits match a single-process reload
 # No step needs the network except the installs (PyPI); the model is the packaged SmolLM2-135M.
@@ -34,7 +35,9 @@ $PY -m pytest -q -x tests/train tests/tuners tests/test_model.py -k "not distrib
 $PY -m pytest -q -m slow tests/test_models.py 2>&1 | tee -a "$OUT/tests.txt"
 
 echo "== 3. benchmarks"
-$PY benchmarks/training.py --steps 60 2>&1 | tee "$OUT/training.md"
+for method in lora prompt prefix; do   # the issue's rows: each method's default against its peers
+  $PY benchmarks/training.py --steps 60 --method "$method" 2>&1 | tee -a "$OUT/training.md"
+done
 $PY benchmarks/generation.py 2>&1 | tee "$OUT/generation.md"
 $PY benchmarks/generation_dtype.py 2>&1 | tee "$OUT/generation-dtype.md"   # default dtype (bf16) vs PEFT fp32
 $PY benchmarks/adapters.py 2>&1 | tee "$OUT/adapters.md"
