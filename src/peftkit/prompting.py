@@ -220,9 +220,12 @@ class VirtualTokens:
         row. Each example then sees what it sees unpacked: the N tokens, then its own, at the same positions.
         """
         positions = inputs.get("position_ids")
-        if self.task != TaskType.CAUSAL_LM or positions is None or slots != self.shape.virtual_tokens:
-            raise ConfigError(f"virtual_token_slots={slots} needs a causal LM's packed batch with position_ids and "
-                              f"one slot per virtual token ({self.shape.virtual_tokens}); build it with "
+        if self.task != TaskType.CAUSAL_LM:
+            raise ConfigError(f"train.packing: packed virtual tokens need a causal LM, not {self.task.value}; "
+                              "set train.packing: false")
+        if positions is None or slots != self.shape.virtual_tokens:
+            raise ConfigError(f"virtual_token_slots={slots} needs a packed batch with position_ids and one slot per "
+                              f"virtual token ({self.shape.virtual_tokens}); build it with "
                               f"peftkit.data.pack(..., reserve={self.shape.virtual_tokens})")
         embeds = _embeds(base, inputs)  # (B, W, D)
         prompts = self.prompts(module, embeds.dtype)  # (N, D)

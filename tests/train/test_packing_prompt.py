@@ -102,3 +102,11 @@ def test_training_a_prompt_packed_equals_training_it_unpacked(tmp_path: Path, ch
         torch.testing.assert_close(packed[name], plain[name], atol=1e-5, rtol=1e-4)
     assert runs["auto"].after is not None and runs["false"].after is not None
     assert runs["auto"].after.loss == pytest.approx(runs["false"].after.loss, rel=1e-5)
+
+
+def test_slots_outside_a_causal_lm_are_refused() -> None:
+    model = peftkit.get_peft_model(tiny_model("llama", task="seq_cls"),
+                                   peftkit.PromptTuningConfig(num_virtual_tokens=N, task_type="SEQ_CLS"))
+    inputs, _ = model_inputs(examples(3), 0, True, torch.device("cpu"), reserve=N)
+    with pytest.raises(ConfigError, match="packed virtual tokens need a causal LM, not SEQ_CLS"):
+        model(**inputs)
