@@ -68,18 +68,26 @@ def _row_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
     return loss.view(batch, length).sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
-def _positions_in_front(model: nn.Module) -> int | None:
-    """How many positions the model puts in front of the input (prompt tuning's virtual tokens), or None
-    when its LM head cannot be run on chosen positions only (``logits_to_keep``)."""
+def tokens_in_front(model: nn.Module, inputs: dict[str, Any] | None = None) -> int:
+    """How many positions the model puts in front of each row of ``inputs``: prompt tuning's virtual tokens, or
+    none when the batch is packed with slots that already hold them (``virtual_token_slots``)."""
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(model, DistributedDataParallel):
         model = model.module
-    front = 0
-    if isinstance(model, PeftModel):
-        front = model.tokens_in_front
-        model = model.get_base_model()
-    return front if forward_accepts(model, "logits_to_keep") else None
+    if "virtual_token_slots" in (inputs or {}) or not isinstance(model, PeftModel):
+        return 0
+    return model.tokens_in_front
+
+
+def _positions_in_front(model: nn.Module, inputs: dict[str, Any] | None = None) -> int | None:
+    """:func:`tokens_in_front`, or None when the model's LM head cannot be run on chosen positions only
+    (``logits_to_keep``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    base = model.module if isinstance(model, DistributedDataParallel) else model
+    base = base.get_base_model() if isinstance(base, PeftModel) else base
+    return tokens_in_front(model, inputs) if forward_accepts(base, "logits_to_keep") else None
 
 
 def target_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -96,11 +104,9 @@ def target_loss(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch
 def row_losses(model: nn.Module, inputs: dict[str, torch.Tensor],
                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`target_loss` per row: summed loss ``(B,)`` and number of target tokens ``(B,)``."""
-    front = _positions_in_front(model)
+    front = _positions_in_front(model, inputs)
     if front is None:
         return _row_token_loss(model(**inputs).logits, labels)
-    if "virtual_token_slots" in inputs:  # packed: the virtual tokens fill slots the labels already count
-        front = 0
     positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # (K,) predicting positions
     logits = model(**inputs, logits_to_keep=positions + front).logits  # (B, K, V)
     return _row_cross_entropy(logits, labels[:, positions + 1])

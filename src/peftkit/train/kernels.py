@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..model import PeftModel
 from .distributed import Processes
+from .evaluate import tokens_in_front
 
 __all__ = ["UNFUSED_ATTENTION_SCORES", "attention_kernel", "autocast_for", "compiled", "pick_device",
            "unfused_attention"]
@@ -69,10 +69,7 @@ def attention_kernel(model: nn.Module, inputs: dict[str, Any], budget: int) -> c
     rows, width = inputs["input_ids"].shape
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 32
-    front = model.tokens_in_front if isinstance(model, PeftModel) else 0  # virtual tokens widen the scores
-    if "virtual_token_slots" in inputs:  # packed: they fill slots already counted in the width
-        front = 0
-    scores = rows * int(heads) * (width + front) ** 2
+    scores = rows * int(heads) * (width + tokens_in_front(model, inputs)) ** 2  # virtual tokens widen the scores
     return sdpa_kernel([SDPBackend.MATH]) if scores <= budget else contextlib.nullcontext()
 
 

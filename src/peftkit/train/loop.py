@@ -32,7 +32,7 @@ from .batches import Batches, lr_schedule, total_steps
 from .config import JobConfig
 from .defaults import banner, choose_dtype, choose_packing, choose_precision, with_choices
 from .distributed import Processes
-from .evaluate import Metrics, evaluate_sharded, row_losses
+from .evaluate import Metrics, evaluate_sharded, row_losses, tokens_in_front
 from .kernels import attention_kernel, autocast_for, compiled, pick_device, unfused_attention
 from .packing import check_packing, model_inputs
 from .report import MetricsLog, NoMetrics, Trackers, card_lines, format_metrics, plot_metrics
@@ -75,7 +75,7 @@ class Run:
         self.autocast, fp16 = autocast_for(job.train.precision, self.device)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # prompt tuning's virtual tokens take slots in front of each packed example (none for other methods)
-        self.reserve = getattr(self.model, "tokens_in_front", 0)
+        self.reserve = tokens_in_front(self.model)
         self.packing = choose_packing(job, lambda: check_packing(self.model, target.base, data.train, self.pad_id,
                                                                  self.device, self.autocast, self.reserve))
         self.job = job = with_choices(job, [self.packing])
