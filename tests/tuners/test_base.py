@@ -73,3 +73,42 @@ def test_deleting_a_merged_adapter_takes_it_out_of_the_weight() -> None:
     layer.delete_adapter("a")
     torch.testing.assert_close(layer.weight, weight)
     assert layer.adapter_names == ["b"]
+
+
+class _ScaledLinear(nn.Linear):
+    """A subclass whose forward differs from F.linear, as a quantized or sharded layer's does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 3
+
+
+def _lora_over(base: nn.Module) -> tuple[LoraLinear, torch.Tensor]:
+    """A LoRA layer around ``base`` and what it must give: ``base``'s own call plus the update."""
+    layer = LoraLinear(base)
+    layer.add_adapter("a", r=2, lora_alpha=4, init_lora_weights=False)
+    layer.set_adapter("a")
+    update = 2.0 * X @ layer.lora_A["a"].weight.T @ layer.lora_B["a"].weight.T
+    return layer.eval(), base(X) + update
+
+
+def test_the_base_layer_shortcut_gives_what_calling_the_layer_gives() -> None:
+    torch.manual_seed(0)
+    layer, expected = _lora_over(nn.Linear(6, 4))
+    torch.testing.assert_close(layer(X), expected, rtol=0, atol=0)
+
+
+def test_a_hooked_or_subclassed_base_layer_is_called_as_a_module() -> None:
+    torch.manual_seed(0)
+    hooked = nn.Linear(6, 4)
+    hooked.register_forward_hook(lambda module, args, out: out + 100)
+    layer, expected = _lora_over(hooked)  # expected holds the hook's +100
+    torch.testing.assert_close(layer(X), expected)
+    layer, expected = _lora_over(_ScaledLinear(6, 4))
+    torch.testing.assert_close(layer(X), expected)
+    plain, expected = _lora_over(nn.Linear(6, 4))
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: out + 100 if type(module) is nn.Linear else out)
+    try:
+        torch.testing.assert_close(plain(X), expected + 100)  # the factors are no module calls
+    finally:
+        handle.remove()

@@ -10,12 +10,36 @@ from collections.abc import Iterator
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from ..errors import ConfigError, TrainingError
 from ..quantization import is_quantized
 
-__all__ = ["AdapterLayer"]
+__all__ = ["AdapterLayer", "base_output"]
+
+
+def base_output(layer: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    """``layer(x, *args, **kwargs)``; for a plain ``nn.Linear`` that nothing hooks, ``F.linear`` with its tensors.
+
+    At batch 1 a decode step is a few microseconds of arithmetic per layer, and the nested module call costs
+    about as much as the matmul's dispatch (benchmarks/lora_floor.py). The shortcut is exactly what
+    ``nn.Module.__call__`` would run: it is taken only for ``nn.Linear`` itself (quantized, parametrized and
+    FSDP-sharded layers are subclasses) without hooks of its own or global ones.
+    """
+    if type(layer) is nn.Linear and not (args or kwargs or _hooked(layer)):
+        params = layer._parameters
+        return F.linear(x, cast(torch.Tensor, params["weight"]), params["bias"])
+    return cast(torch.Tensor, layer(x, *args, **kwargs))
+
+
+def _hooked(layer: nn.Module) -> bool:
+    """Whether calling ``layer`` would run any hook: its own or one registered for every module."""
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
+                or layer._backward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks or torch_module._global_backward_hooks
+                or torch_module._global_backward_pre_hooks)
 
 
 class AdapterLayer(nn.Module):

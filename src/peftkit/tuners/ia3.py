@@ -12,7 +12,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .base import AdapterLayer
+from .base import AdapterLayer, base_output
 
 __all__ = ["IA3Linear"]
 
@@ -61,13 +61,13 @@ class IA3Linear(AdapterLayer):
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         pending = self._pending()  # first: it may unmerge before the base layer runs
         if not pending:
-            return cast(torch.Tensor, self.base_layer(x, *args, **kwargs))
+            return base_output(self.base_layer, x, *args, **kwargs)
         scale = torch.ones((), device=x.device)
         for name in pending:
             scale = scale * cast(torch.Tensor, self.ia3_l[name]).flatten()  # (in,) or (out,)
         if self.is_feedforward:
-            return cast(torch.Tensor, self.base_layer((x * scale).to(x.dtype), *args, **kwargs))  # (..., out)
-        result = cast(torch.Tensor, self.base_layer(x, *args, **kwargs))  # (..., out)
+            return base_output(self.base_layer, (x * scale).to(x.dtype), *args, **kwargs)  # (..., out)
+        result = base_output(self.base_layer, x, *args, **kwargs)  # (..., out)
         return (result * scale).to(result.dtype)
 
     def extra_repr(self) -> str:

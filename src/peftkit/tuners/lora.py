@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import dora, lora_init
-from .base import AdapterLayer
+from .base import AdapterLayer, base_output
 from .low_rank import low_rank_update
 from .rows import RowGroups
 
@@ -146,14 +146,14 @@ class LoraLinear(LoraLayer):
 
     def _weight_norm(self, name: str) -> torch.Tensor:
         """DoRA's row norms of ``W + scaling * B @ A``, ``(out,)``."""
-        a, b = cast(torch.Tensor, self.lora_A[name].weight), cast(torch.Tensor, self.lora_B[name].weight)
+        a, b = self._factors(name)
         return dora.row_norms(self._base_weight(), a, b, self.scaling[name])
 
     def _dora(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """What DoRA adapter ``name`` adds to ``result``, the base output (see :mod:`.dora`)."""
         dropout = self.lora_dropout[name]
         factor = self.lora_magnitude_vector[name] / self._weight_norm(name).detach()  # (out,)
-        a, b = cast(torch.Tensor, self.lora_A[name].weight), cast(torch.Tensor, self.lora_B[name].weight)
+        a, b = self._factors(name)
         if isinstance(dropout, nn.Identity) or not self.training:
             h, base = x, (result if self.bias is None else result - self.bias)  # (..., out): W x
         else:
@@ -179,7 +179,7 @@ class LoraLinear(LoraLayer):
         self.merged_adapters.remove(name)
 
     def _delta_out_in(self, name: str) -> torch.Tensor:
-        a, b = cast(torch.Tensor, self.lora_A[name].weight), cast(torch.Tensor, self.lora_B[name].weight)
+        a, b = self._factors(name)
         return (b @ a) * self.scaling[name]  # (out, in)
 
     def _set_base_weight(self, weight: torch.Tensor) -> None:
@@ -194,7 +194,7 @@ class LoraLinear(LoraLayer):
         if self.rows is not None and not self.disabled:  # switched off wins over per-row adapters, as in PEFT
             return self._forward_rows(x, self.rows, *args, **kwargs)
         pending = self._pending()  # first: it may unmerge before the base layer runs
-        result = self.base_layer(x, *args, **kwargs)  # (..., out)
+        result = base_output(self.base_layer, x, *args, **kwargs)  # (..., out)
         for name in pending:
             if name in self.lora_magnitude_vector:
                 result = result + self._dora(name, x, result)
@@ -212,8 +212,7 @@ class LoraLinear(LoraLayer):
         a few microseconds of arithmetic per layer, so each module call, lookup and no-op shows up in
         generation speed.
         """
-        a = cast(torch.Tensor, self.lora_A[name].weight)  # (r, in)
-        b = cast(torch.Tensor, self.lora_B[name].weight)  # (out, r)
+        a, b = self._factors(name)  # (r, in), (out, r)
         h = x
         if self.training and not isinstance(self.lora_dropout[name], nn.Identity):  # the identity in eval mode
             h = self.lora_dropout[name](x.to(a.dtype))
@@ -225,13 +224,18 @@ class LoraLinear(LoraLayer):
             return torch.add(result, update, alpha=alpha)  # (..., out)
         return result.index_add_(0, rows, update, alpha=alpha)  # the same sum, row for row
 
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter ``name``'s A and B weights, read through the containers' dicts: ``nn.Module``'s attribute
+        lookup, three per factor, is a measurable share of a batch-1 decode step (benchmarks/lora_floor.py)."""
+        return _weight_of(self._modules["lora_A"], name), _weight_of(self._modules["lora_B"], name)
+
     def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
         """Each adapter on its own rows, with the single-adapter path's operations (see :mod:`.rows`)."""
         rows.check(x.shape[0])
         if any(n in self.lora_magnitude_vector for n in rows.by_adapter):
             raise ConfigError("Cannot pass `adapter_names` when DoRA is enabled: a mixed batch cannot include DoRA "
                               "adapters yet; run them separately")
-        result = self.base_layer(x, *args, **kwargs)  # (B, ..., out)
+        result = base_output(self.base_layer, x, *args, **kwargs)  # (B, ..., out)
         for name, index in rows.by_adapter.items():
             if name in self.scaling:  # other rows: the base layer's output, untouched
                 result = self._add_update(name, x[index], result, index)
@@ -239,3 +243,11 @@ class LoraLinear(LoraLayer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, adapters={self.adapter_names}"
+
+
+def _weight_of(container: nn.Module | None, name: str) -> torch.Tensor:
+    """``container[name].weight``, from the dicts ``nn.Module`` keeps them in when it can (a parametrized factor
+    keeps its weight elsewhere: then by attribute)."""
+    layer = cast(nn.Module, cast(nn.Module, container)._modules[name])
+    weight = layer._parameters.get("weight")
+    return weight if weight is not None else cast(torch.Tensor, layer.weight)
