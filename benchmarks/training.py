@@ -27,7 +27,7 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.csv"
 CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-default-compiled",
            "peftkit-fp32-unpacked", "peftkit-packed", "peftkit-grouped", "peftkit-grouped-bf16-autocast",
-           "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base"]
+           "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base", "peftkit-default-base-only"]
 PROMPT_CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-fp32-unpacked",
                   "peftkit-grouped-bf16-base"]
 LR = {"lora": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
@@ -41,7 +41,9 @@ before issue 22 (fp32, shuffled, unpacked); -default-compiled: the defaults plus
 step includes the compile); -packed: the same batches packed into fewer rows
 (train.packing); -grouped: length-grouped batches as in the peer's best;
 -bf16-autocast: precision bf16 (autocast over fp32 weights); -bf16-base: the frozen base stored in bf16
-(dtype: bfloat16) and the adapter in fp32, no autocast."""
+(dtype: bfloat16) and the adapter in fp32, no autocast; -default-base-only: the default row with every LoRA layer
+returning its base layer's output (the adapter computes nothing, the backward still runs to the inputs), the
+ceiling any adapter reaches on this pipeline: its MFU says what the frozen model's own step allows."""
 
 
 def data_config() -> dict[str, object]:
@@ -153,6 +155,8 @@ def child(name: str, steps: int, method: str) -> None:
             return loss, tokens
 
         loop.Run.train_step = timed_step  # type: ignore[method-assign]
+        if name.endswith("base-only"):
+            base_only()
         result = run_peftkit(name, steps, tmp, method)
         warm = min(WARM_STEPS, len(step_seconds) - 1)  # after the run: the steps are recorded by then
         out = {**result, **measured, "first_step": step_seconds[0],
@@ -164,6 +168,26 @@ def child(name: str, steps: int, method: str) -> None:
     out["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     out["torch"] = torch.__version__
     print("RESULT " + json.dumps(out))
+
+
+def base_only() -> None:
+    """Make every LoRA layer its base layer, and the embeddings' output need a gradient so backward still runs
+    through every block to the inputs: the step the frozen model costs on its own."""
+    import torch
+
+    from peftkit.tuners.base import base_output
+    from peftkit.tuners.lora import LoraLinear
+
+    def plain(self, x, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return base_output(self.base_layer, x, *args, **kwargs)
+
+    embed = torch.nn.Embedding.forward
+
+    def needing_grad(self, ids):  # type: ignore[no-untyped-def]
+        return embed(self, ids).requires_grad_()
+
+    LoraLinear.forward = plain  # type: ignore[method-assign]
+    torch.nn.Embedding.forward = needing_grad  # type: ignore[method-assign]
 
 
 def device() -> str:

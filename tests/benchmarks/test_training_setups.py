@@ -36,6 +36,7 @@ def test_the_old_defaults_row_trains_fp32_unpacked_and_shuffled(training: Module
     ("peftkit-grouped-bf16-autocast", "float32", False, True, "bf16", False),
     ("peftkit-grouped-bf16-base", "bfloat16", False, True, "auto", False),
     ("peftkit-packed-bf16-base", "bfloat16", True, False, "auto", False),
+    ("peftkit-default-base-only", "auto", "auto", False, "auto", False),
 ])
 def test_every_setup_name_maps_to_its_job(training: ModuleType, name: str, dtype: str, packing: object,
                                           grouped: bool, precision: str, compiled: bool) -> None:
@@ -49,4 +50,25 @@ def test_every_listed_setup_is_covered(training: ModuleType) -> None:
     peftkit = {name for name in training.CONFIGS + training.PROMPT_CONFIGS if name.startswith("peftkit")}
     assert peftkit == {"peftkit-default", "peftkit-default-compiled", "peftkit-fp32-unpacked", "peftkit-packed",
                        "peftkit-grouped", "peftkit-grouped-bf16-autocast", "peftkit-grouped-bf16-base",
-                       "peftkit-packed-bf16-base"}
+                       "peftkit-packed-bf16-base", "peftkit-default-base-only"}
+
+
+def test_the_base_only_row_computes_no_adapter_and_still_runs_backward(training: ModuleType,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import peftkit
+    from peftkit.tuners.lora import LoraLinear
+    from tests.conftest import sample_inputs, tiny_model
+
+    base = tiny_model("llama")
+    model = peftkit.get_peft_model(tiny_model("llama"), peftkit.LoraConfig(r=4, init_lora_weights=False))
+    inputs = sample_inputs()
+    adapted = model(**inputs).logits
+    monkeypatch.setattr(LoraLinear, "forward", LoraLinear.forward)  # restored after the test
+    monkeypatch.setattr(torch.nn.Embedding, "forward", torch.nn.Embedding.forward)
+    training.base_only()
+    logits = model(**inputs).logits
+    torch.testing.assert_close(logits, base(**inputs).logits)
+    assert not torch.allclose(logits, adapted)  # the adapter did change the output before
+    assert logits.requires_grad  # backward runs through every block to the inputs
