@@ -114,7 +114,8 @@ def test_inspect_shows_the_defaults_and_their_reasons(monkeypatch: pytest.Monkey
     if sys.platform == "linux" and __import__("platform").machine() == "x86_64":
         assert "dtype: auto -> float32 for adapter methods (this CPU has neither avx512_bf16 nor AMX" in text
     assert "train.packing: auto -> on for lora, dora, ia3, full, prompt_tuning and p_tuning" in text
-    assert text.endswith("off for prefix_tuning")
+    assert "off for prefix_tuning\n" in text
+    assert text.endswith("off on a GPU and under torchrun")
 
 
 @pytest.mark.skipif(__import__("platform").machine() != "x86_64", reason="CPU flags are read on x86-64 only")

@@ -141,6 +141,7 @@ def test_training_learns_and_writes_its_outputs(tmp_path: Path, chars) -> None: 
     assert "## Training" in (out / "README.md").read_text()
     expected = config.to_dict()  # the job as given, with what `auto` resolved to (tests/train/test_defaults.py)
     expected["dtype"], expected["train"]["packing"] = "float32", True
+    expected["train"]["split_by_length"] = False  # packed rows have no padding to save
     assert JobConfig.from_yaml(out / "config.yaml").to_dict() == expected
 
     # The saved adapter reloads onto a fresh base and gives the trained model's logits.

@@ -11,7 +11,7 @@ import torch
 from ..data import Example, collate
 from .config import TrainingConfig
 
-__all__ = ["Batches", "lr_schedule", "total_steps"]
+__all__ = ["SUB_BATCH_OVERHEAD", "Batches", "lr_schedule", "split_by_length", "total_steps"]
 
 
 class Batches:
@@ -58,6 +58,30 @@ class Batches:
 
     def epoch(self, position: int) -> float:
         return position / self.per_epoch
+
+
+SUB_BATCH_OVERHEAD = 64
+"""What one more forward and backward pass costs beyond its tokens, in padded positions: SmolLM2-135M on 2 CPU
+cores spends ~110 ms on a pass whatever its size and ~2.2 ms per position (fp32), about 50 positions."""
+
+
+def split_by_length(lengths: list[int], overhead: int = SUB_BATCH_OVERHEAD) -> list[list[int]]:
+    """Rows of lengths ``lengths`` cut into sub-batches of similar length, as lists of their positions.
+
+    Sorted by length, the rows are cut where that minimizes the padded positions computed (each sub-batch pads
+    to its longest row) plus ``overhead`` per sub-batch: an exact search over the cut points, O(n^2).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    best, cut = [0] + [0] * len(sizes), [0] * (len(sizes) + 1)  # best[j]: cost of the j shortest rows
+    for end in range(1, len(sizes) + 1):
+        costs = [(best[start] + (end - start) * sizes[end - 1] + overhead, start) for start in range(end)]
+        best[end], cut[end] = min(costs)
+    groups, end = [], len(sizes)
+    while end:
+        groups.append(order[cut[end]:end])
+        end = cut[end]
+    return groups[::-1]
 
 
 def total_steps(cfg: TrainingConfig, batches: Batches) -> int:

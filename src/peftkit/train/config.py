@@ -84,6 +84,13 @@ class TrainingConfig:
     attention honours position restarts (checked when training starts); not with prompt methods. auto: on
     where it is exact (LoRA, DoRA, IA3, full fine-tuning on such a model), off otherwise; the start of training
     says which and why (:mod:`peftkit.train.defaults`)."""
+    split_by_length: bool | str = "auto"
+    """Run each unpacked batch as a few forward passes over rows of similar length (sorted within the batch),
+    so less compute goes to padding. The step sees the same examples with the same loss weights, so it learns
+    what the whole batch would, up to float rounding (unlike group_by_length, which changes which examples
+    share a batch). auto: on for unpacked batches in a single-process run on a CPU, where compute grows with
+    every padded position; off on a GPU, where a wider batch costs little more, and under torchrun, whose
+    processes must run the same number of passes."""
     lr: float = 2e-4
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -157,6 +164,8 @@ class TrainingConfig:
         _choice(problems, "train.precision", self.precision, PRECISIONS)
         if isinstance(self.packing, str):  # flags and YAML text: "true", "off", ...
             self.packing = _switch(self.packing, "train.packing", problems)
+        if isinstance(self.split_by_length, str):
+            self.split_by_length = _switch(self.split_by_length, "train.split_by_length", problems)
         _choice(problems, "train.device", self.device, DEVICES)
         _choice(problems, "train.strategy", self.strategy, STRATEGIES)
         _positive(problems, "train.timeout_minutes", self.timeout_minutes)

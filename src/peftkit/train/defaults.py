@@ -30,8 +30,8 @@ from ..data import DataConfig
 from ..errors import ConfigError
 from .config import UNPACKED_METHODS, JobConfig
 
-__all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "cpu_flags",
-           "cpu_summary", "describe", "generation_dtype", "inference_dtype", "with_choices"]
+__all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "choose_split",
+           "cpu_flags", "cpu_summary", "describe", "generation_dtype", "inference_dtype", "with_choices"]
 
 
 FP32_METHODS = {
@@ -155,12 +155,27 @@ def choose_packing(job: JobConfig, check: Callable[[], None]) -> Choice:
     return Choice("packing", "on", f"{job.method} on this model packs exactly (checked on two examples)")
 
 
+def choose_split(job: JobConfig, packed: bool, device: torch.device, processes: int) -> Choice:
+    """Whether ``job`` runs each batch as sub-batches of similar length (``train.split_by_length``)."""
+    if packed:
+        return Choice("split_by_length", "off", "packed rows have no padding to save")
+    if job.train.split_by_length != "auto":
+        return Choice("split_by_length", "on" if job.train.split_by_length else "off", "set in the job")
+    if processes > 1:
+        return Choice("split_by_length", "off", "torchrun's processes must run the same number of passes")
+    if device.type != "cpu":
+        return Choice("split_by_length", "off", f"on {device.type} a wider batch costs little more")
+    return Choice("split_by_length", "on", "unpacked rows on a CPU: padding costs compute; same examples per step")
+
+
 def with_choices(job: JobConfig, choices: list[Choice]) -> JobConfig:
     """``job`` with its ``auto`` fields replaced by what was chosen (recorded in config.yaml and checkpoints)."""
     values = {c.field: c.value for c in choices}
     train = job.train
     if "packing" in values:
         train = dataclasses.replace(train, packing=values["packing"] == "on")
+    if "split_by_length" in values:
+        train = dataclasses.replace(train, split_by_length=values["split_by_length"] == "on")
     return dataclasses.replace(job, dtype=values.get("dtype", job.dtype), train=train)
 
 
@@ -178,6 +193,8 @@ def describe(device: torch.device | None = None) -> str:
         "  train.packing: auto -> on for lora, dora, ia3, full, prompt_tuning and p_tuning when the model's "
         "attention honours position restarts (checked on two examples when training starts); off for "
         "prefix_tuning",
+        "  train.split_by_length: auto -> on for unpacked batches in a single-process CPU run (each batch as "
+        "sub-batches of similar length: the same examples per step, less padding); off on a GPU and under torchrun",
     ])
 
 

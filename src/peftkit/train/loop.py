@@ -28,9 +28,9 @@ from ..files import write_json_atomic, write_text_atomic
 from ..models import load_tokenizer
 from . import checkpoint as ckpt
 from . import distributed, rundir
-from .batches import Batches, lr_schedule, total_steps
+from .batches import Batches, lr_schedule, split_by_length, total_steps
 from .config import JobConfig
-from .defaults import banner, choose_dtype, choose_packing, choose_precision, with_choices
+from .defaults import banner, choose_dtype, choose_packing, choose_precision, choose_split, with_choices
 from .distributed import Processes
 from .evaluate import Metrics, evaluate_sharded, row_losses, tokens_in_front
 from .kernels import attention_kernel, autocast_for, compiled, pick_device, unfused_attention
@@ -78,7 +78,8 @@ class Run:
         self.reserve = tokens_in_front(self.model)
         self.packing = choose_packing(job, lambda: check_packing(self.model, target.base, data.train, self.pad_id,
                                                                  self.device, self.autocast, self.reserve))
-        self.job = job = with_choices(job, [self.packing])
+        self.split = choose_split(job, self.packing.value == "on", self.device, self.procs.world_size)
+        self.job = job = with_choices(job, [self.packing, self.split])
         self.settings = settings = job.train
         self.out = Path(job.output_dir)
         self.unfused_attention = unfused_attention(self.device, self.model, self.autocast)
@@ -164,17 +165,16 @@ class Run:
         # DDP and FSDP average gradients over processes; the loss is scaled so that they add up instead.
         scale = self.procs.world_size / max(n_targets, 1)
         local_loss = 0.0
-        for i, rows in enumerate(micro):
-            mine = distributed.shard(rows, self.procs)
-            # A process without rows still joins the gradient sync, with a zero-weight copy of a row.
-            batch = [examples[j] for j in (mine or rows[:1])]
+        passes = [part for rows in micro for part in self._passes(rows)]
+        for i, (rows, weight) in enumerate(passes):
+            batch = [examples[j] for j in rows]
             inputs, labels = model_inputs(batch, self.pad_id, self.settings.packing is True, self.device,
                                           reserve=self.reserve)
-            with (distributed.gradient_sync(self.forward_model, i == len(micro) - 1),
+            with (distributed.gradient_sync(self.forward_model, i == len(passes) - 1),
                   attention_kernel(self.model, inputs, self.unfused_attention)):
                 with self.autocast:  # forward only: backward runs each op in the dtype its forward chose
                     losses, _ = row_losses(self.forward_model, inputs, labels)
-                loss_sum = losses.sum() * (1.0 if mine else 0.0)
+                loss_sum = losses.sum() * weight
                 loss = loss_sum * scale
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             local_loss += float(loss_sum.detach())
@@ -183,6 +183,18 @@ class Run:
             self._refuse_step(total_loss)
         self._apply_step()
         return total_loss / max(n_targets, 1), tokens
+
+    def _passes(self, rows: list[int]) -> list[tuple[list[int], float]]:
+        """This process's forward passes for micro-batch ``rows``, as (examples, loss weight): its share, cut
+        into sub-batches of similar length with ``train.split_by_length``. A process without rows still joins
+        the gradient sync, with a zero-weight copy of a row."""
+        mine = distributed.shard(rows, self.procs)
+        if not mine:
+            return [(rows[:1], 0.0)]
+        if self.settings.split_by_length is not True:
+            return [(mine, 1.0)]
+        lengths = [len(self.data.train[j].input_ids) for j in mine]
+        return [([mine[k] for k in group], 1.0) for group in split_by_length(lengths)]
 
     def _refuse_step(self, total_loss: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)  # the adapter stays as it was after the last good step
@@ -284,7 +296,7 @@ def _train_owned(config: JobConfig, model: nn.Module | None, tokenizer: Any, log
     if procs.distributed:
         torch.manual_seed(config.seed + procs.rank)  # independent dropout draws on each process
     run = Run(config, target, tokenizer, data, log, procs)
-    log(banner([dtype, run.packing, choose_precision(config, device)]))
+    log(banner([dtype, run.packing, run.split, choose_precision(config, device)]))
     config = run.job  # with every auto resolved: what config.yaml and checkpoints record
     if procs.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
