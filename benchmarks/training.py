@@ -41,7 +41,9 @@ before issue 22 (fp32, shuffled, unpacked); -default-compiled: the defaults plus
 step includes the compile); -packed: the same batches packed into fewer rows
 (train.packing); -grouped: length-grouped batches as in the peer's best;
 -bf16-autocast: precision bf16 (autocast over fp32 weights); -bf16-base: the frozen base stored in bf16
-(dtype: bfloat16) and the adapter in fp32, no autocast; -default-base-only: the default row with every LoRA layer
+(dtype: bfloat16) and the adapter in fp32, no autocast. Only the -default rows take train.split_by_length's
+auto (sub-batches of similar length for unpacked batches on a CPU); the others run each batch whole, as
+their names say. -default-base-only: the default row with every LoRA layer
 returning its base layer's output (the adapter computes nothing, the backward still runs to the inputs), the
 ceiling any adapter reaches on this pipeline: its MFU says what the frozen model's own step allows."""
 
@@ -115,7 +117,8 @@ def peftkit_settings(name: str, steps: int, method: str) -> dict[str, object]:
             "train": {"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
                       "plot": False, "eval_before": False, "torch_compile": parts[-1] == "compiled",
                       "precision": "bf16" if parts[-1] == "autocast" else "auto",
-                      "group_by_length": "grouped" in parts, "packing": "auto" if default else "packed" in parts}}
+                      "group_by_length": "grouped" in parts, "packing": "auto" if default else "packed" in parts,
+                      "split_by_length": "auto" if default else False}}
 
 
 def run_peftkit(name: str, steps: int, tmp: str, method: str) -> dict[str, float]:

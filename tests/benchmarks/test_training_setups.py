@@ -26,6 +26,7 @@ def test_the_old_defaults_row_trains_fp32_unpacked_and_shuffled(training: Module
     assert settings["dtype"] == "float32"
     assert settings["train"]["packing"] is False
     assert settings["train"]["group_by_length"] is False
+    assert settings["train"]["split_by_length"] is False  # the old default ran each batch whole
 
 
 @pytest.mark.parametrize(("name", "dtype", "packing", "grouped", "precision", "compiled"), [
@@ -44,6 +45,7 @@ def test_every_setup_name_maps_to_its_job(training: ModuleType, name: str, dtype
     train = settings["train"]
     assert (settings["dtype"], train["packing"], train["group_by_length"]) == (dtype, packing, grouped)
     assert (train["precision"], train["torch_compile"]) == (precision, compiled)
+    assert train["split_by_length"] == ("auto" if name.startswith("peftkit-default") else False)
 
 
 def test_every_listed_setup_is_covered(training: ModuleType) -> None:

@@ -124,8 +124,8 @@ def claim_run_files(config: JobConfig, log: Callable[[str], None]) -> None:
 
 def same_job(saved: Path, job: JobConfig) -> bool:
     """Whether the run saved with config ``saved`` is ``job``, ignoring settings that only change what is
-    shown while it runs (``train.progress``). A field ``job`` leaves at ``auto`` (dtype, packing) matches what
-    the saved run resolved it to."""
+    shown while it runs (``train.progress``). A field ``job`` leaves at ``auto`` (dtype, packing,
+    split_by_length) matches what the saved run resolved it to."""
     import yaml
 
     if not saved.is_file():
@@ -137,6 +137,7 @@ def same_job(saved: Path, job: JobConfig) -> bool:
     now = yaml.safe_load(job.to_yaml())
     for config in (before, now):
         config.get("train", {}).pop("progress", None)
-    if now.get("train", {}).get("packing") == "auto":
-        now["train"]["packing"] = before.get("train", {}).get("packing")
+    for name in ("packing", "split_by_length"):
+        if now.get("train", {}).get(name) == "auto":
+            now["train"][name] = before.get("train", {}).get(name)
     return bool(before == now)
