@@ -125,17 +125,34 @@ def test_classification_runs_each_example_once_with_the_two_pass_numbers(config:
     assert metrics.loss == pytest.approx(losses / count, abs=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-lora"])
-def test_multi_token_label_words_score_from_one_prompt_pass_as_each_sequence_alone(arch):
-    """The cached path (prompts left-padded, each label word continuing from their cache) against each
-    prompt + word run alone, unpadded, with a plain log-softmax."""
+PROMPT_ADAPTERS = {
+    "prefix": lambda: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    "prompt": lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+    "ptuning": lambda: PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16),
+}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-lora", "llama-prefix", "gpt2-prefix", "llama-prompt",
+                                  "llama-ptuning"])
+def test_multi_token_label_words_score_as_each_sequence_alone(arch):
+    """Every scoring path (prompts left-padded with each label word continuing from their cache; or one pass
+    per word for the prompt methods) against each prompt + word run alone, unpadded, with a plain log-softmax.
+    Prefix tuning once took the cached path and scored wrong: its forward drops position_ids, so left padding
+    shifted the rows' positions (the predictions on ETHOS moved by up to 12 points)."""
     from peftkit.train.evaluate import classification_scores
 
     torch.manual_seed(3)
-    model = tiny_model(arch.removesuffix("-lora"))
-    if arch.endswith("-lora"):
+    name, _, method = arch.partition("-")
+    model = tiny_model(name)
+    if method == "lora":
         model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    assert _positions_in_front(model) == 0  # the cached path, not the one pass per word
+    elif method:
+        model = get_peft_model(model, PROMPT_ADAPTERS[method]())
+        for p in model.parameters():
+            if p.requires_grad:  # a prompt that moves the scores, so a wrong position or mask shows
+                torch.nn.init.normal_(p, std=0.5)
+    if method in ("", "lora"):
+        assert _positions_in_front(model) == 0  # the cached path, not the one pass per word
     prompts = [torch.randint(3, 900, (n,)).tolist() for n in (5, 9, 2, 7, 9)]
     candidates = [[11, 12], [13], [14, 15, 16]]
     expected = torch.zeros(len(prompts), len(candidates))
@@ -143,7 +160,8 @@ def test_multi_token_label_words_score_from_one_prompt_pass_as_each_sequence_alo
         for i, prompt in enumerate(prompts):
             for k, cand in enumerate(candidates):
                 ids = torch.tensor([prompt + cand])
-                logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)  # (T, V)
+                logits = model(input_ids=ids).logits[0, -ids.shape[1]:]  # (T, V): virtual tokens dropped
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
                 expected[i, k] = sum(logprobs[len(prompt) - 1 + j, t] for j, t in enumerate(cand))
         got = classification_scores(model, prompts, candidates, pad_id=0, batch_size=3)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)

@@ -244,7 +244,7 @@ def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id
     if all(len(c) == 1 for c in candidate_ids):
         return _single_token_scores(model, prompts, [c[0] for c in candidate_ids], pad_id, batch_size, device,
                                     autocast)
-    if _positions_in_front(model) == 0 and forward_accepts(_inner(model), "position_ids"):
+    if _positions_in_front(model) == 0 and not _prefix_tuned(model) and forward_accepts(_inner(model), "position_ids"):
         with autocast or contextlib.nullcontext():
             return torch.cat([_cached_scores(model, batch, candidate_ids, pad_id, device)
                               for batch in _batches(prompts, batch_size)])
@@ -260,6 +260,16 @@ def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id
             scores.append(-losses.float().cpu())  # summed log-probability of the candidate's tokens
         rows.append(torch.cat(scores))
     return torch.stack(rows, dim=1)
+
+
+def _prefix_tuned(model: nn.Module) -> bool:
+    """Whether a prompt adapter runs without tokens in front: prefix tuning, whose key/values come first in the
+    cache. The cached scoring cannot serve it: its forward drops position_ids (as PEFT's does), so left-padded
+    rows would count their padding as positions, and a passed cache skips the prefix's attention mask."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    return isinstance(inner, PeftModel) and inner.uses_prompt_adapter
 
 
 def _inner(model: nn.Module) -> nn.Module:
