@@ -71,21 +71,23 @@ def _row_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
 def tokens_in_front(model: nn.Module, inputs: dict[str, Any] | None = None) -> int:
     """How many positions the model puts in front of each row of ``inputs``: prompt tuning's virtual tokens, or
     none when the batch is packed with slots that already hold them (``virtual_token_slots``)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
+    model = _unwrapped(model)
     if "virtual_token_slots" in (inputs or {}) or not isinstance(model, PeftModel):
         return 0
     return model.tokens_in_front
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """``model`` without its DistributedDataParallel wrapper."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def _positions_in_front(model: nn.Module, inputs: dict[str, Any] | None = None) -> int | None:
     """:func:`tokens_in_front`, or None when the model's LM head cannot be run on chosen positions only
     (``logits_to_keep``)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    base = model.module if isinstance(model, DistributedDataParallel) else model
+    base = _unwrapped(model)
     base = base.get_base_model() if isinstance(base, PeftModel) else base
     return tokens_in_front(model, inputs) if forward_accepts(base, "logits_to_keep") else None
 
@@ -244,7 +246,7 @@ def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id
     if all(len(c) == 1 for c in candidate_ids):
         return _single_token_scores(model, prompts, [c[0] for c in candidate_ids], pad_id, batch_size, device,
                                     autocast)
-    if _positions_in_front(model) == 0 and not _prefix_tuned(model) and forward_accepts(_inner(model), "position_ids"):
+    if not _uses_prompt(model) and _positions_in_front(model) == 0 and forward_accepts(_inner(model), "position_ids"):
         with autocast or contextlib.nullcontext():
             return torch.cat([_cached_scores(model, batch, candidate_ids, pad_id, device)
                               for batch in _batches(prompts, batch_size)])
@@ -262,13 +264,11 @@ def _scores(prompts: Sequence[list[int]], candidate_ids: list[list[int]], pad_id
     return torch.stack(rows, dim=1)
 
 
-def _prefix_tuned(model: nn.Module) -> bool:
-    """Whether a prompt adapter runs without tokens in front: prefix tuning, whose key/values come first in the
-    cache. The cached scoring cannot serve it: its forward drops position_ids (as PEFT's does), so left-padded
+def _uses_prompt(model: nn.Module) -> bool:
+    """Whether a prompt adapter is active. The cached scoring serves none of them: prompt tuning and p-tuning put
+    tokens in front of the row, and prefix tuning's forward drops position_ids (as PEFT's does), so left-padded
     rows would count their padding as positions, and a passed cache skips the prefix's attention mask."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    inner = _unwrapped(model)
     return isinstance(inner, PeftModel) and inner.uses_prompt_adapter
 
 
