@@ -231,13 +231,12 @@ def test_prompt_and_prefix_start_from_the_tasks_words(tmp_path: Path, model_dir:
     assert cfg.job("prefix").adapter["init_weights"] == "zero"  # the user's settings win
 
 
-def test_packing_applies_to_the_methods_that_can_pack(tmp_path: Path, model_dir: Path) -> None:
-    """``train.packing`` in a comparison packs every method but prefix tuning, which it leaves unpacked instead of
-    refusing the whole comparison."""
+def test_packing_applies_to_every_method(tmp_path: Path, model_dir: Path) -> None:
+    """``train.packing`` in a comparison reaches every method's job, prefix tuning's included (it packs with a
+    mask per example), and each of them trains packed."""
     cfg = config(tmp_path, model_dir, train={"packing": True, "progress": False})
-    packed = {name: cfg.job(name).train.packing for name in DEFAULT_METHODS}
-    assert packed == {"full": True, "lora": True, "dora": True, "ia3": True,
-                      "prompt": True, "p_tuning": True, "prefix": False}
-    results = compare(config(tmp_path, model_dir, methods=["lora", "prompt"],
+    assert all(cfg.job(name).train.packing is True for name in DEFAULT_METHODS)
+    results = compare(config(tmp_path, model_dir, methods=["lora", "prompt", "prefix"],
                              train={"packing": True, "progress": False, "batch_size": 8}), log=lambda _: None)
-    assert [r.name for r in results] == ["base", "lora", "prompt"] and all(r.steps == 3 for r in results[1:])
+    assert [r.name for r in results] == ["base", "lora", "prompt", "prefix"]
+    assert all(r.steps == 3 for r in results[1:])

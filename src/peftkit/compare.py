@@ -39,7 +39,6 @@ from .inspection import count_parameters
 from .models import load_model, load_tokenizer
 from .train import train
 from .train.config import (
-    UNPACKED_METHODS,
     DataConfig,
     JobConfig,
     TrainingConfig,
@@ -215,8 +214,6 @@ class CompareConfig:
         train.update(lr=self.lr.get(name, preset.lr), eval_before=False, plot=False)
         if name in self.epochs:
             train["epochs"] = self.epochs[name]
-        if preset.method in UNPACKED_METHODS:  # packing is for speed; prefix tuning's key/values hold one example
-            train["packing"] = False
         if steps is not None:
             train["max_steps"] = steps
         if minutes is not None:

@@ -307,6 +307,12 @@ class PeftModel(ModelWrapper):
         return 0 if config.task_type == TaskType.SEQ_2_SEQ_LM else int(getattr(config, "num_virtual_tokens", 0) or 0)
 
     @property
+    def prefix_in_cache(self) -> bool:
+        """True when the active, enabled adapter is prefix tuning: its key/values reach the model as a cache,
+        so a packed batch needs a mask per example (``packed_segments``) rather than slots."""
+        return self._prompt_module() is not None and isinstance(self.active_peft_config, PrefixTuningConfig)
+
+    @property
     def uses_prompt_adapter(self) -> bool:
         """True when the active, enabled adapter is a prompt method (prompt tuning, p-tuning or prefix)."""
         return self._prompt_module() is not None

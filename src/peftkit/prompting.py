@@ -354,8 +354,9 @@ class PrefixKeyValues:
 
     def prepare(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         if inputs.pop("virtual_token_slots", None) is not None:
-            raise ConfigError("prefix tuning cannot fill packed slots: its key/values come before the whole row, "
-                              "so packed examples would share them; train prefix tuning unpacked")
+            raise ConfigError("prefix tuning cannot fill packed slots: its key/values are not tokens of the row; "
+                              "pack its batches with packed_segments=True instead")
+        packed = bool(inputs.pop("packed_segments", False))
         given = inputs.get("input_ids")
         given = inputs.get("inputs_embeds") if given is None else given
         if given is None:
@@ -363,11 +364,41 @@ class PrefixKeyValues:
         if inputs.get("past_key_values") is not None or inputs.get("cache") is not None:
             return inputs  # a later decoding step: the prefix is already in the cache
         inputs[cache_keyword(base)] = self.cache(module, base, given.shape[0])
+        if packed:
+            return self._segments(base, inputs)
         mask = "decoder_attention_mask" if self.task == TaskType.SEQ_2_SEQ_LM else "attention_mask"
         if inputs.get(mask) is not None:
             inputs[mask] = _with_ones(inputs[mask], given, self.shape.virtual_tokens)
         if self.task != TaskType.SEQ_2_SEQ_LM:
             inputs.pop("position_ids", None)
+        return inputs
+
+    def _segments(self, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A packed batch (:func:`peftkit.data.pack`): each row holds several examples, positions restarting at
+        each. Every example must see the prefix and its own earlier tokens, at the positions it has unpacked
+        (the prefix's N, then its own), so the model gets those positions and a 4D mask that says so:
+        transformers reads position restarts as boundaries only without a cache, and the prefix is one.
+        """
+        positions = inputs.get("position_ids")
+        if self.task != TaskType.CAUSAL_LM or positions is None or inputs.get("attention_mask") is not None:
+            raise ConfigError("train.packing: packed prefix tuning needs a causal LM and a packed batch (position_ids, "
+                              f"no attention_mask), not {self.task.value}; set train.packing: false")
+        kind = getattr(base.config, "_attn_implementation", None)
+        if kind not in ("sdpa", "eager"):
+            raise ConfigError(f"train.packing: packed prefix tuning needs sdpa or eager attention, not {kind}, "
+                              "to take its 4D mask; set train.packing: false")
+        n = self.shape.virtual_tokens
+        rows, width = positions.shape
+        starts = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1  # (B, W) an example begins
+        segment = starts.cumsum(-1)  # (B, W)
+        causal = torch.ones(width, width, dtype=torch.bool, device=positions.device).tril()  # (W, W)
+        own = (segment.unsqueeze(2) == segment.unsqueeze(1)) & causal  # (B, W, W) same example, not ahead
+        seen = torch.cat([own.new_ones(rows, width, n), own], dim=-1).unsqueeze(1)  # (B, 1, W, N+W)
+        if kind == "eager":  # eager attention adds its mask to the scores
+            dtype = next(base.parameters()).dtype
+            seen = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)
+        inputs["attention_mask"] = seen
+        inputs["position_ids"] = positions + n  # unpacked, the model counts the prefix's N positions first
         return inputs
 
     def generate(self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:

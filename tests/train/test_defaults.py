@@ -68,8 +68,8 @@ def test_packing_auto_follows_the_method_and_the_model() -> None:
     assert choose_packing(_job(), lambda: None).value == "on"
     off = choose_packing(_job(), fails)
     assert off.value == "off" and off.reason == "GPT2 takes no position ids, so packed examples would attend"
-    prefix = choose_packing(_job("prefix_tuning"), never)
-    assert (prefix.value, prefix.reason) == ("off", "prefix_tuning puts its key/values in front of the whole row")
+    prefix = choose_packing(_job("prefix_tuning"), lambda: None)  # each example masked to the prefix and itself
+    assert prefix.value == "on" and prefix.reason.startswith("prefix_tuning on this model packs exactly")
     assert choose_packing(_job("prompt_tuning"), lambda: None).value == "on"  # its tokens fill slots per example
     assert choose_packing(_job(train={"packing": False}), never).value == "off"
     with pytest.raises(ConfigError, match="takes no position ids"):  # asked for: an error, not a fallback
@@ -113,8 +113,7 @@ def test_inspect_shows_the_defaults_and_their_reasons(monkeypatch: pytest.Monkey
     text = defaults.describe(CPU)
     if sys.platform == "linux" and __import__("platform").machine() == "x86_64":
         assert "dtype: auto -> float32 for adapter methods (this CPU has neither avx512_bf16 nor AMX" in text
-    assert "train.packing: auto -> on for lora, dora, ia3, full, prompt_tuning and p_tuning" in text
-    assert "off for prefix_tuning\n" in text
+    assert "train.packing: auto -> on for every method when the model's attention honours position restarts" in text
     assert text.endswith("off on a GPU and under torchrun")
 
 

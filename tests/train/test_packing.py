@@ -91,9 +91,6 @@ def test_training_with_packing_equals_training_without(tmp_path: Path, chars) ->
 
 
 def test_packing_is_refused_where_it_would_be_wrong(tmp_path: Path, chars, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ConfigError, match="prefix_tuning puts its key/values in front of the whole row"):
-        job(tmp_path, method="prefix_tuning", packing=True)
-
     def no_restarts(batch: list[Example], pad_id: int, width: int | None = None,
                     reserve: int = 0) -> dict[str, torch.Tensor]:
         out = pack(batch, pad_id, width, reserve)

@@ -69,16 +69,6 @@ def test_packed_examples_lose_and_teach_what_they_do_unpacked(method: str, arch:
         torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-4)
 
 
-def test_prefix_tuning_refuses_slots_and_packing(tmp_path: Path) -> None:
-    model = peftkit.get_peft_model(tiny_model("llama"), peftkit.PrefixTuningConfig(num_virtual_tokens=N,
-                                                                                   task_type="CAUSAL_LM"))
-    inputs, _ = model_inputs(examples(3), 0, True, torch.device("cpu"), reserve=N)
-    with pytest.raises(ConfigError, match="prefix tuning cannot fill packed slots"):
-        model(**inputs)
-    with pytest.raises(ConfigError, match="prefix_tuning puts its key/values in front of the whole row"):
-        job(tmp_path, method="prefix_tuning", packing=True)
-
-
 def test_slots_that_do_not_match_the_prompt_are_refused() -> None:
     model = prompt_model("prompt_tuning")
     inputs, _ = model_inputs(examples(3), 0, True, torch.device("cpu"), reserve=N + 1)

@@ -39,7 +39,6 @@ METHODS: dict[str, PeftType | None] = {
     "ia3": PeftType.IA3,
 }
 PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")  # virtual tokens in front of every row
-UNPACKED_METHODS = ("prefix_tuning",)  # its key/values come before the whole row: packed examples would share them
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -216,9 +215,6 @@ class JobConfig:
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
             problems.append(f"output_dir={self.output_dir!r} is empty; name a folder for the results, e.g. "
                             "--output-dir outputs/run (use '.' for the current folder explicitly)")
-        if getattr(self.train, "packing", False) is True and self.method in UNPACKED_METHODS:
-            problems.append(f"train.packing: {self.method} puts its key/values in front of the whole row, so the "
-                            "examples packed into it would share them; set train.packing: false")
         validate_sections(self, problems)
         if isinstance(self.method, str) and self.method in METHODS and isinstance(self.adapter, dict):
             try:

@@ -8,10 +8,10 @@ A job that leaves ``dtype`` and ``train.packing`` at ``auto`` gets the fastest s
   full fine-tuning, whose weights would lose small updates to bf16 rounding, and p-tuning, which measured less
   accurate over a bf16 base (4 points on ETHOS, 3 seeds each, at the same loss). Prefix tuning's 11-point loss
   over a bf16 base was a scoring bug (docs/compare.md); scored right, it matches fp32, so it takes bf16 too.
-- ``train.packing``: on for the methods that can pack (LoRA, DoRA, IA3, full fine-tuning, and prompt tuning and
-  p-tuning, whose virtual tokens take slots in front of each packed example) when the model's attention
-  honours position restarts and packed examples lose what they lose unpacked (checked on two real examples
-  before training); off for prefix tuning, whose key/values sit in front of the whole row.
+- ``train.packing``: on when the model's attention honours position restarts and packed examples lose what
+  they lose unpacked (checked on two real examples before training), for every method: prompt tuning's and
+  p-tuning's virtual tokens take slots in front of each packed example, and prefix tuning masks each packed
+  example to the prefix and itself (causal LMs with sdpa or eager attention; off elsewhere, with the reason).
 
 Each decision comes with its reason; training prints them at the start and ``peftkit inspect`` shows them.
 """
@@ -29,7 +29,7 @@ import torch
 
 from ..data import DataConfig
 from ..errors import ConfigError
-from .config import UNPACKED_METHODS, JobConfig
+from .config import JobConfig
 
 __all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "choose_split",
            "cpu_flags", "cpu_summary", "describe", "generation_dtype", "inference_dtype", "with_choices"]
@@ -144,8 +144,6 @@ def choose_packing(job: JobConfig, check: Callable[[], None]) -> Choice:
         check()  # asked for: a model that cannot pack is an error, not a silent fallback
     if job.train.packing != "auto":
         return Choice("packing", "on" if job.train.packing else "off", "set in the job")
-    if job.method in UNPACKED_METHODS:
-        return Choice("packing", "off", f"{job.method} puts its key/values in front of the whole row")
     try:
         check()
     except ConfigError as err:
@@ -189,9 +187,8 @@ def describe(device: torch.device | None = None) -> str:
         *(f"                 float32 for {method} ({reason})" for method, reason in FP32_METHODS.items()),
         f"                 {evaluation.value} for peftkit eval ({evaluation.reason})",
         f"                 {generation.value} for peftkit generate ({generation.reason})",
-        "  train.packing: auto -> on for lora, dora, ia3, full, prompt_tuning and p_tuning when the model's "
-        "attention honours position restarts (checked on two examples when training starts); off for "
-        "prefix_tuning",
+        "  train.packing: auto -> on for every method when the model's attention honours position restarts "
+        "(checked on two examples when training starts)",
         "  train.split_by_length: auto -> on for unpacked batches in a single-process CPU run (each batch as "
         "sub-batches of similar length: the same examples per step, less padding); off on a GPU and under torchrun",
     ])

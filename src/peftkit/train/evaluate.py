@@ -77,6 +77,12 @@ def tokens_in_front(model: nn.Module, inputs: dict[str, Any] | None = None) -> i
     return model.tokens_in_front
 
 
+def prefix_in_cache(model: nn.Module) -> bool:
+    """True when ``model``'s active adapter is prefix tuning (see :attr:`PeftModel.prefix_in_cache`)."""
+    model = _unwrapped(model)
+    return isinstance(model, PeftModel) and model.prefix_in_cache
+
+
 def _unwrapped(model: nn.Module) -> nn.Module:
     """``model`` without its DistributedDataParallel wrapper."""
     from torch.nn.parallel import DistributedDataParallel

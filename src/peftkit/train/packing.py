@@ -23,18 +23,22 @@ __all__ = ["check_packing", "model_inputs"]
 
 
 def model_inputs(examples: list[Example], pad_id: int, packing: bool, device: torch.device,
-                 width: int | None = None, reserve: int = 0) -> tuple[dict[str, Any], torch.Tensor]:
+                 width: int | None = None, reserve: int = 0,
+                 segments: bool = False) -> tuple[dict[str, Any], torch.Tensor]:
     """The model inputs and labels of a micro-batch on ``device``: padded rows, or packed into ``width``.
 
-    ``reserve`` (packed only) leaves that many slots in front of each example for prompt tuning's virtual
+    Packed only: ``reserve`` leaves that many slots in front of each example for prompt tuning's virtual
     tokens; the inputs then carry ``virtual_token_slots``, which tells the prompt to fill them instead of
-    putting its tokens in front of the row.
+    putting its tokens in front of the row. ``segments`` (prefix tuning) adds ``packed_segments``, which
+    tells the prefix to mask each example to itself and the prefix.
     """
     if packing:
         batch: dict[str, Any] = pack(examples, pad_id, width, reserve)
         batch["use_cache"] = False  # transformers only reads position restarts as boundaries without a cache
         if reserve:
             batch["virtual_token_slots"] = reserve
+        if segments:
+            batch["packed_segments"] = True
     else:
         batch = collate(examples, pad_id)
     labels = batch.pop("labels").to(device)
@@ -42,11 +46,11 @@ def model_inputs(examples: list[Example], pad_id: int, packing: bool, device: to
 
 
 def check_packing(model: nn.Module, base: nn.Module, examples: list[Example], pad_id: int, device: torch.device,
-                  autocast: contextlib.AbstractContextManager[Any], reserve: int = 0) -> None:
+                  autocast: contextlib.AbstractContextManager[Any], reserve: int = 0, segments: bool = False) -> None:
     """Refuse packing on a model whose attention ignores position restarts: two examples packed into one
     row must lose what they lose apart, each in its own unpacked row. With ``reserve`` (prompt tuning's
     virtual tokens filled into each example's slots) this also checks the prompt fills them as it would put
-    them in front of an unpacked row.
+    them in front of an unpacked row; with ``segments`` (prefix tuning), that each example sees the prefix.
 
     Raises:
         ConfigError: ``base`` takes no position ids, or the packed loss differs from the loss apart.
@@ -65,7 +69,8 @@ def check_packing(model: nn.Module, base: nn.Module, examples: list[Example], pa
             # apart: each example in its own unpacked row, the prompt's tokens (if any) in front as in plain use
             apart = sum(float(row_losses(model, *model_inputs([e], pad_id, False, device))[0].sum()) for e in pair)
             width = sum(len(e.input_ids) + reserve for e in pair)
-            together = float(row_losses(model, *model_inputs(pair, pad_id, True, device, width, reserve))[0].sum())
+            packed = model_inputs(pair, pad_id, True, device, width, reserve, segments)
+            together = float(row_losses(model, *packed)[0].sum())
     finally:
         model.train(was_training)
     exact = isinstance(autocast, contextlib.nullcontext) and all(p.dtype == torch.float32 for p in model.parameters())

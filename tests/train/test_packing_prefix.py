@@ -1,0 +1,117 @@
+"""Packing with prefix tuning: every packed example sees the prefix's key/values and its own earlier tokens
+only, at the positions it has unpacked, so it loses, and teaches the prefix, what it does alone."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import peftkit
+from peftkit import train
+from peftkit.data import Example
+from peftkit.errors import ConfigError
+from peftkit.train.evaluate import row_losses
+from peftkit.train.packing import check_packing, model_inputs
+from tests.conftest import tiny_model
+from tests.train.test_loop import adapter_tensors, job
+from tests.train.test_packing import examples, varied_csv
+
+N = 4  # virtual tokens
+CPU = torch.device("cpu")
+
+
+def prefix_model(arch: str = "llama", attention: str = "sdpa", task: str = "causal") -> Any:
+    base = tiny_model(arch, task=task)
+    base.set_attn_implementation(attention)
+    torch.manual_seed(0)  # a random prefix at unit scale: far from zero, so a wrong mask shows
+    task_type = "SEQ_2_SEQ_LM" if arch == "t5" else "CAUSAL_LM"
+    return peftkit.get_peft_model(base, peftkit.PrefixTuningConfig(num_virtual_tokens=N, task_type=task_type))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packed_examples_lose_and_teach_what_they_do_unpacked(arch: str, attention: str) -> None:
+    batch = [Example(e.input_ids, list(e.input_ids)) for e in examples(7)]  # every token a target: most sensitive
+    model = prefix_model(arch, attention).eval()  # no dropout (GPT-2 has some), gradients all the same
+    prefix = [p for p in model.parameters() if p.requires_grad]
+    sums, grads = [], []
+    for packing in (False, True):
+        inputs, labels = model_inputs(batch, 0, packing, CPU, segments=True)
+        if packing:
+            assert inputs["input_ids"].shape[0] < len(batch)  # rows really hold several examples
+        model.zero_grad()
+        total = row_losses(model, inputs, labels)[0].sum()
+        total.backward()
+        sums.append(total.detach())
+        grads.append([p.grad.clone() for p in prefix])  # type: ignore[union-attr]
+    torch.testing.assert_close(sums[1], sums[0], atol=1e-4, rtol=1e-5)
+    for packed, plain in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_each_packed_example_has_the_logits_it_has_alone(arch: str) -> None:
+    batch = examples(5)
+    model = prefix_model(arch).eval()
+    inputs, _ = model_inputs(batch, 0, True, CPU, segments=True)
+    ids, positions = inputs["input_ids"], inputs["position_ids"]
+    with torch.no_grad():
+        packed = model(**inputs).logits  # (B, W, V)
+        seen = 0
+        for row, start in (positions == 0).nonzero().tolist():
+            length = int((positions[row, start:] == torch.arange(positions.shape[1] - start)).cumprod(0).sum())
+            segment = ids[row, start: start + length]
+            match = [e for e in batch if e.input_ids == segment.tolist()]
+            if not match:
+                continue  # the row's padded tail
+            alone = model(input_ids=segment.unsqueeze(0)).logits[0]  # (T, V): the example by itself, prefix in front
+            torch.testing.assert_close(packed[row, start: start + length], alone, atol=1e-4, rtol=1e-4)
+            seen += 1
+    assert seen == len(batch)
+
+
+def test_a_mask_that_lets_examples_meet_would_be_caught() -> None:
+    """The check before training compares packed against apart; it must fail if the mask were wrong."""
+    model = prefix_model().eval()
+    data = examples(4)
+    check_packing(model, model.get_base_model(), data, 0, CPU, contextlib.nullcontext(), 0, True)
+    with pytest.raises(ConfigError, match="packed examples attend to each other"):
+        # without packed_segments the prefix is one cache before the whole row: examples see each other
+        check_packing(model, model.get_base_model(), data, 0, CPU, contextlib.nullcontext(), 0, False)
+
+
+def test_training_prefix_packed_equals_training_it_unpacked(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    runs, lines = {}, {}
+    for packing in ("false", "auto"):
+        log: list[str] = []
+        config = job(tmp_path, f"prefix-{packing}", method="prefix_tuning", packing=packing, epochs=1,
+                     split_by_length=False)
+        config.data.path = str(varied_csv(tmp_path / "varied.csv"))
+        runs[packing] = train(config, model=tiny_model("llama"), tokenizer=chars, log=log.append)
+        lines[packing] = next(line for line in log if line.startswith("defaults: "))
+    assert "packing: on (prefix_tuning on this model packs exactly" in lines["auto"]
+    plain, packed = (adapter_tensors(tmp_path / f"prefix-{p}") for p in ("false", "auto"))
+    assert plain.keys() == packed.keys()
+    for name in plain:
+        torch.testing.assert_close(packed[name], plain[name], atol=1e-5, rtol=1e-4)
+    assert runs["auto"].after is not None and runs["false"].after is not None
+    assert runs["auto"].after.loss == pytest.approx(runs["false"].after.loss, rel=1e-5)
+
+
+def test_prefix_refuses_slots_and_what_it_cannot_mask() -> None:
+    model = prefix_model()
+    inputs, _ = model_inputs(examples(3), 0, True, CPU, reserve=N)
+    with pytest.raises(ConfigError, match="prefix tuning cannot fill packed slots"):
+        model(**inputs)
+    inputs, _ = model_inputs(examples(3), 0, True, CPU, segments=True)
+    model.get_base_model().config._attn_implementation = "flash_attention_2"  # takes no 4D mask
+    with pytest.raises(ConfigError, match="needs sdpa or eager attention, not flash_attention_2"):
+        model(**inputs)
+    t5 = prefix_model("t5")
+    inputs, _ = model_inputs(examples(3), 0, True, CPU, segments=True)
+    with pytest.raises(ConfigError, match=r"needs a causal LM .* not SEQ_2_SEQ_LM"):
+        t5(**inputs, decoder_input_ids=inputs["input_ids"])
