@@ -28,8 +28,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethos-binary.c
 CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-default-compiled",
            "peftkit-fp32-unpacked", "peftkit-packed", "peftkit-grouped", "peftkit-grouped-bf16-autocast",
            "peftkit-grouped-bf16-base", "peftkit-packed-bf16-base", "peftkit-default-base-only"]
-PROMPT_CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-fp32-unpacked",
-                  "peftkit-grouped-bf16-base"]
+PROMPT_CONFIGS = ["peft-trainer-default", "peft-trainer-best", "peftkit-default", "peftkit-default-split",
+                  "peftkit-fp32-unpacked", "peftkit-grouped-bf16-base"]
 LR = {"lora": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 ADAPTERS: dict[str, dict[str, object]] = {"lora": LORA, "prompt": {"num_virtual_tokens": 8},
@@ -43,7 +43,8 @@ step includes the compile); -packed: the same batches packed into fewer rows
 -bf16-autocast: precision bf16 (autocast over fp32 weights); -bf16-base: the frozen base stored in bf16
 (dtype: bfloat16) and the adapter in fp32, no autocast. Only the -default rows take train.split_by_length's
 auto (sub-batches of similar length for unpacked batches on a CPU); the others run each batch whole, as
-their names say. -default-base-only: the default row with every LoRA layer
+their names say; -default-split is the default with packing off (each batch unpacked, in sub-batches of
+similar length). -default-base-only: the default row with every LoRA layer
 returning its base layer's output (the adapter computes nothing, the backward still runs to the inputs), the
 ceiling any adapter reaches on this pipeline: its MFU says what the frozen model's own step allows."""
 
@@ -117,7 +118,8 @@ def peftkit_settings(name: str, steps: int, method: str) -> dict[str, object]:
             "train": {"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
                       "plot": False, "eval_before": False, "torch_compile": parts[-1] == "compiled",
                       "precision": "bf16" if parts[-1] == "autocast" else "auto",
-                      "group_by_length": "grouped" in parts, "packing": "auto" if default else "packed" in parts,
+                      "group_by_length": "grouped" in parts, "packing": (False if "split" in parts else "auto") if default
+                      else "packed" in parts,
                       "split_by_length": "auto" if default else False}}
 
 

@@ -38,6 +38,7 @@ def test_the_old_defaults_row_trains_fp32_unpacked_and_shuffled(training: Module
     ("peftkit-grouped-bf16-base", "bfloat16", False, True, "auto", False),
     ("peftkit-packed-bf16-base", "bfloat16", True, False, "auto", False),
     ("peftkit-default-base-only", "auto", "auto", False, "auto", False),
+    ("peftkit-default-split", "auto", False, False, "auto", False),
 ])
 def test_every_setup_name_maps_to_its_job(training: ModuleType, name: str, dtype: str, packing: object,
                                           grouped: bool, precision: str, compiled: bool) -> None:
@@ -52,7 +53,7 @@ def test_every_listed_setup_is_covered(training: ModuleType) -> None:
     peftkit = {name for name in training.CONFIGS + training.PROMPT_CONFIGS if name.startswith("peftkit")}
     assert peftkit == {"peftkit-default", "peftkit-default-compiled", "peftkit-fp32-unpacked", "peftkit-packed",
                        "peftkit-grouped", "peftkit-grouped-bf16-autocast", "peftkit-grouped-bf16-base",
-                       "peftkit-packed-bf16-base", "peftkit-default-base-only"}
+                       "peftkit-packed-bf16-base", "peftkit-default-base-only", "peftkit-default-split"}
 
 
 def test_the_base_only_row_computes_no_adapter_and_still_runs_backward(training: ModuleType,
