@@ -114,12 +114,12 @@ def peftkit_settings(name: str, steps: int, method: str) -> dict[str, object]:
     """The job a peftkit setup name stands for: its base dtype and its train section."""
     default = name.startswith("peftkit-default")
     parts = name.split("-")  # whole words: "unpacked" contains "packed"
+    packing = (False if "split" in parts else "auto") if default else "packed" in parts
     return {"dtype": "auto" if default else "bfloat16" if name.endswith("bf16-base") else "float32",
             "train": {"max_steps": steps, "batch_size": 8, "lr": LR[method], "log_every": 1, "progress": False,
                       "plot": False, "eval_before": False, "torch_compile": parts[-1] == "compiled",
                       "precision": "bf16" if parts[-1] == "autocast" else "auto",
-                      "group_by_length": "grouped" in parts, "packing": (False if "split" in parts else "auto") if default
-                      else "packed" in parts,
+                      "group_by_length": "grouped" in parts, "packing": packing,
                       "split_by_length": "auto" if default else False}}
 
 

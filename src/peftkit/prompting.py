@@ -262,6 +262,11 @@ def _generate_after_placeholders(base: nn.Module, ids: torch.Tensor, n: int, kwa
 # ----- prefix key/values: prefix tuning --------------------------------------------------------------------
 
 
+GRADIENT_CHECKPOINTING = ("prefix tuning cannot train with gradient checkpointing: transformers drops the key/value "
+                          "cache in every checkpointed layer, and the prefix lives in that cache; turn gradient "
+                          "checkpointing off (train.gradient_checkpointing: false), or use LoRA to save memory")
+
+
 class PrefixKeyValues:
     """Prefix tuning: learned keys and values for every layer, handed to the model as its cache."""
 
@@ -363,6 +368,8 @@ class PrefixKeyValues:
             raise ConfigError("pass input_ids or inputs_embeds")
         if inputs.get("past_key_values") is not None or inputs.get("cache") is not None:
             return inputs  # a later decoding step: the prefix is already in the cache
+        if getattr(base, "is_gradient_checkpointing", False) and base.training and torch.is_grad_enabled():
+            raise ConfigError(GRADIENT_CHECKPOINTING)
         inputs[cache_keyword(base)] = self.cache(module, base, given.shape[0])
         if packed:
             return self._segments(base, inputs)

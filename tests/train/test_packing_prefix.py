@@ -115,3 +115,17 @@ def test_prefix_refuses_slots_and_what_it_cannot_mask() -> None:
     inputs, _ = model_inputs(examples(3), 0, True, CPU, segments=True)
     with pytest.raises(ConfigError, match=r"needs a causal LM .* not SEQ_2_SEQ_LM"):
         t5(**inputs, decoder_input_ids=inputs["input_ids"])
+
+
+def test_gradient_checkpointing_is_refused_with_a_reason(tmp_path: Path) -> None:
+    """transformers drops the cache in checkpointed layers, so the prefix would be lost (here: a shape error)."""
+    with pytest.raises(ConfigError, match="prefix tuning cannot train with gradient checkpointing"):
+        job(tmp_path, method="prefix_tuning", gradient_checkpointing=True)
+    model = prefix_model()
+    model.get_base_model().gradient_checkpointing_enable()
+    model.train()
+    inputs, _ = model_inputs(examples(3), 0, True, CPU, segments=True)
+    with pytest.raises(ConfigError, match="turn gradient checkpointing off"):
+        model(**inputs)
+    with torch.no_grad():  # no backward to replay: transformers keeps the cache, so the prefix works
+        model(**inputs)

@@ -26,6 +26,7 @@ from ..configfile import read_config_file
 from ..data import DataConfig
 from ..errors import ConfigError, did_you_mean
 from ..errors import short_repr as _short
+from ..prompting import GRADIENT_CHECKPOINTING
 from ..schema import _choice, _positive, coerce, field_docs, field_types, typecheck
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
@@ -215,6 +216,8 @@ class JobConfig:
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
             problems.append(f"output_dir={self.output_dir!r} is empty; name a folder for the results, e.g. "
                             "--output-dir outputs/run (use '.' for the current folder explicitly)")
+        if self.method == "prefix_tuning" and getattr(self.train, "gradient_checkpointing", False) is True:
+            problems.append("train.gradient_checkpointing: " + GRADIENT_CHECKPOINTING)
         validate_sections(self, problems)
         if isinstance(self.method, str) and self.method in METHODS and isinstance(self.adapter, dict):
             try:
