@@ -368,7 +368,7 @@ class PrefixKeyValues:
             raise ConfigError("pass input_ids or inputs_embeds")
         if inputs.get("past_key_values") is not None or inputs.get("cache") is not None:
             return inputs  # a later decoding step: the prefix is already in the cache
-        if getattr(base, "is_gradient_checkpointing", False) and base.training and torch.is_grad_enabled():
+        if base.training and torch.is_grad_enabled() and _checkpointed(base):
             raise ConfigError(GRADIENT_CHECKPOINTING)
         inputs[cache_keyword(base)] = self.cache(module, base, given.shape[0])
         if packed:
@@ -415,6 +415,13 @@ class PrefixKeyValues:
         n = self.shape.virtual_tokens
         kwargs["attention_mask"] = _with_ones(kwargs.pop("attention_mask", None), ids, n)
         return _generate_after_placeholders(base, ids, n, kwargs)
+
+
+def _checkpointed(base: nn.Module) -> bool:
+    """Whether transformers checkpoints ``base``'s layers (its newer property's name; the old one warns)."""
+    if hasattr(base, "is_activation_checkpointing"):
+        return bool(base.is_activation_checkpointing)
+    return bool(getattr(base, "is_gradient_checkpointing", False))
 
 
 def _takes_past_key_values(base: nn.Module) -> bool:
