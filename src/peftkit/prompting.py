@@ -387,9 +387,12 @@ class PrefixKeyValues:
         transformers reads position restarts as boundaries only without a cache, and the prefix is one.
         """
         positions = inputs.get("position_ids")
-        if self.task != TaskType.CAUSAL_LM or positions is None or inputs.get("attention_mask") is not None:
-            raise ConfigError("train.packing: packed prefix tuning needs a causal LM and a packed batch (position_ids, "
-                              f"no attention_mask), not {self.task.value}; set train.packing: false")
+        if self.task != TaskType.CAUSAL_LM:
+            raise ConfigError(f"train.packing: packed prefix tuning needs a causal LM, not {self.task.value}; "
+                              "set train.packing: false")
+        if positions is None or inputs.get("attention_mask") is not None:
+            raise ConfigError("packed_segments=True needs a packed batch: position_ids restarting at each example "
+                              "and no attention_mask; build it with peftkit.data.pack")
         kind = getattr(base.config, "_attn_implementation", None)
         if kind not in ("sdpa", "eager"):
             raise ConfigError(f"train.packing: packed prefix tuning needs sdpa or eager attention, not {kind}, "

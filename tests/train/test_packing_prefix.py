@@ -111,9 +111,12 @@ def test_prefix_refuses_slots_and_what_it_cannot_mask() -> None:
     model.get_base_model().config._attn_implementation = "flash_attention_2"  # takes no 4D mask
     with pytest.raises(ConfigError, match="needs sdpa or eager attention, not flash_attention_2"):
         model(**inputs)
+    model.get_base_model().config._attn_implementation = "sdpa"
+    with pytest.raises(ConfigError, match="packed_segments=True needs a packed batch"):
+        model(input_ids=inputs["input_ids"], attention_mask=torch.ones_like(inputs["input_ids"]), packed_segments=True)
     t5 = prefix_model("t5")
     inputs, _ = model_inputs(examples(3), 0, True, CPU, segments=True)
-    with pytest.raises(ConfigError, match=r"needs a causal LM .* not SEQ_2_SEQ_LM"):
+    with pytest.raises(ConfigError, match="needs a causal LM, not SEQ_2_SEQ_LM"):
         t5(**inputs, decoder_input_ids=inputs["input_ids"])
 
 
