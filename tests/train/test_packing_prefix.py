@@ -11,14 +11,15 @@ import pytest
 import torch
 
 import peftkit
-from peftkit import train
-from peftkit.data import Example
 from peftkit.errors import ConfigError
-from peftkit.train.evaluate import row_losses
 from peftkit.train.packing import check_packing, model_inputs
 from tests.conftest import tiny_model
-from tests.train.test_loop import adapter_tensors, job
-from tests.train.test_packing import examples, varied_csv
+from tests.train.test_loop import job
+from tests.train.test_packing import examples
+from tests.train.test_packing_prompt import (
+    assert_packed_loses_and_teaches_as_unpacked,
+    assert_packed_run_trains_the_same,
+)
 
 N = 4  # virtual tokens
 CPU = torch.device("cpu")
@@ -35,22 +36,7 @@ def prefix_model(arch: str = "llama", attention: str = "sdpa", task: str = "caus
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_packed_examples_lose_and_teach_what_they_do_unpacked(arch: str, attention: str) -> None:
-    batch = [Example(e.input_ids, list(e.input_ids)) for e in examples(7)]  # every token a target: most sensitive
-    model = prefix_model(arch, attention).eval()  # no dropout (GPT-2 has some), gradients all the same
-    prefix = [p for p in model.parameters() if p.requires_grad]
-    sums, grads = [], []
-    for packing in (False, True):
-        inputs, labels = model_inputs(batch, 0, packing, CPU, segments=True)
-        if packing:
-            assert inputs["input_ids"].shape[0] < len(batch)  # rows really hold several examples
-        model.zero_grad()
-        total = row_losses(model, inputs, labels)[0].sum()
-        total.backward()
-        sums.append(total.detach())
-        grads.append([p.grad.clone() for p in prefix])  # type: ignore[union-attr]
-    torch.testing.assert_close(sums[1], sums[0], atol=1e-4, rtol=1e-5)
-    for packed, plain in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-4)
+    assert_packed_loses_and_teaches_as_unpacked(prefix_model(arch, attention).eval(), segments=True)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -85,21 +71,7 @@ def test_a_mask_that_lets_examples_meet_would_be_caught() -> None:
 
 
 def test_training_prefix_packed_equals_training_it_unpacked(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]
-    runs, lines = {}, {}
-    for packing in ("false", "auto"):
-        log: list[str] = []
-        config = job(tmp_path, f"prefix-{packing}", method="prefix_tuning", packing=packing, epochs=1,
-                     split_by_length=False)
-        config.data.path = str(varied_csv(tmp_path / "varied.csv"))
-        runs[packing] = train(config, model=tiny_model("llama"), tokenizer=chars, log=log.append)
-        lines[packing] = next(line for line in log if line.startswith("defaults: "))
-    assert "packing: on (prefix_tuning on this model packs exactly" in lines["auto"]
-    plain, packed = (adapter_tensors(tmp_path / f"prefix-{p}") for p in ("false", "auto"))
-    assert plain.keys() == packed.keys()
-    for name in plain:
-        torch.testing.assert_close(packed[name], plain[name], atol=1e-5, rtol=1e-4)
-    assert runs["auto"].after is not None and runs["false"].after is not None
-    assert runs["auto"].after.loss == pytest.approx(runs["false"].after.loss, rel=1e-5)
+    assert_packed_run_trains_the_same(tmp_path, chars, "prefix_tuning")
 
 
 def test_prefix_refuses_slots_and_what_it_cannot_mask() -> None:

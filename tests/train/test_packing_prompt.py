@@ -47,26 +47,30 @@ def test_pack_reserves_slots_in_front_of_every_example() -> None:
     assert packed["input_ids"].shape[1] == max(len(e.input_ids) for e in batch) + N
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
-def test_packed_examples_lose_and_teach_what_they_do_unpacked(method: str, arch: str) -> None:
-    batch = [Example(e.input_ids, list(e.input_ids)) for e in examples(7)]  # every token a target: most sensitive
-    model = prompt_model(method, arch).eval()  # no dropout (GPT-2 has some), gradients all the same
-    prompt = [p for p in model.parameters() if p.requires_grad]
-    grads = []
-    sums = []
-    for packing in (False, True):
-        inputs, labels = model_inputs(batch, 0, packing, torch.device("cpu"), reserve=N)
-        if packing:
+def assert_packed_loses_and_teaches_as_unpacked(model: Any, **packing: Any) -> None:
+    """Seven examples, every token a target (most sensitive), in ``model`` (eval: no dropout): the summed loss
+    and the trainable parameters' gradients, packed (``packing``: model_inputs' reserve or segments) and not."""
+    batch = [Example(e.input_ids, list(e.input_ids)) for e in examples(7)]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    sums, grads = [], []
+    for packed in (False, True):
+        inputs, labels = model_inputs(batch, 0, packed, torch.device("cpu"), **packing)
+        if packed:
             assert inputs["input_ids"].shape[0] < len(batch)  # rows really hold several examples
         model.zero_grad()
         total = row_losses(model, inputs, labels)[0].sum()
         total.backward()
         sums.append(total.detach())
-        grads.append([p.grad.clone() for p in prompt])  # type: ignore[union-attr]
+        grads.append([p.grad.clone() for p in trained])
     torch.testing.assert_close(sums[1], sums[0], atol=1e-4, rtol=1e-5)
-    for packed, plain in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-4)
+    for with_packing, plain in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(with_packing, plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_packed_examples_lose_and_teach_what_they_do_unpacked(method: str, arch: str) -> None:
+    assert_packed_loses_and_teaches_as_unpacked(prompt_model(method, arch).eval(), reserve=N)
 
 
 def test_slots_that_do_not_match_the_prompt_are_refused() -> None:
@@ -76,12 +80,14 @@ def test_slots_that_do_not_match_the_prompt_are_refused() -> None:
         model(**inputs)
 
 
-@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
-def test_training_a_prompt_packed_equals_training_it_unpacked(tmp_path: Path, chars, method: str) -> None:  # type: ignore[no-untyped-def]
+def assert_packed_run_trains_the_same(tmp_path: Path, chars: Any, method: str) -> None:
+    """A run with ``train.packing: auto`` packs (said in its banner) and trains the adapter a run of whole,
+    unpacked batches trains."""
     runs, lines = {}, {}
     for packing in ("false", "auto"):
         log: list[str] = []
-        config = job(tmp_path, f"{method}-{packing}", method=method, packing=packing, epochs=1)
+        config = job(tmp_path, f"{method}-{packing}", method=method, packing=packing, epochs=1,
+                     split_by_length=False)
         config.data.path = str(varied_csv(tmp_path / "varied.csv"))
         runs[packing] = train(config, model=tiny_model("llama"), tokenizer=chars, log=log.append)
         lines[packing] = next(line for line in log if line.startswith("defaults: "))
@@ -92,6 +98,11 @@ def test_training_a_prompt_packed_equals_training_it_unpacked(tmp_path: Path, ch
         torch.testing.assert_close(packed[name], plain[name], atol=1e-5, rtol=1e-4)
     assert runs["auto"].after is not None and runs["false"].after is not None
     assert runs["auto"].after.loss == pytest.approx(runs["false"].after.loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_training_a_prompt_packed_equals_training_it_unpacked(tmp_path: Path, chars, method: str) -> None:  # type: ignore[no-untyped-def]
+    assert_packed_run_trains_the_same(tmp_path, chars, method)
 
 
 def test_slots_outside_a_causal_lm_are_refused() -> None:
