@@ -137,6 +137,17 @@ def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str
     return (ids * math.ceil(total / len(ids)))[:total]
 
 
+def _restarts(inputs: dict[str, Any]) -> bool:
+    """Whether ``inputs`` is a flattened batch (transformers' ``DataCollatorWithFlattening``): no attention mask,
+    no cache, and position ids that restart inside a row."""
+    positions = inputs.get("position_ids")
+    if positions is None or positions.dim() != 2 or inputs.get("attention_mask") is not None:
+        return False
+    if inputs.get("past_key_values") is not None:
+        return False
+    return bool((torch.diff(positions, dim=-1) != 1).any())
+
+
 def _with_ones(mask: torch.Tensor | None, ids: torch.Tensor, n: int) -> torch.Tensor:
     """The attention mask with ``n`` ones in front (all ones when none was given): ``(B, N+T)``."""
     mask = torch.ones_like(ids) if mask is None else mask
@@ -199,6 +210,12 @@ class VirtualTokens:
         slots = inputs.pop("virtual_token_slots", None)
         if slots is not None:
             return self._fill_slots(module, base, inputs, int(slots))
+        if self.task == TaskType.CAUSAL_LM and _restarts(inputs):
+            raise ConfigError("this batch is flattened (position ids restart inside a row, no attention mask, as "
+                              "from DataCollatorWithFlattening), and virtual tokens put in front of the row would "
+                              "reach its first example only while the examples attend to each other; use an "
+                              "unflattened collator, or peftkit's packing (peftkit.data.pack(..., reserve=N) and "
+                              "virtual_token_slots=N)")
         embeds = _embeds(base, inputs)  # (B, T, D)
         prompts = self.prompts(module, embeds.dtype)  # (N, D)
         batch, n = embeds.shape[0], prompts.shape[0]
@@ -361,7 +378,9 @@ class PrefixKeyValues:
         if inputs.pop("virtual_token_slots", None) is not None:
             raise ConfigError("prefix tuning cannot fill packed slots: its key/values are not tokens of the row; "
                               "pack its batches with packed_segments=True instead")
-        packed = bool(inputs.pop("packed_segments", False))
+        # a flattened batch from elsewhere (DataCollatorWithFlattening): PEFT drops its position ids and lets the
+        # examples attend to each other; here they get the packed path's mask
+        packed = bool(inputs.pop("packed_segments", False)) or (self.task == TaskType.CAUSAL_LM and _restarts(inputs))
         given = inputs.get("input_ids")
         given = inputs.get("inputs_embeds") if given is None else given
         if given is None:

@@ -12,6 +12,7 @@ import torch
 
 import peftkit
 from peftkit.errors import ConfigError
+from peftkit.prompting import PrefixKeyValues
 from peftkit.train.packing import check_packing, model_inputs
 from tests.conftest import tiny_model
 from tests.train.test_loop import job
@@ -60,14 +61,35 @@ def test_each_packed_example_has_the_logits_it_has_alone(arch: str) -> None:
     assert seen == len(batch)
 
 
-def test_a_mask_that_lets_examples_meet_would_be_caught() -> None:
+def test_a_flattened_batch_from_elsewhere_is_masked_per_example_too() -> None:
+    """transformers' DataCollatorWithFlattening gives position ids that restart, no mask and no marker: the
+    examples must not see each other (PEFT drops the position ids, and they would)."""
+    from transformers import DataCollatorWithFlattening
+
+    batch = examples(3)
+    model = prefix_model().eval()
+    flat = DataCollatorWithFlattening(return_position_ids=True)([{"input_ids": e.input_ids} for e in batch])
+    assert flat["position_ids"].shape[0] == 1 and int((flat["position_ids"] == 0).sum()) == len(batch)
+    with torch.no_grad():
+        together = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"]).logits[0]  # (W, V)
+        start = 0
+        for e in batch:
+            alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]  # (T, V)
+            torch.testing.assert_close(together[start: start + len(e.input_ids)], alone, atol=1e-4, rtol=1e-4)
+            start += len(e.input_ids)
+        plain = torch.arange(flat["input_ids"].shape[1]).unsqueeze(0)  # one sequence: PEFT's path, unchanged
+        torch.testing.assert_close(model(input_ids=flat["input_ids"], position_ids=plain).logits,
+                                   model(input_ids=flat["input_ids"]).logits)
+
+
+def test_a_mask_that_lets_examples_meet_would_be_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check before training compares packed against apart; it must fail if the mask were wrong."""
     model = prefix_model().eval()
     data = examples(4)
     check_packing(model, model.get_base_model(), data, 0, CPU, contextlib.nullcontext(), 0, True)
+    monkeypatch.setattr(PrefixKeyValues, "_segments", lambda self, base, inputs: inputs)  # no mask per example
     with pytest.raises(ConfigError, match="packed examples attend to each other"):
-        # without packed_segments the prefix is one cache before the whole row: examples see each other
-        check_packing(model, model.get_base_model(), data, 0, CPU, contextlib.nullcontext(), 0, False)
+        check_packing(model, model.get_base_model(), data, 0, CPU, contextlib.nullcontext(), 0, True)
 
 
 def test_training_prefix_packed_equals_training_it_unpacked(tmp_path: Path, chars) -> None:  # type: ignore[no-untyped-def]

@@ -111,3 +111,15 @@ def test_slots_outside_a_causal_lm_are_refused() -> None:
     inputs, _ = model_inputs(examples(3), 0, True, torch.device("cpu"), reserve=N)
     with pytest.raises(ConfigError, match="packed virtual tokens need a causal LM, not SEQ_CLS"):
         model(**inputs)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_a_flattened_batch_from_elsewhere_is_refused(method: str) -> None:
+    """DataCollatorWithFlattening's rows would get the virtual tokens in front of their first example only."""
+    from transformers import DataCollatorWithFlattening
+
+    flat = DataCollatorWithFlattening(return_position_ids=True)([{"input_ids": e.input_ids} for e in examples(3)])
+    model = prompt_model(method)
+    with pytest.raises(ConfigError, match="this batch is flattened"):
+        model(input_ids=flat["input_ids"], position_ids=flat["position_ids"])
+    model(input_ids=flat["input_ids"], position_ids=torch.arange(flat["input_ids"].shape[1]).unsqueeze(0))  # one row
