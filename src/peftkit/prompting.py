@@ -417,6 +417,11 @@ class PrefixKeyValues:
             raise ConfigError(f"train.packing: packed prefix tuning needs sdpa or eager attention, not {kind}, "
                               "to take its 4D mask; set train.packing: false")
         n = self.shape.virtual_tokens
+        window = _sliding_window(base)
+        if window is not None and n + int(positions.max()) >= window:  # unpacked, the window would hide the prefix
+            raise ConfigError(f"train.packing: packed prefix tuning masks each example in full, but this model "
+                              f"attends within a sliding window of {window} positions, which an example here "
+                              f"(with the prefix's {n}) exceeds; set train.packing: false")
         rows, width = positions.shape
         starts = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1  # (B, W) an example begins
         segment = starts.cumsum(-1)  # (B, W)
@@ -437,6 +442,13 @@ class PrefixKeyValues:
         n = self.shape.virtual_tokens
         kwargs["attention_mask"] = _with_ones(kwargs.pop("attention_mask", None), ids, n)
         return _generate_after_placeholders(base, ids, n, kwargs)
+
+
+def _sliding_window(base: nn.Module) -> int | None:
+    """The model's attention window in positions, or None when it attends to everything before."""
+    config = base.config
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and getattr(config, "use_sliding_window", True) is not False else None
 
 
 def _checkpointed(base: nn.Module) -> bool:

@@ -126,3 +126,24 @@ def test_gradient_checkpointing_is_refused_with_a_reason(tmp_path: Path) -> None
         model(**inputs)
     with torch.no_grad():  # no backward to replay: transformers keeps the cache, so the prefix works
         model(**inputs)
+
+
+def test_a_sliding_window_model_packs_only_while_every_example_fits_its_window() -> None:
+    """Unpacked, a sliding window hides the prefix from positions past it; the packed mask shows it in full, so
+    packing is exact only while prefix + example fit the window, and refused past it."""
+    import transformers
+
+    config = transformers.MistralConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                        sliding_window=64)
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_config(config)
+    model = peftkit.get_peft_model(base, peftkit.PrefixTuningConfig(num_virtual_tokens=N, task_type="CAUSAL_LM"))
+    assert_packed_loses_and_teaches_as_unpacked(model.eval(), segments=True)  # every example + prefix within 64
+    longest = max(len(e.input_ids) for e in examples(7))
+    base.config.sliding_window = longest + N  # the longest example and the prefix just fit: still exact
+    assert_packed_loses_and_teaches_as_unpacked(model, segments=True)
+    base.config.sliding_window = longest + N - 1  # now they do not
+    inputs, _ = model_inputs(examples(7), 0, True, CPU, segments=True)
+    with pytest.raises(ConfigError, match=f"sliding window of {longest + N - 1} positions"):
+        model(**inputs)
