@@ -147,3 +147,5 @@ def test_a_sliding_window_model_packs_only_while_every_example_fits_its_window()
     inputs, _ = model_inputs(examples(7), 0, True, CPU, segments=True)
     with pytest.raises(ConfigError, match=f"sliding window of {longest + N - 1} positions"):
         model(**inputs)
+    with pytest.raises(ConfigError, match="sliding window"):  # before training, from every training example
+        check_packing(model, base, examples(7), 0, CPU, contextlib.nullcontext(), 0, True)

@@ -83,6 +83,14 @@ def prefix_in_cache(model: nn.Module) -> bool:
     return isinstance(model, PeftModel) and model.prefix_in_cache
 
 
+def prefix_length(model: nn.Module) -> int:
+    """How many key/values prefix tuning puts in front of every row (0 for other adapters)."""
+    model = _unwrapped(model)
+    if not (isinstance(model, PeftModel) and model.prefix_in_cache):
+        return 0
+    return int(getattr(model.active_peft_config, "num_virtual_tokens", 0) or 0)
+
+
 def _unwrapped(model: nn.Module) -> nn.Module:
     """``model`` without its DistributedDataParallel wrapper."""
     from torch.nn.parallel import DistributedDataParallel

@@ -16,8 +16,8 @@ from torch import nn
 
 from ..data import Example, collate, pack
 from ..errors import ConfigError
-from ..prompting import forward_accepts
-from .evaluate import row_losses
+from ..prompting import check_window, forward_accepts
+from .evaluate import prefix_length, row_losses
 
 __all__ = ["check_packing", "model_inputs"]
 
@@ -53,11 +53,14 @@ def check_packing(model: nn.Module, base: nn.Module, examples: list[Example], pa
     them in front of an unpacked row; with ``segments`` (prefix tuning), that each example sees the prefix.
 
     Raises:
-        ConfigError: ``base`` takes no position ids, or the packed loss differs from the loss apart.
+        ConfigError: ``base`` takes no position ids, the packed loss differs from the loss apart, or (prefix
+            tuning) the longest example and the prefix overflow the model's sliding window.
     """
     if not forward_accepts(base, "position_ids"):
         raise ConfigError(f"train.packing: {type(base).__name__} takes no position ids, so packed examples "
                           "would attend to each other; set train.packing: false")
+    if segments:  # before training: a long example must not stop a run that packing was chosen for
+        check_window(base, prefix_length(model), max(len(e.input_ids) for e in examples))
     longest = sorted(examples[:8], key=lambda e: len(e.input_ids))[-2:]
     pair = [Example(e.input_ids, list(e.input_ids)) for e in longest]  # every token a target: most sensitive
     if len(pair) < 2:
