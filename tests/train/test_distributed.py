@@ -27,7 +27,7 @@ from tests.train.test_loop import sentiment_csv
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def job_file(tmp: Path, model_dir: Path, out: str, *, dropout: float = 0.0, steps: int = 6,
+def job_file(tmp: Path, model_dir: Path, out: str, *, dropout: float = 0.0, steps: int = 6, method: str = "lora",
              **train: object) -> Path:
     data = sentiment_csv(tmp / "d.csv", n=71)
     fields = {"max_steps": steps, "batch_size": 6, "grad_accum": 2, "lr": 0.01, "progress": False, "plot": False,
@@ -36,7 +36,8 @@ def job_file(tmp: Path, model_dir: Path, out: str, *, dropout: float = 0.0, step
     path.write_text(
         f"model: {model_dir}\nseed: 5\noutput_dir: {tmp / out}\n"
         "dtype: float32\n"  # torchrun's workers read the real CPU flags: no bf16 base on an AMX machine
-        f"adapter: {{r: 4, lora_alpha: 8, lora_dropout: {dropout}, target_modules: [q_proj, v_proj]}}\n"
+        + (f"adapter: {{r: 4, lora_alpha: 8, lora_dropout: {dropout}, target_modules: [q_proj, v_proj]}}\n"
+           if method == "lora" else f"method: {method}\nadapter: {{num_virtual_tokens: 4}}\n") +
         f"data: {{path: {data}, mode: classification, template: 'Review: {{text}} Label: {{label}}', "
         "label_words: {pos: yes, neg: no}, val_size: 15}\n"
         f"train: {json.dumps(fields)}\n")
@@ -111,6 +112,15 @@ def test_ddp_on_two_processes_equals_one_process(tmp_path: Path, model_dir: Path
     # Rank 0 alone wrote the metrics: one record per step, no duplicates.
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_prefix_tuning_packed_on_two_processes_equals_one_process(tmp_path: Path, model_dir: Path, chars) -> None:  # type: ignore[no-untyped-def]
+    """Each process packs its share of the batch with a mask per example; DDP sums what one process computes."""
+    two = torchrun(job_file(tmp_path, model_dir, "two", method="prefix_tuning"))
+    one = single_process(job_file(tmp_path, model_dir, "one", method="prefix_tuning"), chars)
+    log = finish(two)
+    assert "training on 2 processes (ddp)" in log and "packing: on (prefix_tuning" in log
+    assert_same_adapter(tmp_path / "two", one)
 
 
 def test_killed_run_resumed_on_two_processes_ends_the_same(tmp_path: Path, model_dir: Path) -> None:
