@@ -81,9 +81,10 @@ class TrainingConfig:
     packing: bool | str = "auto"
     """Pack each batch's examples into as few rows as possible (no compute on padding), keeping them apart with
     restarting positions, so batches and losses are those of unpacked training. Decoder-only models whose
-    attention honours position restarts (checked when training starts); not with prompt methods. auto: on
-    where it is exact (LoRA, DoRA, IA3, full fine-tuning on such a model), off otherwise; the start of training
-    says which and why (:mod:`peftkit.train.defaults`)."""
+    attention honours position restarts (checked on two examples when training starts); every method (prompt
+    tuning's and p-tuning's virtual tokens take slots in front of each example, prefix tuning masks each example
+    to the prefix and itself). auto: on where it is exact, off otherwise; the start of training says which and
+    why (:mod:`peftkit.train.defaults`)."""
     split_by_length: bool | str = "auto"
     """Run each unpacked batch as a few forward passes over rows of similar length (sorted within the batch),
     so less compute goes to padding. The step sees the same examples with the same loss weights, so it learns
