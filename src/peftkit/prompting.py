@@ -33,7 +33,7 @@ from .tuners.prompt import PrefixEncoder, PromptEmbedding, PromptEncoder
 
 __all__ = ["PrefixKeyValues", "PromptShape", "VirtualTokens", "build_prompt_module", "cache_keyword", "check_window",
            "embeddings_to_save", "generate", "load_embeddings", "output_cache", "prepare_inputs", "resolve",
-           "strategy"]
+           "sliding_window", "strategy"]
 
 # ----- the shape -------------------------------------------------------------------------------------------
 
@@ -417,7 +417,8 @@ class PrefixKeyValues:
             raise ConfigError(f"train.packing: packed prefix tuning needs sdpa or eager attention, not {kind}, "
                               "to take its 4D mask; set train.packing: false")
         n = self.shape.virtual_tokens
-        check_window(base, n, int(positions.max()) + 1)
+        if sliding_window(base) is not None:  # the longest example costs a device sync: only where it matters
+            check_window(base, n, int(positions.max()) + 1)
         rows, width = positions.shape
         starts = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1  # (B, W) an example begins
         segment = starts.cumsum(-1)  # (B, W)
@@ -440,6 +441,13 @@ class PrefixKeyValues:
         return _generate_after_placeholders(base, ids, n, kwargs)
 
 
+def sliding_window(base: nn.Module) -> int | None:
+    """The model's attention window in positions, or None when each position attends to all before it."""
+    config = base.config
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and getattr(config, "use_sliding_window", True) is not False else None
+
+
 def check_window(base: nn.Module, prefix: int, longest: int) -> None:
     """Refuse packed prefix tuning where an example of ``longest`` tokens and the ``prefix`` overflow the model's
     sliding attention window: unpacked, the window hides the prefix from the later positions, and the packed
@@ -448,9 +456,8 @@ def check_window(base: nn.Module, prefix: int, longest: int) -> None:
     Raises:
         ConfigError: they do not fit.
     """
-    config = base.config
-    window = getattr(config, "sliding_window", None)
-    if not window or getattr(config, "use_sliding_window", True) is False or prefix + longest <= window:
+    window = sliding_window(base)
+    if window is None or prefix + longest <= window:
         return
     raise ConfigError(f"train.packing: packed prefix tuning masks each example in full, but this model attends "
                       f"within a sliding window of {window} positions, which an example of {longest} tokens with "

@@ -74,7 +74,7 @@ def split_by_length(lengths: list[int], overhead: int = SUB_BATCH_OVERHEAD) -> l
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     sizes = [lengths[i] for i in order]
-    best, cut = [0] + [0] * len(sizes), [0] * (len(sizes) + 1)  # best[j]: cost of the j shortest rows
+    best, cut = [0] * (len(sizes) + 1), [0] * (len(sizes) + 1)  # best[j]: cost of the j shortest rows
     for end in range(1, len(sizes) + 1):
         costs = [(best[start] + (end - start) * sizes[end - 1] + overhead, start) for start in range(end)]
         best[end], cut[end] = min(costs)

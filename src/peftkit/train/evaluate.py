@@ -77,14 +77,9 @@ def tokens_in_front(model: nn.Module, inputs: dict[str, Any] | None = None) -> i
     return model.tokens_in_front
 
 
-def prefix_in_cache(model: nn.Module) -> bool:
-    """True when ``model``'s active adapter is prefix tuning (see :attr:`PeftModel.prefix_in_cache`)."""
-    model = _unwrapped(model)
-    return isinstance(model, PeftModel) and model.prefix_in_cache
-
-
 def prefix_length(model: nn.Module) -> int:
-    """How many key/values prefix tuning puts in front of every row (0 for other adapters)."""
+    """How many key/values prefix tuning puts in front of every row (0 for other adapters): a packed batch
+    then needs a mask per example (see :attr:`PeftModel.prefix_in_cache`)."""
     model = _unwrapped(model)
     if not (isinstance(model, PeftModel) and model.prefix_in_cache):
         return 0

@@ -32,7 +32,7 @@ from .batches import Batches, lr_schedule, split_by_length, total_steps
 from .config import JobConfig
 from .defaults import banner, choose_dtype, choose_packing, choose_precision, choose_split, with_choices
 from .distributed import Processes
-from .evaluate import Metrics, evaluate_sharded, prefix_in_cache, row_losses, tokens_in_front
+from .evaluate import Metrics, evaluate_sharded, prefix_length, row_losses, tokens_in_front
 from .kernels import attention_kernel, autocast_for, compiled, pick_device, unfused_attention
 from .packing import check_packing, model_inputs
 from .report import MetricsLog, NoMetrics, Trackers, card_lines, format_metrics, plot_metrics
@@ -76,7 +76,7 @@ class Run:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # prompt tuning's virtual tokens take slots in front of each packed example (none for other methods)
         self.reserve = tokens_in_front(self.model)
-        self.segments = prefix_in_cache(self.model)  # prefix tuning: each packed example masked to itself
+        self.segments = prefix_length(self.model) > 0  # prefix tuning: each packed example masked to itself
         self.packing = choose_packing(job, lambda: check_packing(self.model, target.base, data.train, self.pad_id,
                                                                  self.device, self.autocast, self.reserve,
                                                                  self.segments))
