@@ -26,7 +26,7 @@ ALIASES: dict[str, str] = {
     "BaseTunerLayer": "peftkit.tuners.base:AdapterLayer",
     "LoraLayer": "peftkit.tuners.lora:LoraLayer",
     "Linear": "peftkit.tuners.lora:LoraLinear",
-    "Embedding": "peftkit.tuners.lora:LoraEmbedding",
+    "Embedding": "peftkit.tuners.lora_embedding:LoraEmbedding",
     "IA3Layer": "peftkit.tuners.ia3:IA3Linear",
     "ModulesToSaveWrapper": "peftkit.tuners.modules_to_save:ModulesToSaveWrapper",
     "PromptEmbedding": "peftkit.tuners.prompt:PromptEmbedding",

@@ -1,128 +1,192 @@
-"""Run PEFT's own test files against PEFT and against peftkit, and count what differs.
+"""Run PEFT's own test files against PEFT and against peftkit, and record every test's two outcomes.
 
-    python benchmarks/conformance/run_peft_tests.py --peft-git /work/.mirror/huggingface+peft/repo
+    python benchmarks/conformance/run_peft_tests.py              # the whole selection (about an hour here)
+    python benchmarks/conformance/run_peft_tests.py --subset ci  # the fixed fast subset CI runs
 
-PEFT's tests are read from a checkout (``--peft-src``) or a bare mirror (``--peft-git``, as the search
-tool's ``fetch`` brings it) into a temporary folder, never into this repository. Each library runs the same
-selection: the test files that build their models locally, minus tests of methods peftkit does not claim
-(deselected by name). With ``--lib peftkit`` the shim in ``peft_shim.py`` makes ``import peft`` resolve to
-peftkit. The report puts every test in one category:
+PEFT's tests come from the source distribution of the installed PEFT version (``pip download``; PEFT ships
+its tests there), so the tests match the library they were written for. The hub models they load are local
+stand-ins (``standins.py``); ``claims.py`` says which files run and which tests are out of scope, with the
+reason for each. With ``CONFORMANCE_LIB=peftkit`` the shim in ``peft_shim.py`` makes ``import peft`` resolve
+to peftkit.
 
-- ``pass``: passes on peftkit;
-- ``environment``: fails or is skipped on PEFT itself too (hub access, GPU, optional packages);
-- ``missing API``: peftkit lacks a name or argument the test uses (the name is counted);
-- ``unsupported feature``: peftkit refuses a PEFT feature it does not implement, by name (a DoRA embedding,
-  an initialization method, a PEFT-only config field set on);
-- ``message only``: the same exception type, another message (PEFT's test matches its exact wording);
-- ``behaviour``: PEFT passes and peftkit gets a different outcome.
+Every selected test gets one category, decided from its ``E`` lines (the exception), never from the test's
+source:
 
-Needs PEFT's test dependencies in the environment: ``pip install diffusers scipy parameterized``.
+- ``pass``: both pass.
+- ``PEFT does not pass``: PEFT fails or skips it too (its message is recorded); ``peftkit only`` when peftkit
+  passes it anyway.
+- ``missing internal``: peftkit lacks a PEFT-internal name (listed in ``INTERNAL_NAMES`` or starting with
+  ``_``); public names and attributes are behaviour.
+- ``unsupported feature``: peftkit refuses, by name, a PEFT feature it does not implement.
+- ``message only``: the same exception type, PEFT's test matching PEFT's own wording.
+- ``reasoned``: a behaviour difference with a written reason in ``differences.py``.
+- ``behaviour``: PEFT passes, peftkit does not, and nothing above explains it.
+
+A test that one library ran and the other did not (a collection error, a crash) is a harness error: it is
+listed and the run exits with status 2, since no category can be honest about it.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
+import tarfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-FILES = ["test_custom_models.py", "test_initialization.py", "test_config.py", "test_other.py",
-         "test_tuners_utils.py", "test_mapping.py"]
-SUPPORT = ["__init__.py", "conftest.py", "testing_common.py", "testing_utils.py"]
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
 
-# Methods peftkit does not claim, as they appear in test names and parameter ids.
-UNCLAIMED = [
-    "AdaLora", "AdaLoRA", "adalora", "Glora", "GLoRA", "glora", "Vera", "VeRA", "vera", "LoHa", "loha", "LoKr", "lokr",
-    "BOFT", "boft", "OFT", "oft", "HRA", "hra", "VBLoRA", "vblora", "FourierFT", "fourierft", "Miss", "MiSS", "miss",
-    "Bone", "bone", "LNTuning", "LN Tuning", "ln_tuning", "RandLora", "RandLoRA", "randlora", "Shira", "SHiRA",
-    "shira", "C3A", "c3a", "Road", "RoAd", "road", "WaveFT", "waveft", "Delora", "DeLoRA", "delora", "OSF", "osf",
-    "TrainableTokens", "Trainable Tokens", "trainable_token", "trainable_tokens", "XLora", "X-LoRA", "xlora", "Poly",
-    "poly", "AdaptionPrompt", "adaption_prompt", "CPT", "cpt", "UniLora", "UniLoRA", "unilora", "Lily", "lily",
-    "Hira", "HiRA", "hira", "Gralora", "GraLoRA", "gralora", "Peanut", "peanut", "Psoft", "psoft", "TinyLora",
-    "TinyLoRA", "tinylora", "Velora", "VeLoRA", "velora", "Frod", "frod", "Beft", "beft", "Deft", "deft", "Adamss",
-    "adamss", "Kasa", "KaSA", "kasa", "Monteclora", "MonteCLoRA", "monteclora", "Supertuning", "supertuning",
-    "BdLora", "bdlora", "Pvera", "PVeRA", "pvera", "Eva", "EVA", "eva", "Corda", "CorDA", "corda", "LoftQ", "loftq",
-    "lora_ga", "LoraGA", "Arrow", "arrow", "alora", "aLoRA", "qalora", "QALoRA", "hotswap", "Hotswap", "Cartridge",
-    "cartridge", "MultitaskPrompt", "multitask", "loraplus", "LoraPlus", "lora_fa", "LoraFA",
-    "target_parameters", "layer_replication", "megatron", "lora_bias", "LoRA-bias", "use_qalora",
-    "Conv2d", "Conv2D", "conv2d", "Conv3d", "Conv3D", "Conv1d", "conv1d", "MHA", "mha", "gptq", "bnb", "8bit", "4bit",
-    "ephemeral", "gpu", "GPU", "cuda", "xpu", "tied_embedding", "trainable_token_indices",
-]
-UNCLAIMED_RE = re.compile(r"(?<![A-Za-z])(" + "|".join(map(re.escape, UNCLAIMED)) + r")(?![a-z])")
-ENVIRONMENT_RE = re.compile(r"offline|LocalEntryNotFound|couldn't connect|HF_HUB_OFFLINE|Connection|resolve|"
-                            r"huggingface\.co|No module named|requires .*GPU|CUDA|cuda", re.IGNORECASE)
-MISSING_RE = re.compile(r"(peft[\w.]*\.\w+) is not in peftkit")
+import claims  # noqa: E402
+import differences  # noqa: E402
+import standins  # noqa: E402
+
+TEST_DEPS = ["attrs", "scipy", "parameterized", "diffusers"]  # what PEFT's selected test files import
+
+# PEFT-internal names a test may reach; missing ones are "missing internal", not behaviour.
+INTERNAL_NAMES = {
+    "peft.utils._get_submodules", "peft.tuners.tuners_utils.check_target_module_exists",
+    "peft.tuners.tuners_utils._get_tuner_state_dict_key_prefixes", "peft.tuners.tuners_utils.BaseTuner",
+    "peft.tuners.tuners_utils.BaseTunerLayer", "peft.tuners.tuners_utils._maybe_include_all_linear_layers",
+    "peft.tuners.tuners_utils.onload_layer", "peft.tuners.tuners_utils.replicate_layers",
+    "peft.tuners.lora.layer.LoraLayer", "peft.tuners.lora.layer.dispatch_default",
+    "peft.utils.other._get_no_split_modules", "peft.utils.other.get_pattern_key",
+    "peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING",
+    "peft.utils.save_and_load._find_mismatched_keys", "peft.utils.save_and_load._insert_adapter_name_into_state_dict",
+    "peft.utils.hotswap", "peft.utils.integrations.init_empty_weights", "peft.import_utils",
+}
+MISSING_RE = re.compile(r"([\w.]+) is not in peftkit")
 ATTRIBUTE_RE = re.compile(r"'(\w+)' object has no attribute '(\w+)'")
-# The last one: a test that builds a custom LoRA layer as `class MyLora(nn.Module, LoraLayer)` needs PEFT's
-# LoraLayer to be a mixin; peftkit's layers are plain nn.Modules, so Python cannot order that class's bases.
-# Custom layer dispatch (`LoraConfig._register_custom_module`) is a feature peftkit does not implement.
-UNSUPPORTED_RE = re.compile(r"is a PEFT feature peftkit does not support|is not supported|peftkit supports it on "
-                            r"linear layers only|cannot be combined with use_dora|init_lora_weights='\w+' is not|"
-                            r"which LoRA cannot adapt|safe_serialization=False would write a pickle|"
-                            r"Cannot create a consistent method resolution")
-# pytest >= 8.4 reports a ``pytest.raises(..., match=)`` whose exception came but whose message differs as a
-# bare AssertionError with a diff, under the ``>`` line that holds the ``pytest.raises`` call.
-RAISES_MATCH_RE = re.compile(r"^>.*pytest\.raises\(.*match=.*\n(?:[^E\n].*\n)*?E\s+AssertionError: *\n", re.MULTILINE)
-ARGUMENT_RE = re.compile(r"(\w+)\(\) got an unexpected keyword argument '(\w+)'")
+UNSUPPORTED_RE = re.compile(
+    r"is a PEFT feature peftkit does not support|is not supported by peftkit|peftkit supports it on linear layers "
+    r"only|cannot be combined with use_dora|init_lora_weights='\w+' is not|which LoRA cannot adapt|"
+    r"safe_serialization=False would write a pickle")
+MATCH_RE = re.compile(r"Regex pattern did not match|does not match|Pattern '.*' not found")
+
+CI_SUBSET = [  # one fast slice of every claimed method, every hub-model file and the low-level API
+    "test_decoder_models.py", "test_custom_models.py", "test_low_level_api.py", "test_seq_classifier.py",
+    "test_encoder_decoder_models.py", "test_feature_extraction_models.py",
+]
+CI_FILTER = ("tiny-random-LlamaForCausalLM or tiny-random-BertModel or tiny-random-Bart or "
+             "BertForSequenceClassification or TestLowLevelFunctional or TestPeftStateDict or "
+             "(test_custom_models and (test_forward_output_finite or test_merge_layers or test_save_pretrained))")
+
+
+def _cache_dir() -> Path:
+    folder = Path(os.environ.get("PEFTKIT_CONFORMANCE_CACHE", ROOT / ".cache" / "conformance"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def install_test_deps() -> None:
+    """PEFT's test dependencies, installed into this Python (a no-op once they are there)."""
+    missing = [d for d in TEST_DEPS if importlib.util.find_spec(d) is None]
+    if missing:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
+
+
+def peft_tests(version: str) -> Path:
+    """PEFT's tests for ``version``, from its source distribution (cached)."""
+    folder = _cache_dir() / f"peft-{version}"
+    if not (folder / "tests" / "testing_common.py").exists():
+        sdist = _cache_dir() / "sdist"
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        "-d", str(sdist), f"peft=={version}"], check=True)
+        with tarfile.open(next(sdist.glob(f"peft-{version}.tar.gz"))) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(f"peft-{version}/tests/")]
+            tar.extractall(_cache_dir(), members=members, filter="data")
+        (_cache_dir() / f"peft-{version}").rename(folder) if not folder.exists() else None
+    return folder / "tests"
+
+
+def hub_cache() -> Path:
+    """The stand-in hub cache, rebuilt when ``standins.py`` changes."""
+    folder = _cache_dir() / f"hub-{standins.fingerprint()}"
+    if not (folder / "standins.json").exists():
+        print(f"building the hub stand-ins in {folder} ...", flush=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, str(HERE / "standins.py"), str(folder)], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    return folder
+
 
 PLUGIN = '''
-import os, re, sys
+import json, os, sys
 sys.path.insert(0, {here!r})
 if os.environ.get("CONFORMANCE_LIB") == "peftkit":
     import peft_shim
     peft_shim.install()
-UNCLAIMED_RE = re.compile({pattern!r})
-
-# Stay offline: PEFT's hub_online_once lifts HF_HUB_OFFLINE and then waits out the hub client's retries.
 import contextlib
+import claims, standins
 import tests.testing_utils
 
 
 @contextlib.contextmanager
-def _offline(*args, **kwargs):
+def _offline(*args, **kwargs):  # PEFT's hub_online_once lifts HF_HUB_OFFLINE; the stand-ins are local
     yield
 
 
 tests.testing_utils.hub_online_once = _offline
+tests.testing_utils.load_dataset_english_quotes = standins.quotes_dataset
+
+
+def _reason(item):
+    params = getattr(getattr(item, "callspec", None), "params", {{}})
+    return claims.unclaimed_reason(item.nodeid) or claims.unclaimed_config_reason(params)
+
 
 def pytest_collection_modifyitems(config, items):
-    kept = [i for i in items if not UNCLAIMED_RE.search(i.nodeid)]
-    config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+    reasons = {{i.nodeid: _reason(i) for i in items}}
+    kept = [i for i in items if reasons[i.nodeid] is None]
+    config.hook.pytest_deselected(items=[i for i in items if reasons[i.nodeid] is not None])
     items[:] = kept
+    out = os.environ.get("CONFORMANCE_DESELECTED")
+    worker = getattr(config, "workerinput", {{}}).get("workerid", "gw0")
+    if out and worker == "gw0":  # every worker collects the same items; one records them
+        with open(out, "w") as f:
+            json.dump({{k: v for k, v in reasons.items() if v}}, f)
 '''
 
 
-def read_tests(args: argparse.Namespace, folder: Path) -> None:
-    """Copy PEFT's test files into ``folder/tests`` from a checkout or a bare mirror."""
-    tests = folder / "tests"
-    tests.mkdir(parents=True)
-    for name in FILES + SUPPORT:
-        if args.peft_src:
-            text = (Path(args.peft_src) / "tests" / name).read_text()
-        else:
-            text = subprocess.run(["git", f"--git-dir={args.peft_git}", "show", f"{args.rev}:tests/{name}"],
-                                  check=True, capture_output=True, text=True).stdout
-        (tests / name).write_text(text)
-    (folder / "conformance_plugin.py").write_text(PLUGIN.format(here=str(HERE), pattern=UNCLAIMED_RE.pattern))
+def prepare(tests: Path, folder: Path, files: list[str]) -> None:
+    """Copy PEFT's test files into ``folder/tests`` beside the plugin."""
+    (folder / "tests").mkdir(parents=True, exist_ok=True)
+    for name in files + claims.SUPPORT:
+        if (tests / name).exists():
+            (folder / "tests" / name).write_text((tests / name).read_text())
+    (folder / "tests" / "__init__.py").touch()  # the sdist leaves it out; the files import each other relatively
+    (folder / "conformance_plugin.py").write_text(PLUGIN.format(here=str(HERE)))
 
 
-def run(lib: str, folder: Path, files: list[str], workers: int, extra: list[str]) -> dict[str, dict[str, str]]:
-    """Run the selection under ``lib``; returns test id -> {outcome, message}."""
+def run(lib: str, folder: Path, hub: Path, files: list[str], workers: int, extra: list[str],
+        src: str | None = None) -> dict[str, Any]:
+    """Run the selection under ``lib``; returns test id -> {outcome, message} and the run's seconds.
+
+    ``src``: a folder holding a ``peftkit`` package to test instead of the installed one (a snapshot, so that
+    edits made while a long run goes on do not reach it)."""
     report = folder / f"{lib}.xml"
-    env = {**os.environ, "CONFORMANCE_LIB": lib, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(folder), "OMP_NUM_THREADS": "1"}
+    report.unlink(missing_ok=True)
+    path = os.pathsep.join([*([src] if src else []), str(folder)])
+    env = {**os.environ, "CONFORMANCE_LIB": lib, "CONFORMANCE_DESELECTED": str(folder / f"{lib}-deselected.json"),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_CACHE": str(hub), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-p", "conformance_plugin", "-p", "no:cacheprovider",
                "-n", str(workers), f"--junitxml={report}", "-o", "junit_family=xunit1", "--rootdir", str(folder),
-               *[f"tests/{f}" for f in files], *extra]
-    subprocess.run(command, cwd=folder, env=env, check=False)
-    results = {}
+               "-W", "ignore::DeprecationWarning", *[f"tests/{f}" for f in files], *extra]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=folder, env=env, check=False, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    results: dict[str, dict[str, str]] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         test_id = f"{case.get('classname')}::{case.get('name')}"
         outcome, message = "passed", ""
@@ -132,82 +196,179 @@ def run(lib: str, folder: Path, files: list[str], workers: int, extra: list[str]
                 outcome = "skipped" if tag == "skipped" else "failed"
                 message = (node.get("message") or "") + "\n" + (node.text or "")
                 break
+        if case.find("error") is not None and outcome == "passed":
+            outcome = "failed"  # an error in teardown after a pass
         results[test_id] = {"outcome": outcome, "message": message}
-    return results
+    deselected = json.loads((folder / f"{lib}-deselected.json").read_text())
+    return {"results": results, "seconds": round(seconds, 1), "deselected": deselected}
 
 
-def categorize(peft: dict[str, dict[str, str]], ours: dict[str, dict[str, str]]) -> dict[str, object]:
-    """Put each test in pass / environment / missing API / behaviour, and count the missing names."""
-    categories: dict[str, list[str]] = collections.defaultdict(list)
-    missing: collections.Counter[str] = collections.Counter()
-    for test_id, result in sorted(ours.items()):
-        theirs = peft.get(test_id, {"outcome": "absent"})
-        if result["outcome"] == "passed":
-            categories["pass"].append(test_id)
-        elif theirs["outcome"] != "passed" or (result["outcome"] == "skipped" and ENVIRONMENT_RE.search(
-                result["message"])):
-            categories["environment"].append(test_id)
-        elif names := _missing_names(result["message"]):
-            categories["missing API"].append(test_id)
-            missing.update(names)
-        elif UNSUPPORTED_RE.search(result["message"]):
-            categories["unsupported feature"].append(test_id)
-        elif "Regex pattern did not match" in result["message"] or RAISES_MATCH_RE.search(result["message"]):
-            categories["message only"].append(test_id)
-        else:
-            categories["behaviour"].append(test_id)
-    reasons = {t: _first_error_line(ours[t]["message"]) for t in categories["behaviour"]}
-    return {"counts": {k: len(v) for k, v in categories.items()}, "tests": categories,
-            "missing_names": missing.most_common(), "behaviour_reasons": reasons}
+def deselection_table(deselected: dict[str, str]) -> dict[str, dict[str, int]]:
+    """file -> reason -> how many tests of that file were left out for it."""
+    table: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for test_id, reason in deselected.items():
+        table[test_id.split("::")[0].rsplit("/", 1)[-1]][reason] += 1
+    return {f: dict(c.most_common()) for f, c in sorted(table.items())}
 
 
-def _first_error_line(message: str) -> str:
-    """The line that names the exception (``E   SomeError: ...``), cut short."""
+def error_lines(message: str) -> str:
+    """The exception lines of a failure (``E   ...``), or the skip reason; what categories are read from."""
     lines = [line[1:].strip() for line in message.splitlines() if line.startswith("E ")]
-    return (lines[0] if lines else message.strip().splitlines()[0] if message.strip() else "")[:300]
+    text = "\n".join(lines) if lines else message.strip().split("\n")[0]
+    return text[:600]
 
 
-def _missing_names(message: str) -> list[str]:
-    names = MISSING_RE.findall(message)
-    names += [f"{cls}.{attr}" for cls, attr in ATTRIBUTE_RE.findall(message)
-              if cls not in ("NoneType", "str", "dict", "list", "tuple", "int", "Tensor")]
-    names += [f"{fn}({arg}=)" for fn, arg in ARGUMENT_RE.findall(message)]
-    return sorted(set(names))
+def missing_internal(exception: str) -> list[str]:
+    """PEFT-internal names the exception says peftkit lacks (empty when any lacking name is public)."""
+    names = MISSING_RE.findall(exception)
+    names += [f"{cls}.{attr}" for cls, attr in ATTRIBUTE_RE.findall(exception)]
+    if not names:
+        return []
+    internal = [n for n in names if n in INTERNAL_NAMES or n.rsplit(".", 1)[-1].startswith("_")]
+    return internal if len(internal) == len(names) else []
 
 
-def main() -> None:
+def categorize(test_id: str, peft: dict[str, str], ours: dict[str, str]) -> tuple[str, str]:
+    """The category of one test and the reason or message that decided it."""
+    ours_e, peft_e = error_lines(ours["message"]), error_lines(peft["message"])
+    if peft["outcome"] != "passed":
+        if ours["outcome"] == "passed":
+            return "peftkit only", peft_e
+        return "PEFT does not pass", peft_e
+    if ours["outcome"] == "passed":
+        return "pass", ""
+    if names := missing_internal(ours_e):
+        return "missing internal", ", ".join(names)
+    if UNSUPPORTED_RE.search(ours_e):
+        return "unsupported feature", ours_e
+    if reason := differences.reason(test_id):
+        return "reasoned", reason
+    if MATCH_RE.search(ours_e) and ours["outcome"] == "failed":
+        return "message only", ours_e
+    return "behaviour", ours_e
+
+
+METHODS = {  # a test's method, from the config class or word in its id
+    "prompt tuning": re.compile(r"prompttuning|prompt_tuning|prompt tuning", re.I),
+    "p-tuning": re.compile(r"promptencoder|p_tuning|ptuning", re.I),
+    "prefix tuning": re.compile(r"prefixtuning|prefix_tuning|prefix", re.I),
+    "ia3": re.compile(r"ia3", re.I),
+    "lora": re.compile(r"lora|dora|pissa|olora", re.I),
+}
+
+
+def method_of(test_id: str) -> str:
+    return next((name for name, pattern in METHODS.items() if pattern.search(test_id)), "other")
+
+
+def summarize(peft: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """Every test's two outcomes and category, the counts, and the ratio per method."""
+    tests, harness_errors = {}, sorted(set(peft) ^ set(ours))
+    for test_id in sorted(set(peft) & set(ours)):
+        category, why = categorize(test_id, peft[test_id], ours[test_id])
+        tests[test_id] = {"category": category, "why": why, "method": method_of(test_id),
+                          "peft": peft[test_id]["outcome"], "peft_message": error_lines(peft[test_id]["message"]),
+                          "peftkit": ours[test_id]["outcome"],
+                          "peftkit_message": error_lines(ours[test_id]["message"])}
+    counts = collections.Counter(t["category"] for t in tests.values())
+    by_method = {}
+    for method in [*METHODS, "other"]:
+        rows = [t for t in tests.values() if t["method"] == method]
+        peft_passes = [t for t in rows if t["peft"] == "passed"]
+        both = sum(t["peftkit"] == "passed" for t in peft_passes)
+        by_method[method] = {"selected": len(rows), "peft_passes": len(peft_passes), "peftkit_passes_of_those": both,
+                             "ratio": round(both / len(peft_passes), 4) if peft_passes else None}
+    peft_passes = sum(t["peft"] == "passed" for t in tests.values())
+    return {"selected": len(tests), "peft_passes": peft_passes, "peftkit_passes_of_those": counts["pass"],
+            "ratio": round(counts["pass"] / peft_passes, 4) if peft_passes else None,
+            "counts": dict(sorted(counts.items())), "by_method": by_method, "harness_errors": harness_errors,
+            "tests": tests}
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_peft(folder: Path, hub: Path, files: list[str], workers: int, extra: list[str], key: str,
+             reuse: bool) -> tuple[dict[str, Any], str]:
+    """PEFT's own run; with ``reuse``, an earlier run of exactly these tests, stand-ins and PEFT version."""
+    saved = _cache_dir() / f"peft-results-{key}.json"
+    if reuse and saved.exists():
+        return json.loads(saved.read_text()), f"reused from {saved.name}"
+    peft = run("peft", folder, hub, files, workers, extra)
+    saved.write_text(json.dumps(peft))
+    return peft, "run now"
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--peft-src", help="a PEFT checkout (its tests/ folder is read)")
-    source.add_argument("--peft-git", help="a bare PEFT mirror (git dir)")
-    parser.add_argument("--rev", default="HEAD", help="the mirror's revision to read tests from")
+    parser.add_argument("--peft-src", help="a PEFT checkout whose tests/ to run instead of the sdist's")
     parser.add_argument("-n", "--workers", type=int, default=2)
-    parser.add_argument("--files", nargs="+", default=FILES, choices=FILES, help="PEFT's test files to run")
-    parser.add_argument("--peftkit-only", action="store_true", help="skip the PEFT run (for a quick look)")
-    parser.add_argument("--out", default=str(HERE.parent / "results" / "peft-conformance.json"))
+    parser.add_argument("--files", nargs="+", default=claims.FILES, help="PEFT's test files to run")
+    parser.add_argument("--subset", choices=["ci"], help="the fixed fast subset CI runs")
+    parser.add_argument("--reuse-peft", action="store_true",
+                        help="reuse PEFT's results from an earlier run of the same tests, stand-ins and version")
+    parser.add_argument("--peftkit-src", help="a folder with the peftkit package to test (default: the installed)")
+    parser.add_argument("--peft-only", action="store_true", help="run PEFT's side only (cached for --reuse-peft)")
+    parser.add_argument("--out", help="where the JSON goes (default benchmarks/results/peft-conformance.json)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (e.g. -k test_merge)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="peft-conformance-") as tmp:
-        folder = Path(tmp)
-        read_tests(args, folder)
-        if args.peftkit_only:  # a quick look at peftkit's failures; every test counts as passing on PEFT
-            ours = run("peftkit", folder, args.files, args.workers, args.pytest_args)
-            peft = {t: {"outcome": "passed", "message": ""} for t in ours}
-        else:
-            peft = run("peft", folder, args.files, args.workers, args.pytest_args)
-            ours = run("peftkit", folder, args.files, args.workers, args.pytest_args)
-    summary = categorize(peft, ours)
-    peft_passed = sum(r["outcome"] == "passed" for r in peft.values())
-    summary = {"selected": len(ours), "peft_passed": peft_passed, **summary}
-    Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\nselected tests: {len(ours)}; PEFT passes {peft_passed}")
-    for name, count in sorted(summary["counts"].items()):  # type: ignore[attr-defined]
-        print(f"  {name:<12} {count}")
-    print("most used missing names:")
-    for name, count in summary["missing_names"][:40]:  # type: ignore[index]
-        print(f"  {count:5d}  {name}")
-    print(f"written to {args.out}")
+    files, extra = args.files, list(args.pytest_args)
+    if args.subset == "ci":
+        files, extra = CI_SUBSET, ["-k", CI_FILTER, *extra]
+    out = Path(args.out or (ROOT / "benchmarks" / "results" /
+                            ("peft-conformance-ci.json" if args.subset else "peft-conformance.json")))
+    install_test_deps()
+    version = importlib.metadata.version("peft")
+    tests = Path(args.peft_src) / "tests" if args.peft_src else peft_tests(version)
+    hub = hub_cache()
+    folder = _cache_dir() / "run"
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    prepare(tests, folder, files)
+    sources = {f: hashlib.sha256((tests / f).read_bytes()).hexdigest()[:12] for f in files + claims.SUPPORT
+               if (tests / f).exists()}
+    key = _key(version, sources, standins.fingerprint(), Path(claims.__file__).read_text(), extra)
+    peft, peft_source = run_peft(folder, hub, files, args.workers, extra, key, args.reuse_peft)
+    if args.peft_only:
+        print(f"PEFT's side: {len(peft['results'])} tests in {peft['seconds']} s, cached under key {key}")
+        return 0
+    ours = run("peftkit", folder, hub, files, args.workers, extra, args.peftkit_src)
+    summary = summarize(peft["results"], ours["results"])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    meta = {"peft_version": version, "tests_from": str(args.peft_src or f"peft-{version} sdist"),
+            "peftkit_commit": commit, "files": files, "pytest_args": extra, "standins": standins.fingerprint(),
+            "peft_run": peft_source, "peft_seconds": peft["seconds"], "peftkit_seconds": ours["seconds"],
+            "deselected_files": claims.DESELECTED_FILES, "date": time.strftime("%Y-%m-%d"),
+            "deselected_tests": deselection_table(ours.get("deselected", {})),
+            "deselected_count": len(ours.get("deselected", {}))}
+    out.write_text(json.dumps({"meta": meta, **summary}, indent=1) + "\n")
+    report(summary, meta, out)
+    return 2 if summary["harness_errors"] else 0
+
+
+def report(summary: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
+    print(f"\nPEFT {meta['peft_version']} tests ({meta['peft_run']}, {meta['peft_seconds']} s); "
+          f"peftkit {meta['peftkit_commit']} ({meta['peftkit_seconds']} s)")
+    print(f"selected {summary['selected']}; PEFT passes {summary['peft_passes']}; peftkit passes "
+          f"{summary['peftkit_passes_of_those']} of those ({summary['ratio']:.1%})")
+    for name, count in summary["counts"].items():
+        print(f"  {name:<20} {count}")
+    print("per method (peftkit passes / PEFT passes):")
+    for name, row in summary["by_method"].items():
+        if row["peft_passes"]:
+            print(f"  {name:<14} {row['peftkit_passes_of_those']:5d} / {row['peft_passes']:5d}  ({row['ratio']:.1%})")
+    behaviour = [(t, r["why"]) for t, r in summary["tests"].items() if r["category"] == "behaviour"]
+    for test_id, why in behaviour[:60]:
+        print(f"  behaviour: {test_id}\n      {why.splitlines()[0] if why else ''}")
+    if summary["harness_errors"]:
+        print(f"HARNESS ERROR: {len(summary['harness_errors'])} tests ran under one library only, e.g.:")
+        for test_id in summary["harness_errors"][:20]:
+            print(f"  {test_id}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

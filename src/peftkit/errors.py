@@ -23,6 +23,7 @@ __all__ = [
     "MissingKeysError",
     "ModelLoadError",
     "PeftkitError",
+    "PromptAdapterError",
     "StorageError",
     "TargetNotFoundError",
     "TrainingError",
@@ -100,6 +101,12 @@ class AdapterNotFoundError(UserInputError, KeyError):
 
 class AdapterStateError(PeftkitError, ValueError):
     """An adapter's state forbids the call (deleting an adapter that is merged into the weights)."""
+
+
+class PromptAdapterError(PeftkitError, AttributeError):
+    """A weight operation (merge, unload) asked of a prompt-learning adapter, which changes no weight.
+
+    An ``AttributeError`` as in PEFT, where a prompt-learning model has no such method."""
 
 
 class ModelLoadError(UserInputError):

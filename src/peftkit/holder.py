@@ -19,7 +19,16 @@ class BaseModelHolder(nn.Module):
 
     PEFT code also calls the tuner methods on ``peft_model.base_model`` (``set_adapter``,
     ``disable_adapter_layers``, ...): each is answered explicitly by the :class:`PeftModel` that owns it.
+    Any other attribute is the wrapped model's, as PEFT's tuner forwards it (``base_model.lm_head``).
     """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":  # not set yet (during __init__ or unpickling): no recursion
+                raise
+            return getattr(self.model, name)
 
     def __init__(self, model: nn.Module, owner: Any = None) -> None:
         super().__init__()
@@ -89,6 +98,10 @@ class BaseModelHolder(nn.Module):
 
     def unload(self) -> nn.Module:
         return self._peft().unload()
+
+    @property
+    def prefix(self) -> str:
+        return self._peft().prefix
 
     @property
     def targeted_module_names(self) -> list[str]:

@@ -37,7 +37,7 @@ from .config import (
     TaskType,
     adopt,
 )
-from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, PeftkitError
+from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, PromptAdapterError
 from .holder import BaseModelHolder
 from .inspection import count_parameters
 from .status import get_layer_status, get_model_status
@@ -83,8 +83,22 @@ class PeftModel(ModelWrapper):
         self._targeted: list[str] = []  # adapted layer names in the order adapters first reached them (PEFT's)
         self.register_state_dict_post_hook(_drop_tied_aliases)
         trainer_support.install(PeftModel)  # transformers.Trainer checkpoints and losses as for PEFT's models
+        if _checkpointing(model):
+            self.prepare_model_for_gradient_checkpointing(model)
         self.add_adapter(adapter_name, peft_config)
         self.set_adapter(adapter_name)
+
+    def prepare_model_for_gradient_checkpointing(self, model: nn.Module) -> nn.Module:
+        """Make the input embeddings' output require grads, so a checkpointed frozen model still backpropagates
+        to the adapters (PEFT's method; quantized models are left alone, as there)."""
+        if any(getattr(model, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")):
+            return model
+        loose: Any = model  # a transformers model, or any module with these methods
+        if hasattr(loose, "enable_input_require_grads"):
+            loose.enable_input_require_grads()
+        elif hasattr(loose, "get_input_embeddings"):
+            loose.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+        return model
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """After copy.deepcopy or unpickling, the copied holder answers for the copy, not the original."""
@@ -239,7 +253,7 @@ class PeftModel(ModelWrapper):
     def _require_layer_adapters(self, names: list[str], action: str) -> None:
         prompt = [n for n in names if self._require(n).is_prompt_learning]
         if prompt:
-            raise PeftkitError(f"cannot {action} prompt-learning adapter(s) {prompt}: they change no weight")
+            raise PromptAdapterError(f"cannot {action} prompt-learning adapter(s) {prompt}: they change no weight")
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
                              combination_type: str = "svd", svd_rank: int | None = None, density: float | None = None,
@@ -254,6 +268,11 @@ class PeftModel(ModelWrapper):
         """
         configs = [self._require(a) for a in adapters]
         weighted.check_no_shared_copies(surgery.shared_trainable_copies(self.get_base_model(), adapters))
+        if all(isinstance(c, IA3Config) for c in configs):  # PEFT's IA3 combination: sum(w * l)
+            if adapter_name not in self.peft_config:  # PEFT leaves an existing adapter of that name alone
+                self.add_adapter(adapter_name, weighted.plan_ia3(configs, weights))
+                surgery.combine_ia3(self.get_base_model(), adapters, list(weights), adapter_name)
+            return
         plan = weighted.plan(configs, weights, combination_type, svd_rank, density, majority_sign_method)
         self.add_adapter(adapter_name, plan.config)
         surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, plan.combination,
@@ -291,7 +310,13 @@ class PeftModel(ModelWrapper):
         return surgery.unload(base, keep_merged=True)
 
     def unload(self) -> nn.Module:
-        """Return the base model without adapter layers and without merging (the original weights)."""
+        """Return the base model without adapter layers and without merging (the original weights).
+
+        Raises:
+            PromptAdapterError: the active adapter is a prompt method (an ``AttributeError``, as in PEFT, whose
+                prompt models have no ``unload``).
+        """
+        self._require_layer_adapters([self.active_adapter], "unload")
         return surgery.unload(self.get_base_model(), keep_merged=False)
 
     # ----- forward and generate ----------------------------------------------------------------------
@@ -524,6 +549,14 @@ class PeftModel(ModelWrapper):
         them (PEFT's attribute of the same name; layers of deleted adapters are left out)."""
         held = surgery.adapted_layer_names(self.get_base_model())
         return [n for n in self._targeted if n in held] + [n for n in held if n not in self._targeted]
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether ``model`` checkpoints its layers; True for a model that cannot say (PEFT's default)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers' newer name first
+        if hasattr(type(model), name) or name in vars(model):
+            return bool(getattr(model, name))
+    return True
 
 
 def _drop_tied_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

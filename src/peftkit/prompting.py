@@ -279,7 +279,7 @@ def _generate_after_placeholders(base: nn.Module, ids: torch.Tensor, n: int, kwa
 # ----- prefix key/values: prefix tuning --------------------------------------------------------------------
 
 
-GRADIENT_CHECKPOINTING = ("prefix tuning cannot train with gradient checkpointing: transformers drops the key/value "
+GRADIENT_CHECKPOINTING = ("prefix tuning does not work with gradient checkpointing: transformers drops the key/value "
                           "cache in every checkpointed layer, and the prefix lives in that cache; turn gradient "
                           "checkpointing off (train.gradient_checkpointing: false), or use LoRA to save memory")
 
@@ -296,6 +296,8 @@ class PrefixKeyValues:
             raise ConfigError(f"Model does not support past key values which are required for prefix tuning "
                               f"({type(base).__name__}'s forward takes no past_key_values, so PEFT could not load "
                               "this adapter either). Use prompt tuning or p-tuning, or LoRA, on this model")
+        if _checkpointed(base):  # refused when the adapter is added, as PEFT refuses it (ValueError)
+            raise ConfigError(GRADIENT_CHECKPOINTING)
         config, s = self.config, self.shape
         module = PrefixEncoder(s.virtual_tokens, s.token_dim, s.layers, config.encoder_hidden_size,
                                projection=config.prefix_projection and not config.inference_mode)

@@ -721,6 +721,18 @@ def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
+def combine_ia3(model: nn.Module, sources: list[str], weights: list[float], target: str) -> None:
+    """Fill the (already created) IA3 adapter ``target`` with ``sum(w * l)`` over the sources each layer has."""
+    for _, layer in adapter_layers(model):
+        if isinstance(layer, IA3Linear) and target in layer.ia3_l:
+            new = layer.ia3_l[target]
+            new.zero_()
+            for name, weight in zip(sources, weights, strict=True):
+                if name in layer.ia3_l:
+                    new += layer.ia3_l[name] * weight
+
+
+@torch.no_grad()
 def combine_lora(model: nn.Module, sources: list[str], weights: list[float], target: str, combination: str,
                  rank: int, density: float = 1.0, sign_method: str = "total") -> None:
     """Fill the (already created, rank ``rank``, scaling 1) LoRA adapter ``target`` from ``sources``.

@@ -15,13 +15,13 @@ from typing import cast
 import torch
 
 from . import format as fmt
-from .config import LoraConfig, PeftConfig
+from .config import IA3Config, LoraConfig, PeftConfig
 from .errors import ConfigError
 from .merging import MIXES
 from .surgery import COMBINATIONS
 from .tuners.lora import rank_axis
 
-__all__ = ["WeightedPlan", "check_no_shared_copies", "plan", "to_plain_lora"]
+__all__ = ["WeightedPlan", "check_no_shared_copies", "plan", "plan_ia3", "to_plain_lora"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,26 @@ def check_no_shared_copies(shared: Sequence[str]) -> None:
     if shared:
         raise ConfigError(f"Cannot add weighted adapters if they target the same module with modules_to_save, but "
                           f"found {len(shared)} such instance(s): {', '.join(shared)}")
+
+
+def plan_ia3(configs: Sequence[PeftConfig], weights: Sequence[float]) -> IA3Config:
+    """PEFT's IA3 combination: the new vectors are ``sum(w * l)``, on the union of the adapters' targets.
+
+    Raises:
+        ConfigError: a weight count that does not match, or target lists mixed with regex strings.
+    """
+    if len(weights) != len(configs) or not configs:
+        raise ConfigError(f"give one weight per adapter: {len(configs)} adapters, {len(weights)} weights")
+    ia3 = [cast(IA3Config, c) for c in configs]
+    fields = {}
+    for name in ("target_modules", "feedforward_modules"):
+        values = [getattr(c, name) for c in ia3]
+        if len({isinstance(v, str) for v in values}) > 1:
+            raise ConfigError("All adapter configs should have the same type for target and feedforward modules "
+                              f"(PEFT's rule): {name} mixes lists and regex strings")
+        strings = all(isinstance(v, str) for v in values)
+        fields[name] = "|".join(f"({v})" for v in values) if strings else set().union(*(v or () for v in values))
+    return cast(IA3Config, ia3[0].replace(**fields))
 
 
 def plan(configs: Sequence[PeftConfig], weights: Sequence[float], combination_type: str, svd_rank: int | None,
@@ -60,7 +80,8 @@ def plan(configs: Sequence[PeftConfig], weights: Sequence[float], combination_ty
     if majority_sign_method not in ("total", "frequency"):
         problems.append(f"majority_sign_method={majority_sign_method!r}; expected total or frequency")
     if not all(isinstance(c, LoraConfig) and not c.use_dora for c in configs):
-        problems.append("add_weighted_adapter combines plain LoRA adapters only (not DoRA or other methods)")
+        problems.append("add_weighted_adapter combines plain LoRA adapters, or IA3 adapters, only (not DoRA, "
+                        "prompt methods or a mix)")
     if problems:
         raise ConfigError(problems)
     loras = [cast(LoraConfig, c) for c in configs]

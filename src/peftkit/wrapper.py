@@ -1,7 +1,10 @@
 """What transformers (``Trainer``, ``generate``, pipelines) reads from a model, answered by a wrapper.
 
-PEFT forwards unknown attributes to the base model through ``__getattr__``; peftkit names each one, so a
-typo is an ``AttributeError`` and the list of what is forwarded is this file.
+The attributes transformers relies on are named here one by one. Anything else follows PEFT's public
+behaviour: an attribute the wrapper does not have is looked up on ``base_model`` (the holder), which looks
+it up on the wrapped model, so ``peft_model.lm_head``, ``peft_model.model`` and a custom model's
+``peft_model.lin1`` reach the base model's, as user code and TRL expect. This file and ``holder.py`` are
+the only places that forward.
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ class ModelWrapper(nn.Module):
     like that model to transformers."""
 
     base_model: BaseModelHolder
+
+    def __getattr__(self, name: str) -> Any:
+        """PEFT's forwarding: parameters, buffers and submodules first (``nn.Module``), then ``base_model``'s."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":  # not set yet (during __init__ or unpickling): no recursion
+                raise
+            return getattr(self.base_model, name)
 
     def get_base_model(self) -> nn.Module:
         """The wrapped model (with adapter layers in it, unless unloaded)."""

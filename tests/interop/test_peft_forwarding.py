@@ -1,0 +1,116 @@
+"""PEFT's public behaviours found by running PEFT's whole test suite (issue 40), side by side with PEFT.
+
+Attribute forwarding from the model to the base model, IA3's weighted combination, gradient checkpointing
+preparation, and the refusals PEFT gives for prompt-learning adapters.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from typing import Any
+
+import peft
+import pytest
+import torch
+from torch import nn
+
+import peftkit
+
+from ..conftest import model_inputs, outputs, tiny_model
+
+LIBS = {"peft": peft, "peftkit": peftkit}
+
+
+@pytest.fixture(params=list(LIBS))
+def lib(request: pytest.FixtureRequest) -> types.ModuleType:
+    return LIBS[request.param]
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin0, self.lin1 = nn.Linear(4, 8), nn.Linear(8, 2)
+        self.scale = 3.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin1(torch.relu(self.lin0(x))) * self.scale
+
+
+def test_unknown_attributes_reach_the_base_model(lib: types.ModuleType) -> None:
+    base = MLP()
+    model = lib.get_peft_model(base, lib.LoraConfig(target_modules=["lin0"]))
+    assert model.lin1 is base.lin1  # a submodule
+    assert model.scale == 3.0  # a plain attribute
+    assert model.base_model.lin1 is base.lin1  # the tuner (holder) forwards too
+    assert model.model is base  # PEFT: peft_model.model is base_model.model
+    assert type(model.lin0).__name__ in ("Linear", "LoraLinear")  # the adapted layer, not the original
+    assert model.lin0 is not base.__dict__.get("lin0")
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        model.no_such_attribute  # noqa: B018
+
+
+def test_forwarding_survives_a_deep_copy(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(MLP(), lib.LoraConfig(target_modules=["lin0"]))
+    clone = copy.deepcopy(model)
+    assert clone.lin1 is clone.get_base_model().lin1
+    assert clone.lin1 is not model.lin1
+
+
+def test_a_transformers_model_forwards_its_heads(lib: types.ModuleType) -> None:
+    base = tiny_model("llama")
+    model = lib.get_peft_model(base, lib.LoraConfig(target_modules=["q_proj"]))
+    assert model.lm_head is base.lm_head  # TRL reads model.lm_head
+    assert model.model is base  # the tuner's .model: the wrapped model itself
+
+
+def _ia3(lib: types.ModuleType) -> Any:
+    return lib.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"],
+                         init_ia3_weights=False)
+
+
+def test_ia3_weighted_adapter_equals_peft() -> None:
+    """The combined IA3 adapter's logits equal PEFT's for the same adapters, and its vectors are sum(w * l)."""
+    inputs, logits = model_inputs("llama"), {}
+    for name, lib in LIBS.items():
+        torch.manual_seed(0)
+        model = lib.get_peft_model(tiny_model("llama"), _ia3(lib))
+        model.add_adapter("other", _ia3(lib))
+        model.add_weighted_adapter(["default", "other"], [0.7, -0.4], "mix")
+        model.set_adapter("mix")
+        layer = model.get_base_model().model.layers[0].self_attn.k_proj
+        expected = 0.7 * layer.ia3_l["default"] + -0.4 * layer.ia3_l["other"]
+        torch.testing.assert_close(layer.ia3_l["mix"], expected, rtol=0, atol=0)
+        logits[name] = outputs(model, inputs)
+    torch.testing.assert_close(logits["peftkit"], logits["peft"], rtol=0, atol=0)
+
+
+def test_prefix_tuning_on_a_checkpointed_model_is_refused(lib: types.ModuleType) -> None:
+    base = tiny_model("llama")
+    base.gradient_checkpointing_enable()
+    config = lib.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    with pytest.raises(ValueError, match="does not work with gradient checkpointing"):
+        lib.get_peft_model(base, config)
+
+
+def test_prompt_adapters_cannot_be_unloaded(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(tiny_model("llama"),
+                               lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    with pytest.raises(AttributeError):
+        model.unload()
+    with pytest.raises(AttributeError):
+        model.merge_and_unload()
+
+
+def test_a_checkpointed_model_gets_input_grads(lib: types.ModuleType) -> None:
+    """Wrapping a model that checkpoints makes the embeddings' output require grad (PEFT prepares it), so the
+    adapters of a frozen, checkpointed model still get gradients."""
+    base = tiny_model("llama")
+    base.gradient_checkpointing_enable()
+    model = lib.get_peft_model(base, lib.LoraConfig(target_modules=["q_proj"], init_lora_weights=False))
+    model.train()
+    embedded = model.get_input_embeddings()(torch.tensor([[5, 6, 7]]))
+    assert embedded.requires_grad
+    model(**model_inputs("llama")).logits.sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
