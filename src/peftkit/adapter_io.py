@@ -38,7 +38,7 @@ def adapter_state_dict(model: Any, adapter_name: str,
 
 def save_pretrained(model: Any, directory: str | os.PathLike[str], names: list[str],
                     initial_folder: str | os.PathLike[str] | None, save_embedding_layers: str | bool,
-                    state_dict: dict[str, torch.Tensor] | None) -> None:
+                    state_dict: dict[str, torch.Tensor] | None, safe_serialization: bool = True) -> None:
     """Write each adapter in PEFT's layout (``default`` at the top, others in a subfolder of their name) and
     the model card; see :meth:`peftkit.PeftModel.save_pretrained`."""
     for name in names:
@@ -50,7 +50,8 @@ def save_pretrained(model: Any, directory: str | os.PathLike[str], names: list[s
         tensors.update(embedding_state(model, config, save_embedding_layers))
         if initial_folder is not None:
             config, tensors = weighted.to_plain_lora(config, tensors, initial_folder)
-        fmt.write_adapter(Path(directory) if name == "default" else Path(directory) / name, config, tensors)
+        folder = Path(directory) if name == "default" else Path(directory) / name
+        fmt.write_adapter(folder, config, tensors, safe_serialization)
     write_model_card(Path(directory), model)
 
 

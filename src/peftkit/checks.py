@@ -11,7 +11,7 @@ from .tuners.lora import unpaired_factors
 from .tuners.rows import BASE_ROW
 
 __all__ = ["check_adapter_name", "check_finite_weights", "check_mixed_batch", "check_new_adapter",
-           "check_safe_serialization", "check_saveable", "check_unsupported_load_options"]
+           "check_saveable", "check_unsupported_load_options"]
 
 
 def check_unsupported_load_options(ephemeral_gpu_offload: bool, key_mapping: dict[str, str] | None) -> None:
@@ -95,7 +95,3 @@ def check_mixed_batch(training: bool, adapter_names: list[str], held: list[str],
                           "and cannot share a batch this way. Generate their rows separately")
 
 
-def check_safe_serialization(safe_serialization: bool) -> None:
-    if not safe_serialization:
-        raise ConfigError("safe_serialization=False would write a pickle (adapter_model.bin), which can run code "
-                          "when loaded; peftkit writes safetensors only, which PEFT and transformers read")

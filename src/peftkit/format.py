@@ -144,14 +144,25 @@ def to_model_keys(
     return out
 
 
-def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: dict[str, torch.Tensor]) -> None:
-    """Write ``adapter_model.safetensors`` then ``adapter_config.json`` into ``folder``, each atomically."""
+def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: dict[str, torch.Tensor],
+                  safe_serialization: bool = True) -> None:
+    """Write ``adapter_model.safetensors`` then ``adapter_config.json`` into ``folder``, each atomically.
+
+    ``safe_serialization=False`` (asked for explicitly, as in PEFT) writes the tensors as PEFT's legacy
+    ``adapter_model.bin`` instead: a torch pickle of tensors only, which peftkit (and PEFT) read back with
+    ``torch.load(weights_only=True)``. The file of the other format, if one is there, is removed, so the folder
+    loads as just saved."""
     folder = Path(folder)
+    name, stale = (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME) if safe_serialization else (LEGACY_WEIGHTS_NAME, WEIGHTS_NAME)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         contiguous = _unshared({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
-        with atomic_write(folder / WEIGHTS_NAME) as tmp:
-            save_file(contiguous, tmp, metadata={"format": "pt"})
+        with atomic_write(folder / name) as tmp:
+            if safe_serialization:
+                save_file(contiguous, tmp, metadata={"format": "pt"})
+            else:
+                torch.save(contiguous, tmp)
+        (folder / stale).unlink(missing_ok=True)
         with atomic_write(folder / CONFIG_NAME) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             fh.write(config_to_json(config))
     except OSError as err:

@@ -57,7 +57,7 @@ def describe_model(model: nn.Module, r: int = 8) -> str:
     default = DEFAULT_TARGET_MODULES.get(str(model_type))
     lines += ["", f"Default target_modules: {default or 'none known; pass target_modules'}", "",
               f"LoRA (r={r}) trainable parameters:"]
-    choices = {"default": default or []}
+    choices = {"default": default if isinstance(default, list) else []}  # a regex default is not counted here
     attention = [n for n in shapes if n in ("q_proj", "k_proj", "v_proj", "o_proj")]
     if attention:
         choices["attention (q,k,v,o)"] = attention

@@ -24,7 +24,6 @@ from .checks import (
     check_finite_weights,
     check_mixed_batch,
     check_new_adapter,
-    check_safe_serialization,
     check_unsupported_load_options,
 )
 from .config import (
@@ -421,8 +420,8 @@ class PeftModel(ModelWrapper):
                         state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
 
-        Only safetensors are written (``safe_serialization=False`` is refused: pickles can run code). Each
-        file is replaced atomically.
+        Safetensors by default; ``safe_serialization=False`` writes PEFT's legacy ``adapter_model.bin`` (tensors
+        only, read back with ``torch.load(weights_only=True)``). Each file is replaced atomically.
 
         Args:
             state_dict: the whole model's state dict to take the adapters' tensors from (Trainer passes one it
@@ -433,10 +432,10 @@ class PeftModel(ModelWrapper):
                 right after initialization. The adapter is then written as a plain LoRA adapter of twice the
                 rank that applies to the original base weights (``[A | A0]``, ``[B | -B0]``), as PEFT does.
         """
-        check_safe_serialization(safe_serialization)
         if is_main_process:
             adapter_io.save_pretrained(self, save_directory, selected_adapters or list(self.peft_config),
-                                       path_initial_model_for_weight_conversion, save_embedding_layers, state_dict)
+                                       path_initial_model_for_weight_conversion, save_embedding_layers, state_dict,
+                                       safe_serialization)
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload adapter", private: bool | None = None,
                     token: str | None = None, revision: str | None = None, create_pr: bool = False) -> Any:

@@ -19,6 +19,7 @@ from .config import IA3Config, LoraConfig, PeftConfig, TaskType
 from .errors import ConfigError, TargetNotFoundError, short_repr
 from .memory import check_allocation
 from .merging import MIXES, mix
+from .target_tables import IA3_FEEDFORWARD_MODULES, IA3_TARGET_MODULES, LORA_TARGET_MODULES
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraLayer, LoraLinear
@@ -31,6 +32,7 @@ __all__ = [
     "adapter_layers",
     "add_modules_to_save",
     "delete_adapter",
+    "get_submodules",
     "inject_lora",
     "is_target",
     "mark_trainable",
@@ -44,38 +46,7 @@ __all__ = [
 ]
 
 # Layers adapted when a LoraConfig names none, by ``config.model_type`` (the same choices as PEFT).
-DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
-    "llama": ["q_proj", "v_proj"],
-    "mistral": ["q_proj", "v_proj"],
-    "mixtral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"],
-    "qwen3": ["q_proj", "v_proj"],
-    "gemma": ["q_proj", "v_proj"],
-    "gemma2": ["q_proj", "v_proj"],
-    "gemma3_text": ["q_proj", "v_proj"],
-    "phi": ["q_proj", "v_proj", "fc1", "fc2"],
-    "phi3": ["qkv_proj"],
-    "stablelm": ["q_proj", "v_proj"],
-    "opt": ["q_proj", "v_proj"],
-    "gptj": ["q_proj", "v_proj"],
-    "gpt_neo": ["q_proj", "v_proj"],
-    "bart": ["q_proj", "v_proj"],
-    "gpt2": ["c_attn"],
-    "gpt_bigcode": ["c_attn"],
-    "bloom": ["query_key_value"],
-    "gpt_neox": ["query_key_value"],
-    "falcon": ["query_key_value"],
-    "mpt": ["Wqkv"],
-    "codegen": ["qkv_proj"],
-    "t5": ["q", "v"],
-    "mt5": ["q", "v"],
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "xlm-roberta": ["query", "value"],
-    "electra": ["query", "value"],
-    "deberta-v2": ["query_proj", "value_proj"],
-    "distilbert": ["q_lin", "v_lin"],
-}
+DEFAULT_TARGET_MODULES = LORA_TARGET_MODULES
 
 # Heads that a sequence-classification adapter trains in full (PEFT adds these to modules_to_save).
 SEQ_CLS_HEADS = ("classifier", "score")
@@ -182,7 +153,9 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> tuple[LoraCo
                 f"target_modules is empty and there is no default for model type {model_type!r}; "
                 f"set target_modules, e.g. {_suggest_targets(model)} or 'all-linear'"
             )
-        return cast(LoraConfig, config.replace(target_modules=set(DEFAULT_TARGET_MODULES[model_type]))), False
+        default = DEFAULT_TARGET_MODULES[model_type]
+        targets = default if isinstance(default, str) else set(default)
+        return cast(LoraConfig, config.replace(target_modules=targets)), False
     if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
         skip = _output_layer_names(model, config)
         linear = _linear_types()
@@ -221,9 +194,16 @@ def _pattern_value(pattern: dict[str, float] | dict[str, int], key: str, default
     return default
 
 
-def _set_submodule(model: nn.Module, key: str, new: nn.Module) -> None:
+def get_submodules(model: nn.Module, key: str) -> tuple[nn.Module, nn.Module, str]:
+    """The module named ``key``, its parent, and its name in the parent (PEFT's ``_get_submodules`` order:
+    parent, target, name)."""
     parent_name, _, child = key.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    return parent, model.get_submodule(key), child
+
+
+def _set_submodule(model: nn.Module, key: str, new: nn.Module) -> None:
+    parent, _, child = get_submodules(model, key)
     setattr(parent, child, new)
 
 
@@ -307,9 +287,8 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         _check_target_list(model, config, candidates)
     _warn_unused_exclusions(config, candidates)
     embeddings = [k for k in keys if isinstance(model.get_submodule(k), (nn.Embedding, LoraEmbedding))]
-    special = "use_dora=True" if config.use_dora else (
-        f"init_lora_weights={config.init_lora_weights!r}" if isinstance(config.init_lora_weights, str)
-        and config.init_lora_weights != "gaussian" else None)
+    special = f"init_lora_weights={config.init_lora_weights!r}" if isinstance(config.init_lora_weights, str) \
+        and config.init_lora_weights != "gaussian" else None
     if special and embeddings:  # checked before any change, like the target list
         raise ConfigError(f"{special}: {embeddings[0]!r} is an embedding; peftkit supports it on linear layers "
                           f"only, so leave embeddings out of target_modules")
@@ -346,18 +325,6 @@ def _check_lora_size(model: nn.Module, config: LoraConfig, keys: list[str]) -> N
     factor = 4 if config.inference_mode else 16  # bytes per value: fp32, plus gradient and two moments to train
     check_allocation(total * factor, f"LoRA with r={short_repr(config.r)} on {len(keys)} layers",
                      "choose a smaller r (8 to 64 is usual)")
-
-
-IA3_TARGET_MODULES: dict[str, list[str]] = {
-    "llama": ["k_proj", "v_proj", "down_proj"], "mistral": ["k_proj", "v_proj", "down_proj"],
-    "gpt2": ["c_attn", "mlp.c_proj"], "bloom": ["query_key_value", "mlp.dense_4h_to_h"],
-    "bert": ["key", "value", "output.dense"], "roberta": ["key", "value", "output.dense"],
-    "t5": ["k", "v", "wo"],
-}
-IA3_FEEDFORWARD_MODULES: dict[str, list[str]] = {
-    "llama": ["down_proj"], "mistral": ["down_proj"], "gpt2": ["mlp.c_proj"], "bloom": ["mlp.dense_4h_to_h"],
-    "bert": ["output.dense"], "roberta": ["output.dense"], "t5": ["wo"],
-}
 
 
 def _is_feedforward(config: IA3Config, key: str) -> bool:

@@ -20,7 +20,7 @@ from torch import nn
 
 import peftkit
 
-from ..conftest import tiny_model
+from ..conftest import model_inputs, outputs, tiny_model
 
 LIBS = {"peft": peft, "peftkit": peftkit}
 
@@ -135,16 +135,26 @@ def test_merging_twice_warns(lib: types.ModuleType) -> None:
         model.merge_adapter()
 
 
-def test_pickle_saving_is_refused_or_written_as_pickle(lib: types.ModuleType, tmp_path: Any) -> None:
-    """PEFT writes adapter_model.bin; peftkit refuses (never silently writes safetensors instead)."""
+def test_pickle_saving_writes_the_legacy_bin_that_loads_in_both(lib: types.ModuleType, tmp_path: Any) -> None:
+    """safe_serialization=False writes PEFT's adapter_model.bin (only that file), which both libraries load
+    to the same logits (peftkit with torch.load(weights_only=True))."""
+    torch.manual_seed(0)
     model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
-    if lib is peft:
-        model.save_pretrained(tmp_path, safe_serialization=False)
-        assert (tmp_path / "adapter_model.bin").is_file()
-    else:
-        with pytest.raises(peftkit.ConfigError, match="safe_serialization=False"):
-            model.save_pretrained(tmp_path, safe_serialization=False)
-        assert not (tmp_path / "adapter_model.safetensors").exists()
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "adapter_model.bin").is_file()
+    assert not (tmp_path / "adapter_model.safetensors").exists()
+    inputs = model_inputs("llama")
+    expected = outputs(model, inputs)
+    for reader in LIBS.values():
+        loaded = reader.PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
+        torch.testing.assert_close(outputs(loaded, inputs), expected, rtol=0, atol=0)
+
+
+def test_saving_again_in_the_other_format_leaves_one_file(tmp_path: Any) -> None:
+    model = peftkit.get_peft_model(tiny_model("llama"), _lora(peftkit))
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("adapter_model.*")) == ["adapter_model.safetensors"]
 
 
 def test_unknown_save_arguments_raise(lib: types.ModuleType, tmp_path: Any) -> None:

@@ -59,11 +59,31 @@ def test_dora_merged_unloaded_and_reloaded_agree(arch: str, tmp_path) -> None:  
     torch.testing.assert_close(outputs(model.merge_and_unload(), inputs), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_dora_magnitude_trains_and_embeddings_are_refused() -> None:
-    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
-    assert any("lora_magnitude_vector" in n for n, p in model.named_parameters() if p.requires_grad)
-    with pytest.raises(ConfigError, match="embed_tokens"):
-        get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["embed_tokens"], use_dora=True))
+def test_dora_magnitude_trains_on_linear_and_embedding_layers() -> None:
+    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "embed_tokens"],
+                                                           use_dora=True))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and "lora_magnitude_vector" in n]
+    assert any("q_proj" in n for n in trainable) and any("embed_tokens" in n for n in trainable)
+
+
+def test_dora_embedding_follows_the_formula() -> None:
+    """y = f * E[x] + f * s * (A^T[x]) B^T with f = m / ||E^T + s B A|| per embedding dimension (over the
+    vocabulary), computed here from the layer's own tensors."""
+    from peftkit.tuners.lora_embedding import LoraEmbedding
+
+    torch.manual_seed(0)
+    base = nn.Embedding(12, 6)
+    layer = LoraEmbedding(base)
+    layer.add_adapter("a", r=2, lora_alpha=4, init_lora_weights=False, use_dora=True)
+    layer.set_active(["a"])
+    a, b = layer.lora_embedding_A["a"], layer.lora_embedding_B["a"]  # (r, V), (D, r)
+    with torch.no_grad():
+        layer.lora_magnitude_vector["a"].mul_(torch.linspace(0.5, 1.5, 6))  # away from its start
+    m, s = layer.lora_magnitude_vector["a"], 2.0
+    factor = m / (base.weight.T + s * (b @ a)).norm(dim=1)  # (D,)
+    x = torch.tensor([[0, 3, 11], [5, 5, 2]])
+    expected = factor * base.weight[x] + factor * s * (a.T[x] @ b.T)
+    torch.testing.assert_close(layer(x), expected)
 
 
 def test_bf16_base_dora_trains_with_the_formula_gradients_and_no_fp32_input_copy() -> None:

@@ -1,6 +1,9 @@
 """LoRA on ``nn.Embedding``: ``y = E[x] + scaling * (A^T[x]) B^T``, the update looked up like the embedding.
 
-Tensor names follow PEFT's (``embed_tokens.lora_embedding_A.<name>``); no dropout, as in PEFT.
+Tensor names follow PEFT's (``embed_tokens.lora_embedding_A.<name>``); no dropout, as in PEFT. An embedding
+that scales its output (Gemma's ``embed_scale``) scales the update too, so merged equals unmerged. DoRA here
+normalizes each embedding dimension (a column of ``E``, over the vocabulary) and rescales it by a learned
+magnitude, PEFT's choice for embeddings: ``y = f * E[x] + f * s (A^T[x]) B^T`` with ``f = m / ||E^T + s B A||``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import dora
 from .lora import LoraLayer
 
 __all__ = ["LoraEmbedding"]
@@ -19,7 +23,7 @@ __all__ = ["LoraEmbedding"]
 class LoraEmbedding(LoraLayer):
     """LoRA around ``nn.Embedding``: the update is looked up like the embedding itself (no dropout)."""
 
-    adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
+    adapter_param_names = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Embedding) -> None:
         super().__init__(base_layer)
@@ -28,6 +32,8 @@ class LoraEmbedding(LoraLayer):
         self.in_features, self.out_features = self.num_embeddings, self.embedding_dim  # as every PEFT layer has
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
+        self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: one magnitude per dimension, (D,)
+        self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the norm used at merge, for unmerge
 
     def add_adapter(
         self,
@@ -37,8 +43,10 @@ class LoraEmbedding(LoraLayer):
         lora_dropout: float = 0.0,
         init_lora_weights: bool | str = True,
         use_rslora: bool = False,
+        use_dora: bool = False,
     ) -> None:
-        """Create adapter ``name``: A (r, num_embeddings) and B (embedding_dim, r), in fp32."""
+        """Create adapter ``name``: A (r, num_embeddings) and B (embedding_dim, r), in fp32; with ``use_dora``
+        its magnitudes start at the adapted weight's norms, so a fresh DoRA adapter equals the base layer."""
         device = self.weight.device
         a = torch.randn(r, self.num_embeddings, device=device)
         b = torch.randn(self.embedding_dim, r, device=device)
@@ -50,6 +58,41 @@ class LoraEmbedding(LoraLayer):
         self.lora_embedding_A[name] = nn.Parameter(a)
         self.lora_embedding_B[name] = nn.Parameter(b)
         self._set_scaling(name, r, lora_alpha, use_rslora)
+        if use_dora:
+            with torch.no_grad():
+                self.lora_magnitude_vector[name] = nn.Parameter(self._weight_norm(name).float())
+
+    def _weight_norm(self, name: str) -> torch.Tensor:
+        """``||E^T + s B A||`` per embedding dimension, ``(D,)``: DoRA's norm (E^T is (D, V), a linear layer's
+        (out, in) layout)."""
+        a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
+        return dora.row_norms(self.weight.T, a, b, self.scaling[name])
+
+    def _embed_scale(self) -> torch.Tensor | None:
+        """The factor a scaled embedding (Gemma's) applies to its output, or None."""
+        scale = getattr(self.base_layer, "embed_scale", None)
+        if scale is None:
+            return None
+        return torch.as_tensor(scale, device=self.weight.device, dtype=self.weight.dtype)
+
+    def _merge_one(self, name: str) -> None:
+        if name not in self.lora_magnitude_vector:
+            super()._merge_one(name)
+            return
+        norm = self._weight_norm(name).detach()
+        self._merged_norms[name] = norm
+        factor = self.lora_magnitude_vector[name] / norm  # (D,)
+        merged = dora.merged_weight(self.weight.T, self.delta_weight(name).T, factor)  # (D, V)
+        self.weight.data = merged.T.to(self.weight.dtype).contiguous()
+
+    def _unmerge_one(self, name: str) -> None:
+        if name not in self.lora_magnitude_vector:
+            super()._unmerge_one(name)
+            return
+        factor = self.lora_magnitude_vector[name] / self._merged_norms.pop(name)
+        weight = dora.unmerged_weight(self.weight.T, self.delta_weight(name).T, factor)  # (D, V)
+        self.weight.data = weight.T.to(self.weight.dtype).contiguous()
+        self.merged_adapters.remove(name)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         a = self.lora_embedding_A[name]  # (r, V)
@@ -60,12 +103,19 @@ class LoraEmbedding(LoraLayer):
         pending = self._pending()  # first: it may unmerge before the base layer runs
         result = self.base_layer(x, *args, **kwargs)  # (B, T, D)
         base = cast(nn.Embedding, self.base_layer)
+        embed_scale = self._embed_scale() if pending else None
         for name in pending:
             a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
             after_a = F.embedding(
                 x, a.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse
             )  # (B, T, r)
-            result = result + ((after_a @ b.T) * self.scaling[name]).to(result.dtype)  # (B, T, D)
+            update = (after_a @ b.T) * self.scaling[name]  # (B, T, D)
+            if name in self.lora_magnitude_vector:  # DoRA rescales what came before, as PEFT's does
+                factor = self.lora_magnitude_vector[name] / self._weight_norm(name).detach()  # (D,)
+                result, update = factor * result, factor * update
+            if embed_scale is not None:
+                update = update * embed_scale.to(update.dtype)
+            result = result + update.to(result.dtype)
         return result
 
     def extra_repr(self) -> str:

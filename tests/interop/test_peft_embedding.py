@@ -1,0 +1,94 @@
+"""LoRA and DoRA on embedding layers against PEFT: files both ways, merged equals unmerged, scaled embeddings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peft
+import pytest
+import torch
+import transformers
+from torch import nn
+
+import peftkit
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lin = nn.Embedding(20, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.emb(x))
+
+
+TOKENS = torch.tensor([[1, 5, 7, 19, 0], [3, 3, 2, 11, 4]])
+
+
+def _dora(lib: Any, seed: int = 1) -> Any:
+    torch.manual_seed(0)
+    base = EmbeddingModel()
+    torch.manual_seed(seed)
+    return lib.get_peft_model(base, lib.LoraConfig(target_modules=["emb"], use_dora=True, init_lora_weights=False))
+
+
+def test_dora_embedding_equals_peft_for_the_same_draws() -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(_dora(peftkit)(TOKENS), _dora(peft)(TOKENS), rtol=0, atol=1e-5)
+
+
+def test_a_fresh_dora_embedding_is_the_base_model() -> None:
+    torch.manual_seed(0)
+    base = EmbeddingModel()
+    expected = base(TOKENS).detach()
+    model = peftkit.get_peft_model(base, peftkit.LoraConfig(target_modules=["emb"], use_dora=True))
+    torch.testing.assert_close(model(TOKENS), expected, rtol=0, atol=0)
+
+
+def test_dora_embedding_merged_equals_unmerged_and_unmerges_back() -> None:
+    model = _dora(peftkit)
+    weight = model.get_base_model().emb.weight.detach().clone()
+    with torch.no_grad():
+        unmerged = model(TOKENS)
+        model.merge_adapter()
+        torch.testing.assert_close(model(TOKENS), unmerged, rtol=0, atol=1e-6)
+        model.unmerge_adapter()
+    torch.testing.assert_close(model.get_base_model().emb.weight, weight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("writer", "reader"), [(peftkit, peft), (peft, peftkit)], ids=["to-peft", "from-peft"])
+def test_dora_embedding_files_load_both_ways(writer: Any, reader: Any, tmp_path: Any) -> None:
+    model = _dora(writer)
+    with torch.no_grad():
+        model.get_base_model().emb.lora_magnitude_vector  # the magnitude is saved and trained  # noqa: B018
+        expected = model(TOKENS)
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    loaded = reader.PeftModel.from_pretrained(EmbeddingModel(), tmp_path)
+    with torch.no_grad():  # the same tensors; each library's arithmetic rounds its own way
+        torch.testing.assert_close(loaded(TOKENS), expected, rtol=0, atol=1e-6)
+
+
+def _gemma() -> transformers.PreTrainedModel:
+    config = transformers.Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                           tie_word_embeddings=False)  # tied, a merge would change the head too
+    torch.manual_seed(0)
+    return transformers.Gemma3ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+def test_a_scaled_embedding_scales_the_update_as_peft_does(use_dora: bool) -> None:
+    """Gemma multiplies its embeddings by embed_scale; the update is scaled too, so merged equals unmerged and
+    the logits equal PEFT's."""
+    inputs, logits = {"input_ids": TOKENS}, {}
+    for name, lib in {"peft": peft, "peftkit": peftkit}.items():
+        torch.manual_seed(1)
+        config = lib.LoraConfig(target_modules=["embed_tokens"], use_dora=use_dora, init_lora_weights=False)
+        model = lib.get_peft_model(_gemma(), config)
+        with torch.no_grad():
+            logits[name] = model(**inputs).logits
+            if lib is peftkit:
+                model.merge_adapter()
+                torch.testing.assert_close(model(**inputs).logits, logits[name], rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits["peftkit"], logits["peft"], rtol=0, atol=1e-5)
