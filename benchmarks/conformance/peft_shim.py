@@ -36,6 +36,9 @@ ALIASES: dict[str, str] = {
     "_find_minimal_target_modules": "peftkit.surgery:minimal_target_modules",
     "_get_submodules": "peftkit.surgery:get_submodules",
     "check_target_module_exists": "peftkit.surgery:is_target",
+    "PEFT_TYPE_TO_CONFIG_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_CONFIG_MAPPING",
+    "PEFT_TYPE_TO_PREFIX_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_PREFIX_MAPPING",
+    "PEFT_TYPE_TO_TUNER_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_TUNER_MAPPING",
     "MIN_TARGET_MODULES_FOR_OPTIMIZATION": "peftkit.surgery:MIN_TARGET_MODULES_FOR_OPTIMIZATION",
 }
 

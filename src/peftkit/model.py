@@ -30,7 +30,6 @@ from .config import (
     IA3Config,
     LoraConfig,
     PeftConfig,
-    PeftType,
     PrefixTuningConfig,
     PromptLearningConfig,
     TaskType,
@@ -39,9 +38,8 @@ from .config import (
 from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, PromptAdapterError
 from .holder import BaseModelHolder
 from .inspection import count_parameters
+from .mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from .status import get_layer_status, get_model_status
-from .tuners.ia3 import IA3Linear
-from .tuners.lora import LoraLayer
 from .wrapper import ModelWrapper, is_transformers_model
 
 __all__ = [
@@ -109,6 +107,11 @@ class PeftModel(ModelWrapper):
     @property
     def active_adapters(self) -> list[str]:
         return [self.active_adapter, *self._also_active]
+
+    @property
+    def has_active_enabled_adapter(self) -> bool:
+        """False inside :meth:`disable_adapter` (or after ``base_model.disable_adapter_layers()``), else True."""
+        return not self._disabled and surgery.disabled_states(self.get_base_model()) != {True}
 
     @property
     def active_peft_config(self) -> PeftConfig:
@@ -528,8 +531,7 @@ class PeftModel(ModelWrapper):
     @property
     def prefix(self) -> str:
         """The parameter-name prefix of the active method's tensors (``lora_``, ``ia3_``), as PEFT's tuner has."""
-        prefixes = {PeftType.LORA: LoraLayer.prefix, PeftType.IA3: IA3Linear.prefix}
-        prefix = prefixes.get(self.active_peft_config.peft_type)
+        prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(self.active_peft_config.peft_type)
         if prefix is None:
             raise AttributeError(f"{self.active_peft_config.peft_type.value} adds no layer tensors, so has no prefix")
         return prefix

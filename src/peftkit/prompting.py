@@ -68,8 +68,16 @@ class PromptShape:
 
 
 def _model_config(base: nn.Module) -> dict[str, Any]:
+    """The model's config as a dict, with the names its class maps to others (BART's ``num_hidden_layers`` is
+    ``encoder_layers``) read through the mapping, and a multimodal model's text part, as PEFT reads them."""
     config = getattr(base, "config", None)
-    return config.to_dict() if config is not None and hasattr(config, "to_dict") else {}
+    if config is None or not hasattr(config, "to_dict"):
+        return {}
+    values = config.to_dict()
+    for alias in getattr(config, "attribute_map", {}):
+        values.setdefault(alias, getattr(config, alias, None))
+    text = values.get("text_config")
+    return {**values, **text} if isinstance(text, dict) else values
 
 
 def _first(config: dict[str, Any], *keys: str) -> Any:
@@ -88,7 +96,8 @@ def resolve(base: nn.Module, config: PromptLearningConfig) -> PromptLearningConf
         "num_transformer_submodules": config.num_transformer_submodules or (2 if seq2seq else 1),
         "num_layers": config.num_layers or _first(mc, "num_hidden_layers", "num_layers", "n_layer"),
         "token_dim": config.token_dim or _first(mc, "hidden_size", "n_embd", "d_model"),
-        "num_attention_heads": config.num_attention_heads or _first(mc, "num_attention_heads", "n_head", "num_heads"),
+        "num_attention_heads": config.num_attention_heads or _first(mc, "num_attention_heads", "n_head", "num_heads",
+                                                                    "encoder_attention_heads"),
     }
     missing = [f for f in ("num_layers", "token_dim", "num_attention_heads") if filled[f] is None]
     if missing:

@@ -40,6 +40,12 @@ def quantization_config(kind: str, compute_dtype: torch.dtype = torch.float32) -
                                            bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=True)
 
 
+def _is_quantized_model(model: nn.Module) -> bool:
+    """A model loaded in 4 or 8 bits (transformers' flags, or any packed weight)."""
+    flags = ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized")
+    return any(getattr(model, f, False) for f in flags) or any(is_quantized(p) for p in model.parameters())
+
+
 def is_quantized(weight: torch.Tensor) -> bool:
     """True for a packed bitsandbytes weight (4-bit ``Params4bit`` or 8-bit ``Int8Params``)."""
     return type(weight).__name__ in ("Params4bit", "Int8Params")
@@ -51,8 +57,9 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
     """Ready a quantized base for adapter training, as PEFT's function of the same name does.
 
     Freezes every weight, keeps the unquantized half-precision ones (norms, embeddings, head) in fp32 for
-    stable training, and with ``use_gradient_checkpointing`` turns checkpointing on with inputs that
-    require grad (so gradients reach adapters behind frozen, checkpointed blocks).
+    stable training, and, when the model is quantized, with ``use_gradient_checkpointing`` turns checkpointing
+    on with inputs that require grad (so gradients reach adapters behind frozen, checkpointed blocks). A
+    model that is not quantized is only frozen and cast, as in PEFT.
 
     Args:
         auto_clear_cache: empty the accelerator's caching allocator after the fp32 casts, giving back the
@@ -69,7 +76,7 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
         torch.cuda.empty_cache()
     if auto_clear_cache and hasattr(torch, "xpu") and torch.xpu.is_available():
         torch.xpu.empty_cache()
-    if use_gradient_checkpointing:
+    if use_gradient_checkpointing and _is_quantized_model(model):  # PEFT: a full-precision model is left as it is
         enable = getattr(model, "enable_input_require_grads", None)
         if enable is not None:
             enable()

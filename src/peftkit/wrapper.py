@@ -26,13 +26,22 @@ class ModelWrapper(nn.Module):
     base_model: BaseModelHolder
 
     def __getattr__(self, name: str) -> Any:
-        """PEFT's forwarding: parameters, buffers and submodules first (``nn.Module``), then ``base_model``'s."""
+        """PEFT's forwarding: parameters, buffers and submodules first (``nn.Module``), then ``base_model``'s.
+
+        A name already being forwarded is not forwarded again: a property of this class that raises
+        ``AttributeError`` (``prefix`` for a prompt adapter) would otherwise come back here through the holder,
+        which answers some names by asking this model."""
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_model":  # not set yet (during __init__ or unpickling): no recursion
+            busy: set[str] = self.__dict__.setdefault("_forwarding", set())
+            if name == "base_model" or name in busy:  # not set yet (during __init__ or unpickling), or re-entered
                 raise
-            return getattr(self.base_model, name)
+            busy.add(name)
+            try:
+                return getattr(self.base_model, name)
+            finally:
+                busy.discard(name)
 
     def get_base_model(self) -> nn.Module:
         """The wrapped model (with adapter layers in it, unless unloaded)."""

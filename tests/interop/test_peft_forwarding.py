@@ -114,3 +114,33 @@ def test_a_checkpointed_model_gets_input_grads(lib: types.ModuleType) -> None:
     model(**model_inputs("llama")).logits.sum().backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_a_prompt_adapter_has_no_prefix_and_no_recursion(lib: types.ModuleType) -> None:
+    """hasattr(model, "prefix") is False for prompt methods (PEFT's tests ask it); the forwarding must not
+    loop back through the holder."""
+    config = lib.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, encoder_hidden_size=8)
+    model = lib.get_peft_model(tiny_model("llama"), config)
+    assert not hasattr(model, "prefix")
+    lora = lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(target_modules=["q_proj"]))
+    assert lora.prefix == "lora_"
+
+
+def test_has_active_enabled_adapter_follows_disable_adapter(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(MLP(), lib.LoraConfig(target_modules=["lin0"]))
+    assert model.has_active_enabled_adapter
+    with model.disable_adapter():
+        assert not model.has_active_enabled_adapter
+        with model.disable_adapter():
+            assert not model.has_active_enabled_adapter
+        assert not model.has_active_enabled_adapter
+    assert model.has_active_enabled_adapter
+
+
+def test_kbit_preparation_leaves_a_full_precision_model_unchecked(lib: types.ModuleType) -> None:
+    """PEFT turns gradient checkpointing on only for a quantized model; a full-precision one is frozen and cast,
+    so prefix tuning still applies to it afterwards."""
+    base = lib.prepare_model_for_kbit_training(tiny_model("llama"))
+    assert not any(p.requires_grad for p in base.parameters())
+    assert not base.is_gradient_checkpointing
+    lib.get_peft_model(base, lib.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from peftkit import ConfigError, LoraConfig, PeftModel, get_peft_model
+from peftkit import LoraConfig, PeftModel, get_peft_model
 from peftkit.tuners.lora import LoraLinear
 from tests.conftest import ARCHS, model_inputs, outputs, tiny_model
 
