@@ -68,12 +68,14 @@ def check_new_adapter(name: str, config: object, held: dict[str, PeftConfig]) ->
     """Refuse a second adapter of the same name, a config that is not peftkit's, or a second adapter that
     trains biases (PEFT's rule: the model's biases cannot belong to two adapters)."""
     if name in held:
-        raise ConfigError(f"an adapter named {name!r} already exists; pick another name or delete it")
+        raise ConfigError(f"Adapter with name {name!r} already exists; pick another name or delete it first")
     if not isinstance(config, PeftConfig):
         raise ConfigError(f"expected a peftkit config (e.g. LoraConfig), got {type(config).__name__}")
     with_bias = [n for n, c in held.items() if getattr(c, "bias", "none") != "none"]
     if with_bias and getattr(config, "bias", "none") != "none":
-        raise ConfigError(f"only one adapter may train biases (bias='all' or 'lora_only'), and {with_bias[0]!r} "
+        raise ConfigError(f"peftkit supports only 1 adapter with bias. When using multiple adapters, set bias to "
+                          f"'none' for all adapters but one: only one adapter may train biases (bias='all' or "
+                          f"'lora_only'), and {with_bias[0]!r} "
                           "already does: the model's biases cannot belong to two adapters. Set bias='none' for "
                           f"{name!r}")
 

@@ -95,7 +95,10 @@ def _enum_value(enum_cls: type[enum.Enum], value: Any, name: str, problems: list
             if member.value.lower() == value.lower():
                 return member
     allowed = ", ".join(m.value for m in enum_cls)
-    problems.append(f"{name}={short_repr(value)} is not allowed; expected one of {allowed}")
+    if enum_cls is TaskType:  # PEFT's words first, so code matching them still does
+        problems.append(f"Invalid task type: {value!r}. Must be one of the following task types: {allowed}")
+    else:
+        problems.append(f"{name}={short_repr(value)} is not allowed; expected one of {allowed}")
     return value
 
 
@@ -381,6 +384,13 @@ class LoraConfig(PeftConfig):
         self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
         self._validate_layers(problems)
         self._validate_patterns(problems)
+        rewrites_base = isinstance(init, str) and (init.startswith("pissa") or init == "olora")
+        if self.use_rslora is True and (self.rank_pattern or self.alpha_pattern) and rewrites_base:
+            warnings.warn("Using Rank-Stabilized LoRA with rank_pattern/alpha_pattern and post-training conversion "
+                          "of modified base weights PiSSA/OLoRA means that you won't be able to pass "
+                          "`path_initial_model_for_weight_conversion` to `save_pretrained` to restore the initial "
+                          "values of the base weights; if you intend to do this, please ensure not to use rslora or "
+                          "rank_pattern/alpha_pattern.", UserWarning, stacklevel=4)
 
     def _validate_layers(self, problems: list[str]) -> None:
         layers = self.layers_to_transform
@@ -390,9 +400,11 @@ class LoraConfig(PeftConfig):
             elif not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0):
                 problems.append(f"layers_to_transform={short_repr(layers)} must be a layer index or a list of them")
             if isinstance(self.target_modules, str):
-                problems.append("layers_to_transform cannot be combined with a regex target_modules")
+                problems.append("`layers_to_transform` cannot be used when `target_modules` is a str. Name the "
+                                "layers in the regex instead, or give target_modules as a list")
         if self.layers_pattern and layers is None:
-            problems.append("layers_pattern is set but layers_to_transform is not; set both or neither")
+            problems.append("When `layers_pattern` is specified, `layers_to_transform` must also be specified. Set "
+                            "both or neither")
 
     def _validate_patterns(self, problems: list[str]) -> None:
         for name, positive_int in (("rank_pattern", True), ("alpha_pattern", False)):
@@ -465,7 +477,8 @@ class PromptTuningConfig(PromptLearningConfig):
             if not self.prompt_tuning_init_text:
                 problems.append("prompt_tuning_init=TEXT needs prompt_tuning_init_text")
             if not self.tokenizer_name_or_path:
-                problems.append("prompt_tuning_init=TEXT needs tokenizer_name_or_path")
+                problems.append("When prompt_tuning_init='TEXT', tokenizer_name_or_path can't be None: name the "
+                                "tokenizer (usually the model's name) whose tokens start the prompt")
         if self.tokenizer_kwargs is not None and not isinstance(self.tokenizer_kwargs, dict):
             problems.append(f"tokenizer_kwargs={short_repr(self.tokenizer_kwargs)} must be a mapping")
 

@@ -124,6 +124,7 @@ def set_base_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
     adapter = set(base.state_dict()) - set(surgery.to_wrapped_keys(base, surgery.base_state_dict(base)))
     missing = [k for k in result.missing_keys if k not in adapter]  # the adapter's tensors are not the base's
     if strict and (missing or result.unexpected_keys):
-        raise RuntimeError(f"set_base_model_state_dict: missing keys {missing[:5]}, unexpected keys "
-                           f"{result.unexpected_keys[:5]}")
+        problems = [f"Missing key(s) in state_dict: {missing[:5]}"] if missing else []
+        problems += [f"Unexpected key(s) in state_dict: {result.unexpected_keys[:5]}"] if result.unexpected_keys else []
+        raise RuntimeError("set_base_model_state_dict: " + "; ".join(problems))
     return _IncompatibleKeys(missing, result.unexpected_keys)

@@ -106,6 +106,10 @@ class PeftModel(ModelWrapper):
 
     @property
     def active_adapters(self) -> list[str]:
+        """The adapters ``forward`` applies; empty once the last adapter is deleted (``active_adapter`` is then
+        ``""``), as in PEFT."""
+        if self.active_adapter not in self.peft_config:
+            return []
         return [self.active_adapter, *self._also_active]
 
     @property
@@ -210,13 +214,17 @@ class PeftModel(ModelWrapper):
         self._require(adapter_name)
         if adapter_name in surgery.merged_names(self.get_base_model()):
             raise AdapterStateError(f"Cannot delete adapter(s) {[adapter_name]} while they are merged. Please unmerge "
-                                    "them first (unmerge_adapter()); deleting it would leave its update in the weights")
+                                    "them first. Call unmerge_adapter(): deleting it now would leave its update in "
+                                    "the weights")
         surgery.delete_adapter(self.get_base_model(), adapter_name)
         if adapter_name in self.prompt_encoder:
             del self.prompt_encoder[adapter_name]
         del self.peft_config[adapter_name]
+        self._also_active = [n for n in self._also_active if n != adapter_name]
         if self.active_adapter == adapter_name and self.peft_config:
             self.set_adapter(next(iter(self.peft_config)))
+        elif not self.peft_config:  # the model holds no adapter now: the base model's behaviour
+            self.active_adapter, self._also_active = "", []
 
     def disable_adapter_layers(self) -> None:
         """Run the base model alone until :meth:`enable_adapter_layers` (PEFT's tuner method)."""
@@ -435,6 +443,9 @@ class PeftModel(ModelWrapper):
                 right after initialization. The adapter is then written as a plain LoRA adapter of twice the
                 rank that applies to the original base weights (``[A | A0]``, ``[B | -B0]``), as PEFT does.
         """
+        if not self.peft_config:
+            raise AdapterNotFoundError(f"nothing to save to {save_directory}: this model holds no adapter (the last "
+                                       "one was deleted); add one with add_adapter or load one with load_adapter")
         if is_main_process:
             adapter_io.save_pretrained(self, save_directory, selected_adapters or list(self.peft_config),
                                        path_initial_model_for_weight_conversion, save_embedding_layers, state_dict,

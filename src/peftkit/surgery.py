@@ -127,6 +127,37 @@ def is_target(config: LoraConfig | IA3Config, key: str) -> bool:
     return index == layers if isinstance(layers, int) else index in layers
 
 
+def no_target_error(model: nn.Module, config: LoraConfig | IA3Config, candidates: list[str]) -> TargetNotFoundError:
+    """Why no layer is adapted, in PEFT's words first (its three cases), then which field to change."""
+    named = [n for n in candidates if config.target_modules is not None and matches_target(config.target_modules, n)]
+    kept = [n for n in named if not (config.exclude_modules and matches_target(config.exclude_modules, n))]
+    saved = [n for n in kept if config.modules_to_save and any(
+        _regex("match", rf"(^|.*\.){m}($|\..*)", n) for m in config.modules_to_save)]
+    layers, pattern = getattr(config, "layers_to_transform", None), getattr(config, "layers_pattern", None)
+    names = f"Layer names this model has: {', '.join(_suggest_targets(model))}."
+    if named and not kept:
+        return TargetNotFoundError("All modules were excluded. This is likely unintended. Check your "
+                                   f"`target_modules`, `exclude_modules` and `modules_to_save` configuration: "
+                                   f"exclude_modules={_shown(config.exclude_modules)} removes every match.")
+    if kept and len(saved) == len(kept):
+        return TargetNotFoundError(
+            "No modules were targeted for adaptation. This might be caused by a combination of mismatched target "
+            "modules and excluded modules. You may also have only targeted modules that are marked to be saved "
+            f"(`modules_to_save`): {', '.join(saved[:3])} are in modules_to_save={_shown(config.modules_to_save)}.")
+    message = (f"Target modules {_shown(config.target_modules)} not found in the base model. Please check the "
+               "target modules and try again.")
+    if kept and layers is not None:  # the names match; the layer indices do not
+        indices = [i for i in (_layer_index(cast(LoraConfig, config), n) for n in kept) if i is not None]
+        count = f"the model has {max(indices) + 1} layers (0 to {max(indices)})" if indices else \
+            "no layer index could be read from the matching names"
+        return TargetNotFoundError(
+            f"{message} Note: You specified 'layers_to_transform': {layers}"
+            + (f" and 'layers_pattern': {pattern}" if pattern else "")
+            + f"; {_shown(config.target_modules)} matches {len(kept)} layers, but {count}. "
+            "Fix layers_to_transform (or layers_pattern).")
+    return TargetNotFoundError(f"{message} {names}")
+
+
 def _output_layer_names(model: nn.Module, config: PeftConfig) -> set[str]:
     """Names of heads that ``all-linear`` must leave alone (the LM head, or a classifier)."""
     heads: list[nn.Module] = []
@@ -150,8 +181,8 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> tuple[LoraCo
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULT_TARGET_MODULES:
             raise ConfigError(
-                f"target_modules is empty and there is no default for model type {model_type!r}; "
-                f"set target_modules, e.g. {_suggest_targets(model)} or 'all-linear'"
+                f"Please specify `target_modules` in `peft_config`: it is empty and there is no default for model "
+                f"type {model_type!r}; set target_modules, e.g. {_suggest_targets(model)} or 'all-linear'"
             )
         default = DEFAULT_TARGET_MODULES[model_type]
         targets = default if isinstance(default, str) else set(default)
@@ -192,6 +223,17 @@ def _pattern_value(pattern: dict[str, float] | dict[str, int], key: str, default
         if _regex("match", rf"(.*\.)?({pat})$", key):
             return value
     return default
+
+
+def _warn_unmatched_patterns(config: LoraConfig, keys: list[str]) -> None:
+    """PEFT's warning for rank_pattern / alpha_pattern keys that match no adapted layer (a typo is ignored)."""
+    for name in ("rank_pattern", "alpha_pattern"):
+        pattern = getattr(config, name)
+        unmatched = sorted(p for p in pattern if not any(_regex("match", rf"(.*\.)?({p})$", k) for k in keys))
+        if unmatched:
+            warnings.warn(f"The following {name} keys did not match any targeted module and were ignored: "
+                          f"{unmatched}. Targeted modules: {keys[:5]}{' ...' if len(keys) > 5 else ''}",
+                          RuntimeWarning, stacklevel=4)
 
 
 def get_submodules(model: nn.Module, key: str) -> tuple[nn.Module, nn.Module, str]:
@@ -279,10 +321,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
     candidates = [name for name, _ in _candidate_modules(model)]
     keys = [name for name in candidates if is_target(config, name)]
     if not keys:
-        raise TargetNotFoundError(
-            f"target_modules={_shown(config.target_modules)} matches no layer of {type(model).__name__}. "
-            f"Layer names this model has: {', '.join(_suggest_targets(model))}."
-        )
+        raise no_target_error(model, config, candidates)
     if user_given:  # checked before any change, so a typo leaves the model untouched
         _check_target_list(model, config, candidates)
     _warn_unused_exclusions(config, candidates)
@@ -298,6 +337,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         raise ConfigError(f"init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D "
                           f"({transposed[0]!r}); use 'pissa' there")
     _check_lora_size(model, config, keys)
+    _warn_unmatched_patterns(config, keys)
     config = _shorten_targets(model, config, keys)
     if transposed:  # recorded as PEFT does, so files stay interchangeable
         config = cast(LoraConfig, config.replace(fan_in_fan_out=True))
@@ -356,12 +396,10 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
         ``config`` resolved against the model (targets, ``fan_in_fan_out``); ``config`` itself is not changed.
     """
     config = resolve_ia3_targets(model, config)
-    keys = [name for name, _ in _candidate_modules(model) if is_target(config, name)]
+    candidates = [name for name, _ in _candidate_modules(model)]
+    keys = [name for name in candidates if is_target(config, name)]
     if not keys:
-        raise TargetNotFoundError(
-            f"target_modules={_shown(config.target_modules)} matches no layer of {type(model).__name__}. "
-            f"Layer names this model has: {', '.join(_suggest_targets(model))}."
-        )
+        raise no_target_error(model, config, candidates)
     conv1d, transposed = _conv1d_type(), False
     for key in keys:
         module = model.get_submodule(key)

@@ -38,7 +38,7 @@ def check_no_shared_copies(shared: Sequence[str]) -> None:
     """PEFT's rule and words: full copies (modules_to_save) of one module cannot be weighted together."""
     if shared:
         raise ConfigError(f"Cannot add weighted adapters if they target the same module with modules_to_save, but "
-                          f"found {len(shared)} such instance(s): {', '.join(shared)}")
+                          f"found {len(shared)} such instance(s). Those modules: {', '.join(shared)}")
 
 
 def plan_ia3(configs: Sequence[PeftConfig], weights: Sequence[float]) -> IA3Config:
@@ -112,8 +112,9 @@ def to_plain_lora(config: PeftConfig, tensors: dict[str, torch.Tensor], initial:
     if not isinstance(config, LoraConfig):
         raise ConfigError("path_initial_model_for_weight_conversion applies to LoRA adapters only")
     if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
-        raise ConfigError("path_initial_model_for_weight_conversion does not support rank_pattern or "
-                          "alpha_pattern together with use_rslora (nor does PEFT)")
+        raise ConfigError("Passing `path_initial_model_for_weight_conversion` to `save_pretrained` is not supported "
+                          "when using `rank_pattern` and `alpha_pattern` at the same time as `use_rslora=True`: "
+                          "the converted adapter's scaling cannot be written per layer")
     start = fmt.load_adapter_weights(initial)
     converted = dict(tensors)
     for key, tensor in tensors.items():

@@ -144,3 +144,22 @@ def test_kbit_preparation_leaves_a_full_precision_model_unchecked(lib: types.Mod
     assert not any(p.requires_grad for p in base.parameters())
     assert not base.is_gradient_checkpointing
     lib.get_peft_model(base, lib.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_deleting_the_last_adapter_leaves_the_base_model(lib: types.ModuleType, method: str) -> None:
+    """No active adapter remains (PEFT's behaviour). peftkit then runs as the base model (PEFT's forward fails
+    there: KeyError for LoRA, TypeError for prompt tuning) and refuses to save nothing, with the reason."""
+    base = tiny_model("llama")
+    inputs = model_inputs("llama")
+    expected = outputs(base, inputs)
+    config = (lib.LoraConfig(target_modules=["q_proj"], init_lora_weights=False) if method == "lora"
+              else lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    model = lib.get_peft_model(base, config)
+    model.delete_adapter("default")
+    assert model.active_adapters == []
+    assert "default" not in model.peft_config
+    if lib is peftkit:
+        torch.testing.assert_close(outputs(model, inputs), expected, rtol=0, atol=0)
+        with pytest.raises(peftkit.AdapterNotFoundError, match="holds no adapter"):
+            model.save_pretrained("unused")

@@ -91,6 +91,16 @@ class AdapterLayer(nn.Module):
     def adapter_names(self) -> list[str]:
         raise NotImplementedError
 
+    def _all_available_adapter_names(self) -> list[str]:
+        """PEFT's layer method of this name (its tests and some user code call it): the adapters held here."""
+        return sorted(self.adapter_names)
+
+    repr_name: str | None = None
+    """The name PEFT's repr gives this kind of layer (``lora.Linear``); the class name when None."""
+
+    def _get_name(self) -> str:  # nn.Module.__repr__ prints this name
+        return self.repr_name or super()._get_name()
+
     def adapter_parameters(self, name: str) -> Iterator[tuple[str, str, nn.Parameter]]:
         """Adapter ``name``'s tensors here: (name in this layer, name in an adapter file, parameter), e.g.
         ``("lora_A.default.weight", "lora_A.weight", A)``; the file drops the adapter's name, as PEFT's does."""

@@ -20,6 +20,8 @@ __all__ = ["IA3Linear"]
 class IA3Linear(AdapterLayer):
     """IA3 around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in, out))."""
 
+    repr_name = "ia3.Linear"
+
     adapter_param_names = ("ia3_l",)
     prefix = "ia3_"
     """What every IA3 tensor's name starts with (PEFT's tuner attribute of that name)."""

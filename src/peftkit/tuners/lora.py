@@ -83,6 +83,8 @@ class LoraLayer(AdapterLayer):
 class LoraLinear(LoraLayer):
     """LoRA around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in, out))."""
 
+    repr_name = "lora.Linear"
+
     adapter_param_names = ("lora_A", "lora_B", "lora_dropout", "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:

@@ -23,6 +23,8 @@ __all__ = ["LoraEmbedding"]
 class LoraEmbedding(LoraLayer):
     """LoRA around ``nn.Embedding``: the update is looked up like the embedding itself (no dropout)."""
 
+    repr_name = "lora.Embedding"
+
     adapter_param_names = ("lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
 
     def __init__(self, base_layer: nn.Embedding) -> None:
