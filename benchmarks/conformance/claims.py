@@ -81,10 +81,15 @@ _SUFFIX = re.compile(r"(config|layer|model|s)?\d*$")
 def words(test_id: str) -> list[str]:
     """The lower-case words of a test id: ``TestX::test_y[LoHaConfig-kw3]`` -> test, x, test, y, lohaconfig, kw3.
 
-    CamelCase is not split (``LoHaConfig`` is one word); an underscore joins words only inside the unclaimed
-    names that contain one (``target_parameters``), which are matched on the joined text.
+    CamelCase is not split (``LoHaConfig`` is one word) except in a test class's name, whose capitals start
+    words (``TestLilyInitialization`` -> lily); an underscore joins words only inside the unclaimed names that
+    contain one (``target_parameters``), which are matched on the joined text.
     """
-    return [w for w in re.split(r"[^0-9a-z]+", test_id.lower()) if w]
+    found = [w for w in re.split(r"[^0-9a-z]+", test_id.lower()) if w]
+    for part in test_id.split("::"):  # a test class's name, split at its capitals: TestLilyInit -> lily
+        if part.startswith("Test"):
+            found += [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z][a-z]+|\d+", part)]
+    return found
 
 
 def unclaimed_reason(test_id: str) -> str | None:

@@ -163,3 +163,17 @@ def test_deleting_the_last_adapter_leaves_the_base_model(lib: types.ModuleType, 
         torch.testing.assert_close(outputs(model, inputs), expected, rtol=0, atol=0)
         with pytest.raises(peftkit.AdapterNotFoundError, match="holds no adapter"):
             model.save_pretrained("unused")
+
+
+def test_a_saved_module_answers_with_the_copy_in_use(lib: types.ModuleType) -> None:
+    """model.lin1.weight / .bias are the active adapter's copy, or the original when adapters are off."""
+    model = lib.get_peft_model(MLP(), lib.LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
+    model.add_adapter("other", lib.LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
+    wrapper = model.lin1
+    assert wrapper.weight is wrapper.modules_to_save["default"].weight
+    assert wrapper.bias is wrapper.modules_to_save["default"].bias
+    model.set_adapter("other")
+    assert wrapper.bias is wrapper.modules_to_save["other"].bias
+    assert wrapper.in_features == 8
+    with model.disable_adapter():
+        assert wrapper.weight is wrapper.original_module.weight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +33,16 @@ class ModulesToSaveWrapper(nn.Module):
         self.disabled = False
         self.rows: RowGroups | None = None  # set for a mixed batch: each row's own adapter
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self._current().weight  # type: ignore[return-value]
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the wrapper lacks (``weight``, ``bias``, ``in_features``) are those of the module in use: the
+        active adapter's copy, or the original (PEFT's forwarding, which code reading ``model.score.weight``
+        relies on)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if "_modules" not in self.__dict__ or name in ("original_module", "modules_to_save"):
+                raise  # not built yet (unpickling): no recursion
+            return getattr(self._current(), name)
 
     def add_adapter(self, name: str) -> None:
         """Make a trainable copy of the original module for adapter ``name``."""
