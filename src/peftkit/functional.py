@@ -8,6 +8,7 @@ write one adapter's tensors under the adapter file's keys; ``get_base_model_stat
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from .checks import check_adapter_name
 from .config import IA3Config, LoraConfig, PeftConfig, adopt
 from .embeddings import embedding_state
 from .errors import ConfigError
+from .mapping import PEFT_TYPE_TO_PREFIX_MAPPING
 from .model import PeftModel
 
 __all__ = ["get_base_model_state_dict", "get_peft_model_state_dict", "inject_adapter_in_model",
@@ -32,21 +34,26 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
 
     The model keeps its class; ``model.peft_config`` records the config, as in PEFT.
 
+    With ``state_dict`` (an adapter's tensors, as :func:`get_peft_model_state_dict` gives them), the adapted
+    layers are the ones those tensors belong to, whatever ``target_modules`` says (PEFT's option); the tensors
+    themselves are not loaded (use :func:`set_peft_model_state_dict`). ``modules_to_save`` get their trainable
+    copies, as in PEFT.
+
     Raises:
-        ConfigError: a prompt-learning config (it needs the PeftModel's forward), or ``state_dict`` (PEFT's
-            targets-from-a-state-dict mode, not supported).
+        ConfigError: a prompt-learning config (it needs the PeftModel's forward).
     """
     check_adapter_name(adapter_name)
-    if state_dict is not None:
-        raise ConfigError("inject_adapter_in_model(state_dict=...) is not supported: name the layers in "
-                          "target_modules, then load the tensors with set_peft_model_state_dict")
-    if isinstance(peft_config, LoraConfig):
-        adopt(peft_config, surgery.inject_lora(model, peft_config, adapter_name))
-    elif isinstance(peft_config, IA3Config):
-        adopt(peft_config, surgery.inject_ia3(model, peft_config, adapter_name))
-    else:
+    if not isinstance(peft_config, (LoraConfig, IA3Config)):
         raise ConfigError(f"{type(peft_config).__name__}: inject_adapter_in_model takes LoRA or IA3 configs; "
                           "prompt-learning methods change the model's inputs, so use get_peft_model")
+    placed: PeftConfig = peft_config
+    if state_dict is not None:
+        placed = _placed_by(peft_config, model, _layers_in(state_dict, PEFT_TYPE_TO_PREFIX_MAPPING[
+            peft_config.peft_type]))
+    inject = surgery.inject_lora if isinstance(peft_config, LoraConfig) else surgery.inject_ia3
+    adopt(peft_config, inject(model, placed, adapter_name))  # type: ignore[arg-type]
+    if peft_config.modules_to_save:
+        surgery.add_modules_to_save(model, list(peft_config.modules_to_save), adapter_name)
     surgery.set_active(model, [adapter_name])
     surgery.mark_trainable(model, adapter_name, peft_config)
     if low_cpu_mem_usage:  # empty until set_peft_model_state_dict fills it, as in PEFT
@@ -54,6 +61,40 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
     configs = getattr(model, "peft_config", None)
     setattr(model, "peft_config", {**(configs if isinstance(configs, dict) else {}), adapter_name: peft_config})  # noqa: B010 - a plain attribute on any nn.Module, as PEFT sets it
     return model
+
+
+def _placed_by(config: LoraConfig | IA3Config, model: nn.Module, layers: set[str]) -> PeftConfig:
+    """``config`` adapting exactly ``layers``; PEFT's warning when the config alone would adapt others."""
+    if config.target_modules is not None:
+        named = {n for n, _ in model.named_modules() if surgery.is_target(config, n)}
+        extra_config, extra_state = sorted(named - layers), sorted(layers - named)
+        if extra_config or extra_state:
+            message = ("While injecting the PEFT adapters, an inconsistency was discovered between the PEFT config "
+                       "and the provided state_dict. This is not necessarily an issue and can be ignored if this was "
+                       "the intent. ")
+            if extra_config:
+                message += f"The PEFT config contained these additional target modules: {extra_config}. "
+            if extra_state:
+                message += f"The state_dict contained these additional target modules: {extra_state}. "
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    exact = {"target_modules": layers, "exclude_modules": None}  # the state_dict's layers, all of them
+    if isinstance(config, IA3Config):  # the feed-forward ones among the layers, by the config's own rule
+        return config.replace(**exact, feedforward_modules={n for n in layers if surgery.is_feedforward(config, n)})
+    return config.replace(**exact, layers_to_transform=None, layers_pattern=None)
+
+
+def _layers_in(state_dict: dict[str, Any], prefix: str) -> set[str]:
+    """The names of the layers an adapter's tensors belong to: what comes before ``.lora_...`` in each key,
+    without PEFT's ``base_model.model.`` wrapper."""
+    names = set()
+    for key in state_dict:
+        head, found, _ = key.partition(f".{prefix}")
+        if found:
+            names.add(head.removeprefix("base_model.model."))
+    if not names:
+        raise ConfigError(f"inject_adapter_in_model: the state_dict holds no {prefix}* tensor, so it names no layer "
+                          "to adapt; pass the adapter's own tensors (get_peft_model_state_dict)")
+    return names
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -400,7 +400,8 @@ class PeftModel(ModelWrapper):
         adapter_names = kwargs.pop("adapter_names", None)
         base: Any = self.get_base_model()
         if adapter_names is not None:
-            with self._mixed_batch(adapter_names):
+            beams = kwargs.get("num_beams")
+            with self._mixed_batch(adapter_names, beams if isinstance(beams, int) and beams > 1 else 1):
                 return base.generate(*args, **kwargs)
         prompt = self._prompt_module()
         if prompt is None:
@@ -410,10 +411,13 @@ class PeftModel(ModelWrapper):
         config = cast(PromptLearningConfig, self.active_peft_config)
         return prompting.generate(prompt, base, self._task(), config, **kwargs)
 
-    def _mixed_batch(self, adapter_names: list[str]) -> contextlib.AbstractContextManager[None]:
+    def _mixed_batch(self, adapter_names: list[str], beams: int = 1) -> contextlib.AbstractContextManager[None]:
+        """Route each row through its adapter; with beam search, each row's name is repeated once per beam for
+        the decoder (generate expands the batch), while an encoder sees the original rows, as in PEFT."""
         check_mixed_batch(self.training, adapter_names, list(self.peft_config), list(self.prompt_encoder),
                           self._prompt_module() is not None)
-        return surgery.rows_through_adapters(self.get_base_model(), list(adapter_names))
+        expanded = [n for n in adapter_names for _ in range(beams)]
+        return surgery.rows_through_adapters(self.get_base_model(), expanded, encoder_names=list(adapter_names))
 
     # ----- files -------------------------------------------------------------------------------------
 

@@ -367,7 +367,7 @@ def _check_lora_size(model: nn.Module, config: LoraConfig, keys: list[str]) -> N
                      "choose a smaller r (8 to 64 is usual)")
 
 
-def _is_feedforward(config: IA3Config, key: str) -> bool:
+def is_feedforward(config: IA3Config, key: str) -> bool:
     """PEFT's rule: a regex must match the whole name; list entries match as plain suffixes."""
     spec = config.feedforward_modules or []
     if isinstance(spec, str):
@@ -410,9 +410,9 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
                               f"a layer with another method, choose other target_modules")
         elif conv1d is not None and isinstance(module, conv1d):
             transposed = True
-            layer = IA3Linear(module, _is_feedforward(config, key), fan_in_fan_out=True)
+            layer = IA3Linear(module, is_feedforward(config, key), fan_in_fan_out=True)
         elif isinstance(module, nn.Linear):
-            layer = IA3Linear(module, _is_feedforward(config, key))
+            layer = IA3Linear(module, is_feedforward(config, key))
         else:
             raise TargetNotFoundError(f"target {key!r} is a {type(module).__name__}, which IA3 cannot adapt; "
                                       f"narrow target_modules to linear layers")
@@ -486,10 +486,12 @@ def disabled_states(model: nn.Module) -> set[bool]:
 
 
 @contextlib.contextmanager
-def rows_through_adapters(model: nn.Module, adapter_names: list[str]) -> Iterator[None]:
+def rows_through_adapters(model: nn.Module, adapter_names: list[str],
+                          encoder_names: list[str] | None = None) -> Iterator[None]:
     """Inside, row ``i`` of every batch goes through adapter ``adapter_names[i]`` (``"__base__"``: none),
     whatever adapter is active: LoRA linear layers and the adapters' modules_to_save copies, for inference,
-    with nothing merged."""
+    with nothing merged. ``encoder_names``: the rows of an encoder-decoder's encoder, when they differ (beam
+    search expands the decoder's batch only)."""
     wanted = list(dict.fromkeys(n for n in adapter_names if n != BASE_ROW))
     found = [layer for _, layer in adapter_layers(model)]
     layers = [layer for layer in found if isinstance(layer, AdapterLayer)]
@@ -506,13 +508,17 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str]) -> Iterato
     for wrapper in copies:
         wrapper.check_rows(wanted)
     routed: list[LoraLinear | ModulesToSaveWrapper] = [*(x for x in layers if isinstance(x, LoraLinear)), *copies]
-    groups: dict[torch.device, RowGroups] = {}  # split once per device, not once per layer
+    get_encoder = getattr(model, "get_encoder", None)
+    encoder = get_encoder() if callable(get_encoder) and encoder_names is not None else None
+    has_encoder = isinstance(encoder, nn.Module) and encoder is not model  # transformers 5: self when none
+    in_encoder = {id(m) for m in cast(nn.Module, encoder).modules()} if has_encoder else set()
+    groups: dict[tuple[torch.device, bool], RowGroups] = {}  # split once per device (and part), not per layer
     try:
         for module in routed:
-            device = next(module.parameters()).device
-            if device not in groups:
-                groups[device] = group_rows(adapter_names, device)
-            module.rows = groups[device]
+            key = (next(module.parameters()).device, id(module) in in_encoder)
+            if key not in groups:
+                groups[key] = group_rows(cast(list[str], encoder_names) if key[1] else adapter_names, key[0])
+            module.rows = groups[key]
         yield
     finally:
         for module in routed:

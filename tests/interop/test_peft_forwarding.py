@@ -177,3 +177,26 @@ def test_a_saved_module_answers_with_the_copy_in_use(lib: types.ModuleType) -> N
     assert wrapper.in_features == 8
     with model.disable_adapter():
         assert wrapper.weight is wrapper.original_module.weight
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_mixed_adapter_batches_with_beam_search_equal_each_adapter_alone(arch: str) -> None:
+    """generate(num_beams=3, adapter_names=[...]): every row's beams are its own adapter's (PEFT repeats the names
+    per beam for the decoder and keeps the encoder's rows), checked against each adapter generating alone."""
+    torch.manual_seed(0)
+    model = peftkit.get_peft_model(tiny_model(arch), _lora_qv(arch))
+    model.add_adapter("other", _lora_qv(arch))
+    model.eval()
+    inputs = {k: v for k, v in model_inputs(arch).items() if k != "decoder_input_ids"}
+    names = ["default", "other"]
+    kwargs = {"max_new_tokens": 4, "num_beams": 3, "do_sample": False}
+    mixed = model.generate(**inputs, adapter_names=names, **kwargs)
+    for row, name in enumerate(names):
+        model.set_adapter(name)
+        alone = model.generate(**{k: v[row:row + 1] for k, v in inputs.items()}, **kwargs)
+        assert torch.equal(mixed[row:row + 1, :alone.shape[1]], alone)
+
+
+def _lora_qv(arch: str) -> Any:
+    targets = ["q", "v"] if arch == "t5" else ["q_proj", "v_proj"]
+    return peftkit.LoraConfig(target_modules=targets, init_lora_weights=False, r=4, lora_alpha=32)
