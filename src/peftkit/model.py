@@ -294,12 +294,13 @@ class PeftModel(ModelWrapper):
         A NaN or infinite adapter is always refused before it reaches a weight; ``safe_merge`` (PEFT's flag)
         also checks the merged weights.
         """
-        names = adapter_names or [self.active_adapter]
+        names = adapter_names or self.active_adapters
         self._require_layer_adapters(names, "merge")
         merged = surgery.merged_names(self.get_base_model())
         if merged and set(names) <= merged:
             warnings.warn("All adapters are already merged, nothing to do.", stacklevel=2)  # PEFT's words
-        surgery.merge(self.get_base_model(), names)
+        # no names: each layer merges the adapters active in it (PEFT's rule; a layer can be told several)
+        surgery.merge(self.get_base_model(), adapter_names)
         if safe_merge:
             check_finite_weights(self.get_base_model())
 

@@ -92,3 +92,12 @@ def test_a_scaled_embedding_scales_the_update_as_peft_does(use_dora: bool) -> No
                 model.merge_adapter()
                 torch.testing.assert_close(model(**inputs).logits, logits[name], rtol=0, atol=1e-4)
     torch.testing.assert_close(logits["peftkit"], logits["peft"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dora_embedding_keeps_a_half_precision_model_in_its_dtype(dtype: torch.dtype) -> None:
+    """The fp32 magnitude must not promote the embedding's output: the next layer is in half precision too."""
+    torch.manual_seed(0)
+    model = peftkit.get_peft_model(EmbeddingModel().to(dtype),
+                                   peftkit.LoraConfig(target_modules=["emb"], use_dora=True))
+    assert model(TOKENS).dtype == dtype

@@ -109,3 +109,28 @@ def test_bf16_base_dora_trains_with_the_formula_gradients_and_no_fp32_input_copy
     for g, w_ in zip(got, want, strict=True):
         torch.testing.assert_close(g, w_, atol=1e-2, rtol=1e-2)
     assert not [t for t in saved if t.dtype == torch.float32 and t.numel() == x.numel()]
+
+
+@pytest.mark.parametrize("first_dora", [True, False], ids=["dora+dora", "lora+dora"])
+def test_several_active_adapters_with_dora_merge_to_their_forward(first_dora: bool) -> None:
+    """Two adapters active together (the second DoRA): merging both gives the forward's output, and unmerging
+    gives the base weight back. The second adapter's norm is that of the unmerged weight, as in the forward."""
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    weight = base.weight.detach().clone()
+    layer = LoraLinear(base)
+    layer.add_adapter("a", r=2, lora_alpha=4, init_lora_weights=False, use_dora=first_dora)
+    layer.add_adapter("b", r=2, lora_alpha=4, init_lora_weights=False, use_dora=True)
+    with torch.no_grad():
+        for name in ("a", "b"):
+            if name in layer.lora_magnitude_vector:
+                layer.lora_magnitude_vector[name].mul_(torch.linspace(0.5, 1.5, 5))
+    layer.set_active(["a", "b"])
+    layer.eval()
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        expected = layer(x)
+        layer.merge(["a", "b"])
+        torch.testing.assert_close(base(x), expected)
+        layer.unmerge()
+    torch.testing.assert_close(base.weight, weight)

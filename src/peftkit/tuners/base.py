@@ -91,6 +91,10 @@ class AdapterLayer(nn.Module):
     def adapter_names(self) -> list[str]:
         raise NotImplementedError
 
+    def get_base_layer(self) -> nn.Module:
+        """The wrapped layer (PEFT's layer method of this name)."""
+        return self.base_layer
+
     def _all_available_adapter_names(self) -> list[str]:
         """PEFT's layer method of this name (its tests and some user code call it): the adapters held here."""
         return sorted(self.adapter_names)

@@ -167,7 +167,8 @@ class LoraLinear(LoraLayer):
         if name not in self.lora_magnitude_vector:
             super()._merge_one(name)
             return
-        norm = self._weight_norm(name).detach()
+        a, b = self._factors(name)  # the norm of the unmerged weight, as the forward computes it
+        norm = dora.row_norms(self._unmerged_weight(), a, b, self.scaling[name]).detach()
         self._merged_norms[name] = norm
         factor = self.lora_magnitude_vector[name] / norm
         self._set_base_weight(dora.merged_weight(self._base_weight(), self._delta_out_in(name), factor))
@@ -179,6 +180,19 @@ class LoraLinear(LoraLayer):
         factor = self.lora_magnitude_vector[name] / self._merged_norms.pop(name)
         self._set_base_weight(dora.unmerged_weight(self._base_weight(), self._delta_out_in(name), factor))
         self.merged_adapters.remove(name)
+
+    def _unmerged_weight(self) -> torch.Tensor:
+        """The base weight (out, in) as it was before any merge: the merged adapters undone on a copy, newest
+        first. A DoRA adapter merged after others must take its norm from this weight, not the merged one."""
+        weight = self._base_weight().float()
+        for name in reversed(self.merged_adapters):
+            delta = self._delta_out_in(name)
+            if name in self.lora_magnitude_vector:
+                factor = self.lora_magnitude_vector[name] / self._merged_norms[name]
+                weight = dora.unmerged_weight(weight, delta, factor)
+            else:
+                weight = weight - delta
+        return weight
 
     def _delta_out_in(self, name: str) -> torch.Tensor:
         a, b = self._factors(name)

@@ -81,11 +81,24 @@ class LoraEmbedding(LoraLayer):
         if name not in self.lora_magnitude_vector:
             super()._merge_one(name)
             return
-        norm = self._weight_norm(name).detach()
+        a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]  # the unmerged weight's norm, as forward
+        norm = dora.row_norms(self._unmerged_weight(), a, b, self.scaling[name]).detach()
         self._merged_norms[name] = norm
         factor = self.lora_magnitude_vector[name] / norm  # (D,)
         merged = dora.merged_weight(self.weight.T, self.delta_weight(name).T, factor)  # (D, V)
         self.weight.data = merged.T.to(self.weight.dtype).contiguous()
+
+    def _unmerged_weight(self) -> torch.Tensor:
+        """``E^T`` (D, V) as it was before any merge: the merged adapters undone on a copy, newest first."""
+        weight = self.weight.T.float()
+        for name in reversed(self.merged_adapters):
+            delta = self.delta_weight(name).T  # (D, V)
+            if name in self.lora_magnitude_vector:
+                factor = self.lora_magnitude_vector[name] / self._merged_norms[name]
+                weight = dora.unmerged_weight(weight, delta, factor)
+            else:
+                weight = weight - delta
+        return weight
 
     def _unmerge_one(self, name: str) -> None:
         if name not in self.lora_magnitude_vector:
@@ -113,8 +126,8 @@ class LoraEmbedding(LoraLayer):
             )  # (B, T, r)
             update = (after_a @ b.T) * self.scaling[name]  # (B, T, D)
             if name in self.lora_magnitude_vector:  # DoRA rescales what came before, as PEFT's does
-                factor = self.lora_magnitude_vector[name] / self._weight_norm(name).detach()  # (D,)
-                result, update = factor * result, factor * update
+                factor = self.lora_magnitude_vector[name] / self._weight_norm(name).detach()  # (D,), fp32
+                result, update = (factor * result).to(result.dtype), factor * update
             if embed_scale is not None:
                 update = update * embed_scale.to(update.dtype)
             result = result + update.to(result.dtype)
