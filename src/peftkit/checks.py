@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import PeftConfig
-from .errors import AdapterFormatError, AdapterNotFoundError, ConfigError, PeftkitError, short_repr
+from .errors import AdapterFormatError, AdapterNotFoundError, BrokenAdapterError, ConfigError, short_repr
 from .tuners.lora import unpaired_factors
 from .tuners.rows import BASE_ROW
 
@@ -25,7 +25,8 @@ def check_unsupported_load_options(ephemeral_gpu_offload: bool, key_mapping: dic
 def check_finite_weights(model: nn.Module) -> None:
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
-        raise PeftkitError(f"merging produced NaN or inf in {bad[:3]}; the adapter weights are broken")
+        raise BrokenAdapterError(f"NaNs detected in the merged weights. The adapter seems to be broken: merging "
+                                 f"produced NaN or inf in {bad[:3]}")
 
 
 def check_adapter_name(name: object) -> None:

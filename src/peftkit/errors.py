@@ -17,6 +17,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "AdapterStateError",
+    "BrokenAdapterError",
     "ConfigError",
     "DataError",
     "HubError",
@@ -123,6 +124,11 @@ class HubError(PeftkitError):
 
 class TrainingError(PeftkitError):
     """Training failed at run time (for example a NaN loss)."""
+
+
+class BrokenAdapterError(TrainingError, ValueError):
+    """An adapter holds NaN or infinite values, so merging it would ruin the base weights for good (a
+    ``ValueError`` as PEFT's ``safe_merge`` raises)."""
 
 
 class TrainingInterrupted(PeftkitError):

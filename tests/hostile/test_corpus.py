@@ -30,7 +30,7 @@ from peftkit import (
     get_peft_model,
 )
 from peftkit.cli import main
-from peftkit.errors import PeftkitError, StorageError, TrainingError
+from peftkit.errors import BrokenAdapterError, PeftkitError, StorageError, TrainingError
 from peftkit.outputs import OutputDirError
 from tests.conftest import tiny_model
 
@@ -718,7 +718,7 @@ CASES = [
          "NaN or infinite", api=prompt_weights_nan),
     Case("adapter-key-base-weight", "an adapter file that names a base weight", {}, None, AdapterFormatError, 2,
          "names a weight of the base model", api=adapter_names_base_weight),
-    Case("merge-nan", "merging an adapter that went NaN in memory", {}, None, TrainingError, 1,
+    Case("merge-nan", "merging an adapter that went NaN in memory", {}, None, BrokenAdapterError, 1,
          "NaN or infinite", api=merge_nan_in_memory),
     Case("max-length-one", "max_length 1: no token left to learn", {"d.csv": GOOD_CSV},
          train("--data.max_length", "1", "--data.val_size", "0"), DataError, 2, "no training example keeps a token"),

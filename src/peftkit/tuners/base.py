@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from ..errors import ConfigError, TrainingError
+from ..errors import BrokenAdapterError, ConfigError
 from ..quantization import is_quantized
 
 __all__ = ["AdapterLayer", "base_output"]
@@ -170,8 +170,9 @@ class AdapterLayer(nn.Module):
             tensors = held.parameters() if isinstance(held, nn.Module) else [held]
             if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
 
-                raise TrainingError(f"adapter {name!r} holds NaN or infinite values in {attr}; merging would make "
-                                    "the base weight NaN for good. Reload the adapter from a good checkpoint")
+                raise BrokenAdapterError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken: "
+                                         f"it holds NaN or infinite values in {attr}, and merging would make the base "
+                                         "weight NaN for good. Reload the adapter from a good checkpoint")
 
     @torch.no_grad()
     def unmerge(self) -> None:
