@@ -14,10 +14,6 @@ DIFFERENCES: dict[str, str] = {
         "get_peft_model on a model that is already a PeftModel is refused with a pointer to add_adapter: PEFT nests "
         "the wrappers, and the outer adapter's file then holds the inner adapter's tensors under a config that does "
         "not describe them, so it does not load back as saved"),
-    r"PrefixTuningConfig.*ForSequenceClassification": (
-        "prefix tuning on a classifier whose forward takes no past_key_values (BERT, RoBERTa and Llama classifiers "
-        "in transformers 5) is refused when the adapter is made; PEFT makes and saves it but refuses in forward "
-        "with the same words, so the adapter could never run or train in either library"),
     r"test_generate_pos_args\[.*(T5ForConditionalGeneration|BartForConditionalGeneration)": (
         "an encoder-decoder PeftModel's generate accepts input_ids as its first positional argument, as transformers' "
         "generate does; PEFT's takes keywords only and raises TypeError"),

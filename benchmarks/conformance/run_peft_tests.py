@@ -330,16 +330,20 @@ def main() -> int:
     sources = {f: hashlib.sha256((tests / f).read_bytes()).hexdigest()[:12] for f in files + claims.SUPPORT
                if (tests / f).exists()}
     key = _key(version, sources, standins.fingerprint(), Path(claims.__file__).read_text(), extra)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()  # read before the run: the tree may move on meanwhile
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip())
+    tested = args.peftkit_src or f"src at {commit}" + (" with uncommitted changes" if dirty else "")
     peft, peft_source = run_peft(folder, hub, files, args.workers, extra, key, args.reuse_peft)
     if args.peft_only:
         print(f"PEFT's side: {len(peft['results'])} tests in {peft['seconds']} s, cached under key {key}")
         return 0
     ours = run("peftkit", folder, hub, files, args.workers, extra, args.peftkit_src)
     summary = summarize(peft["results"], ours["results"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     meta = {"peft_version": version, "tests_from": str(args.peft_src or f"peft-{version} sdist"),
-            "peftkit_commit": commit, "files": files, "pytest_args": extra, "standins": standins.fingerprint(),
+            "peftkit_commit": commit, "peftkit_tested": tested, "files": files, "pytest_args": extra,
+            "standins": standins.fingerprint(),
             "peft_run": peft_source, "peft_seconds": peft["seconds"], "peftkit_seconds": ours["seconds"],
             "deselected_files": claims.DESELECTED_FILES, "date": time.strftime("%Y-%m-%d"),
             "deselected_tests": deselection_table(ours.get("deselected", {})),
@@ -351,7 +355,7 @@ def main() -> int:
 
 def report(summary: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
     print(f"\nPEFT {meta['peft_version']} tests ({meta['peft_run']}, {meta['peft_seconds']} s); "
-          f"peftkit {meta['peftkit_commit']} ({meta['peftkit_seconds']} s)")
+          f"peftkit: {meta['peftkit_tested']} ({meta['peftkit_seconds']} s)")
     print(f"selected {summary['selected']}; PEFT passes {summary['peft_passes']}; peftkit passes "
           f"{summary['peftkit_passes_of_those']} of those ({summary['ratio']:.1%})")
     for name, count in summary["counts"].items():

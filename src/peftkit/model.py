@@ -189,6 +189,21 @@ class PeftModel(ModelWrapper):
         if inference_mode or config.inference_mode:
             self.requires_grad_(False)
 
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        """Turn gradients on (or off) for the given layer adapters' tensors, whichever adapter is active (PEFT's
+        method).
+
+        Raises:
+            TypeError: the active adapter is a prompt method (PEFT's words).
+        """
+        if self.active_peft_config.is_prompt_learning:
+            raise TypeError("Setting `requires_grad` is not supported for prompt learning methods like "
+                            f"{self.active_peft_config.peft_type.value}.")
+        for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
+            self._require(name)
+            for _, _, param in surgery.adapter_parameters(self.get_base_model(), name):
+                param.requires_grad_(requires_grad)
+
     def _set_active_many(self, names: list[str]) -> None:
         """Several LoRA/IA3 adapters applied together (PEFT's ``base_model.set_adapter([...])``), all trainable."""
         for name in names:

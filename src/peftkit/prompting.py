@@ -300,11 +300,6 @@ class PrefixKeyValues:
         self.config, self.task, self.shape = config, task, PromptShape.of(config)
 
     def build(self, base: nn.Module) -> nn.Module:
-        classifies = self.task in (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
-        if classifies and not _takes_past_key_values(base):
-            raise ConfigError(f"Model does not support past key values which are required for prefix tuning "
-                              f"({type(base).__name__}'s forward takes no past_key_values, so PEFT could not load "
-                              "this adapter either). Use prompt tuning or p-tuning, or LoRA, on this model")
         if _checkpointed(base):  # refused when the adapter is added, as PEFT refuses it (ValueError)
             raise ConfigError(GRADIENT_CHECKPOINTING)
         config, s = self.config, self.shape
@@ -386,6 +381,11 @@ class PrefixKeyValues:
         return EncoderDecoderCache(cache, DynamicCache()) if seq2seq else cache
 
     def prepare(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        classifies = self.task in (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
+        if classifies and not _takes_past_key_values(base):  # PEFT makes such a model and refuses here
+            raise ConfigError(f"Model does not support past key values which are required for prefix tuning. "
+                              f"{type(base).__name__}'s forward takes no past_key_values, so the prefix cannot "
+                              "reach it (in PEFT neither); use prompt tuning, p-tuning or LoRA on this model")
         if inputs.pop("virtual_token_slots", None) is not None:
             raise ConfigError("prefix tuning cannot fill packed slots: its key/values are not tokens of the row; "
                               "pack its batches with packed_segments=True instead")

@@ -194,8 +194,7 @@ def test_a_second_get_peft_model_warns(lib: types.ModuleType) -> None:
 
 
 def test_prefix_tuning_on_bert_is_refused(lib: types.ModuleType) -> None:
-    """PEFT refuses it when the model runs; peftkit when the adapter is made, so no adapter PEFT cannot load
-    is ever trained or saved."""
+    """Both libraries make the model and refuse when it runs, with the same words."""
     from ..conftest import model_inputs
 
     with pytest.raises(ValueError, match="does not support past key values"):

@@ -200,3 +200,16 @@ def test_mixed_adapter_batches_with_beam_search_equal_each_adapter_alone(arch: s
 def _lora_qv(arch: str) -> Any:
     targets = ["q", "v"] if arch == "t5" else ["q_proj", "v_proj"]
     return peftkit.LoraConfig(target_modules=targets, init_lora_weights=False, r=4, lora_alpha=32)
+
+
+def test_set_requires_grad_turns_an_adapter_on_and_off(lib: types.ModuleType) -> None:
+    model = lib.get_peft_model(MLP(), lib.LoraConfig(target_modules=["lin0"]))
+    model.add_adapter("other", lib.LoraConfig(target_modules=["lin0"]))  # inactive, frozen
+    model.set_requires_grad("other")
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".other." in n)
+    model.set_requires_grad(["default", "other"], requires_grad=False)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+    prompt = lib.get_peft_model(tiny_model("llama"),
+                                lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    with pytest.raises(TypeError, match="not supported for prompt learning"):
+        prompt.set_requires_grad("default")
