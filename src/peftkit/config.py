@@ -96,7 +96,8 @@ def _enum_value(enum_cls: type[enum.Enum], value: Any, name: str, problems: list
                 return member
     allowed = ", ".join(m.value for m in enum_cls)
     if enum_cls is TaskType:  # PEFT's words first, so code matching them still does
-        problems.append(f"Invalid task type: {value!r}. Must be one of the following task types: {allowed}")
+        problems.append(f"Invalid task type: {value!r}. Must be one of the following task types: {allowed}. "
+                        "Leave it empty for a plain model")
     else:
         problems.append(f"{name}={short_repr(value)} is not allowed; expected one of {allowed}")
     return value
@@ -228,9 +229,13 @@ class PeftConfig:
         write_json_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_dict())
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], subfolder: str | None = None) -> PeftConfig:
-        """Read ``adapter_config.json`` from a folder (or the file itself)."""
+    def from_pretrained(cls, path: str | os.PathLike[str], subfolder: str | None = None, revision: str | None = None,
+                        **hub_kwargs: Any) -> PeftConfig:
+        """Read ``adapter_config.json`` from a folder (or the file itself), or from a hub repository's
+        ``revision``; ``hub_kwargs`` (``cache_dir``, ``token``, ...) go to the download, as in PEFT."""
         folder = os.path.join(path, subfolder) if subfolder else path
+        if not Path(folder).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", os.fspath(path)):
+            folder = _download_config(os.fspath(path), subfolder, revision, hub_kwargs)
         config = read_adapter_config(folder, expected=cls)
         if cls is not PeftConfig and not isinstance(config, cls):
             raise ConfigError(f"{folder} holds a {type(config).__name__}, not a {cls.__name__}")
@@ -402,6 +407,9 @@ class LoraConfig(PeftConfig):
             if isinstance(self.target_modules, str):
                 problems.append("`layers_to_transform` cannot be used when `target_modules` is a str. Name the "
                                 "layers in the regex instead, or give target_modules as a list")
+        if self.layers_pattern and isinstance(self.target_modules, str):
+            problems.append("`layers_pattern` cannot be used when `target_modules` is a str. Name the layers in the "
+                            "regex instead, or give target_modules as a list")
         if self.layers_pattern and layers is None:
             problems.append("When `layers_pattern` is specified, `layers_to_transform` must also be specified. Set "
                             "both or neither")
@@ -690,6 +698,18 @@ def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str 
     if not issubclass(cls, expected):
         raise ConfigError(f"peft_type={peft_type!r} does not fit {expected.__name__}", source=source)
     return cls
+
+
+def _download_config(repo_id: str, subfolder: str | None, revision: str | None, hub_kwargs: dict[str, Any]) -> str:
+    """``adapter_config.json`` of a hub repository (the local cache when offline)."""
+    from huggingface_hub import hf_hub_download
+
+    allowed = {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "token", "force_download", "local_files_only")}
+    try:
+        return hf_hub_download(repo_id, CONFIG_NAME, subfolder=subfolder, revision=revision, **allowed)
+    except Exception as err:  # offline, unknown repository, no permission: all "not available here"
+        raise AdapterFormatError(f"{repo_id!r} is not a local folder and its {CONFIG_NAME} could not be fetched "
+                                 f"from the hub ({type(err).__name__}); pass the folder save_pretrained wrote") from err
 
 
 def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfig] = PeftConfig) -> PeftConfig:

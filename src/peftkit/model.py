@@ -113,6 +113,12 @@ class PeftModel(ModelWrapper):
         return [self.active_adapter, *self._also_active]
 
     @property
+    def modules_to_save(self) -> set[str] | None:
+        """The modules that some adapter trains in full (a copy per adapter), or None (PEFT's attribute)."""
+        names = {m for c in self.peft_config.values() for m in (c.modules_to_save or [])}
+        return names or None
+
+    @property
     def has_active_enabled_adapter(self) -> bool:
         """False inside :meth:`disable_adapter` (or after ``base_model.disable_adapter_layers()``), else True."""
         return not self._disabled and surgery.disabled_states(self.get_base_model()) != {True}

@@ -91,6 +91,14 @@ class AdapterLayer(nn.Module):
     def adapter_names(self) -> list[str]:
         raise NotImplementedError
 
+    other_param_names: tuple[str, ...] = ()
+    """Per-adapter bookkeeping kept beside the tensors, by attribute name (PEFT's layer attribute)."""
+
+    @property
+    def adapter_layer_names(self) -> tuple[str, ...]:
+        """The containers that hold the adapters' tensors, by attribute name (PEFT's layer attribute)."""
+        return tuple(n for n in self.adapter_param_names if n != "lora_dropout")
+
     def get_base_layer(self) -> nn.Module:
         """The wrapped layer (PEFT's layer method of this name)."""
         return self.base_layer

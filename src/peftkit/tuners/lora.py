@@ -50,6 +50,7 @@ class LoraLayer(AdapterLayer):
 
     prefix = "lora_"
     """What every LoRA tensor's name starts with (PEFT's tuner attribute of that name)."""
+    other_param_names = ("r", "scaling")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)

@@ -25,6 +25,9 @@ class ModulesToSaveWrapper(nn.Module):
     adapter's copy. Parameter names match PEFT's (``score.modules_to_save.<name>.weight``).
     """
 
+    adapter_layer_names: tuple[str, ...] = ("modules_to_save",)
+    other_param_names: tuple[str, ...] = ()
+
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.original_module = module
