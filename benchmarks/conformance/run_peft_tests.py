@@ -35,6 +35,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -261,8 +262,27 @@ def method_of(test_id: str) -> str:
     return next((name for name, pattern in METHODS.items() if pattern.search(test_id)), "other")
 
 
+def _unnumbered(test_id: str) -> str:
+    return re.sub(r"(kwargs)\d+(?=[-\]])", r"\1#", test_id)
+
+
+def renumbered(peft: dict[str, Any], ours: dict[str, Any]) -> dict[str, str]:
+    """PEFT's id -> peftkit's id for a test that got another parameter index in the peftkit run (a parameter
+    list filtered by which configs have some argument: the shim's stand-ins for unclaimed configs have none),
+    paired only when exactly one test on each side matches once the index is dropped."""
+    left = collections.defaultdict(list)
+    for t in set(peft) - set(ours):
+        left[_unnumbered(t)].append(t)
+    right = collections.defaultdict(list)
+    for t in set(ours) - set(peft):
+        right[_unnumbered(t)].append(t)
+    return {left[k][0]: right[k][0] for k in left if len(left[k]) == 1 and len(right.get(k, [])) == 1}
+
+
 def summarize(peft: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
     """Every test's two outcomes and category, the counts, and the ratio per method."""
+    pairs = renumbered(peft, ours)
+    peft = {pairs.get(t, t): r for t, r in peft.items()}  # under peftkit's id
     tests, harness_errors = {}, sorted(set(peft) ^ set(ours))
     for test_id in sorted(set(peft) & set(ours)):
         category, why = categorize(test_id, peft[test_id], ours[test_id])
@@ -282,6 +302,7 @@ def summarize(peft: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
     return {"selected": len(tests), "peft_passes": peft_passes, "peftkit_passes_of_those": counts["pass"],
             "ratio": round(counts["pass"] / peft_passes, 4) if peft_passes else None,
             "counts": dict(sorted(counts.items())), "by_method": by_method, "harness_errors": harness_errors,
+            "renumbered": pairs,
             "tests": tests}
 
 
@@ -322,9 +343,7 @@ def main() -> int:
     version = importlib.metadata.version("peft")
     tests = Path(args.peft_src) / "tests" if args.peft_src else peft_tests(version)
     hub = hub_cache()
-    folder = _cache_dir() / "run"
-    import shutil
-
+    folder = _cache_dir() / f"run-{os.getpid()}"  # one per run: a CI subset and a full run may overlap
     shutil.rmtree(folder, ignore_errors=True)
     prepare(tests, folder, files)
     sources = {f: hashlib.sha256((tests / f).read_bytes()).hexdigest()[:12] for f in files + claims.SUPPORT
@@ -340,6 +359,7 @@ def main() -> int:
         print(f"PEFT's side: {len(peft['results'])} tests in {peft['seconds']} s, cached under key {key}")
         return 0
     ours = run("peftkit", folder, hub, files, args.workers, extra, args.peftkit_src)
+    shutil.rmtree(folder, ignore_errors=True)
     summary = summarize(peft["results"], ours["results"])
     meta = {"peft_version": version, "tests_from": str(args.peft_src or f"peft-{version} sdist"),
             "peftkit_commit": commit, "peftkit_tested": tested, "files": files, "pytest_args": extra,
