@@ -331,9 +331,14 @@ def main() -> int:
                         help="reuse PEFT's results from an earlier run of the same tests, stand-ins and version")
     parser.add_argument("--peftkit-src", help="a folder with the peftkit package to test (default: the installed)")
     parser.add_argument("--peft-only", action="store_true", help="run PEFT's side only (cached for --reuse-peft)")
+    parser.add_argument("--markdown", metavar="JSON", help="only write the markdown report of a recorded run")
     parser.add_argument("--out", help="where the JSON goes (default benchmarks/results/peft-conformance.json)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (e.g. -k test_merge)")
     args = parser.parse_args()
+    if args.markdown:
+        recorded = json.loads(Path(args.markdown).read_text())
+        Path(args.markdown).with_suffix(".md").write_text(markdown(recorded))
+        return 0
     files, extra = args.files, list(args.pytest_args)
     if args.subset == "ci":
         files, extra = CI_SUBSET, ["-k", CI_FILTER, *extra]
@@ -369,8 +374,30 @@ def main() -> int:
             "deselected_tests": deselection_table(ours.get("deselected", {})),
             "deselected_count": len(ours.get("deselected", {}))}
     out.write_text(json.dumps({"meta": meta, **summary}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown({"meta": meta, **summary}))
     report(summary, meta, out)
     return 2 if summary["harness_errors"] else 0
+
+
+def markdown(recorded: dict[str, Any]) -> str:
+    """The run's tables, for benchmarks/results and the docs."""
+    meta, counts = recorded["meta"], recorded["counts"]
+    lines = [f"# PEFT's test suite against peftkit ({meta['date']})", "",
+             f"PEFT {meta['peft_version']}'s tests ({meta['tests_from']}), {len(meta['files'])} files, hub models "
+             f"replaced by local stand-ins ({meta['standins']}); PEFT's run: {meta['peft_run']} "
+             f"({meta['peft_seconds']} s); peftkit: {meta['peftkit_tested']} ({meta['peftkit_seconds']} s); "
+             f"{meta['deselected_count']} tests deselected as out of scope (per file and reason in the JSON).", "",
+             f"**peftkit passes {recorded['peftkit_passes_of_those']:,} of the {recorded['peft_passes']:,} selected "
+             f"tests PEFT passes ({recorded['ratio']:.1%})**; {recorded['selected']:,} selected; harness errors: "
+             f"{len(recorded['harness_errors'])}; renumbered tests paired: {len(recorded.get('renumbered', {}))}.", "",
+             "| category | tests |", "|---|---|"]
+    lines += [f"| {name} | {count:,} |" for name, count in counts.items()]
+    lines += ["", "| method | PEFT passes | peftkit passes of those | share |", "|---|---|---|---|"]
+    for name, row in recorded["by_method"].items():
+        if row["peft_passes"]:
+            lines.append(f"| {name} | {row['peft_passes']:,} | {row['peftkit_passes_of_those']:,} | "
+                         f"{row['ratio']:.1%} |")
+    return "\n".join(lines) + "\n"
 
 
 def report(summary: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
