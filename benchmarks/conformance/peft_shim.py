@@ -36,6 +36,8 @@ ALIASES: dict[str, str] = {
     "_find_minimal_target_modules": "peftkit.surgery:minimal_target_modules",
     "_get_submodules": "peftkit.surgery:get_submodules",
     "check_target_module_exists": "peftkit.surgery:is_target",
+    "check_if_peft_model": "peftkit.helpers:check_if_peft_model",
+    "rescale_adapter_scale": "peftkit.helpers:rescale_adapter_scale",
     "PEFT_TYPE_TO_CONFIG_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_CONFIG_MAPPING",
     "PEFT_TYPE_TO_PREFIX_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_PREFIX_MAPPING",
     "PEFT_TYPE_TO_TUNER_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_TUNER_MAPPING",

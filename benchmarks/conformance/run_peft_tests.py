@@ -32,6 +32,7 @@ import argparse
 import collections
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re

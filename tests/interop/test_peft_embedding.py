@@ -101,3 +101,22 @@ def test_dora_embedding_keeps_a_half_precision_model_in_its_dtype(dtype: torch.d
     model = peftkit.get_peft_model(EmbeddingModel().to(dtype),
                                    peftkit.LoraConfig(target_modules=["emb"], use_dora=True))
     assert model(TOKENS).dtype == dtype
+
+
+def test_merging_into_tied_embeddings_unties_them_and_keeps_the_output(tmp_path: Any) -> None:
+    """LoRA on embed_tokens of a tied model changes the input side only; merged, the head keeps its weight (the
+    config then says untied, with PEFT's warning), so the merged model's logits are the unmerged ones."""
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(config).eval()
+    assert base.lm_head.weight is base.model.embed_tokens.weight
+    model = peftkit.get_peft_model(base, peftkit.LoraConfig(target_modules=["embed_tokens"], init_lora_weights=False))
+    with torch.no_grad():
+        expected = model(input_ids=TOKENS).logits
+    with pytest.warns(UserWarning, match="Setting `tie_word_embeddings=False`"):
+        merged = model.merge_and_unload()
+    assert not merged.config.tie_word_embeddings
+    assert merged.lm_head.weight is not merged.model.embed_tokens.weight
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=TOKENS).logits, expected, rtol=0, atol=1e-5)
