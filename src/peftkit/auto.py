@@ -59,6 +59,7 @@ class AutoPeftModel:
         """
         folder = fmt.resolve_adapter_path(pretrained_model_name_or_path, revision=revision)
         peft_config = config or fmt.read_adapter_config(folder)
+        _check_auto_mapping(peft_config)  # first, as PEFT checks it: nothing is loaded for a refused config
         base_path = peft_config.base_model_name_or_path
         if not base_path:
             raise ConfigError(f"{folder}/adapter_config.json records no base_model_name_or_path, so there is no base "
@@ -68,6 +69,19 @@ class AutoPeftModel:
         _fit_vocabulary(base, folder)
         return cls.model_class.from_pretrained(base, folder, adapter_name=adapter_name, is_trainable=is_trainable,
                                                config=peft_config)
+
+
+IMPORT_ALLOWLIST = ("transformers", "diffusers")  # libraries a config's auto_mapping may name (PEFT's list's)
+
+
+def _check_auto_mapping(config: PeftConfig) -> None:
+    """Refuse a config whose auto_mapping names a library outside the allow list (PEFT would import from it;
+    a crafted adapter could run code that way)."""
+    parent = (config.auto_mapping or {}).get("parent_library")
+    if parent and not any(parent == a or parent.startswith(f"{a}.") for a in IMPORT_ALLOWLIST):
+        raise ConfigError(f"The adapter config's auto_mapping names parent_library={parent!r}, which is not in the "
+                          f"import allowlist ({', '.join(IMPORT_ALLOWLIST)}); peftkit loads only base models of "
+                          "those libraries. Load the base model yourself and use PeftModel.from_pretrained")
 
 
 def _check_task(cls: type[AutoPeftModel], config: PeftConfig) -> TaskType:

@@ -174,6 +174,9 @@ class PeftConfig:
     """Extra base-model modules (e.g. a classification head) trained in full and saved with the adapter."""
     peft_version: str | None = None
     """The PEFT format version that wrote the file; filled in when left empty."""
+    auto_mapping: dict[str, str] | None = None
+    """PEFT's record of a custom base model class (``base_model_class``, ``parent_library``), kept as read; the
+    auto classes refuse one outside transformers and diffusers and never import from any other."""
 
     peft_type: ClassVar[PeftType]
     # PEFT fields that peftkit reads but does not implement, with the value meaning "off".
@@ -608,7 +611,7 @@ CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
 }
 
 # Keys PEFT writes that carry no meaning for loading.
-_IGNORED_KEYS = frozenset({"peft_type", "auto_mapping", "megatron_core", "qalora_group_size"})
+_IGNORED_KEYS = frozenset({"peft_type", "megatron_core", "qalora_group_size"})
 
 
 def adopt(config: PeftConfig, resolved: PeftConfig) -> PeftConfig:

@@ -48,3 +48,20 @@ def test_rescale_adapter_scale_is_wise_ft_and_restores(lib: tuple[types.ModuleTy
     with pytest.raises(ValueError, match="only supported for models with `LoraLayer`s"), \
             helpers.rescale_adapter_scale(tiny_model("llama"), 0.5):
         pass
+
+
+def test_auto_classes_refuse_an_auto_mapping_outside_the_allow_list(
+        lib: tuple[types.ModuleType, types.ModuleType], tmp_path: Any) -> None:
+    """A config naming parent_library='os' is refused before anything is imported or loaded (PEFT's rule)."""
+    top, _ = lib
+    tiny_model("llama").save_pretrained(tmp_path / "base")
+    model = top.get_peft_model(tiny_model("llama"), top.LoraConfig(target_modules=["q_proj"],
+                                                                  base_model_name_or_path=str(tmp_path / "base")))
+    model.save_pretrained(tmp_path / "adapter")
+    config = top.PeftConfig.from_pretrained(tmp_path / "adapter")
+    config.auto_mapping = {"parent_library": "os", "base_model_class": "system"}
+    config.task_type = None
+    config.save_pretrained(tmp_path / "adapter")
+    assert top.PeftConfig.from_pretrained(tmp_path / "adapter").auto_mapping["parent_library"] == "os"
+    with pytest.raises(ValueError, match="not in the import allowlist"):
+        top.AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
