@@ -79,9 +79,9 @@ def _check_auto_mapping(config: PeftConfig) -> None:
     a crafted adapter could run code that way)."""
     parent = (config.auto_mapping or {}).get("parent_library")
     if parent and not any(parent == a or parent.startswith(f"{a}.") for a in IMPORT_ALLOWLIST):
-        raise ConfigError(f"The adapter config's auto_mapping names parent_library={parent!r}, which is not in the "
-                          f"import allowlist ({', '.join(IMPORT_ALLOWLIST)}); peftkit loads only base models of "
-                          "those libraries. Load the base model yourself and use PeftModel.from_pretrained")
+        raise ConfigError(f"auto_mapping: {parent!r}, which is not in the import allowlist "
+                          f"({', '.join(IMPORT_ALLOWLIST)}), is refused; peftkit loads only base models of those "
+                          "libraries. Load the base model yourself and use PeftModel.from_pretrained")
 
 
 def _check_task(cls: type[AutoPeftModel], config: PeftConfig) -> TaskType:

@@ -39,6 +39,7 @@ from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, Prompt
 from .holder import BaseModelHolder
 from .inspection import count_parameters
 from .mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+from .quantization import is_quantized_model
 from .status import get_layer_status, get_model_status
 from .wrapper import ModelWrapper, is_transformers_model
 
@@ -88,7 +89,7 @@ class PeftModel(ModelWrapper):
     def prepare_model_for_gradient_checkpointing(self, model: nn.Module) -> nn.Module:
         """Make the input embeddings' output require grads, so a checkpointed frozen model still backpropagates
         to the adapters (PEFT's method; quantized models are left alone, as there)."""
-        if any(getattr(model, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit", "is_quantized")):
+        if is_quantized_model(model):
             return model
         loose: Any = model  # a transformers model, or any module with these methods
         if hasattr(loose, "enable_input_require_grads"):
@@ -335,7 +336,9 @@ class PeftModel(ModelWrapper):
         names = adapter_names or [self.active_adapter]
         self._require_layer_adapters(names, "merge")
         base = self.get_base_model()
-        _untie_adapted_embeddings(base)
+        if surgery.untie_adapted_embeddings(base):
+            warnings.warn("Input and output embeddings are no longer tied after merging. Setting "
+                          "`tie_word_embeddings=False` in the model config.", UserWarning, stacklevel=2)  # PEFT's
         surgery.unmerge(base)
         surgery.merge(base, names)  # only these: another active adapter must not reach the weights
         if safe_merge:
@@ -588,25 +591,6 @@ class PeftModel(ModelWrapper):
         them (PEFT's attribute of the same name; layers of deleted adapters are left out)."""
         held = surgery.adapted_layer_names(self.get_base_model())
         return [n for n in self._targeted if n in held] + [n for n in held if n not in self._targeted]
-
-
-def _untie_adapted_embeddings(model: nn.Module) -> None:
-    """Before a merge into input embeddings that share their weight with the LM head: give the embeddings
-    their own copy, so the head keeps the weight it computes with unmerged (merged then equals unmerged), and
-    record the untying in the config with PEFT's warning."""
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
-    embeddings = get_in() if callable(get_in) else None
-    head = get_out() if callable(get_out) else None
-    base_layer: Any = getattr(embeddings, "base_layer", None)  # adapted: a LoRA layer around the embedding
-    if base_layer is None or head is None or getattr(head, "weight", None) is not base_layer.weight:
-        return
-    weight = cast(torch.Tensor, base_layer.weight)
-    base_layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "tie_word_embeddings", False):
-        config.tie_word_embeddings = False
-        warnings.warn("Input and output embeddings are no longer tied after merging. Setting "
-                      "`tie_word_embeddings=False` in the model config.", UserWarning, stacklevel=3)
 
 
 def _checkpointing(model: nn.Module) -> bool:

@@ -14,7 +14,8 @@ from torch import nn
 
 from .errors import ConfigError, ModelLoadError
 
-__all__ = ["QUANTIZATIONS", "is_quantized", "prepare_model_for_kbit_training", "quantization_config"]
+__all__ = ["QUANTIZATIONS", "is_quantized", "is_quantized_model", "prepare_model_for_kbit_training",
+           "quantization_config"]
 
 QUANTIZATIONS = ("nf4", "fp4")
 
@@ -40,7 +41,7 @@ def quantization_config(kind: str, compute_dtype: torch.dtype = torch.float32) -
                                            bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=True)
 
 
-def _is_quantized_model(model: nn.Module) -> bool:
+def is_quantized_model(model: nn.Module) -> bool:
     """A model loaded in 4 or 8 bits (transformers' flags, or any packed weight)."""
     flags = ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized")
     return any(getattr(model, f, False) for f in flags) or any(is_quantized(p) for p in model.parameters())
@@ -76,7 +77,7 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
         torch.cuda.empty_cache()
     if auto_clear_cache and hasattr(torch, "xpu") and torch.xpu.is_available():
         torch.xpu.empty_cache()
-    if use_gradient_checkpointing and _is_quantized_model(model):  # PEFT: a full-precision model is left as it is
+    if use_gradient_checkpointing and is_quantized_model(model):  # PEFT: a full-precision model is left as it is
         enable = getattr(model, "enable_input_require_grads", None)
         if enable is not None:
             enable()

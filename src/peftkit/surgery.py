@@ -562,6 +562,24 @@ def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, free
                 layer.bias.requires_grad_(True)
 
 
+def untie_adapted_embeddings(model: nn.Module) -> bool:
+    """Before a merge into input embeddings that share their weight with the LM head: give the embeddings their
+    own copy, so the head keeps the weight it computes with unmerged (merged then equals unmerged), and record
+    the untying in the config. Returns whether it untied them."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    embeddings = get_in() if callable(get_in) else None
+    head = get_out() if callable(get_out) else None
+    if not isinstance(embeddings, LoraEmbedding) or head is None or getattr(head, "weight", None) is not \
+            embeddings.weight:
+        return False
+    base = cast(nn.Embedding, embeddings.base_layer)
+    base.weight = nn.Parameter(embeddings.weight.detach().clone(), requires_grad=False)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        config.tie_word_embeddings = False
+    return True
+
+
 def merge(model: nn.Module, names: list[str] | None = None) -> None:
     """Fold adapters (default: the active ones) into the base weights. Idempotent."""
     for _, layer in adapter_layers(model):

@@ -12,7 +12,7 @@ import torch
 
 from .low_rank import low_rank_update
 
-__all__ = ["merged_weight", "output_change", "row_norms", "unmerged_weight"]
+__all__ = ["merged_weight", "output_change", "row_norms", "unmerged_weight", "weight_before_merges"]
 
 
 def row_norms(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -37,3 +37,12 @@ def merged_weight(weight: torch.Tensor, delta: torch.Tensor, factor: torch.Tenso
 def unmerged_weight(merged: torch.Tensor, delta: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """The base weight back from :func:`merged_weight`'s result, with the ``factor`` used to merge."""
     return merged.float() / factor.view(-1, 1) - delta
+
+
+def weight_before_merges(weight: torch.Tensor, merges: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """The weight (out, in) before ``merges`` were applied, undone newest first: each a dense update ``delta``
+    and, for a DoRA adapter, the ``factor`` it was merged with (None for plain LoRA). DoRA's norm for a merge
+    after others is taken from this weight, as the forward computes it."""
+    for delta, factor in merges:
+        weight = weight - delta if factor is None else unmerged_weight(weight, delta, factor)
+    return weight

@@ -51,6 +51,8 @@ class LoraLayer(AdapterLayer):
     prefix = "lora_"
     """What every LoRA tensor's name starts with (PEFT's tuner attribute of that name)."""
     other_param_names = ("r", "scaling")
+    lora_magnitude_vector: nn.ParameterDict  # DoRA's magnitudes, created by each layer kind
+    _merged_norms: dict[str, torch.Tensor]  # DoRA: the norm each merged adapter used, for unmerge
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -64,6 +66,12 @@ class LoraLayer(AdapterLayer):
     def _set_scaling(self, name: str, r: int, lora_alpha: float, use_rslora: bool) -> None:
         self.r[name] = r
         self.scaling[name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+    def _merged_factor(self, name: str) -> torch.Tensor | None:
+        """DoRA's ``m / ||.||`` that adapter ``name`` was merged with; None for a plain LoRA adapter."""
+        if name not in self.lora_magnitude_vector:
+            return None
+        return self.lora_magnitude_vector[name] / self._merged_norms[name]
 
     def _forget(self, name: str) -> None:
         self.r.pop(name, None)
@@ -185,15 +193,9 @@ class LoraLinear(LoraLayer):
     def _unmerged_weight(self) -> torch.Tensor:
         """The base weight (out, in) as it was before any merge: the merged adapters undone on a copy, newest
         first. A DoRA adapter merged after others must take its norm from this weight, not the merged one."""
-        weight = self._base_weight().float()
-        for name in reversed(self.merged_adapters):
-            delta = self._delta_out_in(name)
-            if name in self.lora_magnitude_vector:
-                factor = self.lora_magnitude_vector[name] / self._merged_norms[name]
-                weight = dora.unmerged_weight(weight, delta, factor)
-            else:
-                weight = weight - delta
-        return weight
+        merges = [(self._delta_out_in(n), self._merged_factor(n)) for n in reversed(self.merged_adapters)]
+        return dora.weight_before_merges(self._base_weight().float(), merges)
+
 
     def _delta_out_in(self, name: str) -> torch.Tensor:
         a, b = self._factors(name)

@@ -90,15 +90,8 @@ class LoraEmbedding(LoraLayer):
 
     def _unmerged_weight(self) -> torch.Tensor:
         """``E^T`` (D, V) as it was before any merge: the merged adapters undone on a copy, newest first."""
-        weight = self.weight.T.float()
-        for name in reversed(self.merged_adapters):
-            delta = self.delta_weight(name).T  # (D, V)
-            if name in self.lora_magnitude_vector:
-                factor = self.lora_magnitude_vector[name] / self._merged_norms[name]
-                weight = dora.unmerged_weight(weight, delta, factor)
-            else:
-                weight = weight - delta
-        return weight
+        merges = [(self.delta_weight(n).T, self._merged_factor(n)) for n in reversed(self.merged_adapters)]
+        return dora.weight_before_merges(self.weight.T.float(), merges)  # (D, V)
 
     def _unmerge_one(self, name: str) -> None:
         if name not in self.lora_magnitude_vector:
