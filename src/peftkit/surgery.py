@@ -110,11 +110,17 @@ def _layer_index(config: LoraConfig, key: str) -> int | None:
     return int(match.group("idx")) if match else None
 
 
+def _saved(config: LoraConfig | IA3Config, key: str) -> bool:
+    """Whether ``key`` is (inside) one of the config's modules_to_save, which adapters never target (PEFT's rule)."""
+    return bool(config.modules_to_save) and any(
+        _regex("match", rf"(^|.*\.){m}($|\..*)", key) for m in cast(list[str], config.modules_to_save))
+
+
 def is_target(config: LoraConfig | IA3Config, key: str) -> bool:
     """Whether the module named ``key`` is adapted under ``config`` (PEFT's ``check_target_module_exists``)."""
     if config.exclude_modules and matches_target(config.exclude_modules, key):
         return False
-    if config.modules_to_save and any(_regex("match", rf"(^|.*\.){m}($|\..*)", key) for m in config.modules_to_save):
+    if _saved(config, key):
         return False
     if config.target_modules is None or not matches_target(config.target_modules, key):
         return False
@@ -131,8 +137,7 @@ def no_target_error(model: nn.Module, config: LoraConfig | IA3Config, candidates
     """Why no layer is adapted, in PEFT's words first (its three cases), then which field to change."""
     named = [n for n in candidates if config.target_modules is not None and matches_target(config.target_modules, n)]
     kept = [n for n in named if not (config.exclude_modules and matches_target(config.exclude_modules, n))]
-    saved = [n for n in kept if config.modules_to_save and any(
-        _regex("match", rf"(^|.*\.){m}($|\..*)", n) for m in config.modules_to_save)]
+    saved = [n for n in kept if _saved(config, n)]
     layers, pattern = getattr(config, "layers_to_transform", None), getattr(config, "layers_pattern", None)
     names = f"Layer names this model has: {', '.join(_suggest_targets(model))}."
     if named and not kept:

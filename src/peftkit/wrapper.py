@@ -3,8 +3,8 @@
 The attributes transformers relies on are named here one by one. Anything else follows PEFT's public
 behaviour: an attribute the wrapper does not have is looked up on ``base_model`` (the holder), which looks
 it up on the wrapped model, so ``peft_model.lm_head``, ``peft_model.model`` and a custom model's
-``peft_model.lin1`` reach the base model's, as user code and TRL expect. This file and ``holder.py`` are
-the only places that forward.
+``peft_model.lin1`` reach the base model's, as user code and TRL expect. Forwarding lives here, in
+``holder.py`` and in ``tuners/modules_to_save.py`` (a saved module answers with the copy in use), nowhere else.
 """
 
 from __future__ import annotations

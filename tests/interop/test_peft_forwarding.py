@@ -39,13 +39,14 @@ class MLP(nn.Module):
 
 def test_unknown_attributes_reach_the_base_model(lib: types.ModuleType) -> None:
     base = MLP()
+    original = base.lin0
     model = lib.get_peft_model(base, lib.LoraConfig(target_modules=["lin0"]))
     assert model.lin1 is base.lin1  # a submodule
     assert model.scale == 3.0  # a plain attribute
     assert model.base_model.lin1 is base.lin1  # the tuner (holder) forwards too
     assert model.model is base  # PEFT: peft_model.model is base_model.model
-    assert type(model.lin0).__name__ in ("Linear", "LoraLinear")  # the adapted layer, not the original
-    assert model.lin0 is not base.__dict__.get("lin0")
+    assert model.lin0 is not original  # the adapted layer, wrapping the original
+    assert model.lin0.base_layer is original
     with pytest.raises(AttributeError, match="no_such_attribute"):
         model.no_such_attribute  # noqa: B018
 
