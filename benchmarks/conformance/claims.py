@@ -2,18 +2,20 @@
 
 ``run_peft_tests.py`` runs the files in :data:`FILES` and deselects a test only when a word of its id names
 something in :data:`UNCLAIMED` (matched on whole words, case-insensitively: ``OFTConfig`` and ``oft`` are
-OFT, ``soft`` is not). Everything else in those files is in scope: LoRA (with DoRA, rsLoRA, PiSSA, OLoRA) on
-linear, Conv1D (GPT-2) and embedding layers, IA3, prompt tuning, p-tuning, prefix tuning, modules_to_save,
-several adapters, weighted merges, configs, the low-level API, the auto classes.
+OFT, ``soft`` is not). Everything else in those files is in scope: LoRA (with DoRA, rsLoRA, PiSSA,
+OLoRA) on linear, Conv1D (GPT-2), embedding and convolution (nn.Conv1d/2d/3d) layers, IA3, prompt tuning,
+p-tuning, prefix tuning, modules_to_save, several adapters, weighted merges, configs, the low-level API,
+the auto classes.
 """
 
 from __future__ import annotations
 
 import re
 
-CLAIMED = ["LoRA (DoRA, rsLoRA, PiSSA, OLoRA) on Linear, Conv1D, Embedding", "IA3", "prompt tuning", "p-tuning",
-           "prefix tuning", "modules_to_save", "several adapters", "weighted adapters", "merge/unload",
-           "configs", "low-level API (inject_adapter_in_model, get/set_peft_model_state_dict)", "AutoPeftModel*"]
+CLAIMED = ["LoRA (DoRA, rsLoRA, PiSSA, OLoRA) on Linear, Conv1D, Embedding, Conv1d/2d/3d", "IA3",
+           "prompt tuning", "p-tuning", "prefix tuning", "modules_to_save", "several adapters", "weighted adapters",
+           "merge/unload", "configs", "low-level API (inject_adapter_in_model, get/set_peft_model_state_dict)",
+           "AutoPeftModel*"]
 
 # PEFT's test files that run, and why the others do not.
 FILES = [
@@ -40,8 +42,8 @@ DESELECTED_FILES: dict[str, str] = {
     "test_gptqmodel.py": "needs a GPU and the gptqmodel package (quantized backends are not claimed)",
     "test_quantization.py": "quantized backends (GPTQ, AWQ, HQQ, torchao) are not claimed",
     "test_lora_megatron.py": "needs Megatron-LM",
-    "test_stablediffusion.py": "diffusers pipelines (tiny-sd-pipe) with LoHa/LoKr/OFT on Conv2d: not claimed",
-    "test_vision_models.py": "image models (ResNet, Llava) and an image data set from the hub; Conv2d not claimed",
+    "test_stablediffusion.py": "diffusers pipelines (tiny-sd-pipe) with LoHa/LoKr/OFT: not claimed",
+    "test_vision_models.py": "image models (ResNet, Llava) with an image data set and processors from the hub",
     "test_integrations.py": "mixture-of-experts checkpoints and transformers' weight conversion (target_parameters)",
     "test_hub_features.py": "hub features (revisions, subfolders, tokenizer revisions) that need the real hub",
     "test_torch_compile.py": "opt-in in PEFT itself (PEFT_DEBUG_WITH_TORCH_COMPILE) and slow; not claimed",
@@ -60,8 +62,8 @@ UNCLAIMED: dict[str, str] = {
         "kappatune", "intruders", "riemannian", "rslora_fa", "mica"]},
     **{m: "an initialization peftkit does not implement (gaussian, PiSSA and OLoRA are claimed)" for m in [
         "eva", "corda", "loftq", "lora_ga", "loraga", "orthogonal", "nf4"]},
-    **{m: "layer type not claimed (LoRA on Linear, Conv1D and Embedding is)" for m in [
-        "conv2d", "conv3d", "conv1d", "conv2dgroups", "conv2d1x1", "mha", "multiheadattention", "groups"]},
+    **{m: "layer type not claimed (LoRA on Linear, Conv1D, Embedding and Conv1d/2d/3d is)" for m in [
+        "mha", "multiheadattention"]},
     **{m: "LoRA feature not claimed" for m in [
         "target_parameters", "layer_replication", "megatron", "lora_bias", "hotswap", "ephemeral",
         "trainable_token_indices", "use_qalora"]},
@@ -99,9 +101,7 @@ def unclaimed_reason(test_id: str) -> str | None:
         if "_" in name and re.search(rf"(?<![0-9a-z]){re.escape(name)}(?![a-z])", lowered):
             return f"{name}: {reason}"
     ws = words(test_id)
-    for i, word in enumerate(ws):
-        if word == "conv1d" and i and ws[i - 1] == "transformers":
-            continue  # transformers' Conv1D (GPT-2's linear layers) is claimed; torch's nn.Conv1d is not
+    for word in ws:
         for name, reason in UNCLAIMED.items():
             if "_" not in name and word.startswith(name) and _SUFFIX.fullmatch(word[len(name):]):
                 return f"{name}: {reason}"

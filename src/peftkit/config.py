@@ -345,7 +345,8 @@ class LoraConfig(PeftConfig):
     kasa_config: Any = None
     """PEFT's KaSA; only empty."""
     ensure_weight_tying: bool = False
-    """PEFT's adapter tying for tied embeddings; only False."""
+    """Tie the adapters of modules tied to the input embeddings (``lm_head``) to the embedding's adapter, for
+    tied modules named in ``modules_to_save`` or ``target_modules`` (PEFT's option; see :mod:`peftkit.tying`)."""
     runtime_config: Any = None
     """PEFT's runtime options (GPU offload); not saved, ignored."""
 
@@ -355,7 +356,6 @@ class LoraConfig(PeftConfig):
         "target_parameters": None, "trainable_token_indices": None, "eva_config": None, "corda_config": None,
         "lora_ga_config": None, "velora_config": None, "alora_invocation_tokens": None, "use_qalora": False,
         "monteclora_config": None, "use_bdlora": None, "arrow_config": None, "kasa_config": None,
-        "ensure_weight_tying": False,
     }
     _local: ClassVar[frozenset[str]] = frozenset({"runtime_config"})
     _peft_only_extra: ClassVar[frozenset[str]] = PeftConfig._peft_only_extra | {
@@ -384,7 +384,7 @@ class LoraConfig(PeftConfig):
                             f"'pissa', 'pissa_niter_<n>' or 'olora'")
         if isinstance(init, str) and init != "gaussian" and self.use_dora:
             problems.append(f"init_lora_weights={short_repr(init)} cannot be combined with use_dora=True")
-        for name in ("fan_in_fan_out", "use_rslora"):
+        for name in ("fan_in_fan_out", "use_rslora", "ensure_weight_tying"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
         self.target_modules = _name_set(self.target_modules, "target_modules", problems)

@@ -49,14 +49,21 @@ def file_keys(model: torch.nn.Module, adapter_name: str) -> dict[str, str]:
     return {key: in_file for key, in_file, _ in adapter_parameters(model, adapter_name)}
 
 
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` under each of its names, tied aliases included."""
+    params = model.named_parameters(remove_duplicate=False)
+    return {**dict(model.named_buffers(remove_duplicate=False)), **{k: p.detach() for k, p in params}}
+
+
 def lora_state_dict(model: torch.nn.Module, adapter_name: str, bias: str,
                     state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a LoRA-style adapter under PEFT's file keys (biases per the config's ``bias``), taken from
     ``state`` when given (a whole model's state dict, as Trainer passes one gathered from shards)."""
-    # Parameters and buffers rather than state_dict(): the same tensors (tied aliases listed once), and under
-    # FSDP's full_parameters() the whole ones, where state_dict() would return shards.
+    # Parameters and buffers rather than state_dict(): under FSDP's full_parameters() the whole ones, where
+    # state_dict() would return shards. Tied aliases are listed under each name: a head tied to the embedding's
+    # trainable copy (ensure_weight_tying) is saved under both, as PEFT saves it.
     if state is None:
-        state = {**dict(model.named_buffers()), **{k: p.detach() for k, p in model.named_parameters()}}
+        state = _tensors(model)
     out = {in_file: state[key] for key, in_file in file_keys(model, adapter_name).items() if key in state}
     if bias == "all":
         out.update({k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k})
@@ -92,7 +99,7 @@ def to_model_keys(
             missing, or a value is NaN or infinite; the message names the tensor.
         AdapterShapeError: a shape differs (and ``ignore_mismatched_sizes`` is False).
     """
-    state = model.state_dict()
+    state = _tensors(model)
     skipped: list[str] = []
     wanted = {in_file: key for key, in_file in file_keys(model, adapter_name).items() if key in state}
     extra = {k for k in (allowed or set()) if k in state}

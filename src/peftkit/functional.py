@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from . import format as fmt
-from . import surgery
+from . import surgery, tying
 from .checks import check_adapter_name
 from .config import IA3Config, LoraConfig, PeftConfig, adopt
 from .embeddings import embedding_state
@@ -53,7 +53,8 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
     inject = surgery.inject_lora if isinstance(peft_config, LoraConfig) else surgery.inject_ia3
     adopt(peft_config, inject(model, placed, adapter_name))  # type: ignore[arg-type]
     if peft_config.modules_to_save:
-        surgery.add_modules_to_save(model, list(peft_config.modules_to_save), adapter_name)
+        surgery.add_modules_to_save(model, list(peft_config.modules_to_save), adapter_name,
+                                    tying.saved_ties(model, peft_config))
     surgery.set_active(model, [adapter_name])
     surgery.mark_trainable(model, adapter_name, peft_config)
     if low_cpu_mem_usage:  # empty until set_peft_model_state_dict fills it, as in PEFT

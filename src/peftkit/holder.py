@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from . import surgery
+from . import surgery, tying
 from .config import PeftConfig
 
 __all__ = ["BaseModelHolder"]
@@ -102,6 +102,10 @@ class BaseModelHolder(nn.Module):
     @property
     def prefix(self) -> str:
         return self._peft().prefix
+
+    def _get_module_names_tied_with_embedding(self) -> list[str]:
+        """The modules tied to the input embeddings (PEFT's tuner method; see :mod:`peftkit.tying`)."""
+        return tying.module_names_tied_with_embedding(self.model)
 
     @property
     def targeted_module_names(self) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from . import adapter_io, prompting, surgery, trainer_support, weighted
+from . import adapter_io, prompting, surgery, trainer_support, tying, weighted
 from .checks import (
     check_adapter_name,
     check_finite_weights,
@@ -155,7 +155,7 @@ class PeftModel(ModelWrapper):
         modules = list(dict.fromkeys(list(config.modules_to_save or []) + self._default_modules_to_save(base, config)))
         if modules:
             config = config.replace(modules_to_save=modules)
-            surgery.add_modules_to_save(base, modules, adapter_name)
+            surgery.add_modules_to_save(base, modules, adapter_name, tying.saved_ties(base, config))
         self.peft_config[adapter_name] = adopt(peft_config, config)  # as in PEFT, the object given is the config
         self._targeted += [n for n in surgery.adapted_layer_names(base) if n not in self._targeted]
         if not autocast_adapter_dtype:

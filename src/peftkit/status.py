@@ -17,14 +17,10 @@ from . import surgery
 from .holder import BaseModelHolder
 from .inspection import count_parameters
 from .tuners.base import AdapterLayer
-from .tuners.ia3 import IA3Linear
-from .tuners.lora import LoraLinear
-from .tuners.lora_embedding import LoraEmbedding
 
 __all__ = ["TunerLayerStatus", "TunerModelStatus", "get_layer_status", "get_model_status"]
 
 Irregular = Literal["irregular"]
-_TYPE_NAMES = {LoraLinear: "lora.Linear", LoraEmbedding: "lora.Embedding", IA3Linear: "ia3.Linear"}
 
 
 @dataclass
@@ -95,7 +91,7 @@ def get_layer_status(model: nn.Module) -> list[TunerLayerStatus]:
             grads[adapter].append(param.requires_grad)
             devices[adapter].add(param.device.type)
         statuses.append(TunerLayerStatus(
-            name=name, module_type=_TYPE_NAMES.get(type(layer), type(layer).__name__),
+            name=name, module_type=layer._get_name(),
             enabled=not layer.disabled, active_adapters=list(getattr(layer, "active_adapters", [])),
             merged_adapters=list(getattr(layer, "merged_adapters", [])),
             requires_grad={k: v[0] if all(x == v[0] for x in v) else "irregular" for k, v in grads.items()},

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from . import tying
 from .config import IA3Config, LoraConfig, PeftConfig, TaskType
 from .errors import ConfigError, TargetNotFoundError, short_repr
 from .memory import check_allocation
@@ -23,6 +24,7 @@ from .target_tables import IA3_FEEDFORWARD_MODULES, IA3_TARGET_MODULES, LORA_TAR
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Linear
 from .tuners.lora import LoraLayer, LoraLinear
+from .tuners.lora_conv import CONV_TYPES, LoraConv, wrap_conv
 from .tuners.lora_embedding import LoraEmbedding
 from .tuners.modules_to_save import ModulesToSaveWrapper
 from .tuners.rows import BASE_ROW, RowGroups, group_rows
@@ -203,7 +205,7 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> tuple[LoraCo
 
 def _suggest_targets(model: nn.Module) -> list[str]:
     """Distinct leaf names of the model's linear-like layers: what a user can put in target_modules."""
-    supported = (*_linear_types(), nn.Embedding, AdapterLayer)
+    supported = (*_linear_types(), nn.Embedding, *CONV_TYPES, AdapterLayer)
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, supported)}
     return sorted(names)
 
@@ -216,9 +218,11 @@ def _wrap(module: nn.Module, key: str) -> LoraLayer:
         return LoraLinear(module, fan_in_fan_out=False)
     if isinstance(module, nn.Embedding):
         return LoraEmbedding(module)
+    if isinstance(module, CONV_TYPES):
+        return wrap_conv(module)  # type: ignore[arg-type]
     raise TargetNotFoundError(
-        f"target {key!r} is a {type(module).__name__}, which LoRA cannot adapt; "
-        "supported layers are nn.Linear, transformers' Conv1D and nn.Embedding. "
+        f"target {key!r} is a {type(module).__name__}, which LoRA cannot adapt; supported layers are nn.Linear, "
+        "transformers' Conv1D, nn.Embedding and nn.Conv1d/2d/3d. "
         "Narrow target_modules so it names only those."
     )
 
@@ -322,9 +326,17 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
     Raises:
         TargetNotFoundError: no layer matches, naming the targets and the model's candidate layers.
     """
+    tied, tie_how = tying.warn_or_plan(model, config)
+    if tie_how == "target_modules":  # the embedding gets the adapter; the tied modules share it (tied below)
+        config = cast(LoraConfig, config.replace(target_modules=tying.tied_targets(model, config.target_modules, tied)))
+    elif tie_how == "modules_to_save":
+        saved = tying.saved_names(model, config.modules_to_save or [], tied)
+        config = cast(LoraConfig, config.replace(modules_to_save=saved))
     config, user_given = resolve_target_modules(model, config)
     candidates = [name for name, _ in _candidate_modules(model)]
     keys = [name for name in candidates if is_target(config, name)]
+    if tie_how == "target_modules":
+        keys = [k for k in keys if not any(k == t or k.endswith(f".{t}") for t in tied)]
     if not keys:
         raise no_target_error(model, config, candidates)
     if user_given:  # checked before any change, so a typo leaves the model untouched
@@ -357,6 +369,8 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         )
         if layer is not module:
             _set_submodule(model, key, layer)
+    if tie_how == "target_modules":
+        tying.tie_lora(model, tied, adapter_name, _wrap)
     return config
 
 
@@ -400,6 +414,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
     Returns:
         ``config`` resolved against the model (targets, ``fan_in_fan_out``); ``config`` itself is not changed.
     """
+    tying.warn_or_plan(model, config)  # PEFT's warning when a tied module is adapted: IA3 cannot tie
     config = resolve_ia3_targets(model, config)
     candidates = [name for name, _ in _candidate_modules(model)]
     keys = [name for name in candidates if is_target(config, name)]
@@ -446,8 +461,10 @@ def _check_target_list(model: nn.Module, config: LoraConfig, candidates: list[st
         )
 
 
-def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -> list[str]:
-    """Give each module named (or suffixed) in ``names`` a trainable copy for ``adapter_name``."""
+def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str,
+                        tied: Collection[str] = ()) -> list[str]:
+    """Give each module named (or suffixed) in ``names`` a trainable copy for ``adapter_name``; each module in
+    ``tied`` (tied to the input embeddings, :func:`peftkit.tying.saved_ties`) shares the embedding copy's weight."""
     keys = [k for k, _ in _candidate_modules(model) if matches_target(names, k)]
     if not keys:
         raise TargetNotFoundError(
@@ -463,6 +480,8 @@ def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -
         wrapper.add_adapter(adapter_name)
         if wrapper is not module:
             _set_submodule(model, key, wrapper)
+    if tied:
+        tying.tie_saved_copies(model, tied, adapter_name, ModulesToSaveWrapper)
     return keys
 
 
@@ -503,7 +522,7 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str],
     copies = [layer for layer in found if isinstance(layer, ModulesToSaveWrapper)]
     for layer in layers:
         used = [n for n in wanted if n in layer.adapter_names]
-        if used and not isinstance(layer, LoraLinear):
+        if used and not isinstance(layer, (LoraLinear, LoraConv)):
             raise ConfigError(f"a mixed batch (adapter_names) works with LoRA on linear layers; {used[0]} also "
                               f"adapts a {type(layer).__name__}. Run that adapter's rows on their own")
         if layer.merged_adapters:
@@ -512,7 +531,8 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str],
                               "every row's weights)")
     for wrapper in copies:
         wrapper.check_rows(wanted)
-    routed: list[LoraLinear | ModulesToSaveWrapper] = [*(x for x in layers if isinstance(x, LoraLinear)), *copies]
+    routed: list[LoraLinear | LoraConv | ModulesToSaveWrapper] = [
+        *(x for x in layers if isinstance(x, (LoraLinear, LoraConv))), *copies]
     get_encoder = getattr(model, "get_encoder", None)
     encoder = get_encoder() if callable(get_encoder) and encoder_names is not None else None
     has_encoder = isinstance(encoder, nn.Module) and encoder is not model  # transformers 5: self when none
@@ -747,7 +767,7 @@ COMBINATIONS = ("cat", *MIXES, *(f"{m}_svd" for m in MIXES if m != "linear"), "s
 
 def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Adapter ``name``'s (A, B) tensors in ``layer``: A is (r, in), B is (out, r)."""
-    if isinstance(layer, LoraLinear) and name in layer.lora_A:
+    if isinstance(layer, (LoraLinear, LoraConv)) and name in layer.lora_A:
         return cast(torch.Tensor, layer.lora_A[name].weight), cast(torch.Tensor, layer.lora_B[name].weight)
     if isinstance(layer, LoraEmbedding) and name in layer.lora_embedding_A:
         return layer.lora_embedding_A[name], layer.lora_embedding_B[name]

@@ -142,6 +142,12 @@ class LoraLinear(LoraLayer):
                 norm = self._weight_norm(name)
             self.lora_magnitude_vector[name] = nn.Parameter(norm.float())
 
+    def share_factors(self, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Make adapter ``name``'s A (r, in) and B (out, r) parameters over ``a``'s and ``b``'s storage (views of
+        a tied embedding's factors): a change to either is a change to both, as PEFT ties them."""
+        cast(nn.Linear, self.lora_A[name]).weight = nn.Parameter(a)
+        cast(nn.Linear, self.lora_B[name]).weight = nn.Parameter(b)
+
     @torch.no_grad()
     def _start_from_weight(self, name: str, how: str) -> None:
         """PiSSA or OLoRA: A and B from the base weight's principal part; the base keeps the residual."""

@@ -37,6 +37,11 @@ class LoraEmbedding(LoraLayer):
         self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: one magnitude per dimension, (D,)
         self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the norm used at merge, for unmerge
 
+    def transposed_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B^T, A^T)``: views of adapter ``name``'s factors shaped as a tied output head's A (r, embedding_dim)
+        and B (num_embeddings, r); the head's update is this one's, transposed (``ensure_weight_tying``)."""
+        return self.lora_embedding_B[name].t(), self.lora_embedding_A[name].t()
+
     def add_adapter(
         self,
         name: str,

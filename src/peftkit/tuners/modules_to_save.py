@@ -49,9 +49,12 @@ class ModulesToSaveWrapper(nn.Module):
 
     def add_adapter(self, name: str) -> None:
         """Make a trainable copy of the original module for adapter ``name``."""
-        clone = copy.deepcopy(self.original_module)
-        clone.requires_grad_(True)
-        self.modules_to_save[name] = clone
+        self.add_copy(name, copy.deepcopy(self.original_module))
+
+    def add_copy(self, name: str, module: nn.Module) -> None:
+        """Use ``module`` as adapter ``name``'s trainable copy (a tied head shares the embedding copy's weight)."""
+        module.requires_grad_(True)
+        self.modules_to_save[name] = module
 
     def adapter_parameters(self, name: str) -> Iterator[tuple[str, str, nn.Parameter]]:
         """Adapter ``name``'s copy: (name in this wrapper, name in an adapter file, parameter); the file keys the
