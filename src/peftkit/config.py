@@ -306,10 +306,14 @@ class LoraConfig(PeftConfig):
     """Per-layer alpha overrides: ``{name regex: lora_alpha}``."""
     use_dora: bool = False
     """DoRA: split each adapted weight into a learned magnitude per output row and a LoRA-updated direction."""
+    lora_bias: bool = False
+    """Give ``lora_B`` a trainable bias (zero at the start), merged into the base layer's bias; the base layer
+    needs one to merge. Not with DoRA, nor on embeddings (as in PEFT)."""
+    ensure_weight_tying: bool = False
+    """Tie the adapters of modules tied to the input embeddings (``lm_head``) to the embedding's adapter, for
+    tied modules named in ``modules_to_save`` or ``target_modules`` (PEFT's option; see :mod:`peftkit.tying`)."""
     # PEFT's fields for features peftkit does not implement. They exist so PEFT code and files work unchanged
     # with their "off" value (PEFT's default); any other value is refused by name (_validate).
-    lora_bias: bool = False
-    """PEFT's bias on lora_B; only False."""
     layer_replication: Any = None
     """PEFT's layer replication; only empty."""
     loftq_config: Any = field(default_factory=dict)
@@ -344,15 +348,12 @@ class LoraConfig(PeftConfig):
     """PEFT's Arrow routing; only empty."""
     kasa_config: Any = None
     """PEFT's KaSA; only empty."""
-    ensure_weight_tying: bool = False
-    """Tie the adapters of modules tied to the input embeddings (``lm_head``) to the embedding's adapter, for
-    tied modules named in ``modules_to_save`` or ``target_modules`` (PEFT's option; see :mod:`peftkit.tying`)."""
     runtime_config: Any = None
     """PEFT's runtime options (GPU offload); not saved, ignored."""
 
     peft_type: ClassVar[PeftType] = PeftType.LORA
     _unsupported: ClassVar[dict[str, Any]] = {
-        "lora_bias": False, "layer_replication": None, "loftq_config": {}, "megatron_config": None,
+        "layer_replication": None, "loftq_config": {}, "megatron_config": None,
         "target_parameters": None, "trainable_token_indices": None, "eva_config": None, "corda_config": None,
         "lora_ga_config": None, "velora_config": None, "alora_invocation_tokens": None, "use_qalora": False,
         "monteclora_config": None, "use_bdlora": None, "arrow_config": None, "kasa_config": None,
@@ -384,7 +385,12 @@ class LoraConfig(PeftConfig):
                             f"'pissa', 'pissa_niter_<n>' or 'olora'")
         if isinstance(init, str) and init != "gaussian" and self.use_dora:
             problems.append(f"init_lora_weights={short_repr(init)} cannot be combined with use_dora=True")
-        for name in ("fan_in_fan_out", "use_rslora", "ensure_weight_tying"):
+        if self.lora_bias is True and init not in (True, False):
+            problems.append(f"The argument lora_bias=True is only supported with init_lora_weights=True or False, got "
+                            f"init_lora_weights={init} instead")
+        if self.lora_bias is True and self.use_dora:
+            problems.append("The argument lora_bias=True is not supported for DoRA, please pass use_dora=False")
+        for name in ("fan_in_fan_out", "use_rslora", "ensure_weight_tying", "lora_bias"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
         self.target_modules = _name_set(self.target_modules, "target_modules", problems)

@@ -21,8 +21,10 @@ __all__ = [
     "ConfigError",
     "DataError",
     "HubError",
+    "MergeError",
     "MissingKeysError",
     "ModelLoadError",
+    "PeftWarning",
     "PeftkitError",
     "PromptAdapterError",
     "StorageError",
@@ -50,6 +52,14 @@ class PeftkitError(Exception):
     """Base class of every error peftkit raises deliberately."""
 
     exit_code = 1
+
+
+class PeftWarning(UserWarning):
+    """A warning PEFT gives under this name (its ``PeftWarning``): code filtering on it works the same."""
+
+
+class MergeError(PeftkitError, RuntimeError):
+    """The base layer cannot hold this merge (LoRA's bias on a layer without one); a ``RuntimeError`` as in PEFT."""
 
 
 class UserInputError(PeftkitError, ValueError):

@@ -336,14 +336,16 @@ class PeftModel(ModelWrapper):
         names = adapter_names or [self.active_adapter]
         self._require_layer_adapters(names, "merge")
         base = self.get_base_model()
-        if surgery.untie_adapted_embeddings(base):
-            warnings.warn("Input and output embeddings are no longer tied after merging. Setting "
-                          "`tie_word_embeddings=False` in the model config.", UserWarning, stacklevel=2)  # PEFT's
+        surgery.untie_adapted_embeddings(base)
         surgery.unmerge(base)
         surgery.merge(base, names)  # only these: another active adapter must not reach the weights
         if safe_merge:
             check_finite_weights(base)
-        return surgery.unload(base, keep_merged=True)
+        merged = surgery.unload(base, keep_merged=True)
+        if surgery.record_untied_embeddings(merged):
+            warnings.warn("Input and output embeddings are no longer tied after merging. Setting "
+                          "`tie_word_embeddings=False` in the model config.", UserWarning, stacklevel=2)  # PEFT's
+        return merged
 
     def unload(self) -> nn.Module:
         """Return the base model without adapter layers and without merging (the original weights).

@@ -363,7 +363,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         layer = module if isinstance(module, LoraLayer) else _wrap(module, key)
         r = int(_pattern_value(config.rank_pattern, key, config.r))
         alpha = _pattern_value(config.alpha_pattern, key, config.lora_alpha)
-        kwargs = {"use_dora": True} if config.use_dora else {}
+        kwargs = {k: True for k in ("use_dora", "lora_bias") if getattr(config, k)}  # only when on: IA3-free LoRA kinds
         layer.add_adapter(  # type: ignore[operator]
             adapter_name, r, alpha, config.lora_dropout, config.init_lora_weights, config.use_rslora, **kwargs
         )
@@ -589,8 +589,8 @@ def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, free
 
 def untie_adapted_embeddings(model: nn.Module) -> bool:
     """Before a merge into input embeddings that share their weight with the LM head: give the embeddings their
-    own copy, so the head keeps the weight it computes with unmerged (merged then equals unmerged), and record
-    the untying in the config. Returns whether it untied them."""
+    own copy, so the head keeps the weight it computes with unmerged (merged then equals unmerged). Returns
+    whether it untied them; :func:`record_untied_embeddings` then corrects the config."""
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     embeddings = get_in() if callable(get_in) else None
     head = get_out() if callable(get_out) else None
@@ -599,9 +599,21 @@ def untie_adapted_embeddings(model: nn.Module) -> bool:
         return False
     base = cast(nn.Embedding, embeddings.base_layer)
     base.weight = nn.Parameter(embeddings.weight.detach().clone(), requires_grad=False)
+    return True
+
+
+def record_untied_embeddings(model: nn.Module) -> bool:
+    """After a merge: a config that says ``tie_word_embeddings`` while the input and output embeddings hold
+    different weights (untied for the merge, or never tied) is set to False, as PEFT does, so saving and
+    reloading the model does not tie them again. Returns whether it changed the config."""
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "tie_word_embeddings", False):
-        config.tie_word_embeddings = False
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if not getattr(config, "tie_word_embeddings", False) or not callable(get_in) or not callable(get_out):
+        return False
+    w_in, w_out = (getattr(m, "weight", None) for m in (get_in(), get_out()))
+    if not isinstance(w_in, torch.Tensor) or not isinstance(w_out, torch.Tensor) or w_in.data_ptr() == w_out.data_ptr():
+        return False
+    config.tie_word_embeddings = False  # type: ignore[union-attr]
     return True
 
 

@@ -16,12 +16,12 @@ Plain functions; :mod:`peftkit.surgery` calls them while it places adapters.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Collection, Iterable
 from typing import Any, cast
 
 from torch import nn
 
+from .errors import warn_caller
 from .tuners.base import AdapterLayer
 
 __all__ = ["EMBEDDING_LAYER_NAMES", "embedding_name", "module_names_tied_with_embedding", "saved_names", "saved_ties",
@@ -111,19 +111,17 @@ def warn_or_plan(model: nn.Module, config: Any) -> tuple[list[str], str | None]:
     tied = module_names_tied_with_embedding(model)
     if not getattr(config, "ensure_weight_tying", False):
         if (in_saved or in_targets) and tied:
-            warnings.warn(_NOT_ENSURED if hasattr(config, "ensure_weight_tying") else _NO_IMPLEMENTATION,
-                          UserWarning, stacklevel=4)
+            warn_caller(_NOT_ENSURED if hasattr(config, "ensure_weight_tying") else _NO_IMPLEMENTATION)
         return tied, None
     if not tied:
-        warnings.warn("You have requested `ensure_weight_tying`, but no tied modules were found in the model",
-                      UserWarning, stacklevel=4)
+        warn_caller("You have requested `ensure_weight_tying`, but no tied modules were found in the model")
         return tied, None
     if in_saved:
         return tied, "modules_to_save"
     if in_targets:
         return tied, "target_modules"
-    warnings.warn("You have requested `ensure_weight_tying`, but no tied modules are added in either "
-                  "`modules_to_save` or `target_modules`", UserWarning, stacklevel=4)
+    warn_caller("You have requested `ensure_weight_tying`, but no tied modules are added in either "
+                "`modules_to_save` or `target_modules`")
     return tied, None
 
 

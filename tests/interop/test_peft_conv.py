@@ -112,3 +112,43 @@ def test_conv_mixed_batch_gives_each_row_its_adapter() -> None:
         with model.disable_adapter():
             second = model(X[1:])
     torch.testing.assert_close(mixed, torch.cat([first, second]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("targets", [["head"], ["c2"]], ids=["linear", "conv"])
+def test_lora_bias_equals_peft_merges_and_loads_both_ways(targets: list[str], tmp_path: Any) -> None:
+    """lora_bias gives B a bias: the same draws give PEFT's outputs, merged equals unmerged (the bias goes into
+    the base layer's), and the file loads in PEFT to the same outputs."""
+    def build(lib: Any) -> Any:
+        torch.manual_seed(0)
+        base = ConvModel()
+        torch.manual_seed(1)
+        config = lib.LoraConfig(target_modules=targets, lora_bias=True, init_lora_weights=False)
+        return lib.get_peft_model(base, config).eval()
+
+    ours, theirs = build(peftkit), build(peft)
+    with torch.no_grad():
+        for module in (ours, theirs):  # a non-zero bias, the same in both
+            layer = module.get_base_model().get_submodule(targets[0])
+            layer.lora_B["default"].bias.copy_(torch.linspace(-1, 1, layer.lora_B["default"].bias.numel()))
+        expected = theirs(X)
+        torch.testing.assert_close(ours(X), expected, rtol=0, atol=1e-5)
+        ours.save_pretrained(tmp_path)
+        torch.manual_seed(0)
+        loaded = peft.PeftModel.from_pretrained(ConvModel(), tmp_path).eval()
+        torch.testing.assert_close(loaded(X), expected, rtol=0, atol=1e-5)
+        ours.merge_adapter()
+        torch.testing.assert_close(ours(X), expected, rtol=0, atol=1e-5)
+        ours.unmerge_adapter()
+        torch.testing.assert_close(ours(X), expected, rtol=0, atol=1e-5)
+
+
+def test_lora_bias_on_a_layer_without_bias_warns_and_refuses_to_merge_before_any_change() -> None:
+    from peftkit.errors import MergeError, PeftWarning
+
+    with pytest.warns(PeftWarning, match="has no bias"):
+        model = peftkit.get_peft_model(ConvModel(), peftkit.LoraConfig(target_modules=["c1"], lora_bias=True))
+    kernel = model.get_base_model().c1.weight.detach().clone()
+    with pytest.raises(MergeError, match="Impossible to merge LoRA with `lora_bias=True`"):
+        model.merge_adapter()
+    assert torch.equal(model.get_base_model().c1.weight, kernel)
+    assert model.get_base_model().c1.merged_adapters == []

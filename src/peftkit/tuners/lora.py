@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MergeError, PeftWarning, warn_caller
 from . import dora, lora_init
 from .base import AdapterLayer, base_output
 from .low_rank import low_rank_update
@@ -31,13 +31,15 @@ def rank_axis(key: str) -> int | None:
     """The rank axis of a saved LoRA factor: 0 for ``lora_A`` (r, in), 1 for ``lora_B`` (out, r); None for any
     other tensor of an adapter file."""
     parts = key.split(".")
+    if parts[-1] == "bias":  # B's bias (lora_bias) has no rank axis
+        return None
     return 0 if "lora_A" in parts else 1 if "lora_B" in parts else None
 
 
 def unpaired_factors(keys: Iterable[str]) -> set[str]:
     """The layers (keys without the factor's name) whose saved tensors hold only one of ``lora_A`` and ``lora_B``."""
-    a_keys = {k.replace(".lora_A.", ".") for k in keys if ".lora_A." in k}
-    b_keys = {k.replace(".lora_B.", ".") for k in keys if ".lora_B." in k}
+    a_keys = {k.split(".lora_A.")[0] for k in keys if ".lora_A." in k}  # B's bias (lora_bias) is no third factor
+    b_keys = {k.split(".lora_B.")[0] for k in keys if ".lora_B." in k}
     return a_keys ^ b_keys
 
 
@@ -82,11 +84,38 @@ class LoraLayer(AdapterLayer):
         raise NotImplementedError
 
     def _merge_one(self, name: str) -> None:
+        self._check_bias_merge(name)
         self.weight.data += self.delta_weight(name).to(self.weight.dtype)
+        self._shift_bias(name, 1.0)
 
     def _unmerge_one(self, name: str) -> None:
         self.weight.data -= self.delta_weight(name).to(self.weight.dtype)
+        self._shift_bias(name, -1.0)
         self.merged_adapters.remove(name)
+
+    def _lora_bias(self, name: str) -> torch.Tensor | None:
+        """B's bias of adapter ``name`` (``lora_bias=True``), or None."""
+        factors = self._modules.get("lora_B")
+        return getattr(factors[name], "bias", None) if isinstance(factors, nn.ModuleDict) and name in factors \
+            else None
+
+    def _check_bias_merge(self, name: str) -> None:
+        """Refuse, before any change, to merge B's bias into a base layer without a bias (PEFT's RuntimeError)."""
+        if self._lora_bias(name) is not None and self.bias is None:
+            raise MergeError(f"Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias: "
+                             f"adapter {name!r} adds one to a layer that has none. Keep it unmerged")
+
+    def _shift_bias(self, name: str, sign: float) -> None:
+        """Add (``sign=1``) or take out (``-1``) ``scaling * B.bias`` from the base layer's bias."""
+        bias = self._lora_bias(name)
+        if bias is not None and self.bias is not None:
+            self.bias.data += (sign * self.scaling[name] * bias).to(self.bias.dtype)
+
+    def _warn_bias(self, lora_bias: bool) -> None:
+        if lora_bias and self.bias is None:
+            kind = type(self.base_layer).__name__
+            warn_caller(f"`lora_bias=True` was passed but the targeted layer of type {kind} has no bias. "
+                        "This means that merging LoRA weights won't be possible.", PeftWarning)
 
 
 class LoraLinear(LoraLayer):
@@ -115,8 +144,10 @@ class LoraLinear(LoraLayer):
         init_lora_weights: bool | str = True,
         use_rslora: bool = False,
         use_dora: bool = False,
+        lora_bias: bool = False,
     ) -> None:
-        """Create adapter ``name`` (A: in -> r, B: r -> out) on the base weight's device, in fp32.
+        """Create adapter ``name`` (A: in -> r, B: r -> out, with a bias when ``lora_bias``) on the base weight's
+        device, in fp32.
 
         With ``use_dora`` the magnitude starts at the row norms of the adapted weight, so a fresh DoRA
         adapter (B = 0) equals the base layer.
@@ -126,9 +157,10 @@ class LoraLinear(LoraLayer):
             what = "use_dora" if use_dora else f"init_lora_weights={init_lora_weights!r}"
             raise ConfigError(f"{what} reads the dense base weight, and this layer's is packed in 4 bits; use plain "
                               f"LoRA (init_lora_weights true or 'gaussian') on a quantized base")
+        self._warn_bias(lora_bias)
         device = self.weight.device
         a = nn.Linear(self.in_features, r, bias=False, device=device)
-        b = nn.Linear(r, self.out_features, bias=False, device=device)
+        b = nn.Linear(r, self.out_features, bias=lora_bias, device=device)
         lora_init.random_start(a, b, init_lora_weights, r)
         self.lora_A[name] = a
         self.lora_B[name] = b
@@ -238,6 +270,12 @@ class LoraLinear(LoraLayer):
         generation speed.
         """
         a, b = self._factors(name)  # (r, in), (out, r)
+        bias = self._lora_bias(name)
+        if bias is not None:  # lora_bias: the plain computation, B's bias scaled with the rest
+            h = self.lora_dropout[name](x.to(a.dtype))
+            update = F.linear(F.linear(h, a), b, bias) * self.scaling[name]
+            return result + update.to(result.dtype) if rows is None else result.index_add_(0, rows, update.to(
+                result.dtype))
         h = x
         if self.training and not isinstance(self.lora_dropout[name], nn.Identity):  # the identity in eval mode
             h = self.lora_dropout[name](x.to(a.dtype))

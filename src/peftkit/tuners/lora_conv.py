@@ -62,16 +62,19 @@ class LoraConv(LoraLayer):
         init_lora_weights: bool | str = True,
         use_rslora: bool = False,
         use_dora: bool = False,
+        lora_bias: bool = False,
     ) -> None:
-        """Create adapter ``name``: A (r, in, k...) and B (out, r / groups, 1...), in fp32; with ``use_dora``
-        its magnitudes start at the adapted kernel's channel norms, so a fresh DoRA adapter equals the base."""
+        """Create adapter ``name``: A (r, in, k...) and B (out, r / groups, 1...; a bias with ``lora_bias``), in
+        fp32; with ``use_dora`` its magnitudes start at the adapted kernel's channel norms, so a fresh DoRA adapter
+        equals the base."""
         base = cast(nn.Conv2d, self.base_layer)
         self._check_adapter(r, init_lora_weights, use_dora)
+        self._warn_bias(lora_bias)
         conv: Any = next(t for t in CONV_TYPES if isinstance(base, t))  # the base's own kind, as PEFT builds them
         ones = (1,) * (base.weight.dim() - 2)
         device = self.weight.device
         a = conv(self.in_features, r, base.kernel_size, base.stride, base.padding, bias=False, device=device)
-        b = conv(r, self.out_features, ones, ones, groups=base.groups, bias=False, device=device)
+        b = conv(r, self.out_features, ones, ones, groups=base.groups, bias=lora_bias, device=device)
         lora_init.random_start(a, b, init_lora_weights, r)
         self.lora_A[name], self.lora_B[name] = a, b
         self.lora_dropout[name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from . import dora
 from .lora import LoraLayer
 
@@ -51,9 +52,13 @@ class LoraEmbedding(LoraLayer):
         init_lora_weights: bool | str = True,
         use_rslora: bool = False,
         use_dora: bool = False,
+        lora_bias: bool = False,
     ) -> None:
         """Create adapter ``name``: A (r, num_embeddings) and B (embedding_dim, r), in fp32; with ``use_dora``
         its magnitudes start at the adapted weight's norms, so a fresh DoRA adapter equals the base layer."""
+        if lora_bias:  # PEFT's ValueError: the factors are plain tensors, with no bias to add
+            raise ConfigError(f"lora_bias={lora_bias} is not supported for Embedding: leave the embedding out of "
+                              "target_modules or set lora_bias=False")
         device = self.weight.device
         a = torch.randn(r, self.num_embeddings, device=device)
         b = torch.randn(self.embedding_dim, r, device=device)

@@ -19,10 +19,12 @@ def random_start(a: nn.Linear, b: nn.Linear, how: bool | str, r: int) -> None:
     update starts at zero; ``False`` keeps ``nn.Linear``'s random init for both (a non-zero update)."""
     if how is True:
         nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
-        nn.init.zeros_(b.weight)
     elif how == "gaussian":
         nn.init.normal_(a.weight, std=1 / r)
+    if how is True or how == "gaussian":
         nn.init.zeros_(b.weight)
+        if b.bias is not None:  # lora_bias: B's bias starts at zero too
+            nn.init.zeros_(b.bias)
 
 
 def from_weight(how: str, weight: torch.Tensor, r: int, scaling: float, transposed: bool
