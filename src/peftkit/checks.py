@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -10,8 +12,8 @@ from .errors import AdapterFormatError, AdapterNotFoundError, BrokenAdapterError
 from .tuners.lora import unpaired_factors
 from .tuners.rows import BASE_ROW
 
-__all__ = ["check_adapter_name", "check_finite_weights", "check_mixed_batch", "check_new_adapter",
-           "check_saveable", "check_unsupported_load_options"]
+__all__ = ["check_adapter_name", "check_finite_weights", "check_mixed_batch", "check_new_adapter", "check_saveable",
+           "check_unsupported_load_options", "warn_base_rewriting_adapters"]
 
 
 def check_unsupported_load_options(ephemeral_gpu_offload: bool, key_mapping: dict[str, str] | None) -> None:
@@ -79,6 +81,26 @@ def check_new_adapter(name: str, config: object, held: dict[str, PeftConfig]) ->
                           f"'lora_only'), and {with_bias[0]!r} "
                           "already does: the model's biases cannot belong to two adapters. Set bias='none' for "
                           f"{name!r}")
+
+
+_REWRITES_BASE = {"pissa": ("PiSSA", "pissa_finetuning#convert-pissa-to-lora"),
+                  "olora": ("OLoRA", "olora_finetuning#olora-and-lora")}
+
+
+def warn_base_rewriting_adapters(config: PeftConfig, held: dict[str, PeftConfig]) -> None:
+    """PEFT's warning when an adapter is loaded beside others and one of them started from the base weights
+    (PiSSA, OLoRA): it changed those weights, so the other adapters no longer see the base they were trained
+    on."""
+    configs = [config, *held.values()]
+    if len(configs) < 2:
+        return
+    inits = {str(getattr(c, "init_lora_weights", "")).split("_niter")[0] for c in configs}
+    for init, (name, anchor) in _REWRITES_BASE.items():
+        if init in inits:
+            warnings.warn(f"{name} changes the base weights of the model and should thus not be used with other "
+                          f"adapters. Consider converting the {name} adapter into a normal LoRA adapter: "
+                          f"https://github.com/huggingface/peft/tree/main/examples/{anchor}", UserWarning, stacklevel=3)
+            return
 
 
 def check_mixed_batch(training: bool, adapter_names: list[str], held: list[str], prompt_adapters: list[str],

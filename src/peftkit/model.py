@@ -25,6 +25,7 @@ from .checks import (
     check_mixed_batch,
     check_new_adapter,
     check_unsupported_load_options,
+    warn_base_rewriting_adapters,
 )
 from .config import (
     IA3Config,
@@ -539,6 +540,8 @@ class PeftModel(ModelWrapper):
         """
         check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
         folder, config = adapter_io.read_config(model_id, None, is_trainable, **hub_kwargs)
+        if adapter_name not in self.peft_config:
+            warn_base_rewriting_adapters(config, self.peft_config)
         adapter_io.load_adapter(self, folder, config, adapter_name, ignore_mismatched_sizes,
                                 low_cpu_mem_usage=low_cpu_mem_usage, autocast_adapter_dtype=autocast_adapter_dtype)
         if adapter_name == self.active_adapter:
@@ -715,6 +718,11 @@ def get_peft_model(
         kept = surgery.adapter_tensors(model, adapter_name)
     # PEFT records the base model's name in the config here (None for a model built from a config)
     recorded = {"base_model_name_or_path": model.__dict__.get("name_or_path") or None}
+    old_name = peft_config.base_model_name_or_path
+    if old_name is not None and old_name != recorded["base_model_name_or_path"]:
+        warnings.warn(f"The PEFT config's `base_model_name_or_path` was renamed from '{old_name}' to "
+                      f"'{recorded['base_model_name_or_path']}'. Please ensure that the correct base model is loaded "
+                      "when loading this checkpoint.", stacklevel=2)  # PEFT's words: the model's own name wins
     adopt(peft_config, peft_config.replace(**recorded, **({"revision": revision} if revision is not None else {})))
     task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
     model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel

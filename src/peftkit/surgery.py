@@ -22,7 +22,7 @@ from .memory import check_allocation
 from .merging import MIXES, mix
 from .target_tables import IA3_FEEDFORWARD_MODULES, IA3_TARGET_MODULES, LORA_TARGET_MODULES
 from .tuners.base import AdapterLayer
-from .tuners.ia3 import IA3Linear
+from .tuners.ia3 import IA3Conv, IA3Linear
 from .tuners.lora import LoraLayer, LoraLinear
 from .tuners.lora_conv import CONV_TYPES, LoraConv, wrap_conv
 from .tuners.lora_embedding import LoraEmbedding
@@ -423,7 +423,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
     conv1d, transposed = _conv1d_type(), False
     for key in keys:
         module = model.get_submodule(key)
-        if isinstance(module, IA3Linear):
+        if isinstance(module, (IA3Linear, IA3Conv)):
             layer = module
         elif isinstance(module, AdapterLayer):
             raise ConfigError(f"layer {key!r} already carries a {type(module).__name__} adapter; IA3 cannot share "
@@ -433,9 +433,11 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
             layer = IA3Linear(module, is_feedforward(config, key), fan_in_fan_out=True)
         elif isinstance(module, nn.Linear):
             layer = IA3Linear(module, is_feedforward(config, key))
+        elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            layer = IA3Conv(module, is_feedforward(config, key))
         else:
-            raise TargetNotFoundError(f"target {key!r} is a {type(module).__name__}, which IA3 cannot adapt; "
-                                      f"narrow target_modules to linear layers")
+            raise TargetNotFoundError(f"target {key!r} is a {type(module).__name__}, which IA3 cannot adapt; narrow "
+                                      f"target_modules to linear layers, transformers' Conv1D, nn.Conv2d or nn.Conv3d")
         layer.add_adapter(adapter_name, config.init_ia3_weights)
         if layer is not module:
             _set_submodule(model, key, layer)
@@ -790,7 +792,7 @@ def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]
 def combine_ia3(model: nn.Module, sources: list[str], weights: list[float], target: str) -> None:
     """Fill the (already created) IA3 adapter ``target`` with ``sum(w * l)`` over the sources each layer has."""
     for _, layer in adapter_layers(model):
-        if isinstance(layer, IA3Linear) and target in layer.ia3_l:
+        if isinstance(layer, (IA3Linear, IA3Conv)) and target in layer.ia3_l:
             new = layer.ia3_l[target]
             new.zero_()
             for name, weight in zip(sources, weights, strict=True):

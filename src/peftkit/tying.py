@@ -150,17 +150,21 @@ def saved_names(model: nn.Module, names: Iterable[str], tied: Collection[str]) -
 
 
 def tie_lora(model: nn.Module, tied: Iterable[str], adapter_name: str, wrap: Any) -> None:
-    """Give each tied linear layer LoRA adapter ``adapter_name`` whose factors are views of the embedding's:
-    ``A = B_emb^T`` (r, in) and ``B = A_emb^T`` (out, r), so the head's update is the embedding's, transposed.
+    """Give each tied layer LoRA adapter ``adapter_name`` over the embedding's factors: a linear head's are views
+    ``A = B_emb^T`` (r, in) and ``B = A_emb^T`` (out, r), so its update is the embedding's, transposed; another
+    embedding tied to it (an encoder's and a decoder's) holds the very same parameters.
     ``wrap(module, key)`` turns a plain layer into a LoRA layer (the surgery's)."""
     embeddings: Any = model.get_input_embeddings()  # type: ignore[operator]
     a, b = embeddings.transposed_factors(adapter_name)  # (r, in), (out, r)
+    r, alpha = a.shape[0], embeddings.scaling[adapter_name] * a.shape[0]
     for key in tied:
         module = model.get_submodule(key)
         layer: Any = module if isinstance(module, AdapterLayer) else wrap(module, key)
-        layer.add_adapter(adapter_name, a.shape[0], embeddings.scaling[adapter_name] * a.shape[0],
-                          init_lora_weights=False)
-        layer.share_factors(adapter_name, a, b)
+        layer.add_adapter(adapter_name, r, alpha, init_lora_weights=False)
+        if isinstance(layer.get_base_layer(), nn.Embedding):  # another embedding (T5's encoder and decoder ones)
+            layer.share_factors(adapter_name, *embeddings.own_factors(adapter_name))
+        else:
+            layer.share_factors(adapter_name, a, b)
         if layer is not module:
             parent, _, child = key.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, layer)

@@ -87,6 +87,38 @@ def test_conv_files_load_both_ways(writer: Any, reader: Any, use_dora: bool, tmp
         torch.testing.assert_close(loaded(X), expected, rtol=0, atol=1e-5)
 
 
+def test_grouped_conv_dora_equals_peft() -> None:
+    """DoRA on a grouped kernel divides by the norm PEFT computes, so PEFT's adapters give the same outputs."""
+    with pytest.warns(UserWarning, match="groups > 1"):
+        ours = _model(peftkit, use_dora=True, groups=2)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X), _model(peft, use_dora=True, groups=2)(X), rtol=0, atol=1e-5)
+
+
+def _ia3(lib: Any, feedforward: list[str], groups: int = 1) -> Any:
+    torch.manual_seed(0)
+    base = ConvModel(groups)
+    torch.manual_seed(1)
+    config = lib.IA3Config(target_modules=["c3", "c2"], feedforward_modules=feedforward, init_ia3_weights=False)
+    return lib.get_peft_model(base, config).eval()
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("feedforward", [[], ["c2"]], ids=["attention", "feedforward"])
+def test_ia3_on_convolutions_equals_peft_and_merges(feedforward: list[str], groups: int, tmp_path: Any) -> None:
+    ours = _ia3(peftkit, feedforward, groups)
+    with torch.no_grad():
+        expected = _ia3(peft, feedforward, groups)(X)
+        assert not torch.allclose(expected, ConvModel(groups)(X))
+        torch.testing.assert_close(ours(X), expected, rtol=0, atol=1e-5)
+        ours.save_pretrained(tmp_path)
+        torch.manual_seed(0)
+        loaded = peft.PeftModel.from_pretrained(ConvModel(groups), tmp_path).eval()
+        torch.testing.assert_close(loaded(X), expected, rtol=0, atol=1e-5)
+        ours.merge_adapter()
+        torch.testing.assert_close(ours(X), expected, rtol=0, atol=1e-5)
+
+
 def test_grouped_conv_runs_as_peft_and_refuses_to_merge() -> None:
     """A grouped kernel cannot hold the update (a full convolution): the adapter runs, merging says why not."""
     with pytest.warns(UserWarning, match="groups > 1"):

@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import AdapterLayer, base_output
 
-__all__ = ["IA3Linear"]
+__all__ = ["IA3Conv", "IA3Linear"]
 
 
 class IA3Linear(AdapterLayer):
@@ -75,4 +75,73 @@ class IA3Linear(AdapterLayer):
     def extra_repr(self) -> str:
         kind = "feedforward" if self.is_feedforward else "attention"
         sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{kind}, {sizes}, adapters={self.adapter_names}"
+
+
+class IA3Conv(AdapterLayer):
+    """IA3 around ``nn.Conv2d`` or ``nn.Conv3d``: one factor per output channel (or per input channel, for a
+    feed-forward layer), shaped ``(1, C, 1...)`` as in PEFT so it broadcasts over the feature maps."""
+
+    adapter_param_names = ("ia3_l",)
+    prefix = "ia3_"
+
+    def __init__(self, base_layer: nn.Conv2d | nn.Conv3d, is_feedforward: bool) -> None:
+        super().__init__(base_layer)
+        self.is_feedforward = is_feedforward
+        self.fan_in_fan_out = False
+        self.in_features, self.out_features = base_layer.in_channels, base_layer.out_channels
+        self.ia3_l = nn.ParameterDict()
+
+    def _get_name(self) -> str:  # PEFT's repr: "ia3.Conv2d(...)"
+        return f"ia3.{type(self.base_layer).__name__}"
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.ia3_l.keys())
+
+    def add_adapter(self, name: str, init_ia3_weights: bool = True) -> None:
+        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in fp32."""
+        channels = self.in_features if self.is_feedforward else self.out_features
+        shape = (1, channels, *([1] * (self.weight.dim() - 2)))
+        vector = torch.ones(shape) if init_ia3_weights else torch.randn(shape)
+        self.ia3_l[name] = nn.Parameter(vector.to(self.weight.device))
+
+    def _factor(self, name: str) -> torch.Tensor:
+        """The vector laid out like the kernel (out, in / groups, k...): over its output channels, or over its
+        input channels, repeated for each group's outputs."""
+        vector = cast(torch.Tensor, self.ia3_l[name])  # (1, C, 1...)
+        if not self.is_feedforward:
+            return vector.transpose(0, 1)  # (out, 1, 1...)
+        groups = int(cast(nn.Conv2d, self.base_layer).groups)
+        per_group = vector.reshape(groups, 1, self.in_features // groups, *vector.shape[2:])  # (g, 1, in/g, 1...)
+        return per_group.expand(groups, self.out_features // groups, *per_group.shape[2:]).reshape(
+            self.out_features, self.in_features // groups, *vector.shape[2:])
+
+    def _merge_one(self, name: str) -> None:
+        self.weight.data = (self.weight.data * self._factor(name)).to(self.weight.dtype)
+        if not self.is_feedforward and self.bias is not None:
+            self.bias.data = (self.bias.data * self.ia3_l[name].reshape(self.bias.shape)).to(self.bias.dtype)
+
+    def _unmerge_one(self, name: str) -> None:
+        self.weight.data = (self.weight.data / (self._factor(name) + 1e-8)).to(self.weight.dtype)
+        if not self.is_feedforward and self.bias is not None:
+            factor = self.ia3_l[name].reshape(self.bias.shape) + 1e-8
+            self.bias.data = (self.bias.data / factor).to(self.bias.dtype)
+        self.merged_adapters.remove(name)
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        pending = self._pending()
+        if not pending:
+            return base_output(self.base_layer, x, *args, **kwargs)
+        scale = torch.ones((), device=x.device)
+        for name in pending:
+            scale = scale * cast(torch.Tensor, self.ia3_l[name])  # (1, C, 1...)
+        if self.is_feedforward:
+            return base_output(self.base_layer, (x * scale).to(x.dtype), *args, **kwargs)  # (B, out, ...)
+        result = base_output(self.base_layer, x, *args, **kwargs)  # (B, out, ...)
+        return (result * scale).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        kind = "feedforward" if self.is_feedforward else "attention"
+        sizes = f"in_channels={self.in_features}, out_channels={self.out_features}"
         return f"{kind}, {sizes}, adapters={self.adapter_names}"

@@ -68,7 +68,7 @@ class LoraConv(LoraLayer):
         fp32; with ``use_dora`` its magnitudes start at the adapted kernel's channel norms, so a fresh DoRA adapter
         equals the base."""
         base = cast(nn.Conv2d, self.base_layer)
-        self._check_adapter(r, init_lora_weights, use_dora)
+        self._check_adapter(r, init_lora_weights)
         self._warn_bias(lora_bias)
         conv: Any = next(t for t in CONV_TYPES if isinstance(base, t))  # the base's own kind, as PEFT builds them
         ones = (1,) * (base.weight.dim() - 2)
@@ -86,7 +86,7 @@ class LoraConv(LoraLayer):
             shape = (1, -1, *ones)
             self.lora_magnitude_vector[name] = nn.Parameter(norm.float().view(shape))
 
-    def _check_adapter(self, r: int, init_lora_weights: bool | str, use_dora: bool) -> None:
+    def _check_adapter(self, r: int, init_lora_weights: bool | str) -> None:
         kind = type(self.base_layer).__name__
         if r % self.groups:
             raise ConfigError(f"Targeting a {kind} with groups={self.groups} and rank {r}. Currently, support is "
@@ -96,9 +96,6 @@ class LoraConv(LoraLayer):
             raise ConfigError(f"init_lora_weights={init_lora_weights!r} works on linear layers; this target is a "
                               f"{kind}. Use init_lora_weights=True or 'gaussian', or leave it out of target_modules")
         if self.groups > 1:
-            if use_dora:
-                raise ConfigError(f"DoRA on a {kind} with groups={self.groups} is not supported: its update is no "
-                                  "grouped kernel, so DoRA's per-channel norm has no meaning here. Use plain LoRA")
             warnings.warn("LoRA adapter added to ConvNd layer with groups > 1. Merging is not supported.", stacklevel=3)
 
     def _flat_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +108,20 @@ class LoraConv(LoraLayer):
         return self.weight.flatten(1)  # (out, in * k...)
 
     def _weight_norm(self, name: str) -> torch.Tensor:
-        """DoRA's channel norms of ``W + scaling * B @ A``, ``(out,)``."""
-        a, b = self._flat_factors(name)
-        return dora.row_norms(self._flat_weight(), a, b, self.scaling[name])
+        """DoRA's channel norms of the kernel plus the update, ``(out,)`` (see :meth:`_norm_of`)."""
+        return self._norm_of(self._flat_weight(), name)
+
+    def _norm_of(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        """DoRA's channel norms of ``weight + scaling * B @ A`` (``weight`` flattened, (out, in/g * k...)).
+
+        With several groups, ``B @ A`` is read as PEFT reads it (B as (out / groups, r), the product laid out in
+        the grouped kernel's shape): no update of the grouped kernel, but the norm PEFT's DoRA divides by, so an
+        adapter trained with PEFT gives the same outputs here."""
+        a = cast(torch.Tensor, self.lora_A[name].weight)
+        b = cast(torch.Tensor, self.lora_B[name].weight)
+        r = a.shape[0]
+        delta = (b.reshape(-1, r) @ a.reshape(r, -1)).reshape(self.weight.shape).flatten(1)  # (out, in/g * k...)
+        return torch.linalg.norm(weight.float() + self.scaling[name] * delta, dim=1)
 
     def _delta_flat(self, name: str) -> torch.Tensor:
         if self.groups > 1:
@@ -133,13 +141,13 @@ class LoraConv(LoraLayer):
         if name not in self.lora_magnitude_vector:
             super()._merge_one(name)
             return
-        a, b = self._flat_factors(name)  # the norm of the unmerged kernel, as the forward computes it
+        delta = self._delta_flat(name)  # first: refused for a grouped kernel
         merges = [(self._delta_flat(n), self._merged_factor(n)) for n in reversed(self.merged_adapters)]
-        before = dora.weight_before_merges(self._flat_weight().float(), merges)
-        norm = dora.row_norms(before, a, b, self.scaling[name]).detach()
+        before = dora.weight_before_merges(self._flat_weight().float(), merges)  # the forward's norm: unmerged
+        norm = self._norm_of(before, name).detach()
         self._merged_norms[name] = norm
         factor = self._magnitude(name) / norm
-        self._set_flat_weight(dora.merged_weight(self._flat_weight(), self._delta_flat(name), factor))
+        self._set_flat_weight(dora.merged_weight(self._flat_weight(), delta, factor))
 
     def _unmerge_one(self, name: str) -> None:
         if name not in self.lora_magnitude_vector:

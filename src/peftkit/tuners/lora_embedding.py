@@ -38,6 +38,14 @@ class LoraEmbedding(LoraLayer):
         self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: one magnitude per dimension, (D,)
         self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the norm used at merge, for unmerge
 
+    def own_factors(self, name: str) -> tuple[nn.Parameter, nn.Parameter]:
+        """Adapter ``name``'s A (r, num_embeddings) and B (embedding_dim, r) parameters themselves."""
+        return self.lora_embedding_A[name], self.lora_embedding_B[name]
+
+    def share_factors(self, name: str, a: nn.Parameter, b: nn.Parameter) -> None:
+        """Make adapter ``name`` hold ``a`` and ``b``, another embedding's parameters (tied embeddings)."""
+        self.lora_embedding_A[name], self.lora_embedding_B[name] = a, b
+
     def transposed_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B^T, A^T)``: views of adapter ``name``'s factors shaped as a tied output head's A (r, embedding_dim)
         and B (num_embeddings, r); the head's update is this one's, transposed (``ensure_weight_tying``)."""
