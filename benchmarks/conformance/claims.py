@@ -65,7 +65,7 @@ UNCLAIMED: dict[str, str] = {
     **{m: "layer type not claimed (LoRA on Linear, Conv1D, Embedding and Conv1d/2d/3d is)" for m in [
         "mha", "multiheadattention"]},
     **{m: "LoRA feature not claimed" for m in [
-        "target_parameters", "layer_replication", "megatron", "lora_bias", "hotswap", "ephemeral",
+        "target_parameters", "layer_replication", "megatron", "hotswap", "ephemeral",
         "trainable_token_indices", "use_qalora"]},
     **{m: "needs a GPU or a quantized backend" for m in [
         "gpu", "cuda", "xpu", "mps", "bnb", "8bit", "4bit", "gptq", "hqq", "awq", "torchao", "eetq", "aqlm"]},
@@ -75,6 +75,7 @@ UNCLAIMED_PHRASES: dict[tuple[str, ...], str] = {
     ("ln", "tuning"): "method not claimed", ("trainable", "tokens"): "method not claimed",
     ("x", "lora"): "method not claimed", ("lora", "ga"): "an initialization peftkit does not implement",
     ("lora", "conversion"): "converting other methods' adapters to LoRA: not claimed",
+    ("adaption", "prompt"): "method not claimed", ("mixed", "model"): "PeftMixedModel: not claimed",
 }
 
 _SUFFIX = re.compile(r"(config|layer|model|s)?\d*$")
@@ -90,7 +91,11 @@ def words(test_id: str) -> list[str]:
     found = [w for w in re.split(r"[^0-9a-z]+", test_id.lower()) if w]
     for part in test_id.split("::"):  # a test class's name, split at its capitals: TestLilyInit -> lily
         if part.startswith("Test"):
-            found += [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z][a-z]+|\d+", part)]
+            split = [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z][a-z]+|\d+", part)]
+            found += split
+            # and runs of two or three of those words, for a method whose name the capitals split:
+            # TestDeLoRAInit -> delora, TestTinyLoraInit -> tinylora, TestKappaTuneSelector -> kappatune
+            found += ["".join(split[i:i + n]) for n in (2, 3) for i in range(1, len(split) - n + 1)]
     return found
 
 
@@ -117,7 +122,6 @@ UNCLAIMED_FIELDS: dict[str, str] = {
     "alora_invocation_tokens": "aLoRA (activated LoRA): not claimed",
     "trainable_token_indices": "trainable tokens: not claimed",
     "target_parameters": "LoRA on parameters: not claimed",
-    "lora_bias": "LoRA bias: not claimed",
     "use_qalora": "QA-LoRA: not claimed",
     "layer_replication": "layer replication: not claimed",
     "megatron_config": "Megatron: not claimed",

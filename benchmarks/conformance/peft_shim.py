@@ -42,6 +42,8 @@ ALIASES: dict[str, str] = {
     "check_target_module_exists": "peftkit.surgery:is_target",
     "check_if_peft_model": "peftkit.helpers:check_if_peft_model",
     "rescale_adapter_scale": "peftkit.helpers:rescale_adapter_scale",
+    "inspect_matched_modules": "peftkit.helpers:inspect_matched_modules",
+    "PeftWarning": "peftkit.errors:PeftWarning",
     "PEFT_TYPE_TO_CONFIG_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_CONFIG_MAPPING",
     "PEFT_TYPE_TO_PREFIX_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_PREFIX_MAPPING",
     "PEFT_TYPE_TO_TUNER_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_TUNER_MAPPING",

@@ -1,17 +1,20 @@
-"""Small utilities PEFT has in ``peft.helpers``: is a folder or hub id an adapter, and LoRA scaled for a while."""
+"""Small utilities PEFT has in ``peft.helpers``: is a folder or hub id an adapter, LoRA scaled for a while, and
+which modules a config targets."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from torch import nn
 
+from . import surgery
 from .config import PeftConfig
 from .tuners.lora import LoraLayer
 
-__all__ = ["check_if_peft_model", "rescale_adapter_scale"]
+__all__ = ["check_if_peft_model", "inspect_matched_modules", "rescale_adapter_scale"]
 
 
 def check_if_peft_model(model_name_or_path: str | os.PathLike[str]) -> bool:
@@ -45,3 +48,16 @@ def rescale_adapter_scale(model: nn.Module, multiplier: float) -> Iterator[None]
     finally:
         for layer, scaling in saved.items():
             layer.scaling = scaling
+
+
+def inspect_matched_modules(model: Any, adapter_name: str = "default") -> dict[str, list[str]]:
+    """The module names of the base model that adapter ``adapter_name``'s config targets (``"matched"``) and the
+    others (``"unmatched"``), in model order (PEFT's ``inspect_matched_modules``; ``model`` is a PeftModel or
+    its ``base_model``)."""
+    config = model.peft_config[adapter_name]
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model.model
+    found: dict[str, list[str]] = {"matched": [], "unmatched": []}
+    for key, _ in base.named_modules():
+        found["matched" if key and surgery.is_target(config, key) else "unmatched"].append(key)
+    return found

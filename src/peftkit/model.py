@@ -540,12 +540,20 @@ class PeftModel(ModelWrapper):
         """
         check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
         folder, config = adapter_io.read_config(model_id, None, is_trainable, **hub_kwargs)
-        if adapter_name not in self.peft_config:
+        new = adapter_name not in self.peft_config
+        if new:
             warn_base_rewriting_adapters(config, self.peft_config)
+        before = {name: p.requires_grad for name, p in self.named_parameters()}
         adapter_io.load_adapter(self, folder, config, adapter_name, ignore_mismatched_sizes,
                                 low_cpu_mem_usage=low_cpu_mem_usage, autocast_adapter_dtype=autocast_adapter_dtype)
         if adapter_name == self.active_adapter:
             self.set_adapter(adapter_name)
+        elif new:  # as PEFT: the others keep their requires_grad (even a user's own choice), the new one trains
+            for name, param in self.named_parameters():  # only when loaded trainable, active or not
+                param.requires_grad_(before.get(name, False))
+            if is_trainable:
+                for _, _, param in surgery.adapter_parameters(self.get_base_model(), adapter_name):
+                    param.requires_grad_(True)
         if not is_trainable:
             self.eval()
         return _IncompatibleKeys([], [])
@@ -701,7 +709,7 @@ def get_peft_model(
     """
     if mixed:
         raise ConfigError("mixed=True (PEFT's PeftMixedModel, adapters of different methods active at once) is not "
-                          "supported; use one method per model, with add_adapter and set_adapter to switch")
+                          "supported by peftkit; use one method per model, with add_adapter and set_adapter to switch")
     if isinstance(model, PeftModel):
         raise ConfigError("the model already has adapters; use model.add_adapter(name, config) to add another")
     held = {n for _, layer in surgery.adapter_layers(model) for n in surgery.layer_adapter_names(layer)}

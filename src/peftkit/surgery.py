@@ -511,6 +511,9 @@ def disabled_states(model: nn.Module) -> set[bool]:
     return {layer.disabled for _, layer in adapter_layers(model)}
 
 
+_ROW_LAYERS = (LoraLinear, LoraConv, LoraEmbedding)  # the layers that split a batch by rows (a ``rows`` attribute)
+
+
 @contextlib.contextmanager
 def rows_through_adapters(model: nn.Module, adapter_names: list[str],
                           encoder_names: list[str] | None = None) -> Iterator[None]:
@@ -524,8 +527,8 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str],
     copies = [layer for layer in found if isinstance(layer, ModulesToSaveWrapper)]
     for layer in layers:
         used = [n for n in wanted if n in layer.adapter_names]
-        if used and not isinstance(layer, (LoraLinear, LoraConv)):
-            raise ConfigError(f"a mixed batch (adapter_names) works with LoRA on linear layers; {used[0]} also "
+        if used and not isinstance(layer, _ROW_LAYERS):
+            raise ConfigError(f"a mixed batch (adapter_names) works with LoRA layers; {used[0]} also "
                               f"adapts a {type(layer).__name__}. Run that adapter's rows on their own")
         if layer.merged_adapters:
             raise ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call "
@@ -533,8 +536,7 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str],
                               "every row's weights)")
     for wrapper in copies:
         wrapper.check_rows(wanted)
-    routed: list[LoraLinear | LoraConv | ModulesToSaveWrapper] = [
-        *(x for x in layers if isinstance(x, (LoraLinear, LoraConv))), *copies]
+    routed: list[Any] = [*(x for x in layers if isinstance(x, _ROW_LAYERS)), *copies]
     get_encoder = getattr(model, "get_encoder", None)
     encoder = get_encoder() if callable(get_encoder) and encoder_names is not None else None
     has_encoder = isinstance(encoder, nn.Module) and encoder is not model  # transformers 5: self when none

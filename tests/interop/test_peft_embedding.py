@@ -120,3 +120,18 @@ def test_merging_into_tied_embeddings_unties_them_and_keeps_the_output(tmp_path:
     assert merged.lm_head.weight is not merged.model.embed_tokens.weight
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=TOKENS).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_mixed_batch_gives_each_row_its_embedding_adapter() -> None:
+    torch.manual_seed(0)
+    model = peftkit.get_peft_model(EmbeddingModel(), peftkit.LoraConfig(target_modules=["emb", "lin"],
+                                                                        init_lora_weights=False))
+    model.add_adapter("other", peftkit.LoraConfig(target_modules=["emb"], init_lora_weights=False))
+    model.eval()
+    with torch.no_grad():
+        mixed = model(TOKENS, adapter_names=["other", "default"])
+        model.set_adapter("other")
+        first = model(TOKENS[:1])
+        model.set_adapter("default")
+        second = model(TOKENS[1:])
+    torch.testing.assert_close(mixed, torch.cat([first, second]), rtol=0, atol=1e-6)

@@ -104,6 +104,6 @@ def test_unknown_fields_from_newer_peft_are_ignored_with_warning(tmp_path):
 
 
 def test_unsupported_peft_feature_is_refused(tmp_path):
-    peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(lora_bias=True)).save_pretrained(tmp_path)
-    with pytest.raises(peftkit.ConfigError, match="lora_bias"):
+    peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(layer_replication=[[0, 1]])).save_pretrained(tmp_path)
+    with pytest.raises(peftkit.ConfigError, match="layer_replication"):
         peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path)

@@ -58,6 +58,7 @@ class AdapterLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.active_adapters: list[str] = []
+        self._applied: list[str] = []  # the active adapters this layer holds, in order: what forward computes
         self.merged_adapters: list[str] = []
         self.disabled = False
 
@@ -128,9 +129,11 @@ class AdapterLayer(nn.Module):
                     yield f"{attr}.{name}.{sub}", f"{attr}.{sub}", param
 
     def set_active(self, names: list[str]) -> None:
-        """Apply exactly these adapters (those this layer holds) in ``forward``."""
+        """Apply exactly these adapters (those this layer holds) in ``forward``. ``active_adapters`` keeps every
+        name, held here or not, as PEFT's layers do (a model's adapters may adapt different layers)."""
         held = set(self.adapter_names)
-        self.active_adapters = [n for n in names if n in held]
+        self.active_adapters = list(names)
+        self._applied = [n for n in names if n in held]
 
     def delete_adapter(self, name: str) -> None:
         """Drop an adapter; a merged adapter is unmerged first so the base weight stays correct."""
@@ -143,6 +146,7 @@ class AdapterLayer(nn.Module):
                 del container[name]
         self._forget(name)
         self.active_adapters = [n for n in self.active_adapters if n != name]
+        self._applied = [n for n in self._applied if n != name]
 
     def _forget(self, name: str) -> None:
         """Drop per-adapter bookkeeping beyond the parameter containers."""
@@ -155,8 +159,13 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def merge(self, names: list[str] | None = None) -> None:
-        """Fold adapters into the base weight. Already merged adapters are skipped (idempotent)."""
+    def merge(self, names: list[str] | None = None, safe_merge: bool = False,
+              adapter_names: list[str] | None = None) -> None:
+        """Fold adapters (``names``, or PEFT's ``adapter_names``; default: the active ones) into the base weight.
+        Already merged adapters are skipped (idempotent). An adapter holding NaN or infinity is always refused
+        before any change; ``safe_merge`` also checks the merged weight and puts the old one back if it is not
+        finite (PEFT's option)."""
+        names = adapter_names if names is None else names
         if self.quantized:
 
             raise ConfigError("cannot merge into a 4-bit (bitsandbytes) base layer: its packed weight cannot hold "
@@ -165,8 +174,23 @@ class AdapterLayer(nn.Module):
         for name in names if names is not None else self.active_adapters:
             if name in held and name not in self.merged_adapters:
                 self._check_finite(name)
-                self._merge_one(name)
+                if safe_merge:
+                    self._merge_safely(name)
+                else:
+                    self._merge_one(name)
                 self.merged_adapters.append(name)
+
+    def _merge_safely(self, name: str) -> None:
+        """Merge ``name``, then put the old weight and bias back and refuse if the result is not finite."""
+        tensors = [t for t in (self.weight, self.bias) if t is not None]
+        kept = [t.detach().clone() for t in tensors]
+        self._merge_one(name)
+        if not all(torch.isfinite(t).all() for t in tensors):
+            for old, tensor in zip(kept, tensors, strict=True):
+                tensor.data = old
+            raise BrokenAdapterError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken: "
+                                     "merging it made the base weight NaN or infinite, so it was put back. Reload "
+                                     "the adapter from a good checkpoint")
 
     def _check_finite(self, name: str) -> None:
         """A NaN or infinity merged into the base weight cannot be taken out again: refuse before merging."""
@@ -234,4 +258,4 @@ class AdapterLayer(nn.Module):
             if self.merged_adapters:  # a disabled adapter must not linger inside the weight
                 self.unmerge()
             return []
-        return [n for n in self.active_adapters if n not in self.merged_adapters]
+        return [n for n in self._applied if n not in self.merged_adapters]

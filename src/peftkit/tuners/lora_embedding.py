@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import ConfigError
 from . import dora
 from .lora import LoraLayer
+from .rows import RowGroups
 
 __all__ = ["LoraEmbedding"]
 
@@ -37,6 +38,7 @@ class LoraEmbedding(LoraLayer):
         self.lora_embedding_B = nn.ParameterDict()
         self.lora_magnitude_vector = nn.ParameterDict()  # DoRA adapters only: one magnitude per dimension, (D,)
         self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the norm used at merge, for unmerge
+        self.rows: RowGroups | None = None  # set for a mixed batch: each row's own adapter
 
     def own_factors(self, name: str) -> tuple[nn.Parameter, nn.Parameter]:
         """Adapter ``name``'s A (r, num_embeddings) and B (embedding_dim, r) parameters themselves."""
@@ -126,22 +128,38 @@ class LoraEmbedding(LoraLayer):
         return (b @ a).T * self.scaling[name]  # (V, D)
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if self.rows is not None and not self.disabled:
+            return self._forward_rows(x, self.rows, *args, **kwargs)
         pending = self._pending()  # first: it may unmerge before the base layer runs
         result = self.base_layer(x, *args, **kwargs)  # (B, T, D)
-        base = cast(nn.Embedding, self.base_layer)
-        embed_scale = self._embed_scale() if pending else None
         for name in pending:
-            a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
-            after_a = F.embedding(
-                x, a.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse
-            )  # (B, T, r)
-            update = (after_a @ b.T) * self.scaling[name]  # (B, T, D)
+            update = self._update(name, x)  # (B, T, D)
             if name in self.lora_magnitude_vector:  # DoRA rescales what came before, as PEFT's does
                 factor = self.lora_magnitude_vector[name] / self._weight_norm(name).detach()  # (D,), fp32
                 result, update = (factor * result).to(result.dtype), factor * update
-            if embed_scale is not None:
-                update = update * embed_scale.to(update.dtype)
             result = result + update.to(result.dtype)
+        return result
+
+    def _update(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``scaling * (A^T[x]) B^T`` (times the embedding's own scale, if it has one), ``(B, T, D)``."""
+        base = cast(nn.Embedding, self.base_layer)
+        a, b = self.lora_embedding_A[name], self.lora_embedding_B[name]
+        after_a = F.embedding(x, a.T, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq,
+                              base.sparse)  # (B, T, r)
+        update = (after_a @ b.T) * self.scaling[name]  # (B, T, D)
+        embed_scale = self._embed_scale()
+        return update if embed_scale is None else update * embed_scale.to(update.dtype)
+
+    def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
+        """Each adapter's update on its own rows of the batch (see :mod:`.rows`)."""
+        rows.check(x.shape[0])
+        if any(n in self.lora_magnitude_vector for n in rows.by_adapter):
+            raise ConfigError("Cannot pass `adapter_names` when DoRA is enabled: a mixed batch cannot include DoRA "
+                              "adapters yet; run them separately")
+        result = self.base_layer(x, *args, **kwargs)  # (B, T, D)
+        for name, index in rows.by_adapter.items():
+            if name in self.scaling:
+                result = result.index_add(0, index, self._update(name, x[index]).to(result.dtype))
         return result
 
     def extra_repr(self) -> str:
