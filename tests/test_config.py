@@ -79,3 +79,12 @@ def test_a_peft_feature_peftkit_lacks_is_refused_not_ignored() -> None:
     data = json.loads(config_to_json(LoraConfig(r=4, target_modules=["q"]))) | {"use_qalora": True}
     with pytest.raises(ConfigError, match="use_qalora=True is a PEFT feature peftkit does not support"):
         config_from_dict(data)
+
+
+def test_tokenizer_kwargs_without_a_text_start_is_refused() -> None:
+    """They configure the tokenizer of the TEXT start only; elsewhere they would be silently unused (PEFT's rule)."""
+    with pytest.raises(ConfigError, match="tokenizer_kwargs only valid when using prompt_tuning_init='TEXT'"):
+        PromptTuningConfig(num_virtual_tokens=4, tokenizer_kwargs={"add_special_tokens": False})
+    config = PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="hi",
+                                tokenizer_name_or_path="gpt2", tokenizer_kwargs={"add_special_tokens": False})
+    assert config.tokenizer_kwargs == {"add_special_tokens": False}

@@ -59,7 +59,7 @@ UNCLAIMED: dict[str, str] = {
         "beft", "deft", "adamss", "kasa", "monteclora", "supertuning", "bdlora", "pvera", "shadow", "multitaskprompt",
         "trainabletokens", "multitaskprompttuning", "cartridge", "arrow", "alora", "activatedlora", "loraplus",
         "lorafa", "qalora",
-        "kappatune", "intruders", "riemannian", "rslora_fa", "mica"]},
+        "kappatune", "intruders", "riemannian", "rslora_fa", "mica", "peftmixedmodel"]},
     **{m: "an initialization peftkit does not implement (gaussian, PiSSA and OLoRA are claimed)" for m in [
         "eva", "corda", "loftq", "lora_ga", "loraga", "orthogonal", "nf4"]},
     **{m: "layer type not claimed (LoRA on Linear, Conv1D, Embedding and Conv1d/2d/3d is)" for m in [

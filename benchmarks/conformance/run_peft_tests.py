@@ -66,6 +66,7 @@ INTERNAL_NAMES = {
     "peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING",
     "peft.utils.save_and_load._find_mismatched_keys", "peft.utils.save_and_load._insert_adapter_name_into_state_dict",
     "peft.utils.hotswap", "peft.utils.integrations.init_empty_weights", "peft.import_utils",
+    "peft.utils.quantization_utils.Bnb8bitBackend",
 }
 MISSING_RE = re.compile(r"([\w.]+) is not in peftkit")
 ATTRIBUTE_RE = re.compile(r"'(\w+)' object has no attribute '(\w+)'")

@@ -498,6 +498,9 @@ class PromptTuningConfig(PromptLearningConfig):
                                 "tokenizer (usually the model's name) whose tokens start the prompt")
         if self.tokenizer_kwargs is not None and not isinstance(self.tokenizer_kwargs, dict):
             problems.append(f"tokenizer_kwargs={short_repr(self.tokenizer_kwargs)} must be a mapping")
+        elif self.tokenizer_kwargs and self.prompt_tuning_init != PromptTuningInit.TEXT:
+            problems.append("tokenizer_kwargs only valid when using prompt_tuning_init='TEXT'. They configure the "
+                            "tokenizer of prompt_tuning_init_text; remove them or use the TEXT start")
 
 
 @dataclass

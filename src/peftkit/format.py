@@ -23,7 +23,7 @@ from .files import (
     atomic_write,
     write_json_atomic,
 )
-from .surgery import adapter_parameters
+from .surgery import adapter_buffers, adapter_parameters
 
 __all__ = [
     "CONFIG_NAME",
@@ -46,7 +46,8 @@ def file_keys(model: torch.nn.Module, adapter_name: str) -> dict[str, str]:
     """Adapter ``adapter_name``'s keys in ``model`` -> its keys in the file, as its layers name them: the file
     drops the adapter's name (``q_proj.lora_A.default.weight`` -> ``q_proj.lora_A.weight``;
     ``score.modules_to_save.default.weight`` -> ``score.weight``), as PEFT's does."""
-    return {key: in_file for key, in_file, _ in adapter_parameters(model, adapter_name)}
+    tensors = [*adapter_parameters(model, adapter_name), *adapter_buffers(model, adapter_name)]
+    return {key: in_file for key, in_file, _ in tensors}
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

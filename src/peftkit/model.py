@@ -9,6 +9,7 @@ saved keys and Trainer checkpoints line up. This class is the facade: layer chan
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import warnings
 from collections.abc import Iterator
@@ -152,10 +153,14 @@ class PeftModel(ModelWrapper):
         if config.task_type is None and self.task_type is not None:
             config = config.replace(task_type=self.task_type)
         base = self.get_base_model()
+        # the task's head trains in full (modules_to_save) before any layer is targeted: a target list naming it
+        # then adapts nothing there, as in PEFT
+        defaults = self._default_modules_to_save(base, config)
+        if defaults:
+            config = config.replace(modules_to_save=list(dict.fromkeys([*(config.modules_to_save or []), *defaults])))
         config = self._inject(base, config, adapter_name)  # resolved against the model: a new config
-        modules = list(dict.fromkeys(list(config.modules_to_save or []) + self._default_modules_to_save(base, config)))
-        if modules:
-            config = config.replace(modules_to_save=modules)
+        if config.modules_to_save:
+            modules = list(config.modules_to_save)
             surgery.add_modules_to_save(base, modules, adapter_name, tying.saved_ties(base, config))
         self.peft_config[adapter_name] = adopt(peft_config, config)  # as in PEFT, the object given is the config
         self._targeted += [n for n in surgery.adapted_layer_names(base) if n not in self._targeted]
@@ -386,32 +391,24 @@ class PeftModel(ModelWrapper):
             return None
         return self.prompt_encoder[self.active_adapter]
 
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> Any:
-        """Run the base model with the active adapter. Arguments are the base model's (named here because
-        Trainer reads the signature to keep dataset columns).
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the base model with the active adapter, with the arguments it takes: a transformers model's
+        (``input_ids``, ``attention_mask``, ``labels``, ...; positional ones read in that order), or a plain
+        ``nn.Module``'s own, passed as given.
 
         ``adapter_names`` (a keyword, one name per row, ``"__base__"`` for none) runs a mixed batch: each row
         through its own LoRA adapter, in one pass (inference only).
         """
-        named = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels,
-                     token_type_ids=token_type_ids, position_ids=position_ids, decoder_input_ids=decoder_input_ids,
-                     decoder_attention_mask=decoder_attention_mask, output_attentions=output_attentions,
-                     output_hidden_states=output_hidden_states, return_dict=return_dict)
-        inputs = {k: v for k, v in named.items() if v is not None} | kwargs
-        adapter_names = inputs.pop("adapter_names", None)
+        adapter_names = kwargs.pop("adapter_names", None)
         with self._mixed_batch(adapter_names) if adapter_names is not None else contextlib.nullcontext():
-            return self._run_base(inputs)
+            return self._run_base(args, kwargs)
 
-    def _run_base(self, inputs: dict[str, Any]) -> Any:
+    def _run_base(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         prompt, base = self._prompt_module(), self.get_base_model()
-        if prompt is None and not is_transformers_model(base):  # a plain nn.Module: model(x) means base(x)
-            first = inputs.pop("input_ids", None)
-            return base(*(() if first is None else (first,)), **inputs)
+        if prompt is None and not is_transformers_model(base):  # a plain nn.Module: model(x, y) means base(x, y)
+            return base(*args, **kwargs)
+        named = dict(zip(FORWARD_ARGUMENTS, args, strict=False))
+        inputs = {k: v for k, v in named.items() if v is not None} | kwargs
         if prompt is not None:
             inputs = prompting.prepare_inputs(prompt, base, inputs, self._task(),
                                              cast(PromptLearningConfig, self.active_peft_config))
@@ -612,6 +609,23 @@ def _checkpointing(model: nn.Module) -> bool:
         if hasattr(type(model), name) or name in vars(model):
             return bool(getattr(model, name))
     return True
+
+
+FORWARD_ARGUMENTS = ("input_ids", "attention_mask", "inputs_embeds", "labels", "token_type_ids", "position_ids",
+                     "decoder_input_ids", "decoder_attention_mask", "output_attentions", "output_hidden_states",
+                     "return_dict")
+"""A transformers model's forward arguments, in the order positional ones are read."""
+
+
+def _forward_signature() -> inspect.Signature:
+    """``forward``'s signature as transformers' Trainer reads it to keep dataset columns: the named arguments
+    (each defaulting to None), then ``**kwargs``."""
+    named = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for n in FORWARD_ARGUMENTS]
+    rest = inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)
+    return inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *named, rest])
+
+
+PeftModel.forward.__signature__ = _forward_signature()  # type: ignore[attr-defined]
 
 
 def _drop_tied_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

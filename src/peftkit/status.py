@@ -111,6 +111,11 @@ def _quantization_backend(layer: nn.Module) -> str | None:
     return "bnb 4bit" if isinstance(layer, AdapterLayer) and layer.quantized else None
 
 
+def _is_transformers_model(model: nn.Module) -> bool:
+    return any(cls.__module__.startswith("transformers.") and cls.__name__ == "PreTrainedModel"
+               for cls in type(model).__mro__)
+
+
 def get_model_status(model: nn.Module) -> TunerModelStatus:
     """A summary of :func:`get_layer_status` for the whole model, with parameter counts (PEFT's rules: a value
     the layers do not share is "irregular"; an adapter merged in some layers but not all makes merging so)."""
@@ -131,7 +136,7 @@ def get_model_status(model: nn.Module) -> TunerModelStatus:
         for adapter, found in status.devices.items():
             devices[adapter].update(found)
     return TunerModelStatus(
-        base_model_type=type(base).__name__,
+        base_model_type=type(base).__name__ if peft or _is_transformers_model(base) else "other",  # PEFT's words
         adapter_model_type=("None" if not peft else
                             {"LORA": "LoraModel", "IA3": "IA3Model"}.get(next(iter(kinds)), "PeftModel")
                             if len(kinds) == 1 else "PeftModel"),

@@ -31,6 +31,7 @@ from .tuners.rows import BASE_ROW, RowGroups, group_rows
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",
+    "adapter_buffers",
     "adapter_layers",
     "add_modules_to_save",
     "delete_adapter",
@@ -197,8 +198,9 @@ def resolve_target_modules(model: nn.Module, config: LoraConfig) -> tuple[LoraCo
     if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
         skip = _output_layer_names(model, config)
         linear = _linear_types()
-        found = {n for n, m in model.named_modules() if isinstance(m, linear) and n not in skip}
-        found |= {n for n, m in model.named_modules() if isinstance(m, (LoraLinear, IA3Linear))}
+        # not the linear layers inside an adapter layer (its A and B): an adapter goes on the adapted layer
+        candidates = list(_candidate_modules(model))
+        found = {n for n, m in candidates if isinstance(m, (*linear, LoraLinear, IA3Linear)) and n not in skip}
         return cast(LoraConfig, config.replace(target_modules=found)), False
     return config, True
 
@@ -571,6 +573,15 @@ def adapter_parameters(model: nn.Module, name: str) -> Iterator[tuple[str, str, 
     for key, layer in adapter_layers(model):
         for local, in_file, param in layer.adapter_parameters(name):
             yield f"{key}.{local}", f"{key}.{in_file}", param
+
+
+def adapter_buffers(model: nn.Module, name: str) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """Adapter ``name``'s buffers (those of its trainable copies), named as :func:`adapter_parameters` names
+    tensors; saved and loaded with the adapter, never trained."""
+    for key, layer in adapter_layers(model):
+        if isinstance(layer, ModulesToSaveWrapper):
+            for local, in_file, buffer in layer.adapter_buffers(name):
+                yield f"{key}.{local}", f"{key}.{in_file}", buffer
 
 
 def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, freeze_others: bool = True) -> None:

@@ -107,3 +107,18 @@ def test_unsupported_peft_feature_is_refused(tmp_path):
     peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(layer_replication=[[0, 1]])).save_pretrained(tmp_path)
     with pytest.raises(peftkit.ConfigError, match="layer_replication"):
         peftkit.PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["lora", "ora_", "lora_A"])
+def test_an_adapter_named_like_the_tensor_prefix_saves_and_loads_intact(name: str, tmp_path) -> None:
+    """File keys are mapped through the layers, not by replacing strings: an adapter named 'lora' (PEFT warns
+    that its loading may re-initialize such an adapter) loads with its own tensors, in peftkit and in PEFT."""
+    torch.manual_seed(0)
+    model = peftkit.get_peft_model(tiny_model("llama"), peftkit.LoraConfig(init_lora_weights=False), adapter_name=name)
+    inputs = model_inputs("llama")
+    expected = outputs(model, inputs)
+    model.save_pretrained(tmp_path, selected_adapters=[name])
+    folder = tmp_path / name if (tmp_path / name).exists() else tmp_path
+    for lib in (peftkit, peft):
+        loaded = lib.PeftModel.from_pretrained(tiny_model("llama"), folder, adapter_name=name)
+        torch.testing.assert_close(outputs(loaded, inputs), expected, rtol=0, atol=1e-5)

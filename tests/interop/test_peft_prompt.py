@@ -99,3 +99,22 @@ def test_generation_of_a_peft_adapter_equals_greedy_decoding_through_peft_forwar
     assert steps >= 3 and torch.equal(got, expected[:, : got.shape[1]])
     assert torch.equal(as_dict.sequences, got)
     torch.testing.assert_close(torch.cat(as_dict.logits), expected_scores[:steps], atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_tuning_with_explicit_position_ids_equals_peft() -> None:
+    """RoPE models: explicit position_ids are the text's own; the prefix's positions come first, as in PEFT."""
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2)
+    ids, positions = torch.tensor([[1, 5, 7]]), torch.arange(3).unsqueeze(0)
+    logits = {}
+    for lib in (peft, peftkit):
+        torch.manual_seed(0)
+        base = transformers.LlamaForCausalLM(config).eval()
+        torch.manual_seed(1)
+        model = lib.get_peft_model(base, lib.PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM")).eval()
+        with torch.no_grad():
+            logits[lib.__name__] = model(input_ids=ids, position_ids=positions).logits
+            torch.testing.assert_close(model(input_ids=ids).logits, logits[lib.__name__], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits["peftkit"], logits["peft"], rtol=0, atol=1e-6)

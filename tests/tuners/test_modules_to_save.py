@@ -80,3 +80,32 @@ def test_a_module_without_a_batch_dimension_refuses_mixed_rows() -> None:
     with pytest.raises(TypeError, match="Mixed batching is only supported"):
         wrapper.check_rows(["a", "__base__"])
     wrapper.check_rows(["__base__"])  # no row uses a copy: nothing to split
+
+
+def test_a_norm_copy_saves_and_loads_its_running_statistics(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A BatchNorm in modules_to_save learns running statistics (buffers, not parameters): they are the copy's
+    state too, so they are saved and loaded (PEFT reads them from the same file)."""
+    import peft
+
+    import peftkit
+
+    class WithNorm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.norm = torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(self.linear(x))
+
+    torch.manual_seed(0)
+    model = peftkit.get_peft_model(WithNorm(), peftkit.LoraConfig(target_modules=["linear"], modules_to_save=["norm"]))
+    x = torch.randn(8, 3) * 5 + 2
+    model.train()
+    model(x)  # the copy's running mean and variance move
+    model.eval()
+    expected = model(x).detach()
+    model.save_pretrained(tmp_path)
+    for lib in (peftkit, peft):
+        torch.manual_seed(0)
+        loaded = lib.PeftModel.from_pretrained(WithNorm(), tmp_path).eval()
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=1e-6)

@@ -63,6 +63,13 @@ class ModulesToSaveWrapper(nn.Module):
             for sub, param in self.modules_to_save[name].named_parameters():
                 yield f"modules_to_save.{name}.{sub}", sub, param
 
+    def adapter_buffers(self, name: str) -> Iterator[tuple[str, str, torch.Tensor]]:
+        """Adapter ``name``'s copy's buffers (a norm's running statistics), named as
+        :meth:`adapter_parameters` names tensors: they are saved and loaded with the copy, as in PEFT."""
+        if name in self.modules_to_save:
+            for sub, buffer in self.modules_to_save[name].named_buffers():
+                yield f"modules_to_save.{name}.{sub}", sub, buffer
+
     def set_active(self, names: list[str]) -> None:
         """Use adapter ``names``' copy; a full copy replaces the module, so two adapters cannot share it."""
         held = [n for n in names if n in self.modules_to_save]
@@ -70,6 +77,13 @@ class ModulesToSaveWrapper(nn.Module):
             raise ValueError(f"Only one adapter can be set at a time for ModulesToSaveWrapper: {held} each hold a full "
                              "copy of this module, and copies cannot be combined (PEFT refuses the same)")
         self.active_adapter = held[0] if held else None
+
+    def set_adapter(self, adapter_names: str | list[str]) -> None:
+        """PEFT's layer method: use this adapter's copy (its parameters train, the other copies are frozen)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self.set_active(names)
+        for name, copy_ in self.modules_to_save.items():
+            copy_.requires_grad_(name in names)
 
     @property
     def active_adapters(self) -> list[str]:
