@@ -33,7 +33,7 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
     base = _card_base_model(model)
     active = model.peft_config[model.active_adapter]
     tags = {"peftkit"} | ({f"base_model:adapter:{base}"} if base else set())
-    tags |= {"lora"} if active.peft_type.value == "LORA" else set()
+    tags |= {"lora"} if active.peft_type_name == "LORA" else set()
     tags |= {"transformers"} if hasattr(model, "config") else set()
     causal = active.task_type is not None and active.task_type.value == "CAUSAL_LM"
     pipeline = "text-generation" if causal else None
@@ -44,7 +44,7 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
     lines = ["| adapter | method | task |", "|---|---|---|"]
     for name, config in model.peft_config.items():
         task = config.task_type.value if config.task_type is not None else "-"
-        lines.append(f"| {name} | {config.peft_type.value} | {task} |")
+        lines.append(f"| {name} | {config.peft_type_name} | {task} |")
     lines += ["", *training] if training else []
     gguf = getattr(model.get_base_model(), "gguf_source", None)
     if gguf:
@@ -53,7 +53,7 @@ def write_model_card(folder: Path, model: Any, training: list[str] | None = None
                   f"({base or 'the base model'}), so it fits the GGUF's de-quantized weights best."]
 
     fields = {**data.to_dict(), "model_id": f"an adapter of {base}" if base else "an adapter",
-              "model_description": "\n".join(lines), "model_type": f"{active.peft_type.value} adapter",
+              "model_description": "\n".join(lines), "model_type": f"{active.peft_type_name} adapter",
               "base_model": base,
               "model_summary": f"{CARD_MARK} in Hugging Face PEFT's format: it loads in peftkit and in PEFT.",
               "get_started_code": "```python\nfrom peftkit import PeftModel\n\nmodel = PeftModel.from_pretrained("

@@ -8,8 +8,15 @@ import torch
 from torch import nn
 
 from .config import PeftConfig
-from .errors import AdapterFormatError, AdapterNotFoundError, BrokenAdapterError, ConfigError, short_repr
-from .tuners.lora import unpaired_factors
+from .errors import (
+    AdapterFormatError,
+    AdapterNotFoundError,
+    BrokenAdapterError,
+    ConfigError,
+    PeftWarning,
+    short_repr,
+)
+from .tuners.lora import rank_axis, unpaired_factors
 from .tuners.rows import BASE_ROW
 
 __all__ = ["check_adapter_name", "check_finite_weights", "check_mixed_batch", "check_new_adapter", "check_saveable",
@@ -65,6 +72,23 @@ def check_saveable(name: str, config: PeftConfig, tensors: dict[str, torch.Tenso
     if unpaired:
         raise AdapterFormatError(f"adapter {name!r} is inconsistent: {len(unpaired)} layer(s) hold "
                                  "only one of lora_A and lora_B; it would not load again")
+    _warn_ungathered(name, tensors)
+
+
+def _warn_ungathered(name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """PEFT's warning for LoRA factors that are 1-D or empty: DeepSpeed ZeRO-3 or FSDP shards saved without
+    gathering them first (the file is written, as PEFT writes it; it holds an incomplete adapter)."""
+    bad = [(k, tuple(t.shape)) for k, t in tensors.items()
+           if rank_axis(k) is not None and (t.dim() < 2 or 0 in t.shape)]
+    if bad:
+        preview = ", ".join(f"{k}:{shape}" for k, shape in bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3
+                                                                        else "")
+        warnings.warn(f"Adapter {name!r}: {len(bad)} LoRA tensor(s) have invalid shape: {preview}. A 1-D or "
+                      "zero-sized lora_A / lora_B tensor indicates that DeepSpeed ZeRO-3 / FSDP shards were not "
+                      "gathered before save_pretrained() and are therefore incomplete. Wrap the save in "
+                      "deepspeed.zero.GatheredParameters([...], modifier_rank=None) for ZeRO-3, or "
+                      "torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(model) for FSDP.",
+                      PeftWarning, stacklevel=4)
 
 
 def check_new_adapter(name: str, config: object, held: dict[str, PeftConfig]) -> None:

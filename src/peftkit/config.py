@@ -178,7 +178,7 @@ class PeftConfig:
     """PEFT's record of a custom base model class (``base_model_class``, ``parent_library``), kept as read; the
     auto classes refuse one outside transformers and diffusers and never import from any other."""
 
-    peft_type: ClassVar[PeftType]
+    peft_type: ClassVar[PeftType | str]
     # PEFT fields that peftkit reads but does not implement, with the value meaning "off".
     # Written so PEFT sees a complete config; a non-default value on load is an error.
     _unsupported: ClassVar[dict[str, Any]] = {}
@@ -203,6 +203,11 @@ class PeftConfig:
         """Append a line to ``problems`` for each invalid field. Subclasses extend this."""
 
     @property
+    def peft_type_name(self) -> str:
+        """``peft_type`` as files write it (``"LORA"``), for a built-in method or a registered one."""
+        return str(getattr(self.peft_type, "value", self.peft_type))
+
+    @property
     def is_prompt_learning(self) -> bool:
         """Whether the method adds virtual tokens instead of changing layers."""
         return False
@@ -215,7 +220,7 @@ class PeftConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form, with PEFT's field names and enum values as strings."""
-        out: dict[str, Any] = {"peft_type": self.peft_type.value}
+        out: dict[str, Any] = {"peft_type": self.peft_type_name}
         for f in dataclasses.fields(self):
             if f.name in self._local:
                 continue
@@ -611,7 +616,7 @@ class IA3Config(PeftConfig):
                                 f"targets; every feed-forward module must also be a target")
 
 
-CONFIG_CLASSES: dict[PeftType, type[PeftConfig]] = {
+CONFIG_CLASSES: dict[str, type[PeftConfig]] = {  # by peft_type; peftkit.methods.register_method adds to it
     PeftType.LORA: LoraConfig,
     PeftType.PROMPT_TUNING: PromptTuningConfig,
     PeftType.P_TUNING: PromptEncoderConfig,
@@ -694,19 +699,14 @@ def _is_off(value: Any, off: Any) -> bool:
 
 def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str | None) -> type[PeftConfig]:
     peft_type = data.get("peft_type")
+    known = ", ".join(str(getattr(t, "value", t)) for t in CONFIG_CLASSES)
     if peft_type is None:
         if expected is PeftConfig or expected is PromptLearningConfig:
-            raise ConfigError(
-                "missing 'peft_type'; expected one of " + ", ".join(t.value for t in PeftType), source=source
-            )
+            raise ConfigError("missing 'peft_type'; expected one of " + known, source=source)
         return expected
-    try:
-        cls = CONFIG_CLASSES[PeftType(str(peft_type).upper())]
-    except ValueError:
-        raise ConfigError(
-            f"peft_type={peft_type!r} is not supported; expected one of " + ", ".join(t.value for t in PeftType),
-            source=source,
-        ) from None
+    cls = CONFIG_CLASSES.get(str(getattr(peft_type, "value", peft_type)).upper())
+    if cls is None:
+        raise ConfigError(f"peft_type={peft_type!r} is not supported; expected one of {known}", source=source)
     if not issubclass(cls, expected):
         raise ConfigError(f"peft_type={peft_type!r} does not fit {expected.__name__}", source=source)
     return cls

@@ -18,10 +18,10 @@ from torch.nn.modules.module import _IncompatibleKeys
 from . import format as fmt
 from . import surgery, tying
 from .checks import check_adapter_name
-from .config import IA3Config, LoraConfig, PeftConfig, adopt
+from .config import PeftConfig, adopt
 from .embeddings import embedding_state
 from .errors import ConfigError
-from .mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+from .methods import method_for
 from .model import PeftModel
 
 __all__ = ["get_base_model_state_dict", "get_peft_model_state_dict", "inject_adapter_in_model",
@@ -43,15 +43,15 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
         ConfigError: a prompt-learning config (it needs the PeftModel's forward).
     """
     check_adapter_name(adapter_name)
-    if not isinstance(peft_config, (LoraConfig, IA3Config)):
-        raise ConfigError(f"{type(peft_config).__name__}: inject_adapter_in_model takes LoRA or IA3 configs; "
-                          "prompt-learning methods change the model's inputs, so use get_peft_model")
+    method = method_for(peft_config)
+    if method.inject is None or method.prefix is None:
+        raise ConfigError(f"{type(peft_config).__name__}: inject_adapter_in_model takes the configs of methods that "
+                          "add layers (LoRA, IA3); prompt-learning methods change the model's inputs, so use "
+                          "get_peft_model")
     placed: PeftConfig = peft_config
     if state_dict is not None:
-        placed = _placed_by(peft_config, model, _layers_in(state_dict, PEFT_TYPE_TO_PREFIX_MAPPING[
-            peft_config.peft_type]))
-    inject = surgery.inject_lora if isinstance(peft_config, LoraConfig) else surgery.inject_ia3
-    adopt(peft_config, inject(model, placed, adapter_name))  # type: ignore[arg-type]
+        placed = _placed_by(peft_config, model, _layers_in(state_dict, method.prefix))
+    adopt(peft_config, method.inject(model, placed, adapter_name))
     if peft_config.modules_to_save:
         surgery.add_modules_to_save(model, list(peft_config.modules_to_save), adapter_name,
                                     tying.saved_ties(model, peft_config))
@@ -64,7 +64,7 @@ def inject_adapter_in_model(peft_config: PeftConfig, model: nn.Module, adapter_n
     return model
 
 
-def _placed_by(config: LoraConfig | IA3Config, model: nn.Module, layers: set[str]) -> PeftConfig:
+def _placed_by(config: Any, model: nn.Module, layers: set[str]) -> PeftConfig:
     """``config`` adapting exactly ``layers``; PEFT's warning when the config alone would adapt others."""
     if config.target_modules is not None:
         named = {n for n, _ in model.named_modules() if surgery.is_target(config, n)}
@@ -79,9 +79,11 @@ def _placed_by(config: LoraConfig | IA3Config, model: nn.Module, layers: set[str
                 message += f"The state_dict contained these additional target modules: {extra_state}. "
             warnings.warn(message, RuntimeWarning, stacklevel=3)
     exact = {"target_modules": layers, "exclude_modules": None}  # the state_dict's layers, all of them
-    if isinstance(config, IA3Config):  # the feed-forward ones among the layers, by the config's own rule
-        return config.replace(**exact, feedforward_modules={n for n in layers if surgery.is_feedforward(config, n)})
-    return config.replace(**exact, layers_to_transform=None, layers_pattern=None)
+    if hasattr(config, "feedforward_modules"):  # IA3: the feed-forward ones among the layers, by its own rule
+        exact["feedforward_modules"] = {n for n in layers if surgery.is_feedforward(config, n)}
+    if hasattr(config, "layers_to_transform"):
+        exact.update(layers_to_transform=None, layers_pattern=None)
+    return config.replace(**exact)
 
 
 def _layers_in(state_dict: dict[str, Any], prefix: str) -> set[str]:

@@ -7,11 +7,12 @@ method adapts a model, with the attributes PEFT code reads from PEFT's tuner cla
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from .config import CONFIG_CLASSES, PeftConfig, PeftType
-from .tuners.ia3 import IA3Linear
-from .tuners.lora import LoraLayer
+from .config import PeftConfig, PeftType
+from .methods import Method, methods
 
 __all__ = ["PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_PREFIX_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "Tuner"]
 
@@ -22,15 +23,32 @@ class Tuner:
     prompt methods, which add no layer tensors), and whether adapters share state across layers (none of
     peftkit's methods do)."""
 
-    peft_type: PeftType
+    peft_type: PeftType | str
     config_class: type[PeftConfig]
     prefix: str | None
     uses_shared_state: bool = False
 
 
-PEFT_TYPE_TO_CONFIG_MAPPING: dict[PeftType, type[PeftConfig]] = dict(CONFIG_CLASSES)
-PEFT_TYPE_TO_PREFIX_MAPPING: dict[PeftType, str] = {PeftType.LORA: LoraLayer.prefix, PeftType.IA3: IA3Linear.prefix}
-PEFT_TYPE_TO_TUNER_MAPPING: dict[PeftType, Tuner] = {
-    peft_type: Tuner(peft_type, config_class, PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_type))
-    for peft_type, config_class in CONFIG_CLASSES.items()
-}
+class _ByPeftType(Mapping[str, Any]):
+    """A live view of the method registry keyed by ``peft_type`` (a method registered later appears too)."""
+
+    def __init__(self, value: Any, layer_methods_only: bool = False) -> None:
+        self._value, self._layers_only = value, layer_methods_only
+
+    def _methods(self) -> dict[str, Method]:
+        return {m.peft_type: m for m in methods() if m.inject is not None or not self._layers_only}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._value(self._methods()[str(getattr(key, "value", key))])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([PeftType(t) if t in PeftType._value2member_map_ else t for t in self._methods()])
+
+    def __len__(self) -> int:
+        return len(self._methods())
+
+
+PEFT_TYPE_TO_CONFIG_MAPPING: Mapping[str, type[PeftConfig]] = _ByPeftType(lambda m: m.config_class)
+PEFT_TYPE_TO_PREFIX_MAPPING: Mapping[str, str] = _ByPeftType(lambda m: m.prefix, layer_methods_only=True)
+PEFT_TYPE_TO_TUNER_MAPPING: Mapping[str, Tuner] = _ByPeftType(
+    lambda m: Tuner(m.config_class.peft_type, m.config_class, m.prefix))

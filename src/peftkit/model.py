@@ -29,10 +29,7 @@ from .checks import (
     warn_base_rewriting_adapters,
 )
 from .config import (
-    IA3Config,
-    LoraConfig,
     PeftConfig,
-    PrefixTuningConfig,
     PromptLearningConfig,
     TaskType,
     adopt,
@@ -40,7 +37,7 @@ from .config import (
 from .errors import AdapterNotFoundError, AdapterStateError, ConfigError, PromptAdapterError
 from .holder import BaseModelHolder
 from .inspection import count_parameters
-from .mapping import PEFT_TYPE_TO_PREFIX_MAPPING
+from .methods import method_for
 from .quantization import is_quantized_model
 from .status import get_layer_status, get_model_status
 from .wrapper import ModelWrapper, is_transformers_model
@@ -153,6 +150,7 @@ class PeftModel(ModelWrapper):
         if config.task_type is None and self.task_type is not None:
             config = config.replace(task_type=self.task_type)
         base = self.get_base_model()
+        before = {name: p.requires_grad for name, p in self.named_parameters()}
         # the task's head trains in full (modules_to_save) before any layer is targeted: a target list naming it
         # then adapts nothing there, as in PEFT
         defaults = self._default_modules_to_save(base, config)
@@ -168,22 +166,24 @@ class PeftModel(ModelWrapper):
             surgery.cast_adapter_to_layers(base, adapter_name)
         if low_cpu_mem_usage:  # empty until loaded (load_adapter, set_peft_model_state_dict), as in PEFT
             surgery.adapter_to_meta(base, adapter_name)
-        # the active adapter again: a new adapter stays inactive and frozen until chosen, as in PEFT; when the
-        # active one was deleted (the model held no adapter), the new one is all there is
-        active = self.active_adapter if self.active_adapter in self.peft_config else adapter_name
-        self.set_adapter(active)
+        # a new adapter stays inactive and frozen until chosen, and every other parameter keeps its requires_grad,
+        # as in PEFT; when the active one was deleted (the model held no adapter), the new one is all there is
+        if self.active_adapter not in self.peft_config or self.active_adapter == adapter_name:
+            self.set_adapter(adapter_name)
+            return
+        surgery.set_active(base, self.active_adapters)  # the new layers learn which adapters are active
+        for name, param in self.named_parameters():
+            param.requires_grad_(before.get(name, False))
 
     def _inject(self, base: nn.Module, config: PeftConfig, adapter_name: str) -> PeftConfig:
-        """Add the adapter's layers or prompt module; returns the config resolved against ``base``."""
-        if isinstance(config, LoraConfig):
-            return surgery.inject_lora(base, config, adapter_name)
-        if isinstance(config, IA3Config):
-            return surgery.inject_ia3(base, config, adapter_name)
-        if isinstance(config, PromptLearningConfig):
-            config = prompting.resolve(base, config)
-            self.prompt_encoder[adapter_name] = prompting.build_prompt_module(base, config)
-            return config
-        raise ConfigError(f"{type(config).__name__} is not supported")
+        """Add the adapter's layers or prompt module, as its method does (:mod:`peftkit.methods`); returns the
+        config resolved against ``base``."""
+        method = method_for(config)
+        if method.inject is not None:
+            return cast(PeftConfig, method.inject(base, config, adapter_name))
+        config = prompting.resolve(base, cast(PromptLearningConfig, config))  # the model's sizes filled in
+        self.prompt_encoder[adapter_name] = cast(Any, method.prompt_module)(base, config)
+        return config
 
     def _default_modules_to_save(self, base: nn.Module, config: PeftConfig) -> list[str]:
         return []
@@ -211,7 +211,7 @@ class PeftModel(ModelWrapper):
         """
         if self.active_peft_config.is_prompt_learning:
             raise TypeError("Setting `requires_grad` is not supported for prompt learning methods like "
-                            f"{self.active_peft_config.peft_type.value}.")
+                            f"{self.active_peft_config.peft_type_name}.")
         for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
             self._require(name)
             for _, _, param in surgery.adapter_parameters(self.get_base_model(), name):
@@ -306,7 +306,7 @@ class PeftModel(ModelWrapper):
         """
         configs = [self._require(a) for a in adapters]
         weighted.check_no_shared_copies(surgery.shared_trainable_copies(self.get_base_model(), adapters))
-        if all(isinstance(c, IA3Config) for c in configs):  # PEFT's IA3 combination: sum(w * l)
+        if {method_for(c).name for c in configs} == {"ia3"}:  # PEFT's IA3 combination: sum(w * l)
             if adapter_name not in self.peft_config:  # PEFT leaves an existing adapter of that name alone
                 self.add_adapter(adapter_name, weighted.plan_ia3(configs, weights))
                 surgery.combine_ia3(self.get_base_model(), adapters, list(weights), adapter_name)
@@ -371,7 +371,7 @@ class PeftModel(ModelWrapper):
         prompt tuning and p-tuning; none for prefix tuning (its prefix lives in the cache) and none in an
         encoder-decoder model's output (the virtual tokens go in front of the encoder input)."""
         config = self.active_peft_config
-        if self._prompt_module() is None or isinstance(config, PrefixTuningConfig):
+        if self._prompt_module() is None or prompting.prefix_in_cache(config):
             return 0
         return 0 if config.task_type == TaskType.SEQ_2_SEQ_LM else int(getattr(config, "num_virtual_tokens", 0) or 0)
 
@@ -379,7 +379,7 @@ class PeftModel(ModelWrapper):
     def prefix_in_cache(self) -> bool:
         """True when the active, enabled adapter is prefix tuning: its key/values reach the model as a cache,
         so a packed batch needs a mask per example (``packed_segments``) rather than slots."""
-        return self._prompt_module() is not None and isinstance(self.active_peft_config, PrefixTuningConfig)
+        return self._prompt_module() is not None and prompting.prefix_in_cache(self.active_peft_config)
 
     @property
     def uses_prompt_adapter(self) -> bool:
@@ -582,9 +582,9 @@ class PeftModel(ModelWrapper):
     @property
     def prefix(self) -> str:
         """The parameter-name prefix of the active method's tensors (``lora_``, ``ia3_``), as PEFT's tuner has."""
-        prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(self.active_peft_config.peft_type)
+        prefix = method_for(self.active_peft_config).prefix
         if prefix is None:
-            raise AttributeError(f"{self.active_peft_config.peft_type.value} adds no layer tensors, so has no prefix")
+            raise AttributeError(f"{self.active_peft_config.peft_type_name} adds no layer tensors, so has no prefix")
         return prefix
 
     def get_layer_status(self) -> list[Any]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import (
+    PeftConfig,
     PrefixTuningConfig,
     PromptEncoderConfig,
     PromptLearningConfig,
@@ -82,6 +83,12 @@ def _model_config(base: nn.Module) -> dict[str, Any]:
 
 def _first(config: dict[str, Any], *keys: str) -> Any:
     return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def prefix_in_cache(config: PeftConfig) -> bool:
+    """Whether the method puts its virtual tokens in the attention cache (prefix tuning) rather than in front of
+    the input embeddings."""
+    return isinstance(config, PrefixTuningConfig)
 
 
 def resolve(base: nn.Module, config: PromptLearningConfig) -> PromptLearningConfig:

@@ -16,6 +16,7 @@ from torch import nn
 from . import surgery
 from .holder import BaseModelHolder
 from .inspection import count_parameters
+from .methods import method_named
 from .tuners.base import AdapterLayer
 
 __all__ = ["TunerLayerStatus", "TunerModelStatus", "get_layer_status", "get_model_status"]
@@ -123,7 +124,7 @@ def get_model_status(model: nn.Module) -> TunerModelStatus:
     peft = _is_peft_model(model)
     base = cast(Any, model).get_base_model() if peft else model
     configs = getattr(model, "peft_config", {}) or {}
-    peft_types = {name: config.peft_type.value for name, config in configs.items()}
+    peft_types = {name: config.peft_type_name for name, config in configs.items()}
     kinds = set(peft_types.values())
     trainable, total = count_parameters(model)
     merged_all = {a for s in layers for a in s.merged_adapters}
@@ -137,8 +138,7 @@ def get_model_status(model: nn.Module) -> TunerModelStatus:
             devices[adapter].update(found)
     return TunerModelStatus(
         base_model_type=type(base).__name__ if peft or _is_transformers_model(base) else "other",  # PEFT's words
-        adapter_model_type=("None" if not peft else
-                            {"LORA": "LoraModel", "IA3": "IA3Model"}.get(next(iter(kinds)), "PeftModel")
+        adapter_model_type=("None" if not peft else method_named(next(iter(kinds))).tuner_name or "PeftModel"
                             if len(kinds) == 1 else "PeftModel"),
         peft_types=peft_types, trainable_params=trainable, total_params=total, num_adapter_layers=len(layers),
         enabled=_agreed([s.enabled for s in layers]),

@@ -242,8 +242,9 @@ def _warn_unmatched_patterns(config: LoraConfig, keys: list[str]) -> None:
         pattern = getattr(config, name)
         unmatched = sorted(p for p in pattern if not any(_regex("match", rf"(.*\.)?({p})$", k) for k in keys))
         if unmatched:
-            warnings.warn(f"The following {name} keys did not match any targeted module and were ignored: "
-                          f"{unmatched}. Targeted modules: {keys[:5]}{' ...' if len(keys) > 5 else ''}",
+            shown = f"{keys[:5]}{' ...' if len(keys) > 5 else ''}"
+            warnings.warn(f"The following {name} keys did not match any targeted module (the targets: {shown}; a "
+                          f"key is a name suffix or a regex) and were ignored: {unmatched}.",
                           RuntimeWarning, stacklevel=4)
 
 
@@ -603,17 +604,21 @@ def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, free
 
 
 def untie_adapted_embeddings(model: nn.Module) -> bool:
-    """Before a merge into input embeddings that share their weight with the LM head: give the embeddings their
-    own copy, so the head keeps the weight it computes with unmerged (merged then equals unmerged). Returns
-    whether it untied them; :func:`record_untied_embeddings` then corrects the config."""
+    """Before a merge into input embeddings or an LM head that share one weight: give the adapted one its own
+    copy, so the other keeps the weight it computes with unmerged (merged then equals unmerged; merged into the
+    shared weight, LoRA on the head would change the input embeddings too). Returns whether it untied them;
+    :func:`record_untied_embeddings` then corrects the config."""
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     embeddings = get_in() if callable(get_in) else None
     head = get_out() if callable(get_out) else None
-    if not isinstance(embeddings, LoraEmbedding) or head is None or getattr(head, "weight", None) is not \
-            embeddings.weight:
+    shared = getattr(embeddings, "weight", None)
+    if shared is None or getattr(head, "weight", None) is not shared:
         return False
-    base = cast(nn.Embedding, embeddings.base_layer)
-    base.weight = nn.Parameter(embeddings.weight.detach().clone(), requires_grad=False)
+    adapted = next((m for m in (embeddings, head) if isinstance(m, AdapterLayer)), None)
+    if adapted is None:
+        return False
+    base = adapted.base_layer
+    base.weight = nn.Parameter(cast(torch.Tensor, shared).detach().clone(), requires_grad=False)
     return True
 
 

@@ -123,3 +123,25 @@ def test_ensure_weight_tying_where_nothing_is_tied_warns_and_ties_nothing(lib: A
                                                                     ensure_weight_tying=True))
     embed, head = model.base_model.model.model.embed_tokens, model.base_model.model.lm_head
     assert head.lora_A["default"].weight.data_ptr() != embed.lora_embedding_B["default"].data_ptr()
+
+
+def test_merging_lora_on_a_head_tied_to_the_embeddings_keeps_the_outputs() -> None:
+    """Merged into the one weight they share, the head's update would change the input embeddings too; the head
+    gets its own weight first, so merged equals unmerged and the config says untied (PEFT warns instead)."""
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(config).eval()
+    embeddings = base.model.embed_tokens.weight.detach().clone()
+    with pytest.warns(UserWarning, match="ensure_weight_tying"):
+        model = peftkit.get_peft_model(base, peftkit.LoraConfig(target_modules=["lm_head"], init_lora_weights=False))
+    with torch.no_grad():
+        expected = model(input_ids=TOKENS).logits
+    with pytest.warns(UserWarning, match="Setting `tie_word_embeddings=False`"):
+        merged = model.merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=TOKENS).logits, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(merged.model.embed_tokens.weight, embeddings)  # the input side is untouched
+    assert not merged.config.tie_word_embeddings

@@ -31,7 +31,7 @@ _MERGE_INSTEAD = "export the merged model instead: peftkit export BASE ADAPTER -
 
 def _check_exportable(config: Any, name: str) -> LoraConfig:
     if not isinstance(config, LoraConfig):
-        raise ConfigError(f"adapter {name!r} is {config.peft_type.value}; llama.cpp applies only LoRA adapters. "
+        raise ConfigError(f"adapter {name!r} is {config.peft_type_name}; llama.cpp applies only LoRA adapters. "
                           f"For prompt tuning, p-tuning and prefix tuning there is no GGUF form; for IA3, "
                           f"{_MERGE_INSTEAD}")
     problems = []

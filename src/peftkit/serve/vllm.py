@@ -21,7 +21,7 @@ def vllm_problems(config: PeftConfig, max_lora_rank: int = VLLM_MAX_LORA_RANK) -
     """Why vLLM would refuse the adapter ``config`` describes (vLLM's words where it has them); empty when it
     would load it."""
     if not isinstance(config, LoraConfig):
-        return [f"vLLM serves LoRA adapters only, not {config.peft_type.value}"]
+        return [f"vLLM serves LoRA adapters only, not {config.peft_type_name}"]
     problems = []
     if config.modules_to_save:
         problems.append(f"vLLM only supports modules_to_save being None (this adapter trains a full copy of "

@@ -21,25 +21,25 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import CONFIG_CLASSES, PeftConfig, PeftType, TaskType, _is_number
+from ..config import PeftConfig, TaskType, _is_number
 from ..configfile import read_config_file
 from ..data import DataConfig
 from ..errors import ConfigError, did_you_mean
 from ..errors import short_repr as _short
+from ..methods import method_named, methods
 from ..prompting import GRADIENT_CHECKPOINTING
 from ..schema import _choice, _positive, coerce, field_docs, field_types, typecheck
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
 
-METHODS: dict[str, PeftType | None] = {
-    "full": None,  # every weight trains; no adapter
-    "lora": PeftType.LORA,
-    "prompt_tuning": PeftType.PROMPT_TUNING,
-    "p_tuning": PeftType.P_TUNING,
-    "prefix_tuning": PeftType.PREFIX_TUNING,
-    "ia3": PeftType.IA3,
-}
-PROMPT_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")  # virtual tokens in front of every row
+FULL = "full"
+"""The method that trains every weight, with no adapter; every other method is a registered one
+(:mod:`peftkit.methods`)."""
+
+
+def method_names() -> tuple[str, ...]:
+    """What ``method`` accepts: ``full`` and every registered method's name."""
+    return (FULL, *(m.name for m in methods()))
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -203,7 +203,7 @@ class JobConfig:
     def __post_init__(self) -> None:
         problems: list[str] = []
         build_sections(self, problems)
-        _choice(problems, "method", self.method, tuple(METHODS))
+        _choice(problems, "method", self.method, method_names())
         _choice(problems, "dtype", self.dtype, DTYPES)
         if self.quantization is not None:
             _choice(problems, "quantization", self.quantization, ("nf4", "fp4"))
@@ -220,7 +220,7 @@ class JobConfig:
         if self.method == "prefix_tuning" and getattr(self.train, "gradient_checkpointing", False) is True:
             problems.append("train.gradient_checkpointing: " + GRADIENT_CHECKPOINTING)
         validate_sections(self, problems)
-        if isinstance(self.method, str) and self.method in METHODS and isinstance(self.adapter, dict):
+        if isinstance(self.method, str) and self.method in method_names() and isinstance(self.adapter, dict):
             try:
                 if self.peft_config() is not None:
                     self.adapter = self._typed_adapter()  # text from YAML or flags, typed by the method's schema
@@ -231,18 +231,17 @@ class JobConfig:
 
     def peft_config(self) -> PeftConfig | None:
         """The typed adapter config of ``method`` with ``adapter``'s fields, for a causal LM (None: full)."""
-        peft_type = METHODS[self.method]
-        if peft_type is None:
+        if self.method == FULL:
             if self.adapter:
                 raise ConfigError([f"method full trains every weight and takes no adapter fields (got "
                                    f"{', '.join(self.adapter)}); remove them or choose an adapter method"])
             return None
-        cls = CONFIG_CLASSES[peft_type]
+        cls = method_named(self.method).config_class
         return cls(**{"task_type": TaskType.CAUSAL_LM, **self._typed_adapter()})
 
     def _typed_adapter(self) -> dict[str, Any]:
         """``adapter`` with each value typed by the method's config class; unknown fields are a ConfigError."""
-        cls = CONFIG_CLASSES[METHODS[self.method] or PeftType.LORA]
+        cls = method_named("lora" if self.method == FULL else self.method).config_class
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = [k for k in self.adapter if k not in known]
         if unknown:

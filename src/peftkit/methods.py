@@ -1,0 +1,146 @@
+"""The method registry: one registration is everything the package needs to know about a PEFT method.
+
+A :class:`Method` names the method once (``"lora"``; the CLI, training configs and ``compare`` use this name),
+gives its ``adapter_config.json`` type (``"LORA"``), its config class, its adapter layer classes and the prefix
+of its tensors' names, and says how it adapts a model: ``inject`` places adapter layers in the model (LoRA,
+IA3), ``prompt_module`` builds the module that makes its virtual tokens (prompt tuning, p-tuning, prefix
+tuning). Everything else (saving, loading, merging, training, statuses, ``peftkit inspect``) works on the
+generic layer API of :class:`~peftkit.tuners.base.AdapterLayer` and asks this registry for the rest.
+
+Adding a method is a config class, a layer class and one :func:`register_method` call;
+``docs/architecture.md`` walks through a complete one (``tests/test_methods.py`` registers it from the test file
+alone and runs it through the whole package).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from . import prompting, surgery
+from .config import CONFIG_CLASSES, PeftConfig, PeftType
+from .errors import ConfigError, did_you_mean
+from .tuners.ia3 import IA3Conv, IA3Linear
+from .tuners.lora import LoraLayer
+
+__all__ = ["Method", "method_for", "method_named", "methods", "register_method"]
+
+Inject = Callable[[nn.Module, Any, str], Any]
+"""``inject(model, config, adapter_name) -> config``: place adapter ``adapter_name``'s layers in ``model`` (in
+place) and return ``config`` resolved against the model (targets listed), as its file records it."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One PEFT method, as the package sees it.
+
+    Attributes:
+        name: the one name users write (``"lora"``, ``"prompt_tuning"``): CLI flags, training configs, reports.
+        peft_type: the method's ``peft_type`` in ``adapter_config.json`` (``"LORA"``), PEFT's spelling.
+        config_class: its config (a :class:`~peftkit.config.PeftConfig` subclass whose ``peft_type`` is this one).
+        tuner_name: PEFT's name for the model-level tuner (``"LoraModel"``), as statuses report it; None for a
+            prompt method (PEFT has no tuner for those).
+        inject: how it places its layers (layer methods); None for a prompt method.
+        prompt_module: how it builds its virtual-token module (prompt methods); None for a layer method.
+        layer_classes: the adapter layers it places; "all-linear" re-targets a layer of these classes, and a
+            layer of another method's classes is never shared.
+        prefix: what its tensors' names start with (``"lora_"``); None for prompt methods.
+    """
+
+    name: str
+    peft_type: str
+    config_class: type[PeftConfig]
+    tuner_name: str | None = None
+    inject: Inject | None = None
+    prompt_module: Callable[[nn.Module, Any], nn.Module] | None = None
+    layer_classes: tuple[type[nn.Module], ...] = ()
+    prefix: str | None = None
+
+    @property
+    def is_prompt(self) -> bool:
+        """Whether it adds virtual tokens (a module beside the model) rather than adapter layers."""
+        return self.prompt_module is not None
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` known to the whole package (configs, files, CLI, training, statuses).
+
+    Raises:
+        ConfigError: the name or ``peft_type`` is taken by another method, the config class's ``peft_type``
+            is not the method's, or the method says neither how it injects nor how it builds its prompt.
+    """
+    problems = []
+    for other in _REGISTRY.values():
+        if other.name != method.name and other.peft_type == method.peft_type:
+            problems.append(f"peft_type {method.peft_type!r} already belongs to method {other.name!r}")
+    held = _REGISTRY.get(method.name)
+    if held is not None and held.config_class is not method.config_class:
+        problems.append(f"method name {method.name!r} is taken by {held.config_class.__name__}")
+    if getattr(method.config_class, "peft_type", None) != method.peft_type:  # PeftType is a str enum
+        problems.append(f"{method.config_class.__name__}.peft_type must be {method.peft_type!r}")
+    if (method.inject is None) == (method.prompt_module is None):
+        problems.append("give exactly one of inject (a layer method) and prompt_module (a prompt method)")
+    if problems:
+        raise ConfigError(problems, source=f"method {method.name!r}")
+    _REGISTRY[method.name] = method
+    CONFIG_CLASSES[method.peft_type] = method.config_class  # files name it by its peft_type
+    return method
+
+
+def methods() -> Iterator[Method]:
+    """Every registered method, built-ins first."""
+    return iter(list(_REGISTRY.values()))
+
+
+def method_for(config: PeftConfig) -> Method:
+    """The method of a config (its class, or the nearest registered base class).
+
+    Raises:
+        ConfigError: no registered method has this config class.
+    """
+    for cls in type(config).__mro__:
+        for method in _REGISTRY.values():
+            if method.config_class is cls:
+                return method
+    raise ConfigError(f"{type(config).__name__} is no registered method's config; register the method with "
+                      "peftkit.methods.register_method first")
+
+
+def method_named(name: str) -> Method:
+    """The method called ``name`` (its name, or its ``peft_type`` in any case: ``"lora"``, ``"LORA"``).
+
+    Raises:
+        ConfigError: no such method, with the known names.
+    """
+    for method in _REGISTRY.values():
+        if name in (method.name, method.peft_type) or name.upper() == method.peft_type:
+            return method
+    known = [m.name for m in _REGISTRY.values()]
+    raise ConfigError(f"method {name!r} is unknown; expected one of {', '.join(known)}.{did_you_mean(name, known)}")
+
+
+def _prompt_module(base: nn.Module, config: Any) -> nn.Module:
+    return prompting.build_prompt_module(base, config)
+
+
+def _register_builtins() -> None:
+    from .tuners.lora_conv import LoraConv
+    from .tuners.lora_embedding import LoraEmbedding
+
+    lora_layers = (LoraLayer, LoraEmbedding, LoraConv)
+    register_method(Method("lora", PeftType.LORA.value, CONFIG_CLASSES[PeftType.LORA], "LoraModel",
+                           inject=surgery.inject_lora, layer_classes=lora_layers, prefix=LoraLayer.prefix))
+    for name, peft_type in (("prompt_tuning", PeftType.PROMPT_TUNING), ("p_tuning", PeftType.P_TUNING),
+                            ("prefix_tuning", PeftType.PREFIX_TUNING)):
+        register_method(Method(name, peft_type.value, CONFIG_CLASSES[peft_type], prompt_module=_prompt_module))
+    register_method(Method("ia3", PeftType.IA3.value, CONFIG_CLASSES[PeftType.IA3], "IA3Model",
+                           inject=surgery.inject_ia3, layer_classes=(IA3Linear, IA3Conv), prefix=IA3Linear.prefix))
+
+
+_register_builtins()
