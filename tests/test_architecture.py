@@ -99,3 +99,42 @@ def test_configs_change_only_in_config_py() -> None:
                         and "config" in target.value.id):
                     found.append(f"{path.name}:{node.lineno} {target.value.id}.{target.attr}")
     assert not found, "adapter config fields assigned outside config.py: " + "; ".join(found)
+
+
+# The modules that are one method's (or one method family's) home; everything else is generic and asks the
+# method registry (peftkit.methods) or the layers' own methods instead of testing a method's classes.
+METHOD_HOMES = {
+    "peftkit.config": "the config classes themselves",
+    "peftkit.methods": "the registry",
+    "peftkit.prompting": "the prompt methods' inputs, caches and modules",
+    "peftkit.surgery": "placing LoRA and IA3 layers (their inject functions)",
+    "peftkit.tying": "LoRA's tied adapters (ensure_weight_tying)",
+    "peftkit.weighted": "LoRA and IA3 weighted combinations",
+    "peftkit.helpers": "PEFT's LoRA helpers (rescale_adapter_scale)",
+    "peftkit.export.gguf_lora": "LoRA adapters for llama.cpp",
+    "peftkit.serve.vllm": "LoRA adapters for vLLM",
+}
+
+
+def _method_classes() -> set[str]:
+    from peftkit.config import PeftConfig
+    from peftkit.tuners.base import AdapterLayer
+
+    def subclasses(cls: type) -> set[type]:
+        return {c for sub in cls.__subclasses__() for c in {sub, *subclasses(sub)}}
+
+    return {c.__name__ for c in subclasses(PeftConfig) | subclasses(AdapterLayer) if c.__module__.startswith("peftkit")}
+
+
+def test_generic_modules_dispatch_on_no_method_class() -> None:
+    """Adding a method touches its own files and one register_method call: no isinstance chain elsewhere."""
+    classes, found = _method_classes(), []
+    for name, path in _modules().items():
+        if name in METHOD_HOMES or name.startswith("peftkit.tuners"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+                used = {k.id for k in kinds if isinstance(k, ast.Name)} & classes
+                found += [f"{path.name}:{node.lineno} {kind}" for kind in sorted(used)]
+    assert not found, "method classes tested outside their homes: " + "; ".join(found)

@@ -8,12 +8,15 @@ from typing import cast
 import torch
 from torch import nn
 
+from . import surgery
 from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
-from .errors import ConfigError
+from .errors import ConfigError, TargetNotFoundError
+from .methods import methods
 from .prompting import build_prompt_module
 from .surgery import DEFAULT_TARGET_MODULES, _linear_types
 
-__all__ = ["count_parameters", "describe_model", "lora_parameter_count", "prompt_parameter_counts"]
+__all__ = ["count_parameters", "describe_model", "lora_parameter_count", "method_parameter_counts",
+           "prompt_parameter_counts"]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -71,7 +74,32 @@ def describe_model(model: nn.Module, r: int = 8) -> str:
     lines += ["", f"Prompt methods ({VIRTUAL_TOKENS} virtual tokens) trainable parameters:"]
     for label, count in prompt_parameter_counts(model).items():
         lines.append(f"  {label:<22} {count:>12,d}  ({100 * count / max(total, 1):.3f}%)")
+    lines += ["", "Layer methods with their default settings (every registered method), trainable parameters:"]
+    for name, found in method_parameter_counts(model).items():
+        shown = f"{found:>12,d}  ({100 * found / max(total, 1):.3f}%)" if isinstance(found, int) else found
+        lines.append(f"  {name:<22} {shown}")
     return "\n".join(lines)
+
+
+_PROBE = "inspect-probe"
+
+
+def method_parameter_counts(model: nn.Module) -> dict[str, int | str]:
+    """The trainable parameters each registered layer method adds to ``model`` with its config's defaults,
+    counted by placing the adapter and taking it out again (the model is left as it was); where the defaults
+    do not fit the model, why not."""
+    counts: dict[str, int | str] = {}
+    for method in methods():
+        if method.inject is None:
+            continue
+        try:
+            method.inject(model, method.config_class(), _PROBE)
+            counts[method.name] = sum(p.numel() for _, _, p in surgery.adapter_parameters(model, _PROBE))
+        except (ConfigError, TargetNotFoundError):
+            counts[method.name] = "its defaults name no layer of this model: set target_modules"
+        finally:
+            surgery.delete_adapter(model, _PROBE)
+    return counts
 
 
 VIRTUAL_TOKENS = 20

@@ -5,16 +5,15 @@ from __future__ import annotations
 import enum
 import os
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
-from ..config import LoraConfig, PromptLearningConfig, TaskType, read_adapter_config
+from ..config import PromptLearningConfig, TaskType, read_adapter_config
 from ..errors import AdapterNotFoundError, ConfigError
+from ..methods import method_for
 from ..model import PeftModel
 from ..surgery import adapter_layers, layer_adapter_names
-from ..tuners.lora import LoraLinear
-from ..tuners.modules_to_save import ModulesToSaveWrapper
 
 __all__ = ["AdapterRegistry", "Kind"]
 
@@ -106,9 +105,7 @@ class AdapterRegistry:
     def prompt(self, name: str) -> tuple[nn.Module, PromptLearningConfig]:
         """The prompt module and config of prompt adapter ``name``."""
         assert self.peft is not None
-        config = self.peft.peft_config[name]
-        assert isinstance(config, PromptLearningConfig)
-        return self.peft.prompt_encoder[name], config
+        return self.peft.prompt_encoder[name], cast(PromptLearningConfig, self.peft.peft_config[name])
 
     def config(self, name: str) -> Any:
         return read_adapter_config(self.paths[name])
@@ -129,21 +126,7 @@ class AdapterRegistry:
 
     def _kind(self, name: str) -> Kind:
         assert self.peft is not None
-        config = self.peft.peft_config[name]
-        if isinstance(config, PromptLearningConfig):
+        if method_for(self.peft.peft_config[name]).is_prompt:
             return Kind.PROMPT
         layers = [layer for _, layer in adapter_layers(self.base_model) if name in layer_adapter_names(layer)]
-        if isinstance(config, LoraConfig) and all(_rows_can_split(layer, name) for layer in layers):
-            return Kind.MIXED
-        return Kind.SOLO
-
-
-def _rows_can_split(layer: nn.Module, name: str) -> bool:
-    """Whether ``layer`` can run adapter ``name`` on some rows of a batch (peftkit's mixed batch)."""
-    if isinstance(layer, ModulesToSaveWrapper):
-        try:
-            layer.check_rows([name])
-        except TypeError:
-            return False
-        return True
-    return isinstance(layer, LoraLinear) and name not in layer.lora_magnitude_vector
+        return Kind.MIXED if all(layer.splits_rows(name) for layer in layers) else Kind.SOLO

@@ -128,6 +128,10 @@ class AdapterLayer(nn.Module):
                 for sub, param in held.named_parameters():
                     yield f"{attr}.{name}.{sub}", f"{attr}.{sub}", param
 
+    def splits_rows(self, name: str) -> bool:
+        """Whether adapter ``name`` can run on some rows of a batch only (a mixed batch, ``adapter_names``)."""
+        return False
+
     def set_active(self, names: list[str]) -> None:
         """Apply exactly these adapters (those this layer holds) in ``forward``. ``active_adapters`` keeps every
         name, held here or not, as PEFT's layers do (a model's adapters may adapt different layers)."""

@@ -292,6 +292,9 @@ class LoraLinear(LoraLayer):
         lookup, three per factor, is a measurable share of a batch-1 decode step (benchmarks/lora_floor.py)."""
         return _weight_of(self._modules["lora_A"], name), _weight_of(self._modules["lora_B"], name)
 
+    def splits_rows(self, name: str) -> bool:
+        return name in self.scaling and name not in self.lora_magnitude_vector  # DoRA: not in a mixed batch yet
+
     def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
         """Each adapter on its own rows, with the single-adapter path's operations (see :mod:`.rows`)."""
         rows.check(x.shape[0])

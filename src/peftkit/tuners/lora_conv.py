@@ -190,6 +190,9 @@ class LoraConv(LoraLayer):
             base = conv._conv_forward(h, conv.weight.to(h.dtype), None)
         return ((factor - 1) * base + factor * update).to(result.dtype)
 
+    def splits_rows(self, name: str) -> bool:
+        return name in self.scaling and name not in self.lora_magnitude_vector  # DoRA: not in a mixed batch yet
+
     def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
         """Each adapter on its own rows of the batch (see :mod:`.rows`)."""
         rows.check(x.shape[0])

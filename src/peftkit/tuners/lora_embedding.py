@@ -150,6 +150,9 @@ class LoraEmbedding(LoraLayer):
         embed_scale = self._embed_scale()
         return update if embed_scale is None else update * embed_scale.to(update.dtype)
 
+    def splits_rows(self, name: str) -> bool:
+        return name in self.scaling and name not in self.lora_magnitude_vector  # DoRA: not in a mixed batch yet
+
     def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
         """Each adapter's update on its own rows of the batch (see :mod:`.rows`)."""
         rows.check(x.shape[0])

@@ -100,6 +100,10 @@ class ModulesToSaveWrapper(nn.Module):
             return self.original_module
         return self.modules_to_save[self.active_adapter]
 
+    def splits_rows(self, name: str) -> bool:
+        """Whether adapter ``name``'s copy can run on some rows of a batch (a module whose rows are known)."""
+        return isinstance(self.original_module, ROW_SPLITTABLE)
+
     def check_rows(self, names: list[str]) -> None:
         """Refuse a mixed batch over a copy whose rows cannot be told apart (PEFT's TypeError and words)."""
         if any(n in self.modules_to_save for n in names) and not isinstance(self.original_module, ROW_SPLITTABLE):
