@@ -140,3 +140,27 @@ def test_a_mapping_flag_is_read_as_yaml() -> None:
                               "--adapter.alpha_pattern", "{v_proj: 0.5}"])
     adapter = job_from_args(args).peft_config()
     assert adapter.rank_pattern == {"q_proj": 2} and adapter.alpha_pattern == {"v_proj": 0.5}
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
+def test_the_cli_answers_version_and_help_without_loading_torch_where_it_can(argv: list[str]) -> None:
+    """``import peftkit`` is lazy (PEP 562) and the parser builds only the chosen command's schema flags, so
+    ``--version`` and ``--help`` load no torch (it is what made them take seconds); ``train --help`` needs the
+    job schema and may."""
+    import subprocess
+    import sys
+
+    code = ("import sys, peftkit, peftkit.cli\n"
+            "assert 'torch' not in sys.modules, 'import peftkit loaded torch'\n"
+            f"try:\n    peftkit.cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip().endswith("TORCH" if argv[0] == "train" else "NO-TORCH")
+
+
+def test_the_lazy_package_exports_every_public_name() -> None:
+    import peftkit
+
+    for name in peftkit.__all__:
+        assert getattr(peftkit, name) is not None, name
+    assert peftkit.PeftError is peftkit.PeftkitError and peftkit.methods.method_named("lora").name == "lora"

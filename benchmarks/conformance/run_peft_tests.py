@@ -254,7 +254,8 @@ def categorize(test_id: str, peft: dict[str, str], ours: dict[str, str]) -> tupl
 METHODS = {  # a test's method, from the config class or word in its id
     "prompt tuning": re.compile(r"prompttuning|prompt_tuning|prompt tuning", re.I),
     "p-tuning": re.compile(r"promptencoder|p_tuning|ptuning", re.I),
-    "prefix tuning": re.compile(r"prefixtuning|prefix_tuning|prefix", re.I),
+    # "prefix" alone only as a word: TestTunerStateDictKeyPrefixes is about key prefixes, not prefix tuning
+    "prefix tuning": re.compile(r"prefixtuning|prefix_tuning|(?<![a-z])prefix(?![a-z])", re.I),
     "ia3": re.compile(r"ia3", re.I),
     "lora": re.compile(r"lora|dora|pissa|olora", re.I),
 }

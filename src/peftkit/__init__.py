@@ -6,74 +6,173 @@ A drop-in for PEFT's core API::
 
     model = get_peft_model(base_model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     model.print_trainable_parameters()
+
+The package imports lazily (PEP 562): ``import peftkit`` loads no torch or transformers, so the CLI's
+``--version`` and ``--help`` answer at once; each public name is imported from its module on first use.
 """
 
-from .auto import (
-    AutoPeftModel,
-    AutoPeftModelForCausalLM,
-    AutoPeftModelForFeatureExtraction,
-    AutoPeftModelForQuestionAnswering,
-    AutoPeftModelForSeq2SeqLM,
-    AutoPeftModelForSequenceClassification,
-    AutoPeftModelForTokenClassification,
-)
-from .compare import CompareConfig, compare
-from .config import (
-    IA3Config,
-    LoraConfig,
-    PeftConfig,
-    PeftType,
-    PrefixTuningConfig,
-    PromptEncoderConfig,
-    PromptEncoderReparameterizationType,
-    PromptLearningConfig,
-    PromptTuningConfig,
-    PromptTuningInit,
-    TaskType,
-    get_peft_config,
-)
-from .errors import (
-    AdapterFormatError,
-    AdapterNotFoundError,
-    AdapterShapeError,
-    AdapterStateError,
-    BrokenAdapterError,
-    ConfigError,
-    DataError,
-    HubError,
-    ModelLoadError,
-    PeftkitError,
-    TargetNotFoundError,
-    TrainingError,
-    UserInputError,
-)
-from .export import export_gguf, export_gguf_lora
-from .functional import (
-    get_base_model_state_dict,
-    get_peft_model_state_dict,
-    inject_adapter_in_model,
-    set_base_model_state_dict,
-    set_peft_model_state_dict,
-)
-from .model import (
-    PeftModel,
-    PeftModelForCausalLM,
-    PeftModelForFeatureExtraction,
-    PeftModelForQuestionAnswering,
-    PeftModelForSeq2SeqLM,
-    PeftModelForSequenceClassification,
-    PeftModelForTokenClassification,
-    get_peft_model,
-)
-from .models import PACKAGED_MODELS, load_model, load_tokenizer
-from .outputs import OutputDirError
-from .quantization import prepare_model_for_kbit_training
-from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
-from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
 from .version import __version__
 
-NoMatchingPeftModuleError = TargetNotFoundError  # PEFT's name for the same error
-PeftError = PeftkitError  # PEFT's base error class
+_EXPORTS: dict[str, str] = {  # public name -> the module that defines it
+    "AdapterFormatError": ".errors",
+    "AdapterNotFoundError": ".errors",
+    "AdapterShapeError": ".errors",
+    "AdapterStateError": ".errors",
+    "AutoPeftModel": ".auto",
+    "AutoPeftModelForCausalLM": ".auto",
+    "AutoPeftModelForFeatureExtraction": ".auto",
+    "AutoPeftModelForQuestionAnswering": ".auto",
+    "AutoPeftModelForSeq2SeqLM": ".auto",
+    "AutoPeftModelForSequenceClassification": ".auto",
+    "AutoPeftModelForTokenClassification": ".auto",
+    "BrokenAdapterError": ".errors",
+    "CompareConfig": ".compare",
+    "ConfigError": ".errors",
+    "DataConfig": ".train",
+    "DataError": ".errors",
+    "HubError": ".errors",
+    "IA3Config": ".config",
+    "JobConfig": ".train",
+    "LoraConfig": ".config",
+    "ModelLoadError": ".errors",
+    "OutputDirError": ".outputs",
+    "PACKAGED_MODELS": ".models",
+    "PeftConfig": ".config",
+    "PeftModel": ".model",
+    "PeftModelForCausalLM": ".model",
+    "PeftModelForFeatureExtraction": ".model",
+    "PeftModelForQuestionAnswering": ".model",
+    "PeftModelForSeq2SeqLM": ".model",
+    "PeftModelForSequenceClassification": ".model",
+    "PeftModelForTokenClassification": ".model",
+    "PeftType": ".config",
+    "PeftkitError": ".errors",
+    "PrefixTuningConfig": ".config",
+    "PromptEncoderConfig": ".config",
+    "PromptEncoderReparameterizationType": ".config",
+    "PromptLearningConfig": ".config",
+    "PromptTuningConfig": ".config",
+    "PromptTuningInit": ".config",
+    "TargetNotFoundError": ".errors",
+    "TaskType": ".config",
+    "TrainResult": ".train",
+    "TrainingConfig": ".train",
+    "TrainingError": ".errors",
+    "TunerLayerStatus": ".status",
+    "TunerModelStatus": ".status",
+    "UserInputError": ".errors",
+    "compare": ".compare",
+    "export_gguf": ".export",
+    "export_gguf_lora": ".export",
+    "get_base_model_state_dict": ".functional",
+    "get_layer_status": ".status",
+    "get_model_status": ".status",
+    "get_peft_config": ".config",
+    "get_peft_model": ".model",
+    "get_peft_model_state_dict": ".functional",
+    "inject_adapter_in_model": ".functional",
+    "load_model": ".models",
+    "load_tokenizer": ".models",
+    "prepare_model_for_kbit_training": ".quantization",
+    "set_base_model_state_dict": ".functional",
+    "set_peft_model_state_dict": ".functional",
+    "train": ".train",
+}
+_ALIASES = {"NoMatchingPeftModuleError": "TargetNotFoundError",  # PEFT's name for the same error
+            "PeftError": "PeftkitError"}  # PEFT's base error class
+
+
+def __getattr__(name: str) -> Any:
+    """A public name, imported from its module the first time it is asked for (then cached here); a
+    submodule (``peftkit.methods``) is imported on first access too."""
+    target = _ALIASES.get(name, name)
+    module = _EXPORTS.get(target)
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), target)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'peftkit' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from .auto import (
+        AutoPeftModel,
+        AutoPeftModelForCausalLM,
+        AutoPeftModelForFeatureExtraction,
+        AutoPeftModelForQuestionAnswering,
+        AutoPeftModelForSeq2SeqLM,
+        AutoPeftModelForSequenceClassification,
+        AutoPeftModelForTokenClassification,
+    )
+    from .compare import CompareConfig, compare
+    from .config import (
+        IA3Config,
+        LoraConfig,
+        PeftConfig,
+        PeftType,
+        PrefixTuningConfig,
+        PromptEncoderConfig,
+        PromptEncoderReparameterizationType,
+        PromptLearningConfig,
+        PromptTuningConfig,
+        PromptTuningInit,
+        TaskType,
+        get_peft_config,
+    )
+    from .errors import (
+        AdapterFormatError,
+        AdapterNotFoundError,
+        AdapterShapeError,
+        AdapterStateError,
+        BrokenAdapterError,
+        ConfigError,
+        DataError,
+        HubError,
+        ModelLoadError,
+        PeftkitError,
+        TargetNotFoundError,
+        TrainingError,
+        UserInputError,
+    )
+    from .export import export_gguf, export_gguf_lora
+    from .functional import (
+        get_base_model_state_dict,
+        get_peft_model_state_dict,
+        inject_adapter_in_model,
+        set_base_model_state_dict,
+        set_peft_model_state_dict,
+    )
+    from .model import (
+        PeftModel,
+        PeftModelForCausalLM,
+        PeftModelForFeatureExtraction,
+        PeftModelForQuestionAnswering,
+        PeftModelForSeq2SeqLM,
+        PeftModelForSequenceClassification,
+        PeftModelForTokenClassification,
+        get_peft_model,
+    )
+    from .models import PACKAGED_MODELS, load_model, load_tokenizer
+    from .outputs import OutputDirError
+    from .quantization import prepare_model_for_kbit_training
+    from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
+    from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
+
+    NoMatchingPeftModuleError = TargetNotFoundError
+    PeftError = PeftkitError
 
 __all__ = [
     "PACKAGED_MODELS",

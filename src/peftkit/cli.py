@@ -394,10 +394,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .compare_select import SelectConfig
-    from .train.config import DataConfig, TrainingConfig
+COMMANDS = ("train", "eval", "generate", "merge", "export", "inspect", "compare", "serve", "demo")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. ``command``: add the schema flags of that command only (building them imports the
+    schemas, and with them torch), so ``--version`` and ``--help`` answer at once; None: every command's."""
     from .version import __version__
+
+    def full(name: str) -> bool:
+        return command is None or command == name
 
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
@@ -409,13 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from the latest checkpoint in the output dir (or the one given)")
     train.add_argument("--nproc", type=int, default=None, metavar="N",
                        help="train on N processes of this machine (starts torchrun; one per GPU, or CPU with gloo)")
-    add_job_flags(train)
+    if full("train"):
+        add_job_flags(train)
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a base model, or base + adapter, on a data file")
     ev.add_argument("--adapter-path", help="an adapter folder (peftkit's or PEFT's); without it, the base model")
     ev.add_argument("--all", action="store_true", help="evaluate every row, not the held-out split")
-    add_job_flags(ev)
+    if full("eval"):
+        add_job_flags(ev)
     ev.set_defaults(func=_cmd_eval)
 
     gen = sub.add_parser("generate", help="generate from a prompt, base model and adapter side by side")
@@ -475,9 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="choose each method's learning rate and/or epoch count on validation rows carved from "
                           "the training rows (the held-out split is read only to score the choice); "
                           "--select.max_epochs 2 and the like tune the search")
-    _add_section(cmp, DataConfig, "data")
-    _add_section(cmp, TrainingConfig, "train")
-    _add_section(cmp, SelectConfig, "select")
+    if full("compare"):
+        from .compare_select import SelectConfig
+        from .train.config import DataConfig, TrainingConfig
+
+        _add_section(cmp, DataConfig, "data")
+        _add_section(cmp, TrainingConfig, "train")
+        _add_section(cmp, SelectConfig, "select")
     cmp.set_defaults(func=_cmd_compare)
 
     srv = sub.add_parser("serve", help="serve a model and its adapters behind an OpenAI-compatible HTTP API")
@@ -498,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used by ``python -m peftkit``)."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(next((a for a in argv if a in COMMANDS), ""))  # that command's flags only
     if "--debug" in argv[1:]:  # accepted after the command too, where people add it when a command fails
         argv = ["--debug", *[a for a in argv if a != "--debug"]]
     args = parser.parse_args(argv)
