@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ import peftkit
 from peftkit.cli import main
 from peftkit.config import PeftConfig
 from peftkit.errors import ConfigError
-from peftkit.methods import Method, method_named, register_method
+from peftkit.methods import Method, method_named, register_method, unregister_method
 from peftkit.tuners.base import AdapterLayer, base_output
 from tests.conftest import model_inputs, outputs, tiny_model
 
@@ -93,8 +94,10 @@ SHIFT = Method("shift", "SHIFT", ShiftConfig, "ShiftModel", inject=inject_shift,
 
 
 @pytest.fixture(autouse=True)
-def registered() -> None:
-    register_method(SHIFT)  # registering the same method again is allowed (each test may be the first)
+def registered() -> Iterator[None]:
+    register_method(SHIFT)
+    yield
+    unregister_method("shift")  # other tests see the built-in methods only
 
 
 def _shifted(value: float) -> peftkit.PeftModel:
@@ -169,4 +172,5 @@ def test_a_method_is_refused_when_it_would_clash_with_a_registered_one() -> None
         register_method(other)
     with pytest.raises(ConfigError, match="give exactly one of inject"):
         register_method(dataclasses.replace(SHIFT, inject=None))
+    register_method(SHIFT)  # the same method again is no clash
     assert method_named("SHIFT") is SHIFT and method_named("lora").tuner_name == "LoraModel"

@@ -26,7 +26,7 @@ from .errors import ConfigError, did_you_mean
 from .tuners.ia3 import IA3Conv, IA3Linear
 from .tuners.lora import LoraLayer
 
-__all__ = ["Method", "method_for", "method_named", "methods", "register_method"]
+__all__ = ["Method", "method_for", "method_named", "methods", "register_method", "unregister_method"]
 
 Inject = Callable[[nn.Module, Any, str], Any]
 """``inject(model, config, adapter_name) -> config``: place adapter ``adapter_name``'s layers in ``model`` (in
@@ -91,6 +91,13 @@ def register_method(method: Method) -> Method:
     _REGISTRY[method.name] = method
     CONFIG_CLASSES[method.peft_type] = method.config_class  # files name it by its peft_type
     return method
+
+
+def unregister_method(name: str) -> None:
+    """Forget method ``name`` (a plugin unloaded, a test done); configs and files of it are unknown again."""
+    method = _REGISTRY.pop(name, None)
+    if method is not None:
+        CONFIG_CLASSES.pop(method.peft_type, None)
 
 
 def methods() -> Iterator[Method]:

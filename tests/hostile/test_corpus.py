@@ -140,7 +140,11 @@ def _edit_config(tmp: Path, **changes: Any) -> Path:
     return folder
 
 
-def adapter_uses_lora_bias(tmp: Path) -> None:
+def adapter_uses_layer_replication(tmp: Path) -> None:
+    PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, layer_replication=[[0, 1]]))
+
+
+def adapter_config_says_lora_bias(tmp: Path) -> None:
     PeftModel.from_pretrained(tiny_model("llama"), _edit_config(tmp, lora_bias=True))
 
 
@@ -660,8 +664,10 @@ CASES = [
          "adapter_config.json", api=adapter_without_config),
     Case("adapter-config-not-json", "a damaged adapter_config.json", {}, None, AdapterFormatError, 2,
          "is not valid JSON", api=adapter_config_not_json),
-    Case("adapter-lora-bias", "an adapter that needs PEFT's lora_bias", {}, None, ConfigError, 2, "lora_bias",
-         api=adapter_uses_lora_bias),
+    Case("adapter-layer-replication", "an adapter that needs PEFT's layer_replication", {}, None, ConfigError, 2,
+         "layer_replication", api=adapter_uses_layer_replication),
+    Case("adapter-bias-missing", "a config that says lora_bias=True over a file without B's biases", {}, None,
+         AdapterFormatError, 2, "lora_B.bias", api=adapter_config_says_lora_bias),
     Case("adapter-unknown-type", "an adapter of an unknown method", {}, None, ConfigError, 2, "SUPER_LORA",
          api=adapter_unknown_type),
     Case("adapter-rank-zero", "an adapter_config.json with r=0", {}, None, ConfigError, 2, "r=0",
