@@ -7,7 +7,7 @@ each run that ``peftkit compare --config examples/compare-ethos.yaml`` saved (``
 output folder; run it first), scores the held-out comments again, and prints a markdown table. It also prints
 how often one annotator agrees with the majority label (the mean of max(p, 1 - p)), a human reference point.
 
-    python benchmarks/ethos_agreement.py [--methods lora full] [--runs docs/compare-ethos]
+    python benchmarks/ethos_agreement.py [--methods lora full] [--runs benchmarks/results/compare-ethos]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def group(share: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--methods", nargs="+", default=["lora", "full"])
-    parser.add_argument("--runs", default="docs/compare-ethos", help="the comparison's output folder")
+    parser.add_argument("--runs", default="benchmarks/results/compare-ethos", help="the comparison's output folder")
     args = parser.parse_args()
     cfg = CompareConfig.from_yaml(CONFIG, {})
     tokenizer = load_tokenizer(cfg.model)
