@@ -70,8 +70,10 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "TunerModelStatus": ".status",
     "UserInputError": ".errors",
     "compare": ".compare",
+    "evaluate_job": ".workflows",
     "export_gguf": ".export",
     "export_gguf_lora": ".export",
+    "generate_side_by_side": ".workflows",
     "get_base_model_state_dict": ".functional",
     "get_layer_status": ".status",
     "get_model_status": ".status",
@@ -81,6 +83,7 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "inject_adapter_in_model": ".functional",
     "load_model": ".models",
     "load_tokenizer": ".models",
+    "merge_to_folder": ".workflows",
     "prepare_model_for_kbit_training": ".quantization",
     "set_base_model_state_dict": ".functional",
     "set_peft_model_state_dict": ".functional",
@@ -186,6 +189,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .quantization import prepare_model_for_kbit_training
     from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
     from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
+    from .workflows import evaluate_job, generate_side_by_side, merge_to_folder
 
     NoMatchingPeftModuleError = TargetNotFoundError
     PeftError = PeftkitError
@@ -242,8 +246,10 @@ __all__ = [
     "UserInputError",
     "__version__",
     "compare",
+    "evaluate_job",
     "export_gguf",
     "export_gguf_lora",
+    "generate_side_by_side",
     "get_base_model_state_dict",
     "get_layer_status",
     "get_model_status",
@@ -253,6 +259,7 @@ __all__ = [
     "inject_adapter_in_model",
     "load_model",
     "load_tokenizer",
+    "merge_to_folder",
     "prepare_model_for_kbit_training",
     "set_base_model_state_dict",
     "set_peft_model_state_dict",

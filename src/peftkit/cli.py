@@ -215,105 +215,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data import load_task_data
     from .train import defaults
-    from .train.evaluate import evaluate
     from .train.kernels import pick_device
+    from .workflows import evaluate_job
 
     job = job_from_args(args)
-    device = pick_device(job.train.device)
-    dtype = defaults.inference_dtype(job.dtype, device)
-    print(defaults.banner([dtype]), file=sys.stderr)
-    model, tokenizer = _load(job.model, args.adapter_path, job, dtype=dtype.value)
-    data_cfg = job.data
-    if args.all:
-        data_cfg = dataclasses.replace(data_cfg, val_size=0, max_train_samples=data_cfg.max_eval_samples)
-    data = load_task_data(data_cfg, tokenizer, seed=job.seed)
-    examples = data.train if args.all else data.val
-    if not examples:
-        raise ConfigError("nothing to evaluate: the validation split is empty; pass --all or set --data.val_size")
-    metrics = evaluate(model.to(device), examples, pad_id=tokenizer.pad_token_id or 0, device=device,
-                       batch_size=job.train.eval_batch_size or job.train.batch_size * 2,
-                       candidate_ids=data.candidate_ids or None, progress=job.train.progress)
+    print(defaults.banner([defaults.inference_dtype(job.dtype, pick_device(job.train.device))]), file=sys.stderr)
+    metrics, count = evaluate_job(job, args.adapter_path, all_rows=args.all)
     label = f"{job.model} + {args.adapter_path}" if args.adapter_path else job.model
-    print(f"{label} on {len(examples)} examples of {job.data.path}:")
+    print(f"{label} on {count} examples of {job.data.path}:")
     for key, value in metrics.as_dict("").items():
         print(f"  {key:<12} {value:.4f}")
     return 0
-
-
-def _load(model_name: str, adapter_path: str | None, job: Any = None, dtype: str = "float32") -> tuple[Any, Any]:
-    from .model import PeftModel
-    from .models import load_model, load_tokenizer
-
-    trust = bool(job and job.trust_remote_code)
-    tokenizer = load_tokenizer(model_name)
-    model = load_model(model_name, task="CAUSAL_LM", trust_remote_code=trust, dtype=dtype)
-    if adapter_path:
-        model = PeftModel.from_pretrained(model, adapter_path)
-    return model.eval(), tokenizer
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from .train import defaults
+    from .workflows import generate_side_by_side
 
-    dtype = defaults.generation_dtype(args.dtype, torch.device("cpu"))
-    print(defaults.banner([dtype]), file=sys.stderr)
-    model, tokenizer = _load(args.model, args.adapter_path, dtype=dtype.value)
-    text = args.prompt
-    if args.chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=not args.chat)
-    settings = {"max_new_tokens": args.max_new_tokens, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-
-    def run() -> str:
-        with torch.inference_mode():  # no_grad still tracks versions and views: a few us per op at batch 1
-            out = model.generate(**inputs, **settings)
-        return str(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-
-    outputs = []
-    if args.adapter_path:
-        with model.disable_adapter():
-            outputs.append(("base", run()))
-        outputs.append(("adapter", run()))
-    else:
-        outputs.append(("base", run()))
+    print(defaults.banner([defaults.generation_dtype(args.dtype, torch.device("cpu"))]), file=sys.stderr)
+    texts = generate_side_by_side(args.model, args.prompt, args.adapter_path, args.max_new_tokens, args.chat,
+                                  args.dtype)
     print(f"> {args.prompt}")
-    for label, output in outputs:
-        print(f"\n[{label}]\n{output.strip()}")
+    for label, output in texts.items():
+        print(f"\n[{label}]\n{output}")
     return 0
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from . import outputs
-    from .files import atomic_directory
+    from .workflows import merge_to_folder
 
-    _check_merge_target(args.output_dir, {"adapter": args.adapter_path, "model": args.model})
-    outputs.check_replaceable(args.output_dir, "merge", "output folder")  # before the slow part
-    model, tokenizer = _load(args.model, args.adapter_path)
-    merged = model.merge_and_unload()
-    with atomic_directory(args.output_dir) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        outputs.record(tmp, [p.name for p in tmp.iterdir()], "merge")
-    print(f"merged model written to {args.output_dir}; load it with "
-          f"transformers.AutoModelForCausalLM.from_pretrained({args.output_dir!r})")
+    out = merge_to_folder(args.model, args.adapter_path, args.output_dir)
+    print(f"merged model written to {out}; load it with "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
-
-
-def _check_merge_target(output_dir: str, inputs: dict[str, str]) -> None:
-    """The merged model replaces ``output_dir`` as a whole, so it must not be, or hold, one of the inputs."""
-    from pathlib import Path
-
-    out = Path(output_dir).resolve()
-    for what, given in inputs.items():
-        path = Path(given).resolve()
-        if Path(given).exists() and (path == out or out in path.parents):
-            raise ConfigError(f"the output folder {output_dir} is (or holds) the {what} {given}; writing the merged "
-                              f"model there would delete it. Choose another output folder, e.g. {given}-merged")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
