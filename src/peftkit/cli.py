@@ -294,6 +294,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.config import FLAG_FIELDS
+
     try:
         from .serve import ServeConfig, serve
     except ImportError as err:
@@ -306,22 +308,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if not sep or not name or not path:
             raise ConfigError(f"--adapter {item!r} must be NAME=PATH, e.g. --adapter demo=outputs/demo")
         adapters[name] = path
-    flags = {name: getattr(args, name) for name in SERVE_FLAGS}
+    flags = {name: getattr(args, name) for name in FLAG_FIELDS}
     serve(ServeConfig.load(args.config, {"model": args.model, "adapters": adapters, **flags}))
     return 0
 
 
-SERVE_FLAGS = {  # ServeConfig's fields (its docstrings say more); flags override the --config file
-    "host": "address to listen on (default 127.0.0.1: this machine only)",
-    "port": "TCP port (default 8000)",
-    "api_key": "require 'Authorization: Bearer KEY' (also from PEFTKIT_API_KEY)",
-    "served_model_name": "the base model's name in the API (default: MODEL as given)",
-    "max_loaded_adapters": "adapters kept in memory, least recently used out (default 8)",
-    "max_batch": "sequences decoded together (default 8)",
-    "max_waiting": "requests allowed to wait before 429 (default 64)",
-    "drain_seconds": "on SIGTERM, time for requests in flight to finish (default 30)",
-    "dtype": "model dtype: float32 (default) or bfloat16",
-}
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServeConfig field, documented by the field's own docstring and default (flags override the
+    --config file)."""
+    from .schema import field_docs
+    from .serve.config import FLAG_FIELDS, ServeConfig
+
+    docs, defaults = field_docs(ServeConfig), {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+    for name in FLAG_FIELDS:
+        default = "" if defaults[name] is None else f" (default {defaults[name]})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=docs[name] + default)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -434,8 +437,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     srv.add_argument("--adapter", action="append", metavar="NAME=PATH",
                      help="an adapter folder, chosen by requests whose model is NAME (repeatable)")
     srv.add_argument("--config", help="a YAML file with the fields below (flags override it)")
-    for name, doc in SERVE_FLAGS.items():
-        srv.add_argument("--" + name.replace("_", "-"), dest=name, help=doc)
+    if full("serve"):
+        _add_serve_flags(srv)
     srv.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser("demo", help="the main job: teach SmolLM2-135M movie-review sentiment, before vs after")
