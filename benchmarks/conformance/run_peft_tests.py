@@ -361,7 +361,8 @@ def main() -> int:
                             text=True).stdout.strip()  # read before the run: the tree may move on meanwhile
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip())
-    tested = args.peftkit_src or f"src at {commit}" + (" with uncommitted changes" if dirty else "")
+    tested = (f"a snapshot of src ({args.peftkit_src}), taken at {commit}" if args.peftkit_src
+              else f"src at {commit}" + (" with uncommitted changes" if dirty else ""))
     peft, peft_source = run_peft(folder, hub, files, args.workers, extra, key, args.reuse_peft)
     if args.peft_only:
         print(f"PEFT's side: {len(peft['results'])} tests in {peft['seconds']} s, cached under key {key}")
