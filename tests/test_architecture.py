@@ -138,3 +138,16 @@ def test_generic_modules_dispatch_on_no_method_class() -> None:
                 used = {k.id for k in kinds if isinstance(k, ast.Name)} & classes
                 found += [f"{path.name}:{node.lineno} {kind}" for kind in sorted(used)]
     assert not found, "method classes tested outside their homes: " + "; ".join(found)
+
+
+def test_adapter_tensors_are_reached_through_the_layers_methods() -> None:
+    """Outside tuners/, code asks a layer (``factors(name)``, ``vector(name)``, ``adapter_parameters(name)``)
+    instead of reading its containers (``layer.lora_A[name]``), so a layer may store its tensors as it likes."""
+    found = []
+    for name, path in _modules().items():
+        if name.startswith("peftkit.tuners"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ADAPTER_TENSOR_NAMES:
+                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert not found, "adapter containers read outside tuners/: " + "; ".join(found)

@@ -799,23 +799,21 @@ COMBINATIONS = ("cat", *MIXES, *(f"{m}_svd" for m in MIXES if m != "linear"), "s
 
 def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Adapter ``name``'s (A, B) tensors in ``layer``: A is (r, in), B is (out, r)."""
-    if isinstance(layer, (LoraLinear, LoraConv)) and name in layer.lora_A:
-        return cast(torch.Tensor, layer.lora_A[name].weight), cast(torch.Tensor, layer.lora_B[name].weight)
-    if isinstance(layer, LoraEmbedding) and name in layer.lora_embedding_A:
-        return layer.lora_embedding_A[name], layer.lora_embedding_B[name]
-    return None
+    return layer.factors(name) if isinstance(layer, LoraLayer) else None
 
 
 @torch.no_grad()
 def combine_ia3(model: nn.Module, sources: list[str], weights: list[float], target: str) -> None:
     """Fill the (already created) IA3 adapter ``target`` with ``sum(w * l)`` over the sources each layer has."""
     for _, layer in adapter_layers(model):
-        if isinstance(layer, (IA3Linear, IA3Conv)) and target in layer.ia3_l:
-            new = layer.ia3_l[target]
-            new.zero_()
-            for name, weight in zip(sources, weights, strict=True):
-                if name in layer.ia3_l:
-                    new += layer.ia3_l[name] * weight
+        new = layer.vector(target) if isinstance(layer, (IA3Linear, IA3Conv)) else None
+        if new is None:
+            continue
+        new.zero_()
+        for name, weight in zip(sources, weights, strict=True):
+            source = cast(IA3Linear, layer).vector(name)
+            if source is not None:
+                new += source * weight
 
 
 @torch.no_grad()

@@ -49,8 +49,8 @@ def _check_exportable(config: Any, name: str) -> LoraConfig:
 def _factors(layer: LoraLinear, name: str, alpha: float, config: Any, weight_name: str
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, B) with B scaled so that llama.cpp's ``alpha / r`` gives peftkit's scaling, in GGUF's row order."""
-    a = cast(torch.Tensor, layer.lora_A[name].weight).detach().float()  # (r, in)
-    b = cast(torch.Tensor, layer.lora_B[name].weight).detach().float()  # (out, r)
+    a, b = cast(tuple[torch.Tensor, torch.Tensor], layer.factors(name))
+    a, b = a.detach().float(), b.detach().float()  # (r, in), (out, r)
     # llama.cpp: scale = alpha / r, or 1 when alpha is 0
     wanted_by_llama = alpha / layer.r[name] if alpha else 1.0
     b = b * (layer.scaling[name] / wanted_by_llama)

@@ -36,6 +36,10 @@ class IA3Linear(AdapterLayer):
     def adapter_names(self) -> list[str]:
         return list(self.ia3_l.keys())
 
+    def vector(self, name: str) -> torch.Tensor | None:
+        """Adapter ``name``'s scaling vector as stored, or None when this layer does not hold it."""
+        return cast(torch.Tensor, self.ia3_l[name]) if name in self.ia3_l else None
+
     def add_adapter(self, name: str, init_ia3_weights: bool = True) -> None:
         """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in fp32."""
         shape = (1, self.in_features) if self.is_feedforward else (self.out_features, 1)
@@ -98,6 +102,10 @@ class IA3Conv(AdapterLayer):
     @property
     def adapter_names(self) -> list[str]:
         return list(self.ia3_l.keys())
+
+    def vector(self, name: str) -> torch.Tensor | None:
+        """Adapter ``name``'s scaling vector as stored, or None when this layer does not hold it."""
+        return cast(torch.Tensor, self.ia3_l[name]) if name in self.ia3_l else None
 
     def add_adapter(self, name: str, init_ia3_weights: bool = True) -> None:
         """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in fp32."""

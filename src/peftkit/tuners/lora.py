@@ -83,6 +83,15 @@ class LoraLayer(AdapterLayer):
         """The dense update ``scaling * B @ A`` in the base weight's layout and dtype."""
         raise NotImplementedError
 
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Adapter ``name``'s A and B tensors as stored (A first: (r, in...) and (out, r...) for linear and
+        convolution layers), or None when this layer does not hold it. Code outside the layers reaches the
+        factors only through this method."""
+        container_a, container_b = self._modules.get("lora_A"), self._modules.get("lora_B")
+        if not isinstance(container_a, nn.ModuleDict) or name not in container_a:
+            return None
+        return _weight_of(container_a, name), _weight_of(container_b, name)
+
     def _merge_one(self, name: str) -> None:
         self._check_bias_merge(name)
         self.weight.data += self.delta_weight(name).to(self.weight.dtype)

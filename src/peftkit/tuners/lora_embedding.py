@@ -40,6 +40,12 @@ class LoraEmbedding(LoraLayer):
         self._merged_norms: dict[str, torch.Tensor] = {}  # DoRA: the norm used at merge, for unmerge
         self.rows: RowGroups | None = None  # set for a mixed batch: each row's own adapter
 
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Adapter ``name``'s A (r, num_embeddings) and B (embedding_dim, r), or None when not held here."""
+        if name not in self.lora_embedding_A:
+            return None
+        return self.lora_embedding_A[name], self.lora_embedding_B[name]
+
     def own_factors(self, name: str) -> tuple[nn.Parameter, nn.Parameter]:
         """Adapter ``name``'s A (r, num_embeddings) and B (embedding_dim, r) parameters themselves."""
         return self.lora_embedding_A[name], self.lora_embedding_B[name]
