@@ -29,7 +29,7 @@ from .compare_report import Section
 from .data import load_task_data
 from .errors import ConfigError, did_you_mean
 from .files import write_json_atomic
-from .schema import _choice, _is_number, _positive, _split_size, typecheck
+from .schema import _choice, _positive, _split_size, is_number, typecheck
 from .train.config import JobConfig, TrainingConfig
 from .train.report import read_metrics
 from .train.rundir import same_job
@@ -75,7 +75,7 @@ class SelectConfig:
                                 f"{', '.join(SELECTABLE)}.{did_you_mean(str(name), SELECTABLE)}")
         if len(set(self.params)) != len(self.params):
             problems.append(f"select.params={self.params!r} names a setting twice")
-        if not self.lr_factors or not all(_is_number(f) and f > 0 for f in self.lr_factors):
+        if not self.lr_factors or not all(is_number(f) and f > 0 for f in self.lr_factors):
             problems.append(f"select.lr_factors={self.lr_factors!r} must be numbers > 0, e.g. [0.333, 1, 3]")
         _positive(problems, "select.max_epochs", self.max_epochs, integer=True)
         _split_size(problems, "select.val_size", self.val_size, zero=False)

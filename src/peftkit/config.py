@@ -11,7 +11,6 @@ import dataclasses
 import enum
 import importlib.metadata
 import json
-import math
 import os
 import re
 import warnings
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 from .configfile import MAX_CONFIG_BYTES, read_json_file
 from .errors import AdapterFormatError, ConfigError, MissingKeysError, did_you_mean, short_repr
 from .files import write_json_atomic
+from .schema import is_int, is_number
 
 __all__ = [
     "IA3Config",
@@ -126,15 +126,6 @@ def _get_commit_hash(package: str) -> str | None:
     text = dist.read_text("direct_url.json")
     vcs = json.loads(text).get("vcs_info", {}) if text else {}
     return vcs.get("commit_id")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A real, finite number: NaN and infinity pass every comparison test silently, so they are refused here."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _name_set(value: Any, name: str, problems: list[str]) -> Any:
@@ -373,11 +364,11 @@ class LoraConfig(PeftConfig):
         targets = self.target_modules
         if isinstance(targets, (list, set)) and [str(t).lower() for t in targets] == ["all-linear"]:
             self.target_modules = "all-linear"  # a one-item list, as a CLI flag or YAML list gives it
-        if not _is_int(self.r) or self.r <= 0:
+        if not is_int(self.r) or self.r <= 0:
             problems.append(f"r={short_repr(self.r)} must be a positive integer (try 8 or 16)")
-        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
+        if not is_number(self.lora_alpha) or self.lora_alpha <= 0:
             problems.append(f"lora_alpha={short_repr(self.lora_alpha)} must be a positive number (often r or 2*r)")
-        if not _is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
+        if not is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             problems.append(f"lora_dropout={short_repr(self.lora_dropout)} must be a number in [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):
             problems.append(f"bias={short_repr(self.bias)} is not allowed; expected one of none, all, lora_only")
@@ -414,7 +405,7 @@ class LoraConfig(PeftConfig):
     def _validate_layers(self, problems: list[str]) -> None:
         layers = self.layers_to_transform
         if layers is not None:
-            if isinstance(layers, (list, tuple)) and all(_is_int(i) and i >= 0 for i in layers):
+            if isinstance(layers, (list, tuple)) and all(is_int(i) and i >= 0 for i in layers):
                 self.layers_to_transform = list(layers)
             elif not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0):
                 problems.append(f"layers_to_transform={short_repr(layers)} must be a layer index or a list of them")
@@ -438,7 +429,7 @@ class LoraConfig(PeftConfig):
                 problems.append(f"{name}={short_repr(pattern)} must be a mapping of layer-name pattern to value")
                 continue
             for key, value in pattern.items():
-                ok = _is_int(value) if positive_int else _is_number(value)
+                ok = is_int(value) if positive_int else is_number(value)
                 if not ok or value <= 0:
                     kind = "integer" if positive_int else "number"
                     problems.append(f"{name}[{key!r}]={short_repr(value)} must be a positive {kind}")
@@ -461,13 +452,13 @@ class PromptLearningConfig(PeftConfig):
     """Transformer layers of the base model."""
 
     def _validate(self, problems: list[str]) -> None:
-        if self.num_virtual_tokens is not None and (not _is_int(self.num_virtual_tokens)  # None: PEFT's default,
+        if self.num_virtual_tokens is not None and (not is_int(self.num_virtual_tokens)  # None: PEFT's default,
                                                     or self.num_virtual_tokens <= 0):    # required at build time
             problems.append(f"num_virtual_tokens={short_repr(self.num_virtual_tokens)} must be a positive integer "
                             "(try 8 to 20)")
         for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value <= 0):
+            if value is not None and (not is_int(value) or value <= 0):
                 problems.append(f"{name}={short_repr(value)} must be a positive integer or left empty")
 
     @property
@@ -534,12 +525,12 @@ class PromptEncoderConfig(PromptLearningConfig):
             problems,
         )
         if self.encoder_hidden_size is not None and (
-            not _is_int(self.encoder_hidden_size) or self.encoder_hidden_size <= 0
+            not is_int(self.encoder_hidden_size) or self.encoder_hidden_size <= 0
         ):
             problems.append(f"encoder_hidden_size={short_repr(self.encoder_hidden_size)} must be a positive integer")
-        if not _is_int(self.encoder_num_layers) or self.encoder_num_layers <= 0:
+        if not is_int(self.encoder_num_layers) or self.encoder_num_layers <= 0:
             problems.append(f"encoder_num_layers={short_repr(self.encoder_num_layers)} must be a positive integer")
-        if not _is_number(self.encoder_dropout) or not 0.0 <= self.encoder_dropout < 1.0:
+        if not is_number(self.encoder_dropout) or not 0.0 <= self.encoder_dropout < 1.0:
             problems.append(f"encoder_dropout={short_repr(self.encoder_dropout)} must be a number in [0, 1)")
 
 

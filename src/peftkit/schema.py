@@ -15,11 +15,20 @@ import types
 import typing
 from typing import Any, get_type_hints
 
-from .config import _is_number
 from .errors import did_you_mean
 from .errors import short_repr as _short
 
-__all__ = ["coerce", "field_docs", "field_types", "typecheck"]
+__all__ = ["coerce", "field_docs", "field_types", "is_int", "is_number", "typecheck"]
+
+
+def is_int(value: Any) -> bool:
+    """A whole number that is not a bool (``True`` is an int to Python, not a rank to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A real, finite number: NaN and infinity pass every comparison test silently, so they are refused here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @functools.cache
@@ -63,7 +72,7 @@ def _matches(value: Any, hint: Any) -> bool:
             return True
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return True
-        if kind is float and _is_number(value) and (not isinstance(value, float) or math.isfinite(value)):
+        if kind is float and is_number(value) and (not isinstance(value, float) or math.isfinite(value)):
             return True
         if kind is str and isinstance(value, str):
             return True
@@ -111,7 +120,7 @@ def coerce(value: Any, hint: Any) -> Any:
 
 
 def _positive(problems: list[str], name: str, value: Any, integer: bool = False) -> None:
-    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else is_number(value)
     if not ok or value <= 0:
         kind = "a whole number" if integer else "a number"
         problems.append(f"{name}={_short(value)} must be {kind} > 0")
@@ -120,7 +129,7 @@ def _positive(problems: list[str], name: str, value: Any, integer: bool = False)
 def _split_size(problems: list[str], name: str, value: Any, zero: bool = True) -> None:
     """A split's size: a share of the rows in [0, 1) (``(0, 1)`` when ``zero`` is not allowed) or a whole count."""
     low = "[0, 1)" if zero else "(0, 1)"
-    if not _is_number(value) or value < 0 or (value == 0 and not zero) or (value >= 1 and value % 1):
+    if not is_number(value) or value < 0 or (value == 0 and not zero) or (value >= 1 and value % 1):
         problems.append(f"{name}={_short(value)} must be a share of the rows in {low} or a whole count of rows")
 
 

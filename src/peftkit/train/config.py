@@ -21,14 +21,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import PeftConfig, TaskType, _is_number
+from ..config import PeftConfig, TaskType
 from ..configfile import read_config_file
 from ..data import DataConfig
 from ..errors import ConfigError, did_you_mean
 from ..errors import short_repr as _short
 from ..methods import method_named, methods
 from ..prompting import GRADIENT_CHECKPOINTING
-from ..schema import _choice, _positive, coerce, field_docs, field_types, typecheck
+from ..schema import _choice, _positive, coerce, field_docs, field_types, is_number, typecheck
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
 
@@ -155,7 +155,7 @@ class TrainingConfig:
             if getattr(self, name) is not None:
                 _positive(problems, f"train.{name}", getattr(self, name), integer=True)
         _positive(problems, "train.lr", self.lr)
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
             problems.append(f"train.weight_decay={self.weight_decay!r} must be a number >= 0")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             problems.append(f"train.warmup_steps={self.warmup_steps!r} must be a whole number >= 0")
