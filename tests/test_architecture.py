@@ -113,6 +113,7 @@ METHOD_HOMES = {
     "peftkit.helpers": "PEFT's LoRA helpers (rescale_adapter_scale)",
     "peftkit.export.gguf_lora": "LoRA adapters for llama.cpp",
     "peftkit.serve.vllm": "LoRA adapters for vLLM",
+    "peftkit.optimizers": "LoRA+ (LoRA's B factors get their own learning rate)",
 }
 
 

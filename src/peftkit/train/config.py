@@ -96,6 +96,10 @@ class TrainingConfig:
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    loraplus_lr_ratio: float | None = None
+    """LoRA+: B's learning rate is lr times this (the paper suggests 16; LLaMA-Factory's and axolotl's
+    loraplus_lr_ratio), LoRA on embeddings learns at 1e-6, as PEFT's create_loraplus_optimizer groups them;
+    none: one rate for every tensor. LoRA only, not under FSDP."""
     schedule: str = "linear"
     """Learning-rate schedule after warmup: linear, cosine or constant."""
     warmup_steps: int = 0
@@ -157,6 +161,8 @@ class TrainingConfig:
         _positive(problems, "train.lr", self.lr)
         if not is_number(self.weight_decay) or self.weight_decay < 0:
             problems.append(f"train.weight_decay={self.weight_decay!r} must be a number >= 0")
+        if self.loraplus_lr_ratio is not None:
+            _positive(problems, "train.loraplus_lr_ratio", self.loraplus_lr_ratio)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             problems.append(f"train.warmup_steps={self.warmup_steps!r} must be a whole number >= 0")
         if self.max_grad_norm is not None:
@@ -217,6 +223,13 @@ class JobConfig:
         if not isinstance(self.output_dir, str) or not self.output_dir.strip():
             problems.append(f"output_dir={self.output_dir!r} is empty; name a folder for the results, e.g. "
                             "--output-dir outputs/run (use '.' for the current folder explicitly)")
+        if getattr(self.train, "loraplus_lr_ratio", None) is not None:
+            if self.method != "lora":
+                problems.append(f"train.loraplus_lr_ratio: LoRA+ sets the learning rate of LoRA's B factors; method "
+                                f"{self.method} has none. Remove it or use method lora")
+            if getattr(self.train, "strategy", None) == "fsdp":
+                problems.append("train.loraplus_lr_ratio is not supported with train.strategy fsdp yet (FSDP "
+                                "replaces the parameters the groups are made of); use ddp or leave it out")
         if self.method == "prefix_tuning" and getattr(self.train, "gradient_checkpointing", False) is True:
             problems.append("train.gradient_checkpointing: " + GRADIENT_CHECKPOINTING)
         validate_sections(self, problems)

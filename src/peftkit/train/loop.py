@@ -26,6 +26,7 @@ from ..data import IGNORE_INDEX, Example, TaskData, load_task_data
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..files import write_json_atomic, write_text_atomic
 from ..models import load_tokenizer
+from ..optimizers import loraplus_groups
 from . import checkpoint as ckpt
 from . import distributed, rundir
 from .batches import Batches, lr_schedule, split_by_length, total_steps
@@ -92,7 +93,11 @@ class Run:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError("the model has no trainable parameters; check the adapter config")
-        self.optimizer = torch.optim.AdamW(self.params, lr=settings.lr, weight_decay=settings.weight_decay)
+        groups: Any = self.params
+        if settings.loraplus_lr_ratio is not None:  # LoRA+: B (and 1-D tensors) at lr * ratio, as PEFT groups them
+            groups = [g for g in loraplus_groups(self.model, settings.lr, settings.loraplus_lr_ratio,
+                                                 weight_decay=settings.weight_decay) if g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
         self.scheduler = lr_schedule(self.optimizer, settings.schedule, settings.warmup_steps, self.total)
         self.step, self.position = 0, 0
         self.before: dict[str, float] | None = None

@@ -25,7 +25,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "plot.png", "README
 # Length (epochs, max_steps, max_minutes) and what is shown or saved may change.
 RESUME_FIXED = ("model", "method", "adapter", "data", "seed", "dtype", "quantization", "train.batch_size",
                 "train.grad_accum", "train.lr", "train.weight_decay", "train.schedule", "train.warmup_steps",
-                "train.group_by_length", "train.packing", "train.max_grad_norm")
+                "train.group_by_length", "train.packing", "train.max_grad_norm", "train.loraplus_lr_ratio")
 
 
 def job_record(config: JobConfig) -> dict[str, Any]:
