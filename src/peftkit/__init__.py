@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "HubError": ".errors",
     "IA3Config": ".config",
     "JobConfig": ".train",
+    "LoHaConfig": ".config",
     "LoraConfig": ".config",
     "ModelLoadError": ".errors",
     "OutputDirError": ".outputs",
@@ -139,6 +140,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .compare import CompareConfig, compare
     from .config import (
         IA3Config,
+        LoHaConfig,
         LoraConfig,
         PeftConfig,
         PeftType,
@@ -215,6 +217,7 @@ __all__ = [
     "HubError",
     "IA3Config",
     "JobConfig",
+    "LoHaConfig",
     "LoraConfig",
     "ModelLoadError",
     "NoMatchingPeftModuleError",

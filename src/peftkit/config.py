@@ -25,6 +25,7 @@ from .schema import is_int, is_number
 
 __all__ = [
     "IA3Config",
+    "LoHaConfig",
     "LoraConfig",
     "PeftConfig",
     "PeftType",
@@ -58,6 +59,7 @@ class PeftType(str, enum.Enum):
     P_TUNING = "P_TUNING"
     PREFIX_TUNING = "PREFIX_TUNING"
     IA3 = "IA3"
+    LOHA = "LOHA"
 
 
 class TaskType(str, enum.Enum):
@@ -392,8 +394,8 @@ class LoraConfig(PeftConfig):
         self.target_modules = _name_set(self.target_modules, "target_modules", problems)
         self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
         self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
-        self._validate_layers(problems)
-        self._validate_patterns(problems)
+        _validate_layers(self, problems)
+        _validate_patterns(self, problems)
         rewrites_base = isinstance(init, str) and (init.startswith("pissa") or init == "olora")
         if self.use_rslora is True and (self.rank_pattern or self.alpha_pattern) and rewrites_base:
             warnings.warn("Using Rank-Stabilized LoRA with rank_pattern/alpha_pattern and post-training conversion "
@@ -402,37 +404,40 @@ class LoraConfig(PeftConfig):
                           "values of the base weights; if you intend to do this, please ensure not to use rslora or "
                           "rank_pattern/alpha_pattern.", UserWarning, stacklevel=4)
 
-    def _validate_layers(self, problems: list[str]) -> None:
-        layers = self.layers_to_transform
-        if layers is not None:
-            if isinstance(layers, (list, tuple)) and all(is_int(i) and i >= 0 for i in layers):
-                self.layers_to_transform = list(layers)
-            elif not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0):
-                problems.append(f"layers_to_transform={short_repr(layers)} must be a layer index or a list of them")
-            if isinstance(self.target_modules, str):
-                problems.append("`layers_to_transform` cannot be used when `target_modules` is a str. Name the "
-                                "layers in the regex instead, or give target_modules as a list")
-        if self.layers_pattern and isinstance(self.target_modules, str):
-            problems.append("`layers_pattern` cannot be used when `target_modules` is a str. Name the layers in the "
-                            "regex instead, or give target_modules as a list")
-        if self.layers_pattern and layers is None:
-            problems.append("When `layers_pattern` is specified, `layers_to_transform` must also be specified. Set "
-                            "both or neither")
 
-    def _validate_patterns(self, problems: list[str]) -> None:
-        for name, positive_int in (("rank_pattern", True), ("alpha_pattern", False)):
-            pattern = getattr(self, name)
-            if pattern is None:
-                setattr(self, name, {})
-                continue
-            if not isinstance(pattern, dict):
-                problems.append(f"{name}={short_repr(pattern)} must be a mapping of layer-name pattern to value")
-                continue
-            for key, value in pattern.items():
-                ok = is_int(value) if positive_int else is_number(value)
-                if not ok or value <= 0:
-                    kind = "integer" if positive_int else "number"
-                    problems.append(f"{name}[{key!r}]={short_repr(value)} must be a positive {kind}")
+def _validate_layers(self: Any, problems: list[str]) -> None:
+    """``layers_to_transform`` and ``layers_pattern`` of a LoRA-family config, checked together."""
+    layers = self.layers_to_transform
+    if layers is not None:
+        if isinstance(layers, (list, tuple)) and all(is_int(i) and i >= 0 for i in layers):
+            self.layers_to_transform = list(layers)
+        elif not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0):
+            problems.append(f"layers_to_transform={short_repr(layers)} must be a layer index or a list of them")
+        if isinstance(self.target_modules, str):
+            problems.append("`layers_to_transform` cannot be used when `target_modules` is a str. Name the "
+                            "layers in the regex instead, or give target_modules as a list")
+    if self.layers_pattern and isinstance(self.target_modules, str):
+        problems.append("`layers_pattern` cannot be used when `target_modules` is a str. Name the layers in the "
+                        "regex instead, or give target_modules as a list")
+    if self.layers_pattern and layers is None:
+        problems.append("When `layers_pattern` is specified, `layers_to_transform` must also be specified. Set "
+                        "both or neither")
+
+def _validate_patterns(self: Any, problems: list[str]) -> None:
+    """``rank_pattern`` (positive integers) and ``alpha_pattern`` (positive numbers) of a LoRA-family config."""
+    for name, positive_int in (("rank_pattern", True), ("alpha_pattern", False)):
+        pattern = getattr(self, name)
+        if pattern is None:
+            setattr(self, name, {})
+            continue
+        if not isinstance(pattern, dict):
+            problems.append(f"{name}={short_repr(pattern)} must be a mapping of layer-name pattern to value")
+            continue
+        for key, value in pattern.items():
+            ok = is_int(value) if positive_int else is_number(value)
+            if not ok or value <= 0:
+                kind = "integer" if positive_int else "number"
+                problems.append(f"{name}[{key!r}]={short_repr(value)} must be a positive {kind}")
 
 
 @dataclass
@@ -607,12 +612,68 @@ class IA3Config(PeftConfig):
                                 f"targets; every feed-forward module must also be a target")
 
 
+@dataclass
+class LoHaConfig(PeftConfig):
+    """LoHa (Hyeon-Woo et al., 2022; LyCORIS): the update is the Hadamard product of two low-rank products,
+    ``(W1a W1b) * (W2a W2b) * alpha / r``, a rank up to r**2 from 4 r (in + out) numbers. Field names and
+    defaults are PEFT's."""
+
+    r: int = 8
+    """The rank of each of the two products."""
+    alpha: float = 8
+    """The update is scaled by ``alpha / r``."""
+    rank_dropout: float = 0.0
+    """Training only: each output row of the update is dropped with this probability (rescaled to keep its mean)."""
+    module_dropout: float = 0.0
+    """Training only: the whole adapter of a layer is skipped for a step with this probability."""
+    use_effective_conv2d: bool = False
+    """PEFT's CP decomposition of convolution kernels (FedPara's proposition 3); only False."""
+    target_modules: list[str] | set[str] | str | None = None
+    """Layers to adapt (nn.Linear, nn.Conv1d, nn.Conv2d): names, name suffixes or a regex; empty means the
+    architecture default (LoRA's table, as in PEFT)."""
+    exclude_modules: list[str] | set[str] | str | None = None
+    """Layers never to adapt, with the same matching rules as ``target_modules``."""
+    init_weights: bool = True
+    """Start W2b at zero, so a fresh adapter equals the base model; False draws every factor at random."""
+    layers_to_transform: list[int] | int | None = None
+    """Only these layer indices (of the layer list ``layers_pattern`` names) are adapted."""
+    layers_pattern: list[str] | str | None = None
+    """Name of the layer list that ``layers_to_transform`` indexes."""
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    """Per-layer rank overrides: ``{name regex: r}``."""
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    """Per-layer alpha overrides: ``{name regex: alpha}``."""
+
+    peft_type: ClassVar[PeftType] = PeftType.LOHA
+    _unsupported: ClassVar[dict[str, Any]] = {"use_effective_conv2d": False}
+
+    def _validate(self, problems: list[str]) -> None:
+        problems += [f"{k}={short_repr(getattr(self, k))} is a PEFT feature peftkit does not support yet; remove it"
+                     for k, off in self._unsupported.items() if not _is_off(getattr(self, k), off)]
+        if not is_int(self.r) or self.r <= 0:
+            problems.append(f"r={short_repr(self.r)} must be a positive integer (try 8)")
+        if not is_number(self.alpha) or self.alpha <= 0:
+            problems.append(f"alpha={short_repr(self.alpha)} must be a positive number (often r)")
+        for name in ("rank_dropout", "module_dropout"):
+            value = getattr(self, name)
+            if not is_number(value) or not 0.0 <= value < 1.0:
+                problems.append(f"{name}={short_repr(value)} must be a number in [0, 1)")
+        if not isinstance(self.init_weights, bool):
+            problems.append(f"init_weights={short_repr(self.init_weights)} must be true or false")
+        self.target_modules = _name_set(self.target_modules, "target_modules", problems)
+        self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
+        self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
+        _validate_layers(self, problems)
+        _validate_patterns(self, problems)
+
+
 CONFIG_CLASSES: dict[str, type[PeftConfig]] = {  # by peft_type; peftkit.methods.register_method adds to it
     PeftType.LORA: LoraConfig,
     PeftType.PROMPT_TUNING: PromptTuningConfig,
     PeftType.P_TUNING: PromptEncoderConfig,
     PeftType.PREFIX_TUNING: PrefixTuningConfig,
     PeftType.IA3: IA3Config,
+    PeftType.LOHA: LoHaConfig,
 }
 
 # Keys PEFT writes that carry no meaning for loading.

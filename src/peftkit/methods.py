@@ -24,6 +24,7 @@ from . import prompting, surgery
 from .config import CONFIG_CLASSES, PeftConfig, PeftType
 from .errors import ConfigError, did_you_mean
 from .tuners.ia3 import IA3Conv, IA3Linear
+from .tuners.loha import LoHaLayer
 from .tuners.lora import LoraLayer
 
 __all__ = ["Method", "method_for", "method_named", "methods", "register_method", "unregister_method"]
@@ -146,6 +147,8 @@ def _register_builtins() -> None:
     for name, peft_type in (("prompt_tuning", PeftType.PROMPT_TUNING), ("p_tuning", PeftType.P_TUNING),
                             ("prefix_tuning", PeftType.PREFIX_TUNING)):
         register_method(Method(name, peft_type.value, CONFIG_CLASSES[peft_type], prompt_module=_prompt_module))
+    register_method(Method("loha", PeftType.LOHA.value, CONFIG_CLASSES[PeftType.LOHA], "LoHaModel",
+                           inject=surgery.inject_loha, layer_classes=(LoHaLayer,), prefix=LoHaLayer.prefix))
     register_method(Method("ia3", PeftType.IA3.value, CONFIG_CLASSES[PeftType.IA3], "IA3Model",
                            inject=surgery.inject_ia3, layer_classes=(IA3Linear, IA3Conv), prefix=IA3Linear.prefix))
 

@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from . import tying
-from .config import IA3Config, LoraConfig, PeftConfig, TaskType
+from .config import IA3Config, LoHaConfig, LoraConfig, PeftConfig, TaskType
 from .errors import ConfigError, TargetNotFoundError, short_repr
 from .memory import check_allocation
 from .merging import MIXES, mix
 from .target_tables import IA3_FEEDFORWARD_MODULES, IA3_TARGET_MODULES, LORA_TARGET_MODULES
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Conv, IA3Linear
+from .tuners.loha import LoHaLayer
 from .tuners.lora import LoraLayer, LoraLinear
 from .tuners.lora_conv import CONV_TYPES, LoraConv, wrap_conv
 from .tuners.lora_embedding import LoraEmbedding
@@ -36,6 +37,7 @@ __all__ = [
     "add_modules_to_save",
     "delete_adapter",
     "get_submodules",
+    "inject_loha",
     "inject_lora",
     "is_target",
     "mark_trainable",
@@ -445,6 +447,40 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
         if layer is not module:
             _set_submodule(model, key, layer)
     return cast(IA3Config, config.replace(fan_in_fan_out=True)) if transposed else config
+
+
+def inject_loha(model: nn.Module, config: LoHaConfig, adapter_name: str) -> LoHaConfig:
+    """Add LoHa adapter ``adapter_name`` to every linear or convolution layer ``config`` targets (LoRA's default
+    targets when empty, as in PEFT).
+
+    Returns:
+        ``config`` resolved against the model (targets listed); ``config`` itself is not changed.
+    """
+    config, user_given = cast(tuple[LoHaConfig, bool], resolve_target_modules(model, config))  # type: ignore[arg-type]
+    candidates = [name for name, _ in _candidate_modules(model)]
+    keys = [name for name in candidates if is_target(config, name)]  # type: ignore[arg-type]
+    if not keys:
+        raise no_target_error(model, config, candidates)  # type: ignore[arg-type]
+    if user_given:
+        _check_target_list(model, config, candidates)  # type: ignore[arg-type]
+    for key in keys:
+        module = model.get_submodule(key)
+        if isinstance(module, LoHaLayer):
+            layer = module
+        elif isinstance(module, AdapterLayer):
+            raise ConfigError(f"layer {key!r} already carries a {type(module).__name__} adapter; LoHa cannot share "
+                              f"a layer with another method, choose other target_modules")
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            layer = LoHaLayer(module)
+        else:
+            raise TargetNotFoundError(f"target {key!r} is a {type(module).__name__}, which LoHa cannot adapt; narrow "
+                                      f"target_modules to nn.Linear, nn.Conv1d or nn.Conv2d layers")
+        r = int(_pattern_value(config.rank_pattern, key, config.r))
+        alpha = _pattern_value(config.alpha_pattern, key, config.alpha)
+        layer.add_adapter(adapter_name, r, alpha, config.rank_dropout, config.module_dropout, config.init_weights)
+        if layer is not module:
+            _set_submodule(model, key, layer)
+    return config
 
 
 def _warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str]) -> None:

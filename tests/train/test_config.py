@@ -26,7 +26,7 @@ def test_every_problem_is_reported_at_once_with_field_names() -> None:
                   train={"lr": -1, "schedule": "cosin", "batch_size": 2.5, "precision": "fp8"})
     text = str(info.value)
     for expected in ("method='loar' is not allowed; expected one of full, lora, prompt_tuning, p_tuning, "
-                     "prefix_tuning, ia3.",
+                     "prefix_tuning, loha, ia3.",
                      "Did you mean 'lora'?", "data.path is required", "data.mode='clasification'",
                      "Did you mean 'classification'?", "data.max_length=0 must be a whole number > 0",
                      "train.lr=-1 must be a number > 0", "train.schedule='cosin'", "train.batch_size=2.5",
