@@ -53,7 +53,7 @@ DESELECTED_FILES: dict[str, str] = {
 # they are equal, or the id's word is this word plus "config", "layer", "model" or a number ("LoHaConfig").
 UNCLAIMED: dict[str, str] = {
     **{m: "method not claimed" for m in [
-        "adalora", "glora", "vera", "loha", "lokr", "boft", "oft", "hra", "vblora", "fourierft", "miss", "bone",
+        "adalora", "glora", "vera", "lokr", "boft", "oft", "hra", "vblora", "fourierft", "miss", "bone",
         "lntuning", "randlora", "shira", "c3a", "road", "waveft", "delora", "osf", "xlora", "poly", "cpt",
         "adaptionprompt", "unilora", "lily", "hira", "gralora", "peanut", "psoft", "tinylora", "velora", "frod",
         "beft", "deft", "adamss", "kasa", "monteclora", "supertuning", "bdlora", "pvera", "shadow", "multitaskprompt",

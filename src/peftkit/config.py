@@ -627,7 +627,8 @@ class LoHaConfig(PeftConfig):
     module_dropout: float = 0.0
     """Training only: the whole adapter of a layer is skipped for a step with this probability."""
     use_effective_conv2d: bool = False
-    """PEFT's CP decomposition of convolution kernels (FedPara's proposition 3); only False."""
+    """Decompose convolution kernels larger than 1 with a CP core per product (FedPara's proposition 3): fewer
+    numbers for wide kernels."""
     target_modules: list[str] | set[str] | str | None = None
     """Layers to adapt (nn.Linear, nn.Conv1d, nn.Conv2d): names, name suffixes or a regex; empty means the
     architecture default (LoRA's table, as in PEFT)."""
@@ -645,11 +646,8 @@ class LoHaConfig(PeftConfig):
     """Per-layer alpha overrides: ``{name regex: alpha}``."""
 
     peft_type: ClassVar[PeftType] = PeftType.LOHA
-    _unsupported: ClassVar[dict[str, Any]] = {"use_effective_conv2d": False}
 
     def _validate(self, problems: list[str]) -> None:
-        problems += [f"{k}={short_repr(getattr(self, k))} is a PEFT feature peftkit does not support yet; remove it"
-                     for k, off in self._unsupported.items() if not _is_off(getattr(self, k), off)]
         if not is_int(self.r) or self.r <= 0:
             problems.append(f"r={short_repr(self.r)} must be a positive integer (try 8)")
         if not is_number(self.alpha) or self.alpha <= 0:
@@ -658,8 +656,9 @@ class LoHaConfig(PeftConfig):
             value = getattr(self, name)
             if not is_number(value) or not 0.0 <= value < 1.0:
                 problems.append(f"{name}={short_repr(value)} must be a number in [0, 1)")
-        if not isinstance(self.init_weights, bool):
-            problems.append(f"init_weights={short_repr(self.init_weights)} must be true or false")
+        for name in ("init_weights", "use_effective_conv2d"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
         self.target_modules = _name_set(self.target_modules, "target_modules", problems)
         self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
         self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)

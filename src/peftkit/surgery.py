@@ -400,17 +400,23 @@ def is_feedforward(config: IA3Config, key: str) -> bool:
 
 
 def resolve_ia3_targets(model: nn.Module, config: IA3Config) -> IA3Config:
-    """``config`` with the architecture's default targets and feed-forward layers when it names none."""
-    if config.target_modules is not None:
-        return config
+    """``config`` with the architecture's default targets when it names none, the linear layers listed for
+    ``"all-linear"``, and the architecture's feed-forward layers when it names none (PEFT's order and rule; a
+    model without a table then has no feed-forward layer, where PEFT refuses)."""
     model_type = str(getattr(getattr(model, "config", None), "model_type", None))
-    if model_type not in IA3_TARGET_MODULES:
-        raise ConfigError(f"target_modules is empty and there is no IA3 default for model type {model_type!r}; "
-                          f"set target_modules and feedforward_modules, e.g. {_suggest_targets(model)}")
-    feedforward = config.feedforward_modules
-    return cast(IA3Config, config.replace(
-        target_modules=set(IA3_TARGET_MODULES[model_type]),
-        feedforward_modules=set(IA3_FEEDFORWARD_MODULES[model_type]) if feedforward is None else feedforward))
+    if config.target_modules is None:
+        if model_type not in IA3_TARGET_MODULES:
+            raise ConfigError(f"target_modules is empty and there is no IA3 default for model type {model_type!r}; "
+                              f"set target_modules and feedforward_modules, e.g. {_suggest_targets(model)}")
+        config = cast(IA3Config, config.replace(target_modules=set(IA3_TARGET_MODULES[model_type])))
+    if config.feedforward_modules is None and model_type in IA3_FEEDFORWARD_MODULES:
+        feedforward = set(IA3_FEEDFORWARD_MODULES[model_type])
+        if not isinstance(config.target_modules, str):  # only those targeted (the rule applies to targets only)
+            feedforward &= set(config.target_modules or ())
+        config = cast(IA3Config, config.replace(feedforward_modules=feedforward))
+    if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
+        config = cast(IA3Config, resolve_target_modules(model, config)[0])  # type: ignore[arg-type]
+    return config
 
 
 def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Config:
@@ -477,7 +483,8 @@ def inject_loha(model: nn.Module, config: LoHaConfig, adapter_name: str) -> LoHa
                                       f"target_modules to nn.Linear, nn.Conv1d or nn.Conv2d layers")
         r = int(_pattern_value(config.rank_pattern, key, config.r))
         alpha = _pattern_value(config.alpha_pattern, key, config.alpha)
-        layer.add_adapter(adapter_name, r, alpha, config.rank_dropout, config.module_dropout, config.init_weights)
+        layer.add_adapter(adapter_name, r, alpha, config.rank_dropout, config.module_dropout, config.init_weights,
+                          config.use_effective_conv2d)
         if layer is not module:
             _set_submodule(model, key, layer)
     return config

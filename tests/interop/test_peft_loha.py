@@ -23,11 +23,12 @@ def _llama(lib: Any, init_weights: bool = False, **kwargs: Any) -> Any:
     return lib.get_peft_model(base, config)
 
 
-def _conv(lib: Any) -> Any:
+def _conv(lib: Any, cp: bool = False) -> Any:
     torch.manual_seed(0)
     base = ConvModel()
     torch.manual_seed(1)
-    return lib.get_peft_model(base, lib.LoHaConfig(target_modules=["c2", "c1", "head"], init_weights=False)).eval()
+    config = lib.LoHaConfig(target_modules=["c2", "c1", "head"], init_weights=False, use_effective_conv2d=cp)
+    return lib.get_peft_model(base, config).eval()
 
 
 def test_loha_equals_peft_for_the_same_draws() -> None:
@@ -36,7 +37,12 @@ def test_loha_equals_peft_for_the_same_draws() -> None:
     assert not torch.allclose(ours, outputs(tiny_model("llama"), inputs))
     torch.testing.assert_close(ours, outputs(_llama(peft), inputs), rtol=0, atol=0)
     with torch.no_grad():
-        torch.testing.assert_close(_conv(peftkit)(X), _conv(peft)(X), rtol=0, atol=0)
+        for cp in (False, True):  # use_effective_conv2d: the (3, 2) kernel gets CP cores, the 1-wide one not
+            ours_conv = _conv(peftkit, cp)
+            torch.testing.assert_close(ours_conv(X), _conv(peft, cp)(X), rtol=0, atol=0)
+            expected = ours_conv(X)
+            ours_conv.merge_adapter()
+            torch.testing.assert_close(ours_conv(X), expected, rtol=0, atol=1e-5)
 
 
 def test_a_fresh_loha_adapter_is_the_base_model_and_disabled_is_too() -> None:
