@@ -257,6 +257,7 @@ METHODS = {  # a test's method, from the config class or word in its id
     # "prefix" alone only as a word: TestTunerStateDictKeyPrefixes is about key prefixes, not prefix tuning
     "prefix tuning": re.compile(r"prefixtuning|prefix_tuning|(?<![a-z])prefix(?![a-z])", re.I),
     "ia3": re.compile(r"ia3", re.I),
+    "loha": re.compile(r"loha", re.I),
     "lora": re.compile(r"lora|dora|pissa|olora", re.I),
 }
 
@@ -294,6 +295,17 @@ def summarize(peft: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
                           "peftkit": ours[test_id]["outcome"],
                           "peftkit_message": error_lines(ours[test_id]["message"])}
     counts = collections.Counter(t["category"] for t in tests.values())
+    by_method = _by_method(tests)
+    peft_passes = sum(t["peft"] == "passed" for t in tests.values())
+    return {"selected": len(tests), "peft_passes": peft_passes, "peftkit_passes_of_those": counts["pass"],
+            "ratio": round(counts["pass"] / peft_passes, 4) if peft_passes else None,
+            "counts": dict(sorted(counts.items())), "by_method": by_method, "harness_errors": harness_errors,
+            "renumbered": pairs,
+            "tests": tests}
+
+
+def _by_method(tests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method: tests selected, PEFT passes, peftkit passes of those, and their ratio."""
     by_method = {}
     for method in [*METHODS, "other"]:
         rows = [t for t in tests.values() if t["method"] == method]
@@ -301,12 +313,14 @@ def summarize(peft: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
         both = sum(t["peftkit"] == "passed" for t in peft_passes)
         by_method[method] = {"selected": len(rows), "peft_passes": len(peft_passes), "peftkit_passes_of_those": both,
                              "ratio": round(both / len(peft_passes), 4) if peft_passes else None}
-    peft_passes = sum(t["peft"] == "passed" for t in tests.values())
-    return {"selected": len(tests), "peft_passes": peft_passes, "peftkit_passes_of_those": counts["pass"],
-            "ratio": round(counts["pass"] / peft_passes, 4) if peft_passes else None,
-            "counts": dict(sorted(counts.items())), "by_method": by_method, "harness_errors": harness_errors,
-            "renumbered": pairs,
-            "tests": tests}
+    return by_method
+
+
+def recount(recorded: dict[str, Any]) -> dict[str, Any]:
+    """``recorded`` with each test's method and the per-method table recomputed by :func:`method_of`."""
+    for test_id, test in recorded["tests"].items():
+        test["method"] = method_of(test_id)
+    return {**recorded, "by_method": _by_method(recorded["tests"])}
 
 
 def _key(*parts: object) -> str:
@@ -335,9 +349,17 @@ def main() -> int:
     parser.add_argument("--peftkit-src", help="a folder with the peftkit package to test (default: the installed)")
     parser.add_argument("--peft-only", action="store_true", help="run PEFT's side only (cached for --reuse-peft)")
     parser.add_argument("--markdown", metavar="JSON", help="only write the markdown report of a recorded run")
+    parser.add_argument("--recount", metavar="JSON",
+                        help="recount a recorded run's per-method table with this harness's method names (the "
+                             "outcomes and categories are the run's), then write its markdown")
     parser.add_argument("--out", help="where the JSON goes (default benchmarks/results/peft-conformance.json)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (e.g. -k test_merge)")
     args = parser.parse_args()
+    if args.recount:
+        path = Path(args.recount)
+        path.write_text(json.dumps(recount(json.loads(path.read_text())), indent=1) + "\n")
+        path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
+        return 0
     if args.markdown:
         recorded = json.loads(Path(args.markdown).read_text())
         Path(args.markdown).with_suffix(".md").write_text(markdown(recorded))

@@ -409,13 +409,13 @@ def resolve_ia3_targets(model: nn.Module, config: IA3Config) -> IA3Config:
             raise ConfigError(f"target_modules is empty and there is no IA3 default for model type {model_type!r}; "
                               f"set target_modules and feedforward_modules, e.g. {_suggest_targets(model)}")
         config = cast(IA3Config, config.replace(target_modules=set(IA3_TARGET_MODULES[model_type])))
-    if config.feedforward_modules is None and model_type in IA3_FEEDFORWARD_MODULES:
-        feedforward = set(IA3_FEEDFORWARD_MODULES[model_type])
-        if not isinstance(config.target_modules, str):  # only those targeted (the rule applies to targets only)
-            feedforward &= set(config.target_modules or ())
-        config = cast(IA3Config, config.replace(feedforward_modules=feedforward))
     if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
         config = cast(IA3Config, resolve_target_modules(model, config)[0])  # type: ignore[arg-type]
+    if config.feedforward_modules is None and model_type in IA3_FEEDFORWARD_MODULES:
+        feedforward: Any = set(IA3_FEEDFORWARD_MODULES[model_type])
+        if not isinstance(config.target_modules, str):  # the targets the table names (the rule applies to targets)
+            feedforward = {t for t in config.target_modules or () if matches_target(list(feedforward), t)}
+        config = cast(IA3Config, config.replace(feedforward_modules=feedforward))
     return config
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import peft
 import pytest
 import torch
@@ -45,3 +47,16 @@ def test_same_trainable_count_as_peft(arch: str) -> None:
     ours = peftkit.get_peft_model(tiny_model(arch), _config(peftkit, arch))
     theirs = peft.get_peft_model(tiny_model(arch), _config(peft, arch))
     assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
+
+
+@pytest.mark.parametrize("targets", [["k_proj", "v_proj", "down_proj"], ["k_proj"], "all-linear"],
+                         ids=["with-feedforward", "without", "all-linear"])
+def test_feedforward_layers_default_to_the_architecture_table_as_in_peft(targets: Any) -> None:
+    """Named targets without feedforward_modules: the architecture's feed-forward layers among them scale their
+    input, as PEFT decides (down_proj on Llama); 'all-linear' is listed first. Same draws, same outputs."""
+    found = {}
+    for lib in (peft, peftkit):
+        torch.manual_seed(0)
+        model = lib.get_peft_model(tiny_model("llama"), lib.IA3Config(target_modules=targets, init_ia3_weights=False))
+        found[lib.__name__] = outputs(model, model_inputs("llama"))
+    torch.testing.assert_close(found["peftkit"], found["peft"], rtol=0, atol=0)
