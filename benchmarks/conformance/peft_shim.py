@@ -30,7 +30,7 @@ ALIASES: dict[str, str] = {
     "Conv1d": "peftkit.tuners.lora_conv:LoraConv1d",
     "Conv2d": "peftkit.tuners.lora_conv:LoraConv2d",
     "Conv3d": "peftkit.tuners.lora_conv:LoraConv3d",
-    "IA3Layer": "peftkit.tuners.ia3:IA3Linear",
+    "IA3Layer": "peftkit.tuners.ia3:IA3Layer",
     "ModulesToSaveWrapper": "peftkit.tuners.modules_to_save:ModulesToSaveWrapper",
     "PromptEmbedding": "peftkit.tuners.prompt:PromptEmbedding",
     "PromptEncoder": "peftkit.tuners.prompt:PromptEncoder",

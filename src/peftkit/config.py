@@ -391,11 +391,7 @@ class LoraConfig(PeftConfig):
         for name in ("fan_in_fan_out", "use_rslora", "ensure_weight_tying", "lora_bias"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
-        self.target_modules = _name_set(self.target_modules, "target_modules", problems)
-        self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
-        self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
-        _validate_layers(self, problems)
-        _validate_patterns(self, problems)
+        _validate_targets(self, problems)
         rewrites_base = isinstance(init, str) and (init.startswith("pissa") or init == "olora")
         if self.use_rslora is True and (self.rank_pattern or self.alpha_pattern) and rewrites_base:
             warnings.warn("Using Rank-Stabilized LoRA with rank_pattern/alpha_pattern and post-training conversion "
@@ -403,6 +399,15 @@ class LoraConfig(PeftConfig):
                           "`path_initial_model_for_weight_conversion` to `save_pretrained` to restore the initial "
                           "values of the base weights; if you intend to do this, please ensure not to use rslora or "
                           "rank_pattern/alpha_pattern.", UserWarning, stacklevel=4)
+
+
+def _validate_targets(self: Any, problems: list[str]) -> None:
+    """The target fields a LoRA-family config shares: names or regex, layers, per-layer patterns."""
+    self.target_modules = _name_set(self.target_modules, "target_modules", problems)
+    self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
+    self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
+    _validate_layers(self, problems)
+    _validate_patterns(self, problems)
 
 
 def _validate_layers(self: Any, problems: list[str]) -> None:
@@ -659,11 +664,7 @@ class LoHaConfig(PeftConfig):
         for name in ("init_weights", "use_effective_conv2d"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
-        self.target_modules = _name_set(self.target_modules, "target_modules", problems)
-        self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
-        self.layers_pattern = _str_list(self.layers_pattern, "layers_pattern", problems, allow_str=True)
-        _validate_layers(self, problems)
-        _validate_patterns(self, problems)
+        _validate_targets(self, problems)
 
 
 CONFIG_CLASSES: dict[str, type[PeftConfig]] = {  # by peft_type; peftkit.methods.register_method adds to it

@@ -23,7 +23,7 @@ from torch import nn
 from . import prompting, surgery
 from .config import CONFIG_CLASSES, PeftConfig, PeftType
 from .errors import ConfigError, did_you_mean
-from .tuners.ia3 import IA3Conv, IA3Linear
+from .tuners.ia3 import IA3Layer
 from .tuners.loha import LoHaLayer
 from .tuners.lora import LoraLayer
 
@@ -150,7 +150,7 @@ def _register_builtins() -> None:
     register_method(Method("loha", PeftType.LOHA.value, CONFIG_CLASSES[PeftType.LOHA], "LoHaModel",
                            inject=surgery.inject_loha, layer_classes=(LoHaLayer,), prefix=LoHaLayer.prefix))
     register_method(Method("ia3", PeftType.IA3.value, CONFIG_CLASSES[PeftType.IA3], "IA3Model",
-                           inject=surgery.inject_ia3, layer_classes=(IA3Linear, IA3Conv), prefix=IA3Linear.prefix))
+                           inject=surgery.inject_ia3, layer_classes=(IA3Layer,), prefix=IA3Layer.prefix))
 
 
 _register_builtins()

@@ -22,7 +22,7 @@ from .memory import check_allocation
 from .merging import MIXES, mix
 from .target_tables import IA3_FEEDFORWARD_MODULES, IA3_TARGET_MODULES, LORA_TARGET_MODULES
 from .tuners.base import AdapterLayer
-from .tuners.ia3 import IA3Conv, IA3Linear
+from .tuners.ia3 import IA3Conv, IA3Layer, IA3Linear
 from .tuners.loha import LoHaLayer
 from .tuners.lora import LoraLayer, LoraLinear
 from .tuners.lora_conv import CONV_TYPES, LoraConv, wrap_conv
@@ -434,7 +434,7 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
     conv1d, transposed = _conv1d_type(), False
     for key in keys:
         module = model.get_submodule(key)
-        if isinstance(module, (IA3Linear, IA3Conv)):
+        if isinstance(module, IA3Layer):
             layer = module
         elif isinstance(module, AdapterLayer):
             raise ConfigError(f"layer {key!r} already carries a {type(module).__name__} adapter; IA3 cannot share "
@@ -849,12 +849,12 @@ def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]
 def combine_ia3(model: nn.Module, sources: list[str], weights: list[float], target: str) -> None:
     """Fill the (already created) IA3 adapter ``target`` with ``sum(w * l)`` over the sources each layer has."""
     for _, layer in adapter_layers(model):
-        new = layer.vector(target) if isinstance(layer, (IA3Linear, IA3Conv)) else None
+        new = layer.vector(target) if isinstance(layer, IA3Layer) else None
         if new is None:
             continue
         new.zero_()
         for name, weight in zip(sources, weights, strict=True):
-            source = cast(IA3Linear, layer).vector(name)
+            source = cast(IA3Layer, layer).vector(name)
             if source is not None:
                 new += source * weight
 

@@ -92,6 +92,16 @@ class LoraLayer(AdapterLayer):
             return None
         return _weight_of(container_a, name), _weight_of(container_b, name)
 
+    def splits_rows(self, name: str) -> bool:
+        return name in self.scaling and name not in self.lora_magnitude_vector  # DoRA: not in a mixed batch yet
+
+    def _check_rows(self, rows: RowGroups, x: torch.Tensor) -> None:
+        """A mixed batch's rows fit ``x`` and hold no DoRA adapter (PEFT's refusal and words)."""
+        rows.check(x.shape[0])
+        if any(n in self.lora_magnitude_vector for n in rows.by_adapter):
+            raise ConfigError("Cannot pass `adapter_names` when DoRA is enabled: a mixed batch cannot include DoRA "
+                              "adapters yet; run them separately")
+
     def _merge_one(self, name: str) -> None:
         self._check_bias_merge(name)
         self.weight.data += self.delta_weight(name).to(self.weight.dtype)
@@ -301,15 +311,9 @@ class LoraLinear(LoraLayer):
         lookup, three per factor, is a measurable share of a batch-1 decode step (benchmarks/lora_floor.py)."""
         return _weight_of(self._modules["lora_A"], name), _weight_of(self._modules["lora_B"], name)
 
-    def splits_rows(self, name: str) -> bool:
-        return name in self.scaling and name not in self.lora_magnitude_vector  # DoRA: not in a mixed batch yet
-
     def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
         """Each adapter on its own rows, with the single-adapter path's operations (see :mod:`.rows`)."""
-        rows.check(x.shape[0])
-        if any(n in self.lora_magnitude_vector for n in rows.by_adapter):
-            raise ConfigError("Cannot pass `adapter_names` when DoRA is enabled: a mixed batch cannot include DoRA "
-                              "adapters yet; run them separately")
+        self._check_rows(rows, x)
         result = base_output(self.base_layer, x, *args, **kwargs)  # (B, ..., out)
         for name, index in rows.by_adapter.items():
             if name in self.scaling:  # other rows: the base layer's output, untouched

@@ -190,15 +190,9 @@ class LoraConv(LoraLayer):
             base = conv._conv_forward(h, conv.weight.to(h.dtype), None)
         return ((factor - 1) * base + factor * update).to(result.dtype)
 
-    def splits_rows(self, name: str) -> bool:
-        return name in self.scaling and name not in self.lora_magnitude_vector  # DoRA: not in a mixed batch yet
-
     def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
         """Each adapter on its own rows of the batch (see :mod:`.rows`)."""
-        rows.check(x.shape[0])
-        if any(n in self.lora_magnitude_vector for n in rows.by_adapter):
-            raise ConfigError("Cannot pass `adapter_names` when DoRA is enabled: a mixed batch cannot include DoRA "
-                              "adapters yet; run them separately")
+        self._check_rows(rows, x)
         result = base_output(self.base_layer, x, *args, **kwargs)  # (B, out, ...)
         for name, index in rows.by_adapter.items():
             if name in self.scaling:

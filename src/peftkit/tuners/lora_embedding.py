@@ -156,15 +156,9 @@ class LoraEmbedding(LoraLayer):
         embed_scale = self._embed_scale()
         return update if embed_scale is None else update * embed_scale.to(update.dtype)
 
-    def splits_rows(self, name: str) -> bool:
-        return name in self.scaling and name not in self.lora_magnitude_vector  # DoRA: not in a mixed batch yet
-
     def _forward_rows(self, x: torch.Tensor, rows: RowGroups, *args: object, **kwargs: object) -> torch.Tensor:
         """Each adapter's update on its own rows of the batch (see :mod:`.rows`)."""
-        rows.check(x.shape[0])
-        if any(n in self.lora_magnitude_vector for n in rows.by_adapter):
-            raise ConfigError("Cannot pass `adapter_names` when DoRA is enabled: a mixed batch cannot include DoRA "
-                              "adapters yet; run them separately")
+        self._check_rows(rows, x)
         result = self.base_layer(x, *args, **kwargs)  # (B, T, D)
         for name, index in rows.by_adapter.items():
             if name in self.scaling:
