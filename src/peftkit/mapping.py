@@ -42,7 +42,8 @@ class _ByPeftType(Mapping[str, Any]):
         return self._value(self._methods()[str(getattr(key, "value", key))])
 
     def __iter__(self) -> Iterator[str]:
-        return iter([PeftType(t) if t in PeftType._value2member_map_ else t for t in self._methods()])
+        built_in = {t.value for t in PeftType}
+        return iter([PeftType(t) if t in built_in else t for t in self._methods()])
 
     def __len__(self) -> int:
         return len(self._methods())

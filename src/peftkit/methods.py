@@ -133,10 +133,6 @@ def method_named(name: str) -> Method:
     raise ConfigError(f"method {name!r} is unknown; expected one of {', '.join(known)}.{did_you_mean(name, known)}")
 
 
-def _prompt_module(base: nn.Module, config: Any) -> nn.Module:
-    return prompting.build_prompt_module(base, config)
-
-
 def _register_builtins() -> None:
     from .tuners.lora_conv import LoraConv
     from .tuners.lora_embedding import LoraEmbedding
@@ -146,7 +142,8 @@ def _register_builtins() -> None:
                            inject=surgery.inject_lora, layer_classes=lora_layers, prefix=LoraLayer.prefix))
     for name, peft_type in (("prompt_tuning", PeftType.PROMPT_TUNING), ("p_tuning", PeftType.P_TUNING),
                             ("prefix_tuning", PeftType.PREFIX_TUNING)):
-        register_method(Method(name, peft_type.value, CONFIG_CLASSES[peft_type], prompt_module=_prompt_module))
+        register_method(Method(name, peft_type.value, CONFIG_CLASSES[peft_type],
+                               prompt_module=prompting.build_prompt_module))
     register_method(Method("loha", PeftType.LOHA.value, CONFIG_CLASSES[PeftType.LOHA], "LoHaModel",
                            inject=surgery.inject_loha, layer_classes=(LoHaLayer,), prefix=LoHaLayer.prefix))
     register_method(Method("ia3", PeftType.IA3.value, CONFIG_CLASSES[PeftType.IA3], "IA3Model",

@@ -646,22 +646,25 @@ def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, free
                 layer.bias.requires_grad_(True)
 
 
+def _embedding_pair(model: nn.Module) -> tuple[Any, Any]:
+    """The model's input embeddings and output head (None where it has no such method)."""
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    return (get_in() if callable(get_in) else None), (get_out() if callable(get_out) else None)
+
+
 def untie_adapted_embeddings(model: nn.Module) -> bool:
     """Before a merge into input embeddings or an LM head that share one weight: give the adapted one its own
     copy, so the other keeps the weight it computes with unmerged (merged then equals unmerged; merged into the
     shared weight, LoRA on the head would change the input embeddings too). Returns whether it untied them;
     :func:`record_untied_embeddings` then corrects the config."""
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
-    embeddings = get_in() if callable(get_in) else None
-    head = get_out() if callable(get_out) else None
+    embeddings, head = _embedding_pair(model)
     shared = getattr(embeddings, "weight", None)
     if shared is None or getattr(head, "weight", None) is not shared:
         return False
     adapted = next((m for m in (embeddings, head) if isinstance(m, AdapterLayer)), None)
     if adapted is None:
         return False
-    base = adapted.base_layer
-    base.weight = nn.Parameter(cast(torch.Tensor, shared).detach().clone(), requires_grad=False)
+    adapted.base_layer.weight = nn.Parameter(cast(torch.Tensor, shared).detach().clone(), requires_grad=False)
     return True
 
 
@@ -670,10 +673,9 @@ def record_untied_embeddings(model: nn.Module) -> bool:
     different weights (untied for the merge, or never tied) is set to False, as PEFT does, so saving and
     reloading the model does not tie them again. Returns whether it changed the config."""
     config = getattr(model, "config", None)
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
-    if not getattr(config, "tie_word_embeddings", False) or not callable(get_in) or not callable(get_out):
+    if not getattr(config, "tie_word_embeddings", False):
         return False
-    w_in, w_out = (getattr(m, "weight", None) for m in (get_in(), get_out()))
+    w_in, w_out = (getattr(m, "weight", None) for m in _embedding_pair(model))
     if not isinstance(w_in, torch.Tensor) or not isinstance(w_out, torch.Tensor) or w_in.data_ptr() == w_out.data_ptr():
         return False
     config.tie_word_embeddings = False  # type: ignore[union-attr]

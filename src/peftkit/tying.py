@@ -166,8 +166,7 @@ def tie_lora(model: nn.Module, tied: Iterable[str], adapter_name: str, wrap: Any
         else:
             layer.share_factors(adapter_name, a, b)
         if layer is not module:
-            parent, _, child = key.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, layer)
+            _replace(model, key, layer)
 
 
 def tie_saved_copies(model: nn.Module, tied: Iterable[str], adapter_name: str, wrapper: type[Any]) -> None:
@@ -183,8 +182,13 @@ def tie_saved_copies(model: nn.Module, tied: Iterable[str], adapter_name: str, w
         head.weight = source
         holder.add_copy(adapter_name, head)
         if holder is not module:
-            parent, _, child = key.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, holder)
+            _replace(model, key, holder)
+
+
+def _replace(model: nn.Module, key: str, new: nn.Module) -> None:
+    """Put ``new`` where module ``key`` is (surgery's own helper imports this module, so it is not reused)."""
+    parent, _, child = key.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 def saved_ties(model: nn.Module, config: Any) -> list[str]:

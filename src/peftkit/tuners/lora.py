@@ -60,6 +60,7 @@ class LoraLayer(AdapterLayer):
         super().__init__(base_layer)
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
+        self.lora_bias: dict[str, bool] = {}  # adapters whose B has a bias (PEFT's layer attribute of that name)
 
     @property
     def adapter_names(self) -> list[str]:
@@ -69,15 +70,20 @@ class LoraLayer(AdapterLayer):
         self.r[name] = r
         self.scaling[name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
 
+    def _magnitude(self, name: str) -> torch.Tensor:
+        """DoRA's magnitude of adapter ``name`` as one value per normalized row, ``(out,)``."""
+        return self.lora_magnitude_vector[name]
+
     def _merged_factor(self, name: str) -> torch.Tensor | None:
         """DoRA's ``m / ||.||`` that adapter ``name`` was merged with; None for a plain LoRA adapter."""
         if name not in self.lora_magnitude_vector:
             return None
-        return self.lora_magnitude_vector[name] / self._merged_norms[name]
+        return self._magnitude(name) / self._merged_norms[name]
 
     def _forget(self, name: str) -> None:
         self.r.pop(name, None)
         self.scaling.pop(name, None)
+        self.lora_bias.pop(name, None)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """The dense update ``scaling * B @ A`` in the base weight's layout and dtype."""
@@ -113,10 +119,11 @@ class LoraLayer(AdapterLayer):
         self.merged_adapters.remove(name)
 
     def _lora_bias(self, name: str) -> torch.Tensor | None:
-        """B's bias of adapter ``name`` (``lora_bias=True``), or None."""
-        factors = self._modules.get("lora_B")
-        return getattr(factors[name], "bias", None) if isinstance(factors, nn.ModuleDict) and name in factors \
-            else None
+        """B's bias of adapter ``name`` (``lora_bias=True``), or None. A dict lookup first: this runs in every
+        forward of every layer."""
+        if not self.lora_bias.get(name):
+            return None
+        return cast(torch.Tensor, cast(nn.Linear, self._modules["lora_B"]._modules[name]).bias)  # type: ignore[union-attr]
 
     def _check_bias_merge(self, name: str) -> None:
         """Refuse, before any change, to merge B's bias into a base layer without a bias (PEFT's RuntimeError)."""
@@ -186,6 +193,7 @@ class LoraLinear(LoraLayer):
         self.lora_dropout[name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.lora_dropout[name].train(self.training)  # a new adapter follows the layer's train/eval mode
         self._set_scaling(name, r, lora_alpha, use_rslora)
+        self.lora_bias[name] = lora_bias
         if isinstance(init_lora_weights, str) and init_lora_weights != "gaussian":
             self._start_from_weight(name, init_lora_weights.lower())
         if use_dora:

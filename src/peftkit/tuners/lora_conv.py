@@ -80,6 +80,7 @@ class LoraConv(LoraLayer):
         self.lora_dropout[name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.lora_dropout[name].train(self.training)
         self._set_scaling(name, r, lora_alpha, use_rslora)
+        self.lora_bias[name] = lora_bias
         if use_dora:
             with torch.no_grad():
                 norm = self._weight_norm(name)  # (out,)
@@ -158,12 +159,7 @@ class LoraConv(LoraLayer):
         self.merged_adapters.remove(name)
 
     def _magnitude(self, name: str) -> torch.Tensor:
-        return self.lora_magnitude_vector[name].flatten()  # (out,)
-
-    def _merged_factor(self, name: str) -> torch.Tensor | None:
-        if name not in self.lora_magnitude_vector:
-            return None
-        return self._magnitude(name) / self._merged_norms[name]
+        return self.lora_magnitude_vector[name].flatten()  # PEFT keeps (1, out, 1...): as (out,)
 
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         if self.rows is not None and not self.disabled:

@@ -106,7 +106,7 @@ class ModulesToSaveWrapper(nn.Module):
 
     def check_rows(self, names: list[str]) -> None:
         """Refuse a mixed batch over a copy whose rows cannot be told apart (PEFT's TypeError and words)."""
-        if any(n in self.modules_to_save for n in names) and not isinstance(self.original_module, ROW_SPLITTABLE):
+        if any(n in self.modules_to_save and not self.splits_rows(n) for n in names):
             kinds = ", ".join(k.__name__ for k in ROW_SPLITTABLE)
             raise TypeError(f"Mixed batching is only supported for the following modules: {kinds}. This module is a "
                             f"{type(self.original_module).__name__}, whose batch dimension is not known; run each "
