@@ -20,8 +20,8 @@ import yaml
 
 from peftkit import PeftModel, load_model
 from peftkit.compare import CompareConfig
-from peftkit.data import _split, load_task_data, read_rows, resolve_data_path
-from peftkit.models import load_tokenizer
+from peftkit.integrations.models import load_tokenizer
+from peftkit.train.data import _split, load_task_data, read_rows, resolve_data_path
 from peftkit.train.evaluate import evaluate
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "compare-ethos.yaml"

@@ -26,8 +26,8 @@ LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj
 
 def task_data(labels: str):  # type: ignore[no-untyped-def]
     from peftkit import load_tokenizer
-    from peftkit.data import load_task_data
     from peftkit.train import DataConfig
+    from peftkit.train.data import load_task_data
 
     data = yaml.safe_load(CONFIG.read_text())["data"]
     data["path"] = str((CONFIG.parents[1] / data["path"]).resolve())

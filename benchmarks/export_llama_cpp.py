@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from peftkit import PeftModel
-from peftkit.data import load_task_data
 from peftkit.demo import demo_config
 from peftkit.export import export_gguf, export_gguf_lora
-from peftkit.models import load_model, load_tokenizer, packaged_gguf
+from peftkit.integrations.models import load_model, load_tokenizer, packaged_gguf
+from peftkit.train.data import load_task_data
 from peftkit.train.defaults import cpu_summary
 from peftkit.train.evaluate import classification_scores
 

@@ -29,7 +29,7 @@ import torch
 import transformers
 
 import peftkit
-from peftkit.models import load_model
+from peftkit.integrations.models import load_model
 from peftkit.train.defaults import cpu_summary, generation_dtype
 
 NEW_TOKENS, PROMPT_TOKENS = 32, 16

@@ -24,7 +24,7 @@ import transformers
 from torch import nn
 
 import peftkit
-from peftkit.models import load_model
+from peftkit.integrations.models import load_model
 from peftkit.train.defaults import cpu_summary
 from peftkit.tuners.lora import LoraLinear
 

@@ -26,10 +26,10 @@ import torch
 
 import peftkit
 from peftkit.compare import CompareConfig
-from peftkit.data import load_task_data
-from peftkit.models import load_model, load_tokenizer
+from peftkit.integrations.models import load_model, load_tokenizer
 from peftkit.train import train
 from peftkit.train.config import JobConfig
+from peftkit.train.data import load_task_data
 from peftkit.train.defaults import cpu_summary
 from peftkit.train.evaluate import row_losses, tokens_in_front
 from peftkit.train.packing import model_inputs

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from peftkit.models import load_model
+from peftkit.integrations.models import load_model
 from peftkit.train import train
 from peftkit.train.config import JobConfig
 from peftkit.train.defaults import choose_dtype, cpu_summary

@@ -46,7 +46,7 @@ PROMPTS = ["Write a haiku about the sea.", "The capital of France is", "List thr
 
 def make_adapters(folder: Path) -> dict[str, Path]:
     from peftkit import LoraConfig, get_peft_model
-    from peftkit.models import load_model
+    from peftkit.integrations.models import load_model
 
     adapters = {}
     for i in range(4):
@@ -81,7 +81,7 @@ def run_peft_serial(port: int, adapters: dict[str, str]) -> None:
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    from peftkit.models import load_model, load_tokenizer
+    from peftkit.integrations.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(MODEL)
     names = list(adapters)

@@ -56,8 +56,8 @@ def data_config() -> dict[str, object]:
 
 
 def examples(tokenizer):  # type: ignore[no-untyped-def]
-    from peftkit.data import load_task_data
     from peftkit.train import DataConfig
+    from peftkit.train.data import load_task_data
 
     cfg = DataConfig(**data_config())  # type: ignore[arg-type]
     problems: list[str] = []

@@ -106,14 +106,15 @@ def test_configs_change_only_in_config_py() -> None:
 METHOD_HOMES = {
     "peftkit.config": "the config classes themselves",
     "peftkit.methods": "the registry",
-    "peftkit.prompting": "the prompt methods' inputs, caches and modules",
-    "peftkit.surgery": "placing LoRA and IA3 layers (their inject functions)",
-    "peftkit.tying": "LoRA's tied adapters (ensure_weight_tying)",
-    "peftkit.weighted": "LoRA and IA3 weighted combinations",
+    "peftkit.tuners.prompt.model": "the prompt methods' inputs, caches and modules",
+    "peftkit.surgery.inject": "placing LoRA, IA3 and LoHa layers (their inject functions)",
+    "peftkit.surgery.combine": "LoRA and IA3 weighted combinations, layer by layer",
+    "peftkit.surgery.tying": "LoRA's tied adapters (ensure_weight_tying)",
+    "peftkit.peft_model.weighted": "LoRA and IA3 weighted combinations",
     "peftkit.helpers": "PEFT's LoRA helpers (rescale_adapter_scale)",
     "peftkit.export.gguf_lora": "LoRA adapters for llama.cpp",
     "peftkit.serve.vllm": "LoRA adapters for vLLM",
-    "peftkit.optimizers": "LoRA+ (LoRA's B factors get their own learning rate)",
+    "peftkit.train.optimizers": "LoRA+ (LoRA's B factors get their own learning rate)",
 }
 
 

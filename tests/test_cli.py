@@ -164,3 +164,34 @@ def test_the_lazy_package_exports_every_public_name() -> None:
     for name in peftkit.__all__:
         assert getattr(peftkit, name) is not None, name
     assert peftkit.PeftError is peftkit.PeftkitError and peftkit.methods.method_named("lora").name == "lora"
+
+
+def test_every_flag_comes_from_a_documented_schema_field() -> None:
+    """Each argument of each command is a field of that command's options (peftkit.commands), of the job schema,
+    or of ServeConfig, with the field's docstring as its help: no flag is written by hand in cli.py."""
+    import argparse
+    import dataclasses
+
+    from peftkit.cli import TOP_LEVEL, build_parser
+    from peftkit.commands import COMMAND_OPTIONS
+    from peftkit.common.schema import field_docs
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMAND_OPTIONS)
+    for name, command in sub.choices.items():
+        options = {f.name for f in dataclasses.fields(COMMAND_OPTIONS[name])}
+        docs = field_docs(COMMAND_OPTIONS[name])
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"peftkit {name} {action.option_strings or action.dest} has no help"
+            if "." in action.dest or (action.dest in ("config", *TOP_LEVEL) and action.dest not in options):
+                continue  # --data.path, --train.lr, --model ...: the job schema's own flags
+            if name == "serve" and action.dest not in options:
+                from peftkit.serve.config import FLAG_FIELDS
+                assert action.dest in FLAG_FIELDS
+                continue
+            assert action.dest in options, f"peftkit {name}: {action.dest} is not a field of its options"
+            assert action.help.startswith(docs[action.dest].split()[0].replace("%", "%%"))
+

@@ -69,8 +69,8 @@ def test_table_numbers_match_each_runs_files(report) -> None:  # type: ignore[no
 
 
 def test_the_base_row_is_the_untouched_model(report, model_dir: Path, chars) -> None:  # type: ignore[no-untyped-def]
-    from peftkit.data import load_task_data
-    from peftkit.models import load_model
+    from peftkit.integrations.models import load_model
+    from peftkit.train.data import load_task_data
     from peftkit.train.evaluate import evaluate
 
     folder, results = report
@@ -106,7 +106,7 @@ def test_a_finished_method_is_reused(report, model_dir: Path, monkeypatch) -> No
         raise AssertionError("a finished method was trained again")
 
     monkeypatch.setattr(sys.modules["peftkit.train"], "train", fail)
-    monkeypatch.setattr(sys.modules["peftkit.compare"], "train", fail)  # bound at import there
+    monkeypatch.setattr(sys.modules["peftkit.compare.run"], "train", fail)  # bound at import there
     saved = folder / "lora" / "config.yaml"  # as written before data.split_seed existed: still the same job
     saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True) if "split_seed" not in line))
     shown = {"batch_size": 8, "progress": True, "log_every": 1}  # showing progress does not change the run
@@ -129,7 +129,7 @@ def test_a_method_saved_in_another_dtype_is_trained_again(report, model_dir: Pat
         raise Retrained
 
     monkeypatch.setattr(sys.modules["peftkit.train"], "train", retrain)
-    monkeypatch.setattr(sys.modules["peftkit.compare"], "train", retrain)
+    monkeypatch.setattr(sys.modules["peftkit.compare.run"], "train", retrain)
     saved = folder / "lora" / "config.yaml"
     text = saved.read_text()
     now = re.search(r"^dtype: (\S+)$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peftkit.compare_report import MethodResult, ReportContext, table_rows, write_report
+from peftkit.compare.report import MethodResult, ReportContext, table_rows, write_report
 
 BASE = MethodResult("base", "base model (zero-shot)", 0, 1000, 0, 0.0, 0.0, 0, 0, 2.5, 0.5)
 LORA = MethodResult("lora", "LoRA r8", 20, 1000, 2048, 61.4, 950.2, 3 * 2**20, 40, 1.25, 0.7125,

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-import peftkit.data as data_module
 from peftkit.cli import main
 from peftkit.compare import CompareConfig, compare
-from peftkit.compare_select import SelectConfig, Trial, choose, steps_per_epoch
-from peftkit.data import DataConfig, _split, load_task_data, read_rows
+from peftkit.compare.select import SelectConfig, Trial, choose, steps_per_epoch
 from peftkit.errors import ConfigError
+from peftkit.train import data as data_module
+from peftkit.train.data import DataConfig, _split, load_task_data, read_rows
 from peftkit.train.report import read_metrics
 from tests.train.test_loop import sentiment_csv
 
@@ -47,7 +47,7 @@ def selected(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple
     config = select_config(tmp, model_dir)
     forbidden = held_out_rows(config)
     real_tokenize = data_module.tokenize_rows
-    module = sys.modules["peftkit.compare"]  # the attribute peftkit.compare is the function
+    module = sys.modules["peftkit.compare.run"]  # the attribute peftkit.compare is the function
     real_select = module.select_settings
     state = {"selecting": False, "held_out_read_after": 0}
 
@@ -143,7 +143,7 @@ def test_a_finished_selection_is_reused(selected, model_dir: Path, monkeypatch) 
         raise AssertionError("a finished trial or run was trained again")
 
     monkeypatch.setattr(sys.modules["peftkit.train"], "train", fail)
-    monkeypatch.setattr(sys.modules["peftkit.compare"], "train", fail)  # bound at import there
+    monkeypatch.setattr(sys.modules["peftkit.compare.run"], "train", fail)  # bound at import there
     again = compare(config, log=lambda _: None)
     assert [r.accuracy for r in again] == [r.accuracy for r in results]
 
@@ -166,7 +166,7 @@ def test_choose_ranks_accuracy_then_loss_and_prefers_the_cheaper_tie() -> None:
 
 
 def test_dev_size_carves_validation_from_the_training_rows_only(tmp_path: Path, model_dir: Path) -> None:
-    from peftkit.models import load_tokenizer
+    from peftkit.integrations.models import load_tokenizer
 
     path = sentiment_csv(tmp_path / "d.csv", n=40)
     tokenizer = load_tokenizer(str(model_dir))

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.data import (
+from peftkit.errors import DataError
+from peftkit.train import DataConfig
+from peftkit.train.data import (
     IGNORE_INDEX,
     Example,
     build_example,
@@ -19,8 +21,6 @@ from peftkit.data import (
     split_label_template,
     template_fields,
 )
-from peftkit.errors import DataError
-from peftkit.train import DataConfig
 
 
 def config(**fields: object) -> DataConfig:

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from peftkit import AdapterFormatError, ConfigError, LoraConfig, PeftModel, get_peft_model
-from peftkit.files import atomic_write
-from peftkit.format import file_keys
+from peftkit.common.files import atomic_write
+from peftkit.peft_model.format import file_keys
 
 from .conftest import model_inputs, outputs, tiny_model
 
@@ -117,7 +117,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from peftkit.files import atomic_directory, write_text_atomic
+    from peftkit.common.files import atomic_directory, write_text_atomic
 
     old = os.umask(0o022)
     try:
@@ -133,7 +133,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 def test_a_failed_safetensors_write_is_a_storage_error_and_keeps_the_old_file(tmp_path, monkeypatch):
     from safetensors import SafetensorError
 
-    import peftkit.format as fmt
+    import peftkit.peft_model.format as fmt
     from peftkit.errors import StorageError
 
     model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))

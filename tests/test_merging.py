@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftkit.merging import mix
+from peftkit.surgery.merging import mix
 
 T1 = torch.tensor([[3.0, -1.0], [0.5, 2.0]])
 T2 = torch.tensor([[-1.0, -2.0], [1.0, 0.1]])

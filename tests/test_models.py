@@ -11,7 +11,7 @@ import torch
 
 import peftkit
 from peftkit import LoraConfig, ModelLoadError, PeftModel, get_peft_model
-from peftkit.models import resolve_model_path
+from peftkit.integrations.models import resolve_model_path
 
 
 def test_unknown_name_suggests_aliases():
@@ -107,7 +107,7 @@ def test_smollm2_learns_ethos_hate_speech(tmp_path, data_dir):
 ])
 def test_cache_dir_follows_the_usual_variables(env: dict[str, str], expected: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from peftkit.models import cache_dir
+    from peftkit.integrations.models import cache_dir
 
     for name in ("PEFTKIT_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)

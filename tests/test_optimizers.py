@@ -1,4 +1,4 @@
-"""LoRA+ (src/peftkit/optimizers.py): PEFT's parameter groups, and the training loop's train.loraplus_lr_ratio."""
+"""LoRA+ (src/peftkit/train/optimizers.py): PEFT's parameter groups, and the training loop's train.loraplus_lr_ratio."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from peft.optimizers import create_loraplus_optimizer as peft_loraplus
 
 import peftkit
 from peftkit.errors import ConfigError
-from peftkit.optimizers import create_loraplus_optimizer
+from peftkit.train.optimizers import create_loraplus_optimizer
 from tests.conftest import tiny_model
 
 

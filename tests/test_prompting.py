@@ -280,7 +280,7 @@ def test_prefix_init_settings_are_checked_together():
 
 
 def test_resolve_fills_a_copy_and_the_model_adopts_it():
-    from peftkit.prompting import PromptShape, resolve
+    from peftkit.tuners.prompt.model import PromptShape, resolve
 
     base = tiny_model("llama")
     given = PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from peftkit import ConfigError, IA3Config, LoraConfig
-from peftkit.weighted import plan
+from peftkit.peft_model.weighted import plan
 
 
 def _lora(r: int, targets: list[str] | str) -> LoraConfig:

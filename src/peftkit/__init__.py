@@ -19,7 +19,10 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
 from .version import __version__
+
+_moved.install()
 
 _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "AdapterFormatError": ".errors",
@@ -44,16 +47,16 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "LoHaConfig": ".config",
     "LoraConfig": ".config",
     "ModelLoadError": ".errors",
-    "OutputDirError": ".outputs",
-    "PACKAGED_MODELS": ".models",
+    "OutputDirError": ".common.outputs",
+    "PACKAGED_MODELS": ".integrations.models",
     "PeftConfig": ".config",
-    "PeftModel": ".model",
-    "PeftModelForCausalLM": ".model",
-    "PeftModelForFeatureExtraction": ".model",
-    "PeftModelForQuestionAnswering": ".model",
-    "PeftModelForSeq2SeqLM": ".model",
-    "PeftModelForSequenceClassification": ".model",
-    "PeftModelForTokenClassification": ".model",
+    "PeftModel": ".peft_model.model",
+    "PeftModelForCausalLM": ".peft_model.model",
+    "PeftModelForFeatureExtraction": ".peft_model.model",
+    "PeftModelForQuestionAnswering": ".peft_model.model",
+    "PeftModelForSeq2SeqLM": ".peft_model.model",
+    "PeftModelForSequenceClassification": ".peft_model.model",
+    "PeftModelForTokenClassification": ".peft_model.model",
     "PeftType": ".config",
     "PeftkitError": ".errors",
     "PrefixTuningConfig": ".config",
@@ -67,8 +70,8 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "TrainResult": ".train",
     "TrainingConfig": ".train",
     "TrainingError": ".errors",
-    "TunerLayerStatus": ".status",
-    "TunerModelStatus": ".status",
+    "TunerLayerStatus": ".peft_model.status",
+    "TunerModelStatus": ".peft_model.status",
     "UserInputError": ".errors",
     "compare": ".compare",
     "evaluate_job": ".workflows",
@@ -76,16 +79,16 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "export_gguf_lora": ".export",
     "generate_side_by_side": ".workflows",
     "get_base_model_state_dict": ".functional",
-    "get_layer_status": ".status",
-    "get_model_status": ".status",
+    "get_layer_status": ".peft_model.status",
+    "get_model_status": ".peft_model.status",
     "get_peft_config": ".config",
-    "get_peft_model": ".model",
+    "get_peft_model": ".peft_model.model",
     "get_peft_model_state_dict": ".functional",
     "inject_adapter_in_model": ".functional",
-    "load_model": ".models",
-    "load_tokenizer": ".models",
+    "load_model": ".integrations.models",
+    "load_tokenizer": ".integrations.models",
     "merge_to_folder": ".workflows",
-    "prepare_model_for_kbit_training": ".quantization",
+    "prepare_model_for_kbit_training": ".integrations.quantization",
     "set_base_model_state_dict": ".functional",
     "set_peft_model_state_dict": ".functional",
     "train": ".train",
@@ -137,6 +140,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         AutoPeftModelForSequenceClassification,
         AutoPeftModelForTokenClassification,
     )
+    from .common.outputs import OutputDirError
     from .compare import CompareConfig, compare
     from .config import (
         IA3Config,
@@ -176,7 +180,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         set_base_model_state_dict,
         set_peft_model_state_dict,
     )
-    from .model import (
+    from .integrations.models import PACKAGED_MODELS, load_model, load_tokenizer
+    from .integrations.quantization import prepare_model_for_kbit_training
+    from .peft_model.model import (
         PeftModel,
         PeftModelForCausalLM,
         PeftModelForFeatureExtraction,
@@ -186,10 +192,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         PeftModelForTokenClassification,
         get_peft_model,
     )
-    from .models import PACKAGED_MODELS, load_model, load_tokenizer
-    from .outputs import OutputDirError
-    from .quantization import prepare_model_for_kbit_training
-    from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
+    from .peft_model.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
     from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
     from .workflows import evaluate_job, generate_side_by_side, merge_to_folder
 

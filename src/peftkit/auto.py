@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from . import format as fmt
 from .config import PeftConfig, TaskType
 from .errors import ConfigError
-from .model import (
+from .integrations.models import load_model
+from .peft_model import format as fmt
+from .peft_model.model import (
     PeftModel,
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -22,7 +23,6 @@ from .model import (
     PeftModelForSequenceClassification,
     PeftModelForTokenClassification,
 )
-from .models import load_model
 
 __all__ = [
     "AutoPeftModel",

@@ -81,7 +81,7 @@ def _default(f: dataclasses.Field[Any]) -> Any:
 
 
 def _add_section(parser: argparse.ArgumentParser, cls: type, prefix: str, only: Sequence[str] | None = None) -> None:
-    from .schema import field_docs, field_types
+    from .common.schema import field_docs, field_types
 
     docs, hints = field_docs(cls), field_types(cls)
     group = parser.add_argument_group(f"{prefix or 'job'} fields" if prefix else "job fields")
@@ -113,7 +113,7 @@ def _adapter_fields() -> dict[str, tuple[type, Any]]:
 
 def _adapter_help(cls: type, name: str) -> str:
     """The field's docstring and default in the method that documents it (defaults differ between methods)."""
-    from .schema import field_docs
+    from .common.schema import field_docs
 
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
     methods = {"LoraConfig": "LoRA", "IA3Config": "IA3", "PromptTuningConfig": "prompt tuning",
@@ -140,7 +140,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
 
 def _flag_value(value: Any, hint: Any, name: str) -> Any:
     """A mapping flag's text parsed as YAML (values stay text for the schema to type); others as given."""
-    from .configfile import parse_yaml
+    from .common.configfile import parse_yaml
 
     if isinstance(value, list) or not _is_dict(hint):
         return value
@@ -154,7 +154,7 @@ def _flag_value(value: Any, hint: Any, name: str) -> Any:
 def _section_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--data.*``, ``--train.*`` (and ``--select.*``) flags given, as dotted overrides (mappings parsed
     from YAML text)."""
-    from .compare_select import SelectConfig
+    from .compare.select import SelectConfig
     from .train.config import DataConfig, TrainingConfig
 
     hints = {f"{prefix}.{k}": v for prefix, cls in (("data", DataConfig), ("train", TrainingConfig),
@@ -263,7 +263,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspection import describe_model
-    from .models import load_model
+    from .integrations.models import load_model
     from .train import defaults
 
     print(describe_model(load_model(args.model, task=args.task), r=args.r))
@@ -318,7 +318,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per ServeConfig field, documented by the field's own docstring and default (flags override the
     --config file)."""
-    from .schema import field_docs
+    from .common.schema import field_docs
     from .serve.config import FLAG_FIELDS, ServeConfig
 
     docs, defaults = field_docs(ServeConfig), {f.name: f.default for f in dataclasses.fields(ServeConfig)}
@@ -334,124 +334,77 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("train", "eval", "generate", "merge", "export", "inspect", "compare", "serve", "demo")
+
+
+def _add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of a command's options (:mod:`peftkit.commands`), its help the field's docstring."""
+    from .commands import option_fields
+    from .common.schema import field_docs, field_types
+
+    docs, hints = field_docs(cls), field_types(cls)
+    for f in option_fields(cls):
+        meta = dict(f.metadata)
+        positional, flag = meta.pop("positional", False), meta.pop("flag", None)
+        kinds = set(_kinds(hints[f.name])) - {type(None)}
+        items = {a for k in kinds for a in (typing.get_args(k) if typing.get_origin(k) is list else (k,))}
+        default = _default(f)
+        kwargs: dict[str, Any] = {"help": _help(docs.get(f.name, ""), None if positional else default), **meta}
+        if kinds == {bool}:
+            kwargs["action"] = "store_true"
+        elif items == {int}:
+            kwargs["type"] = int
+        if positional:
+            parser.add_argument(f.name, **kwargs)
+        else:
+            parser.add_argument(flag or "--" + f.name.replace("_", "-"), dest=f.name, default=default, **kwargs)
+
+
+EXPORT_USAGE = ("peftkit export ADAPTER --to gguf-lora OUT.gguf  |  peftkit export BASE [ADAPTER] --to gguf OUT.gguf "
+                "[--quant q8_0]. Llama-family models (SmolLM2, Llama, Mistral).")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI's parser. ``command``: add the schema flags of that command only (building them imports the
     schemas, and with them torch), so ``--version`` and ``--help`` answer at once; None: every command's."""
+    from .commands import COMMAND_OPTIONS
     from .version import __version__
-
-    def full(name: str) -> bool:
-        return command is None or command == name
 
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, PEFT-compatible.")
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="fine-tune a model with an adapter (YAML config and/or flags)")
-    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                       help="continue from the latest checkpoint in the output dir (or the one given)")
-    train.add_argument("--nproc", type=int, default=None, metavar="N",
-                       help="train on N processes of this machine (starts torchrun; one per GPU, or CPU with gloo)")
-    if full("train"):
-        add_job_flags(train)
-    train.set_defaults(func=_cmd_train)
-
-    ev = sub.add_parser("eval", help="evaluate a base model, or base + adapter, on a data file")
-    ev.add_argument("--adapter-path", help="an adapter folder (peftkit's or PEFT's); without it, the base model")
-    ev.add_argument("--all", action="store_true", help="evaluate every row, not the held-out split")
-    if full("eval"):
-        add_job_flags(ev)
-    ev.set_defaults(func=_cmd_eval)
-
-    gen = sub.add_parser("generate", help="generate from a prompt, base model and adapter side by side")
-    gen.add_argument("model", help="model alias, folder, .gguf file or hub id")
-    gen.add_argument("prompt")
-    gen.add_argument("--adapter-path", help="an adapter folder; its output is shown next to the base model's")
-    gen.add_argument("--max-new-tokens", type=int, default=48)
-    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                     help="weights' dtype; auto: float32 on a CPU (batch-1 decoding measured faster than bf16, even "
-                          "with AMX), bfloat16 on a CUDA GPU with bf16")
-    gen.set_defaults(func=_cmd_generate)
-
-    merge = sub.add_parser("merge", help="fold an adapter into the base model and save a plain transformers folder")
-    merge.add_argument("model", help="model alias, folder, .gguf file or hub id")
-    merge.add_argument("adapter_path", help="the adapter folder")
-    merge.add_argument("output_dir", help="where the merged model goes")
-    merge.set_defaults(func=_cmd_merge)
-
-    export = sub.add_parser(
-        "export", help="write an adapter, or a model with its adapter merged, as GGUF for llama.cpp and Ollama",
-        description="peftkit export ADAPTER --to gguf-lora OUT.gguf  |  peftkit export BASE [ADAPTER] --to gguf "
-                    "OUT.gguf [--quant q8_0]. Llama-family models (SmolLM2, Llama, Mistral).")
-    export.add_argument("paths", nargs="+", metavar="PATH",
-                        help="the adapter (gguf-lora), or the base and adapter (gguf)")
-    export.add_argument("--to", required=True, nargs=2, metavar=("FORMAT", "OUT.gguf"),
-                        help="gguf-lora: the LoRA adapter alone (llama.cpp --lora, Ollama ADAPTER); gguf: the merged "
-                             "model; then the file to write")
-    export.add_argument("--base", help="gguf-lora: the base model (default: the one the adapter records)")
-    export.add_argument("--quant", choices=["f32", "f16", "q8_0", "q4_0"],
-                        help="tensor encoding: f16 for a model, f32 for an adapter by default "
-                             "(an adapter takes f32 or f16)")
-    export.add_argument("--adapter-name", help="which adapter of the folder (default: the active one)")
-    export.set_defaults(func=_cmd_export)
-
-    inspect = sub.add_parser("inspect", help="list a model's adaptable layers and trainable-parameter counts")
-    inspect.add_argument("model", help="model alias, folder, .gguf file or hub id")
-    inspect.add_argument("--task", default=None, help="CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM, FEATURE_EXTRACTION")
-    inspect.add_argument("--r", type=int, default=8, help="LoRA rank for the counts")
-    inspect.set_defaults(func=_cmd_inspect)
-
-    cmp = sub.add_parser("compare", help="train several methods on one task and budget, and write a report")
-    cmp.add_argument("--config", help="a YAML comparison file (model, data, methods, budget, train, lr, adapters)")
-    cmp.add_argument("--model", help="model alias, folder, .gguf file or hub id")
-    cmp.add_argument("--data", dest="data_path", metavar="PATH", help="the data file (same as --data.path)")
-    cmp.add_argument("--methods", help="comma-separated: full,lora,dora,ia3,prompt,p_tuning,prefix (default: all)")
-    cmp.add_argument("--budget", help="the same for every method: steps (200) or minutes (10m); default: epochs")
-    cmp.add_argument("--lr", nargs="+", metavar="METHOD=RATE", help="learning rates replacing the presets'")
-    cmp.add_argument("--output-dir", dest="output_dir")
-    cmp.add_argument("--seed", type=int)
-    cmp.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
-                     help="train every method once per seed on --seed's split; the table shows mean and range")
-    cmp.add_argument("--examples", type=int, help="held-out examples shown per method")
-    cmp.add_argument("--dtype", help="base weights: auto (default: bf16 where native, else fp32), float32, "
-                                     "bfloat16, float16")
-    cmp.add_argument("--select", metavar="lr,epochs",
-                     help="choose each method's learning rate and/or epoch count on validation rows carved from "
-                          "the training rows (the held-out split is read only to score the choice); "
-                          "--select.max_epochs 2 and the like tune the search")
-    if full("compare"):
-        from .compare_select import SelectConfig
-        from .train.config import DataConfig, TrainingConfig
-
-        _add_section(cmp, DataConfig, "data")
-        _add_section(cmp, TrainingConfig, "train")
-        _add_section(cmp, SelectConfig, "select")
-    cmp.set_defaults(func=_cmd_compare)
-
-    srv = sub.add_parser("serve", help="serve a model and its adapters behind an OpenAI-compatible HTTP API")
-    srv.add_argument("model", nargs="?", help="model alias, folder, .gguf file or hub id (or set it in --config)")
-    srv.add_argument("--adapter", action="append", metavar="NAME=PATH",
-                     help="an adapter folder, chosen by requests whose model is NAME (repeatable)")
-    srv.add_argument("--config", help="a YAML file with the fields below (flags override it)")
-    if full("serve"):
-        _add_serve_flags(srv)
-    srv.set_defaults(func=_cmd_serve)
-
-    demo = sub.add_parser("demo", help="the main job: teach SmolLM2-135M movie-review sentiment, before vs after")
-    demo.add_argument("--output-dir", default="outputs/demo")
-    demo.add_argument("--quick", action="store_true", help="a smaller run, for a first look")
-    demo.set_defaults(func=_cmd_demo)
+    for name, options in COMMAND_OPTIONS.items():
+        doc = (options.__doc__ or "").strip()
+        cmd = sub.add_parser(name, help=doc, description=EXPORT_USAGE if name == "export" else doc)
+        _add_options(cmd, options)
+        if command is None or command == name:
+            _SCHEMA_FLAGS.get(name, lambda _: None)(cmd)
+        cmd.set_defaults(func=_HANDLERS[name])
     return parser
+
+
+def _compare_sections(parser: argparse.ArgumentParser) -> None:
+    from .compare.select import SelectConfig
+    from .train.config import DataConfig, TrainingConfig
+
+    _add_section(parser, DataConfig, "data")
+    _add_section(parser, TrainingConfig, "train")
+    _add_section(parser, SelectConfig, "select")
+
+
+# The schema flags each command takes besides its options (built only for the command being run).
+_SCHEMA_FLAGS: dict[str, Any] = {"train": lambda p: add_job_flags(p), "eval": lambda p: add_job_flags(p),
+                                 "compare": _compare_sections, "serve": lambda p: _add_serve_flags(p)}
+_HANDLERS: dict[str, Any] = {
+    "train": _cmd_train, "eval": _cmd_eval, "generate": _cmd_generate, "merge": _cmd_merge, "export": _cmd_export,
+    "inspect": _cmd_inspect, "compare": _cmd_compare, "serve": _cmd_serve, "demo": _cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used by ``python -m peftkit``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(next((a for a in argv if a in COMMANDS), ""))  # that command's flags only
+    parser = build_parser(next((a for a in argv if a in _HANDLERS), ""))  # that command's flags only
     if "--debug" in argv[1:]:  # accepted after the command too, where people add it when a command fails
         argv = ["--debug", *[a for a in argv if a != "--debug"]]
     args = parser.parse_args(argv)

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .configfile import MAX_CONFIG_BYTES, read_json_file
+from .common.configfile import MAX_CONFIG_BYTES, read_json_file
+from .common.files import write_json_atomic
+from .common.schema import choice, fraction, is_int, positive, typecheck
 from .errors import AdapterFormatError, ConfigError, MissingKeysError, did_you_mean, short_repr
-from .files import write_json_atomic
-from .schema import is_int, is_number
 
 __all__ = [
     "IA3Config",
@@ -148,6 +148,13 @@ def _str_list(value: Any, name: str, problems: list[str], *, allow_str: bool) ->
     return value
 
 
+# Fields that take more forms than their declared type (PEFT's: a tuple or set of names, an enum or its text,
+# a path-like) and are normalized by their own checks rather than the schema's type check.
+_OWN_CHECKS = ("task_type", "base_model_name_or_path", "modules_to_save", "target_modules", "exclude_modules",
+               "feedforward_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
+               "prompt_tuning_init", "encoder_reparameterization_type")
+
+
 @dataclass
 class PeftConfig:
     """Fields every adapter config shares.
@@ -184,10 +191,9 @@ class PeftConfig:
         problems: list[str] = []
         if self.peft_version is None:
             self.peft_version = _format_version()
+        typecheck(self, "", problems, skip=_OWN_CHECKS)  # a wrong type is put back to the default, then reported
         self.task_type = _enum_value(TaskType, self.task_type, "task_type", problems)
         self.modules_to_save = _str_list(self.modules_to_save, "modules_to_save", problems, allow_str=False)
-        if not isinstance(self.inference_mode, bool):
-            problems.append(f"inference_mode={short_repr(self.inference_mode)} must be true or false")
         self._validate(problems)
         if problems:
             raise ConfigError(problems, source=type(self).__name__)
@@ -309,7 +315,8 @@ class LoraConfig(PeftConfig):
     needs one to merge. Not with DoRA, nor on embeddings (as in PEFT)."""
     ensure_weight_tying: bool = False
     """Tie the adapters of modules tied to the input embeddings (``lm_head``) to the embedding's adapter, for
-    tied modules named in ``modules_to_save`` or ``target_modules`` (PEFT's option; see :mod:`peftkit.tying`)."""
+    tied modules named in ``modules_to_save`` or ``target_modules`` (PEFT's option; see
+    :mod:`peftkit.surgery.tying`)."""
     # PEFT's fields for features peftkit does not implement. They exist so PEFT code and files work unchanged
     # with their "off" value (PEFT's default); any other value is refused by name (_validate).
     layer_replication: Any = None
@@ -366,14 +373,10 @@ class LoraConfig(PeftConfig):
         targets = self.target_modules
         if isinstance(targets, (list, set)) and [str(t).lower() for t in targets] == ["all-linear"]:
             self.target_modules = "all-linear"  # a one-item list, as a CLI flag or YAML list gives it
-        if not is_int(self.r) or self.r <= 0:
-            problems.append(f"r={short_repr(self.r)} must be a positive integer (try 8 or 16)")
-        if not is_number(self.lora_alpha) or self.lora_alpha <= 0:
-            problems.append(f"lora_alpha={short_repr(self.lora_alpha)} must be a positive number (often r or 2*r)")
-        if not is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
-            problems.append(f"lora_dropout={short_repr(self.lora_dropout)} must be a number in [0, 1)")
-        if self.bias not in ("none", "all", "lora_only"):
-            problems.append(f"bias={short_repr(self.bias)} is not allowed; expected one of none, all, lora_only")
+        positive(problems, "r", self.r, integer=True, hint="try 8 or 16")
+        positive(problems, "lora_alpha", self.lora_alpha, hint="often r or 2*r")
+        fraction(problems, "lora_dropout", self.lora_dropout)
+        choice(problems, "bias", self.bias, ("none", "all", "lora_only"))
         if isinstance(self.init_lora_weights, str):  # PEFT compares these names case-insensitively
             self.init_lora_weights = self.init_lora_weights.lower()
         init = self.init_lora_weights
@@ -388,9 +391,6 @@ class LoraConfig(PeftConfig):
                             f"init_lora_weights={init} instead")
         if self.lora_bias is True and self.use_dora:
             problems.append("The argument lora_bias=True is not supported for DoRA, please pass use_dora=False")
-        for name in ("fan_in_fan_out", "use_rslora", "ensure_weight_tying", "lora_bias"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
         _validate_targets(self, problems)
         rewrites_base = isinstance(init, str) and (init.startswith("pissa") or init == "olora")
         if self.use_rslora is True and (self.rank_pattern or self.alpha_pattern) and rewrites_base:
@@ -439,10 +439,7 @@ def _validate_patterns(self: Any, problems: list[str]) -> None:
             problems.append(f"{name}={short_repr(pattern)} must be a mapping of layer-name pattern to value")
             continue
         for key, value in pattern.items():
-            ok = is_int(value) if positive_int else is_number(value)
-            if not ok or value <= 0:
-                kind = "integer" if positive_int else "number"
-                problems.append(f"{name}[{key!r}]={short_repr(value)} must be a positive {kind}")
+            positive(problems, f"{name}[{key!r}]", value, integer=positive_int)
 
 
 @dataclass
@@ -462,14 +459,11 @@ class PromptLearningConfig(PeftConfig):
     """Transformer layers of the base model."""
 
     def _validate(self, problems: list[str]) -> None:
-        if self.num_virtual_tokens is not None and (not is_int(self.num_virtual_tokens)  # None: PEFT's default,
-                                                    or self.num_virtual_tokens <= 0):    # required at build time
-            problems.append(f"num_virtual_tokens={short_repr(self.num_virtual_tokens)} must be a positive integer "
-                            "(try 8 to 20)")
+        if self.num_virtual_tokens is not None:  # None is PEFT's default; the prompt is built only with a count
+            positive(problems, "num_virtual_tokens", self.num_virtual_tokens, integer=True, hint="try 8 to 20")
         for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
-            value = getattr(self, name)
-            if value is not None and (not is_int(value) or value <= 0):
-                problems.append(f"{name}={short_repr(value)} must be a positive integer or left empty")
+            if getattr(self, name) is not None:  # left empty, they are read from the model
+                positive(problems, name, getattr(self, name), integer=True, hint="or leave it empty")
 
     @property
     def is_prompt_learning(self) -> bool:
@@ -534,14 +528,10 @@ class PromptEncoderConfig(PromptLearningConfig):
             "encoder_reparameterization_type",
             problems,
         )
-        if self.encoder_hidden_size is not None and (
-            not is_int(self.encoder_hidden_size) or self.encoder_hidden_size <= 0
-        ):
-            problems.append(f"encoder_hidden_size={short_repr(self.encoder_hidden_size)} must be a positive integer")
-        if not is_int(self.encoder_num_layers) or self.encoder_num_layers <= 0:
-            problems.append(f"encoder_num_layers={short_repr(self.encoder_num_layers)} must be a positive integer")
-        if not is_number(self.encoder_dropout) or not 0.0 <= self.encoder_dropout < 1.0:
-            problems.append(f"encoder_dropout={short_repr(self.encoder_dropout)} must be a number in [0, 1)")
+        if self.encoder_hidden_size is not None:
+            positive(problems, "encoder_hidden_size", self.encoder_hidden_size, integer=True)
+        positive(problems, "encoder_num_layers", self.encoder_num_layers, integer=True)
+        fraction(problems, "encoder_dropout", self.encoder_dropout)
 
 
 @dataclass
@@ -566,8 +556,6 @@ class PrefixTuningConfig(PromptLearningConfig):
 
     def _validate(self, problems: list[str]) -> None:
         super()._validate(problems)
-        if not isinstance(self.prefix_projection, bool):
-            problems.append(f"prefix_projection={short_repr(self.prefix_projection)} must be true or false")
         size = self.encoder_hidden_size
         if self.prefix_projection and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
             problems.append("prefix_projection=true needs encoder_hidden_size, a positive integer")
@@ -604,9 +592,6 @@ class IA3Config(PeftConfig):
     peft_type: ClassVar[PeftType] = PeftType.IA3
 
     def _validate(self, problems: list[str]) -> None:
-        for name in ("fan_in_fan_out", "init_ia3_weights"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
         self.target_modules = _name_set(self.target_modules, "target_modules", problems)
         self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
         self.feedforward_modules = _name_set(self.feedforward_modules, "feedforward_modules", problems)
@@ -653,17 +638,10 @@ class LoHaConfig(PeftConfig):
     peft_type: ClassVar[PeftType] = PeftType.LOHA
 
     def _validate(self, problems: list[str]) -> None:
-        if not is_int(self.r) or self.r <= 0:
-            problems.append(f"r={short_repr(self.r)} must be a positive integer (try 8)")
-        if not is_number(self.alpha) or self.alpha <= 0:
-            problems.append(f"alpha={short_repr(self.alpha)} must be a positive number (often r)")
+        positive(problems, "r", self.r, integer=True, hint="try 8")
+        positive(problems, "alpha", self.alpha, hint="often r")
         for name in ("rank_dropout", "module_dropout"):
-            value = getattr(self, name)
-            if not is_number(value) or not 0.0 <= value < 1.0:
-                problems.append(f"{name}={short_repr(value)} must be a number in [0, 1)")
-        for name in ("init_weights", "use_effective_conv2d"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={short_repr(getattr(self, name))} must be true or false")
+            fraction(problems, name, getattr(self, name))
         _validate_targets(self, problems)
 
 

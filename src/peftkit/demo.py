@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .inspection import count_parameters
-from .model import PeftModel
+from .peft_model.model import PeftModel
 from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, classification_scores, train
 
 __all__ = ["demo_config", "run_demo"]

@@ -15,14 +15,15 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from . import format as fmt
-from . import surgery, tying
-from .checks import check_adapter_name
+from . import surgery
 from .config import PeftConfig, adopt
-from .embeddings import embedding_state
 from .errors import ConfigError
 from .methods import method_for
-from .model import PeftModel
+from .peft_model import format as fmt
+from .peft_model.checks import check_adapter_name
+from .peft_model.embeddings import embedding_state
+from .peft_model.model import PeftModel
+from .surgery import tying
 
 __all__ = ["get_base_model_state_dict", "get_peft_model_state_dict", "inject_adapter_in_model",
            "set_base_model_state_dict", "set_peft_model_state_dict"]

@@ -12,8 +12,8 @@ from . import surgery
 from .config import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
 from .errors import ConfigError, TargetNotFoundError
 from .methods import methods
-from .prompting import build_prompt_module
-from .surgery import DEFAULT_TARGET_MODULES, _linear_types
+from .surgery import DEFAULT_TARGET_MODULES, linear_types
+from .tuners.prompt.model import build_prompt_module
 
 __all__ = ["count_parameters", "describe_model", "lora_parameter_count", "method_parameter_counts",
            "prompt_parameter_counts"]
@@ -31,7 +31,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def _layer_shapes(model: nn.Module) -> dict[str, list[tuple[int, int]]]:
     """Leaf name -> (in, out) of every linear-like layer with that name."""
-    types = _linear_types()
+    types = linear_types()
     shapes: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for name, module in model.named_modules():
         if isinstance(module, types):

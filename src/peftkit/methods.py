@@ -20,12 +20,13 @@ from typing import Any
 
 from torch import nn
 
-from . import prompting, surgery
+from . import surgery
 from .config import CONFIG_CLASSES, PeftConfig, PeftType
 from .errors import ConfigError, did_you_mean
 from .tuners.ia3 import IA3Layer
 from .tuners.loha import LoHaLayer
 from .tuners.lora import LoraLayer
+from .tuners.prompt import model as prompting
 
 __all__ = ["Method", "method_for", "method_named", "methods", "register_method", "unregister_method"]
 
@@ -134,8 +135,8 @@ def method_named(name: str) -> Method:
 
 
 def _register_builtins() -> None:
-    from .tuners.lora_conv import LoraConv
-    from .tuners.lora_embedding import LoraEmbedding
+    from .tuners.lora.conv import LoraConv
+    from .tuners.lora.embedding import LoraEmbedding
 
     lora_layers = (LoraLayer, LoraEmbedding, LoraConv)
     register_method(Method("lora", PeftType.LORA.value, CONFIG_CLASSES[PeftType.LORA], "LoraModel",

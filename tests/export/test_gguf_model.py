@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from peftkit import LoraConfig, get_peft_model
 from peftkit.errors import ConfigError
 from peftkit.export import export_gguf
-from peftkit.models import packaged_gguf
+from peftkit.integrations.models import packaged_gguf
 from tests.export.conftest import logits, tiny_smol_llama
 
 TEXTS = ["The movie was great, I loved it!", "  leading spaces, 12345 digits and émojis 🙂", "<|im_start|>user\nhi"]

@@ -24,7 +24,7 @@ import torch
 
 from peftkit import LoraConfig, get_peft_model
 from peftkit.export import export_gguf, export_gguf_lora
-from peftkit.models import load_model, packaged_gguf
+from peftkit.integrations.models import load_model, packaged_gguf
 
 pytestmark = pytest.mark.slow
 POSITIONS = 300

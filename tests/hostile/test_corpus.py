@@ -30,8 +30,8 @@ from peftkit import (
     get_peft_model,
 )
 from peftkit.cli import main
+from peftkit.common.outputs import OutputDirError
 from peftkit.errors import BrokenAdapterError, PeftkitError, StorageError, TrainingError
-from peftkit.outputs import OutputDirError
 from tests.conftest import tiny_model
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
@@ -707,9 +707,9 @@ CASES = [
          "already holds an adapter named 'default'", api=get_peft_model_twice),
     # second corpus: silent wrong results
     Case("alpha-nan", "lora_alpha NaN", {"d.csv": GOOD_CSV}, train("--adapter.lora_alpha", "nan"), ConfigError, 2,
-         "lora_alpha=nan must be a positive number"),
+         "lora_alpha=nan must be a finite number"),
     Case("alpha-inf", "lora_alpha infinite in YAML", yaml_job("data: {path: d.csv}\nadapter: {lora_alpha: inf}\n"),
-         JOB, ConfigError, 2, "lora_alpha=inf must be a positive number"),
+         JOB, ConfigError, 2, "lora_alpha=inf must be a finite number"),
     Case("lr-nan", "a NaN learning rate", {"d.csv": GOOD_CSV}, train("--train.lr", "nan"), ConfigError, 2,
          "train.lr=nan"),
     Case("threshold-nan", "a NaN label threshold", {"d.csv": GOOD_CSV}, classify("--data.label_threshold", "nan"),

@@ -21,9 +21,9 @@ import torch
 
 from peftkit import JobConfig, LoraConfig, PeftModel, get_peft_model
 from peftkit.cli import main
-from peftkit.data import load_task_data
-from peftkit.outputs import LOCK_NAME, MANIFEST_NAME, OutputDirError
+from peftkit.common.outputs import LOCK_NAME, MANIFEST_NAME, OutputDirError
 from peftkit.train import checkpoint
+from peftkit.train.data import load_task_data
 from tests.conftest import char_tokenizer, tiny_model
 from tests.hostile.test_corpus import GOOD_CSV, _merge_setup, _run_job
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peftkit import JobConfig, PeftConfig
-from peftkit.data import load_rows, template_fields
 from peftkit.errors import PeftkitError
+from peftkit.train.data import load_rows, template_fields
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5000), st.floats(allow_nan=True),
                     st.text(max_size=12), st.lists(st.text(max_size=6), max_size=3))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import peftkit
-from peftkit.tying import module_names_tied_with_embedding
+from peftkit.surgery.tying import module_names_tied_with_embedding
 
 
 class _Config:
@@ -76,7 +76,7 @@ def test_ensure_weight_tying_on_target_modules_shares_the_embedding_factors() ->
     model = peftkit.get_peft_model(_lm(), peftkit.LoraConfig(target_modules=["linear", "lm_head"],
                                                              ensure_weight_tying=True))
     embed, head = model.base_model.model.model.embed_tokens, model.base_model.model.lm_head
-    assert isinstance(embed, peftkit.tuners.lora_embedding.LoraEmbedding)
+    assert isinstance(embed, peftkit.tuners.lora.embedding.LoraEmbedding)
     assert head.lora_A["default"].weight.data_ptr() == embed.lora_embedding_B["default"].data_ptr()
     assert head.lora_B["default"].weight.data_ptr() == embed.lora_embedding_A["default"].data_ptr()
     with torch.no_grad():  # a change to the embedding's factors is the head's change too

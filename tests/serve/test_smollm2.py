@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from peftkit import LoraConfig, PeftModel, get_peft_model
-from peftkit.models import load_model, load_tokenizer
+from peftkit.integrations.models import load_model, load_tokenizer
 from peftkit.serve import ServeConfig, build_engine
 
 from .conftest import Server

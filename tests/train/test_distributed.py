@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from peftkit import JobConfig, PeftModel, train
-from peftkit.models import load_model
+from peftkit.integrations.models import load_model
 from peftkit.train.distributed import Processes, even_shard, shard
 from tests.train.test_loop import sentiment_csv
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from peftkit import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
-from peftkit.data import IGNORE_INDEX, Example, collate
+from peftkit.train.data import IGNORE_INDEX, Example, collate
 from peftkit.train.evaluate import _positions_in_front, classification_scores, evaluate, target_loss, token_loss
 from tests.conftest import tiny_model
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from peftkit import train
-from peftkit.data import IGNORE_INDEX, Example, pack
 from peftkit.errors import ConfigError
+from peftkit.train.data import IGNORE_INDEX, Example, pack
 from peftkit.train.evaluate import row_losses
 from tests.conftest import tiny_model
 from tests.train.test_loop import adapter_tensors, job, quiet

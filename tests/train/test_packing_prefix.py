@@ -12,8 +12,8 @@ import torch
 
 import peftkit
 from peftkit.errors import ConfigError
-from peftkit.prompting import PrefixKeyValues
 from peftkit.train.packing import check_packing, model_inputs
+from peftkit.tuners.prompt.model import PrefixKeyValues
 from tests.conftest import tiny_model
 from tests.train.test_loop import job
 from tests.train.test_packing import examples

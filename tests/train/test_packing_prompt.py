@@ -11,8 +11,8 @@ import torch
 
 import peftkit
 from peftkit import train
-from peftkit.data import IGNORE_INDEX, Example, pack
 from peftkit.errors import ConfigError
+from peftkit.train.data import IGNORE_INDEX, Example, pack
 from peftkit.train.evaluate import row_losses
 from peftkit.train.packing import model_inputs
 from tests.conftest import tiny_model

@@ -69,7 +69,7 @@ def test_dora_magnitude_trains_on_linear_and_embedding_layers() -> None:
 def test_dora_embedding_follows_the_formula() -> None:
     """y = f * E[x] + f * s * (A^T[x]) B^T with f = m / ||E^T + s B A|| per embedding dimension (over the
     vocabulary), computed here from the layer's own tensors."""
-    from peftkit.tuners.lora_embedding import LoraEmbedding
+    from peftkit.tuners.lora.embedding import LoraEmbedding
 
     torch.manual_seed(0)
     base = nn.Embedding(12, 6)

@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from peftkit.tuners.lora import LoraLinear
-from peftkit.tuners.lora_embedding import LoraEmbedding
+from peftkit.tuners.lora.embedding import LoraEmbedding
 
 
 def _linear(seed: int = 0) -> nn.Linear:

@@ -24,8 +24,8 @@ def _check_output(out: str, inputs: list[str]) -> None:
 def _base_of(adapter: str, base: str | None) -> str:
     """The base to load under ``adapter``: ``base`` if given, else the one its config records (the installed
     packaged copy when it names a packaged model's hub id)."""
-    from ..format import read_adapter_config
-    from ..models import packaged_alias
+    from ..integrations.models import packaged_alias
+    from ..peft_model.format import read_adapter_config
 
     if base:
         return base
@@ -36,8 +36,8 @@ def _base_of(adapter: str, base: str | None) -> str:
 
 
 def _loaded(base: str, adapter: str | None) -> tuple[Any, Any]:
-    from ..model import PeftModel
-    from ..models import load_model, load_tokenizer
+    from ..integrations.models import load_model, load_tokenizer
+    from ..peft_model.model import PeftModel
 
     tokenizer = load_tokenizer(base)
     model = load_model(base, task="CAUSAL_LM")
@@ -52,7 +52,7 @@ _Q4_NOTE = ("note: q4_0 rounds weights in steps larger than most of an adapter's
 
 
 def _export_lora(adapter: str, out: str, base: str | None, encoding: str | None, adapter_name: str | None) -> str:
-    from ..models import source_gguf
+    from ..integrations.models import source_gguf
     from . import export_gguf_lora, write_modelfile
 
     base_ref = _base_of(adapter, base)
@@ -68,7 +68,7 @@ def _export_lora(adapter: str, out: str, base: str | None, encoding: str | None,
 
 
 def _export_model(inputs: list[str], out: str, encoding: str | None, adapter_name: str | None) -> str:
-    from ..models import source_gguf
+    from ..integrations.models import source_gguf
     from . import export_gguf
     from .ollama import modelfile_path
 

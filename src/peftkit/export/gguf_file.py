@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.files import atomic_write
 from ..errors import ConfigError
-from ..files import atomic_write
 
 __all__ = ["ENCODINGS", "check_encoding", "encode", "write_gguf"]
 

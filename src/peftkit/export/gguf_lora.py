@@ -19,7 +19,7 @@ from ..config import LoraConfig
 from ..errors import ConfigError
 from ..surgery import adapter_layers
 from ..tuners.lora import LoraLinear
-from ..tuners.lora_embedding import LoraEmbedding
+from ..tuners.lora.embedding import LoraEmbedding
 from ..tuners.modules_to_save import ModulesToSaveWrapper
 from .architectures import architecture_of, gguf_tensor_name, to_gguf_rows
 from .gguf_file import check_encoding, encode, write_gguf

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..files import write_text_atomic
+from ..common.files import write_text_atomic
 
 __all__ = ["modelfile_path", "write_modelfile"]
 

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..configfile import read_config_file
+from ..common.configfile import read_config_file
+from ..common.schema import coerce, field_types, typecheck
 from ..errors import ConfigError
-from ..schema import coerce, field_types, typecheck
 
 __all__ = ["API_KEY_ENV", "FLAG_FIELDS", "ServeConfig"]
 

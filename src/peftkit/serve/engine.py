@@ -28,8 +28,8 @@ from torch import nn
 
 from ..config import TaskType
 from ..errors import AdapterNotFoundError, PeftkitError
-from ..prompting import cache_keyword, forward_accepts, output_cache, prepare_inputs
 from ..surgery import rows_through_adapters, set_active
+from ..tuners.prompt.model import cache_keyword, forward_accepts, output_cache, prepare_inputs
 from ..tuners.rows import BASE_ROW
 from .registry import AdapterRegistry, Kind
 

@@ -12,7 +12,7 @@ from torch import nn
 from ..config import PromptLearningConfig, TaskType, read_adapter_config
 from ..errors import AdapterNotFoundError, ConfigError
 from ..methods import method_for
-from ..model import PeftModel
+from ..peft_model.model import PeftModel
 from ..surgery import adapter_layers, layer_adapter_names
 
 __all__ = ["AdapterRegistry", "Kind"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from ..errors import PeftkitError
-from ..models import load_model, load_tokenizer
+from ..integrations.models import load_model, load_tokenizer
 from .app import create_app
 from .config import ServeConfig
 from .engine import Engine

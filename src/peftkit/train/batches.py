@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..data import Example, collate
 from .config import TrainingConfig
+from .data import Example, collate
 
 __all__ = ["SUB_BATCH_OVERHEAD", "Batches", "lr_schedule", "split_by_length", "total_steps"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from ..common.files import atomic_directory, is_write_failure, write_failure_reason
 from ..errors import ConfigError, StorageError, TrainingError
-from ..files import atomic_directory, is_write_failure, write_failure_reason
 
 __all__ = ["check_complete", "find_latest", "load_state", "load_trainable", "save_checkpoint"]
 

@@ -21,14 +21,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..common.configfile import read_config_file
+from ..common.schema import choice, coerce, field_docs, field_types, is_number, positive, typecheck
 from ..config import PeftConfig, TaskType
-from ..configfile import read_config_file
-from ..data import DataConfig
 from ..errors import ConfigError, did_you_mean
 from ..errors import short_repr as _short
 from ..methods import method_named, methods
-from ..prompting import GRADIENT_CHECKPOINTING
-from ..schema import _choice, _positive, coerce, field_docs, field_types, is_number, typecheck
+from ..tuners.prompt.model import GRADIENT_CHECKPOINTING
+from .data import DataConfig
 
 __all__ = ["DataConfig", "JobConfig", "TrainingConfig", "field_docs"]
 
@@ -149,33 +149,33 @@ class TrainingConfig:
         typecheck(self, "train.", problems)
 
         for name in self.report_to if isinstance(self.report_to, list) else []:
-            _choice(problems, "train.report_to", name, tuple(TRACKERS))
-        _positive(problems, "train.epochs", self.epochs)
+            choice(problems, "train.report_to", name, tuple(TRACKERS))
+        positive(problems, "train.epochs", self.epochs)
         for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
-            _positive(problems, f"train.{name}", getattr(self, name), integer=True)
+            positive(problems, f"train.{name}", getattr(self, name), integer=True)
         if self.max_minutes is not None:
-            _positive(problems, "train.max_minutes", self.max_minutes)
+            positive(problems, "train.max_minutes", self.max_minutes)
         for name in ("max_steps", "eval_every", "save_every", "eval_batch_size"):
             if getattr(self, name) is not None:
-                _positive(problems, f"train.{name}", getattr(self, name), integer=True)
-        _positive(problems, "train.lr", self.lr)
+                positive(problems, f"train.{name}", getattr(self, name), integer=True)
+        positive(problems, "train.lr", self.lr)
         if not is_number(self.weight_decay) or self.weight_decay < 0:
             problems.append(f"train.weight_decay={self.weight_decay!r} must be a number >= 0")
         if self.loraplus_lr_ratio is not None:
-            _positive(problems, "train.loraplus_lr_ratio", self.loraplus_lr_ratio)
+            positive(problems, "train.loraplus_lr_ratio", self.loraplus_lr_ratio)
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             problems.append(f"train.warmup_steps={self.warmup_steps!r} must be a whole number >= 0")
         if self.max_grad_norm is not None:
-            _positive(problems, "train.max_grad_norm", self.max_grad_norm)
-        _choice(problems, "train.schedule", self.schedule, SCHEDULES)
-        _choice(problems, "train.precision", self.precision, PRECISIONS)
+            positive(problems, "train.max_grad_norm", self.max_grad_norm)
+        choice(problems, "train.schedule", self.schedule, SCHEDULES)
+        choice(problems, "train.precision", self.precision, PRECISIONS)
         if isinstance(self.packing, str):  # flags and YAML text: "true", "off", ...
             self.packing = _switch(self.packing, "train.packing", problems)
         if isinstance(self.split_by_length, str):
             self.split_by_length = _switch(self.split_by_length, "train.split_by_length", problems)
-        _choice(problems, "train.device", self.device, DEVICES)
-        _choice(problems, "train.strategy", self.strategy, STRATEGIES)
-        _positive(problems, "train.timeout_minutes", self.timeout_minutes)
+        choice(problems, "train.device", self.device, DEVICES)
+        choice(problems, "train.strategy", self.strategy, STRATEGIES)
+        positive(problems, "train.timeout_minutes", self.timeout_minutes)
 
 
 @dataclass
@@ -209,10 +209,10 @@ class JobConfig:
     def __post_init__(self) -> None:
         problems: list[str] = []
         build_sections(self, problems)
-        _choice(problems, "method", self.method, method_names())
-        _choice(problems, "dtype", self.dtype, DTYPES)
+        choice(problems, "method", self.method, method_names())
+        choice(problems, "dtype", self.dtype, DTYPES)
         if self.quantization is not None:
-            _choice(problems, "quantization", self.quantization, ("nf4", "fp4"))
+            choice(problems, "quantization", self.quantization, ("nf4", "fp4"))
             if self.method == "full":
                 problems.append("quantization: a 4-bit base cannot be fully fine-tuned; use an adapter method "
                                 "(lora, the QLoRA recipe) or leave quantization empty")
@@ -288,7 +288,8 @@ class JobConfig:
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A YAML config file's mapping, every scalar as its text (the schema types it: see :mod:`peftkit.configfile`).
+    """A YAML config file's mapping, every scalar as its text (the schema types it; see
+    :mod:`peftkit.common.configfile`).
 
     Raises:
         ConfigError: a missing, oversized, non-UTF-8 or malformed file, duplicate keys, or not a mapping.

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from ..data import DataConfig
 from ..errors import ConfigError
 from .config import JobConfig
+from .data import DataConfig
 
 __all__ = ["Choice", "banner", "bf16_hardware", "choose_dtype", "choose_packing", "choose_precision", "choose_split",
            "cpu_flags", "cpu_summary", "describe", "generation_dtype", "inference_dtype", "with_choices"]

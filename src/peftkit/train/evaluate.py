@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import IGNORE_INDEX, Example, collate
-from ..model import PeftModel
-from ..prompting import cache_keyword, forward_accepts, output_cache
+from ..peft_model.model import PeftModel
+from ..tuners.prompt.model import cache_keyword, forward_accepts, output_cache
 from . import distributed
+from .data import IGNORE_INDEX, Example, collate
 from .distributed import Processes
 
 __all__ = ["Metrics", "classification_scores", "evaluate", "evaluate_sharded", "row_losses", "target_loss",

@@ -22,19 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import IGNORE_INDEX, Example, TaskData, load_task_data
+from ..common.files import write_json_atomic, write_text_atomic
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
-from ..files import write_json_atomic, write_text_atomic
-from ..models import load_tokenizer
-from ..optimizers import loraplus_groups
+from ..integrations.models import load_tokenizer
 from . import checkpoint as ckpt
 from . import distributed, rundir
 from .batches import Batches, lr_schedule, split_by_length, total_steps
 from .config import JobConfig
+from .data import IGNORE_INDEX, Example, TaskData, load_task_data
 from .defaults import banner, choose_dtype, choose_packing, choose_precision, choose_split, with_choices
 from .distributed import Processes
 from .evaluate import Metrics, evaluate_sharded, prefix_length, row_losses, tokens_in_front
 from .kernels import attention_kernel, autocast_for, compiled, pick_device, unfused_attention
+from .optimizers import loraplus_groups
 from .packing import check_packing, model_inputs
 from .report import MetricsLog, NoMetrics, Trackers, card_lines, format_metrics, plot_metrics
 from .signals import stop_on_signal

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import Example, collate, pack
 from ..errors import ConfigError
-from ..prompting import check_window, forward_accepts
+from ..tuners.prompt.model import check_window, forward_accepts
+from .data import Example, collate, pack
 from .evaluate import prefix_length, row_losses
 
 __all__ = ["check_packing", "model_inputs"]

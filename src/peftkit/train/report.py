@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..common.files import write_failure_reason, write_text_atomic
 from ..errors import ConfigError, StorageError
-from ..files import write_failure_reason, write_text_atomic
 from .config import TRACKERS, JobConfig
 
 __all__ = ["TRACKERS", "MetricsLog", "NoMetrics", "Trackers", "card_lines", "format_metrics", "plot_metrics",

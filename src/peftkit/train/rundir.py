@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import outputs
+from ..common import outputs
 from ..errors import ConfigError, PeftkitError
 from ..errors import short_repr as _short
 from . import checkpoint as ckpt

@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..card import write_model_card
-from ..data import TaskData
+from ..common.files import atomic_directory, atomic_write
 from ..errors import ConfigError
-from ..files import atomic_directory, atomic_write
-from ..model import PeftModel, get_peft_model
-from ..models import load_model
-from ..quantization import prepare_model_for_kbit_training
+from ..integrations.models import load_model
+from ..integrations.quantization import prepare_model_for_kbit_training
+from ..peft_model.card import write_model_card
+from ..peft_model.model import PeftModel, get_peft_model
 from .checkpoint import TRAINABLE_FILE
 from .config import JobConfig
+from .data import TaskData
 
 __all__ = ["TrainingTarget", "build_target"]
 

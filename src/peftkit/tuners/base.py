@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from ..errors import BrokenAdapterError, ConfigError
-from ..quantization import is_quantized
+from ..integrations.quantization import is_quantized
 
 __all__ = ["AdapterLayer", "base_output"]
 
