@@ -42,6 +42,7 @@ demo: $(VENV)/.deps
 
 lint: $(VENV)/.test-deps
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 typecheck: $(VENV)/.test-deps
 	$(VENV)/bin/mypy

@@ -1,8 +1,9 @@
-"""PyTorch's fused (flash) CPU attention against the unfused ("math") kernel, forward and forward+backward.
+"""PyTorch's fused (flash) CPU attention against the unfused ("math") kernel, forward and
+forward+backward.
 
-The shapes of the training benchmark's batches on SmolLM2-135M: 8 rows, 9 heads of 64, causal, at two
-widths, in bf16 and fp32. This is the measurement behind peftkit's choice of the unfused kernel for
-half-precision training steps on CPU (``peftkit.train.kernels.unfused_attention``).
+The shapes of the training benchmark's batches on SmolLM2-135M: 8 rows, 9 heads of 64, causal, at
+two widths, in bf16 and fp32. This is the measurement behind peftkit's choice of the unfused kernel
+for half-precision training steps on CPU (``peftkit.train.kernels.unfused_attention``).
 
     python benchmarks/attention.py [--repeats 10]
 """
@@ -29,7 +30,9 @@ def milliseconds(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
-def measure(dtype: torch.dtype, width: int, kernel: SDPBackend, repeats: int) -> tuple[float, float]:
+def measure(
+    dtype: torch.dtype, width: int, kernel: SDPBackend, repeats: int
+) -> tuple[float, float]:
     """(forward ms, forward+backward ms) of causal attention over (8, 9, width, 64) inputs."""
     q, k, v = (torch.randn(8, 9, width, 64, dtype=dtype, requires_grad=True) for _ in range(3))
 
@@ -50,15 +53,20 @@ def main() -> None:
     args = parser.parse_args()
     print(f"# CPU attention kernels, 8 rows x 9 heads x 64, causal, {args.repeats} repeats (mean)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}\n")
-    print("| dtype | width | fused fwd ms | unfused fwd ms | fused fwd+bwd ms | unfused fwd+bwd ms "
-          "| fused / unfused (fwd+bwd) |")
+    print(
+        "| dtype | width | fused fwd ms | unfused fwd ms | fused fwd+bwd ms | unfused fwd+bwd ms "
+        "| fused / unfused (fwd+bwd) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for dtype in (torch.bfloat16, torch.float32):
         for width in (64, 136):
             fused = measure(dtype, width, KERNELS["fused"], args.repeats)
             unfused = measure(dtype, width, KERNELS["unfused"], args.repeats)
-            print(f"| {str(dtype).removeprefix('torch.')} | {width} | {fused[0]:.2f} | {unfused[0]:.2f} | "
-                  f"{fused[1]:.2f} | {unfused[1]:.2f} | {fused[1] / unfused[1]:.2f}x |", flush=True)
+            print(
+                f"| {str(dtype).removeprefix('torch.')} | {width} | {fused[0]:.2f} | {unfused[0]:.2f} | "
+                f"{fused[1]:.2f} | {unfused[1]:.2f} | {fused[1] / unfused[1]:.2f}x |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """The peer's LoRA on ETHOS over training seeds, through peftkit's split and scorer.
 
-PEFT + ``transformers.Trainer`` in its default settings (fp32, shuffled batches of 8, linear schedule, one
-epoch), LoRA r8 on q,k,v,o at lr 1e-3: issue 9's measured config. The data are peftkit's examples of
-``examples/compare-ethos.yaml`` on the peer's split (``split_seed`` 42), and accuracy is peftkit's scorer
-(" hate" against " not hate" after the prompt), so a gap between this table and
-``benchmarks/ethos_seeds.py`` is a library difference, not a setup difference. ``--labels text`` trains on
-the whole sentence without an EOS (a language-modelling collator, as the seed did) instead of on the
-label words and EOS only.
+PEFT + ``transformers.Trainer`` in its default settings (fp32, shuffled batches of 8, linear
+schedule, one epoch), LoRA r8 on q,k,v,o at lr 1e-3: issue 9's measured config. The data are
+peftkit's examples of ``examples/compare-ethos.yaml`` on the peer's split (``split_seed`` 42), and
+accuracy is peftkit's scorer (" hate" against " not hate" after the prompt), so a gap between this
+table and ``benchmarks/ethos_seeds.py`` is a library difference, not a setup difference. ``--labels
+text`` trains on the whole sentence without an EOS (a language-modelling collator, as the seed did)
+instead of on the label words and EOS only.
 
     python benchmarks/ethos_peer.py [--seeds 42 43 44] [--labels answer|text]
 """
@@ -50,17 +50,36 @@ def run(seed: int, labels: str) -> tuple[float, float]:
     from peftkit.train.evaluate import evaluate
 
     tokenizer, data = task_data(labels)
-    rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
-            for e in data.train]
+    rows = [
+        {"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+        for e in data.train
+    ]
     torch.manual_seed(seed)
-    model = peft.get_peft_model(load_model("smollm2-135m"), peft.LoraConfig(task_type="CAUSAL_LM", **LORA))
+    model = peft.get_peft_model(
+        load_model("smollm2-135m"), peft.LoraConfig(task_type="CAUSAL_LM", **LORA)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         args = transformers.TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=8, num_train_epochs=1, learning_rate=1e-3, seed=seed,
-            save_strategy="no", report_to=[], disable_tqdm=True, logging_steps=50, use_cpu=True)
-        collator = transformers.DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-        transformers.Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
-    metrics = evaluate(model, data.val, pad_id=tokenizer.pad_token_id, candidate_ids=data.candidate_ids)
+            output_dir=tmp,
+            per_device_train_batch_size=8,
+            num_train_epochs=1,
+            learning_rate=1e-3,
+            seed=seed,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            logging_steps=50,
+            use_cpu=True,
+        )
+        collator = transformers.DataCollatorForSeq2Seq(
+            tokenizer, padding=True, label_pad_token_id=-100
+        )
+        transformers.Trainer(
+            model=model, args=args, train_dataset=rows, data_collator=collator
+        ).train()
+    metrics = evaluate(
+        model, data.val, pad_id=tokenizer.pad_token_id, candidate_ids=data.candidate_ids
+    )
     return float(metrics.accuracy or 0.0), metrics.loss
 
 
@@ -75,7 +94,9 @@ def main() -> None:
         scores.append(accuracy)
         print(f"seed {seed}: accuracy {accuracy:.3f}, held-out loss {loss:.4f}", flush=True)
     cells = " | ".join(f"{s:.3f}" for s in scores)
-    print(f"| PEFT + Trainer, LoRA r8 on q,k,v,o, labels {args.labels} | {cells} | {statistics.mean(scores):.3f} |")
+    print(
+        f"| PEFT + Trainer, LoRA r8 on q,k,v,o, labels {args.labels} | {cells} | {statistics.mean(scores):.3f} |"
+    )
 
 
 if __name__ == "__main__":

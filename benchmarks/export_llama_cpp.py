@@ -1,10 +1,11 @@
-"""The demo's adapter after `peftkit export`, in llama.cpp: held-out accuracy and agreement with peftkit.
+"""The demo's adapter after `peftkit export`, in llama.cpp: held-out accuracy and agreement with
+peftkit.
 
 Scores the demo's 200 held-out reviews (the same split, seed and label words as `make demo`) by the
-log-probability of each label word after the prompt, with peftkit (the adapter on the dequantized base, fp32)
-and with llama.cpp (llama-cpp-python) on: the packaged Q4_1 base alone, the Q4_1 base with the GGUF LoRA
-file (`--to gguf-lora`), and the merged model exported as f16, q8_0 and q4_0 (`--to gguf`). "agree" is the
-share of reviews where llama.cpp picks the label peftkit picks.
+log-probability of each label word after the prompt, with peftkit (the adapter on the dequantized
+base, fp32) and with llama.cpp (llama-cpp-python) on: the packaged Q4_1 base alone, the Q4_1 base
+with the GGUF LoRA file (`--to gguf-lora`), and the merged model exported as f16, q8_0 and q4_0
+(`--to gguf`). "agree" is the share of reviews where llama.cpp picks the label peftkit picks.
 
     make demo && python benchmarks/export_llama_cpp.py [--adapter outputs/demo]
 """
@@ -29,17 +30,29 @@ from peftkit.train.defaults import cpu_summary
 from peftkit.train.evaluate import classification_scores
 
 
-def llama_cpp_scores(path: Path, prompts: list[list[int]], candidates: list[list[int]],
-                     lora: Path | None = None) -> tuple[torch.Tensor, float]:
-    """(len(prompts), K) summed log-probabilities of each candidate's tokens, and the seconds it took."""
+def llama_cpp_scores(
+    path: Path, prompts: list[list[int]], candidates: list[list[int]], lora: Path | None = None
+) -> tuple[torch.Tensor, float]:
+    """(len(prompts), K) summed log-probabilities of each candidate's tokens, and the seconds it
+    took."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, logits_all=True, n_ctx=512,
-                n_threads=2, verbose=False)
-    def next_logprobs(ids: list[int], count: int) -> torch.Tensor:  # (count, V) for the last count positions
+    llm = Llama(
+        model_path=str(path),
+        lora_path=str(lora) if lora else None,
+        logits_all=True,
+        n_ctx=512,
+        n_threads=2,
+        verbose=False,
+    )
+
+    # (count, V) for the last count positions
+    def next_logprobs(ids: list[int], count: int) -> torch.Tensor:
         llm.reset()
         llm.eval(ids)
-        return torch.log_softmax(torch.from_numpy(np.array(llm.scores[len(ids) - count: len(ids)])).float(), -1)
+        return torch.log_softmax(
+            torch.from_numpy(np.array(llm.scores[len(ids) - count : len(ids)])).float(), -1
+        )
 
     start = time.perf_counter()
     scores = torch.empty(len(prompts), len(candidates))
@@ -67,9 +80,12 @@ def main() -> None:
     model = PeftModel.from_pretrained(load_model(job.model), args.adapter).eval()
     start = time.perf_counter()
     with torch.no_grad():
-        ours = classification_scores(model, prompts, data.candidate_ids, pad_id=tokenizer.pad_token_id or 0)
-    rows: list[tuple[str, torch.Tensor, float, str]] = [("peftkit, fp32 dequantized base + adapter", ours,
-                                                         time.perf_counter() - start, "")]
+        ours = classification_scores(
+            model, prompts, data.candidate_ids, pad_id=tokenizer.pad_token_id or 0
+        )
+    rows: list[tuple[str, torch.Tensor, float, str]] = [
+        ("peftkit, fp32 dequantized base + adapter", ours, time.perf_counter() - start, "")
+    ]
     base_file = packaged_gguf(job.model)
     assert base_file is not None
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,18 +93,32 @@ def main() -> None:
         export_gguf_lora(model, folder / "lora.gguf")
         for encoding in ("f16", "q8_0", "q4_0"):
             fresh = PeftModel.from_pretrained(load_model(job.model), args.adapter)
-            export_gguf(fresh, tokenizer, folder / f"merged-{encoding}.gguf", encoding=encoding,
-                        tokenizer_gguf=base_file)
-        runs = [("llama.cpp, Q4_1 base alone (before)", base_file, None),
-                ("llama.cpp, Q4_1 base + GGUF LoRA", base_file, folder / "lora.gguf"),
-                *((f"llama.cpp, merged {e}", folder / f"merged-{e}.gguf", None) for e in ("f16", "q8_0", "q4_0"))]
+            export_gguf(
+                fresh,
+                tokenizer,
+                folder / f"merged-{encoding}.gguf",
+                encoding=encoding,
+                tokenizer_gguf=base_file,
+            )
+        runs = [
+            ("llama.cpp, Q4_1 base alone (before)", base_file, None),
+            ("llama.cpp, Q4_1 base + GGUF LoRA", base_file, folder / "lora.gguf"),
+            *(
+                (f"llama.cpp, merged {e}", folder / f"merged-{e}.gguf", None)
+                for e in ("f16", "q8_0", "q4_0")
+            ),
+        ]
         for label, path, lora in runs:
             scores, seconds = llama_cpp_scores(path, prompts, data.candidate_ids, lora)
-            size = f"{path.stat().st_size / 1e6:.0f} MB" + (f" + {lora.stat().st_size / 1e6:.1f} MB" if lora else "")
+            size = f"{path.stat().st_size / 1e6:.0f} MB" + (
+                f" + {lora.stat().st_size / 1e6:.1f} MB" if lora else ""
+            )
             rows.append((label, scores, seconds, size))
     picks = ours.argmax(1)
-    print(f"CPU: {platform.processor() or platform.machine()} ({cpu_summary()}), torch {torch.__version__}; "
-          f"{len(prompts)} held-out reviews of the demo, label words {data.label_words}")
+    print(
+        f"CPU: {platform.processor() or platform.machine()} ({cpu_summary()}), torch {torch.__version__}; "
+        f"{len(prompts)} held-out reviews of the demo, label words {data.label_words}"
+    )
     print("| run | accuracy | agree with peftkit | seconds | file |")
     print("|---|---|---|---|---|")
     for label, scores, seconds, size in rows:

@@ -26,9 +26,18 @@ import peftkit
 CONFIGS = {
     "gpt2-124m": lambda: transformers.GPT2Config(),
     "llama-134m": lambda: transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True),
-    "bloom-560m": lambda: transformers.BloomConfig(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16),
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    ),
+    "bloom-560m": lambda: transformers.BloomConfig(
+        vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16
+    ),
 }
 NEW_TOKENS, PROMPT_TOKENS, VIRTUAL = 32, 16, 8
 
@@ -44,8 +53,9 @@ def bench(name: str, rounds: int) -> dict[str, object]:
     base = transformers.AutoModelForCausalLM.from_config(CONFIGS[name]()).eval()
     ids = torch.randint(10, 1000, (1, PROMPT_TOKENS))
     kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False}
-    ours = peftkit.get_peft_model(base, peftkit.PromptTuningConfig(num_virtual_tokens=VIRTUAL,
-                                                                   task_type="CAUSAL_LM")).eval()
+    ours = peftkit.get_peft_model(
+        base, peftkit.PromptTuningConfig(num_virtual_tokens=VIRTUAL, task_type="CAUSAL_LM")
+    ).eval()
     with torch.no_grad():
         ours.prompt_encoder["default"].embedding.weight.normal_(std=0.02)
     folder = tempfile.mkdtemp()
@@ -55,14 +65,19 @@ def bench(name: str, rounds: int) -> dict[str, object]:
     prompts = ours.prompt_encoder["default"].embedding.weight.detach()
     embeds = torch.cat([prompts.unsqueeze(0), base.get_input_embeddings()(ids)], dim=1)
     with torch.no_grad():
-        reference = base.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, VIRTUAL + PROMPT_TOKENS,
-                                                                                   dtype=torch.long), **kwargs)
+        reference = base.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(1, VIRTUAL + PROMPT_TOKENS, dtype=torch.long),
+            **kwargs,
+        )
     reference = reference[:, -NEW_TOKENS:]
     runs: dict[str, list[float]] = {"base": [], "peft": [], "peftkit": []}
     outs: dict[str, torch.Tensor] = {}
-    calls = {"base": lambda: base.generate(input_ids=ids, **kwargs),
-             "peft": lambda: theirs.generate(input_ids=ids, **kwargs),
-             "peftkit": lambda: ours.generate(input_ids=ids, **kwargs)}
+    calls = {
+        "base": lambda: base.generate(input_ids=ids, **kwargs),
+        "peft": lambda: theirs.generate(input_ids=ids, **kwargs),
+        "peftkit": lambda: ours.generate(input_ids=ids, **kwargs),
+    }
     with torch.no_grad():
         for key in calls:  # warm-up
             calls[key]()
@@ -86,19 +101,27 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(CONFIGS))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"# Prompt-tuning generation, batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, "
-          f"{VIRTUAL} virtual tokens")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n")
-    print("| model | base tok/s | PEFT tok/s (x base) | peftkit tok/s (x base) | PEFT tokens correct | "
-          "peftkit tokens correct |")
+    print(
+        f"# Prompt-tuning generation, batch 1, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, "
+        f"{VIRTUAL} virtual tokens"
+    )
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}\n"
+    )
+    print(
+        "| model | base tok/s | PEFT tok/s (x base) | peftkit tok/s (x base) | PEFT tokens correct | "
+        "peftkit tokens correct |"
+    )
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
         r = bench(name, args.rounds)
         b = float(r["base"])  # type: ignore[arg-type]
-        print(f"| {name} | {b:.1f} | {r['peft']:.1f} ({float(r['peft']) / b:.2f}x) | "  # type: ignore[arg-type]
-              f"{r['peftkit']:.1f} ({float(r['peftkit']) / b:.2f}x) | {r['peft_ok']} | {r['peftkit_ok']} |",
-              flush=True)
+        print(
+            f"| {name} | {b:.1f} | {r['peft']:.1f} ({float(r['peft']) / b:.2f}x) | "  # type: ignore[arg-type]
+            f"{r['peftkit']:.1f} ({float(r['peftkit']) / b:.2f}x) | {r['peft_ok']} | {r['peftkit_ok']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

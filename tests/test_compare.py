@@ -1,4 +1,5 @@
-"""``peftkit compare`` on a tiny model: every method trains, and the report agrees with the runs' own files."""
+"""``peftkit compare`` on a tiny model: every method trains, and the report agrees with the runs'
+own files."""
 
 from __future__ import annotations
 
@@ -17,11 +18,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def config(tmp_path: Path, model_dir: Path, **fields: object) -> CompareConfig:
-    data = {"path": str(sentiment_csv(tmp_path / "data.csv")), "mode": "classification",
-            "template": "Review: {text} Label: {label}", "label_words": {"pos": "yes", "neg": "no"}, "val_size": 12}
-    base: dict[str, object] = {"model": str(model_dir), "data": data, "budget": "3", "examples": 2,
-                               "output_dir": str(tmp_path / "cmp"),
-                               "train": {"batch_size": 8, "progress": False, "log_every": 1}}
+    data = {
+        "path": str(sentiment_csv(tmp_path / "data.csv")),
+        "mode": "classification",
+        "template": "Review: {text} Label: {label}",
+        "label_words": {"pos": "yes", "neg": "no"},
+        "val_size": 12,
+    }
+    base: dict[str, object] = {
+        "model": str(model_dir),
+        "data": data,
+        "budget": "3",
+        "examples": 2,
+        "output_dir": str(tmp_path / "cmp"),
+        "train": {"batch_size": 8, "progress": False, "log_every": 1},
+    }
     return CompareConfig(**{**base, **fields})  # type: ignore[arg-type]
 
 
@@ -36,7 +47,11 @@ def test_every_method_trains_with_its_own_preset(report) -> None:  # type: ignor
     folder, results = report
     assert [r.name for r in results] == ["base", *DEFAULT_METHODS]
     for row in results[1:]:
-        job = json.loads(json.dumps(__import__("yaml").safe_load((folder / row.name / "config.yaml").read_text())))
+        job = json.loads(
+            json.dumps(
+                __import__("yaml").safe_load((folder / row.name / "config.yaml").read_text())
+            )
+        )
         assert job["method"] == PRESETS[row.name].method
         assert job["train"]["lr"] == PRESETS[row.name].lr
         assert job["train"]["max_steps"] == 3 and row.steps == 3
@@ -60,11 +75,18 @@ def test_table_numbers_match_each_runs_files(report) -> None:  # type: ignore[no
         assert float(cells[8]) == pytest.approx(summary["after"]["eval_accuracy"], abs=1e-3)
         assert cells[1] == f"{row.trainable:,d}"
         assert row.tokens_per_second == pytest.approx(summary["tokens_per_second"])
-        saved = folder / row.name / ("model/model.safetensors" if row.name == "full" else "adapter_model.safetensors")
+        saved = (
+            folder
+            / row.name
+            / ("model/model.safetensors" if row.name == "full" else "adapter_model.safetensors")
+        )
         assert saved.is_file() and row.size_bytes >= saved.stat().st_size
         assert row.peak_memory_bytes > 0
-        losses = [json.loads(x)["loss"] for x in (folder / row.name / "metrics.jsonl").read_text().splitlines()
-                  if "loss" in json.loads(x)]
+        losses = [
+            json.loads(x)["loss"]
+            for x in (folder / row.name / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(x)
+        ]
         assert [loss for _, loss in row.curve] == losses
 
 
@@ -76,7 +98,9 @@ def test_the_base_row_is_the_untouched_model(report, model_dir: Path, chars) -> 
     folder, results = report
     cfg = CompareConfig.from_yaml(folder / "config.yaml", {})
     data = load_task_data(cfg.job("lora").data, chars, seed=cfg.seed)
-    expected = evaluate(load_model(model_dir), data.val, pad_id=chars.pad_token_id, candidate_ids=data.candidate_ids)
+    expected = evaluate(
+        load_model(model_dir), data.val, pad_id=chars.pad_token_id, candidate_ids=data.candidate_ids
+    )
     assert results[0].eval_loss == pytest.approx(expected.loss, abs=1e-5)
     assert results[0].accuracy == pytest.approx(expected.accuracy)
 
@@ -107,16 +131,29 @@ def test_a_finished_method_is_reused(report, model_dir: Path, monkeypatch) -> No
 
     monkeypatch.setattr(sys.modules["peftkit.train"], "train", fail)
     monkeypatch.setattr(sys.modules["peftkit.compare.run"], "train", fail)  # bound at import there
-    saved = folder / "lora" / "config.yaml"  # as written before data.split_seed existed: still the same job
-    saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True) if "split_seed" not in line))
-    shown = {"batch_size": 8, "progress": True, "log_every": 1}  # showing progress does not change the run
-    again = compare(config(folder.parent, model_dir, methods=["lora", "ia3"], train=shown), log=lambda _: None)
-    assert [r.accuracy for r in again[1:]] == [r.accuracy for r in results if r.name in ("lora", "ia3")]
+    # as written before data.split_seed existed: still the same job
+    saved = folder / "lora" / "config.yaml"
+    saved.write_text(
+        "".join(
+            line for line in saved.read_text().splitlines(keepends=True) if "split_seed" not in line
+        )
+    )
+    # showing progress does not change the run
+    shown = {"batch_size": 8, "progress": True, "log_every": 1}
+    again = compare(
+        config(folder.parent, model_dir, methods=["lora", "ia3"], train=shown), log=lambda _: None
+    )
+    assert [r.accuracy for r in again[1:]] == [
+        r.accuracy for r in results if r.name in ("lora", "ia3")
+    ]
 
 
-def test_a_method_saved_in_another_dtype_is_trained_again(report, model_dir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """``dtype: auto`` resolves per machine and per policy (prefix tuning moved to fp32): a run saved in
-    another dtype is another run, and reusing it would report its numbers under this config."""
+def test_a_method_saved_in_another_dtype_is_trained_again(
+    report, model_dir: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """``dtype: auto`` resolves per machine and per policy (prefix tuning moved to fp32): a run
+    saved in another dtype is another run, and reusing it would report its numbers under this
+    config."""
     import re
     import sys
 
@@ -133,10 +170,14 @@ def test_a_method_saved_in_another_dtype_is_trained_again(report, model_dir: Pat
     saved = folder / "lora" / "config.yaml"
     text = saved.read_text()
     now = re.search(r"^dtype: (\S+)$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
-    saved.write_text(text.replace(f"dtype: {now}", "dtype: float16" if now != "float16" else "dtype: float32"))
+    saved.write_text(
+        text.replace(f"dtype: {now}", "dtype: float16" if now != "float16" else "dtype: float32")
+    )
     try:
         with pytest.raises(Retrained):
-            compare(config(folder.parent, model_dir, methods=["lora"], dtype="auto"), log=lambda _: None)
+            compare(
+                config(folder.parent, model_dir, methods=["lora"], dtype="auto"), log=lambda _: None
+            )
     finally:
         saved.write_text(text)
 
@@ -154,11 +195,33 @@ def test_minutes_budget_and_cli(tmp_path: Path, model_dir: Path, capsys) -> None
     cfg = config(tmp_path, model_dir, budget="0.5m")
     assert cfg.budget_steps_minutes() == (None, 0.5)
     assert cfg.job("prompt").train.max_minutes == 0.5
-    code = main(["compare", "--model", str(model_dir), "--data", str(sentiment_csv(tmp_path / "d.csv")),
-                 "--data.mode", "classification", "--data.template", "Review: {text} Label: {label}",
-                 "--data.label_words", "{pos: yes, neg: no}", "--data.val_size", "8", "--methods", "lora,prefix",
-                 "--budget", "2", "--lr", "lora=0.02", "--output-dir", str(tmp_path / "c"),
-                 "--train.progress", "false"])
+    code = main(
+        [
+            "compare",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(sentiment_csv(tmp_path / "d.csv")),
+            "--data.mode",
+            "classification",
+            "--data.template",
+            "Review: {text} Label: {label}",
+            "--data.label_words",
+            "{pos: yes, neg: no}",
+            "--data.val_size",
+            "8",
+            "--methods",
+            "lora,prefix",
+            "--budget",
+            "2",
+            "--lr",
+            "lora=0.02",
+            "--output-dir",
+            str(tmp_path / "c"),
+            "--train.progress",
+            "false",
+        ]
+    )
     assert code == 0
     assert "[2/2] prefix done" in capsys.readouterr().out
     results = json.loads((tmp_path / "c" / "results.json").read_text())["results"]
@@ -169,28 +232,65 @@ def test_minutes_budget_and_cli(tmp_path: Path, model_dir: Path, capsys) -> None
 
 
 def test_seeds_repeat_each_method_on_one_split(tmp_path: Path, model_dir: Path) -> None:
-    code = main(["compare", "--model", str(model_dir), "--data", str(sentiment_csv(tmp_path / "d.csv")),
-                 "--data.mode", "classification", "--data.template", "Review: {text} Label: {label}",
-                 "--data.label_words", "{pos: yes, neg: no}", "--data.val_size", "8", "--methods", "lora",
-                 "--budget", "2", "--seed", "5", "--seeds", "1", "2", "--output-dir", str(tmp_path / "c"),
-                 "--train.progress", "false", "--lr", "lora=0.05"])
+    code = main(
+        [
+            "compare",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(sentiment_csv(tmp_path / "d.csv")),
+            "--data.mode",
+            "classification",
+            "--data.template",
+            "Review: {text} Label: {label}",
+            "--data.label_words",
+            "{pos: yes, neg: no}",
+            "--data.val_size",
+            "8",
+            "--methods",
+            "lora",
+            "--budget",
+            "2",
+            "--seed",
+            "5",
+            "--seeds",
+            "1",
+            "2",
+            "--output-dir",
+            str(tmp_path / "c"),
+            "--train.progress",
+            "false",
+            "--lr",
+            "lora=0.05",
+        ]
+    )
     assert code == 0
-    runs = [json.loads((tmp_path / "c" / f"lora-seed-{s}" / "summary.json").read_text()) for s in (1, 2)]
-    jobs = [__import__("yaml").safe_load((tmp_path / "c" / f"lora-seed-{s}" / "config.yaml").read_text())
-            for s in (1, 2)]
+    runs = [
+        json.loads((tmp_path / "c" / f"lora-seed-{s}" / "summary.json").read_text()) for s in (1, 2)
+    ]
+    jobs = [
+        __import__("yaml").safe_load(
+            (tmp_path / "c" / f"lora-seed-{s}" / "config.yaml").read_text()
+        )
+        for s in (1, 2)
+    ]
     assert [j["seed"] for j in jobs] == [1, 2] and {j["data"]["split_seed"] for j in jobs} == {5}
     losses = [r["after"]["eval_loss"] for r in runs]
     assert losses[0] != losses[1]  # the seeds trained differently
     row = json.loads((tmp_path / "c" / "results.json").read_text())["results"][1]
     assert row["eval_loss"] == pytest.approx(sum(losses) / 2)
     assert [r["seed"] for r in row["per_seed"]] == [1, 2]
-    line = next(x for x in (tmp_path / "c" / "report.md").read_text().splitlines() if x.startswith("| LoRA"))
+    line = next(
+        x for x in (tmp_path / "c" / "report.md").read_text().splitlines() if x.startswith("| LoRA")
+    )
     cell = [c.strip() for c in line.strip("|").split("|")][7]
     assert cell == f"{sum(losses) / 2:.4f} ({min(losses):.4f}-{max(losses):.4f})"
     with pytest.raises(ConfigError, match="seeds"):
         config(tmp_path, model_dir, seeds=[1, 1])
     # A single run in the same folder sits beside the seeds' runs and leaves them alone.
-    single = config(tmp_path, model_dir, methods=["lora"], budget="1", output_dir=str(tmp_path / "c"))
+    single = config(
+        tmp_path, model_dir, methods=["lora"], budget="1", output_dir=str(tmp_path / "c")
+    )
     compare(single, log=lambda _: None)
     assert (tmp_path / "c" / "lora" / "summary.json").is_file()
     assert all((tmp_path / "c" / f"lora-seed-{s}" / "summary.json").is_file() for s in (1, 2))
@@ -202,8 +302,11 @@ def test_full_fine_tuning_saves_a_loadable_model(report) -> None:  # type: ignor
     folder, _ = report
     model = AutoModelForCausalLM.from_pretrained(folder / "full" / "model")
     trained = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
-        str(folder / "full" / "model" / "model.safetensors"))
-    assert torch.equal(model.state_dict()["model.embed_tokens.weight"], trained["model.embed_tokens.weight"])
+        str(folder / "full" / "model" / "model.safetensors")
+    )
+    assert torch.equal(
+        model.state_dict()["model.embed_tokens.weight"], trained["model.embed_tokens.weight"]
+    )
 
 
 def test_a_foreign_folder_in_the_way_is_not_deleted(tmp_path: Path, model_dir: Path) -> None:
@@ -224,19 +327,36 @@ def test_prompt_and_prefix_start_from_the_tasks_words(tmp_path: Path, model_dir:
     cfg = config(tmp_path, model_dir, data=completion)
     assert cfg.job("prefix").adapter["prefix_init_text"] == "Act as a act name. prompt:"
     assert cfg.job("prompt").adapter["prompt_tuning_init"] == "SAMPLE_VOCAB"  # the preset's
-    cfg = config(tmp_path, model_dir, data=completion, init_text="Write a prompt:",
-                 adapters={"prefix": {"prefix_init_text": None, "tokenizer_name_or_path": None,
-                                      "init_weights": "zero"}})
+    cfg = config(
+        tmp_path,
+        model_dir,
+        data=completion,
+        init_text="Write a prompt:",
+        adapters={
+            "prefix": {
+                "prefix_init_text": None,
+                "tokenizer_name_or_path": None,
+                "init_weights": "zero",
+            }
+        },
+    )
     assert cfg.job("prompt").adapter["prompt_tuning_init_text"] == "Write a prompt:"
     assert cfg.job("prefix").adapter["init_weights"] == "zero"  # the user's settings win
 
 
 def test_packing_applies_to_every_method(tmp_path: Path, model_dir: Path) -> None:
-    """``train.packing`` in a comparison reaches every method's job, prefix tuning's included (it packs with a
-    mask per example), and each of them trains packed."""
+    """``train.packing`` in a comparison reaches every method's job, prefix tuning's included (it
+    packs with a mask per example), and each of them trains packed."""
     cfg = config(tmp_path, model_dir, train={"packing": True, "progress": False})
     assert all(cfg.job(name).train.packing is True for name in DEFAULT_METHODS)
-    results = compare(config(tmp_path, model_dir, methods=["lora", "prompt", "prefix"],
-                             train={"packing": True, "progress": False, "batch_size": 8}), log=lambda _: None)
+    results = compare(
+        config(
+            tmp_path,
+            model_dir,
+            methods=["lora", "prompt", "prefix"],
+            train={"packing": True, "progress": False, "batch_size": 8},
+        ),
+        log=lambda _: None,
+    )
     assert [r.name for r in results] == ["base", "lora", "prompt", "prefix"]
     assert all(r.steps == 3 for r in results[1:])

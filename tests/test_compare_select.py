@@ -1,4 +1,5 @@
-"""``peftkit compare --select``: settings chosen on a validation carve, the held-out rows unread until the end."""
+"""``peftkit compare --select``: settings chosen on a validation carve, the held-out rows unread
+until the end."""
 
 from __future__ import annotations
 
@@ -20,16 +21,26 @@ from peftkit.train.report import read_metrics
 from tests.train.test_loop import sentiment_csv
 
 ROWS, HELD_OUT = 64, 12
-CLASSIFY = {"mode": "classification", "template": "Review: {text} Label: {label}",
-            "label_words": {"pos": "positive", "neg": "negative"}, "val_size": HELD_OUT}
+CLASSIFY = {
+    "mode": "classification",
+    "template": "Review: {text} Label: {label}",
+    "label_words": {"pos": "positive", "neg": "negative"},
+    "val_size": HELD_OUT,
+}
 
 
 def select_config(tmp_path: Path, model_dir: Path, **fields: Any) -> CompareConfig:
     data = {"path": str(sentiment_csv(tmp_path / "data.csv", n=ROWS)), **CLASSIFY}
-    base: dict[str, Any] = {"model": str(model_dir), "data": data, "methods": ["lora", "prompt"], "examples": 1,
-                            "output_dir": str(tmp_path / "cmp"), "seeds": [1, 2],
-                            "train": {"batch_size": 8, "progress": False, "log_every": 1},
-                            "select": {"params": ["lr", "epochs"], "max_epochs": 2, "val_size": 10}}
+    base: dict[str, Any] = {
+        "model": str(model_dir),
+        "data": data,
+        "methods": ["lora", "prompt"],
+        "examples": 1,
+        "output_dir": str(tmp_path / "cmp"),
+        "seeds": [1, 2],
+        "train": {"batch_size": 8, "progress": False, "log_every": 1},
+        "select": {"params": ["lr", "epochs"], "max_epochs": 2, "val_size": 10},
+    }
     return CompareConfig(**{**base, **fields})
 
 
@@ -40,9 +51,11 @@ def held_out_rows(config: CompareConfig) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def selected(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> tuple[CompareConfig, list[Any], list[str]]:
-    """A comparison with selection, run while any tokenization of a held-out row before selection has ended
-    raises: the held-out rows are unreadable until the chosen settings are scored."""
+def selected(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path
+) -> tuple[CompareConfig, list[Any], list[str]]:
+    """A comparison with selection, run while any tokenization of a held-out row before selection
+    has ended raises: the held-out rows are unreadable until the chosen settings are scored."""
     tmp = tmp_path_factory.mktemp("select")
     config = select_config(tmp, model_dir)
     forbidden = held_out_rows(config)
@@ -112,13 +125,20 @@ def test_the_choice_is_the_best_validation_point(selected) -> None:  # type: ign
         best = min(points)
         assert choice["lr"] == pytest.approx(best[2])
         assert choice["score"]["accuracy"] == pytest.approx(-best[0])
-        for seed in (1, 2):  # the final runs train with the choice on all the training rows, on the held-out split
-            job = yaml.safe_load((out / f"{choice['method']}-seed-{seed}" / "config.yaml").read_text())
+        # the final runs train with the choice on all the training rows, on the held-out split
+        for seed in (1, 2):
+            job = yaml.safe_load(
+                (out / f"{choice['method']}-seed-{seed}" / "config.yaml").read_text()
+            )
             assert job["train"]["lr"] == pytest.approx(choice["lr"])
             assert job["train"]["epochs"] == choice["epochs"]
             assert job["data"]["dev_size"] == 0 and job["data"]["val_size"] == HELD_OUT
-            summary = json.loads((out / f"{choice['method']}-seed-{seed}" / "summary.json").read_text())
-            assert summary["train_examples"] == ROWS - HELD_OUT and summary["val_examples"] == HELD_OUT
+            summary = json.loads(
+                (out / f"{choice['method']}-seed-{seed}" / "summary.json").read_text()
+            )
+            assert (
+                summary["train_examples"] == ROWS - HELD_OUT and summary["val_examples"] == HELD_OUT
+            )
     assert [r.name for r in results] == ["base", "lora", "prompt"]
 
 
@@ -126,12 +146,16 @@ def test_the_report_shows_the_grid_the_choice_and_the_cost(selected) -> None:  #
     config, results, _ = selected
     out = Path(config.output_dir)
     report = (out / "report.md").read_text()
-    assert "## Selection on validation data" in report and "![Selection on validation data](selection.png)" in report
+    assert (
+        "## Selection on validation data" in report
+        and "![Selection on validation data](selection.png)" in report
+    )
     assert "every method 3 trial(s)" in report and "selection took" in report
     choice = json.loads((out / "selection.json").read_text())[0]
     row = next(line for line in report.splitlines() if line.startswith("| lora | 0.001 |"))
     assert f"lr {choice['lr']:.2g}, {choice['epochs']} epoch(s)" in row
-    assert row.rstrip(" |").endswith(f"{results[1].accuracy:.3f}")  # held-out: chosen, the table's own score
+    # held-out: chosen, the table's own score
+    assert row.rstrip(" |").endswith(f"{results[1].accuracy:.3f}")
     assert (out / "selection.png").read_bytes()[:4] == b"\x89PNG"
     assert "Selection on validation data" in (out / "report.html").read_text()
 
@@ -150,11 +174,21 @@ def test_a_finished_selection_is_reused(selected, model_dir: Path, monkeypatch) 
 
 def test_choose_ranks_accuracy_then_loss_and_prefers_the_cheaper_tie() -> None:
     def trial(lr: float, *scores: tuple[float, float]) -> Trial:
-        return Trial(lr, [{"epoch": e + 1, "step": 10 * (e + 1), "accuracy": a, "eval_loss": loss}
-                          for e, (a, loss) in enumerate(scores)], 1.0, 10 * len(scores))
+        return Trial(
+            lr,
+            [
+                {"epoch": e + 1, "step": 10 * (e + 1), "accuracy": a, "eval_loss": loss}
+                for e, (a, loss) in enumerate(scores)
+            ],
+            1.0,
+            10 * len(scores),
+        )
 
-    trials = [trial(1e-4, (0.6, 0.5), (0.7, 0.40)), trial(3e-4, (0.7, 0.30), (0.7, 0.35)),
-              trial(1e-3, (0.5, 0.20), (0.55, 0.25))]
+    trials = [
+        trial(1e-4, (0.6, 0.5), (0.7, 0.40)),
+        trial(3e-4, (0.7, 0.30), (0.7, 0.35)),
+        trial(1e-3, (0.5, 0.20), (0.55, 0.25)),
+    ]
     best = choose("lora", 3e-4, trials, "accuracy", epochs=True)
     assert (best.lr, best.epochs) == (3e-4, 1)  # 0.7 three times; the lowest loss among them
     assert choose("lora", 3e-4, trials, "loss", epochs=True).lr == 1e-3
@@ -165,21 +199,31 @@ def test_choose_ranks_accuracy_then_loss_and_prefers_the_cheaper_tie() -> None:
     assert best.steps == 60
 
 
-def test_dev_size_carves_validation_from_the_training_rows_only(tmp_path: Path, model_dir: Path) -> None:
+def test_dev_size_carves_validation_from_the_training_rows_only(
+    tmp_path: Path, model_dir: Path
+) -> None:
     from peftkit.integrations.models import load_tokenizer
 
     path = sentiment_csv(tmp_path / "d.csv", n=40)
     tokenizer = load_tokenizer(str(model_dir))
     plain = load_task_data(DataConfig(path=str(path), **CLASSIFY), tokenizer, seed=3)
-    carved = load_task_data(DataConfig(path=str(path), dev_size=0.25, **CLASSIFY), tokenizer, seed=3)
+    carved = load_task_data(
+        DataConfig(path=str(path), dev_size=0.25, **CLASSIFY), tokenizer, seed=3
+    )
     assert len(carved.val) == round(0.25 * len(plain.train))
     # The carve and what is left are exactly the training examples: no held-out example among them.
-    assert sorted(tuple(e.input_ids) for e in carved.train + carved.val) == \
-        sorted(tuple(e.input_ids) for e in plain.train)
+    assert sorted(tuple(e.input_ids) for e in carved.train + carved.val) == sorted(
+        tuple(e.input_ids) for e in plain.train
+    )
     # A separate held-out file is not even opened.
-    missing = DataConfig(path=str(path), dev_size=5, eval_path=str(tmp_path / "no-such-file.csv"), **CLASSIFY)
+    missing = DataConfig(
+        path=str(path), dev_size=5, eval_path=str(tmp_path / "no-such-file.csv"), **CLASSIFY
+    )
     assert len(load_task_data(missing, tokenizer, seed=3).val) == 5
-    with pytest.raises(ConfigError, match=r"data.dev_size=-1 must be a share of the rows in \[0, 1\) or a whole count"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.dev_size=-1 must be a share of the rows in \[0, 1\) or a whole count",
+    ):
         from peftkit.train.config import JobConfig
 
         JobConfig(model=str(model_dir), data={"path": str(path), "dev_size": -1, **CLASSIFY})  # type: ignore[arg-type]
@@ -187,15 +231,32 @@ def test_dev_size_carves_validation_from_the_training_rows_only(tmp_path: Path, 
 
 def test_bad_selections_are_reported_at_once(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        select_config(tmp_path, model_dir, budget="5",
-                      select={"params": ["lr", "epoch"], "lr_factors": [0, 1], "max_epochs": 0, "metric": "f1",
-                              "val_size": 0})
+        select_config(
+            tmp_path,
+            model_dir,
+            budget="5",
+            select={
+                "params": ["lr", "epoch"],
+                "lr_factors": [0, 1],
+                "max_epochs": 0,
+                "metric": "f1",
+                "val_size": 0,
+            },
+        )
     text = str(err.value)
     assert "select.val_size=0 must be a share of the rows in (0, 1)" in text
     assert "'epoch' cannot be selected" in text and "did you mean 'epochs'" in text.lower()
-    assert "select.lr_factors=[0, 1]" in text and "select.max_epochs=0" in text and "select.metric='f1'" in text
+    assert (
+        "select.lr_factors=[0, 1]" in text
+        and "select.max_epochs=0" in text
+        and "select.metric='f1'" in text
+    )
     with pytest.raises(ConfigError, match=r"select\.baseline=.*no-such\.json.*results\.json"):
-        select_config(tmp_path, model_dir, select={"params": ["lr"], "baseline": str(tmp_path / "no-such.json")})
+        select_config(
+            tmp_path,
+            model_dir,
+            select={"params": ["lr"], "baseline": str(tmp_path / "no-such.json")},
+        )
     with pytest.raises(ConfigError, match="remove budget"):
         select_config(tmp_path, model_dir, budget="5")
     with pytest.raises(ConfigError, match="held-out split"):
@@ -205,14 +266,42 @@ def test_bad_selections_are_reported_at_once(tmp_path: Path, model_dir: Path) ->
 
 def test_select_from_the_command_line(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "c"
-    code = main(["compare", "--model", str(model_dir), "--data", str(sentiment_csv(tmp_path / "d.csv")),
-                 "--data.mode", "classification", "--data.template", "Review: {text} Label: {label}",
-                 "--data.label_words", "{pos: positive, neg: negative}", "--data.val_size", "8",
-                 "--methods", "lora", "--budget", "2", "--select", "lr", "--select.lr_factors", "0.5", "2",
-                 "--select.val_size", "8", "--output-dir", str(out), "--train.progress", "false"])
+    code = main(
+        [
+            "compare",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(sentiment_csv(tmp_path / "d.csv")),
+            "--data.mode",
+            "classification",
+            "--data.template",
+            "Review: {text} Label: {label}",
+            "--data.label_words",
+            "{pos: positive, neg: negative}",
+            "--data.val_size",
+            "8",
+            "--methods",
+            "lora",
+            "--budget",
+            "2",
+            "--select",
+            "lr",
+            "--select.lr_factors",
+            "0.5",
+            "2",
+            "--select.val_size",
+            "8",
+            "--output-dir",
+            str(out),
+            "--train.progress",
+            "false",
+        ]
+    )
     assert code == 0
     chosen = json.loads((out / "selection.json").read_text())[0]
     assert chosen["epochs"] is None and chosen["lr"] in (pytest.approx(5e-4), pytest.approx(2e-3))
-    assert [t["steps"] for t in chosen["trials"]] == [2, 2]  # lr only: every trial keeps the comparison's budget
+    # lr only: every trial keeps the comparison's budget
+    assert [t["steps"] for t in chosen["trials"]] == [2, 2]
     final = yaml.safe_load((out / "lora" / "config.yaml").read_text())
     assert final["train"]["lr"] == pytest.approx(chosen["lr"]) and final["train"]["max_steps"] == 2

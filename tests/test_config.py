@@ -47,16 +47,23 @@ def test_adopt_writes_the_resolution_into_the_given_object() -> None:
 
 
 def test_the_json_file_round_trips(tmp_path: Path) -> None:
-    for config in (LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 2}),
-                   IA3Config(target_modules=["k"], feedforward_modules=["k"]),
-                   PromptTuningConfig(num_virtual_tokens=5), PrefixTuningConfig(num_virtual_tokens=3)):
+    for config in (
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 2}
+        ),
+        IA3Config(target_modules=["k"], feedforward_modules=["k"]),
+        PromptTuningConfig(num_virtual_tokens=5),
+        PrefixTuningConfig(num_virtual_tokens=3),
+    ):
         config.save_pretrained(tmp_path / type(config).__name__)
         again = read_adapter_config(tmp_path / type(config).__name__)
         assert type(again) is type(config) and config_to_json(again) == config_to_json(config)
 
 
 def test_unknown_fields_from_a_newer_peft_warn_and_are_ignored(tmp_path: Path) -> None:
-    data = json.loads(config_to_json(LoraConfig(r=4, target_modules=["q"]))) | {"field_from_the_future": 1}
+    data = json.loads(config_to_json(LoraConfig(r=4, target_modules=["q"]))) | {
+        "field_from_the_future": 1
+    }
     (tmp_path / "adapter_config.json").write_text(json.dumps(data))
     with pytest.warns(UserWarning, match="field_from_the_future"):
         assert read_adapter_config(tmp_path).r == 4
@@ -77,14 +84,24 @@ def test_bad_files_say_which_file_and_what_is_wrong(tmp_path: Path) -> None:
 
 def test_a_peft_feature_peftkit_lacks_is_refused_not_ignored() -> None:
     data = json.loads(config_to_json(LoraConfig(r=4, target_modules=["q"]))) | {"use_qalora": True}
-    with pytest.raises(ConfigError, match="use_qalora=True is a PEFT feature peftkit does not support"):
+    with pytest.raises(
+        ConfigError, match="use_qalora=True is a PEFT feature peftkit does not support"
+    ):
         config_from_dict(data)
 
 
 def test_tokenizer_kwargs_without_a_text_start_is_refused() -> None:
-    """They configure the tokenizer of the TEXT start only; elsewhere they would be silently unused (PEFT's rule)."""
-    with pytest.raises(ConfigError, match="tokenizer_kwargs only valid when using prompt_tuning_init='TEXT'"):
+    """They configure the tokenizer of the TEXT start only; elsewhere they would be silently unused
+    (PEFT's rule)."""
+    with pytest.raises(
+        ConfigError, match="tokenizer_kwargs only valid when using prompt_tuning_init='TEXT'"
+    ):
         PromptTuningConfig(num_virtual_tokens=4, tokenizer_kwargs={"add_special_tokens": False})
-    config = PromptTuningConfig(num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="hi",
-                                tokenizer_name_or_path="gpt2", tokenizer_kwargs={"add_special_tokens": False})
+    config = PromptTuningConfig(
+        num_virtual_tokens=4,
+        prompt_tuning_init="TEXT",
+        prompt_tuning_init_text="hi",
+        tokenizer_name_or_path="gpt2",
+        tokenizer_kwargs={"add_special_tokens": False},
+    )
     assert config.tokenizer_kwargs == {"add_special_tokens": False}

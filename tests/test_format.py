@@ -19,15 +19,32 @@ from .conftest import model_inputs, outputs, tiny_model
 def test_file_keys_strip_only_the_adapter_segment():
     from torch import nn
 
-    base = nn.ModuleDict({"default": nn.ModuleDict({"q": nn.Linear(4, 4)}), "emb": nn.Embedding(10, 4),
-                          "score": nn.Linear(4, 2)})
-    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q", "emb"], modules_to_save=["score"]),
-                           adapter_name="default")
+    base = nn.ModuleDict(
+        {
+            "default": nn.ModuleDict({"q": nn.Linear(4, 4)}),
+            "emb": nn.Embedding(10, 4),
+            "score": nn.Linear(4, 2),
+        }
+    )
+    model = get_peft_model(
+        base,
+        LoraConfig(r=2, target_modules=["q", "emb"], modules_to_save=["score"]),
+        adapter_name="default",
+    )
     keys = file_keys(model, "default")
     # a module that happens to be called "default" keeps its name; only the adapter's segment goes
-    assert keys["base_model.model.default.q.lora_A.default.weight"] == "base_model.model.default.q.lora_A.weight"
-    assert keys["base_model.model.score.modules_to_save.default.weight"] == "base_model.model.score.weight"
-    assert keys["base_model.model.emb.lora_embedding_A.default"] == "base_model.model.emb.lora_embedding_A"
+    assert (
+        keys["base_model.model.default.q.lora_A.default.weight"]
+        == "base_model.model.default.q.lora_A.weight"
+    )
+    assert (
+        keys["base_model.model.score.modules_to_save.default.weight"]
+        == "base_model.model.score.weight"
+    )
+    assert (
+        keys["base_model.model.emb.lora_embedding_A.default"]
+        == "base_model.model.emb.lora_embedding_A"
+    )
 
 
 def test_shape_mismatch_names_layer_and_shapes(tmp_path):
@@ -99,7 +116,9 @@ def test_failed_write_leaves_the_old_file(tmp_path):
 def test_missing_folder_and_bad_config(tmp_path):
     with pytest.raises(AdapterFormatError, match="does not exist"):
         PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "nope")
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 0, "lora_dropout": 1.5}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 0, "lora_dropout": 1.5})
+    )
     with pytest.raises(ConfigError) as err:
         PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
     assert "r=0" in str(err.value) and "lora_dropout=1.5" in str(err.value)
@@ -130,7 +149,9 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755  # not mkdtemp's 0700
 
 
-def test_a_failed_safetensors_write_is_a_storage_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+def test_a_failed_safetensors_write_is_a_storage_error_and_keeps_the_old_file(
+    tmp_path, monkeypatch
+):
     from safetensors import SafetensorError
 
     import peftkit.peft_model.format as fmt

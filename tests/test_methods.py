@@ -1,8 +1,10 @@
-"""The method registry: a method defined and registered here, in the test file alone, runs through the whole
-package (get_peft_model, save and load, merge, the training loop, ``peftkit inspect``) with no change to it.
+"""The method registry: a method defined and registered here, in the test file alone, runs through
+the whole package (get_peft_model, save and load, merge, the training loop, ``peftkit inspect``)
+with no change to it.
 
-The toy method ("shift") adds a learned vector to each targeted linear layer's output: ``y = W x + b + s``;
-merged, ``s`` goes into the layer's bias. Expected values come from the base layer itself plus ``s``.
+The toy method ("shift") adds a learned vector to each targeted linear layer's output: ``y = W x + b
++ s``; merged, ``s`` goes into the layer's bias. Expected values come from the base layer itself
+plus ``s``.
 """
 
 from __future__ import annotations
@@ -55,11 +57,14 @@ class ShiftLayer(AdapterLayer):
         return list(self.shift)
 
     def add_adapter(self, name: str) -> None:
-        self.shift[name] = nn.Parameter(torch.zeros(self.weight.shape[0]))  # (out,): starts as the base layer
+        # (out,): starts as the base layer
+        self.shift[name] = nn.Parameter(torch.zeros(self.weight.shape[0]))
 
     def _merge_one(self, name: str) -> None:
         if self.bias is None:  # a layer without a bias gets one to hold the shift
-            self.base_layer.bias = nn.Parameter(torch.zeros_like(self.shift[name]), requires_grad=False)
+            self.base_layer.bias = nn.Parameter(
+                torch.zeros_like(self.shift[name]), requires_grad=False
+            )
         assert self.bias is not None
         self.bias.data += self.shift[name].to(self.bias.dtype)
 
@@ -77,8 +82,13 @@ class ShiftLayer(AdapterLayer):
 
 
 def inject_shift(model: nn.Module, config: ShiftConfig, adapter_name: str) -> ShiftConfig:
-    found = [(key, m) for key, m in model.named_modules() if key.rsplit(".", 1)[-1] in config.target_modules
-             and isinstance(m, (nn.Linear, ShiftLayer)) and ".base_layer" not in key]
+    found = [
+        (key, m)
+        for key, m in model.named_modules()
+        if key.rsplit(".", 1)[-1] in config.target_modules
+        and isinstance(m, (nn.Linear, ShiftLayer))
+        and ".base_layer" not in key
+    ]
     if not found:
         raise ConfigError(f"target_modules {config.target_modules} match no linear layer")
     for key, module in found:
@@ -89,8 +99,15 @@ def inject_shift(model: nn.Module, config: ShiftConfig, adapter_name: str) -> Sh
     return config
 
 
-SHIFT = Method("shift", "SHIFT", ShiftConfig, "ShiftModel", inject=inject_shift, layer_classes=(ShiftLayer,),
-               prefix="shift")
+SHIFT = Method(
+    "shift",
+    "SHIFT",
+    ShiftConfig,
+    "ShiftModel",
+    inject=inject_shift,
+    layer_classes=(ShiftLayer,),
+    prefix="shift",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +118,9 @@ def registered() -> Iterator[None]:
 
 
 def _shifted(value: float) -> peftkit.PeftModel:
-    model = peftkit.get_peft_model(tiny_model("llama"), ShiftConfig(target_modules=["q_proj", "v_proj"]))
+    model = peftkit.get_peft_model(
+        tiny_model("llama"), ShiftConfig(target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if ".shift." in name:
@@ -112,11 +131,15 @@ def _shifted(value: float) -> peftkit.PeftModel:
 def test_the_registered_method_adapts_the_model_as_its_layer_says() -> None:
     inputs = model_inputs("llama")
     base = tiny_model("llama")
-    model = peftkit.get_peft_model(tiny_model("llama"), ShiftConfig(target_modules=["q_proj", "v_proj"]))
-    torch.testing.assert_close(outputs(model, inputs), outputs(base, inputs), rtol=0, atol=0)  # starts as the base
+    model = peftkit.get_peft_model(
+        tiny_model("llama"), ShiftConfig(target_modules=["q_proj", "v_proj"])
+    )
+    # starts as the base
+    torch.testing.assert_close(outputs(model, inputs), outputs(base, inputs), rtol=0, atol=0)
     trainable, _ = model.get_nb_trainable_parameters()
     attention = [layer.self_attn for layer in base.model.layers]
-    assert trainable == sum(a.q_proj.out_features + a.v_proj.out_features for a in attention)  # one per output
+    # one per output
+    assert trainable == sum(a.q_proj.out_features + a.v_proj.out_features for a in attention)
     shifted = _shifted(0.5)
     hooked = tiny_model("llama")  # the expected model: the base layers' outputs plus 0.5, by hooks
     for layer in hooked.model.layers:
@@ -145,24 +168,43 @@ def test_the_registered_method_trains_in_the_training_loop(tmp_path: Path, chars
     from tests.train.test_loop import sentiment_csv
 
     config = peftkit.JobConfig(
-        model="tiny-llama", method="shift", adapter={"target_modules": ["q_proj", "v_proj", "o_proj"]}, seed=3,
+        model="tiny-llama",
+        method="shift",
+        adapter={"target_modules": ["q_proj", "v_proj", "o_proj"]},
+        seed=3,
         output_dir=str(tmp_path / "out"),
-        data={"path": str(sentiment_csv(tmp_path / "data.csv")), "mode": "classification",
-              "template": "Review: {text} Label: {label}", "label_words": {"pos": "yes", "neg": "no"},
-              "val_size": 16},
-        train={"epochs": 2, "batch_size": 8, "lr": 3e-2, "progress": False, "plot": False})
+        data={
+            "path": str(sentiment_csv(tmp_path / "data.csv")),
+            "mode": "classification",
+            "template": "Review: {text} Label: {label}",
+            "label_words": {"pos": "yes", "neg": "no"},
+            "val_size": 16,
+        },
+        train={"epochs": 2, "batch_size": 8, "lr": 3e-2, "progress": False, "plot": False},
+    )
     result = peftkit.train(config, model=tiny_model("llama"), tokenizer=chars, log=lambda _: None)
-    assert result.before is not None and result.after is not None and result.after.loss < result.before.loss
+    assert (
+        result.before is not None
+        and result.after is not None
+        and result.after.loss < result.before.loss
+    )
     reloaded = peftkit.PeftModel.from_pretrained(tiny_model("llama"), result.output_dir)
     inputs = {"input_ids": torch.tensor([chars("Review: good film Label:")["input_ids"]])}
-    torch.testing.assert_close(outputs(reloaded, inputs), outputs(result.model.eval(), inputs), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        outputs(reloaded, inputs), outputs(result.model.eval(), inputs), rtol=0, atol=1e-5
+    )
 
 
-def test_peftkit_inspect_counts_the_registered_method(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_peftkit_inspect_counts_the_registered_method(
+    model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["inspect", str(model_dir)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("shift "))
     layers = tiny_model("llama").model.layers
-    expected = sum(layer.self_attn.q_proj.out_features + layer.self_attn.v_proj.out_features for layer in layers)
+    expected = sum(
+        layer.self_attn.q_proj.out_features + layer.self_attn.v_proj.out_features
+        for layer in layers
+    )
     assert f"{expected:,d}" in line
 
 

@@ -21,7 +21,13 @@ from peftkit.tuners.lora import LoraLayer
 
 from .conftest import ARCHS, model_inputs, outputs, tiny_model
 
-TASK = {"llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM", "bloom": "CAUSAL_LM", "bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM"}
+TASK = {
+    "llama": "CAUSAL_LM",
+    "gpt2": "CAUSAL_LM",
+    "bloom": "CAUSAL_LM",
+    "bert": "SEQ_CLS",
+    "t5": "SEQ_2_SEQ_LM",
+}
 ALL = [*ARCHS, "t5"]
 
 
@@ -69,7 +75,9 @@ def test_forward_merged_unloaded_and_reloaded_agree(arch, tmp_path):
 def test_disable_adapter_equals_base(arch):
     inputs = model_inputs(arch)
     reference = outputs(tiny_model(arch), inputs)
-    model = get_peft_model(tiny_model(arch), LoraConfig(init_lora_weights=False, task_type=TASK[arch]))
+    model = get_peft_model(
+        tiny_model(arch), LoraConfig(init_lora_weights=False, task_type=TASK[arch])
+    )
     assert (outputs(model, inputs) - reference).abs().max() > 1e-4
     with model.disable_adapter():
         torch.testing.assert_close(outputs(model, inputs), reference)
@@ -122,15 +130,22 @@ def test_trainable_counts_default_targets():
     # q_proj: 32 -> 32, v_proj: 32 -> 16 (GQA), 2 layers; A is r x in, B is out x r
     expected = 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4)
     assert model.get_nb_trainable_parameters()[0] == expected
-    assert model.peft_config["default"].target_modules == {"q_proj", "v_proj"}  # a set, as PEFT keeps it
+    # a set, as PEFT keeps it
+    assert model.peft_config["default"].target_modules == {"q_proj", "v_proj"}
 
 
 def test_bloomz_560m_seed_config_count_on_meta():
     config = transformers.BloomConfig(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16)
     with torch.device("meta"):
         base = transformers.AutoModelForCausalLM.from_config(config)
-    lora = LoraConfig(r=4, lora_alpha=1, target_modules=["query_key_value"], lora_dropout=0.05,
-                      bias="lora_only", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=1,
+        target_modules=["query_key_value"],
+        lora_dropout=0.05,
+        bias="lora_only",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(base, lora)
     trainable, total = model.get_nb_trainable_parameters()
     assert trainable == 466_944  # 393,216 LoRA weights + 73,728 query_key_value biases
@@ -161,12 +176,16 @@ def test_two_adapters_switch_delete_and_layout(tmp_path):
     model.set_adapter("other")
     second = outputs(model, inputs)
     assert (second - first).abs().max() > 1e-4
-    assert next(n for n, p in model.named_parameters() if p.requires_grad).endswith("lora_A.other.weight")
+    assert next(n for n, p in model.named_parameters() if p.requires_grad).endswith(
+        "lora_A.other.weight"
+    )
 
     model.save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").is_file()
     assert (tmp_path / "other" / "adapter_model.safetensors").is_file()
-    assert json.loads((tmp_path / "other" / "adapter_config.json").read_text())["target_modules"] == ["k_proj"]
+    assert json.loads((tmp_path / "other" / "adapter_config.json").read_text())[
+        "target_modules"
+    ] == ["k_proj"]
 
     reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
     reloaded.load_adapter(tmp_path / "other", adapter_name="other")
@@ -191,23 +210,33 @@ def test_loaded_adapter_is_frozen_unless_trainable(tmp_path):
 
 
 def test_target_matching_rules():
-    model = get_peft_model(tiny_model("llama"), LoraConfig(target_modules=r".*layers\.1\.self_attn\.(q|k)_proj"))
+    model = get_peft_model(
+        tiny_model("llama"), LoraConfig(target_modules=r".*layers\.1\.self_attn\.(q|k)_proj")
+    )
     adapted = {n for n, m in model.named_modules() if isinstance(m, LoraLayer)}
     prefix = "base_model.model.model.layers.1.self_attn"
     assert adapted == {f"{prefix}.q_proj", f"{prefix}.k_proj"}
-    model = get_peft_model(tiny_model("llama"), LoraConfig(target_modules=["o_proj"], layers_to_transform=[0]))
+    model = get_peft_model(
+        tiny_model("llama"), LoraConfig(target_modules=["o_proj"], layers_to_transform=[0])
+    )
     adapted = {n for n, m in model.named_modules() if isinstance(m, LoraLayer)}
     assert adapted == {"base_model.model.model.layers.0.self_attn.o_proj"}
     config = LoraConfig(target_modules="all-linear", exclude_modules=["down_proj"])
     model = get_peft_model(tiny_model("llama"), config)
     adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LoraLayer)}
-    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"}  # never lm_head
+    # never lm_head
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"}
 
 
 def test_rank_and_alpha_pattern():
     model = get_peft_model(
         tiny_model("llama"),
-        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2}, alpha_pattern={"q_proj": 16}),
+        LoraConfig(
+            r=4,
+            target_modules=["q_proj", "v_proj"],
+            rank_pattern={"v_proj": 2},
+            alpha_pattern={"q_proj": 16},
+        ),
     )
     attn = model.base_model.model.model.layers[0].self_attn
     assert attn.v_proj.lora_A["default"].weight.shape[0] == 2
@@ -224,7 +253,9 @@ def test_unknown_target_is_a_clear_error():
 
 def test_embedding_target(tmp_path):
     inputs = model_inputs("llama")
-    model = get_peft_model(tiny_model("llama"), LoraConfig(target_modules=["embed_tokens"], init_lora_weights=False))
+    model = get_peft_model(
+        tiny_model("llama"), LoraConfig(target_modules=["embed_tokens"], init_lora_weights=False)
+    )
     adapted = outputs(model, inputs)
     model.save_pretrained(tmp_path)
     reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
@@ -234,7 +265,9 @@ def test_embedding_target(tmp_path):
 
 
 def test_generate_with_lora():
-    model = get_peft_model(tiny_model("llama"), LoraConfig(init_lora_weights=False, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        tiny_model("llama"), LoraConfig(init_lora_weights=False, task_type="CAUSAL_LM")
+    )
     ids = model_inputs("llama")["input_ids"][:1]
     out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
     assert out.shape == (1, ids.shape[1] + 5)
@@ -243,8 +276,8 @@ def test_generate_with_lora():
 
 
 def test_a_peft_model_is_freed_without_the_garbage_collector() -> None:
-    """No reference cycle (base_model holds its PeftModel weakly): under torchrun a cyclic model was freed only
-    at interpreter shutdown, after the process group it reaches, which aborted a rank."""
+    """No reference cycle (base_model holds its PeftModel weakly): under torchrun a cyclic model was
+    freed only at interpreter shutdown, after the process group it reaches, which aborted a rank."""
     import gc
     import weakref
 

@@ -1,4 +1,5 @@
-"""LoRA+ (src/peftkit/train/optimizers.py): PEFT's parameter groups, and the training loop's train.loraplus_lr_ratio."""
+"""LoRA+ (src/peftkit/train/optimizers.py): PEFT's parameter groups, and the training loop's
+train.loraplus_lr_ratio."""
 
 from __future__ import annotations
 
@@ -18,11 +19,18 @@ from tests.conftest import tiny_model
 
 def _groups(lib: Any, create: Any) -> list[tuple[list[str], float, float]]:
     torch.manual_seed(0)
-    config = lib.LoraConfig(target_modules=["q_proj", "v_proj", "embed_tokens"], modules_to_save=["lm_head"])
+    config = lib.LoraConfig(
+        target_modules=["q_proj", "v_proj", "embed_tokens"], modules_to_save=["lm_head"]
+    )
     model = lib.get_peft_model(tiny_model("llama"), config)
     names = {id(p): n for n, p in model.named_parameters()}
-    optimizer = create(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16, loraplus_weight_decay=0.1)
-    return [(sorted(names[id(p)] for p in g["params"]), g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    optimizer = create(
+        model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16, loraplus_weight_decay=0.1
+    )
+    return [
+        (sorted(names[id(p)] for p in g["params"]), g["lr"], g["weight_decay"])
+        for g in optimizer.param_groups
+    ]
 
 
 def test_loraplus_groups_equal_peft() -> None:
@@ -39,7 +47,11 @@ def test_a_training_job_with_loraplus_learns(tmp_path: Path, chars: Any) -> None
 
     config = job(tmp_path, lr=1e-3, loraplus_lr_ratio=16.0, max_steps=6)
     result = peftkit.train(config, model=tiny_model("llama"), tokenizer=chars, log=quiet)
-    assert result.before is not None and result.after is not None and result.after.loss < result.before.loss
+    assert (
+        result.before is not None
+        and result.after is not None
+        and result.after.loss < result.before.loss
+    )
 
 
 def test_loraplus_is_refused_for_methods_without_b_factors(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The config of a weighted combination of adapters, worked out before any layer changes (no PEFT needed)."""
+"""The config of a weighted combination of adapters, worked out before any layer changes (no PEFT
+needed)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def _lora(r: int, targets: list[str] | str) -> LoraConfig:
 def test_cat_adds_the_ranks_and_svd_keeps_the_largest_unless_told() -> None:
     configs = [_lora(2, ["q"]), _lora(4, ["v"])]
     cat = plan(configs, [1.0, 1.0], "cat", None, None, "total")
-    assert (cat.rank, cat.config.r, cat.config.lora_alpha) == (6, 6, 6)  # alpha = r: the scaling is 1
+    # alpha = r: the scaling is 1
+    assert (cat.rank, cat.config.r, cat.config.lora_alpha) == (6, 6, 6)
     assert cat.config.target_modules == {"q", "v"}  # the union of the targets
     assert plan(configs, [1.0, 1.0], "svd", None, None, "total").rank == 4
     assert plan(configs, [1.0, 1.0], "svd", 3, None, "total").rank == 3

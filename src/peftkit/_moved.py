@@ -1,10 +1,11 @@
 """Import paths of modules that moved, kept working.
 
-peftkit's modules were once all at the top of the package; they now live in folders by layer (``common/``,
-``peft_model/``, ``surgery/``, ``integrations/``, ``tuners/<method>/``, ``train/``, ``compare/``). Code written
-against the old paths (``from peftkit.data import pack``, ``import peftkit.trainer_support``) still runs: a
-finder on ``sys.meta_path`` answers an old name with the module that now holds it, the same object under both
-names, so patching through either path changes the one module.
+peftkit's modules were once all at the top of the package; they now live in folders by layer
+(``common/``, ``peft_model/``, ``surgery/``, ``integrations/``, ``tuners/<method>/``, ``train/``,
+``compare/``). Code written against the old paths (``from peftkit.data import pack``, ``import
+peftkit.trainer_support``) still runs: a finder on ``sys.meta_path`` answers an old name with the
+module that now holds it, the same object under both names, so patching through either path changes
+the one module.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class _Alias(importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         module = importlib.import_module(self.target)
-        self._spec = module.__spec__  # the import system overwrites __spec__ with the alias's; put it back
+        # the import system overwrites __spec__ with the alias's; put it back
+        self._spec = module.__spec__
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
@@ -72,8 +74,9 @@ class _Alias(importlib.abc.Loader):
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         new = MOVED.get(fullname)
         return None if new is None else importlib.util.spec_from_loader(fullname, _Alias(new))
 

@@ -1,10 +1,11 @@
-"""What each ``peftkit`` command takes besides the job schema: one typed dataclass per command, a docstring per
-field. The CLI builds its flags and ``--help`` from these (as it builds ``--train.lr`` from the job schema and
-the serve flags from ``ServeConfig``), so a flag cannot exist without a documented, typed field behind it.
+"""What each ``peftkit`` command takes besides the job schema: one typed dataclass per command, a
+docstring per field. The CLI builds its flags and ``--help`` from these (as it builds ``--train.lr``
+from the job schema and the serve flags from ``ServeConfig``), so a flag cannot exist without a
+documented, typed field behind it.
 
-Field metadata carries what argparse needs beyond the type: ``positional`` (an argument, not a flag),
-``flag`` (another spelling, such as ``--data`` for ``data_path``), ``nargs``, ``metavar``, ``choices`` and
-``const``. Nothing here imports torch: ``peftkit --help`` reads these classes.
+Field metadata carries what argparse needs beyond the type: ``positional`` (an argument, not a
+flag), ``flag`` (another spelling, such as ``--data`` for ``data_path``), ``nargs``, ``metavar``,
+``choices`` and ``const``. Nothing here imports torch: ``peftkit --help`` reads these classes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["COMMAND_OPTIONS", "option_fields"]
-
 
 
 def _arg(**meta: Any) -> Any:
@@ -61,8 +61,8 @@ class GenerateOptions:
     chat: bool = False
     """wrap the prompt in the tokenizer's chat template"""
     dtype: str = _opt("auto", choices=("auto", "float32", "bfloat16"))
-    """weights' dtype; auto: float32 on a CPU (batch-1 decoding measured faster than bf16, even with AMX),
-    bfloat16 on a CUDA GPU with bf16"""
+    """weights' dtype; auto: float32 on a CPU (batch-1 decoding measured faster than bf16, even with
+    AMX), bfloat16 on a CUDA GPU with bf16"""
 
 
 @dataclass
@@ -81,16 +81,21 @@ class MergeOptions:
 class ExportOptions:
     """write an adapter, or a model with its adapter merged, as GGUF for llama.cpp and Ollama"""
 
-    paths: list[str] = field(default_factory=list, metadata={"positional": True, "nargs": "+", "metavar": "PATH"})
+    paths: list[str] = field(
+        default_factory=list, metadata={"positional": True, "nargs": "+", "metavar": "PATH"}
+    )
     """the adapter (gguf-lora), or the base and adapter (gguf)"""
-    to: list[str] = field(default_factory=list, metadata={"nargs": 2, "metavar": ("FORMAT", "OUT.gguf"),
-                                                          "required": True})
-    """gguf-lora: the LoRA adapter alone (llama.cpp --lora, Ollama ADAPTER); gguf: the merged model; then the file
-    to write"""
+    to: list[str] = field(
+        default_factory=list,
+        metadata={"nargs": 2, "metavar": ("FORMAT", "OUT.gguf"), "required": True},
+    )
+    """gguf-lora: the LoRA adapter alone (llama.cpp --lora, Ollama ADAPTER); gguf: the merged model;
+    then the file to write"""
     base: str | None = None
     """gguf-lora: the base model (default: the one the adapter records)"""
     quant: str | None = _opt(choices=("f32", "f16", "q8_0", "q4_0"))
-    """tensor encoding: f16 for a model, f32 for an adapter by default (an adapter takes f32 or f16)"""
+    """tensor encoding: f16 for a model, f32 for an adapter by default (an adapter takes f32 or f16)
+    """
     adapter_name: str | None = None
     """which adapter of the folder (default: the active one)"""
 
@@ -134,8 +139,9 @@ class CompareOptions:
     dtype: str | None = None
     """base weights: auto (default: bf16 where native, else fp32), float32, bfloat16, float16"""
     select: str | None = _opt(metavar="lr,epochs")
-    """choose each method's learning rate and/or epoch count on validation rows carved from the training rows
-    (the held-out split is read only to score the choice); --select.max_epochs 2 and the like tune the search"""
+    """choose each method's learning rate and/or epoch count on validation rows carved from the
+    training rows (the held-out split is read only to score the choice); --select.max_epochs 2 and
+    the like tune the search"""
 
 
 @dataclass
@@ -144,7 +150,9 @@ class ServeOptions:
 
     model: str | None = _arg(nargs="?")
     """model alias, folder, .gguf file or hub id (or set it in --config)"""
-    adapter: list[str] | None = field(default=None, metadata={"action": "append", "metavar": "NAME=PATH"})
+    adapter: list[str] | None = field(
+        default=None, metadata={"action": "append", "metavar": "NAME=PATH"}
+    )
     """an adapter folder, chosen by requests whose model is NAME (repeatable)"""
     config: str | None = None
     """a YAML file with the fields below (flags override it)"""
@@ -161,8 +169,14 @@ class DemoOptions:
 
 
 COMMAND_OPTIONS: dict[str, type] = {
-    "train": TrainOptions, "eval": EvalOptions, "generate": GenerateOptions, "merge": MergeOptions,
-    "export": ExportOptions, "inspect": InspectOptions, "compare": CompareOptions, "serve": ServeOptions,
+    "train": TrainOptions,
+    "eval": EvalOptions,
+    "generate": GenerateOptions,
+    "merge": MergeOptions,
+    "export": ExportOptions,
+    "inspect": InspectOptions,
+    "compare": CompareOptions,
+    "serve": ServeOptions,
     "demo": DemoOptions,
 }
 

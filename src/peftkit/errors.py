@@ -39,8 +39,9 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
-    """Warn at the first line outside peftkit (the user's call), however deep inside peftkit the warning is
-    raised: a fixed ``stacklevel`` points at peftkit's own code when a helper is reached by two paths."""
+    """Warn at the first line outside peftkit (the user's call), however deep inside peftkit the
+    warning is raised: a fixed ``stacklevel`` points at peftkit's own code when a helper is reached
+    by two paths."""
     frame = sys._getframe(1)
     level = 2  # warnings.warn's level of this function's caller
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
@@ -55,11 +56,13 @@ class PeftkitError(Exception):
 
 
 class PeftWarning(UserWarning):
-    """A warning PEFT gives under this name (its ``PeftWarning``): code filtering on it works the same."""
+    """A warning PEFT gives under this name (its ``PeftWarning``): code filtering on it works the
+    same."""
 
 
 class MergeError(PeftkitError, RuntimeError):
-    """The base layer cannot hold this merge (LoRA's bias on a layer without one); a ``RuntimeError`` as in PEFT."""
+    """The base layer cannot hold this merge (LoRA's bias on a layer without one); a
+    ``RuntimeError`` as in PEFT."""
 
 
 class UserInputError(PeftkitError, ValueError):
@@ -100,7 +103,8 @@ class AdapterFormatError(UserInputError):
 
 
 class AdapterShapeError(AdapterFormatError, RuntimeError):
-    """An adapter tensor's shape does not fit the model's layer; a RuntimeError too, as torch (and PEFT) raise it."""
+    """An adapter tensor's shape does not fit the model's layer; a RuntimeError too, as torch (and
+    PEFT) raise it."""
 
 
 class AdapterNotFoundError(UserInputError, KeyError):
@@ -115,7 +119,8 @@ class AdapterStateError(PeftkitError, ValueError):
 
 
 class PromptAdapterError(PeftkitError, AttributeError):
-    """A weight operation (merge, unload) asked of a prompt-learning adapter, which changes no weight.
+    """A weight operation (merge, unload) asked of a prompt-learning adapter, which changes no
+    weight.
 
     An ``AttributeError`` as in PEFT, where a prompt-learning model has no such method."""
 
@@ -129,7 +134,8 @@ class DataError(UserInputError):
 
 
 class HubError(PeftkitError):
-    """The Hugging Face Hub could not be reached or refused the request (offline, no token, no permission)."""
+    """The Hugging Face Hub could not be reached or refused the request (offline, no token, no
+    permission)."""
 
 
 class TrainingError(PeftkitError):
@@ -137,14 +143,16 @@ class TrainingError(PeftkitError):
 
 
 class BrokenAdapterError(TrainingError, ValueError):
-    """An adapter holds NaN or infinite values, so merging it would ruin the base weights for good (a
-    ``ValueError`` as PEFT's ``safe_merge`` raises)."""
+    """An adapter holds NaN or infinite values, so merging it would ruin the base weights for good
+    (a ``ValueError`` as PEFT's ``safe_merge`` raises)."""
 
 
 class TrainingInterrupted(PeftkitError):
-    """Training stopped on request (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint; ``--resume`` continues it.
+    """Training stopped on request (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint; ``--resume``
+    continues it.
 
-    The exit code is the shell's for the signal: 128 + its number (130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    The exit code is the shell's for the signal: 128 + its number (130 for Ctrl-C, 143 SIGTERM, 129
+    SIGHUP).
     """
 
     exit_code = 130
@@ -155,14 +163,15 @@ class TrainingInterrupted(PeftkitError):
 
 
 class StorageError(PeftkitError):
-    """A file could not be written (disk full, read-only, not a folder); what was there before is kept."""
+    """A file could not be written (disk full, read-only, not a folder); what was there before is
+    kept."""
 
     exit_code = 1
 
 
 def short_repr(value: object, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for error messages: a value can be huge (a 75 MB string,
-    a 2**40000 rank whose ``repr`` Python itself refuses)."""
+    """``repr(value)`` cut to ``limit`` characters, for error messages: a value can be huge (a 75 MB
+    string, a 2**40000 rank whose ``repr`` Python itself refuses)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
         return f"<a whole number of {value.bit_length()} bits>"
     text = reprlib.repr(value) if not isinstance(value, str) else repr(value)

@@ -1,5 +1,5 @@
-"""Small utilities PEFT has in ``peft.helpers``: is a folder or hub id an adapter, LoRA scaled for a while, and
-which modules a config targets."""
+"""Small utilities PEFT has in ``peft.helpers``: is a folder or hub id an adapter, LoRA scaled for a
+while, and which modules a config targets."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def check_if_peft_model(model_name_or_path: str | os.PathLike[str]) -> bool:
 
 @contextlib.contextmanager
 def rescale_adapter_scale(model: nn.Module, multiplier: float) -> Iterator[None]:
-    """Within the context, every LoRA layer's scaling is ``multiplier`` times its own (with ``multiplier`` in
-    [0, 1], wise-ft between the base model and the adapter); restored on exit, even on error.
+    """Within the context, every LoRA layer's scaling is ``multiplier`` times its own (with
+    ``multiplier`` in [0, 1], wise-ft between the base model and the adapter); restored on exit,
+    even on error.
 
     Raises:
         TypeError: ``multiplier`` is not a number.
@@ -51,9 +52,9 @@ def rescale_adapter_scale(model: nn.Module, multiplier: float) -> Iterator[None]
 
 
 def inspect_matched_modules(model: Any, adapter_name: str = "default") -> dict[str, list[str]]:
-    """The module names of the base model that adapter ``adapter_name``'s config targets (``"matched"``) and the
-    others (``"unmatched"``), in model order (PEFT's ``inspect_matched_modules``; ``model`` is a PeftModel or
-    its ``base_model``)."""
+    """The module names of the base model that adapter ``adapter_name``'s config targets
+    (``"matched"``) and the others (``"unmatched"``), in model order (PEFT's
+    ``inspect_matched_modules``; ``model`` is a PeftModel or its ``base_model``)."""
     config = model.peft_config[adapter_name]
     get_base = getattr(model, "get_base_model", None)
     base = get_base() if callable(get_base) else model.model

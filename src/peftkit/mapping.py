@@ -1,8 +1,9 @@
 """PEFT's per-method lookup tables (``peft.mapping``), for code written against them.
 
-``PEFT_TYPE_TO_CONFIG_MAPPING`` gives each method's config class, ``PEFT_TYPE_TO_PREFIX_MAPPING`` the prefix of
-its layer tensors' names (layer methods only), and ``PEFT_TYPE_TO_TUNER_MAPPING`` a description of how the
-method adapts a model, with the attributes PEFT code reads from PEFT's tuner classes.
+``PEFT_TYPE_TO_CONFIG_MAPPING`` gives each method's config class, ``PEFT_TYPE_TO_PREFIX_MAPPING``
+the prefix of its layer tensors' names (layer methods only), and ``PEFT_TYPE_TO_TUNER_MAPPING`` a
+description of how the method adapts a model, with the attributes PEFT code reads from PEFT's tuner
+classes.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ from typing import Any
 from .config import PeftConfig, PeftType
 from .methods import Method, methods
 
-__all__ = ["PEFT_TYPE_TO_CONFIG_MAPPING", "PEFT_TYPE_TO_PREFIX_MAPPING", "PEFT_TYPE_TO_TUNER_MAPPING", "Tuner"]
+__all__ = [
+    "PEFT_TYPE_TO_CONFIG_MAPPING",
+    "PEFT_TYPE_TO_PREFIX_MAPPING",
+    "PEFT_TYPE_TO_TUNER_MAPPING",
+    "Tuner",
+]
 
 
 @dataclass(frozen=True)
 class Tuner:
-    """How a method adapts a model: its type, its config class, the prefix of its tensors' names (None for
-    prompt methods, which add no layer tensors), and whether adapters share state across layers (none of
-    peftkit's methods do)."""
+    """How a method adapts a model: its type, its config class, the prefix of its tensors' names
+    (None for prompt methods, which add no layer tensors), and whether adapters share state across
+    layers (none of peftkit's methods do)."""
 
     peft_type: PeftType | str
     config_class: type[PeftConfig]
@@ -30,7 +36,8 @@ class Tuner:
 
 
 class _ByPeftType(Mapping[str, Any]):
-    """A live view of the method registry keyed by ``peft_type`` (a method registered later appears too)."""
+    """A live view of the method registry keyed by ``peft_type`` (a method registered later appears
+    too)."""
 
     def __init__(self, value: Any, layer_methods_only: bool = False) -> None:
         self._value, self._layers_only = value, layer_methods_only
@@ -50,6 +57,9 @@ class _ByPeftType(Mapping[str, Any]):
 
 
 PEFT_TYPE_TO_CONFIG_MAPPING: Mapping[str, type[PeftConfig]] = _ByPeftType(lambda m: m.config_class)
-PEFT_TYPE_TO_PREFIX_MAPPING: Mapping[str, str] = _ByPeftType(lambda m: m.prefix, layer_methods_only=True)
+PEFT_TYPE_TO_PREFIX_MAPPING: Mapping[str, str] = _ByPeftType(
+    lambda m: m.prefix, layer_methods_only=True
+)
 PEFT_TYPE_TO_TUNER_MAPPING: Mapping[str, Tuner] = _ByPeftType(
-    lambda m: Tuner(m.config_class.peft_type, m.config_class, m.prefix))
+    lambda m: Tuner(m.config_class.peft_type, m.config_class, m.prefix)
+)

@@ -1,5 +1,6 @@
-"""GGUF LoRA export: the file's factors, applied with llama.cpp's rule (``W + alpha / r * B @ A``), give the
-merged model's weights; adapters llama.cpp cannot apply are refused with what to do instead."""
+"""GGUF LoRA export: the file's factors, applied with llama.cpp's rule (``W + alpha / r * B @ A``),
+give the merged model's weights; adapters llama.cpp cannot apply are refused with what to do
+instead."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tests.export.conftest import tiny_smol_llama
 
 
 def _apply_like_llama_cpp(path: Path, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What llama.cpp's graph adds, per its llama_adapter_lora_weight::get_scale: alpha / rank (rank = B's columns)."""
+    """What llama.cpp's graph adds, per its llama_adapter_lora_weight::get_scale: alpha / rank (rank
+    = B's columns)."""
     reader = gguf.GGUFReader(path)
     alpha = float(reader.fields["adapter.lora.alpha"].contents())
     factors = {t.name: torch.from_numpy(t.data.copy()).float() for t in reader.tensors}
@@ -30,16 +32,24 @@ def _apply_like_llama_cpp(path: Path, base: dict[str, torch.Tensor]) -> dict[str
     return weights
 
 
-@pytest.mark.parametrize("settings", [
-    {},
-    {"use_rslora": True},
-    {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"q_proj": 3.0}},
-], ids=["plain", "rslora", "patterns"])
-def test_factors_applied_like_llama_cpp_give_the_merged_weights(tmp_path: Path, settings: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"use_rslora": True},
+        {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"q_proj": 3.0}},
+    ],
+    ids=["plain", "rslora", "patterns"],
+)
+def test_factors_applied_like_llama_cpp_give_the_merged_weights(
+    tmp_path: Path, settings: dict[str, Any]
+) -> None:
     base = model_tensors(tiny_smol_llama())
     options = {"r": 4, "lora_alpha": 8.0, "init_lora_weights": False, **settings}
-    model = get_peft_model(tiny_smol_llama(), LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "up_proj"],
-                                                         **options))
+    model = get_peft_model(
+        tiny_smol_llama(),
+        LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "up_proj"], **options),
+    )
     export_gguf_lora(model, tmp_path / "a.gguf")
     merged = model_tensors(model.merge_and_unload())
     applied = _apply_like_llama_cpp(tmp_path / "a.gguf", base)
@@ -50,7 +60,9 @@ def test_factors_applied_like_llama_cpp_give_the_merged_weights(tmp_path: Path, 
 
 
 def test_file_says_what_it_is(tmp_path: Path) -> None:
-    model = get_peft_model(tiny_smol_llama(), LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj"]))
+    model = get_peft_model(
+        tiny_smol_llama(), LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj"])
+    )
     export_gguf_lora(model, tmp_path / "a.gguf", encoding="f16")
     reader = gguf.GGUFReader(tmp_path / "a.gguf")
     assert reader.fields["general.type"].contents() == "adapter"
@@ -58,27 +70,43 @@ def test_file_says_what_it_is(tmp_path: Path) -> None:
     assert reader.fields["general.architecture"].contents() == "llama"
     assert reader.fields["adapter.lora.alpha"].contents() == 16.0
     shapes = {t.name: (t.tensor_type.name, list(t.data.shape)) for t in reader.tensors}
-    assert shapes["blk.0.attn_q.weight.lora_a"] == ("F16", [4, 32])  # (r, in), as PEFT stores lora_A
+    # (r, in), as PEFT stores lora_A
+    assert shapes["blk.0.attn_q.weight.lora_a"] == ("F16", [4, 32])
     assert shapes["blk.1.attn_q.weight.lora_b"] == ("F16", [32, 4])  # (out, r)
 
 
-@pytest.mark.parametrize("config, message", [
-    (LoraConfig(r=2, target_modules=["q_proj"], use_dora=True), "use_dora=True"),
-    (LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]), "modules_to_save"),
-    (LoraConfig(r=2, target_modules=["embed_tokens"]), "adapts the embedding"),
-    (IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]), "is IA3"),
-    (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4), "no GGUF form"),
-], ids=["dora", "modules_to_save", "embedding", "ia3", "prompt"])
-def test_what_llama_cpp_cannot_apply_is_refused_with_merge_as_the_way_out(tmp_path: Path, config: Any,
-                                                                          message: str) -> None:
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (LoraConfig(r=2, target_modules=["q_proj"], use_dora=True), "use_dora=True"),
+        (
+            LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]),
+            "modules_to_save",
+        ),
+        (LoraConfig(r=2, target_modules=["embed_tokens"]), "adapts the embedding"),
+        (
+            IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]),
+            "is IA3",
+        ),
+        (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4), "no GGUF form"),
+    ],
+    ids=["dora", "modules_to_save", "embedding", "ia3", "prompt"],
+)
+def test_what_llama_cpp_cannot_apply_is_refused_with_merge_as_the_way_out(
+    tmp_path: Path, config: Any, message: str
+) -> None:
     model = get_peft_model(tiny_smol_llama(), config)
     with pytest.raises(ConfigError, match=message) as err:
         export_gguf_lora(model, tmp_path / "a.gguf")
-    assert "peftkit export BASE ADAPTER --to gguf" in str(err.value) or "no GGUF form" in str(err.value)
+    assert "peftkit export BASE ADAPTER --to gguf" in str(err.value) or "no GGUF form" in str(
+        err.value
+    )
     assert not (tmp_path / "a.gguf").exists()
 
 
 def test_lora_on_a_tied_lm_head_is_refused(tmp_path: Path) -> None:
-    model = get_peft_model(tiny_smol_llama(tied=True), LoraConfig(r=2, target_modules=["q_proj", "lm_head"]))
+    model = get_peft_model(
+        tiny_smol_llama(tied=True), LoraConfig(r=2, target_modules=["q_proj", "lm_head"])
+    )
     with pytest.raises(ConfigError, match="lm_head, which this model ties to its embedding"):
         export_gguf_lora(model, tmp_path / "a.gguf")

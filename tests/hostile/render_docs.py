@@ -1,4 +1,5 @@
-"""Regenerate the case table of docs/reliability.md from the corpus: ``python -m tests.hostile.render_docs``.
+"""Regenerate the case table of docs/reliability.md from the corpus: ``python -m
+tests.hostile.render_docs``.
 
 Runs every case and records the first line of what the user actually sees.
 """
@@ -42,7 +43,11 @@ def main_() -> None:
         tmp = root / case.id
         tmp.mkdir()
         text = message(case, tmp, model_dir).removeprefix("peftkit: error: ")
-        text = re.sub(re.escape(str(tmp)), "…", text).replace(str(model_dir), "MODEL").replace("|", "\\|")
+        text = (
+            re.sub(re.escape(str(tmp)), "…", text)
+            .replace(str(model_dir), "MODEL")
+            .replace("|", "\\|")
+        )
         text = re.sub(r"\s*\n\s*", " ", text)  # one table row per case
         text = text if len(text) <= 220 else text[:217] + "..."
         rows.append(f"| `{case.id}` | {case.what} | {case.error.__name__} | {case.code} | {text} |")

@@ -1,7 +1,7 @@
 """Faults during training, in real processes: kill -9 at a random step and Ctrl-C, then --resume.
 
-Each run is a ``python -m peftkit train`` subprocess with one thread, so an interrupted-and-resumed run
-can be compared bitwise with one that never stopped.
+Each run is a ``python -m peftkit train`` subprocess with one thread, so an interrupted-and-resumed
+run can be compared bitwise with one that never stopped.
 """
 
 from __future__ import annotations
@@ -32,14 +32,19 @@ def job_file(tmp: Path, model_dir: Path, out: str) -> Path:
         f"data: {{path: {data}, mode: classification, template: 'Review: {{text}} Label: {{label}}', "
         "label_words: {pos: yes, neg: no}, val_size: 8}\n"
         f"train: {{max_steps: {STEPS}, save_every: {SAVE_EVERY}, batch_size: 4, lr: 0.01, progress: false, "
-        "plot: false, eval_before: false}\n")
+        "plot: false, eval_before: false}\n"
+    )
     return path
 
 
 def start(config: Path, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "peftkit", "train", "--config", str(config), *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "peftkit", "train", "--config", str(config), *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
@@ -75,7 +80,9 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> 
     return tmp / "full"
 
 
-def test_kill_9_at_a_random_step_then_resume(tmp_path: Path, model_dir: Path, uninterrupted: Path) -> None:
+def test_kill_9_at_a_random_step_then_resume(
+    tmp_path: Path, model_dir: Path, uninterrupted: Path
+) -> None:
     kill_after = random.randrange(SAVE_EVERY, STEPS - SAVE_EVERY, SAVE_EVERY)
     config = job_file(tmp_path, model_dir, "killed")
     proc = start(config)
@@ -89,8 +96,9 @@ def test_kill_9_at_a_random_step_then_resume(tmp_path: Path, model_dir: Path, un
     assert_same_adapter(uninterrupted, tmp_path / "killed")
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(tmp_path: Path, model_dir: Path,
-                                                                 uninterrupted: Path) -> None:
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(
+    tmp_path: Path, model_dir: Path, uninterrupted: Path
+) -> None:
     config = job_file(tmp_path, model_dir, "stopped")
     proc = start(config)
     wait_for_checkpoint(tmp_path / "stopped", SAVE_EVERY * 2, proc)
@@ -103,10 +111,14 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(tmp_path: Path, 
     assert_same_adapter(uninterrupted, tmp_path / "stopped")
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["sigterm", "sighup"])
-def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path: Path, model_dir: Path, uninterrupted: Path,
-                                             sig: signal.Signals, code: int) -> None:
-    """Schedulers send SIGTERM and closed terminals SIGHUP: both must checkpoint, say so and exit 128 + signal."""
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["sigterm", "sighup"]
+)
+def test_sigterm_and_sighup_stop_like_ctrl_c(
+    tmp_path: Path, model_dir: Path, uninterrupted: Path, sig: signal.Signals, code: int
+) -> None:
+    """Schedulers send SIGTERM and closed terminals SIGHUP: both must checkpoint, say so and exit
+    128 + signal."""
     config = job_file(tmp_path, model_dir, "stopped")
     proc = start(config)
     wait_for_checkpoint(tmp_path / "stopped", SAVE_EVERY * 2, proc)

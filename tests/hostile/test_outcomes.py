@@ -1,8 +1,10 @@
-"""Hostile inputs whose right answer is not an error: what peftkit must do with them, checked by what it wrote.
+"""Hostile inputs whose right answer is not an error: what peftkit must do with them, checked by
+what it wrote.
 
-The corpus (test_corpus.py) holds the inputs that must be refused; these are the ones that must work, and
-work as the user meant: strings stay strings, the user's files stay untouched, a dead run's lock and
-leftovers are cleaned, and a resumed run may change only what does not change the job.
+The corpus (test_corpus.py) holds the inputs that must be refused; these are the ones that must
+work, and work as the user meant: strings stay strings, the user's files stay untouched, a dead
+run's lock and leftovers are cleaned, and a resumed run may change only what does not change the
+job.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from tests.hostile.test_corpus import GOOD_CSV, _merge_setup, _run_job
 
 def _job_yaml(tmp: Path, words: str, csv: str = GOOD_CSV) -> JobConfig:
     (tmp / "d.csv").write_text(csv)
-    (tmp / "job.yaml").write_text(f"data: {{path: {tmp / 'd.csv'}, mode: classification, label_words: {words}}}\n")
+    (tmp / "job.yaml").write_text(
+        f"data: {{path: {tmp / 'd.csv'}, mode: classification, label_words: {words}}}\n"
+    )
     return JobConfig.from_yaml(tmp / "job.yaml")
 
 
@@ -44,7 +48,9 @@ def yaml_on_off_null_stay_words(tmp: Path) -> None:
 
 
 def yaml_boolean_keys_stay_words(tmp: Path) -> None:
-    csv = "text,label\n" + "".join(f"{w} film,{lab}\n" for w, lab in [("good", "yes"), ("bad", "no")] * 4)
+    csv = "text,label\n" + "".join(
+        f"{w} film,{lab}\n" for w, lab in [("good", "yes"), ("bad", "no")] * 4
+    )
     job = _job_yaml(tmp, "{yes: positive, no: negative}", csv)
     assert job.data.label_words == {"yes": "positive", "no": "negative"}
     data = load_task_data(job.data, char_tokenizer())
@@ -55,28 +61,52 @@ def flag_and_yaml_agree(tmp: Path) -> None:
     from peftkit.cli import build_parser, job_from_args
 
     yaml_job = _job_yaml(tmp, "{pos: yes, neg: no}")
-    args = build_parser().parse_args(["train", "--data.path", str(tmp / "d.csv"), "--data.mode", "classification",
-                                      "--data.label_words", "{pos: yes, neg: no}"])
-    assert job_from_args(args).data.label_words == yaml_job.data.label_words == {"pos": "yes", "neg": "no"}
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data.path",
+            str(tmp / "d.csv"),
+            "--data.mode",
+            "classification",
+            "--data.label_words",
+            "{pos: yes, neg: no}",
+        ]
+    )
+    assert (
+        job_from_args(args).data.label_words
+        == yaml_job.data.label_words
+        == {"pos": "yes", "neg": "no"}
+    )
 
 
 def yaml_numbers_typed_by_schema(tmp: Path) -> None:
-    (tmp / "job.yaml").write_text("data: {path: d.csv, max_length: 64, val_size: 0.25}\n"
-                                  "train: {lr: 1e-4, progress: no, max_steps: 1_000}\nadapter: {r: 4, lora_alpha: 8}\n")
+    (tmp / "job.yaml").write_text(
+        "data: {path: d.csv, max_length: 64, val_size: 0.25}\n"
+        "train: {lr: 1e-4, progress: no, max_steps: 1_000}\nadapter: {r: 4, lora_alpha: 8}\n"
+    )
     job = JobConfig.from_yaml(tmp / "job.yaml")
-    assert (job.data.max_length, job.data.val_size, job.train.lr, job.train.progress, job.train.max_steps) == \
-        (64, 0.25, 1e-4, False, 1000)
+    assert (
+        job.data.max_length,
+        job.data.val_size,
+        job.train.lr,
+        job.train.progress,
+        job.train.max_steps,
+    ) == (64, 0.25, 1e-4, False, 1000)
     assert job.adapter == {"r": 4, "lora_alpha": 8.0}
 
 
 def yaml_small_anchors_still_work(tmp: Path) -> None:
-    (tmp / "job.yaml").write_text("data: &d {path: d.csv, eval_path: null}\ntrain: {lr: &lr 0.01, weight_decay: *lr}\n")
+    (tmp / "job.yaml").write_text(
+        "data: &d {path: d.csv, eval_path: null}\ntrain: {lr: &lr 0.01, weight_decay: *lr}\n"
+    )
     job = JobConfig.from_yaml(tmp / "job.yaml")
     assert (job.data.path, job.data.eval_path, job.train.weight_decay) == ("d.csv", None, 0.01)
 
 
 def label_na_is_a_label(tmp: Path) -> None:
-    csv = "text,label\n" + "".join(f"{w} film,{lab}\n" for w, lab in [("good", "OK"), ("bad", "NA")] * 4)
+    csv = "text,label\n" + "".join(
+        f"{w} film,{lab}\n" for w, lab in [("good", "OK"), ("bad", "NA")] * 4
+    )
     job = _job_yaml(tmp, "{OK: fine, NA: missing}", csv)
     data = load_task_data(job.data, char_tokenizer())
     assert sorted(e.label_index for e in data.train + data.val) == [0] * 4 + [1] * 4
@@ -91,8 +121,17 @@ def text_null_is_text(tmp: Path) -> None:
 def truncated_examples_without_target_are_left_out(tmp: Path) -> None:
     long = "x" * 40
     (tmp / "d.csv").write_text(f"text,label\n{long},pos\nshort,neg\n")
-    job = JobConfig(data={"path": str(tmp / "d.csv"), "val_size": 0, "mode": "completion",
-                          "template": "{text}", "completion_template": "{label}", "max_length": 10, "add_eos": False})
+    job = JobConfig(
+        data={
+            "path": str(tmp / "d.csv"),
+            "val_size": 0,
+            "mode": "completion",
+            "template": "{text}",
+            "completion_template": "{label}",
+            "max_length": 10,
+            "add_eos": False,
+        }
+    )
     data = load_task_data(job.data, char_tokenizer())
     assert len(data.train) == 2  # keep_end truncation: the target survives in both
     job = JobConfig(data={"path": str(tmp / "d.csv"), "val_size": 0, "max_length": 1})
@@ -101,7 +140,8 @@ def truncated_examples_without_target_are_left_out(tmp: Path) -> None:
 
 
 def fixtures_train_on_the_words_they_name(tmp: Path) -> None:
-    """The fault tests' job says {pos: yes, neg: no}: it must train on 'yes' and 'no', not on True/False."""
+    """The fault tests' job says {pos: yes, neg: no}: it must train on 'yes' and 'no', not on
+    True/False."""
     from tests.hostile.test_faults import job_file
 
     job = JobConfig.from_yaml(job_file(tmp, tmp / "unused-model", "run"))
@@ -134,7 +174,8 @@ def overwrite_replaces_only_peftkit_files(tmp: Path) -> None:
     (tmp / "out" / "notes.txt").write_text("mine")
     _run_job(tmp, overwrite=True, save_every=1, max_steps=1)
     assert (tmp / "out" / "notes.txt").read_text() == "mine"
-    assert [p.name for p in checkpoint.list_checkpoints(tmp / "out")] == ["step-000001"]  # the old ones are gone
+    # the old ones are gone
+    assert [p.name for p in checkpoint.list_checkpoints(tmp / "out")] == ["step-000001"]
 
 
 def stale_lock_is_taken_over(tmp: Path) -> None:
@@ -158,8 +199,12 @@ def lock_released_after_a_failed_run(tmp: Path) -> None:
 def leftovers_of_killed_writes_are_cleaned(tmp: Path) -> None:
     _run_job(tmp, save_every=1)
     out = tmp / "out"
-    junk = [out / ".adapter_model.safetensors.x1.tmp", out / "checkpoints" / ".step-000003.abc",
-            out / "checkpoints" / ".trash-step-000001", out / ".model.k2"]
+    junk = [
+        out / ".adapter_model.safetensors.x1.tmp",
+        out / "checkpoints" / ".step-000003.abc",
+        out / "checkpoints" / ".trash-step-000001",
+        out / ".model.k2",
+    ]
     for path in junk:
         path.mkdir() if "step" in path.name or "model" in path.name else path.write_text("half")
     _run_job(tmp, resume=True, max_steps=3, save_every=1)
@@ -172,7 +217,8 @@ def pruning_killed_midway_leaves_no_listed_checkpoint(tmp: Path) -> None:
 
     def killed(path: Any, *args: Any, **kwargs: Any) -> None:
         calls.append(Path(path))
-        (Path(path) / checkpoint.TRAINABLE_FILE).unlink(missing_ok=True)  # a kill halfway through the delete
+        # a kill halfway through the delete
+        (Path(path) / checkpoint.TRAINABLE_FILE).unlink(missing_ok=True)
 
     shutil.rmtree = killed  # type: ignore[assignment]
     try:
@@ -199,7 +245,9 @@ def resume_may_extend_the_run(tmp: Path) -> None:
 
 def second_get_peft_model_under_another_name_warns(tmp: Path) -> None:
     base = tiny_model("llama")
-    first = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    first = get_peft_model(
+        base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+    )
     before = {k: v.clone() for k, v in first.state_dict().items() if "lora_" in k}
     with pytest.warns(UserWarning, match="modify a model with PEFT for a second time"):
         get_peft_model(base, LoraConfig(r=2, target_modules=["v_proj"]), adapter_name="other")
@@ -207,7 +255,8 @@ def second_get_peft_model_under_another_name_warns(tmp: Path) -> None:
 
 
 def second_get_peft_model_with_the_same_config_keeps_the_weights(tmp: Path) -> None:
-    """PEFT warns and re-initializes the trained adapter; peftkit warns the same and keeps its weights."""
+    """PEFT warns and re-initializes the trained adapter; peftkit warns the same and keeps its
+    weights."""
     base = tiny_model("llama")
     first = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
     with torch.no_grad():
@@ -224,10 +273,15 @@ def second_get_peft_model_with_the_same_config_keeps_the_weights(tmp: Path) -> N
 
 def save_keeps_the_users_readme(tmp: Path) -> None:
     (tmp / "adapter").mkdir()
-    (tmp / "adapter" / "README.md").write_text("---\nmeta: hello\n---\n# my notes\n\nkept as written\n")
-    get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp / "adapter")
+    (tmp / "adapter" / "README.md").write_text(
+        "---\nmeta: hello\n---\n# my notes\n\nkept as written\n"
+    )
+    get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(
+        tmp / "adapter"
+    )
     header, body = (tmp / "adapter" / "README.md").read_text().split("---\n")[1:]
-    assert body == "# my notes\n\nkept as written\n"  # every word kept; PEFT's metadata added to the header
+    # every word kept; PEFT's metadata added to the header
+    assert body == "# my notes\n\nkept as written\n"
     assert "meta: hello" in header and "library_name: peft" in header
     assert PeftModel.from_pretrained(tiny_model("llama"), tmp / "adapter") is not None
 
@@ -238,8 +292,12 @@ def compare_beside_user_report(tmp: Path) -> None:
     (tmp / "cmp").mkdir()
     (tmp / "cmp" / "report.md").write_text("my report")
     (tmp / "d.csv").write_text(GOOD_CSV)
-    config = CompareConfig(model=str(tmp / "no-model"), data={"path": str(tmp / "d.csv")},  # type: ignore[arg-type]
-                           methods=["lora"], output_dir=str(tmp / "cmp"))
+    config = CompareConfig(
+        model=str(tmp / "no-model"),
+        data={"path": str(tmp / "d.csv")},  # type: ignore[arg-type]
+        methods=["lora"],
+        output_dir=str(tmp / "cmp"),
+    )
     with pytest.raises(OutputDirError, match=r"report\.md"):
         compare(config, log=lambda _: None)
     assert (tmp / "cmp" / "report.md").read_text() == "my report"
@@ -255,14 +313,29 @@ def _dead_pid() -> int:
 
 
 OUTCOMES: list[Callable[[Path], None]] = [
-    yaml_yes_no_stay_words, yaml_on_off_null_stay_words, yaml_boolean_keys_stay_words, flag_and_yaml_agree,
-    yaml_numbers_typed_by_schema, yaml_small_anchors_still_work, label_na_is_a_label, text_null_is_text,
-    truncated_examples_without_target_are_left_out, fixtures_train_on_the_words_they_name,
-    merge_twice_into_its_own_output, merge_into_empty_folder, train_beside_user_files,
-    overwrite_replaces_only_peftkit_files, stale_lock_is_taken_over, lock_released_after_a_failed_run,
-    leftovers_of_killed_writes_are_cleaned, pruning_killed_midway_leaves_no_listed_checkpoint,
-    files_get_umask_permissions, resume_may_extend_the_run, second_get_peft_model_under_another_name_warns,
-    second_get_peft_model_with_the_same_config_keeps_the_weights, save_keeps_the_users_readme,
+    yaml_yes_no_stay_words,
+    yaml_on_off_null_stay_words,
+    yaml_boolean_keys_stay_words,
+    flag_and_yaml_agree,
+    yaml_numbers_typed_by_schema,
+    yaml_small_anchors_still_work,
+    label_na_is_a_label,
+    text_null_is_text,
+    truncated_examples_without_target_are_left_out,
+    fixtures_train_on_the_words_they_name,
+    merge_twice_into_its_own_output,
+    merge_into_empty_folder,
+    train_beside_user_files,
+    overwrite_replaces_only_peftkit_files,
+    stale_lock_is_taken_over,
+    lock_released_after_a_failed_run,
+    leftovers_of_killed_writes_are_cleaned,
+    pruning_killed_midway_leaves_no_listed_checkpoint,
+    files_get_umask_permissions,
+    resume_may_extend_the_run,
+    second_get_peft_model_under_another_name_warns,
+    second_get_peft_model_with_the_same_config_keeps_the_weights,
+    save_keeps_the_users_readme,
     compare_beside_user_report,
 ]
 

@@ -14,12 +14,44 @@ from peftkit import JobConfig, PeftConfig
 from peftkit.errors import PeftkitError
 from peftkit.train.data import load_rows, template_fields
 
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5000), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.lists(st.text(max_size=6), max_size=3))
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5000),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.text(max_size=6), max_size=3),
+)
 SECTIONS = {
-    "data": ["path", "mode", "template", "label_words", "val_size", "max_length", "delimiter", "label_threshold"],
-    "train": ["lr", "epochs", "batch_size", "schedule", "precision", "max_steps", "resume", "warmup_steps"],
-    "adapter": ["r", "lora_alpha", "lora_dropout", "target_modules", "num_virtual_tokens", "bias", "rank"],
+    "data": [
+        "path",
+        "mode",
+        "template",
+        "label_words",
+        "val_size",
+        "max_length",
+        "delimiter",
+        "label_threshold",
+    ],
+    "train": [
+        "lr",
+        "epochs",
+        "batch_size",
+        "schedule",
+        "precision",
+        "max_steps",
+        "resume",
+        "warmup_steps",
+    ],
+    "adapter": [
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "num_virtual_tokens",
+        "bias",
+        "rank",
+    ],
 }
 
 
@@ -27,11 +59,17 @@ def section(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(st.sampled_from(keys), SCALARS, max_size=4)
 
 
-JOBS = st.fixed_dictionaries({}, optional={
-    "model": SCALARS, "method": st.one_of(SCALARS, st.sampled_from(["lora", "prompt_tuning", "prefix_tuning"])),
-    "seed": SCALARS, "output_dir": SCALARS, "unknown": SCALARS,
-    **{name: st.one_of(SCALARS, section(keys)) for name, keys in SECTIONS.items()},
-})
+JOBS = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": SCALARS,
+        "method": st.one_of(SCALARS, st.sampled_from(["lora", "prompt_tuning", "prefix_tuning"])),
+        "seed": SCALARS,
+        "output_dir": SCALARS,
+        "unknown": SCALARS,
+        **{name: st.one_of(SCALARS, section(keys)) for name, keys in SECTIONS.items()},
+    },
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -41,10 +79,27 @@ def test_any_job_dict_loads_or_raises_config_error(data: dict[str, Any]) -> None
         JobConfig.from_dict(data)
 
 
-ADAPTER_FIELDS = st.fixed_dictionaries({"peft_type": st.one_of(SCALARS, st.sampled_from(
-    ["LORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"]))}, optional={
-    k: SCALARS for k in ["r", "lora_alpha", "target_modules", "num_virtual_tokens", "task_type", "use_dora",
-                         "layers_to_transform", "prompt_tuning_init", "encoder_reparameterization_type"]})
+ADAPTER_FIELDS = st.fixed_dictionaries(
+    {
+        "peft_type": st.one_of(
+            SCALARS, st.sampled_from(["LORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"])
+        )
+    },
+    optional={
+        k: SCALARS
+        for k in [
+            "r",
+            "lora_alpha",
+            "target_modules",
+            "num_virtual_tokens",
+            "task_type",
+            "use_dora",
+            "layers_to_transform",
+            "prompt_tuning_init",
+            "encoder_reparameterization_type",
+        ]
+    },
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -1,9 +1,11 @@
-"""PEFT's own tests, a fixed fast subset, against PEFT and against peftkit (the full run is ``make conformance``).
+"""PEFT's own tests, a fixed fast subset, against PEFT and against peftkit (the full run is ``make
+conformance``).
 
-The subset (``--subset ci`` in ``benchmarks/conformance/run_peft_tests.py``) covers every claimed method on the
-hub-model stand-ins (Llama, BERT, BART, a BERT classifier), the custom models and the low-level API. It fails on
-a harness error (a test one library ran and the other did not), on any behaviour difference without a written
-reason, and when peftkit passes less of what PEFT passes than the last recorded full run did.
+The subset (``--subset ci`` in ``benchmarks/conformance/run_peft_tests.py``) covers every claimed
+method on the hub-model stand-ins (Llama, BERT, BART, a BERT classifier), the custom models and the
+low-level API. It fails on a harness error (a test one library ran and the other did not), on any
+behaviour difference without a written reason, and when peftkit passes less of what PEFT passes than
+the last recorded full run did.
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ RECORDED = ROOT / "benchmarks" / "results" / "peft-conformance.json"
 def subset(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("conformance") / "ci.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, str(HARNESS), "--subset", "ci", "--out", str(out)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(
+        [sys.executable, str(HARNESS), "--subset", "ci", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert out.exists(), f"the harness wrote no result:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     result = json.loads(out.read_text())
     result["returncode"], result["stdout"] = run.returncode, run.stdout
@@ -49,4 +57,8 @@ def test_every_claimed_method_is_represented_and_passes(subset: dict) -> None:
     for method in ("lora", "ia3", "prompt tuning", "p-tuning", "prefix tuning"):
         row = subset["by_method"][method]
         assert row["peft_passes"] >= 10, (method, row)
-        assert row["ratio"] >= min(recorded, 0.97) - 0.02, (method, row, f"the full run recorded {recorded}")
+        assert row["ratio"] >= min(recorded, 0.97) - 0.02, (
+            method,
+            row,
+            f"the full run recorded {recorded}",
+        )

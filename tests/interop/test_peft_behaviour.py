@@ -1,8 +1,9 @@
 """Behaviour side by side with PEFT: the same calls on both libraries give the same outcome.
 
-Each test runs one scenario through ``peft`` and through ``peftkit`` (the ``lib`` fixture) and checks the
-outcome against an independent computation (weights from the adapters' own tensors, the base model's
-output) or against what PEFT itself does. These are the mismatches PEFT's own test suite found.
+Each test runs one scenario through ``peft`` and through ``peftkit`` (the ``lib`` fixture) and
+checks the outcome against an independent computation (weights from the adapters' own tensors, the
+base model's output) or against what PEFT itself does. These are the mismatches PEFT's own test
+suite found.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def _delta(model: Any, name: str) -> torch.Tensor:
 
 def test_merge_and_unload_merges_only_the_named_adapters(lib: types.ModuleType) -> None:
     model = _two_adapters(lib)  # "default" is active
-    base_weight = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    base_weight = (
+        model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    )
     expected = base_weight + _delta(model, "b").detach()
     merged = model.merge_and_unload(adapter_names=["b"])
     torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, expected)
@@ -107,8 +110,11 @@ def test_a_plain_module_is_called_with_its_own_arguments(lib: types.ModuleType) 
 
 
 def test_exclude_modules_with_a_target_list_adapts_the_rest(lib: types.ModuleType) -> None:
-    config = lib.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
-                            exclude_modules=["model.layers.0.self_attn.q_proj"])
+    config = lib.LoraConfig(
+        r=2,
+        target_modules=["q_proj", "v_proj"],
+        exclude_modules=["model.layers.0.self_attn.q_proj"],
+    )
     model = lib.get_peft_model(tiny_model("llama"), config)
     adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A." in n}
     assert "base_model.model.model.layers.0.self_attn.q_proj" not in adapted
@@ -117,8 +123,10 @@ def test_exclude_modules_with_a_target_list_adapts_the_rest(lib: types.ModuleTyp
 
 def test_an_exclusion_that_matches_nothing_warns(lib: types.ModuleType) -> None:
     with pytest.warns(UserWarning, match="no modules were excluded"):
-        lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(r=2, target_modules=["q_proj"],
-                                                               exclude_modules=["nothing_like_this"]))
+        lib.get_peft_model(
+            tiny_model("llama"),
+            lib.LoraConfig(r=2, target_modules=["q_proj"], exclude_modules=["nothing_like_this"]),
+        )
 
 
 def test_a_merged_adapter_cannot_be_deleted(lib: types.ModuleType) -> None:
@@ -135,9 +143,11 @@ def test_merging_twice_warns(lib: types.ModuleType) -> None:
         model.merge_adapter()
 
 
-def test_pickle_saving_writes_the_legacy_bin_that_loads_in_both(lib: types.ModuleType, tmp_path: Any) -> None:
-    """safe_serialization=False writes PEFT's adapter_model.bin (only that file), which both libraries load
-    to the same logits (peftkit with torch.load(weights_only=True))."""
+def test_pickle_saving_writes_the_legacy_bin_that_loads_in_both(
+    lib: types.ModuleType, tmp_path: Any
+) -> None:
+    """safe_serialization=False writes PEFT's adapter_model.bin (only that file), which both
+    libraries load to the same logits (peftkit with torch.load(weights_only=True))."""
     torch.manual_seed(0)
     model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
     model.save_pretrained(tmp_path, safe_serialization=False)
@@ -180,8 +190,10 @@ def test_init_lora_weights_names_are_case_insensitive(lib: types.ModuleType) -> 
 
 def test_modules_to_save_refuses_containers(lib: types.ModuleType) -> None:
     with pytest.raises(TypeError, match="cannot be applied"):
-        lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(r=2, target_modules=["lm_head"],
-                                                               modules_to_save=["layers"]))
+        lib.get_peft_model(
+            tiny_model("llama"),
+            lib.LoraConfig(r=2, target_modules=["lm_head"], modules_to_save=["layers"]),
+        )
 
 
 def test_a_second_get_peft_model_warns(lib: types.ModuleType) -> None:
@@ -198,14 +210,17 @@ def test_prefix_tuning_on_bert_is_refused(lib: types.ModuleType) -> None:
     from ..conftest import model_inputs
 
     with pytest.raises(ValueError, match="does not support past key values"):
-        model = lib.get_peft_model(tiny_model("bert"), lib.PrefixTuningConfig(num_virtual_tokens=3,
-                                                                              task_type="SEQ_CLS"))
+        model = lib.get_peft_model(
+            tiny_model("bert"), lib.PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS")
+        )
         model(**model_inputs("bert"))
 
 
 def test_a_json_without_peft_type_is_not_a_config(lib: types.ModuleType, tmp_path: Any) -> None:
     (tmp_path / "adapter_config.json").write_text('{"foo": "bar", "baz": 123}')
-    with pytest.raises(TypeError, match="LoraConfig config that is trying to be loaded is missing required keys"):
+    with pytest.raises(
+        TypeError, match="LoraConfig config that is trying to be loaded is missing required keys"
+    ):
         lib.LoraConfig.from_pretrained(tmp_path)
 
 
@@ -218,8 +233,12 @@ def test_disable_adapter_restores_the_layers_state(lib: types.ModuleType) -> Non
     assert all(m.disable_adapters for m in layers)  # still off, as before the context
     model.enable_adapter_layers()
     layers[0].enable_adapters(False)
-    with pytest.warns(UserWarning, match="some adapter layers that are enabled and others that are disabled"), \
-            model.disable_adapter():
+    with (
+        pytest.warns(
+            UserWarning, match="some adapter layers that are enabled and others that are disabled"
+        ),
+        model.disable_adapter(),
+    ):
         pass
     assert not any(m.disable_adapters for m in layers)
 
@@ -239,16 +258,23 @@ def test_nothing_trains_while_adapters_are_switched_off(lib: types.ModuleType) -
 def _mlp_with_copies(lib: types.ModuleType, first: list[str], second: list[str]) -> Any:
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-    model = lib.get_peft_model(mlp, lib.LoraConfig(r=2, target_modules=["0"], modules_to_save=first))
+    model = lib.get_peft_model(
+        mlp, lib.LoraConfig(r=2, target_modules=["0"], modules_to_save=first)
+    )
     model.add_adapter("other", lib.LoraConfig(r=2, target_modules=["0"], modules_to_save=second))
     return model
 
 
-@pytest.mark.parametrize(("first", "second"), [(["2"], ["2"]), (["2", "4"], ["4"])], ids=["same", "overlapping"])
-def test_two_active_adapters_cannot_share_a_trainable_copy(lib: types.ModuleType, first: list[str],
-                                                           second: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("first", "second"), [(["2"], ["2"]), (["2", "4"], ["4"])], ids=["same", "overlapping"]
+)
+def test_two_active_adapters_cannot_share_a_trainable_copy(
+    lib: types.ModuleType, first: list[str], second: list[str]
+) -> None:
     model = _mlp_with_copies(lib, first, second)
-    with pytest.raises(ValueError, match="Only one adapter can be set at a time for ModulesToSaveWrapper"):
+    with pytest.raises(
+        ValueError, match="Only one adapter can be set at a time for ModulesToSaveWrapper"
+    ):
         model.base_model.set_adapter(["default", "other"])
 
 
@@ -261,15 +287,20 @@ def test_two_active_adapters_with_their_own_copies(lib: types.ModuleType) -> Non
 
 def test_weighted_adapters_cannot_share_a_trainable_copy(lib: types.ModuleType) -> None:
     model = _mlp_with_copies(lib, ["2"], ["2"])
-    with pytest.raises(ValueError, match="target the same module with modules_to_save, but found 1 such instance"):
+    with pytest.raises(
+        ValueError, match="target the same module with modules_to_save, but found 1 such instance"
+    ):
         model.add_weighted_adapter(["default", "other"], weights=[1.0, 1.0], adapter_name="merged")
 
 
 def test_every_adapter_layer_states_its_features(lib: types.ModuleType) -> None:
-    model = lib.get_peft_model(tiny_model("gpt2"), lib.LoraConfig(r=2, target_modules=["wte", "c_attn"]))
+    model = lib.get_peft_model(
+        tiny_model("gpt2"), lib.LoraConfig(r=2, target_modules=["wte", "c_attn"])
+    )
     layers = [m for m in model.modules() if hasattr(m, "lora_A") or hasattr(m, "lora_embedding_A")]
     assert len(layers) == 3
-    for layer in layers:  # the embedding: (vocabulary, width); Conv1D: its (in, out), though stored transposed
+    # the embedding: (vocabulary, width); Conv1D: its (in, out), though stored transposed
+    for layer in layers:
         assert (layer.in_features, layer.out_features) in {(1000, 32), (32, 96)}
 
 
@@ -282,10 +313,13 @@ def test_switched_off_adapters_win_over_adapter_names(lib: types.ModuleType) -> 
     torch.testing.assert_close(mixed, expected)
 
 
-def test_config_records_the_format_version_and_keeps_target_names_as_set(lib: types.ModuleType, tmp_path: Any) -> None:
+def test_config_records_the_format_version_and_keeps_target_names_as_set(
+    lib: types.ModuleType, tmp_path: Any
+) -> None:
     config = lib.LoraConfig(target_modules=["v_proj", "q_proj", "q_proj"])
     assert config.target_modules == {"q_proj", "v_proj"}
-    assert config.peft_version == peft.__version__  # peftkit writes the format of the PEFT it is tested with
+    # peftkit writes the format of the PEFT it is tested with
+    assert config.peft_version == peft.__version__
     config.save_pretrained(tmp_path)
     loaded = lib.LoraConfig.from_pretrained(tmp_path)
     assert isinstance(loaded.target_modules, set) and loaded.to_dict() == config.to_dict()
@@ -306,22 +340,35 @@ def test_a_dev_version_records_its_commit_or_unknown(monkeypatch: pytest.MonkeyP
         assert peftkit.IA3Config().peft_version == "0.15.0.dev7@UNKNOWN"
 
 
-def test_prompt_encoder_is_built_from_its_config_and_warns_about_ignored_mlp_depth(lib: types.ModuleType) -> None:
-    encoder_cls = lib.tuners.p_tuning.PromptEncoder if lib is peft else peftkit.tuners.prompt.PromptEncoder
-    kwargs = {"num_virtual_tokens": 4, "num_transformer_submodules": 1, "token_dim": 8, "encoder_hidden_size": 6}
+def test_prompt_encoder_is_built_from_its_config_and_warns_about_ignored_mlp_depth(
+    lib: types.ModuleType,
+) -> None:
+    encoder_cls = (
+        lib.tuners.p_tuning.PromptEncoder if lib is peft else peftkit.tuners.prompt.PromptEncoder
+    )
+    kwargs = {
+        "num_virtual_tokens": 4,
+        "num_transformer_submodules": 1,
+        "token_dim": 8,
+        "encoder_hidden_size": 6,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         encoder = encoder_cls(lib.PromptEncoderConfig(**kwargs))
     assert encoder.embedding.weight.shape == (4, 8) and encoder.mlp_head[0].weight.shape == (6, 8)
-    with pytest.warns(UserWarning, match="the argument `encoder_num_layers` is ignored. Exactly 2 MLP layers"):
+    with pytest.warns(
+        UserWarning, match="the argument `encoder_num_layers` is ignored. Exactly 2 MLP layers"
+    ):
         encoder_cls(lib.PromptEncoderConfig(encoder_num_layers=3, **kwargs))
 
 
 def test_a_seed_gives_peft_s_initial_embedding_adapter() -> None:
     def init(lib: types.ModuleType) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        model = lib.get_peft_model(nn.Sequential(nn.Embedding(20, 5), nn.Linear(5, 3)),
-                                   lib.LoraConfig(target_modules=["0", "1"]))
+        model = lib.get_peft_model(
+            nn.Sequential(nn.Embedding(20, 5), nn.Linear(5, 3)),
+            lib.LoraConfig(target_modules=["0", "1"]),
+        )
         return {n: p.detach() for n, p in model.named_parameters() if "lora_" in n}
 
     ours, theirs = init(peftkit), init(peft)
@@ -331,8 +378,9 @@ def test_a_seed_gives_peft_s_initial_embedding_adapter() -> None:
 
 
 @pytest.mark.parametrize("existing", [True, False])
-def test_model_card_keeps_a_users_card_and_fills_the_hub_template(lib: types.ModuleType, tmp_path: Any,
-                                                                   existing: bool) -> None:
+def test_model_card_keeps_a_users_card_and_fills_the_hub_template(
+    lib: types.ModuleType, tmp_path: Any, existing: bool
+) -> None:
     model = lib.get_peft_model(tiny_model("llama"), _lora(lib))
     if existing:
         (tmp_path / "README.md").write_text("---\nmeta: hello\n---\nThis is a model card\n")
@@ -340,19 +388,23 @@ def test_model_card_keeps_a_users_card_and_fills_the_hub_template(lib: types.Mod
     card = (tmp_path / "README.md").read_text()
     assert "library_name: peft" in card
     if existing:
-        assert "meta: hello" in card and "---\nThis is a model card\n" in card  # PEFT appends its version
+        # PEFT appends its version
+        assert "meta: hello" in card and "---\nThis is a model card\n" in card
     else:
-        assert "## Training Details" in card and len(card) > 1000  # the Hub's template, as PEFT writes it
+        # the Hub's template, as PEFT writes it
+        assert "## Training Details" in card and len(card) > 1000
 
 
-def test_a_resized_embedding_is_refused_unless_mismatched_sizes_are_ignored(lib: types.ModuleType,
-                                                                           tmp_path: Any) -> None:
+def test_a_resized_embedding_is_refused_unless_mismatched_sizes_are_ignored(
+    lib: types.ModuleType, tmp_path: Any
+) -> None:
     def model(vocab: int) -> nn.Module:
         torch.manual_seed(0)
         return nn.Sequential(nn.Embedding(vocab, 5), nn.Linear(5, 3))
 
-    lib.get_peft_model(model(100), lib.LoraConfig(target_modules=["0", "1"], init_lora_weights=False)
-                       ).save_pretrained(tmp_path)
+    lib.get_peft_model(
+        model(100), lib.LoraConfig(target_modules=["0", "1"], init_lora_weights=False)
+    ).save_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match="size mismatch") as err:
         lib.PeftModel.from_pretrained(model(105), tmp_path)
     assert "100" in str(err.value) and "105" in str(err.value)
@@ -360,11 +412,15 @@ def test_a_resized_embedding_is_refused_unless_mismatched_sizes_are_ignored(lib:
         loaded = lib.PeftModel.from_pretrained(model(105), tmp_path, ignore_mismatched_sizes=True)
     saved = load_file(tmp_path / "adapter_model.safetensors")
     linear = loaded.get_base_model()[1]  # the linear layer still gets its tensors
-    torch.testing.assert_close(linear.lora_A["default"].weight, saved["base_model.model.1.lora_A.weight"])
+    torch.testing.assert_close(
+        linear.lora_A["default"].weight, saved["base_model.model.1.lora_A.weight"]
+    )
 
 
 def test_targeted_module_names_keep_the_order_adapters_reached_them(lib: types.ModuleType) -> None:
-    model = lib.get_peft_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), lib.LoraConfig(target_modules=["1"]))
+    model = lib.get_peft_model(
+        nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), lib.LoraConfig(target_modules=["1"])
+    )
     model.add_adapter("other", lib.LoraConfig(target_modules=["0", "1"]))
     assert model.targeted_module_names == ["1", "0"]
     assert model.base_model.targeted_module_names == ["1", "0"]
@@ -375,13 +431,18 @@ def test_an_adapted_embedding_travels_with_its_base_weights(saver: str, tmp_path
     ids = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0))
     writer, reader = (peft, peftkit) if saver == "peft" else (peftkit, peft)
     torch.manual_seed(0)
-    model = writer.get_peft_model(tiny_model("llama"), writer.LoraConfig(
-        r=2, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False))
-    with torch.no_grad():  # an embedding that differs from the base's, as a resized or trained one does
+    model = writer.get_peft_model(
+        tiny_model("llama"),
+        writer.LoraConfig(r=2, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False),
+    )
+    # an embedding that differs from the base's, as a resized or trained one does
+    with torch.no_grad():
         model.get_base_model().model.embed_tokens.base_layer.weight.mul_(1.5)
     with pytest.warns(UserWarning, match="Setting `save_embedding_layers` to `True`"):
         model.save_pretrained(tmp_path)
-    assert "base_model.model.model.embed_tokens.base_layer.weight" in load_file(tmp_path / "adapter_model.safetensors")
+    assert "base_model.model.model.embed_tokens.base_layer.weight" in load_file(
+        tmp_path / "adapter_model.safetensors"
+    )
     loaded = reader.PeftModel.from_pretrained(tiny_model("llama"), tmp_path).eval()
     torch.testing.assert_close(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
 
@@ -393,4 +454,7 @@ def test_tied_embeddings_saved_beside_an_adapter_are_written_once_each(tmp_path:
     model = peftkit.get_peft_model(base, peftkit.LoraConfig(r=2, target_modules=["q_proj"]))
     model.save_pretrained(tmp_path, save_embedding_layers=True)
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert torch.equal(saved["base_model.model.model.embed_tokens.weight"], saved["base_model.model.lm_head.weight"])
+    assert torch.equal(
+        saved["base_model.model.model.embed_tokens.weight"],
+        saved["base_model.model.lm_head.weight"],
+    )

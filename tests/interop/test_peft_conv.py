@@ -1,5 +1,6 @@
-"""LoRA and DoRA on nn.Conv1d/2d/3d against PEFT: the same draws give the same outputs, files load both ways,
-merged equals unmerged, a fresh adapter is the base model, grouped convolutions as PEFT handles them."""
+"""LoRA and DoRA on nn.Conv1d/2d/3d against PEFT: the same draws give the same outputs, files load
+both ways, merged equals unmerged, a fresh adapter is the base model, grouped convolutions as PEFT
+handles them."""
 
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def _model(lib: Any, use_dora: bool = False, groups: int = 1, seed: int = 1, **k
     torch.manual_seed(0)
     base = ConvModel(groups)
     torch.manual_seed(seed)
-    config = lib.LoraConfig(target_modules=TARGETS, r=4, use_dora=use_dora, init_lora_weights=False, **kwargs)
+    config = lib.LoraConfig(
+        target_modules=TARGETS, r=4, use_dora=use_dora, init_lora_weights=False, **kwargs
+    )
     return lib.get_peft_model(base, config).eval()
 
 
@@ -55,14 +58,18 @@ def test_a_fresh_conv_adapter_is_the_base_model(use_dora: bool) -> None:
     torch.manual_seed(0)
     base = ConvModel()
     expected = base(X).detach()
-    model = peftkit.get_peft_model(base, peftkit.LoraConfig(target_modules=TARGETS, use_dora=use_dora))
+    model = peftkit.get_peft_model(
+        base, peftkit.LoraConfig(target_modules=TARGETS, use_dora=use_dora)
+    )
     torch.testing.assert_close(model(X), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
 def test_conv_merged_equals_unmerged_and_unmerges_back(use_dora: bool) -> None:
     model = _model(peftkit, use_dora)
-    second = peftkit.LoraConfig(target_modules=TARGETS, r=2, use_dora=use_dora, init_lora_weights=False)
+    second = peftkit.LoraConfig(
+        target_modules=TARGETS, r=2, use_dora=use_dora, init_lora_weights=False
+    )
     model.add_adapter("other", second)
     model.base_model.set_adapter(["default", "other"])
     kernel = model.get_base_model().c2.weight.detach().clone()
@@ -75,7 +82,9 @@ def test_conv_merged_equals_unmerged_and_unmerges_back(use_dora: bool) -> None:
 
 
 @pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
-@pytest.mark.parametrize(("writer", "reader"), [(peftkit, peft), (peft, peftkit)], ids=["to-peft", "from-peft"])
+@pytest.mark.parametrize(
+    ("writer", "reader"), [(peftkit, peft), (peft, peftkit)], ids=["to-peft", "from-peft"]
+)
 def test_conv_files_load_both_ways(writer: Any, reader: Any, use_dora: bool, tmp_path: Any) -> None:
     model = _model(writer, use_dora)
     with torch.no_grad():
@@ -88,24 +97,31 @@ def test_conv_files_load_both_ways(writer: Any, reader: Any, use_dora: bool, tmp
 
 
 def test_grouped_conv_dora_equals_peft() -> None:
-    """DoRA on a grouped kernel divides by the norm PEFT computes, so PEFT's adapters give the same outputs."""
+    """DoRA on a grouped kernel divides by the norm PEFT computes, so PEFT's adapters give the same
+    outputs."""
     with pytest.warns(UserWarning, match="groups > 1"):
         ours = _model(peftkit, use_dora=True, groups=2)
     with torch.no_grad():
-        torch.testing.assert_close(ours(X), _model(peft, use_dora=True, groups=2)(X), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            ours(X), _model(peft, use_dora=True, groups=2)(X), rtol=0, atol=1e-5
+        )
 
 
 def _ia3(lib: Any, feedforward: list[str], groups: int = 1) -> Any:
     torch.manual_seed(0)
     base = ConvModel(groups)
     torch.manual_seed(1)
-    config = lib.IA3Config(target_modules=["c3", "c2"], feedforward_modules=feedforward, init_ia3_weights=False)
+    config = lib.IA3Config(
+        target_modules=["c3", "c2"], feedforward_modules=feedforward, init_ia3_weights=False
+    )
     return lib.get_peft_model(base, config).eval()
 
 
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("feedforward", [[], ["c2"]], ids=["attention", "feedforward"])
-def test_ia3_on_convolutions_equals_peft_and_merges(feedforward: list[str], groups: int, tmp_path: Any) -> None:
+def test_ia3_on_convolutions_equals_peft_and_merges(
+    feedforward: list[str], groups: int, tmp_path: Any
+) -> None:
     ours = _ia3(peftkit, feedforward, groups)
     with torch.no_grad():
         expected = _ia3(peft, feedforward, groups)(X)
@@ -120,7 +136,8 @@ def test_ia3_on_convolutions_equals_peft_and_merges(feedforward: list[str], grou
 
 
 def test_grouped_conv_runs_as_peft_and_refuses_to_merge() -> None:
-    """A grouped kernel cannot hold the update (a full convolution): the adapter runs, merging says why not."""
+    """A grouped kernel cannot hold the update (a full convolution): the adapter runs, merging says
+    why not."""
     with pytest.warns(UserWarning, match="groups > 1"):
         model = _model(peftkit, groups=2)
     with torch.no_grad():
@@ -136,7 +153,9 @@ def test_a_rank_the_groups_do_not_divide_is_refused_before_any_change() -> None:
 
 def test_conv_mixed_batch_gives_each_row_its_adapter() -> None:
     model = _model(peftkit)
-    model.add_adapter("other", peftkit.LoraConfig(target_modules=TARGETS, r=2, init_lora_weights=False))
+    model.add_adapter(
+        "other", peftkit.LoraConfig(target_modules=TARGETS, r=2, init_lora_weights=False)
+    )
     with torch.no_grad():
         mixed = model(X, adapter_names=["other", "__base__"])
         model.set_adapter("other")
@@ -147,9 +166,12 @@ def test_conv_mixed_batch_gives_each_row_its_adapter() -> None:
 
 
 @pytest.mark.parametrize("targets", [["head"], ["c2"]], ids=["linear", "conv"])
-def test_lora_bias_equals_peft_merges_and_loads_both_ways(targets: list[str], tmp_path: Any) -> None:
-    """lora_bias gives B a bias: the same draws give PEFT's outputs, merged equals unmerged (the bias goes into
-    the base layer's), and the file loads in PEFT to the same outputs."""
+def test_lora_bias_equals_peft_merges_and_loads_both_ways(
+    targets: list[str], tmp_path: Any
+) -> None:
+    """lora_bias gives B a bias: the same draws give PEFT's outputs, merged equals unmerged (the
+    bias goes into the base layer's), and the file loads in PEFT to the same outputs."""
+
     def build(lib: Any) -> Any:
         torch.manual_seed(0)
         base = ConvModel()
@@ -161,7 +183,9 @@ def test_lora_bias_equals_peft_merges_and_loads_both_ways(targets: list[str], tm
     with torch.no_grad():
         for module in (ours, theirs):  # a non-zero bias, the same in both
             layer = module.get_base_model().get_submodule(targets[0])
-            layer.lora_B["default"].bias.copy_(torch.linspace(-1, 1, layer.lora_B["default"].bias.numel()))
+            layer.lora_B["default"].bias.copy_(
+                torch.linspace(-1, 1, layer.lora_B["default"].bias.numel())
+            )
         expected = theirs(X)
         torch.testing.assert_close(ours(X), expected, rtol=0, atol=1e-5)
         ours.save_pretrained(tmp_path)
@@ -178,7 +202,9 @@ def test_lora_bias_on_a_layer_without_bias_warns_and_refuses_to_merge_before_any
     from peftkit.errors import MergeError, PeftWarning
 
     with pytest.warns(PeftWarning, match="has no bias"):
-        model = peftkit.get_peft_model(ConvModel(), peftkit.LoraConfig(target_modules=["c1"], lora_bias=True))
+        model = peftkit.get_peft_model(
+            ConvModel(), peftkit.LoraConfig(target_modules=["c1"], lora_bias=True)
+        )
     kernel = model.get_base_model().c1.weight.detach().clone()
     with pytest.raises(MergeError, match="Impossible to merge LoRA with `lora_bias=True`"):
         model.merge_adapter()

@@ -1,4 +1,5 @@
-"""LoRA and DoRA on embedding layers against PEFT: files both ways, merged equals unmerged, scaled embeddings."""
+"""LoRA and DoRA on embedding layers against PEFT: files both ways, merged equals unmerged, scaled
+embeddings."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def _dora(lib: Any, seed: int = 1) -> Any:
     torch.manual_seed(0)
     base = EmbeddingModel()
     torch.manual_seed(seed)
-    return lib.get_peft_model(base, lib.LoraConfig(target_modules=["emb"], use_dora=True, init_lora_weights=False))
+    return lib.get_peft_model(
+        base, lib.LoraConfig(target_modules=["emb"], use_dora=True, init_lora_weights=False)
+    )
 
 
 def test_dora_embedding_equals_peft_for_the_same_draws() -> None:
@@ -56,11 +59,13 @@ def test_dora_embedding_merged_equals_unmerged_and_unmerges_back() -> None:
     torch.testing.assert_close(model.get_base_model().emb.weight, weight, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("writer", "reader"), [(peftkit, peft), (peft, peftkit)], ids=["to-peft", "from-peft"])
+@pytest.mark.parametrize(
+    ("writer", "reader"), [(peftkit, peft), (peft, peftkit)], ids=["to-peft", "from-peft"]
+)
 def test_dora_embedding_files_load_both_ways(writer: Any, reader: Any, tmp_path: Any) -> None:
     model = _dora(writer)
     with torch.no_grad():
-        model.get_base_model().emb.lora_magnitude_vector  # the magnitude is saved and trained  # noqa: B018
+        model.get_base_model().emb.lora_magnitude_vector  # noqa: B018 - the magnitude is saved and trained
         expected = model(TOKENS)
     model.save_pretrained(tmp_path)
     torch.manual_seed(0)
@@ -70,21 +75,31 @@ def test_dora_embedding_files_load_both_ways(writer: Any, reader: Any, tmp_path:
 
 
 def _gemma() -> transformers.PreTrainedModel:
-    config = transformers.Gemma3TextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
-                                           tie_word_embeddings=False)  # tied, a merge would change the head too
+    config = transformers.Gemma3TextConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        # tied, a merge would change the head too
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return transformers.Gemma3ForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
 def test_a_scaled_embedding_scales_the_update_as_peft_does(use_dora: bool) -> None:
-    """Gemma multiplies its embeddings by embed_scale; the update is scaled too, so merged equals unmerged and
-    the logits equal PEFT's."""
+    """Gemma multiplies its embeddings by embed_scale; the update is scaled too, so merged equals
+    unmerged and the logits equal PEFT's."""
     inputs, logits = {"input_ids": TOKENS}, {}
     for name, lib in {"peft": peft, "peftkit": peftkit}.items():
         torch.manual_seed(1)
-        config = lib.LoraConfig(target_modules=["embed_tokens"], use_dora=use_dora, init_lora_weights=False)
+        config = lib.LoraConfig(
+            target_modules=["embed_tokens"], use_dora=use_dora, init_lora_weights=False
+        )
         model = lib.get_peft_model(_gemma(), config)
         with torch.no_grad():
             logits[name] = model(**inputs).logits
@@ -96,22 +111,33 @@ def test_a_scaled_embedding_scales_the_update_as_peft_does(use_dora: bool) -> No
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_dora_embedding_keeps_a_half_precision_model_in_its_dtype(dtype: torch.dtype) -> None:
-    """The fp32 magnitude must not promote the embedding's output: the next layer is in half precision too."""
+    """The fp32 magnitude must not promote the embedding's output: the next layer is in half
+    precision too."""
     torch.manual_seed(0)
-    model = peftkit.get_peft_model(EmbeddingModel().to(dtype),
-                                   peftkit.LoraConfig(target_modules=["emb"], use_dora=True))
+    model = peftkit.get_peft_model(
+        EmbeddingModel().to(dtype), peftkit.LoraConfig(target_modules=["emb"], use_dora=True)
+    )
     assert model(TOKENS).dtype == dtype
 
 
 def test_merging_into_tied_embeddings_unties_them_and_keeps_the_output(tmp_path: Any) -> None:
-    """LoRA on embed_tokens of a tied model changes the input side only; merged, the head keeps its weight (the
-    config then says untied, with PEFT's warning), so the merged model's logits are the unmerged ones."""
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, tie_word_embeddings=True)
+    """LoRA on embed_tokens of a tied model changes the input side only; merged, the head keeps its
+    weight (the config then says untied, with PEFT's warning), so the merged model's logits are the
+    unmerged ones."""
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(config).eval()
     assert base.lm_head.weight is base.model.embed_tokens.weight
-    model = peftkit.get_peft_model(base, peftkit.LoraConfig(target_modules=["embed_tokens"], init_lora_weights=False))
+    model = peftkit.get_peft_model(
+        base, peftkit.LoraConfig(target_modules=["embed_tokens"], init_lora_weights=False)
+    )
     with torch.no_grad():
         expected = model(input_ids=TOKENS).logits
     with pytest.warns(UserWarning, match="Setting `tie_word_embeddings=False`"):
@@ -124,8 +150,9 @@ def test_merging_into_tied_embeddings_unties_them_and_keeps_the_output(tmp_path:
 
 def test_mixed_batch_gives_each_row_its_embedding_adapter() -> None:
     torch.manual_seed(0)
-    model = peftkit.get_peft_model(EmbeddingModel(), peftkit.LoraConfig(target_modules=["emb", "lin"],
-                                                                        init_lora_weights=False))
+    model = peftkit.get_peft_model(
+        EmbeddingModel(), peftkit.LoraConfig(target_modules=["emb", "lin"], init_lora_weights=False)
+    )
     model.add_adapter("other", peftkit.LoraConfig(target_modules=["emb"], init_lora_weights=False))
     model.eval()
     with torch.no_grad():

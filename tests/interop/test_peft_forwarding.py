@@ -1,7 +1,8 @@
-"""PEFT's public behaviours found by running PEFT's whole test suite (issue 40), side by side with PEFT.
+"""PEFT's public behaviours found by running PEFT's whole test suite (issue 40), side by side with
+PEFT.
 
-Attribute forwarding from the model to the base model, IA3's weighted combination, gradient checkpointing
-preparation, and the refusals PEFT gives for prompt-learning adapters.
+Attribute forwarding from the model to the base model, IA3's weighted combination, gradient
+checkpointing preparation, and the refusals PEFT gives for prompt-learning adapters.
 """
 
 from __future__ import annotations
@@ -66,12 +67,16 @@ def test_a_transformers_model_forwards_its_heads(lib: types.ModuleType) -> None:
 
 
 def _ia3(lib: types.ModuleType) -> Any:
-    return lib.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"],
-                         init_ia3_weights=False)
+    return lib.IA3Config(
+        target_modules=["k_proj", "down_proj"],
+        feedforward_modules=["down_proj"],
+        init_ia3_weights=False,
+    )
 
 
 def test_ia3_weighted_adapter_equals_peft() -> None:
-    """The combined IA3 adapter's logits equal PEFT's for the same adapters, and its vectors are sum(w * l)."""
+    """The combined IA3 adapter's logits equal PEFT's for the same adapters, and its vectors are
+    sum(w * l)."""
     inputs, logits = model_inputs("llama"), {}
     for name, lib in LIBS.items():
         torch.manual_seed(0)
@@ -95,8 +100,9 @@ def test_prefix_tuning_on_a_checkpointed_model_is_refused(lib: types.ModuleType)
 
 
 def test_prompt_adapters_cannot_be_unloaded(lib: types.ModuleType) -> None:
-    model = lib.get_peft_model(tiny_model("llama"),
-                               lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    model = lib.get_peft_model(
+        tiny_model("llama"), lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
     with pytest.raises(AttributeError):
         model.unload()
     with pytest.raises(AttributeError):
@@ -104,11 +110,13 @@ def test_prompt_adapters_cannot_be_unloaded(lib: types.ModuleType) -> None:
 
 
 def test_a_checkpointed_model_gets_input_grads(lib: types.ModuleType) -> None:
-    """Wrapping a model that checkpoints makes the embeddings' output require grad (PEFT prepares it), so the
-    adapters of a frozen, checkpointed model still get gradients."""
+    """Wrapping a model that checkpoints makes the embeddings' output require grad (PEFT prepares
+    it), so the adapters of a frozen, checkpointed model still get gradients."""
     base = tiny_model("llama")
     base.gradient_checkpointing_enable()
-    model = lib.get_peft_model(base, lib.LoraConfig(target_modules=["q_proj"], init_lora_weights=False))
+    model = lib.get_peft_model(
+        base, lib.LoraConfig(target_modules=["q_proj"], init_lora_weights=False)
+    )
     model.train()
     embedded = model.get_input_embeddings()(torch.tensor([[5, 6, 7]]))
     assert embedded.requires_grad
@@ -118,9 +126,11 @@ def test_a_checkpointed_model_gets_input_grads(lib: types.ModuleType) -> None:
 
 
 def test_a_prompt_adapter_has_no_prefix_and_no_recursion(lib: types.ModuleType) -> None:
-    """hasattr(model, "prefix") is False for prompt methods (PEFT's tests ask it); the forwarding must not
-    loop back through the holder."""
-    config = lib.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, encoder_hidden_size=8)
+    """hasattr(model, "prefix") is False for prompt methods (PEFT's tests ask it); the forwarding
+    must not loop back through the holder."""
+    config = lib.PromptEncoderConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=3, encoder_hidden_size=8
+    )
     model = lib.get_peft_model(tiny_model("llama"), config)
     assert not hasattr(model, "prefix")
     lora = lib.get_peft_model(tiny_model("llama"), lib.LoraConfig(target_modules=["q_proj"]))
@@ -139,8 +149,8 @@ def test_has_active_enabled_adapter_follows_disable_adapter(lib: types.ModuleTyp
 
 
 def test_kbit_preparation_leaves_a_full_precision_model_unchecked(lib: types.ModuleType) -> None:
-    """PEFT turns gradient checkpointing on only for a quantized model; a full-precision one is frozen and cast,
-    so prefix tuning still applies to it afterwards."""
+    """PEFT turns gradient checkpointing on only for a quantized model; a full-precision one is
+    frozen and cast, so prefix tuning still applies to it afterwards."""
     base = lib.prepare_model_for_kbit_training(tiny_model("llama"))
     assert not any(p.requires_grad for p in base.parameters())
     assert not base.is_gradient_checkpointing
@@ -148,14 +158,20 @@ def test_kbit_preparation_leaves_a_full_precision_model_unchecked(lib: types.Mod
 
 
 @pytest.mark.parametrize("method", ["lora", "prompt"])
-def test_deleting_the_last_adapter_leaves_the_base_model(lib: types.ModuleType, method: str) -> None:
-    """No active adapter remains (PEFT's behaviour). peftkit then runs as the base model (PEFT's forward fails
-    there: KeyError for LoRA, TypeError for prompt tuning) and refuses to save nothing, with the reason."""
+def test_deleting_the_last_adapter_leaves_the_base_model(
+    lib: types.ModuleType, method: str
+) -> None:
+    """No active adapter remains (PEFT's behaviour). peftkit then runs as the base model (PEFT's
+    forward fails there: KeyError for LoRA, TypeError for prompt tuning) and refuses to save
+    nothing, with the reason."""
     base = tiny_model("llama")
     inputs = model_inputs("llama")
     expected = outputs(base, inputs)
-    config = (lib.LoraConfig(target_modules=["q_proj"], init_lora_weights=False) if method == "lora"
-              else lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    config = (
+        lib.LoraConfig(target_modules=["q_proj"], init_lora_weights=False)
+        if method == "lora"
+        else lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
     model = lib.get_peft_model(base, config)
     model.delete_adapter("default")
     assert model.active_adapters == []
@@ -167,8 +183,11 @@ def test_deleting_the_last_adapter_leaves_the_base_model(lib: types.ModuleType, 
 
 
 def test_a_saved_module_answers_with_the_copy_in_use(lib: types.ModuleType) -> None:
-    """model.lin1.weight / .bias are the active adapter's copy, or the original when adapters are off."""
-    model = lib.get_peft_model(MLP(), lib.LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
+    """model.lin1.weight / .bias are the active adapter's copy, or the original when adapters are
+    off."""
+    model = lib.get_peft_model(
+        MLP(), lib.LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"])
+    )
     model.add_adapter("other", lib.LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
     wrapper = model.lin1
     assert wrapper.weight is wrapper.modules_to_save["default"].weight
@@ -182,8 +201,9 @@ def test_a_saved_module_answers_with_the_copy_in_use(lib: types.ModuleType) -> N
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_mixed_adapter_batches_with_beam_search_equal_each_adapter_alone(arch: str) -> None:
-    """generate(num_beams=3, adapter_names=[...]): every row's beams are its own adapter's (PEFT repeats the names
-    per beam for the decoder and keeps the encoder's rows), checked against each adapter generating alone."""
+    """generate(num_beams=3, adapter_names=[...]): every row's beams are its own adapter's (PEFT
+    repeats the names per beam for the decoder and keeps the encoder's rows), checked against each
+    adapter generating alone."""
     torch.manual_seed(0)
     model = peftkit.get_peft_model(tiny_model(arch), _lora_qv(arch))
     model.add_adapter("other", _lora_qv(arch))
@@ -194,8 +214,8 @@ def test_mixed_adapter_batches_with_beam_search_equal_each_adapter_alone(arch: s
     mixed = model.generate(**inputs, adapter_names=names, **kwargs)
     for row, name in enumerate(names):
         model.set_adapter(name)
-        alone = model.generate(**{k: v[row:row + 1] for k, v in inputs.items()}, **kwargs)
-        assert torch.equal(mixed[row:row + 1, :alone.shape[1]], alone)
+        alone = model.generate(**{k: v[row : row + 1] for k, v in inputs.items()}, **kwargs)
+        assert torch.equal(mixed[row : row + 1, : alone.shape[1]], alone)
 
 
 def _lora_qv(arch: str) -> Any:
@@ -210,7 +230,8 @@ def test_set_requires_grad_turns_an_adapter_on_and_off(lib: types.ModuleType) ->
     assert all(p.requires_grad for n, p in model.named_parameters() if ".other." in n)
     model.set_requires_grad(["default", "other"], requires_grad=False)
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
-    prompt = lib.get_peft_model(tiny_model("llama"),
-                                lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    prompt = lib.get_peft_model(
+        tiny_model("llama"), lib.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    )
     with pytest.raises(TypeError, match="not supported for prompt learning"):
         prompt.set_requires_grad("default")

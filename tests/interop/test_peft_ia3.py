@@ -14,7 +14,9 @@ from ..conftest import ARCHS, model_inputs, outputs, tiny_model
 
 
 def _config(lib, arch: str):  # type: ignore[no-untyped-def]
-    return lib.IA3Config(task_type="SEQ_CLS" if arch == "bert" else "CAUSAL_LM", init_ia3_weights=False)
+    return lib.IA3Config(
+        task_type="SEQ_CLS" if arch == "bert" else "CAUSAL_LM", init_ia3_weights=False
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -49,14 +51,20 @@ def test_same_trainable_count_as_peft(arch: str) -> None:
     assert ours.get_nb_trainable_parameters() == theirs.get_nb_trainable_parameters()
 
 
-@pytest.mark.parametrize("targets", [["k_proj", "v_proj", "down_proj"], ["k_proj"], "all-linear"],
-                         ids=["with-feedforward", "without", "all-linear"])
+@pytest.mark.parametrize(
+    "targets",
+    [["k_proj", "v_proj", "down_proj"], ["k_proj"], "all-linear"],
+    ids=["with-feedforward", "without", "all-linear"],
+)
 def test_feedforward_layers_default_to_the_architecture_table_as_in_peft(targets: Any) -> None:
-    """Named targets without feedforward_modules: the architecture's feed-forward layers among them scale their
-    input, as PEFT decides (down_proj on Llama); 'all-linear' is listed first. Same draws, same outputs."""
+    """Named targets without feedforward_modules: the architecture's feed-forward layers among them
+    scale their input, as PEFT decides (down_proj on Llama); 'all-linear' is listed first. Same
+    draws, same outputs."""
     found = {}
     for lib in (peft, peftkit):
         torch.manual_seed(0)
-        model = lib.get_peft_model(tiny_model("llama"), lib.IA3Config(target_modules=targets, init_ia3_weights=False))
+        model = lib.get_peft_model(
+            tiny_model("llama"), lib.IA3Config(target_modules=targets, init_ia3_weights=False)
+        )
         found[lib.__name__] = outputs(model, model_inputs("llama"))
     torch.testing.assert_close(found["peftkit"], found["peft"], rtol=0, atol=0)

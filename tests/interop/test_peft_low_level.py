@@ -1,4 +1,5 @@
-"""inject_adapter_in_model's options against PEFT: layers named by a state_dict, and modules_to_save."""
+"""inject_adapter_in_model's options against PEFT: layers named by a state_dict, and
+modules_to_save."""
 
 from __future__ import annotations
 
@@ -26,16 +27,29 @@ def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
 def test_a_state_dict_names_the_layers(lib: types.ModuleType, method: str) -> None:
-    """The layers a state_dict's tensors belong to get the adapter, whatever target_modules says; the same
-    keys and shapes as PEFT's, and PEFT's warning about the difference."""
-    config = (lib.LoraConfig(target_modules=["q_proj", "v_proj"]) if method == "lora" else
-              lib.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
-    source = peft.get_peft_model_state_dict(peft.inject_adapter_in_model(
-        peft.LoraConfig(target_modules=["q_proj"]) if method == "lora" else
-        peft.IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]),
-        tiny_model("llama")))
+    """The layers a state_dict's tensors belong to get the adapter, whatever target_modules says;
+    the same keys and shapes as PEFT's, and PEFT's warning about the difference."""
+    config = (
+        lib.LoraConfig(target_modules=["q_proj", "v_proj"])
+        if method == "lora"
+        else lib.IA3Config(
+            target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]
+        )
+    )
+    source = peft.get_peft_model_state_dict(
+        peft.inject_adapter_in_model(
+            peft.LoraConfig(target_modules=["q_proj"])
+            if method == "lora"
+            else peft.IA3Config(
+                target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]
+            ),
+            tiny_model("llama"),
+        )
+    )
     if method == "lora":
-        with pytest.warns(RuntimeWarning, match="The PEFT config contained these additional target modules"):
+        with pytest.warns(
+            RuntimeWarning, match="The PEFT config contained these additional target modules"
+        ):
             model = lib.inject_adapter_in_model(config, tiny_model("llama"), state_dict=source)
     else:
         model = lib.inject_adapter_in_model(config, tiny_model("llama"), state_dict=source)

@@ -1,5 +1,6 @@
-"""Tied embeddings against PEFT: which modules are tied, PEFT's warnings, and ``ensure_weight_tying`` (the head
-shares the embedding's adapter), with files that load both ways to the same outputs."""
+"""Tied embeddings against PEFT: which modules are tied, PEFT's warnings, and
+``ensure_weight_tying`` (the head shares the embedding's adapter), with files that load both ways to
+the same outputs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class _Inner(nn.Module):
 
 
 class TiedLM(nn.Module):
-    """An embedding, a linear layer and a head tied to the embedding (transformers 4's list of tied keys)."""
+    """An embedding, a linear layer and a head tied to the embedding (transformers 4's list of tied
+    keys)."""
 
     _tied_weights_keys: ClassVar[list[str]] = ["lm_head.weight"]
 
@@ -73,8 +75,9 @@ def test_an_adapter_on_a_tied_head_without_ensure_weight_tying_warns(lib: Any) -
 
 
 def test_ensure_weight_tying_on_target_modules_shares_the_embedding_factors() -> None:
-    model = peftkit.get_peft_model(_lm(), peftkit.LoraConfig(target_modules=["linear", "lm_head"],
-                                                             ensure_weight_tying=True))
+    model = peftkit.get_peft_model(
+        _lm(), peftkit.LoraConfig(target_modules=["linear", "lm_head"], ensure_weight_tying=True)
+    )
     embed, head = model.base_model.model.model.embed_tokens, model.base_model.model.lm_head
     assert isinstance(embed, peftkit.tuners.lora.embedding.LoraEmbedding)
     assert head.lora_A["default"].weight.data_ptr() == embed.lora_embedding_B["default"].data_ptr()
@@ -82,11 +85,14 @@ def test_ensure_weight_tying_on_target_modules_shares_the_embedding_factors() ->
     with torch.no_grad():  # a change to the embedding's factors is the head's change too
         embed.lora_embedding_A["default"].add_(0.5)
     torch.testing.assert_close(head.lora_B["default"].weight, embed.lora_embedding_A["default"].T)
-    assert model.peft_config["default"].target_modules == {"linear", "model.embed_tokens"}  # as PEFT records it
+    # as PEFT records it
+    assert model.peft_config["default"].target_modules == {"linear", "model.embed_tokens"}
 
 
 def test_ensure_weight_tying_on_modules_to_save_shares_one_parameter_through_training() -> None:
-    config = peftkit.LoraConfig(target_modules=["linear"], modules_to_save=["embed_tokens"], ensure_weight_tying=True)
+    config = peftkit.LoraConfig(
+        target_modules=["linear"], modules_to_save=["embed_tokens"], ensure_weight_tying=True
+    )
     model = peftkit.get_peft_model(_lm(), config)
     embed, head = model.base_model.model.model.embed_tokens, model.base_model.model.lm_head
     assert embed.modules_to_save["default"].weight is head.modules_to_save["default"].weight
@@ -94,16 +100,26 @@ def test_ensure_weight_tying_on_modules_to_save_shares_one_parameter_through_tra
     model(TOKENS).sum().backward()
     optimizer.step()
     assert embed.modules_to_save["default"].weight is head.modules_to_save["default"].weight
-    assert not torch.equal(embed.modules_to_save["default"].weight, embed.original_module.weight)  # it trained
+    # it trained
+    assert not torch.equal(embed.modules_to_save["default"].weight, embed.original_module.weight)
 
 
 @pytest.mark.parametrize("how", ["target_modules", "modules_to_save"])
-@pytest.mark.parametrize(("writer", "reader"), [(peftkit, peft), (peft, peftkit)], ids=["to-peft", "from-peft"])
-def test_tied_adapter_files_load_both_ways(writer: Any, reader: Any, how: str, tmp_path: Any) -> None:
-    fields: dict[str, Any] = {"target_modules": ["linear", "lm_head"]} if how == "target_modules" else {
-        "target_modules": ["linear"], "modules_to_save": ["embed_tokens"]}
+@pytest.mark.parametrize(
+    ("writer", "reader"), [(peftkit, peft), (peft, peftkit)], ids=["to-peft", "from-peft"]
+)
+def test_tied_adapter_files_load_both_ways(
+    writer: Any, reader: Any, how: str, tmp_path: Any
+) -> None:
+    fields: dict[str, Any] = (
+        {"target_modules": ["linear", "lm_head"]}
+        if how == "target_modules"
+        else {"target_modules": ["linear"], "modules_to_save": ["embed_tokens"]}
+    )
     torch.manual_seed(1)
-    model = writer.get_peft_model(_lm(), writer.LoraConfig(ensure_weight_tying=True, init_lora_weights=False, **fields))
+    model = writer.get_peft_model(
+        _lm(), writer.LoraConfig(ensure_weight_tying=True, init_lora_weights=False, **fields)
+    )
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:  # the adapter moves away from the base, tied tensors together
@@ -119,29 +135,43 @@ def test_tied_adapter_files_load_both_ways(writer: Any, reader: Any, how: str, t
 @pytest.mark.parametrize("lib", [peft, peftkit], ids=["peft", "peftkit"])
 def test_ensure_weight_tying_where_nothing_is_tied_warns_and_ties_nothing(lib: Any) -> None:
     with pytest.warns(UserWarning, match="no tied modules were found in the model"):
-        model = lib.get_peft_model(_lm(tie=False), lib.LoraConfig(target_modules=["linear", "lm_head", "embed_tokens"],
-                                                                    ensure_weight_tying=True))
+        model = lib.get_peft_model(
+            _lm(tie=False),
+            lib.LoraConfig(
+                target_modules=["linear", "lm_head", "embed_tokens"], ensure_weight_tying=True
+            ),
+        )
     embed, head = model.base_model.model.model.embed_tokens, model.base_model.model.lm_head
     assert head.lora_A["default"].weight.data_ptr() != embed.lora_embedding_B["default"].data_ptr()
 
 
 def test_merging_lora_on_a_head_tied_to_the_embeddings_keeps_the_outputs() -> None:
-    """Merged into the one weight they share, the head's update would change the input embeddings too; the head
-    gets its own weight first, so merged equals unmerged and the config says untied (PEFT warns instead)."""
+    """Merged into the one weight they share, the head's update would change the input embeddings
+    too; the head gets its own weight first, so merged equals unmerged and the config says untied
+    (PEFT warns instead)."""
     import transformers
 
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, tie_word_embeddings=True)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(config).eval()
     embeddings = base.model.embed_tokens.weight.detach().clone()
     with pytest.warns(UserWarning, match="ensure_weight_tying"):
-        model = peftkit.get_peft_model(base, peftkit.LoraConfig(target_modules=["lm_head"], init_lora_weights=False))
+        model = peftkit.get_peft_model(
+            base, peftkit.LoraConfig(target_modules=["lm_head"], init_lora_weights=False)
+        )
     with torch.no_grad():
         expected = model(input_ids=TOKENS).logits
     with pytest.warns(UserWarning, match="Setting `tie_word_embeddings=False`"):
         merged = model.merge_and_unload()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=TOKENS).logits, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(merged.model.embed_tokens.weight, embeddings)  # the input side is untouched
+    # the input side is untouched
+    torch.testing.assert_close(merged.model.embed_tokens.weight, embeddings)
     assert not merged.config.tie_word_embeddings

@@ -1,4 +1,5 @@
-"""add_weighted_adapter: the same combined adapter as PEFT's, and the exact sum where the method is exact."""
+"""add_weighted_adapter: the same combined adapter as PEFT's, and the exact sum where the method is
+exact."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ def _two_adapters(tmp_path, arch: str):  # type: ignore[no-untyped-def]
     folders = []
     for i, (r, targets) in enumerate([(4, ["q_proj", "v_proj"]), (4, ["q_proj", "o_proj"])]):
         torch.manual_seed(10 + i)
-        model = peftkit.get_peft_model(tiny_model(arch), peftkit.LoraConfig(
-            r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False))
+        model = peftkit.get_peft_model(
+            tiny_model(arch),
+            peftkit.LoraConfig(
+                r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False
+            ),
+        )
         model.save_pretrained(tmp_path / f"a{i}")
         folders.append(tmp_path / f"a{i}")
     return folders
@@ -30,8 +35,19 @@ def _load(lib, folders):  # type: ignore[no-untyped-def]
     return model
 
 
-COMBINATIONS = ["linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune", "ties_svd",
-                "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd"]
+COMBINATIONS = [
+    "linear",
+    "cat",
+    "svd",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "magnitude_prune",
+    "ties_svd",
+    "dare_linear_svd",
+    "dare_ties_svd",
+    "magnitude_prune_svd",
+]
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS)
@@ -45,8 +61,14 @@ def test_same_result_as_peft(combination: str, sign: str, tmp_path) -> None:  # 
     for lib in (peftkit, peft):
         model = _load(lib, folders)
         torch.manual_seed(123)  # DARE's random masks: the same draws in both libraries
-        model.add_weighted_adapter(["first", "second"], [0.7, -0.4], "mix", combination_type=combination,
-                                   density=0.5, majority_sign_method=sign)
+        model.add_weighted_adapter(
+            ["first", "second"],
+            [0.7, -0.4],
+            "mix",
+            combination_type=combination,
+            density=0.5,
+            majority_sign_method=sign,
+        )
         model.set_adapter("mix")
         results.append(outputs(model.eval(), inputs))
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
@@ -56,12 +78,15 @@ def test_cat_and_svd_equal_the_weighted_sum_of_updates(tmp_path) -> None:  # typ
     folders = _two_adapters(tmp_path, "llama")
     model = _load(peftkit, folders)
     model.add_weighted_adapter(["first", "second"], [0.7, -0.4], "cat", combination_type="cat")
-    model.add_weighted_adapter(["first", "second"], [0.7, -0.4], "svd", combination_type="svd", svd_rank=8)
+    model.add_weighted_adapter(
+        ["first", "second"], [0.7, -0.4], "svd", combination_type="svd", svd_rank=8
+    )
     q = model.get_base_model().model.layers[0].self_attn.q_proj
     assert isinstance(q, LoraLinear)
     expected = 0.7 * q.delta_weight("first") - 0.4 * q.delta_weight("second")
     torch.testing.assert_close(q.delta_weight("cat"), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(q.delta_weight("svd"), expected, atol=1e-4, rtol=1e-4)  # rank 8 holds it all
+    # rank 8 holds it all
+    torch.testing.assert_close(q.delta_weight("svd"), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_combinations_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """The seed's LoRA notebook, ported with only the import changed, on a tiny random BLOOM.
 
-The original trains bigscience/bloomz-560m on fka/awesome-chatgpt-prompts; here the same code runs on a
-tiny BLOOM with the offline MiniLM tokenizer and the shared CSV copy of the dataset.
+The original trains bigscience/bloomz-560m on fka/awesome-chatgpt-prompts; here the same code runs
+on a tiny BLOOM with the offline MiniLM tokenizer and the shared CSV copy of the dataset.
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ def tokenizer_eos(model):
 @pytest.fixture
 def foundation_model(tokenizer):
     torch.manual_seed(0)
-    config = transformers.BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4,
-                                      eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = transformers.BloomConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        n_layer=2,
+        n_head=4,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
@@ -76,18 +82,26 @@ def test_seed_lora_notebook(foundation_model, tokenizer, data_dir, tmp_path):
         data_collator=transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
     trainer.train()
-    assert any(not torch.equal(before[n], p) for n, p in peft_model.named_parameters() if p.requires_grad)
+    assert any(
+        not torch.equal(before[n], p) for n, p in peft_model.named_parameters() if p.requires_grad
+    )
     assert trainer.state.log_history[-1]["train_loss"] > 0
 
     peft_model_path = os.path.join(output_directory, "lora_model")
     trainer.model.save_pretrained(peft_model_path)
     trainer.save_model(os.path.join(output_directory, "trainer_save"))
-    # Trainer's checkpoints and save_model hold the adapter alone, in PEFT's layout (not the whole model)
+    # Trainer's checkpoints and save_model hold the adapter alone, in PEFT's layout (not the whole
+    # model)
     checkpoints = [p for p in Path(output_directory).iterdir() if p.name.startswith("checkpoint-")]
-    adapter_bytes = sum(p.numel() * p.element_size() for p in peft_model.parameters() if p.requires_grad)
+    adapter_bytes = sum(
+        p.numel() * p.element_size() for p in peft_model.parameters() if p.requires_grad
+    )
     for folder in [*checkpoints, Path(output_directory) / "trainer_save"]:
         names = {p.name for p in folder.iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= names and "model.safetensors" not in names
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        } <= names and "model.safetensors" not in names
         assert (folder / "adapter_model.safetensors").stat().st_size < adapter_bytes + 10_000
     assert checkpoints, "the run saves a checkpoint at its end"
 

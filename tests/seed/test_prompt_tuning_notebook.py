@@ -1,7 +1,8 @@
 """The seed's prompt-tuning notebook, ported with only the import changed, on a tiny random BLOOM.
 
 Two adapters on one base model: RANDOM init for prompt generation, TEXT init for hate-speech
-classification; both trained with transformers.Trainer, saved, reloaded and switched with set_adapter.
+classification; both trained with transformers.Trainer, saved, reloaded and switched with
+set_adapter.
 """
 
 from __future__ import annotations
@@ -57,8 +58,13 @@ def create_trainer(model, training_args, train_dataset, tokenizer):
 @pytest.fixture
 def foundational_model(tokenizer):
     torch.manual_seed(0)
-    config = transformers.BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4,
-                                      pad_token_id=tokenizer.pad_token_id)
+    config = transformers.BloomConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        n_layer=2,
+        n_head=4,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return transformers.AutoModelForCausalLM.from_config(config)
 
 
@@ -69,7 +75,9 @@ def test_seed_prompt_tuning_notebook(foundational_model, tokenizer, data_dir, tm
     train_sample_prompt = data_prompt["train"].select(range(50))
     train_sample_prompt = train_sample_prompt.remove_columns("act")
 
-    data_sentences = load_dataset("csv", data_files=str(data_dir / "ethos-binary.csv"), delimiter=";")
+    data_sentences = load_dataset(
+        "csv", data_files=str(data_dir / "ethos-binary.csv"), delimiter=";"
+    )
     data_sentences = data_sentences.map(lambda samples: tokenizer(samples["comment"]), batched=True)
     train_sample_sentences = data_sentences["train"].select(range(50))
     train_sample_sentences = train_sample_sentences.remove_columns(["comment", "isHate"])
@@ -91,26 +99,37 @@ def test_seed_prompt_tuning_notebook(foundational_model, tokenizer, data_dir, tm
     peft_model_prompt = get_peft_model(foundational_model, generation_config)
     peft_model_prompt.print_trainable_parameters()
     output_directory_prompt = os.path.join(tmp_path, "peft_outputs_prompt")
-    trainer_prompt = create_trainer(peft_model_prompt, create_training_arguments(output_directory_prompt, 0.003,
-                                                                                 NUM_EPOCHS),
-                                    train_sample_prompt, tokenizer)
+    trainer_prompt = create_trainer(
+        peft_model_prompt,
+        create_training_arguments(output_directory_prompt, 0.003, NUM_EPOCHS),
+        train_sample_prompt,
+        tokenizer,
+    )
     trainer_prompt.train()
     trainer_prompt.model.save_pretrained(output_directory_prompt)
     checkpoints = [f for f in os.listdir(output_directory_prompt) if f.startswith("checkpoint-")]
     assert checkpoints  # each holds the prompt adapter alone, in PEFT's layout
     for name in checkpoints:
         files = set(os.listdir(os.path.join(output_directory_prompt, name)))
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        } <= files and "model.safetensors" not in files
 
     peft_model_sentences = get_peft_model(foundational_model, classification_config)
     output_directory_sentences = os.path.join(tmp_path, "peft_outputs_sentences")
-    trainer_sentences = create_trainer(peft_model_sentences,
-                                       create_training_arguments(output_directory_sentences, 0.003, NUM_EPOCHS),
-                                       train_sample_sentences, tokenizer)
+    trainer_sentences = create_trainer(
+        peft_model_sentences,
+        create_training_arguments(output_directory_sentences, 0.003, NUM_EPOCHS),
+        train_sample_sentences,
+        tokenizer,
+    )
     trainer_sentences.train()
     trainer_sentences.model.save_pretrained(output_directory_sentences)
 
-    loaded_model_prompt = PeftModel.from_pretrained(foundational_model, output_directory_prompt, is_trainable=False)
+    loaded_model_prompt = PeftModel.from_pretrained(
+        foundational_model, output_directory_prompt, is_trainable=False
+    )
     input_prompt = tokenizer("I want you to act as a motivational coach. ", return_tensors="pt")
     loaded_model_prompt_outputs = get_outputs(loaded_model_prompt, input_prompt, max_new_tokens=8)
     tokenizer.batch_decode(loaded_model_prompt_outputs, skip_special_tokens=True)
@@ -118,10 +137,13 @@ def test_seed_prompt_tuning_notebook(foundational_model, tokenizer, data_dir, tm
     loaded_model_prompt.load_adapter(output_directory_sentences, adapter_name="classifier")
     loaded_model_prompt.set_adapter("classifier")
     input_sentence = tokenizer("I work with people who hate others. ", return_tensors="pt")
-    loaded_model_sentences_outputs = get_outputs(loaded_model_prompt, input_sentence, max_new_tokens=8)
+    loaded_model_sentences_outputs = get_outputs(
+        loaded_model_prompt, input_sentence, max_new_tokens=8
+    )
     tokenizer.batch_decode(loaded_model_sentences_outputs, skip_special_tokens=True)
 
-    # what the notebook shows by eye, checked: each adapter reloads exactly and switching changes the prompt
+    # what the notebook shows by eye, checked: each adapter reloads exactly and switching changes
+    # the prompt
     input_sentence.pop("token_type_ids", None)
     with torch.no_grad():
         loaded_model_prompt.set_adapter("default")

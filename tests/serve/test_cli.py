@@ -21,11 +21,30 @@ from .conftest import Models, free_port
 
 def test_sigterm_finishes_requests_in_flight_then_exits(models: Models) -> None:
     port = free_port()
-    command = [sys.executable, "-m", "peftkit", "serve", str(models.base), "--adapter",
-               f"lora-a={models.adapters['lora-a']}", "--adapter", f"broken={models.base}",
-               "--port", str(port), "--served-model-name", "tiny", "--drain-seconds", "30"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "peftkit",
+        "serve",
+        str(models.base),
+        "--adapter",
+        f"lora-a={models.adapters['lora-a']}",
+        "--adapter",
+        f"broken={models.base}",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny",
+        "--drain-seconds",
+        "30",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -35,15 +54,23 @@ def test_sigterm_finishes_requests_in_flight_then_exits(models: Models) -> None:
                     break
             except httpx.TransportError:
                 pass
-            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+            assert process.poll() is None and time.monotonic() < deadline, (
+                "the server did not start"
+            )
             time.sleep(0.2)
         assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tiny", "lora-a"]
         chunks: list[dict[str, object]] = []
         first = threading.Event()
 
         def stream() -> None:
-            body = {"model": "lora-a", "prompt": "a", "max_tokens": 240, "temperature": 1.0, "seed": 1,
-                    "stream": True}
+            body = {
+                "model": "lora-a",
+                "prompt": "a",
+                "max_tokens": 240,
+                "temperature": 1.0,
+                "seed": 1,
+                "stream": True,
+            }
             with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: {"):
@@ -62,17 +89,25 @@ def test_sigterm_finishes_requests_in_flight_then_exits(models: Models) -> None:
     output = process.stdout.read() if process.stdout else ""
     assert "adapter 'broken' refused" in output  # reported, and the others were served
     assert "adapter lora-a: vLLM serves it too" in output
-    assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")  # the stream was not cut off
+    # the stream was not cut off
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/health")
 
 
-def test_a_yaml_file_and_flags_make_one_config(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_yaml_file_and_flags_make_one_config(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "serve.yaml"  # type: ignore[operator]
     path.write_text("model: smollm2-135m\nport: 9000\nadapters:\n  a: outputs/a\nmax_batch: 4\n")
     monkeypatch.setenv("PEFTKIT_API_KEY", "from-env")
     config = ServeConfig.load(path, {"adapters": {"b": "outputs/b"}, "port": "9001", "model": None})
-    assert (config.model, config.port, config.max_batch, config.api_key) == ("smollm2-135m", 9001, 4, "from-env")
+    assert (config.model, config.port, config.max_batch, config.api_key) == (
+        "smollm2-135m",
+        9001,
+        4,
+        "from-env",
+    )
     assert config.adapters == {"a": "outputs/a", "b": "outputs/b"}
     with pytest.raises(ConfigError) as caught:
         ServeConfig.from_values({"model": "", "max_batch": "0", "port": "http"})

@@ -16,21 +16,33 @@ def test_defaults_and_the_method_config() -> None:
     assert job.data.template == "{text}"  # the text mode's default
     peft = job.peft_config()
     assert isinstance(peft, LoraConfig) and peft.r == 4 and peft.task_type.value == "CAUSAL_LM"
-    prompt = JobConfig(method="prompt_tuning", adapter={"num_virtual_tokens": 5}, data={"path": "d.csv"})
+    prompt = JobConfig(
+        method="prompt_tuning", adapter={"num_virtual_tokens": 5}, data={"path": "d.csv"}
+    )
     assert isinstance(prompt.peft_config(), PromptTuningConfig)
 
 
 def test_every_problem_is_reported_at_once_with_field_names() -> None:
     with pytest.raises(ConfigError) as info:
-        JobConfig(method="loar", data={"path": None, "mode": "clasification", "max_length": 0},
-                  train={"lr": -1, "schedule": "cosin", "batch_size": 2.5, "precision": "fp8"})
+        JobConfig(
+            method="loar",
+            data={"path": None, "mode": "clasification", "max_length": 0},
+            train={"lr": -1, "schedule": "cosin", "batch_size": 2.5, "precision": "fp8"},
+        )
     text = str(info.value)
-    for expected in ("method='loar' is not allowed; expected one of full, lora, prompt_tuning, p_tuning, "
-                     "prefix_tuning, loha, ia3.",
-                     "Did you mean 'lora'?", "data.path is required", "data.mode='clasification'",
-                     "Did you mean 'classification'?", "data.max_length=0 must be a whole number > 0",
-                     "train.lr=-1 must be a number > 0", "train.schedule='cosin'", "train.batch_size=2.5",
-                     "train.precision='fp8' is not allowed; expected one of auto, fp32, bf16, fp16"):
+    for expected in (
+        "method='loar' is not allowed; expected one of full, lora, prompt_tuning, p_tuning, "
+        "prefix_tuning, loha, ia3.",
+        "Did you mean 'lora'?",
+        "data.path is required",
+        "data.mode='clasification'",
+        "Did you mean 'classification'?",
+        "data.max_length=0 must be a whole number > 0",
+        "train.lr=-1 must be a number > 0",
+        "train.schedule='cosin'",
+        "train.batch_size=2.5",
+        "train.precision='fp8' is not allowed; expected one of auto, fp32, bf16, fp16",
+    ):
         assert expected in text
     assert len(info.value.problems) == 8
 
@@ -53,8 +65,10 @@ def test_classification_needs_label_words_and_a_label_template() -> None:
 
 def test_yaml_with_overrides_unknown_keys_and_text_numbers(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
-    path.write_text("model: smollm2-135m\nadapter: {r: 4}\ndata: {path: d.csv}\n"
-                    "train: {lr: 1e-4, epochs: 2, resume: true}\n")
+    path.write_text(
+        "model: smollm2-135m\nadapter: {r: 4}\ndata: {path: d.csv}\n"
+        "train: {lr: 1e-4, epochs: 2, resume: true}\n"
+    )
     job = JobConfig.from_yaml(path, {"train.batch_size": "16", "data.max_length": 64})
     assert job.train.lr == 1e-4  # YAML reads 1e-4 as text; the schema makes it a float
     assert job.train.batch_size == 16 and job.data.max_length == 64 and job.train.resume is True
@@ -104,11 +118,14 @@ def test_the_demo_job_is_the_example_yaml() -> None:
     from peftkit.demo import demo_config
 
     examples = Path(__file__).resolve().parents[2] / "examples"
-    assert demo_config("outputs/rotten-tomatoes").to_dict() == \
-        JobConfig.from_yaml(examples / "rotten-tomatoes.yaml").to_dict()
+    assert (
+        demo_config("outputs/rotten-tomatoes").to_dict()
+        == JobConfig.from_yaml(examples / "rotten-tomatoes.yaml").to_dict()
+    )
 
 
 def test_all_linear_given_as_a_one_item_list_means_all_linear() -> None:
-    """``--adapter.target_modules all-linear`` arrives as a list; it must not be read as a layer name."""
+    """``--adapter.target_modules all-linear`` arrives as a list; it must not be read as a layer
+    name."""
     job = JobConfig(adapter={"target_modules": ["all-linear"]}, data={"path": "x.csv"})
     assert job.peft_config().target_modules == "all-linear"  # type: ignore[union-attr]

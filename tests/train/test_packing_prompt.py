@@ -1,5 +1,6 @@
-"""Packing with prompt tuning and p-tuning: the virtual tokens fill slots in front of each packed example, and
-each example loses, and teaches the prompt, what it does in its own unpacked row with the tokens in front."""
+"""Packing with prompt tuning and p-tuning: the virtual tokens fill slots in front of each packed
+example, and each example loses, and teaches the prompt, what it does in its own unpacked row with
+the tokens in front."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def prompt_model(method: str, arch: str = "llama") -> Any:
     if method == "prompt_tuning":
         config = peftkit.PromptTuningConfig(num_virtual_tokens=N, task_type="CAUSAL_LM")
     else:
-        config = peftkit.PromptEncoderConfig(num_virtual_tokens=N, encoder_hidden_size=16, task_type="CAUSAL_LM")
+        config = peftkit.PromptEncoderConfig(
+            num_virtual_tokens=N, encoder_hidden_size=16, task_type="CAUSAL_LM"
+        )
     torch.manual_seed(0)
     return peftkit.get_peft_model(tiny_model(arch), config)
 
@@ -39,8 +42,8 @@ def test_pack_reserves_slots_in_front_of_every_example() -> None:
     starts = (positions == 0).nonzero().tolist()
     for row, col in starts:  # every segment, the tail's included, opens with N label-free pad slots
         width = min(N, positions.shape[1] - col)
-        assert packed["input_ids"][row, col: col + width].eq(0).all()
-        assert labels[row, col: col + width].eq(IGNORE_INDEX).all()
+        assert packed["input_ids"][row, col : col + width].eq(0).all()
+        assert labels[row, col : col + width].eq(IGNORE_INDEX).all()
     # every label survives but each example's first, which the unpacked loss does not score either
     targets = sum(sum(label != IGNORE_INDEX for label in e.labels[1:]) for e in batch)
     assert int((labels != IGNORE_INDEX).sum()) == targets
@@ -48,8 +51,9 @@ def test_pack_reserves_slots_in_front_of_every_example() -> None:
 
 
 def assert_packed_loses_and_teaches_as_unpacked(model: Any, **packing: Any) -> None:
-    """Seven examples, every token a target (most sensitive), in ``model`` (eval: no dropout): the summed loss
-    and the trainable parameters' gradients, packed (``packing``: model_inputs' reserve or segments) and not."""
+    """Seven examples, every token a target (most sensitive), in ``model`` (eval: no dropout): the
+    summed loss and the trainable parameters' gradients, packed (``packing``: model_inputs' reserve
+    or segments) and not."""
     batch = [Example(e.input_ids, list(e.input_ids)) for e in examples(7)]
     trained = [p for p in model.parameters() if p.requires_grad]
     sums, grads = [], []
@@ -81,13 +85,19 @@ def test_slots_that_do_not_match_the_prompt_are_refused() -> None:
 
 
 def assert_packed_run_trains_the_same(tmp_path: Path, chars: Any, method: str) -> None:
-    """A run with ``train.packing: auto`` packs (said in its banner) and trains the adapter a run of whole,
-    unpacked batches trains."""
+    """A run with ``train.packing: auto`` packs (said in its banner) and trains the adapter a run of
+    whole, unpacked batches trains."""
     runs, lines = {}, {}
     for packing in ("false", "auto"):
         log: list[str] = []
-        config = job(tmp_path, f"{method}-{packing}", method=method, packing=packing, epochs=1,
-                     split_by_length=False)
+        config = job(
+            tmp_path,
+            f"{method}-{packing}",
+            method=method,
+            packing=packing,
+            epochs=1,
+            split_by_length=False,
+        )
         config.data.path = str(varied_csv(tmp_path / "varied.csv"))
         runs[packing] = train(config, model=tiny_model("llama"), tokenizer=chars, log=log.append)
         lines[packing] = next(line for line in log if line.startswith("defaults: "))
@@ -101,13 +111,17 @@ def assert_packed_run_trains_the_same(tmp_path: Path, chars: Any, method: str) -
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
-def test_training_a_prompt_packed_equals_training_it_unpacked(tmp_path: Path, chars, method: str) -> None:  # type: ignore[no-untyped-def]
+def test_training_a_prompt_packed_equals_training_it_unpacked(
+    tmp_path: Path, chars, method: str
+) -> None:  # type: ignore[no-untyped-def]
     assert_packed_run_trains_the_same(tmp_path, chars, method)
 
 
 def test_slots_outside_a_causal_lm_are_refused() -> None:
-    model = peftkit.get_peft_model(tiny_model("llama", task="seq_cls"),
-                                   peftkit.PromptTuningConfig(num_virtual_tokens=N, task_type="SEQ_CLS"))
+    model = peftkit.get_peft_model(
+        tiny_model("llama", task="seq_cls"),
+        peftkit.PromptTuningConfig(num_virtual_tokens=N, task_type="SEQ_CLS"),
+    )
     inputs, _ = model_inputs(examples(3), 0, True, torch.device("cpu"), reserve=N)
     with pytest.raises(ConfigError, match="packed virtual tokens need a causal LM, not SEQ_CLS"):
         model(**inputs)
@@ -115,11 +129,17 @@ def test_slots_outside_a_causal_lm_are_refused() -> None:
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
 def test_a_flattened_batch_from_elsewhere_is_refused(method: str) -> None:
-    """DataCollatorWithFlattening's rows would get the virtual tokens in front of their first example only."""
+    """DataCollatorWithFlattening's rows would get the virtual tokens in front of their first
+    example only."""
     from transformers import DataCollatorWithFlattening
 
-    flat = DataCollatorWithFlattening(return_position_ids=True)([{"input_ids": e.input_ids} for e in examples(3)])
+    flat = DataCollatorWithFlattening(return_position_ids=True)(
+        [{"input_ids": e.input_ids} for e in examples(3)]
+    )
     model = prompt_model(method)
     with pytest.raises(ConfigError, match="this batch is flattened"):
         model(input_ids=flat["input_ids"], position_ids=flat["position_ids"])
-    model(input_ids=flat["input_ids"], position_ids=torch.arange(flat["input_ids"].shape[1]).unsqueeze(0))  # one row
+    model(
+        input_ids=flat["input_ids"],
+        position_ids=torch.arange(flat["input_ids"].shape[1]).unsqueeze(0),
+    )  # one row

@@ -1,4 +1,5 @@
-"""train.split_by_length: each unpacked batch as sub-batches of similar length, learning what the batch would."""
+"""train.split_by_length: each unpacked batch as sub-batches of similar length, learning what the
+batch would."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def cheapest_by_enumeration(lengths: list[int], overhead: int) -> int:
-    """The lowest padded cost over every way to cut the sorted rows into runs: the reference the search must hit."""
+    """The lowest padded cost over every way to cut the sorted rows into runs: the reference the
+    search must hit."""
     sizes = sorted(lengths)
     costs = []
     for cuts in itertools.product([False, True], repeat=len(sizes) - 1):
@@ -33,7 +35,9 @@ def cheapest_by_enumeration(lengths: list[int], overhead: int) -> int:
 @pytest.mark.parametrize("seed", range(6))
 def test_the_split_covers_every_row_once_at_the_lowest_cost(seed: int) -> None:
     rng = random.Random(seed)
-    lengths = [rng.choice([rng.randint(5, 30), rng.randint(100, 300)]) for _ in range(rng.randint(1, 9))]
+    lengths = [
+        rng.choice([rng.randint(5, 30), rng.randint(100, 300)]) for _ in range(rng.randint(1, 9))
+    ]
     overhead = rng.choice([0, 16, 64, 500])
     groups = split_by_length(lengths, overhead)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
@@ -48,11 +52,20 @@ def test_rows_of_one_length_stay_one_pass_and_a_free_pass_splits_every_length() 
 
 
 @pytest.mark.parametrize("method", ["lora", "prefix_tuning"])
-def test_training_split_by_length_equals_training_each_batch_whole(tmp_path: Path, chars, method: str) -> None:  # type: ignore[no-untyped-def]
+def test_training_split_by_length_equals_training_each_batch_whole(
+    tmp_path: Path, chars, method: str
+) -> None:  # type: ignore[no-untyped-def]
     passes = {}
     for split in (False, True):
-        config = job(tmp_path, f"{method}-{split}", method=method, dropout=0.0, packing=False, epochs=1,
-                     split_by_length=split)
+        config = job(
+            tmp_path,
+            f"{method}-{split}",
+            method=method,
+            dropout=0.0,
+            packing=False,
+            epochs=1,
+            split_by_length=split,
+        )
         config.data.path = str(varied_csv(tmp_path / "varied.csv"))
         model = tiny_model("llama")
         calls = {"forward": 0}

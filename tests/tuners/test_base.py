@@ -1,4 +1,5 @@
-"""What every weight-side adapter layer shares (tuners/base.py), on one LoRA layer around an nn.Linear."""
+"""What every weight-side adapter layer shares (tuners/base.py), on one LoRA layer around an
+nn.Linear."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def test_the_active_adapter_adds_its_update_and_only_it_trains() -> None:
     a = layer.lora_A["a"].weight
     b = layer.lora_B["a"].weight
     torch.testing.assert_close(layer(X), base + 2.0 * X @ a.T @ b.T)  # scaling = alpha / r = 2
-    assert _trainable_adapters(layer) == {"lora_A.a.weight", "lora_B.a.weight"}  # the base is frozen by surgery
+    # the base is frozen by surgery
+    assert _trainable_adapters(layer) == {"lora_A.a.weight", "lora_B.a.weight"}
 
 
 def test_merge_is_idempotent_and_unmerge_restores_the_weight() -> None:
@@ -51,7 +53,9 @@ def test_a_disabled_layer_is_its_base_layer_and_its_adapters_freeze() -> None:
     layer.merge()
     layer.enable_adapters(False)
     torch.testing.assert_close(layer(X), layer.base_layer(X))  # a merged adapter is taken out first
-    assert not layer.merged_adapters and not any(p.requires_grad for n, p in layer.named_parameters() if "lora_" in n)
+    assert not layer.merged_adapters and not any(
+        p.requires_grad for n, p in layer.named_parameters() if "lora_" in n
+    )
     layer.enable_adapters(True)
     assert _trainable_adapters(layer) == {"lora_A.a.weight", "lora_B.a.weight"}
 
@@ -107,7 +111,8 @@ def test_a_hooked_or_subclassed_base_layer_is_called_as_a_module() -> None:
     torch.testing.assert_close(layer(X), expected)
     plain, expected = _lora_over(nn.Linear(6, 4))
     handle = nn.modules.module.register_module_forward_hook(
-        lambda module, args, out: out + 100 if type(module) is nn.Linear else out)
+        lambda module, args, out: out + 100 if type(module) is nn.Linear else out
+    )
     try:
         torch.testing.assert_close(plain(X), expected + 100)  # the factors are no module calls
     finally:

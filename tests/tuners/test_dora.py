@@ -38,7 +38,9 @@ def test_fresh_dora_equals_base(arch: str) -> None:
     inputs = model_inputs(arch)
     task = "SEQ_CLS" if arch == "bert" else "CAUSAL_LM"
     model = get_peft_model(tiny_model(arch), LoraConfig(r=4, use_dora=True, task_type=task))
-    torch.testing.assert_close(outputs(model, inputs), outputs(tiny_model(arch), inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        outputs(model, inputs), outputs(tiny_model(arch), inputs), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -46,29 +48,38 @@ def test_dora_merged_unloaded_and_reloaded_agree(arch: str, tmp_path) -> None:  
     inputs = model_inputs(arch)
     task = "SEQ_CLS" if arch == "bert" else "CAUSAL_LM"
     torch.manual_seed(0)
-    model = get_peft_model(tiny_model(arch), LoraConfig(r=4, use_dora=True, init_lora_weights=False,
-                                                        task_type=task)).eval()
+    model = get_peft_model(
+        tiny_model(arch), LoraConfig(r=4, use_dora=True, init_lora_weights=False, task_type=task)
+    ).eval()
     expected = outputs(model, inputs)
     assert not torch.allclose(expected, outputs(tiny_model(arch), inputs))
     model.save_pretrained(tmp_path)
-    torch.testing.assert_close(outputs(PeftModel.from_pretrained(tiny_model(arch), tmp_path), inputs), expected)
+    torch.testing.assert_close(
+        outputs(PeftModel.from_pretrained(tiny_model(arch), tmp_path), inputs), expected
+    )
     model.merge_adapter()
     torch.testing.assert_close(outputs(model, inputs), expected, atol=1e-5, rtol=1e-5)
     model.unmerge_adapter()
     torch.testing.assert_close(outputs(model, inputs), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(outputs(model.merge_and_unload(), inputs), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        outputs(model.merge_and_unload(), inputs), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_dora_magnitude_trains_on_linear_and_embedding_layers() -> None:
-    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj", "embed_tokens"],
-                                                           use_dora=True))
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad and "lora_magnitude_vector" in n]
+    model = get_peft_model(
+        tiny_model("llama"),
+        LoraConfig(r=2, target_modules=["q_proj", "embed_tokens"], use_dora=True),
+    )
+    trainable = [
+        n for n, p in model.named_parameters() if p.requires_grad and "lora_magnitude_vector" in n
+    ]
     assert any("q_proj" in n for n in trainable) and any("embed_tokens" in n for n in trainable)
 
 
 def test_dora_embedding_follows_the_formula() -> None:
-    """y = f * E[x] + f * s * (A^T[x]) B^T with f = m / ||E^T + s B A|| per embedding dimension (over the
-    vocabulary), computed here from the layer's own tensors."""
+    """y = f * E[x] + f * s * (A^T[x]) B^T with f = m / ||E^T + s B A|| per embedding dimension
+    (over the vocabulary), computed here from the layer's own tensors."""
     from peftkit.tuners.lora.embedding import LoraEmbedding
 
     torch.manual_seed(0)
@@ -96,9 +107,12 @@ def test_bf16_base_dora_trains_with_the_formula_gradients_and_no_fp32_input_copy
     a, b, m = layer.lora_A["a"].weight, layer.lora_B["a"].weight, layer.lora_magnitude_vector["a"]
     x = torch.randn(2, 3, 6, dtype=torch.bfloat16, requires_grad=True)
     w = base.weight.float()
-    factor = m / (w + 2.0 * (b @ a)).norm(dim=1).detach()  # (out,): the norm is a constant, as in PEFT
+    # (out,): the norm is a constant, as in PEFT
+    factor = m / (w + 2.0 * (b @ a)).norm(dim=1).detach()
     base_out = base(x)  # (2, 3, 5)
-    expected = base_out + ((factor - 1) * base_out + factor * 2.0 * (x.float() @ a.T @ b.T)).to(torch.bfloat16)
+    expected = base_out + ((factor - 1) * base_out + factor * 2.0 * (x.float() @ a.T @ b.T)).to(
+        torch.bfloat16
+    )
     grad = torch.randn_like(expected)
     want = torch.autograd.grad(expected, [x, a, b, m], grad)
     saved: list[torch.Tensor] = []
@@ -113,8 +127,9 @@ def test_bf16_base_dora_trains_with_the_formula_gradients_and_no_fp32_input_copy
 
 @pytest.mark.parametrize("first_dora", [True, False], ids=["dora+dora", "lora+dora"])
 def test_several_active_adapters_with_dora_merge_to_their_forward(first_dora: bool) -> None:
-    """Two adapters active together (the second DoRA): merging both gives the forward's output, and unmerging
-    gives the base weight back. The second adapter's norm is that of the unmerged weight, as in the forward."""
+    """Two adapters active together (the second DoRA): merging both gives the forward's output, and
+    unmerging gives the base weight back. The second adapter's norm is that of the unmerged weight,
+    as in the forward."""
     torch.manual_seed(0)
     base = nn.Linear(6, 5)
     weight = base.weight.detach().clone()

@@ -36,10 +36,14 @@ def test_layer_equals_scaling_by_hand(feedforward: bool) -> None:
 def test_fresh_ia3_equals_base_and_disabled_equals_base(arch: str) -> None:
     inputs = model_inputs(arch)
     expected = outputs(tiny_model(arch), inputs)
-    model = get_peft_model(tiny_model(arch), IA3Config(task_type="SEQ_CLS" if arch == "bert" else "CAUSAL_LM"))
+    model = get_peft_model(
+        tiny_model(arch), IA3Config(task_type="SEQ_CLS" if arch == "bert" else "CAUSAL_LM")
+    )
     torch.testing.assert_close(outputs(model, inputs), expected)
-    random = get_peft_model(tiny_model(arch), IA3Config(init_ia3_weights=False,
-                                                        task_type="SEQ_CLS" if arch == "bert" else "CAUSAL_LM"))
+    random = get_peft_model(
+        tiny_model(arch),
+        IA3Config(init_ia3_weights=False, task_type="SEQ_CLS" if arch == "bert" else "CAUSAL_LM"),
+    )
     assert not torch.allclose(outputs(random, inputs), expected)
     with random.disable_adapter():
         torch.testing.assert_close(outputs(random, inputs), expected)
@@ -50,7 +54,9 @@ def test_merged_unloaded_and_reloaded_agree(arch: str, tmp_path) -> None:  # typ
     task = "SEQ_CLS" if arch == "bert" else "CAUSAL_LM"
     inputs = model_inputs(arch)
     torch.manual_seed(0)
-    model = get_peft_model(tiny_model(arch), IA3Config(init_ia3_weights=False, task_type=task)).eval()
+    model = get_peft_model(
+        tiny_model(arch), IA3Config(init_ia3_weights=False, task_type=task)
+    ).eval()
     expected = outputs(model, inputs)
     model.save_pretrained(tmp_path)
     reloaded = PeftModel.from_pretrained(tiny_model(arch), tmp_path)

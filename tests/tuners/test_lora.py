@@ -162,7 +162,8 @@ def _adapted(base: nn.Module, **adapter: float) -> LoraLinear:
 
 
 def test_gradients_match_formula_on_batched_input():
-    """The functional forward (B's output added with alpha=scaling) gives the formula's output and gradients."""
+    """The functional forward (B's output added with alpha=scaling) gives the formula's output and
+    gradients."""
     base = _linear()
     layer = _adapted(base, r=2, lora_alpha=6)
     x = torch.randn(2, 3, 6, requires_grad=True)
@@ -205,8 +206,8 @@ def test_bf16_base_gets_the_fp32_update_rounded_once():
 
 
 def test_bf16_base_training_keeps_the_input_not_its_fp32_copy():
-    """On a bf16 base the update is computed in fp32 (as above) with the same gradients as plain autograd
-    of the formula, while backward keeps the bf16 input, not an fp32 copy of it."""
+    """On a bf16 base the update is computed in fp32 (as above) with the same gradients as plain
+    autograd of the formula, while backward keeps the bf16 input, not an fp32 copy of it."""
     base = _linear().to(torch.bfloat16)
     layer = _adapted(base, r=2, lora_alpha=4)
     _randomize(layer)
@@ -223,14 +224,17 @@ def test_bf16_base_training_keeps_the_input_not_its_fp32_copy():
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
     for g, w in zip(got, want, strict=True):
         assert g.dtype == w.dtype
-        torch.testing.assert_close(g, w, atol=1e-2, rtol=1e-2)  # x's gradient sums two bf16 terms in either order
-    assert not [t for t in saved if t.dtype == torch.float32 and t.numel() == x.numel()]  # autograd saves it flattened
+        # x's gradient sums two bf16 terms in either order
+        torch.testing.assert_close(g, w, atol=1e-2, rtol=1e-2)
+    # autograd saves it flattened
+    assert not [t for t in saved if t.dtype == torch.float32 and t.numel() == x.numel()]
 
 
 @pytest.mark.parametrize("dora", [False, True])
 def test_autocast_with_a_bf16_input_matches_an_fp32_input_and_backpropagates(dora: bool):
-    """Under autocast a bf16 input meets fp32 adapter weights (an attention output feeding o_proj): the layer
-    gives what it gives an fp32 copy of the input, and backward outside autocast reaches A and B in fp32."""
+    """Under autocast a bf16 input meets fp32 adapter weights (an attention output feeding o_proj):
+    the layer gives what it gives an fp32 copy of the input, and backward outside autocast reaches A
+    and B in fp32."""
     base = _linear()
     layer = LoraLinear(base)
     layer.add_adapter("default", r=2, lora_alpha=4, init_lora_weights=False, use_dora=dora)
@@ -239,9 +243,12 @@ def test_autocast_with_a_bf16_input_matches_an_fp32_input_and_backpropagates(dor
     x = torch.randn(2, 3, 6, dtype=torch.bfloat16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
-        reference = layer(x.detach().float().requires_grad_())  # the same layer on an fp32 copy of x
+        # the same layer on an fp32 copy of x
+        reference = layer(x.detach().float().requires_grad_())
     out.float().sum().backward()
-    grads = [p.grad.clone() for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight)]
+    grads = [
+        p.grad.clone() for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight)
+    ]
     assert all(g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
     torch.testing.assert_close(out.float(), reference.float(), atol=5e-2, rtol=5e-2)
 
@@ -252,18 +259,29 @@ def test_a_long_target_list_is_recorded_as_its_shortest_suffixes(tmp_path: Path)
 
     def model() -> nn.Module:
         torch.manual_seed(0)
-        blocks = nn.ModuleList(nn.ModuleDict({"q": nn.Linear(4, 4), "v": nn.Linear(4, 4), "k": nn.Linear(4, 4)})
-                               for _ in range(MIN_TARGET_MODULES_FOR_OPTIMIZATION))
-        single = nn.ModuleList([nn.ModuleDict({"q": nn.Linear(4, 4)})])  # "q" alone would pick it too
+        blocks = nn.ModuleList(
+            nn.ModuleDict({"q": nn.Linear(4, 4), "v": nn.Linear(4, 4), "k": nn.Linear(4, 4)})
+            for _ in range(MIN_TARGET_MODULES_FOR_OPTIMIZATION)
+        )
+        # "q" alone would pick it too
+        single = nn.ModuleList([nn.ModuleDict({"q": nn.Linear(4, 4)})])
         return nn.ModuleDict({"blocks": blocks, "single_blocks": single})
 
-    full = [f"blocks.{i}.{p}" for i in range(MIN_TARGET_MODULES_FOR_OPTIMIZATION) for p in ("q", "v")]
+    full = [
+        f"blocks.{i}.{p}" for i in range(MIN_TARGET_MODULES_FOR_OPTIMIZATION) for p in ("q", "v")
+    ]
     peft_model = get_peft_model(model(), LoraConfig(target_modules=full))
-    # "q" alone would also pick single_blocks.0.q, so the q layers keep the shortest suffix that does not
-    # ("0.q" also ends single_blocks.0.q; "10.q" is not a suffix of it, names being split at the dots)
-    expected = {"blocks.0.q", *{f"{i}.q" for i in range(1, MIN_TARGET_MODULES_FOR_OPTIMIZATION)}, "v"}
+    # "q" alone would also pick single_blocks.0.q, so the q layers keep the shortest suffix that
+    # does not ("0.q" also ends single_blocks.0.q; "10.q" is not a suffix of it, names being split
+    # at the dots)
+    expected = {
+        "blocks.0.q",
+        *{f"{i}.q" for i in range(1, MIN_TARGET_MODULES_FOR_OPTIMIZATION)},
+        "v",
+    }
     assert peft_model.peft_config["default"].target_modules == expected
-    assert sorted(peft_model.targeted_module_names) == sorted(full)  # the same layers as the full list
+    # the same layers as the full list
+    assert sorted(peft_model.targeted_module_names) == sorted(full)
     peft_model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(model(), tmp_path)
     assert sorted(loaded.targeted_module_names) == sorted(full)

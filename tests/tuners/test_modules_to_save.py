@@ -1,4 +1,5 @@
-"""ModulesToSaveWrapper on its own: a frozen original, a trainable copy per adapter, rows routed by adapter."""
+"""ModulesToSaveWrapper on its own: a frozen original, a trainable copy per adapter, rows routed by
+adapter."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ def test_copies_train_and_the_original_stays_frozen() -> None:
     assert not any(p.requires_grad for p in wrapper.original_module.parameters())
     assert all(p.requires_grad for p in wrapper.modules_to_save["a"].parameters())
     assert [(k, f) for k, f, _ in wrapper.adapter_parameters("a")] == [
-        ("modules_to_save.a.weight", "weight"), ("modules_to_save.a.bias", "bias")]
+        ("modules_to_save.a.weight", "weight"),
+        ("modules_to_save.a.bias", "bias"),
+    ]
     assert list(wrapper.adapter_parameters("missing")) == []
 
 
@@ -54,8 +57,14 @@ def test_mixed_rows_each_get_their_own_copy() -> None:
     wrapper, x = _wrapper("a", "bb"), torch.randn(4, 4)
     wrapper.rows = group_rows(["a", "__base__", "bb", "a"])
     out = wrapper(x)
-    expected = torch.stack([wrapper.modules_to_save["a"](x[0]), wrapper.original_module(x[1]),
-                            wrapper.modules_to_save["bb"](x[2]), wrapper.modules_to_save["a"](x[3])])
+    expected = torch.stack(
+        [
+            wrapper.modules_to_save["a"](x[0]),
+            wrapper.original_module(x[1]),
+            wrapper.modules_to_save["bb"](x[2]),
+            wrapper.modules_to_save["a"](x[3]),
+        ]
+    )
     torch.testing.assert_close(out, expected)
 
 
@@ -83,8 +92,8 @@ def test_a_module_without_a_batch_dimension_refuses_mixed_rows() -> None:
 
 
 def test_a_norm_copy_saves_and_loads_its_running_statistics(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A BatchNorm in modules_to_save learns running statistics (buffers, not parameters): they are the copy's
-    state too, so they are saved and loaded (PEFT reads them from the same file)."""
+    """A BatchNorm in modules_to_save learns running statistics (buffers, not parameters): they are
+    the copy's state too, so they are saved and loaded (PEFT reads them from the same file)."""
     import peft
 
     import peftkit
@@ -98,7 +107,9 @@ def test_a_norm_copy_saves_and_loads_its_running_statistics(tmp_path) -> None:  
             return self.norm(self.linear(x))
 
     torch.manual_seed(0)
-    model = peftkit.get_peft_model(WithNorm(), peftkit.LoraConfig(target_modules=["linear"], modules_to_save=["norm"]))
+    model = peftkit.get_peft_model(
+        WithNorm(), peftkit.LoraConfig(target_modules=["linear"], modules_to_save=["norm"])
+    )
     x = torch.randn(8, 3) * 5 + 2
     model.train()
     model(x)  # the copy's running mean and variance move

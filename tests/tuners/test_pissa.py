@@ -1,4 +1,5 @@
-"""PiSSA and OLoRA initialization: equal to the base at the start, equal to PEFT's, and convertible to LoRA."""
+"""PiSSA and OLoRA initialization: equal to the base at the start, equal to PEFT's, and convertible
+to LoRA."""
 
 from __future__ import annotations
 
@@ -16,17 +17,25 @@ INITS = [("llama", "pissa"), ("llama", "olora"), ("llama", "pissa_niter_4"), ("g
 def test_initialized_model_equals_the_base(arch: str, init: str) -> None:
     inputs = model_inputs(arch)
     model = get_peft_model(tiny_model(arch), LoraConfig(r=4, lora_alpha=8, init_lora_weights=init))
-    torch.testing.assert_close(outputs(model, inputs), outputs(tiny_model(arch), inputs), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        outputs(model, inputs), outputs(tiny_model(arch), inputs), atol=1e-4, rtol=1e-4
+    )
     with model.disable_adapter():  # the base now holds only the residual
-        assert not torch.allclose(outputs(model, inputs), outputs(tiny_model(arch), inputs), atol=1e-3)
+        assert not torch.allclose(
+            outputs(model, inputs), outputs(tiny_model(arch), inputs), atol=1e-3
+        )
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])
 def test_same_factors_and_residual_as_peft(init: str) -> None:
-    ours = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
-                                                          init_lora_weights=init))
-    theirs = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
-                                                                      init_lora_weights=init))
+    ours = get_peft_model(
+        tiny_model("llama"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=init),
+    )
+    theirs = peft.get_peft_model(
+        tiny_model("llama"),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=init),
+    )
     a = dict(ours.named_parameters())
     b = dict(theirs.named_parameters())
     for key in ("lora_A.default.weight", "lora_B.default.weight", "base_layer.weight"):
@@ -36,16 +45,23 @@ def test_same_factors_and_residual_as_peft(init: str) -> None:
 
 def test_conversion_to_plain_lora_gives_the_trained_model_on_the_original_base(tmp_path) -> None:  # type: ignore[no-untyped-def]
     inputs = model_inputs("llama")
-    model = get_peft_model(tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, init_lora_weights="pissa"))
+    model = get_peft_model(
+        tiny_model("llama"), LoraConfig(r=4, lora_alpha=8, init_lora_weights="pissa")
+    )
     model.save_pretrained(tmp_path / "initial")
     with torch.no_grad():  # stands in for training
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.add_(0.05 * torch.randn_like(p))
     trained = outputs(model.eval(), inputs)
-    model.save_pretrained(tmp_path / "lora", path_initial_model_for_weight_conversion=tmp_path / "initial")
-    ours = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "lora")  # the untouched original base
-    assert ours.peft_config["default"].r == 8 and ours.peft_config["default"].init_lora_weights is True
+    model.save_pretrained(
+        tmp_path / "lora", path_initial_model_for_weight_conversion=tmp_path / "initial"
+    )
+    # the untouched original base
+    ours = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "lora")
+    assert (
+        ours.peft_config["default"].r == 8 and ours.peft_config["default"].init_lora_weights is True
+    )
     torch.testing.assert_close(outputs(ours, inputs), trained, atol=1e-4, rtol=1e-4)
     theirs = peft.PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "lora")
     torch.testing.assert_close(outputs(theirs, inputs), trained, atol=1e-4, rtol=1e-4)
@@ -57,4 +73,7 @@ def test_bad_inits_are_refused() -> None:
     with pytest.raises(ConfigError, match="Conv1D"):
         get_peft_model(tiny_model("gpt2"), LoraConfig(r=2, init_lora_weights="olora"))
     with pytest.raises(ConfigError, match="embedding"):
-        get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["embed_tokens"], init_lora_weights="pissa"))
+        get_peft_model(
+            tiny_model("llama"),
+            LoraConfig(r=2, target_modules=["embed_tokens"], init_lora_weights="pissa"),
+        )

@@ -1,4 +1,5 @@
-"""The prompt-learning modules (tuners/prompt.py): shapes, PEFT's parameter names, and the inference form."""
+"""The prompt-learning modules (tuners/prompt.py): shapes, PEFT's parameter names, and the inference
+form."""
 
 from __future__ import annotations
 
@@ -14,18 +15,31 @@ def test_prompt_tuning_is_free_vectors() -> None:
 
 
 def _encoder(kind: str, inference: bool = False) -> PromptEncoder:
-    return PromptEncoder(PromptEncoderConfig(num_virtual_tokens=3, num_transformer_submodules=1, token_dim=8,
-                                             encoder_hidden_size=6, encoder_reparameterization_type=kind,
-                                             inference_mode=inference))
+    return PromptEncoder(
+        PromptEncoderConfig(
+            num_virtual_tokens=3,
+            num_transformer_submodules=1,
+            token_dim=8,
+            encoder_hidden_size=6,
+            encoder_reparameterization_type=kind,
+            inference_mode=inference,
+        )
+    )
 
 
 def test_p_tuning_reparameterizes_the_embeddings_through_its_encoder() -> None:
     mlp, lstm = _encoder("MLP"), _encoder("LSTM")
     assert mlp().shape == lstm().shape == (3, 8)
-    assert {n.split(".")[0] for n, _ in mlp.named_parameters()} == {"embedding", "mlp_head"}  # PEFT's names
-    assert {n.split(".")[0] for n, _ in lstm.named_parameters()} == {"embedding", "lstm_head", "mlp_head"}
+    # PEFT's names
+    assert {n.split(".")[0] for n, _ in mlp.named_parameters()} == {"embedding", "mlp_head"}
+    assert {n.split(".")[0] for n, _ in lstm.named_parameters()} == {
+        "embedding",
+        "lstm_head",
+        "mlp_head",
+    }
     torch.testing.assert_close(mlp(), mlp.mlp_head(mlp.embedding.weight))
-    direct = _encoder("MLP", inference=True)  # a loaded adapter keeps only the encoder's saved output
+    # a loaded adapter keeps only the encoder's saved output
+    direct = _encoder("MLP", inference=True)
     assert direct() is direct.embedding.weight and not hasattr(direct, "mlp_head")
 
 

@@ -1,4 +1,5 @@
-"""Writing files so that nothing is lost: atomic replacement, and disk errors that say what went wrong."""
+"""Writing files so that nothing is lost: atomic replacement, and disk errors that say what went
+wrong."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ from safetensors import SafetensorError
 
 from ..errors import StorageError
 
-__all__ = ["atomic_directory", "atomic_write", "is_write_failure", "write_failure_reason", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = [
+    "atomic_directory",
+    "atomic_write",
+    "is_write_failure",
+    "write_failure_reason",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def _umask() -> int:
@@ -28,8 +35,9 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
 
-    On any error the temporary file is removed and ``path`` is left as it was. Operating-system errors
-    (a full disk, a read-only or missing folder) become :class:`StorageError` naming the file.
+    On any error the temporary file is removed and ``path`` is left as it was. Operating-system
+    errors (a full disk, a read-only or missing folder) become :class:`StorageError` naming the
+    file.
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
@@ -40,7 +48,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the permissions open() would
+        # mkstemp makes 0600 files; give the permissions open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
             dir_fd = os.open(folder, os.O_RDONLY)
@@ -51,21 +60,26 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[str]:
     except BaseException as err:
         _remove(tmp)
         if is_write_failure(err):
-            raise StorageError(f"cannot write {path}: {write_failure_reason(err, folder)}. The previous "
-                               f"{os.path.basename(path)}, if any, is unchanged") from err
+            raise StorageError(
+                f"cannot write {path}: {write_failure_reason(err, folder)}. The previous "
+                f"{os.path.basename(path)}, if any, is unchanged"
+            ) from err
         raise
 
 
 def is_write_failure(err: BaseException) -> bool:
-    """Whether ``err`` means "the bytes could not be written": an OS error, safetensors' own error type, or
-    torch.save's writer failing (a full disk or ``ulimit -f`` shows up as ``[enforce fail at
-    inline_container.cc]``, with no file name and no errno)."""
+    """Whether ``err`` means "the bytes could not be written": an OS error, safetensors' own error
+    type, or torch.save's writer failing (a full disk or ``ulimit -f`` shows up as ``[enforce fail
+    at inline_container.cc]``, with no file name and no errno)."""
     return isinstance(err, (OSError, SafetensorError)) or (
-        isinstance(err, RuntimeError) and ("PytorchStreamWriter" in str(err) or "inline_container" in str(err)))
+        isinstance(err, RuntimeError)
+        and ("PytorchStreamWriter" in str(err) or "inline_container" in str(err))
+    )
 
 
 def write_failure_reason(err: BaseException, folder: str | os.PathLike[str]) -> str:
-    """Why a write into ``folder`` failed, in words: the disk is full, a file-size limit, or the OS's reason."""
+    """Why a write into ``folder`` failed, in words: the disk is full, a file-size limit, or the
+    OS's reason."""
     import resource
     import shutil
 
@@ -73,13 +87,19 @@ def write_failure_reason(err: BaseException, folder: str | os.PathLike[str]) -> 
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(folder).free
         if free < 64 * 2**20 or getattr(err, "errno", None) == 28:
-            reasons.append(f"the disk is full ({free / 2**20:.1f} MiB free on the disk of {folder})")
+            reasons.append(
+                f"the disk is full ({free / 2**20:.1f} MiB free on the disk of {folder})"
+            )
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if limit != resource.RLIM_INFINITY:
         reasons.append(f"this process may write files of at most {limit:,} bytes (ulimit -f)")
-    if not reasons:  # torch's "[enforce fail at inline_container.cc]" says nothing a user can act on
-        reasons.append(str(err).splitlines()[0] if isinstance(err, (OSError, SafetensorError))
-                       else "the file could not be written (a full disk, a quota or a file-size limit)")
+    # torch's "[enforce fail at inline_container.cc]" says nothing a user can act on
+    if not reasons:
+        reasons.append(
+            str(err).splitlines()[0]
+            if isinstance(err, (OSError, SafetensorError))
+            else "the file could not be written (a full disk, a quota or a file-size limit)"
+        )
     return "; ".join(reasons) + f". Free some space or choose another folder than {folder}"
 
 
@@ -91,7 +111,8 @@ def _remove(path: str | None) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an old one is removed).
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (an old one is
+    removed).
 
     On any error the temporary folder is deleted and ``path`` is left as it was.
     """
@@ -102,7 +123,9 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     except OSError as err:
-        raise StorageError(f"cannot create {final}: {err.strerror or err}; choose a writable folder") from err
+        raise StorageError(
+            f"cannot create {final}: {err.strerror or err}; choose a writable folder"
+        ) from err
     try:
         try:
             yield tmp
@@ -110,10 +133,13 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise
         except BaseException as err:
             if is_write_failure(err):
-                raise StorageError(f"cannot write {final}: {write_failure_reason(err, final.parent)}. The previous "
-                                   f"{final.name}, if any, is unchanged") from err
+                raise StorageError(
+                    f"cannot write {final}: {write_failure_reason(err, final.parent)}. The previous "
+                    f"{final.name}, if any, is unchanged"
+                ) from err
             raise
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; give the permissions mkdir would
+        # mkdtemp makes 0700 folders; give the permissions mkdir would
+        os.chmod(tmp, 0o777 & ~_umask())
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
             os.replace(final, old / final.name)

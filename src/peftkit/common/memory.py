@@ -1,5 +1,5 @@
-"""Sizes checked before allocating: a rank or token count typed wrong (``r: 2**40``) must give a clear
-error at once, not an attempt to allocate terabytes that ends in the kernel's OOM killer."""
+"""Sizes checked before allocating: a rank or token count typed wrong (``r: 2**40``) must give a
+clear error at once, not an attempt to allocate terabytes that ends in the kernel's OOM killer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ __all__ = ["available_bytes", "check_allocation"]
 
 
 def available_bytes() -> int:
-    """Memory the process can still use: ``MemAvailable`` where Linux reports it, else the physical memory."""
+    """Memory the process can still use: ``MemAvailable`` where Linux reports it, else the physical
+    memory."""
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
@@ -26,8 +27,11 @@ def available_bytes() -> int:
 
 
 def check_allocation(nbytes: int, what: str, fix: str) -> None:
-    """Raise :class:`ConfigError` when ``nbytes`` (``what`` is being created) exceeds the available memory."""
+    """Raise :class:`ConfigError` when ``nbytes`` (``what`` is being created) exceeds the available
+    memory."""
     free = available_bytes()
     if nbytes > free:
-        raise ConfigError(f"{what} would take {nbytes / 2**30:,.1f} GiB, and this machine has "
-                          f"{free / 2**30:,.1f} GiB available; {fix}")
+        raise ConfigError(
+            f"{what} would take {nbytes / 2**30:,.1f} GiB, and this machine has "
+            f"{free / 2**30:,.1f} GiB available; {fix}"
+        )

@@ -2,13 +2,13 @@
 
 The rules (docs/reliability.md, "Output folders"):
 
-- peftkit records the names it writes in a folder in ``.peftkit-files.json``. An entry it is about to
-  write that already exists and is not recorded there belongs to the user, and the write is refused
-  before anything changes. Other files in the folder are never touched.
+- peftkit records the names it writes in a folder in ``.peftkit-files.json``. An entry it is about
+  to write that already exists and is not recorded there belongs to the user, and the write is
+  refused before anything changes. Other files in the folder are never touched.
 - A whole folder is replaced (``peftkit merge OUT``) only when it is empty or everything in it was
   written by the same kind of peftkit command.
-- ``.peftkit.lock`` holds the process id and host of the one writer; a second writer is refused while
-  that process lives, and a lock left by a process that is gone is taken over.
+- ``.peftkit.lock`` holds the process id and host of the one writer; a second writer is refused
+  while that process lives, and a lock left by a process that is gone is taken over.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ _NOUNS = {"train": "run", "merge": "merged-model", "compare": "comparison"}
 
 
 class OutputDirError(ConfigError):
-    """An output folder holds the user's files where peftkit would write, or another run is writing to it."""
+    """An output folder holds the user's files where peftkit would write, or another run is writing
+    to it."""
 
 
 def _read_manifest(folder: Path) -> dict[str, object]:
@@ -56,7 +57,8 @@ def _read_manifest(folder: Path) -> dict[str, object]:
 
 
 def owned(folder: str | os.PathLike[str], kind: str | None = None) -> set[str]:
-    """The names that peftkit recorded as its own in ``folder`` (by a command of ``kind``, when given)."""
+    """The names that peftkit recorded as its own in ``folder`` (by a command of ``kind``, when
+    given)."""
     data = _read_manifest(Path(folder))
     if kind is not None and data.get("kind") != kind:
         return set()
@@ -76,11 +78,12 @@ def claim(folder: str | os.PathLike[str], names: Iterable[str], kind: str, what:
     """Check that peftkit may write ``names`` into ``folder``, then record them as its own.
 
     Returns:
-        The names that already exist from an earlier peftkit run of this kind (the caller decides whether
-        replacing them is wanted).
+        The names that already exist from an earlier peftkit run of this kind (the caller decides
+        whether replacing them is wanted).
 
     Raises:
-        OutputDirError: an entry to be written exists and peftkit did not write it; nothing is changed.
+        OutputDirError: an entry to be written exists and peftkit did not write it; nothing is
+            changed.
     """
     path = Path(folder)
     names = list(names)
@@ -90,27 +93,35 @@ def claim(folder: str | os.PathLike[str], names: Iterable[str], kind: str, what:
     if foreign:
         raise OutputDirError(
             f"{what} {path} already holds {', '.join(foreign)}, which peftkit did not write there; peftkit never "
-            "overwrites files it did not write. Choose a new or empty folder, or move those files away.")
+            "overwrites files it did not write. Choose a new or empty folder, or move those files away."
+        )
     path.mkdir(parents=True, exist_ok=True)
     record(path, names, kind)
     return existing
 
 
 def check_replaceable(folder: str | os.PathLike[str], kind: str, what: str) -> None:
-    """Refuse to replace ``folder`` as a whole unless it is missing, empty, or wholly peftkit's (``kind``)."""
+    """Refuse to replace ``folder`` as a whole unless it is missing, empty, or wholly peftkit's
+    (``kind``)."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"{what} {path} is a file; name a folder")
     if not path.is_dir():
         return
     mine = owned(path, kind) | _OWN_FILES
-    leftovers = (".trash-", *(f".{n}." for n in mine))  # temporaries of peftkit's own interrupted writes
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in mine and not p.name.startswith(leftovers))
+    # temporaries of peftkit's own interrupted writes
+    leftovers = (".trash-", *(f".{n}." for n in mine))
+    foreign = sorted(
+        p.name for p in path.iterdir() if p.name not in mine and not p.name.startswith(leftovers)
+    )
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
         raise OutputDirError(
             f"{what} {path} is not a peftkit {_NOUNS.get(kind, kind)} folder: it holds files peftkit did not write "
-            f"({shown}), and it would be replaced as a whole. Choose a new or empty folder.")
+            f"({shown}), and it would be replaced as a whole. Choose a new or empty folder."
+        )
 
 
 def remove_owned(folder: str | os.PathLike[str], names: Iterable[str], kind: str) -> None:
@@ -123,7 +134,8 @@ def remove_owned(folder: str | os.PathLike[str], names: Iterable[str], kind: str
             continue
         if target.is_dir() and not target.is_symlink():
             trash = path / f".trash-{name}-{os.getpid()}"
-            os.replace(target, trash)  # out of sight at once; a kill during rmtree leaves only hidden trash
+            # out of sight at once; a kill during rmtree leaves only hidden trash
+            os.replace(target, trash)
             shutil.rmtree(trash, ignore_errors=True)
         else:
             target.unlink()
@@ -143,8 +155,8 @@ def _alive(pid: int) -> bool:
 def writer_lock(folder: str | os.PathLike[str], what: str = "output_dir") -> Iterator[None]:
     """Hold ``folder/.peftkit.lock`` while writing; a second writer gets :class:`OutputDirError`.
 
-    A lock whose process is gone (killed, crashed) is stale and is taken over. A lock from another host
-    cannot be checked, so it is refused with the command that removes it.
+    A lock whose process is gone (killed, crashed) is stale and is taken over. A lock from another
+    host cannot be checked, so it is refused with the command that removes it.
     """
     path = Path(folder) / LOCK_NAME
     host, me = socket.gethostname(), os.getpid()
@@ -155,7 +167,9 @@ def writer_lock(folder: str | os.PathLike[str], what: str = "output_dir") -> Ite
             _refuse_or_clear(path, host, what)
             continue
         except OSError as err:
-            raise StorageError(f"cannot create {path}: {err.strerror or err}; choose a writable folder") from err
+            raise StorageError(
+                f"cannot create {path}: {err.strerror or err}; choose a writable folder"
+            ) from err
         with os.fdopen(fd, "w") as fh:
             json.dump({"pid": me, "host": host}, fh)
         break
@@ -176,25 +190,34 @@ def _refuse_or_clear(path: Path, host: str, what: str) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         pid, their_host = -1, host  # unreadable: a writer died mid-write, so the lock is stale
     if their_host != host:
-        raise OutputDirError(f"{what} {path.parent} is locked by process {pid} on host {their_host}; if no run "
-                             f"is writing there any more, delete {path}")
+        raise OutputDirError(
+            f"{what} {path.parent} is locked by process {pid} on host {their_host}; if no run "
+            f"is writing there any more, delete {path}"
+        )
     if pid > 0 and _alive(pid):
-        raise OutputDirError(f"another peftkit run (process {pid}) is writing to {what} {path.parent}; wait for it "
-                             "to finish or choose another folder. Two runs in one folder would overwrite each "
-                             "other's results.")
+        raise OutputDirError(
+            f"another peftkit run (process {pid}) is writing to {what} {path.parent}; wait for it "
+            "to finish or choose another folder. Two runs in one folder would overwrite each "
+            "other's results."
+        )
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # stale: its process is gone
 
 
 def clean_leftovers(folder: str | os.PathLike[str], names: Iterable[str]) -> list[str]:
     """Remove what killed writes left in ``folder``: the temporaries of atomic writes of ``names``
-    (``.adapter_model.safetensors.*.tmp``, ``.model.*``), of checkpoints (``checkpoints/.step-*``) and
-    half-deleted trash (``.trash-*``).
+    (``.adapter_model.safetensors.*.tmp``, ``.model.*``), of checkpoints (``checkpoints/.step-*``)
+    and half-deleted trash (``.trash-*``).
 
-    Only call this while holding the folder's :func:`writer_lock`: another writer's temporaries look the same.
+    Only call this while holding the folder's :func:`writer_lock`: another writer's temporaries look
+    the same.
     """
     prefixes = (".trash-", *(f".{n}." for n in names))
-    found = [e for e in Path(folder).iterdir() if e.name.startswith(prefixes)] if Path(folder).is_dir() else []
+    found = (
+        [e for e in Path(folder).iterdir() if e.name.startswith(prefixes)]
+        if Path(folder).is_dir()
+        else []
+    )
     checkpoints = Path(folder) / "checkpoints"
     if checkpoints.is_dir():
         found += [e for e in checkpoints.iterdir() if e.name.startswith((".step-", ".trash-"))]

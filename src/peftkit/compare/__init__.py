@@ -1,5 +1,5 @@
-"""``peftkit compare``: several methods trained on one split (:mod:`.run`), their settings chosen on validation
-first when asked (:mod:`.select`), and the report (:mod:`.report`)."""
+"""``peftkit compare``: several methods trained on one split (:mod:`.run`), their settings chosen on
+validation first when asked (:mod:`.select`), and the report (:mod:`.report`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The report of ``peftkit compare``: a markdown table, two charts, example outputs and one HTML page."""
+"""The report of ``peftkit compare``: a markdown table, two charts, example outputs and one HTML
+page."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class MethodResult:
 
 @dataclass
 class Section:
-    """A titled part of the report below the main table: lines, a table and an image file in the folder."""
+    """A titled part of the report below the main table: lines, a table and an image file in the
+    folder."""
 
     title: str
     lines: list[str]
@@ -53,8 +55,8 @@ class Section:
 
 @dataclass
 class ReportContext:
-    """What the report says about the comparison, besides the rows; the comparison fills it in, so the report
-    needs nothing of the comparison's config."""
+    """What the report says about the comparison, besides the rows; the comparison fills it in, so
+    the report needs nothing of the comparison's config."""
 
     train_examples: int
     val_examples: int
@@ -65,7 +67,8 @@ class ReportContext:
     model: str = ""
     """The base model's name, for the page title."""
     facts: list[str] = field(default_factory=list)
-    """The lines above the table: model, data, split, budget, seeds (majority class is added here)."""
+    """The lines above the table: model, data, split, budget, seeds (majority class is added here).
+    """
     config_yaml: str = ""
     """The whole comparison config as YAML, written as config.yaml."""
     sections: list[Section] = field(default_factory=list)
@@ -103,22 +106,33 @@ def table_rows(results: list[MethodResult]) -> list[list[str]]:
     rows = []
     for r in results:
         base = r.name == "base"
-        rows.append([
-            r.label,
-            "-" if base else f"{r.trainable:,d}",
-            "-" if base else f"{r.trainable_percent:.3g}%",
-            "-" if base else _size(r.size_bytes),
-            "-" if base else f"{r.train_seconds:.0f} s",
-            "-" if base else f"{r.tokens_per_second:.0f}",
-            "-" if base else _size(r.peak_memory_bytes),
-            _score(r, "eval_loss", 4),
-            _score(r, "accuracy", 3),
-        ])
+        rows.append(
+            [
+                r.label,
+                "-" if base else f"{r.trainable:,d}",
+                "-" if base else f"{r.trainable_percent:.3g}%",
+                "-" if base else _size(r.size_bytes),
+                "-" if base else f"{r.train_seconds:.0f} s",
+                "-" if base else f"{r.tokens_per_second:.0f}",
+                "-" if base else _size(r.peak_memory_bytes),
+                _score(r, "eval_loss", 4),
+                _score(r, "accuracy", 3),
+            ]
+        )
     return rows
 
 
-HEADER = ["method", "trainable params", "trainable %", "saved size", "training time", "tokens/s", "peak memory",
-          "held-out loss", "accuracy"]
+HEADER = [
+    "method",
+    "trainable params",
+    "trainable %",
+    "saved size",
+    "training time",
+    "tokens/s",
+    "peak memory",
+    "held-out loss",
+    "accuracy",
+]
 
 
 def summary_lines(context: ReportContext) -> list[str]:
@@ -133,12 +147,19 @@ def markdown(context: ReportContext, results: list[MethodResult]) -> str:
     lines = ["# peftkit compare", "", *[f"- {line}" for line in summary_lines(context)]]
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(results)]
-    lines += ["", "Learning rates and adapter settings per method: `config.yaml` in each method's folder.",
-              "Peak memory is the process's resident memory while the method trained (the GPU allocator's peak on "
-              "CUDA); on CPU it includes what the process still held from earlier methods, so compare it loosely.",
-              "Training time and tokens/s are wall-clock on a shared 2-core machine: other work running at the "
-              "same time slows a method down (see the notes in docs/compare.md).",
-              "", "![score vs trainable parameters](score.png)", "", "![training loss](curves.png)", ""]
+    lines += [
+        "",
+        "Learning rates and adapter settings per method: `config.yaml` in each method's folder.",
+        "Peak memory is the process's resident memory while the method trained (the GPU allocator's peak on "
+        "CUDA); on CPU it includes what the process still held from earlier methods, so compare it loosely.",
+        "Training time and tokens/s are wall-clock on a shared 2-core machine: other work running at the "
+        "same time slows a method down (see the notes in docs/compare.md).",
+        "",
+        "![score vs trainable parameters](score.png)",
+        "",
+        "![training loss](curves.png)",
+        "",
+    ]
     for section in context.sections:
         lines += _section_markdown(section)
     lines += _examples_markdown(context, results)
@@ -158,9 +179,13 @@ def _section_html(section: Section, folder: Path) -> str:
     esc = html.escape
     items = "".join(f"<li>{esc(line).replace('`', '')}</li>" for line in section.lines)
     head = "".join(f"<th>{esc(h)}</th>" for h in section.header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in section.rows)
-    return f"<h2>{esc(section.title)}</h2><ul>{items}</ul><table><thead><tr>{head}</tr></thead><tbody>{body}" \
-           f"</tbody></table>{_image(folder, section.image, section.title)}"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in section.rows
+    )
+    return (
+        f"<h2>{esc(section.title)}</h2><ul>{items}</ul><table><thead><tr>{head}</tr></thead><tbody>{body}"
+        f"</tbody></table>{_image(folder, section.image, section.title)}"
+    )
 
 
 def _image(folder: Path, name: str | None, alt: str) -> str:
@@ -190,9 +215,9 @@ def _cell(text: str, limit: int) -> str:
 
 
 def write_charts(folder: Path, results: list[MethodResult], majority: float | None = None) -> bool:
-    """score.png (accuracy, or held-out loss, against trainable parameters on a log scale; with seeds, a bar
-    from the lowest to the highest run; the majority class as a line) and curves.png (every method's training
-    loss on one plot, log scale). False without matplotlib."""
+    """score.png (accuracy, or held-out loss, against trainable parameters on a log scale; with
+    seeds, a bar from the lowest to the highest run; the majority class as a line) and curves.png
+    (every method's training loss on one plot, log scale). False without matplotlib."""
     try:
         import matplotlib
 
@@ -249,17 +274,26 @@ def page(context: ReportContext, results: list[MethodResult], folder: Path) -> s
     """One self-contained HTML page (charts embedded) with the table, the charts and the examples."""
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in table_rows(results))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
+        for cells in table_rows(results)
+    )
     intro = "".join(f"<li>{esc(line).replace('`', '')}</li>" for line in summary_lines(context))
-    images = _image(folder, "score.png", "score vs trainable parameters") + \
-        _image(folder, "curves.png", "training loss")
+    images = _image(folder, "score.png", "score vs trainable parameters") + _image(
+        folder, "curves.png", "training loss"
+    )
     sections = "".join(_section_html(section, folder) for section in context.sections)
     examples = ""
     for i, (prompt, reference) in enumerate(context.examples):
-        cells = "".join(f"<tr><th>{esc(r.label)}</th><td>{esc(r.outputs[i])}</td></tr>"
-                        for r in results if i < len(r.outputs))
-        examples += (f"<h3>Example {i + 1}</h3><p class=prompt>{esc(prompt)}</p><table>"
-                     f"<tr><th>reference</th><td>{esc(reference)}</td></tr>{cells}</table>")
+        cells = "".join(
+            f"<tr><th>{esc(r.label)}</th><td>{esc(r.outputs[i])}</td></tr>"
+            for r in results
+            if i < len(r.outputs)
+        )
+        examples += (
+            f"<h3>Example {i + 1}</h3><p class=prompt>{esc(prompt)}</p><table>"
+            f"<tr><th>reference</th><td>{esc(reference)}</td></tr>{cells}</table>"
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>peftkit compare: {esc(context.model)}</title>
 <style>
@@ -286,8 +320,13 @@ def write_report(folder: Path, context: ReportContext, results: list[MethodResul
     write_charts(folder, results, context.majority)
     write_text_atomic(folder / "report.md", markdown(context, results))
     write_text_atomic(folder / "report.html", page(context, results, folder))
-    report = {k: v for k, v in dataclasses.asdict(context).items()
-              if k not in ("facts", "config_yaml", "model", "sections")}
-    write_json_atomic(folder / "results.json", {"context": report,
-                                                "results": [dataclasses.asdict(r) for r in results]})
+    report = {
+        k: v
+        for k, v in dataclasses.asdict(context).items()
+        if k not in ("facts", "config_yaml", "model", "sections")
+    }
+    write_json_atomic(
+        folder / "results.json",
+        {"context": report, "results": [dataclasses.asdict(r) for r in results]},
+    )
     write_text_atomic(folder / "config.yaml", context.config_yaml)

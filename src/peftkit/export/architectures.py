@@ -1,10 +1,12 @@
-"""Which transformers architectures map to which GGUF architecture, and how their tensors are laid out there.
+"""Which transformers architectures map to which GGUF architecture, and how their tensors are laid
+out there.
 
-llama.cpp names tensors its own way (``blk.0.attn_q.weight`` for ``model.layers.0.self_attn.q_proj.weight``)
-and, for the Llama family, stores the query and key rows in a different order: transformers rotates the two
-halves of each head (``rotate_half``), GGML rotates interleaved pairs, so the rows of each head are
-reordered to give the same attention. The name table comes from the ``gguf`` package, which llama.cpp
-itself maintains; the row order is :func:`to_gguf_rows`.
+llama.cpp names tensors its own way (``blk.0.attn_q.weight`` for
+``model.layers.0.self_attn.q_proj.weight``) and, for the Llama family, stores the query and key rows
+in a different order: transformers rotates the two halves of each head (``rotate_half``), GGML
+rotates interleaved pairs, so the rows of each head are reordered to give the same attention. The
+name table comes from the ``gguf`` package, which llama.cpp itself maintains; the row order is
+:func:`to_gguf_rows`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["GGUF_ARCHITECTURES", "GgufArchitecture", "architecture_of", "gguf_tensor_name", "rope_settings",
-           "to_gguf_rows"]
+__all__ = [
+    "GGUF_ARCHITECTURES",
+    "GgufArchitecture",
+    "architecture_of",
+    "gguf_tensor_name",
+    "rope_settings",
+    "to_gguf_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -33,12 +41,14 @@ class GgufArchitecture:
 
 GGUF_ARCHITECTURES: dict[str, GgufArchitecture] = {
     "llama": GgufArchitecture("llama", interleaved_rope=True),  # Llama 1-3, SmolLM, TinyLlama, ...
-    "mistral": GgufArchitecture("llama", interleaved_rope=True),  # llama.cpp runs Mistral as a Llama
+    # llama.cpp runs Mistral as a Llama
+    "mistral": GgufArchitecture("llama", interleaved_rope=True),
 }
 
 
 def architecture_of(config: Any) -> GgufArchitecture:
-    """The GGUF architecture of a transformers config, or a :class:`ConfigError` saying which are supported."""
+    """The GGUF architecture of a transformers config, or a :class:`ConfigError` saying which are
+    supported."""
     model_type = str(getattr(config, "model_type", "?"))
     arch = GGUF_ARCHITECTURES.get(model_type)
     if arch is None:
@@ -49,14 +59,16 @@ def architecture_of(config: Any) -> GgufArchitecture:
         )
     kind = rope_settings(config)[0]
     if kind not in ("default", "linear"):
-        raise ConfigError(f"GGUF export does not write {kind!r} rope scaling (only none or 'linear'); "
-                          f"convert a merged folder (`peftkit merge`) with llama.cpp's convert_hf_to_gguf.py")
+        raise ConfigError(
+            f"GGUF export does not write {kind!r} rope scaling (only none or 'linear'); "
+            f"convert a merged folder (`peftkit merge`) with llama.cpp's convert_hf_to_gguf.py"
+        )
     return arch
 
 
 def rope_settings(config: Any) -> tuple[str, float, float]:
-    """(rope type, base frequency, scaling factor), from ``rope_parameters`` (transformers 5) or the older
-    ``rope_theta`` and ``rope_scaling`` attributes."""
+    """(rope type, base frequency, scaling factor), from ``rope_parameters`` (transformers 5) or the
+    older ``rope_theta`` and ``rope_scaling`` attributes."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     kind = str(rope.get("rope_type", rope.get("type", "default")))
     theta = rope.get("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
@@ -78,17 +90,20 @@ def gguf_tensor_name(config: Any, hf_name: str) -> str:
     table = _name_table(arch.name, int(config.num_hidden_layers))
     name = table.get_name(hf_name, try_suffixes=(".weight", ".bias"))
     if name is None:
-        raise ConfigError(f"no GGUF tensor corresponds to {hf_name!r} in the {arch.name} architecture; "
-                          f"GGUF export cannot carry it")
+        raise ConfigError(
+            f"no GGUF tensor corresponds to {hf_name!r} in the {arch.name} architecture; "
+            f"GGUF export cannot carry it"
+        )
     return str(name)
 
 
 def to_gguf_rows(config: Any, hf_name: str, rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` (a weight, or a LoRA ``B``: the output dimension first) in GGUF's row order for ``hf_name``.
+    """``rows`` (a weight, or a LoRA ``B``: the output dimension first) in GGUF's row order for
+    ``hf_name``.
 
-    For the query and key projections of a Llama-family model, each head's rows ``[x0..x(d/2-1), y0..]`` become
-    ``[x0, y0, x1, y1, ...]``; every other tensor is unchanged. A LoRA update ``B @ A`` follows its weight by
-    reordering ``B`` alone.
+    For the query and key projections of a Llama-family model, each head's rows ``[x0..x(d/2-1),
+    y0..]`` become ``[x0, y0, x1, y1, ...]``; every other tensor is unchanged. A LoRA update ``B @
+    A`` follows its weight by reordering ``B`` alone.
     """
     if not architecture_of(config).interleaved_rope:
         return rows
@@ -99,4 +114,8 @@ def to_gguf_rows(config: Any, hf_name: str, rows: torch.Tensor) -> torch.Tensor:
     else:
         return rows
     out = rows.shape[0]
-    return rows.reshape(heads, 2, out // heads // 2, *rows.shape[1:]).transpose(1, 2).reshape(rows.shape)
+    return (
+        rows.reshape(heads, 2, out // heads // 2, *rows.shape[1:])
+        .transpose(1, 2)
+        .reshape(rows.shape)
+    )

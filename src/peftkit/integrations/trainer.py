@@ -1,14 +1,16 @@
-"""transformers.Trainer treats a peftkit model as it treats a PEFT model, with no change to the user's code.
+"""transformers.Trainer treats a peftkit model as it treats a PEFT model, with no change to the
+user's code.
 
 Trainer recognizes adapter models by class: ``isinstance(model, peft.PeftModel)`` decides whether a
-checkpoint holds the adapter (``adapter_config.json`` + ``adapter_model.safetensors``, a few MB) or the whole
-model, whether ``resume_from_checkpoint`` loads an adapter, and which model's loss rule counts the tokens of
-a batch (a causal LM shifts its labels; counting them unshifted normalizes the loss by the wrong number).
-Nothing in a model's attributes can answer that test, so when peftkit builds a model it extends the
-test itself: Trainer's ``_is_peft_model`` (in every transformers module that holds it) also accepts
-:class:`peftkit.PeftModel`, and the class tuple its ``_save`` checks includes it. Those are the only
-changes, made once, when ``transformers.trainer`` is (or is later) imported; Trainer then calls the
-same methods it calls on PEFT's model (``save_pretrained``, ``load_adapter``, ``get_base_model``).
+checkpoint holds the adapter (``adapter_config.json`` + ``adapter_model.safetensors``, a few MB) or
+the whole model, whether ``resume_from_checkpoint`` loads an adapter, and which model's loss rule
+counts the tokens of a batch (a causal LM shifts its labels; counting them unshifted normalizes the
+loss by the wrong number). Nothing in a model's attributes can answer that test, so when peftkit
+builds a model it extends the test itself: Trainer's ``_is_peft_model`` (in every transformers
+module that holds it) also accepts :class:`peftkit.PeftModel`, and the class tuple its ``_save``
+checks includes it. Those are the only changes, made once, when ``transformers.trainer`` is (or is
+later) imported; Trainer then calls the same methods it calls on PEFT's model (``save_pretrained``,
+``load_adapter``, ``get_base_model``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from typing import Any
 __all__ = ["install"]
 
 _TRAINER = "transformers.trainer"
-_classes: list[type] = []  # peftkit's model class, given by install(): this module imports nothing of peftkit
+# peftkit's model class, given by install(): this module imports nothing of peftkit
+_classes: list[type] = []
 
 
 def install(model_class: type) -> None:
-    """Make Trainer see instances of ``model_class`` (peftkit's PeftModel) as adapter models (idempotent;
-    cheap when already done)."""
+    """Make Trainer see instances of ``model_class`` (peftkit's PeftModel) as adapter models
+    (idempotent; cheap when already done)."""
     if _classes:
         return
     _classes.append(model_class)
@@ -56,15 +59,18 @@ def _patch(trainer: types.ModuleType) -> None:
 
     is_peft_model._peftkit = True  # type: ignore[attr-defined]
     for module in list(sys.modules.values()):  # every module that imported the function by name
-        if getattr(module, "__name__", "").startswith("transformers") and \
-                getattr(module, "_is_peft_model", None) is original:
+        if (
+            getattr(module, "__name__", "").startswith("transformers")
+            and getattr(module, "_is_peft_model", None) is original
+        ):
             module._is_peft_model = is_peft_model  # type: ignore[attr-defined]
     _extend_saved_classes(trainer)
 
 
 def _extend_saved_classes(trainer: types.ModuleType) -> None:
-    """Trainer._save writes ``model.save_pretrained(...)`` for ``(PreTrainedModel, PeftModel)`` when PEFT is
-    installed, and the whole state dict otherwise: add peftkit's class to that tuple, PEFT installed or not."""
+    """Trainer._save writes ``model.save_pretrained(...)`` for ``(PreTrainedModel, PeftModel)`` when
+    PEFT is installed, and the whole state dict otherwise: add peftkit's class to that tuple, PEFT
+    installed or not."""
     theirs = getattr(trainer, "PeftModel", None)
     classes: tuple[type, ...] = tuple(_classes)
     if isinstance(theirs, type):
@@ -74,7 +80,8 @@ def _extend_saved_classes(trainer: types.ModuleType) -> None:
     trainer.PeftModel = classes  # type: ignore[attr-defined]
     available = getattr(trainer, "is_peft_available", None)
     if callable(available) and not getattr(available, "_peftkit", False):
-        def is_peft_available() -> bool:  # only the class test in _save and push_to_hub's file list read it
+        # only the class test in _save and push_to_hub's file list read it
+        def is_peft_available() -> bool:
             return True
 
         is_peft_available._peftkit = True  # type: ignore[attr-defined]
@@ -82,11 +89,12 @@ def _extend_saved_classes(trainer: types.ModuleType) -> None:
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patch ``transformers.trainer`` right after it is first imported: the finder that would load it finds
-    it, and its loader's ``exec_module`` is followed by the patch."""
+    """Patch ``transformers.trainer`` right after it is first imported: the finder that would load
+    it finds it, and its loader's ``exec_module`` is followed by the patch."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != _TRAINER:
             return None
         sys.meta_path.remove(self)  # one import is all it takes

@@ -1,10 +1,11 @@
-"""``PeftModel`` (PEFT's ``peft.peft_model``), split by concern: the API (:mod:`.model`), what transformers reads
-from a model (:mod:`.wrapper`, :mod:`.holder`), saving and loading (:mod:`.adapter_io`, :mod:`.format`,
-:mod:`.card`), checks before anything changes (:mod:`.checks`), weighted adapters (:mod:`.weighted`), status
-(:mod:`.status`) and embedding layers saved with an adapter (:mod:`.embeddings`).
+"""``PeftModel`` (PEFT's ``peft.peft_model``), split by concern: the API (:mod:`.model`), what
+transformers reads from a model (:mod:`.wrapper`, :mod:`.holder`), saving and loading
+(:mod:`.adapter_io`, :mod:`.format`, :mod:`.card`), checks before anything changes (:mod:`.checks`),
+weighted adapters (:mod:`.weighted`), status (:mod:`.status`) and embedding layers saved with an
+adapter (:mod:`.embeddings`).
 
-The model classes are imported on first use (PEP 562), so that a submodule such as :mod:`.format` can be
-imported without the whole model.
+The model classes are imported on first use (PEP 562), so that a submodule such as :mod:`.format`
+can be imported without the whole model.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Which base-model embedding weights travel with an adapter (PEFT's ``save_embedding_layers``).
 
-An adapter file normally holds only the adapter's tensors. PEFT adds the base model's input and output
-embedding weights when LoRA adapts an embedding layer or the vocabulary was resized (new tokens), because the
-adapter is then of no use without them; peftkit writes and reads those files the same way.
+An adapter file normally holds only the adapter's tensors. PEFT adds the base model's input and
+output embedding weights when LoRA adapts an embedding layer or the vocabulary was resized (new
+tokens), because the adapter is then of no use without them; peftkit writes and reads those files
+the same way.
 """
 
 from __future__ import annotations
@@ -22,24 +23,33 @@ from ..surgery import matches_target
 __all__ = ["EMBEDDING_LAYER_NAMES", "embedding_keys", "embedding_state"]
 
 EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
-"""PEFT's names of the layers it treats as embeddings when deciding ``save_embedding_layers="auto"``."""
+"""PEFT's names of the layers it treats as embeddings when deciding
+``save_embedding_layers="auto"``."""
 
 
-def embedding_state(model: Any, config: PeftConfig, save_embedding_layers: str | bool) -> dict[str, torch.Tensor]:
-    """The embedding weights to save beside adapter ``config``, under the model's keys, as PEFT decides it.
+def embedding_state(
+    model: Any, config: PeftConfig, save_embedding_layers: str | bool
+) -> dict[str, torch.Tensor]:
+    """The embedding weights to save beside adapter ``config``, under the model's keys, as PEFT
+    decides it.
 
-    ``"auto"`` saves them when the config targets an embedding layer, or when the model's vocabulary differs
-    from the base model's saved config (only a local base folder is read, never the network); ``True``
-    always, where the model says which its embedding layers are (a transformers model).
+    ``"auto"`` saves them when the config targets an embedding layer, or when the model's vocabulary
+    differs from the base model's saved config (only a local base folder is read, never the
+    network); ``True`` always, where the model says which its embedding layers are (a transformers
+    model).
     """
     base = model.get_base_model()
     targeted = _targets_an_embedding(base, config)
     if save_embedding_layers == "auto":
         if targeted:
-            warn_caller("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.")
+            warn_caller(
+                "Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`."
+            )
         elif _vocab_resized(base, config):
-            warn_caller("Setting `save_embedding_layers` to `True` as the embedding layer has been resized during "
-                          "finetuning.")
+            warn_caller(
+                "Setting `save_embedding_layers` to `True` as the embedding layer has been resized during "
+                "finetuning."
+            )
         else:
             return {}
     elif not save_embedding_layers:
@@ -59,14 +69,18 @@ def embedding_keys(model: Any) -> set[str]:
     return keys
 
 
-def _embedding_modules(model: Any, targeted: bool, quiet: bool = False) -> list[tuple[str, nn.Module]]:
-    """(name in ``model``, module) of the base model's input and output embeddings; when ``targeted``, the
-    plain layers that adapters wrap (their ``base_layer``)."""
+def _embedding_modules(
+    model: Any, targeted: bool, quiet: bool = False
+) -> list[tuple[str, nn.Module]]:
+    """(name in ``model``, module) of the base model's input and output embeddings; when
+    ``targeted``, the plain layers that adapters wrap (their ``base_layer``)."""
     base = model.get_base_model()
     get_input = getattr(base, "get_input_embeddings", None)
     if not callable(get_input):
         if not quiet:
-            warn_caller("Could not identify embedding layer(s) because the model is not a 🤗 transformers model.")
+            warn_caller(
+                "Could not identify embedding layer(s) because the model is not a 🤗 transformers model."
+            )
         return []
     get_output = getattr(base, "get_output_embeddings", None)
     layers = [get_input(), get_output() if callable(get_output) else None]
@@ -77,12 +91,16 @@ def _embedding_modules(model: Any, targeted: bool, quiet: bool = False) -> list[
 
 def _targets_an_embedding(base: nn.Module, config: PeftConfig) -> bool:
     targets = getattr(config, "target_modules", None)
-    if isinstance(targets, str) and targets != "all-linear":  # a regex: does it match a layer named like one?
+    # a regex: does it match a layer named like one?
+    if isinstance(targets, str) and targets != "all-linear":
         pattern = re.compile(r"(.*\.)?(" + "|".join(EMBEDDING_LAYER_NAMES) + r")$")
-        return any(pattern.match(key) and matches_target(targets, key) for key, _ in base.named_modules())
+        return any(
+            pattern.match(key) and matches_target(targets, key) for key, _ in base.named_modules()
+        )
     if not isinstance(targets, (list, set)):
         return False
-    return any(n in targets for n in EMBEDDING_LAYER_NAMES)  # PEFT's rule: the bare name among the targets
+    # PEFT's rule: the bare name among the targets
+    return any(n in targets for n in EMBEDDING_LAYER_NAMES)
 
 
 def _vocab_resized(base: nn.Module, config: PeftConfig) -> bool:
@@ -95,8 +113,8 @@ def _vocab_resized(base: nn.Module, config: PeftConfig) -> bool:
 
 @functools.cache
 def _saved_vocab(folder: str) -> int | None:
-    """The vocabulary size in a base model folder's config.json, read once per process (every checkpoint of
-    a run asks)."""
+    """The vocabulary size in a base model folder's config.json, read once per process (every
+    checkpoint of a run asks)."""
     from transformers import AutoConfig
 
     return getattr(AutoConfig.from_pretrained(folder), "vocab_size", None)

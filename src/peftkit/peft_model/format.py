@@ -1,9 +1,10 @@
 """The adapter file format, in one place: Hugging Face PEFT's folder layout, keys and config.
 
-A saved adapter is a folder with ``adapter_config.json`` and ``adapter_model.safetensors``. Tensor keys
-are the model's parameter names with the adapter name removed (``base_model.model.<path>.lora_A.weight``);
-prompt methods save one tensor, ``prompt_embeddings``. A non-default adapter saved next to others goes
-into a subfolder of its name. Every write is atomic: a temporary file, fsync, then rename.
+A saved adapter is a folder with ``adapter_config.json`` and ``adapter_model.safetensors``. Tensor
+keys are the model's parameter names with the adapter name removed
+(``base_model.model.<path>.lora_A.weight``); prompt methods save one tensor, ``prompt_embeddings``.
+A non-default adapter saved next to others goes into a subfolder of its name. Every write is atomic:
+a temporary file, fsync, then rename.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ PROMPT_KEY = "prompt_embeddings"
 
 
 def file_keys(model: torch.nn.Module, adapter_name: str) -> dict[str, str]:
-    """Adapter ``adapter_name``'s keys in ``model`` -> its keys in the file, as its layers name them: the file
-    drops the adapter's name (``q_proj.lora_A.default.weight`` -> ``q_proj.lora_A.weight``;
-    ``score.modules_to_save.default.weight`` -> ``score.weight``), as PEFT's does."""
+    """Adapter ``adapter_name``'s keys in ``model`` -> its keys in the file, as its layers name
+    them: the file drops the adapter's name (``q_proj.lora_A.default.weight`` ->
+    ``q_proj.lora_A.weight``; ``score.modules_to_save.default.weight`` -> ``score.weight``), as
+    PEFT's does."""
     tensors = [*adapter_parameters(model, adapter_name), *adapter_buffers(model, adapter_name)]
     return {key: in_file for key, in_file, _ in tensors}
 
@@ -50,56 +52,86 @@ def file_keys(model: torch.nn.Module, adapter_name: str) -> dict[str, str]:
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of ``model`` under each of its names, tied aliases included."""
     params = model.named_parameters(remove_duplicate=False)
-    return {**dict(model.named_buffers(remove_duplicate=False)), **{k: p.detach() for k, p in params}}
+    return {
+        **dict(model.named_buffers(remove_duplicate=False)),
+        **{k: p.detach() for k, p in params},
+    }
 
 
-def lora_state_dict(model: torch.nn.Module, adapter_name: str, bias: str,
-                    state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of a LoRA-style adapter under PEFT's file keys (biases per the config's ``bias``), taken from
-    ``state`` when given (a whole model's state dict, as Trainer passes one gathered from shards)."""
-    # Parameters and buffers rather than state_dict(): under FSDP's full_parameters() the whole ones, where
-    # state_dict() would return shards. Tied aliases are listed under each name: a head tied to the embedding's
-    # trainable copy (ensure_weight_tying) is saved under both, as PEFT saves it.
+def lora_state_dict(
+    model: torch.nn.Module,
+    adapter_name: str,
+    bias: str,
+    state: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The tensors of a LoRA-style adapter under PEFT's file keys (biases per the config's
+    ``bias``), taken from ``state`` when given (a whole model's state dict, as Trainer passes one
+    gathered from shards)."""
+    # Parameters and buffers rather than state_dict(): under FSDP's full_parameters() the whole
+    # ones, where state_dict() would return shards. Tied aliases are listed under each name: a head
+    # tied to the embedding's trainable copy (ensure_weight_tying) is saved under both, as PEFT
+    # saves it.
     if state is None:
         state = _tensors(model)
-    out = {in_file: state[key] for key, in_file in file_keys(model, adapter_name).items() if key in state}
+    out = {
+        in_file: state[key]
+        for key, in_file in file_keys(model, adapter_name).items()
+        if key in state
+    }
     if bias == "all":
-        out.update({k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k})
+        out.update(
+            {k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k}
+        )
     elif bias == "lora_only":
         lora_paths = {k.split(".lora_")[0] for k in out if ".lora_" in k}
-        out.update({f"{p}.base_layer.bias": state[f"{p}.base_layer.bias"] for p in lora_paths
-                    if f"{p}.base_layer.bias" in state})
+        out.update(
+            {
+                f"{p}.base_layer.bias": state[f"{p}.base_layer.bias"]
+                for p in lora_paths
+                if f"{p}.base_layer.bias" in state
+            }
+        )
     return out
 
 
 def rebase_prompt_keys(tensors: dict[str, torch.Tensor], to_file: bool) -> dict[str, torch.Tensor]:
-    """PEFT's prompt-learning models hold the base model directly as ``base_model`` (no ``.model``), so the
-    extra tensors of those adapters (``modules_to_save`` heads) are keyed ``base_model.<path>`` in files."""
+    """PEFT's prompt-learning models hold the base model directly as ``base_model`` (no ``.model``),
+    so the extra tensors of those adapters (``modules_to_save`` heads) are keyed
+    ``base_model.<path>`` in files."""
     ours, theirs = "base_model.model.", "base_model."
     src, dst = (ours, theirs) if to_file else (theirs, ours)
-    return {(dst + k[len(src):] if k.startswith(src) else k): v for k, v in tensors.items()}
+    return {(dst + k[len(src) :] if k.startswith(src) else k): v for k, v in tensors.items()}
 
 
 def to_model_keys(
-    model: torch.nn.Module, adapter_name: str, tensors: dict[str, torch.Tensor], source: str,
-    allowed: set[str] | None = None, ignore_mismatched_sizes: bool = False,
+    model: torch.nn.Module,
+    adapter_name: str,
+    tensors: dict[str, torch.Tensor],
+    source: str,
+    allowed: set[str] | None = None,
+    ignore_mismatched_sizes: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Map file keys back to ``model``'s parameter names for ``adapter_name``, checking keys, shapes and values.
+    """Map file keys back to ``model``'s parameter names for ``adapter_name``, checking keys, shapes
+    and values.
 
     Args:
-        allowed: the file keys the adapter's config writes besides its own layers' tensors (the biases of
-            ``bias="all"``); a key naming any other base-model weight is refused, never loaded over it.
-        ignore_mismatched_sizes: leave tensors whose shape differs out (their layers keep their initial
-            values) with a warning naming each, as PEFT does when asked (a base whose embedding was resized).
+        allowed: the file keys the adapter's config writes besides its own layers' tensors (the
+            biases of ``bias="all"``); a key naming any other base-model weight is refused, never
+            loaded over it.
+        ignore_mismatched_sizes: leave tensors whose shape differs out (their layers keep their
+            initial values) with a warning naming each, as PEFT does when asked (a base whose
+            embedding was resized).
 
     Raises:
-        AdapterFormatError: a tensor has no place in the model or names a base weight, an adapter weight is
-            missing, or a value is NaN or infinite; the message names the tensor.
+        AdapterFormatError: a tensor has no place in the model or names a base weight, an adapter
+            weight is missing, or a value is NaN or infinite; the message names the tensor.
         AdapterShapeError: a shape differs (and ``ignore_mismatched_sizes`` is False).
     """
     state = _tensors(model)
     skipped: list[str] = []
-    wanted = {in_file: key for key, in_file in file_keys(model, adapter_name).items() if key in state}
+    wanted = {
+        in_file: key for key, in_file in file_keys(model, adapter_name).items() if key in state
+    }
     extra = {k for k in (allowed or set()) if k in state}
     out: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
@@ -110,17 +142,22 @@ def to_model_keys(
                 f"{source}: tensor {file_key!r} names a weight of the base model, not of the adapter; loading it "
                 "would overwrite the base model. An adapter file holds only the adapter's own tensors (and the "
                 "embedding weights, which PEFT saves beside some adapters): this file was made by another tool or "
-                "tampered with.")
+                "tampered with."
+            )
         if model_key is None:
             unexpected.append(file_key)
             continue
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise AdapterFormatError(f"{source}: tensor {file_key!r} holds NaN or infinite values; the adapter was "
-                                     "saved from a diverged run or the file is damaged. Use an earlier checkpoint.")
+            raise AdapterFormatError(
+                f"{source}: tensor {file_key!r} holds NaN or infinite values; the adapter was "
+                "saved from a diverged run or the file is damaged. Use an earlier checkpoint."
+            )
         expected = tuple(state[model_key].shape)
         if tuple(tensor.shape) != expected and ignore_mismatched_sizes:
-            skipped.append(f"- {model_key}: found shape {tuple(tensor.shape)} in the checkpoint and {expected} in "
-                           "the model instantiated")
+            skipped.append(
+                f"- {model_key}: found shape {tuple(tensor.shape)} in the checkpoint and {expected} in "
+                "the model instantiated"
+            )
             continue
         if tuple(tensor.shape) != expected:
             raise AdapterShapeError(
@@ -131,15 +168,20 @@ def to_model_keys(
             )
         out[model_key] = tensor
     if unexpected:
-        shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        shown = ", ".join(unexpected[:5]) + (
+            f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+        )
         raise AdapterFormatError(
             f"{source}: {len(unexpected)} tensor(s) match no layer of this model: {shown}. "
             "The adapter was made for a different base model or target layers."
         )
     if skipped:
-        warn_caller(f"Some weights of {type(model).__name__} were not initialized from the model checkpoint "
-                      "and are being ignored because you passed `ignore_mismatched_sizes=True`: "
-                      + "\n".join(skipped) + ".")
+        warn_caller(
+            f"Some weights of {type(model).__name__} were not initialized from the model checkpoint "
+            "and are being ignored because you passed `ignore_mismatched_sizes=True`: "
+            + "\n".join(skipped)
+            + "."
+        )
     missing = sorted(set(wanted) - set(tensors))
     if missing:
         raise AdapterFormatError(
@@ -149,16 +191,25 @@ def to_model_keys(
     return out
 
 
-def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: dict[str, torch.Tensor],
-                  safe_serialization: bool = True) -> None:
-    """Write ``adapter_model.safetensors`` then ``adapter_config.json`` into ``folder``, each atomically.
+def write_adapter(
+    folder: str | os.PathLike[str],
+    config: PeftConfig,
+    tensors: dict[str, torch.Tensor],
+    safe_serialization: bool = True,
+) -> None:
+    """Write ``adapter_model.safetensors`` then ``adapter_config.json`` into ``folder``, each
+    atomically.
 
-    ``safe_serialization=False`` (asked for explicitly, as in PEFT) writes the tensors as PEFT's legacy
-    ``adapter_model.bin`` instead: a torch pickle of tensors only, which peftkit (and PEFT) read back with
-    ``torch.load(weights_only=True)``. The file of the other format, if one is there, is removed, so the folder
-    loads as just saved."""
+    ``safe_serialization=False`` (asked for explicitly, as in PEFT) writes the tensors as PEFT's
+    legacy ``adapter_model.bin`` instead: a torch pickle of tensors only, which peftkit (and PEFT)
+    read back with ``torch.load(weights_only=True)``. The file of the other format, if one is there,
+    is removed, so the folder loads as just saved."""
     folder = Path(folder)
-    name, stale = (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME) if safe_serialization else (LEGACY_WEIGHTS_NAME, WEIGHTS_NAME)
+    name, stale = (
+        (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME)
+        if safe_serialization
+        else (LEGACY_WEIGHTS_NAME, WEIGHTS_NAME)
+    )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         contiguous = _unshared({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
@@ -178,8 +229,8 @@ def write_adapter(folder: str | os.PathLike[str], config: PeftConfig, tensors: d
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copies for tensors that share memory with an earlier one (tied input and output embeddings), which
-    safetensors refuses to write as they are."""
+    """Copies for tensors that share memory with an earlier one (tied input and output embeddings),
+    which safetensors refuses to write as they are."""
     seen: set[int] = set()
     out = {}
     for key, tensor in tensors.items():
@@ -189,8 +240,11 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_adapter_weights(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load the adapter tensors: safetensors, or a legacy ``.bin`` through ``torch.load(weights_only=True)``."""
+def load_adapter_weights(
+    folder: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Load the adapter tensors: safetensors, or a legacy ``.bin`` through
+    ``torch.load(weights_only=True)``."""
     folder = Path(folder)
     safe, legacy = folder / WEIGHTS_NAME, folder / LEGACY_WEIGHTS_NAME
     if safe.is_file():
@@ -220,7 +274,10 @@ def _load_legacy(path: Path, device: str | torch.device) -> dict[str, torch.Tens
 
 
 def resolve_adapter_path(
-    model_id: str | os.PathLike[str], subfolder: str | None = None, revision: str | None = None, **_: Any
+    model_id: str | os.PathLike[str],
+    subfolder: str | None = None,
+    revision: str | None = None,
+    **_: Any,
 ) -> Path:
     """A local adapter folder for ``model_id``: the folder itself, or a hub download when online.
 
@@ -231,13 +288,17 @@ def resolve_adapter_path(
     if path.is_dir():
         return path
     text = os.fspath(model_id)
-    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not Path(text).exists()
+    looks_like_hub_id = (
+        re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not Path(text).exists()
+    )
     if looks_like_hub_id:
         try:
             from huggingface_hub import snapshot_download
 
             local = snapshot_download(
-                text, revision=revision, allow_patterns=["*adapter_config.json", "*adapter_model.safetensors"]
+                text,
+                revision=revision,
+                allow_patterns=["*adapter_config.json", "*adapter_model.safetensors"],
             )
             return Path(local) / subfolder if subfolder else Path(local)
         except Exception as err:  # offline, unknown repo, auth: all mean "not available here"
@@ -245,4 +306,6 @@ def resolve_adapter_path(
                 f"{text!r} is not a local folder and could not be fetched from the hub ({type(err).__name__}). "
                 "Pass the folder that save_pretrained wrote."
             ) from err
-    raise AdapterFormatError(f"adapter folder {path} does not exist; pass the folder that save_pretrained wrote")
+    raise AdapterFormatError(
+        f"adapter folder {path} does not exist; pass the folder that save_pretrained wrote"
+    )

@@ -16,11 +16,13 @@ __all__ = ["BaseModelHolder"]
 
 
 class BaseModelHolder(nn.Module):
-    """Holds the wrapped model as ``.model`` so parameter names read ``base_model.model.<path>`` as in PEFT.
+    """Holds the wrapped model as ``.model`` so parameter names read ``base_model.model.<path>`` as
+    in PEFT.
 
     PEFT code also calls the tuner methods on ``peft_model.base_model`` (``set_adapter``,
-    ``disable_adapter_layers``, ...): each is answered explicitly by the :class:`PeftModel` that owns it.
-    Any other attribute is the wrapped model's, as PEFT's tuner forwards it (``base_model.lm_head``).
+    ``disable_adapter_layers``, ...): each is answered explicitly by the :class:`PeftModel` that
+    owns it. Any other attribute is the wrapped model's, as PEFT's tuner forwards it
+    (``base_model.lm_head``).
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -37,9 +39,9 @@ class BaseModelHolder(nn.Module):
         self.bind(owner)
 
     def bind(self, owner: Any) -> None:
-        """Answer for ``owner``, held weakly: a strong reference would put every PeftModel in a reference
-        cycle, freed only by the garbage collector (under torchrun, possibly at interpreter shutdown, after the
-        process group it reaches is gone)."""
+        """Answer for ``owner``, held weakly: a strong reference would put every PeftModel in a
+        reference cycle, freed only by the garbage collector (under torchrun, possibly at
+        interpreter shutdown, after the process group it reaches is gone)."""
         object.__setattr__(self, "_owner", weakref.ref(owner) if owner is not None else None)
 
     def _peft(self) -> Any:
@@ -76,25 +78,32 @@ class BaseModelHolder(nn.Module):
         self._peft().delete_adapter(adapter_name)
 
     def disable_adapter_layers(self) -> None:
-        """Run the base model alone until :meth:`enable_adapter_layers` (merged adapters are unmerged); the
-        adapters are frozen meanwhile, as in PEFT."""
+        """Run the base model alone until :meth:`enable_adapter_layers` (merged adapters are
+        unmerged); the adapters are frozen meanwhile, as in PEFT."""
         surgery.set_disabled(self.model, True)
         self._peft().requires_grad_(False)
 
     def enable_adapter_layers(self) -> None:
-        """Apply the adapters again; the active one trains again (unless it was loaded for inference)."""
+        """Apply the adapters again; the active one trains again (unless it was loaded for
+        inference)."""
         surgery.set_disabled(self.model, False)
         peft = self._peft()
         peft.set_adapter(peft.active_adapter, inference_mode=peft.active_peft_config.inference_mode)
 
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+    def merge_adapter(
+        self, adapter_names: list[str] | None = None, safe_merge: bool = False
+    ) -> None:
         self._peft().merge_adapter(adapter_names, safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
         self._peft().unmerge_adapter()
 
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: list[str] | None = None) -> nn.Module:
+    def merge_and_unload(
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
         return self._peft().merge_and_unload(progressbar, safe_merge, adapter_names)
 
     def unload(self) -> nn.Module:
@@ -105,7 +114,8 @@ class BaseModelHolder(nn.Module):
         return self._peft().prefix
 
     def _get_module_names_tied_with_embedding(self) -> list[str]:
-        """The modules tied to the input embeddings (PEFT's tuner method; see :mod:`peftkit.surgery.tying`)."""
+        """The modules tied to the input embeddings (PEFT's tuner method; see
+        :mod:`peftkit.surgery.tying`)."""
         return tying.module_names_tied_with_embedding(self.model)
 
     @property

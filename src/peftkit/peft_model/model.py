@@ -1,9 +1,10 @@
 """``PeftModel``: a base model plus named adapters, with Hugging Face PEFT's API.
 
-The module tree mirrors PEFT's (``base_model.model.<path>.lora_A.<name>.weight``) so parameter names,
-saved keys and Trainer checkpoints line up. This class is the facade: layer changes go through
-:mod:`peftkit.surgery`, files through :mod:`peftkit.peft_model.adapter_io`, prompt methods through
-:mod:`peftkit.tuners.prompt.model`, and what transformers reads from a model through :mod:`peftkit.peft_model.wrapper`.
+The module tree mirrors PEFT's (``base_model.model.<path>.lora_A.<name>.weight``) so parameter
+names, saved keys and Trainer checkpoints line up. This class is the facade: layer changes go
+through :mod:`peftkit.surgery`, files through :mod:`peftkit.peft_model.adapter_io`, prompt methods
+through :mod:`peftkit.tuners.prompt.model`, and what transformers reads from a model through
+:mod:`peftkit.peft_model.wrapper`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "get_peft_model",
 ]
 
+
 class PeftModel(ModelWrapper):
     """A model with one or more adapters, one of them active.
 
@@ -68,58 +70,70 @@ class PeftModel(ModelWrapper):
 
     task_type: TaskType | None = None
 
-    def __init__(self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default") -> None:
+    def __init__(
+        self, model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default"
+    ) -> None:
         super().__init__()
         self.base_model = BaseModelHolder(model, self)  # holds self weakly: no reference cycle
         self.peft_config: dict[str, PeftConfig] = {}
         self.prompt_encoder = nn.ModuleDict()
         self.active_adapter = adapter_name
-        self._also_active: list[str] = []  # adapters applied together with active_adapter (base_model.set_adapter)
+        # adapters applied together with active_adapter (base_model.set_adapter)
+        self._also_active: list[str] = []
         self._disabled = False
-        self._targeted: list[str] = []  # adapted layer names in the order adapters first reached them (PEFT's)
+        # adapted layer names in the order adapters first reached them (PEFT's)
+        self._targeted: list[str] = []
         self.register_state_dict_post_hook(_drop_tied_aliases)
-        trainer_support.install(PeftModel)  # transformers.Trainer checkpoints and losses as for PEFT's models
+        # transformers.Trainer checkpoints and losses as for PEFT's models
+        trainer_support.install(PeftModel)
         if _checkpointing(model):
             self.prepare_model_for_gradient_checkpointing(model)
         self.add_adapter(adapter_name, peft_config)
         self.set_adapter(adapter_name)
 
     def prepare_model_for_gradient_checkpointing(self, model: nn.Module) -> nn.Module:
-        """Make the input embeddings' output require grads, so a checkpointed frozen model still backpropagates
-        to the adapters (PEFT's method; quantized models are left alone, as there)."""
+        """Make the input embeddings' output require grads, so a checkpointed frozen model still
+        backpropagates to the adapters (PEFT's method; quantized models are left alone, as
+        there)."""
         if is_quantized_model(model):
             return model
         loose: Any = model  # a transformers model, or any module with these methods
         if hasattr(loose, "enable_input_require_grads"):
             loose.enable_input_require_grads()
         elif hasattr(loose, "get_input_embeddings"):
-            loose.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+            loose.get_input_embeddings().register_forward_hook(
+                lambda _m, _i, out: out.requires_grad_(True)
+            )
         return model
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """After copy.deepcopy or unpickling, the copied holder answers for the copy, not the original."""
+        """After copy.deepcopy or unpickling, the copied holder answers for the copy, not the
+        original."""
         super().__setstate__(state)
         self.base_model.bind(self)
 
-    # ----- adapters ----------------------------------------------------------------------------------
+    # ----- adapters
+    # ----------------------------------------------------------------------------------
 
     @property
     def active_adapters(self) -> list[str]:
-        """The adapters ``forward`` applies; empty once the last adapter is deleted (``active_adapter`` is then
-        ``""``), as in PEFT."""
+        """The adapters ``forward`` applies; empty once the last adapter is deleted
+        (``active_adapter`` is then ``""``), as in PEFT."""
         if self.active_adapter not in self.peft_config:
             return []
         return [self.active_adapter, *self._also_active]
 
     @property
     def modules_to_save(self) -> set[str] | None:
-        """The modules that some adapter trains in full (a copy per adapter), or None (PEFT's attribute)."""
+        """The modules that some adapter trains in full (a copy per adapter), or None (PEFT's
+        attribute)."""
         names = {m for c in self.peft_config.values() for m in (c.modules_to_save or [])}
         return names or None
 
     @property
     def has_active_enabled_adapter(self) -> bool:
-        """False inside :meth:`disable_adapter` (or after ``base_model.disable_adapter_layers()``), else True."""
+        """False inside :meth:`disable_adapter` (or after ``base_model.disable_adapter_layers()``),
+        else True."""
         return not self._disabled and surgery.disabled_states(self.get_base_model()) != {True}
 
     @property
@@ -133,12 +147,18 @@ class PeftModel(ModelWrapper):
             )
         return self.peft_config[adapter_name]
 
-    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
-                    autocast_adapter_dtype: bool = True) -> None:
+    def add_adapter(
+        self,
+        adapter_name: str,
+        peft_config: PeftConfig,
+        low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
         """Add a new adapter (inactive until :meth:`set_adapter`).
 
-        ``autocast_adapter_dtype=False`` keeps its tensors in the dtype of the layers it adapts (PEFT's option);
-        ``low_cpu_mem_usage=True`` creates them on the meta device, to be filled by loading (as PEFT does).
+        ``autocast_adapter_dtype=False`` keeps its tensors in the dtype of the layers it adapts
+        (PEFT's option); ``low_cpu_mem_usage=True`` creates them on the meta device, to be filled by
+        loading (as PEFT does).
 
         Raises:
             ConfigError: the name is taken, or the config's task does not fit this model.
@@ -150,37 +170,45 @@ class PeftModel(ModelWrapper):
             config = config.replace(task_type=self.task_type)
         base = self.get_base_model()
         before = {name: p.requires_grad for name, p in self.named_parameters()}
-        # the task's head trains in full (modules_to_save) before any layer is targeted: a target list naming it
-        # then adapts nothing there, as in PEFT
+        # the task's head trains in full (modules_to_save) before any layer is targeted: a target
+        # list naming it then adapts nothing there, as in PEFT
         defaults = self._default_modules_to_save(base, config)
         if defaults:
-            config = config.replace(modules_to_save=list(dict.fromkeys([*(config.modules_to_save or []), *defaults])))
-        config = self._inject(base, config, adapter_name)  # resolved against the model: a new config
+            config = config.replace(
+                modules_to_save=list(dict.fromkeys([*(config.modules_to_save or []), *defaults]))
+            )
+        # resolved against the model: a new config
+        config = self._inject(base, config, adapter_name)
         if config.modules_to_save:
             modules = list(config.modules_to_save)
             surgery.add_modules_to_save(base, modules, adapter_name, tying.saved_ties(base, config))
-        self.peft_config[adapter_name] = adopt(peft_config, config)  # as in PEFT, the object given is the config
+        # as in PEFT, the object given is the config
+        self.peft_config[adapter_name] = adopt(peft_config, config)
         self._targeted += [n for n in surgery.adapted_layer_names(base) if n not in self._targeted]
         if not autocast_adapter_dtype:
             surgery.cast_adapter_to_layers(base, adapter_name)
-        if low_cpu_mem_usage:  # empty until loaded (load_adapter, set_peft_model_state_dict), as in PEFT
+        # empty until loaded (load_adapter, set_peft_model_state_dict), as in PEFT
+        if low_cpu_mem_usage:
             surgery.adapter_to_meta(base, adapter_name)
-        # a new adapter stays inactive and frozen until chosen, and every other parameter keeps its requires_grad,
-        # as in PEFT; when the active one was deleted (the model held no adapter), the new one is all there is
+        # a new adapter stays inactive and frozen until chosen, and every other parameter keeps its
+        # requires_grad, as in PEFT; when the active one was deleted (the model held no adapter),
+        # the new one is all there is
         if self.active_adapter not in self.peft_config or self.active_adapter == adapter_name:
             self.set_adapter(adapter_name)
             return
-        surgery.set_active(base, self.active_adapters)  # the new layers learn which adapters are active
+        # the new layers learn which adapters are active
+        surgery.set_active(base, self.active_adapters)
         for name, param in self.named_parameters():
             param.requires_grad_(before.get(name, False))
 
     def _inject(self, base: nn.Module, config: PeftConfig, adapter_name: str) -> PeftConfig:
-        """Add the adapter's layers or prompt module, as its method does (:mod:`peftkit.methods`); returns the
-        config resolved against ``base``."""
+        """Add the adapter's layers or prompt module, as its method does (:mod:`peftkit.methods`);
+        returns the config resolved against ``base``."""
         method = method_for(config)
         if method.inject is not None:
             return cast(PeftConfig, method.inject(base, config, adapter_name))
-        config = prompting.resolve(base, cast(PromptLearningConfig, config))  # the model's sizes filled in
+        # the model's sizes filled in
+        config = prompting.resolve(base, cast(PromptLearningConfig, config))
         self.prompt_encoder[adapter_name] = cast(Any, method.prompt_module)(base, config)
         return config
 
@@ -188,8 +216,8 @@ class PeftModel(ModelWrapper):
         return []
 
     def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
-        """Make ``adapter_name`` the adapter that ``forward`` applies; only its weights train (none with
-        ``inference_mode``, as in PEFT)."""
+        """Make ``adapter_name`` the adapter that ``forward`` applies; only its weights train (none
+        with ``inference_mode``, as in PEFT)."""
         config = self._require(adapter_name)
         self.active_adapter = adapter_name
         self._also_active = []
@@ -202,29 +230,36 @@ class PeftModel(ModelWrapper):
             self.requires_grad_(False)
 
     def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
-        """Turn gradients on (or off) for the given layer adapters' tensors, whichever adapter is active (PEFT's
-        method).
+        """Turn gradients on (or off) for the given layer adapters' tensors, whichever adapter is
+        active (PEFT's method).
 
         Raises:
             TypeError: the active adapter is a prompt method (PEFT's words).
         """
         if self.active_peft_config.is_prompt_learning:
-            raise TypeError("Setting `requires_grad` is not supported for prompt learning methods like "
-                            f"{self.active_peft_config.peft_type_name}.")
+            raise TypeError(
+                "Setting `requires_grad` is not supported for prompt learning methods like "
+                f"{self.active_peft_config.peft_type_name}."
+            )
         for name in [adapter_names] if isinstance(adapter_names, str) else adapter_names:
             self._require(name)
             for _, _, param in surgery.adapter_parameters(self.get_base_model(), name):
                 param.requires_grad_(requires_grad)
 
     def _set_active_many(self, names: list[str]) -> None:
-        """Several LoRA/IA3 adapters applied together (PEFT's ``base_model.set_adapter([...])``), all trainable."""
+        """Several LoRA/IA3 adapters applied together (PEFT's ``base_model.set_adapter([...])``),
+        all trainable."""
         for name in names:
             if self._require(name).is_prompt_learning:
-                raise ConfigError(f"{name!r} is a prompt-learning adapter; only layer adapters can be active together")
+                raise ConfigError(
+                    f"{name!r} is a prompt-learning adapter; only layer adapters can be active together"
+                )
         shared = surgery.shared_trainable_copies(self.get_base_model(), names)
         if shared:  # checked before any layer changes (PEFT's words)
-            raise ConfigError(f"Only one adapter can be set at a time for ModulesToSaveWrapper: {shared} hold a full "
-                              f"copy for several of {names}, and copies cannot be combined")
+            raise ConfigError(
+                f"Only one adapter can be set at a time for ModulesToSaveWrapper: {shared} hold a full "
+                f"copy for several of {names}, and copies cannot be combined"
+            )
         self.set_adapter(names[0])
         self._also_active = list(names[1:])
         base = self.get_base_model()
@@ -236,13 +271,16 @@ class PeftModel(ModelWrapper):
         """Remove an adapter. Deleting the active one activates another, if any remains.
 
         Raises:
-            AdapterStateError: the adapter is merged into the weights (unmerge it first, as PEFT requires).
+            AdapterStateError: the adapter is merged into the weights (unmerge it first, as PEFT
+                requires).
         """
         self._require(adapter_name)
         if adapter_name in surgery.merged_names(self.get_base_model()):
-            raise AdapterStateError(f"Cannot delete adapter(s) {[adapter_name]} while they are merged. Please unmerge "
-                                    "them first. Call unmerge_adapter(): deleting it now would leave its update in "
-                                    "the weights")
+            raise AdapterStateError(
+                f"Cannot delete adapter(s) {[adapter_name]} while they are merged. Please unmerge "
+                "them first. Call unmerge_adapter(): deleting it now would leave its update in "
+                "the weights"
+            )
         surgery.delete_adapter(self.get_base_model(), adapter_name)
         if adapter_name in self.prompt_encoder:
             del self.prompt_encoder[adapter_name]
@@ -264,14 +302,18 @@ class PeftModel(ModelWrapper):
     def disable_adapter(self) -> Iterator[None]:
         """Within this context the model behaves as the base model (merged weights are unmerged).
 
-        Afterwards the layers are as they were: still disabled if all were (``disable_adapter_layers``); when
-        some were and some were not, PEFT's warning, and all are enabled again. Nothing trains meanwhile (PEFT).
+        Afterwards the layers are as they were: still disabled if all were
+        (``disable_adapter_layers``); when some were and some were not, PEFT's warning, and all are
+        enabled again. Nothing trains meanwhile (PEFT).
         """
         states = surgery.disabled_states(self.get_base_model())
         if len(states) > 1:
-            warnings.warn("The model contains some adapter layers that are enabled and others that are disabled. "
-                          "This is most likely unintentional. After exiting the disable_adapter context, all "
-                          "adapters will be enabled", stacklevel=3)
+            warnings.warn(
+                "The model contains some adapter layers that are enabled and others that are disabled. "
+                "This is most likely unintentional. After exiting the disable_adapter context, all "
+                "adapters will be enabled",
+                stacklevel=3,
+            )
         was_disabled, trainable = self._disabled, [p for p in self.parameters() if p.requires_grad]
         surgery.set_disabled(self.get_base_model(), True)
         self.requires_grad_(False)
@@ -285,48 +327,78 @@ class PeftModel(ModelWrapper):
                 param.requires_grad_(True)
             self._disabled = was_disabled
 
-    # ----- merging -----------------------------------------------------------------------------------
+    # ----- merging
+    # -----------------------------------------------------------------------------------
 
     def _require_layer_adapters(self, names: list[str], action: str) -> None:
         prompt = [n for n in names if self._require(n).is_prompt_learning]
         if prompt:
-            raise PromptAdapterError(f"cannot {action} prompt-learning adapter(s) {prompt}: they change no weight")
+            raise PromptAdapterError(
+                f"cannot {action} prompt-learning adapter(s) {prompt}: they change no weight"
+            )
 
-    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
-                             combination_type: str = "svd", svd_rank: int | None = None, density: float | None = None,
-                             majority_sign_method: str = "total") -> None:
-        """Create LoRA adapter ``adapter_name`` (inactive) as a weighted combination of LoRA ``adapters``, one
-        weight each (negative subtracts), as PEFT does: ``combination_type`` ``linear``, ``cat``, ``svd`` (to
-        ``svd_rank``), ``ties``, ``dare_*``, ``magnitude_prune`` (and ``_svd`` forms) keeping a ``density`` share;
-        ``majority_sign_method`` is how TIES elects signs. See :func:`peftkit.peft_model.weighted.plan`.
+    def add_weighted_adapter(
+        self,
+        adapters: list[str],
+        weights: list[float],
+        adapter_name: str,
+        combination_type: str = "svd",
+        svd_rank: int | None = None,
+        density: float | None = None,
+        majority_sign_method: str = "total",
+    ) -> None:
+        """Create LoRA adapter ``adapter_name`` (inactive) as a weighted combination of LoRA
+        ``adapters``, one weight each (negative subtracts), as PEFT does: ``combination_type``
+        ``linear``, ``cat``, ``svd`` (to ``svd_rank``), ``ties``, ``dare_*``, ``magnitude_prune``
+        (and ``_svd`` forms) keeping a ``density`` share; ``majority_sign_method`` is how TIES
+        elects signs. See :func:`peftkit.peft_model.weighted.plan`.
 
         Raises:
-            ConfigError: unknown adapters or combination, mismatched weights or ranks, or non-LoRA adapters.
+            ConfigError: unknown adapters or combination, mismatched weights or ranks, or non-LoRA
+                adapters.
         """
         configs = [self._require(a) for a in adapters]
-        weighted.check_no_shared_copies(surgery.shared_trainable_copies(self.get_base_model(), adapters))
+        weighted.check_no_shared_copies(
+            surgery.shared_trainable_copies(self.get_base_model(), adapters)
+        )
         if {method_for(c).name for c in configs} == {"ia3"}:  # PEFT's IA3 combination: sum(w * l)
-            if adapter_name not in self.peft_config:  # PEFT leaves an existing adapter of that name alone
+            # PEFT leaves an existing adapter of that name alone
+            if adapter_name not in self.peft_config:
                 self.add_adapter(adapter_name, weighted.plan_ia3(configs, weights))
                 surgery.combine_ia3(self.get_base_model(), adapters, list(weights), adapter_name)
             return
-        plan = weighted.plan(configs, weights, combination_type, svd_rank, density, majority_sign_method)
+        plan = weighted.plan(
+            configs, weights, combination_type, svd_rank, density, majority_sign_method
+        )
         self.add_adapter(adapter_name, plan.config)
-        surgery.combine_lora(self.get_base_model(), adapters, list(weights), adapter_name, plan.combination,
-                             plan.rank, density=plan.density, sign_method=majority_sign_method)
+        surgery.combine_lora(
+            self.get_base_model(),
+            adapters,
+            list(weights),
+            adapter_name,
+            plan.combination,
+            plan.rank,
+            density=plan.density,
+            sign_method=majority_sign_method,
+        )
 
-    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a no-op.
+    def merge_adapter(
+        self, adapter_names: list[str] | None = None, safe_merge: bool = False
+    ) -> None:
+        """Fold the active adapter (or ``adapter_names``) into the base weights. Merging twice is a
+        no-op.
 
-        A NaN or infinite adapter is always refused before it reaches a weight; ``safe_merge`` (PEFT's flag)
-        also checks the merged weights.
+        A NaN or infinite adapter is always refused before it reaches a weight; ``safe_merge``
+        (PEFT's flag) also checks the merged weights.
         """
         names = adapter_names or self.active_adapters
         self._require_layer_adapters(names, "merge")
         merged = surgery.merged_names(self.get_base_model())
         if merged and set(names) <= merged:
-            warnings.warn("All adapters are already merged, nothing to do.", stacklevel=2)  # PEFT's words
-        # no names: each layer merges the adapters active in it (PEFT's rule; a layer can be told several)
+            # PEFT's words
+            warnings.warn("All adapters are already merged, nothing to do.", stacklevel=2)
+        # no names: each layer merges the adapters active in it (PEFT's rule; a layer can be told
+        # several)
         surgery.merge(self.get_base_model(), adapter_names)
         if safe_merge:
             check_finite_weights(self.get_base_model())
@@ -335,9 +407,14 @@ class PeftModel(ModelWrapper):
         """Restore the base weights from before any merge."""
         surgery.unmerge(self.get_base_model())
 
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
-                         adapter_names: list[str] | None = None) -> nn.Module:
-        """Merge the active adapter (or ``adapter_names``, only those) and return the plain base model."""
+    def merge_and_unload(
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
+        """Merge the active adapter (or ``adapter_names``, only those) and return the plain base
+        model."""
         names = adapter_names or [self.active_adapter]
         self._require_layer_adapters(names, "merge")
         base = self.get_base_model()
@@ -348,41 +425,55 @@ class PeftModel(ModelWrapper):
             check_finite_weights(base)
         merged = surgery.unload(base, keep_merged=True)
         if surgery.record_untied_embeddings(merged):
-            warnings.warn("Input and output embeddings are no longer tied after merging. Setting "
-                          "`tie_word_embeddings=False` in the model config.", UserWarning, stacklevel=2)  # PEFT's
+            warnings.warn(
+                "Input and output embeddings are no longer tied after merging. Setting "
+                "`tie_word_embeddings=False` in the model config.",
+                UserWarning,
+                stacklevel=2,
+            )  # PEFT's
         return merged
 
     def unload(self) -> nn.Module:
         """Return the base model without adapter layers and without merging (the original weights).
 
         Raises:
-            PromptAdapterError: the active adapter is a prompt method (an ``AttributeError``, as in PEFT, whose
-                prompt models have no ``unload``).
+            PromptAdapterError: the active adapter is a prompt method (an ``AttributeError``, as in
+                PEFT, whose prompt models have no ``unload``).
         """
         self._require_layer_adapters([self.active_adapter], "unload")
         return surgery.unload(self.get_base_model(), keep_merged=False)
 
-    # ----- forward and generate ----------------------------------------------------------------------
+    # ----- forward and generate
+    # ----------------------------------------------------------------------
 
     @property
     def tokens_in_front(self) -> int:
-        """How many positions the active adapter puts in front of the input's logits: the virtual tokens of
-        prompt tuning and p-tuning; none for prefix tuning (its prefix lives in the cache) and none in an
-        encoder-decoder model's output (the virtual tokens go in front of the encoder input)."""
+        """How many positions the active adapter puts in front of the input's logits: the virtual
+        tokens of prompt tuning and p-tuning; none for prefix tuning (its prefix lives in the cache)
+        and none in an encoder-decoder model's output (the virtual tokens go in front of the encoder
+        input)."""
         config = self.active_peft_config
         if self._prompt_module() is None or prompting.prefix_in_cache(config):
             return 0
-        return 0 if config.task_type == TaskType.SEQ_2_SEQ_LM else int(getattr(config, "num_virtual_tokens", 0) or 0)
+        return (
+            0
+            if config.task_type == TaskType.SEQ_2_SEQ_LM
+            else int(getattr(config, "num_virtual_tokens", 0) or 0)
+        )
 
     @property
     def prefix_in_cache(self) -> bool:
-        """True when the active, enabled adapter is prefix tuning: its key/values reach the model as a cache,
-        so a packed batch needs a mask per example (``packed_segments``) rather than slots."""
-        return self._prompt_module() is not None and prompting.prefix_in_cache(self.active_peft_config)
+        """True when the active, enabled adapter is prefix tuning: its key/values reach the model as
+        a cache, so a packed batch needs a mask per example (``packed_segments``) rather than
+        slots."""
+        return self._prompt_module() is not None and prompting.prefix_in_cache(
+            self.active_peft_config
+        )
 
     @property
     def uses_prompt_adapter(self) -> bool:
-        """True when the active, enabled adapter is a prompt method (prompt tuning, p-tuning or prefix)."""
+        """True when the active, enabled adapter is a prompt method (prompt tuning, p-tuning or
+        prefix)."""
         return self._prompt_module() is not None
 
     def _prompt_module(self) -> nn.Module | None:
@@ -391,26 +482,36 @@ class PeftModel(ModelWrapper):
         return self.prompt_encoder[self.active_adapter]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the base model with the active adapter, with the arguments it takes: a transformers model's
-        (``input_ids``, ``attention_mask``, ``labels``, ...; positional ones read in that order), or a plain
-        ``nn.Module``'s own, passed as given.
+        """Run the base model with the active adapter, with the arguments it takes: a transformers
+        model's (``input_ids``, ``attention_mask``, ``labels``, ...; positional ones read in that
+        order), or a plain ``nn.Module``'s own, passed as given.
 
-        ``adapter_names`` (a keyword, one name per row, ``"__base__"`` for none) runs a mixed batch: each row
-        through its own LoRA adapter, in one pass (inference only).
+        ``adapter_names`` (a keyword, one name per row, ``"__base__"`` for none) runs a mixed batch:
+        each row through its own LoRA adapter, in one pass (inference only).
         """
         adapter_names = kwargs.pop("adapter_names", None)
-        with self._mixed_batch(adapter_names) if adapter_names is not None else contextlib.nullcontext():
+        with (
+            self._mixed_batch(adapter_names)
+            if adapter_names is not None
+            else contextlib.nullcontext()
+        ):
             return self._run_base(args, kwargs)
 
     def _run_base(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         prompt, base = self._prompt_module(), self.get_base_model()
-        if prompt is None and not is_transformers_model(base):  # a plain nn.Module: model(x, y) means base(x, y)
+        # a plain nn.Module: model(x, y) means base(x, y)
+        if prompt is None and not is_transformers_model(base):
             return base(*args, **kwargs)
         named = dict(zip(FORWARD_ARGUMENTS, args, strict=False))
         inputs = {k: v for k, v in named.items() if v is not None} | kwargs
         if prompt is not None:
-            inputs = prompting.prepare_inputs(prompt, base, inputs, self._task(),
-                                             cast(PromptLearningConfig, self.active_peft_config))
+            inputs = prompting.prepare_inputs(
+                prompt,
+                base,
+                inputs,
+                self._task(),
+                cast(PromptLearningConfig, self.active_peft_config),
+            )
         return base(**inputs)
 
     def _task(self) -> TaskType:
@@ -419,14 +520,16 @@ class PeftModel(ModelWrapper):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``generate`` of the base model with the active adapter applied.
 
-        ``adapter_names=[...]`` (one per row, ``"__base__"`` for none) generates a mixed batch, each row with
-        its own LoRA adapter.
+        ``adapter_names=[...]`` (one per row, ``"__base__"`` for none) generates a mixed batch, each
+        row with its own LoRA adapter.
         """
         adapter_names = kwargs.pop("adapter_names", None)
         base: Any = self.get_base_model()
         if adapter_names is not None:
             beams = kwargs.get("num_beams")
-            with self._mixed_batch(adapter_names, beams if isinstance(beams, int) and beams > 1 else 1):
+            with self._mixed_batch(
+                adapter_names, beams if isinstance(beams, int) and beams > 1 else 1
+            ):
                 return base.generate(*args, **kwargs)
         prompt = self._prompt_module()
         if prompt is None:
@@ -436,85 +539,145 @@ class PeftModel(ModelWrapper):
         config = cast(PromptLearningConfig, self.active_peft_config)
         return prompting.generate(prompt, base, self._task(), config, **kwargs)
 
-    def _mixed_batch(self, adapter_names: list[str], beams: int = 1) -> contextlib.AbstractContextManager[None]:
-        """Route each row through its adapter; with beam search, each row's name is repeated once per beam for
-        the decoder (generate expands the batch), while an encoder sees the original rows, as in PEFT."""
-        check_mixed_batch(self.training, adapter_names, list(self.peft_config), list(self.prompt_encoder),
-                          self._prompt_module() is not None)
+    def _mixed_batch(
+        self, adapter_names: list[str], beams: int = 1
+    ) -> contextlib.AbstractContextManager[None]:
+        """Route each row through its adapter; with beam search, each row's name is repeated once
+        per beam for the decoder (generate expands the batch), while an encoder sees the original
+        rows, as in PEFT."""
+        check_mixed_batch(
+            self.training,
+            adapter_names,
+            list(self.peft_config),
+            list(self.prompt_encoder),
+            self._prompt_module() is not None,
+        )
         expanded = [n for n in adapter_names for _ in range(beams)]
-        return surgery.rows_through_adapters(self.get_base_model(), expanded, encoder_names=list(adapter_names))
+        return surgery.rows_through_adapters(
+            self.get_base_model(), expanded, encoder_names=list(adapter_names)
+        )
 
-    # ----- files -------------------------------------------------------------------------------------
+    # ----- files
+    # -------------------------------------------------------------------------------------
 
-    def adapter_state_dict(self, adapter_name: str,
-                           state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The tensors that :meth:`save_pretrained` writes for ``adapter_name``, under PEFT's keys (read from
-        ``state_dict``, a whole model's, when given)."""
+    def adapter_state_dict(
+        self, adapter_name: str, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The tensors that :meth:`save_pretrained` writes for ``adapter_name``, under PEFT's keys
+        (read from ``state_dict``, a whole model's, when given)."""
         self._require(adapter_name)
         return adapter_io.adapter_state_dict(self, adapter_name, state_dict)
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str], selected_adapters: list[str] | None = None,
-                        is_main_process: bool = True,
-                        path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
-                        safe_serialization: bool = True, save_embedding_layers: str | bool = "auto",
-                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of their name.
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        selected_adapters: list[str] | None = None,
+        is_main_process: bool = True,
+        path_initial_model_for_weight_conversion: str | os.PathLike[str] | None = None,
+        safe_serialization: bool = True,
+        save_embedding_layers: str | bool = "auto",
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Write each adapter in PEFT's layout: ``default`` at the top, others in a subfolder of
+        their name.
 
-        Safetensors by default; ``safe_serialization=False`` writes PEFT's legacy ``adapter_model.bin`` (tensors
-        only, read back with ``torch.load(weights_only=True)``). Each file is replaced atomically.
+        Safetensors by default; ``safe_serialization=False`` writes PEFT's legacy
+        ``adapter_model.bin`` (tensors only, read back with ``torch.load(weights_only=True)``). Each
+        file is replaced atomically.
 
         Args:
-            state_dict: the whole model's state dict to take the adapters' tensors from (Trainer passes one it
-                gathered from FSDP or DeepSpeed shards); by default the model's own parameters.
-            save_embedding_layers: also save the base model's embedding weights, as PEFT does: ``"auto"`` when
-                an adapter adapts an embedding layer or the vocabulary was resized, ``True`` always.
-            path_initial_model_for_weight_conversion: for a PiSSA/OLoRA adapter, the folder where it was saved
-                right after initialization. The adapter is then written as a plain LoRA adapter of twice the
-                rank that applies to the original base weights (``[A | A0]``, ``[B | -B0]``), as PEFT does.
+            state_dict: the whole model's state dict to take the adapters' tensors from (Trainer
+                passes one it gathered from FSDP or DeepSpeed shards); by default the model's own
+                parameters.
+            save_embedding_layers: also save the base model's embedding weights, as PEFT does:
+                ``"auto"`` when an adapter adapts an embedding layer or the vocabulary was resized,
+                ``True`` always.
+            path_initial_model_for_weight_conversion: for a PiSSA/OLoRA adapter, the folder where it
+                was saved right after initialization. The adapter is then written as a plain LoRA
+                adapter of twice the rank that applies to the original base weights (``[A | A0]``,
+                ``[B | -B0]``), as PEFT does.
         """
         if not self.peft_config:
-            raise AdapterNotFoundError(f"nothing to save to {save_directory}: this model holds no adapter (the last "
-                                       "one was deleted); add one with add_adapter or load one with load_adapter")
+            raise AdapterNotFoundError(
+                f"nothing to save to {save_directory}: this model holds no adapter (the last "
+                "one was deleted); add one with add_adapter or load one with load_adapter"
+            )
         if is_main_process:
-            adapter_io.save_pretrained(self, save_directory, selected_adapters or list(self.peft_config),
-                                       path_initial_model_for_weight_conversion, save_embedding_layers, state_dict,
-                                       safe_serialization)
+            adapter_io.save_pretrained(
+                self,
+                save_directory,
+                selected_adapters or list(self.peft_config),
+                path_initial_model_for_weight_conversion,
+                save_embedding_layers,
+                state_dict,
+                safe_serialization,
+            )
 
-    def push_to_hub(self, repo_id: str, commit_message: str = "Upload adapter", private: bool | None = None,
-                    token: str | None = None, revision: str | None = None, create_pr: bool = False) -> Any:
-        """Save the adapters and upload them to the Hugging Face Hub repository ``repo_id`` (huggingface_hub).
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str = "Upload adapter",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Save the adapters and upload them to the Hugging Face Hub repository ``repo_id``
+        (huggingface_hub).
 
         Raises:
-            HubError: the hub cannot be reached (offline, no token, no permission); nothing is half-uploaded
-                that was not already there.
+            HubError: the hub cannot be reached (offline, no token, no permission); nothing is
+                half-uploaded that was not already there.
         """
-        return adapter_io.push_to_hub(self, repo_id, commit_message=commit_message, private=private, token=token,
-                                      revision=revision, create_pr=create_pr)
+        return adapter_io.push_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike[str], adapter_name: str = "default",
-                        is_trainable: bool = False, config: PeftConfig | None = None,
-                        autocast_adapter_dtype: bool = True, low_cpu_mem_usage: bool = False,
-                        torch_device: str | None = None, ephemeral_gpu_offload: bool = False,
-                        key_mapping: dict[str, str] | None = None, ignore_mismatched_sizes: bool = False,
-                        **hub_kwargs: Any) -> PeftModel:
-        """Attach the adapter saved at ``model_id`` (a folder written by peftkit or PEFT, or a hub id, with
-        ``subfolder`` and ``revision`` in ``hub_kwargs``) to ``model``, the base model it was trained on.
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | os.PathLike[str],
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        config: PeftConfig | None = None,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        torch_device: str | None = None,
+        ephemeral_gpu_offload: bool = False,
+        key_mapping: dict[str, str] | None = None,
+        ignore_mismatched_sizes: bool = False,
+        **hub_kwargs: Any,
+    ) -> PeftModel:
+        """Attach the adapter saved at ``model_id`` (a folder written by peftkit or PEFT, or a hub
+        id, with ``subfolder`` and ``revision`` in ``hub_kwargs``) to ``model``, the base model it
+        was trained on.
 
         ``is_trainable=False`` freezes it for inference. ``config`` replaces the folder's config.
-        ``autocast_adapter_dtype=False`` keeps it in the dtype of the layers it adapts; ``low_cpu_mem_usage``
-        creates it empty and fills it from the file; ``ignore_mismatched_sizes`` leaves out tensors whose shape
-        does not fit, with a warning naming each (otherwise :class:`AdapterShapeError`). ``torch_device`` is
-        accepted for PEFT's signature; ``ephemeral_gpu_offload`` and ``key_mapping`` only with their defaults.
+        ``autocast_adapter_dtype=False`` keeps it in the dtype of the layers it adapts;
+        ``low_cpu_mem_usage`` creates it empty and fills it from the file;
+        ``ignore_mismatched_sizes`` leaves out tensors whose shape does not fit, with a warning
+        naming each (otherwise :class:`AdapterShapeError`). ``torch_device`` is accepted for PEFT's
+        signature; ``ephemeral_gpu_offload`` and ``key_mapping`` only with their defaults.
         """
         check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
         folder, config = adapter_io.read_config(model_id, config, is_trainable, **hub_kwargs)
-        model_cls = cls if cls is not PeftModel or config.task_type is None else \
-            TASK_MODEL_CLASSES.get(TaskType(config.task_type), PeftModel)
+        model_cls = (
+            cls
+            if cls is not PeftModel or config.task_type is None
+            else TASK_MODEL_CLASSES.get(TaskType(config.task_type), PeftModel)
+        )
         peft_model = model_cls(model, config, adapter_name)
         if not autocast_adapter_dtype:
             surgery.cast_adapter_to_layers(peft_model.get_base_model(), adapter_name)
-        if low_cpu_mem_usage:  # the file's tensors replace empty ones instead of being copied over random ones
+        # the file's tensors replace empty ones instead of being copied over random ones
+        if low_cpu_mem_usage:
             surgery.adapter_to_meta(peft_model.get_base_model(), adapter_name)
         adapter_io.load_weights(peft_model, folder, adapter_name, ignore_mismatched_sizes)
         peft_model.set_adapter(adapter_name)
@@ -522,17 +685,25 @@ class PeftModel(ModelWrapper):
             peft_model.eval()  # inference: dropout off, as in PEFT
         return peft_model
 
-    def load_adapter(self, model_id: str | os.PathLike[str], adapter_name: str, is_trainable: bool = False,
-                     torch_device: str | None = None, autocast_adapter_dtype: bool = True,
-                     ephemeral_gpu_offload: bool = False, low_cpu_mem_usage: bool = False,
-                     key_mapping: dict[str, str] | None = None, ignore_mismatched_sizes: bool = False,
-                     **hub_kwargs: Any) -> Any:
-        """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`), or new weights
-        for one it holds (Trainer's resume). The options are :meth:`from_pretrained`'s.
+    def load_adapter(
+        self,
+        model_id: str | os.PathLike[str],
+        adapter_name: str,
+        is_trainable: bool = False,
+        torch_device: str | None = None,
+        autocast_adapter_dtype: bool = True,
+        ephemeral_gpu_offload: bool = False,
+        low_cpu_mem_usage: bool = False,
+        key_mapping: dict[str, str] | None = None,
+        ignore_mismatched_sizes: bool = False,
+        **hub_kwargs: Any,
+    ) -> Any:
+        """Load a saved adapter next to the existing ones (inactive until :meth:`set_adapter`), or
+        new weights for one it holds (Trainer's resume). The options are :meth:`from_pretrained`'s.
 
         Returns:
-            PEFT's load result: ``missing_keys`` and ``unexpected_keys`` (always empty: a mismatch raises
-            :class:`AdapterFormatError` instead of loading part of an adapter).
+            PEFT's load result: ``missing_keys`` and ``unexpected_keys`` (always empty: a mismatch
+            raises :class:`AdapterFormatError` instead of loading part of an adapter).
         """
         check_unsupported_load_options(ephemeral_gpu_offload, key_mapping)
         folder, config = adapter_io.read_config(model_id, None, is_trainable, **hub_kwargs)
@@ -540,11 +711,20 @@ class PeftModel(ModelWrapper):
         if new:
             warn_base_rewriting_adapters(config, self.peft_config)
         before = {name: p.requires_grad for name, p in self.named_parameters()}
-        adapter_io.load_adapter(self, folder, config, adapter_name, ignore_mismatched_sizes,
-                                low_cpu_mem_usage=low_cpu_mem_usage, autocast_adapter_dtype=autocast_adapter_dtype)
+        adapter_io.load_adapter(
+            self,
+            folder,
+            config,
+            adapter_name,
+            ignore_mismatched_sizes,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+        )
         if adapter_name == self.active_adapter:
             self.set_adapter(adapter_name)
-        elif new:  # as PEFT: the others keep their requires_grad (even a user's own choice), the new one trains
+        # as PEFT: the others keep their requires_grad (even a user's own choice), the new one
+        # trains
+        elif new:
             for name, param in self.named_parameters():  # only when loaded trainable, active or not
                 param.requires_grad_(before.get(name, False))
             if is_trainable:
@@ -554,20 +734,29 @@ class PeftModel(ModelWrapper):
             self.eval()
         return _IncompatibleKeys([], [])
 
-    def load_adapter_state(self, tensors: dict[str, torch.Tensor], adapter_name: str, source: str,
-                           any_bias: bool = False, ignore_mismatched_sizes: bool = False) -> None:
+    def load_adapter_state(
+        self,
+        tensors: dict[str, torch.Tensor],
+        adapter_name: str,
+        source: str,
+        any_bias: bool = False,
+        ignore_mismatched_sizes: bool = False,
+    ) -> None:
         """Copy an adapter's tensors, under the file's keys, into adapter ``adapter_name``.
 
         Biases load only where the adapter's config trains them, unless ``any_bias`` (PEFT's
         ``set_peft_model_state_dict`` loads every bias a state dict carries).
 
         Raises:
-            AdapterFormatError: a tensor is missing, has no place, names a base weight, has another shape,
-                or holds NaN or infinity (``source`` names where it came from).
+            AdapterFormatError: a tensor is missing, has no place, names a base weight, has another
+                shape, or holds NaN or infinity (``source`` names where it came from).
         """
-        adapter_io.load_adapter_state(self, tensors, adapter_name, source, any_bias, ignore_mismatched_sizes)
+        adapter_io.load_adapter_state(
+            self, tensors, adapter_name, source, any_bias, ignore_mismatched_sizes
+        )
 
-    # ----- what the model holds, in PEFT's words -------------------------------------------------------
+    # ----- what the model holds, in PEFT's words
+    # -------------------------------------------------------
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable parameters, all parameters), shared weights counted once."""
@@ -575,15 +764,20 @@ class PeftModel(ModelWrapper):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
-              f"trainable%: {100 * trainable / max(total, 1):.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
 
     @property
     def prefix(self) -> str:
-        """The parameter-name prefix of the active method's tensors (``lora_``, ``ia3_``), as PEFT's tuner has."""
+        """The parameter-name prefix of the active method's tensors (``lora_``, ``ia3_``), as PEFT's
+        tuner has."""
         prefix = method_for(self.active_peft_config).prefix
         if prefix is None:
-            raise AttributeError(f"{self.active_peft_config.peft_type_name} adds no layer tensors, so has no prefix")
+            raise AttributeError(
+                f"{self.active_peft_config.peft_type_name} adds no layer tensors, so has no prefix"
+            )
         return prefix
 
     def get_layer_status(self) -> list[Any]:
@@ -596,47 +790,74 @@ class PeftModel(ModelWrapper):
 
     @property
     def targeted_module_names(self) -> list[str]:
-        """The names of the base model's layers that hold an adapter, in the order the adapters first reached
-        them (PEFT's attribute of the same name; layers of deleted adapters are left out)."""
+        """The names of the base model's layers that hold an adapter, in the order the adapters
+        first reached them (PEFT's attribute of the same name; layers of deleted adapters are left
+        out)."""
         held = surgery.adapted_layer_names(self.get_base_model())
-        return [n for n in self._targeted if n in held] + [n for n in held if n not in self._targeted]
+        return [n for n in self._targeted if n in held] + [
+            n for n in held if n not in self._targeted
+        ]
 
 
 def _checkpointing(model: nn.Module) -> bool:
     """Whether ``model`` checkpoints its layers; True for a model that cannot say (PEFT's default)."""
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers' newer name first
+    # transformers' newer name first
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         if hasattr(type(model), name) or name in vars(model):
             return bool(getattr(model, name))
     return True
 
 
-FORWARD_ARGUMENTS = ("input_ids", "attention_mask", "inputs_embeds", "labels", "token_type_ids", "position_ids",
-                     "decoder_input_ids", "decoder_attention_mask", "output_attentions", "output_hidden_states",
-                     "return_dict")
+FORWARD_ARGUMENTS = (
+    "input_ids",
+    "attention_mask",
+    "inputs_embeds",
+    "labels",
+    "token_type_ids",
+    "position_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+)
 """A transformers model's forward arguments, in the order positional ones are read."""
 
 
 def _forward_signature() -> inspect.Signature:
-    """``forward``'s signature as transformers' Trainer reads it to keep dataset columns: the named arguments
-    (each defaulting to None), then ``**kwargs``."""
-    named = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for n in FORWARD_ARGUMENTS]
+    """``forward``'s signature as transformers' Trainer reads it to keep dataset columns: the named
+    arguments (each defaulting to None), then ``**kwargs``."""
+    named = [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+        for n in FORWARD_ARGUMENTS
+    ]
     rest = inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)
-    return inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *named, rest])
+    return inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *named, rest]
+    )
 
 
 PeftModel.forward.__signature__ = _forward_signature()  # type: ignore[attr-defined]
 
 
-def _drop_tied_aliases(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    """Keep one name per tied tensor (e.g. embeddings shared with the LM head), as ``save_pretrained`` of
-    transformers does, so ``transformers.Trainer`` can write a checkpoint of this model with safetensors.
-    Loading still works: the tied tensor is filled through the name that is kept."""
+def _drop_tied_aliases(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    """Keep one name per tied tensor (e.g. embeddings shared with the LM head), as
+    ``save_pretrained`` of transformers does, so ``transformers.Trainer`` can write a checkpoint of
+    this model with safetensors. Loading still works: the tied tensor is filled through the name
+    that is kept."""
     seen: set[tuple[Any, ...]] = set()
     for key in list(state_dict):
         value = state_dict[key]
         if not isinstance(value, torch.Tensor) or value.is_meta or value.numel() == 0:
             continue
-        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
+        ident = (
+            value.untyped_storage().data_ptr(),
+            value.storage_offset(),
+            tuple(value.shape),
+            value.stride(),
+        )
         if ident in seen:
             del state_dict[key]
         seen.add(ident)
@@ -670,8 +891,8 @@ class PeftModelForTokenClassification(PeftModelForSequenceClassification):
 
 
 class PeftModelForQuestionAnswering(PeftModel):
-    """Adapters on an extractive question-answering model; its span head (``qa_outputs``) trains in full, as in
-    PEFT."""
+    """Adapters on an extractive question-answering model; its span head (``qa_outputs``) trains in
+    full, as in PEFT."""
 
     task_type = TaskType.QUESTION_ANS
 
@@ -710,41 +931,62 @@ def get_peft_model(
     The model is modified in place: its targeted layers become adapter layers.
 
     Args:
-        mixed: PEFT's ``PeftMixedModel`` (adapters of different methods active together); not supported.
-        autocast_adapter_dtype: True (PEFT's default): adapter weights are float32 whatever the base's dtype;
-            False: they take the dtype of the layer they adapt.
+        mixed: PEFT's ``PeftMixedModel`` (adapters of different methods active together); not
+            supported.
+        autocast_adapter_dtype: True (PEFT's default): adapter weights are float32 whatever the
+            base's dtype; False: they take the dtype of the layer they adapt.
         revision: the hub revision of the base model, recorded in the config.
-        low_cpu_mem_usage: create the adapter on the meta device, to be filled by loading (as PEFT does).
+        low_cpu_mem_usage: create the adapter on the meta device, to be filled by loading (as PEFT
+            does).
 
     Example:
         >>> model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
         >>> model.print_trainable_parameters()
     """
     if mixed:
-        raise ConfigError("mixed=True (PEFT's PeftMixedModel, adapters of different methods active at once) is not "
-                          "supported by peftkit; use one method per model, with add_adapter and set_adapter to switch")
+        raise ConfigError(
+            "mixed=True (PEFT's PeftMixedModel, adapters of different methods active at once) is not "
+            "supported by peftkit; use one method per model, with add_adapter and set_adapter to switch"
+        )
     if isinstance(model, PeftModel):
-        raise ConfigError("the model already has adapters; use model.add_adapter(name, config) to add another")
-    held = {n for _, layer in surgery.adapter_layers(model) for n in surgery.layer_adapter_names(layer)}
+        raise ConfigError(
+            "the model already has adapters; use model.add_adapter(name, config) to add another"
+        )
+    held = {
+        n for _, layer in surgery.adapter_layers(model) for n in surgery.layer_adapter_names(layer)
+    }
     if held:
-        warnings.warn("You are trying to modify a model with PEFT for a second time. If you want to reload the "
-                      "model with a different config, make sure to call `.unload()` before.", stacklevel=2)
+        warnings.warn(
+            "You are trying to modify a model with PEFT for a second time. If you want to reload the "
+            "model with a different config, make sure to call `.unload()` before.",
+            stacklevel=2,
+        )
     kept: dict[str, torch.Tensor] = {}
-    if adapter_name in held:  # PEFT re-initializes it; peftkit keeps the trained weights, or refuses
+    # PEFT re-initializes it; peftkit keeps the trained weights, or refuses
+    if adapter_name in held:
         if surgery.planned_layout(model, peft_config) != surgery.held_layout(model, adapter_name):
-            raise ConfigError(f"this model already holds an adapter named {adapter_name!r} from an earlier "
-                              "get_peft_model, with other layers or ranks; wrapping it again with this config would "
-                              "re-initialize its trained weights and leave its config disagreeing with them. Use the "
-                              "PeftModel you got then (add_adapter for another adapter), or call .unload() first")
+            raise ConfigError(
+                f"this model already holds an adapter named {adapter_name!r} from an earlier "
+                "get_peft_model, with other layers or ranks; wrapping it again with this config would "
+                "re-initialize its trained weights and leave its config disagreeing with them. Use the "
+                "PeftModel you got then (add_adapter for another adapter), or call .unload() first"
+            )
         kept = surgery.adapter_tensors(model, adapter_name)
     # PEFT records the base model's name in the config here (None for a model built from a config)
     recorded = {"base_model_name_or_path": model.__dict__.get("name_or_path") or None}
     old_name = peft_config.base_model_name_or_path
     if old_name is not None and old_name != recorded["base_model_name_or_path"]:
-        warnings.warn(f"The PEFT config's `base_model_name_or_path` was renamed from '{old_name}' to "
-                      f"'{recorded['base_model_name_or_path']}'. Please ensure that the correct base model is loaded "
-                      "when loading this checkpoint.", stacklevel=2)  # PEFT's words: the model's own name wins
-    adopt(peft_config, peft_config.replace(**recorded, **({"revision": revision} if revision is not None else {})))
+        warnings.warn(
+            f"The PEFT config's `base_model_name_or_path` was renamed from '{old_name}' to "
+            f"'{recorded['base_model_name_or_path']}'. Please ensure that the correct base model is loaded "
+            # PEFT's words: the model's own name wins
+            "when loading this checkpoint.",
+            stacklevel=2,
+        )
+    adopt(
+        peft_config,
+        peft_config.replace(**recorded, **({"revision": revision} if revision is not None else {})),
+    )
     task = TaskType(peft_config.task_type) if peft_config.task_type is not None else None
     model_cls = TASK_MODEL_CLASSES.get(task, PeftModel) if task is not None else PeftModel
     peft_model = model_cls(model, peft_config, adapter_name)

@@ -1,8 +1,9 @@
-"""What the adapter layers of a model are doing, in PEFT's terms: ``get_layer_status`` and ``get_model_status``.
+"""What the adapter layers of a model are doing, in PEFT's terms: ``get_layer_status`` and
+``get_model_status``.
 
-A per-layer report (enabled, active, merged, trainable, devices) and its summary for the whole model, where
-a value that differs between layers reads ``"irregular"``: the quick way to find a layer left disabled or
-merged, or an adapter that trains in some layers and not in others.
+A per-layer report (enabled, active, merged, trainable, devices) and its summary for the whole
+model, where a value that differs between layers reads ``"irregular"``: the quick way to find a
+layer left disabled or merged, or an adapter that trains in some layers and not in others.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class TunerLayerStatus:
 
 @dataclass
 class TunerModelStatus:
-    """The whole model: each field is the layers' common value, or ``"irregular"`` where they differ."""
+    """The whole model: each field is the layers' common value, or ``"irregular"`` where they
+    differ."""
 
     base_model_type: str
     adapter_model_type: str
@@ -59,16 +61,20 @@ class TunerModelStatus:
 
 
 def _is_peft_model(model: nn.Module) -> bool:
-    """A PeftModel, told by its holder (this module is imported by model.py, so it cannot import it)."""
+    """A PeftModel, told by its holder (this module is imported by model.py, so it cannot import
+    it)."""
     return isinstance(getattr(model, "base_model", None), BaseModelHolder)
 
 
 def _holder(model: nn.Module) -> nn.Module:
-    """What PEFT reports names from: ``peft_model.base_model`` (names read ``model.<path>``), or the model."""
+    """What PEFT reports names from: ``peft_model.base_model`` (names read ``model.<path>``), or the
+    model."""
     if _is_peft_model(model):
         if cast(Any, model).active_peft_config.is_prompt_learning:
-            raise TypeError("get_layer_status() got an invalid PeftModel instance; prefix tuning and adaption "
-                            "prompt are not supported (prompt-learning adapters have no layers)")
+            raise TypeError(
+                "get_layer_status() got an invalid PeftModel instance; prefix tuning and adaption "
+                "prompt are not supported (prompt-learning adapters have no layers)"
+            )
         return cast(nn.Module, model.base_model)
     return model
 
@@ -80,7 +86,8 @@ def _agreed(values: list[Any]) -> Any:
 
 
 def get_layer_status(model: nn.Module) -> list[TunerLayerStatus]:
-    """The status of each adapter layer and trainable copy of ``model`` (a PeftModel or an injected model)."""
+    """The status of each adapter layer and trainable copy of ``model`` (a PeftModel or an injected
+    model)."""
     statuses = []
     for name, layer in _holder(model).named_modules():
         if not isinstance(layer, AdapterLayer) and type(layer).__name__ != "ModulesToSaveWrapper":
@@ -91,21 +98,32 @@ def get_layer_status(model: nn.Module) -> list[TunerLayerStatus]:
         for adapter, param in surgery.layer_adapter_parameters(layer):
             grads[adapter].append(param.requires_grad)
             devices[adapter].add(param.device.type)
-        statuses.append(TunerLayerStatus(
-            name=name, module_type=layer._get_name(),
-            enabled=not layer.disabled, active_adapters=list(getattr(layer, "active_adapters", [])),
-            merged_adapters=list(getattr(layer, "merged_adapters", [])),
-            requires_grad={k: v[0] if all(x == v[0] for x in v) else "irregular" for k, v in grads.items()},
-            available_adapters=sorted(held), devices={k: sorted(v) for k, v in devices.items()},
-            quantization_backend=_quantization_backend(layer)))
+        statuses.append(
+            TunerLayerStatus(
+                name=name,
+                module_type=layer._get_name(),
+                enabled=not layer.disabled,
+                active_adapters=list(getattr(layer, "active_adapters", [])),
+                merged_adapters=list(getattr(layer, "merged_adapters", [])),
+                requires_grad={
+                    k: v[0] if all(x == v[0] for x in v) else "irregular" for k, v in grads.items()
+                },
+                available_adapters=sorted(held),
+                devices={k: sorted(v) for k, v in devices.items()},
+                quantization_backend=_quantization_backend(layer),
+            )
+        )
     if not statuses:
-        raise ValueError("No adapter layers found in the model: it holds no LoRA or IA3 layer (add one with "
-                         "get_peft_model or inject_adapter_in_model)")
+        raise ValueError(
+            "No adapter layers found in the model: it holds no LoRA or IA3 layer (add one with "
+            "get_peft_model or inject_adapter_in_model)"
+        )
     return statuses
 
 
 def _quantization_backend(layer: nn.Module) -> str | None:
-    """PEFT's name for the layer's quantization: its ``quantization_backend`` when a backend sets one."""
+    """PEFT's name for the layer's quantization: its ``quantization_backend`` when a backend sets
+    one."""
     given = getattr(layer, "quantization_backend", None)  # PEFT's backend objects carry their name
     if given is not None:
         return str(getattr(given, "backend_name", given))
@@ -113,13 +131,16 @@ def _quantization_backend(layer: nn.Module) -> str | None:
 
 
 def _is_transformers_model(model: nn.Module) -> bool:
-    return any(cls.__module__.startswith("transformers.") and cls.__name__ == "PreTrainedModel"
-               for cls in type(model).__mro__)
+    return any(
+        cls.__module__.startswith("transformers.") and cls.__name__ == "PreTrainedModel"
+        for cls in type(model).__mro__
+    )
 
 
 def get_model_status(model: nn.Module) -> TunerModelStatus:
-    """A summary of :func:`get_layer_status` for the whole model, with parameter counts (PEFT's rules: a value
-    the layers do not share is "irregular"; an adapter merged in some layers but not all makes merging so)."""
+    """A summary of :func:`get_layer_status` for the whole model, with parameter counts (PEFT's
+    rules: a value the layers do not share is "irregular"; an adapter merged in some layers but not
+    all makes merging so)."""
     layers = get_layer_status(model)
     peft = _is_peft_model(model)
     base = cast(Any, model).get_base_model() if peft else model
@@ -137,14 +158,24 @@ def get_model_status(model: nn.Module) -> TunerModelStatus:
         for adapter, found in status.devices.items():
             devices[adapter].update(found)
     return TunerModelStatus(
-        base_model_type=type(base).__name__ if peft or _is_transformers_model(base) else "other",  # PEFT's words
-        adapter_model_type=("None" if not peft else method_named(next(iter(kinds))).tuner_name or "PeftModel"
-                            if len(kinds) == 1 else "PeftModel"),
-        peft_types=peft_types, trainable_params=trainable, total_params=total, num_adapter_layers=len(layers),
+        # PEFT's words
+        base_model_type=type(base).__name__ if peft or _is_transformers_model(base) else "other",
+        adapter_model_type=(
+            "None"
+            if not peft
+            else method_named(next(iter(kinds))).tuner_name or "PeftModel"
+            if len(kinds) == 1
+            else "PeftModel"
+        ),
+        peft_types=peft_types,
+        trainable_params=trainable,
+        total_params=total,
+        num_adapter_layers=len(layers),
         enabled=_agreed([s.enabled for s in layers]),
         active_adapters=_agreed([s.active_adapters for s in layers]) if layers else [],
         merged_adapters="irregular" if partly else sorted(merged_all),
         requires_grad={k: _agreed(v) for k, v in grads.items()},
         available_adapters=sorted({a for s in layers for a in s.available_adapters}),
         devices={k: sorted(v) for k, v in devices.items()},
-        quantization_backend=_agreed([s.quantization_backend for s in layers]) if layers else None)
+        quantization_backend=_agreed([s.quantization_backend for s in layers]) if layers else None,
+    )

@@ -1,10 +1,12 @@
-"""What transformers (``Trainer``, ``generate``, pipelines) reads from a model, answered by a wrapper.
+"""What transformers (``Trainer``, ``generate``, pipelines) reads from a model, answered by a
+wrapper.
 
 The attributes transformers relies on are named here one by one. Anything else follows PEFT's public
-behaviour: an attribute the wrapper does not have is looked up on ``base_model`` (the holder), which looks
-it up on the wrapped model, so ``peft_model.lm_head``, ``peft_model.model`` and a custom model's
-``peft_model.lin1`` reach the base model's, as user code and TRL expect. Forwarding lives here, in
-``holder.py`` and in ``tuners/modules_to_save.py`` (a saved module answers with the copy in use), nowhere else.
+behaviour: an attribute the wrapper does not have is looked up on ``base_model`` (the holder), which
+looks it up on the wrapped model, so ``peft_model.lm_head``, ``peft_model.model`` and a custom
+model's ``peft_model.lin1`` reach the base model's, as user code and TRL expect. Forwarding lives
+here, in ``holder.py`` and in ``tuners/modules_to_save.py`` (a saved module answers with the copy in
+use), nowhere else.
 """
 
 from __future__ import annotations
@@ -20,22 +22,24 @@ __all__ = ["ModelWrapper", "is_transformers_model"]
 
 
 class ModelWrapper(nn.Module):
-    """A module around a base model (held as ``self.base_model.model``, PEFT's parameter names) that looks
-    like that model to transformers."""
+    """A module around a base model (held as ``self.base_model.model``, PEFT's parameter names) that
+    looks like that model to transformers."""
 
     base_model: BaseModelHolder
 
     def __getattr__(self, name: str) -> Any:
-        """PEFT's forwarding: parameters, buffers and submodules first (``nn.Module``), then ``base_model``'s.
+        """PEFT's forwarding: parameters, buffers and submodules first (``nn.Module``), then
+        ``base_model``'s.
 
         A name already being forwarded is not forwarded again: a property of this class that raises
-        ``AttributeError`` (``prefix`` for a prompt adapter) would otherwise come back here through the holder,
-        which answers some names by asking this model."""
+        ``AttributeError`` (``prefix`` for a prompt adapter) would otherwise come back here through
+        the holder, which answers some names by asking this model."""
         try:
             return super().__getattr__(name)
         except AttributeError:
             busy: set[str] = self.__dict__.setdefault("_forwarding", set())
-            if name == "base_model" or name in busy:  # not set yet (during __init__ or unpickling), or re-entered
+            # not set yet (during __init__ or unpickling), or re-entered
+            if name == "base_model" or name in busy:
                 raise
             busy.add(name)
             try:
@@ -49,11 +53,13 @@ class ModelWrapper(nn.Module):
 
     @property
     def config(self) -> Any:
-        """The base model's config; a plain ``nn.Module`` has none (``hasattr(model, "config")`` is False, as in
-        PEFT, so code can tell a transformers model from a custom one)."""
+        """The base model's config; a plain ``nn.Module`` has none (``hasattr(model, "config")`` is
+        False, as in PEFT, so code can tell a transformers model from a custom one)."""
         base = self.get_base_model()
         if not hasattr(base, "config"):
-            raise AttributeError(f"{type(base).__name__} has no config (it is not a transformers model)")
+            raise AttributeError(
+                f"{type(base).__name__} has no config (it is not a transformers model)"
+            )
         return base.config
 
     @property
@@ -87,7 +93,8 @@ class ModelWrapper(nn.Module):
     @property
     def is_gradient_checkpointing(self) -> bool:
         base = self.get_base_model()
-        if hasattr(base, "is_activation_checkpointing"):  # transformers' newer name; the old one warns
+        # transformers' newer name; the old one warns
+        if hasattr(base, "is_activation_checkpointing"):
             return bool(base.is_activation_checkpointing)
         return bool(getattr(base, "is_gradient_checkpointing", False))
 
@@ -95,21 +102,28 @@ class ModelWrapper(nn.Module):
     def _keys_to_ignore_on_save(self) -> Any:
         return getattr(self.get_base_model(), "_keys_to_ignore_on_save", None)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
-                                      **kwargs: Any) -> None:
-        """Checkpoint activations of the base model; inputs get grads so frozen layers still backpropagate.
-        ``kwargs`` (``every_n_layers``, ``offload``) go to the base model's method, as Trainer passes them."""
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """Checkpoint activations of the base model; inputs get grads so frozen layers still
+        backpropagate. ``kwargs`` (``every_n_layers``, ``offload``) go to the base model's method,
+        as Trainer passes them."""
         base: Any = self.get_base_model()
-        if hasattr(base, "activation_checkpointing_enable"):  # transformers' newer name; the old one warns
-            base.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs,
-                                                 **kwargs)
+        # transformers' newer name; the old one warns
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs
+            )
         else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+            base.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs
+            )
         if hasattr(base, "enable_input_require_grads"):
             base.enable_input_require_grads()
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
-                                        **kwargs: Any) -> None:
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         """transformers' newer name of :meth:`gradient_checkpointing_enable` (what Trainer calls)."""
         self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
 
@@ -131,7 +145,8 @@ class ModelWrapper(nn.Module):
 
 
 def is_transformers_model(model: nn.Module) -> bool:
-    """True for a transformers ``PreTrainedModel`` (called with keyword inputs), False for a plain module."""
+    """True for a transformers ``PreTrainedModel`` (called with keyword inputs), False for a plain
+    module."""
     try:
         from transformers import PreTrainedModel
     except ImportError:

@@ -1,5 +1,6 @@
-"""What ``peftkit serve`` serves and how: the config every way of starting a server reads (YAML file, flags,
-Python), importable without the server's packages so the CLI can build its flags from it."""
+"""What ``peftkit serve`` serves and how: the config every way of starting a server reads (YAML
+file, flags, Python), importable without the server's packages so the CLI can build its flags from
+it."""
 
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ class ServeConfig:
     port: int = 8000
     """The TCP port."""
     api_key: str | None = None
-    """Required as ``Authorization: Bearer <key>`` on every route but /health and the page (also read from
-    the PEFTKIT_API_KEY environment variable)."""
+    """Required as ``Authorization: Bearer <key>`` on every route but /health and the page (also
+    read from the PEFTKIT_API_KEY environment variable)."""
     served_model_name: str | None = None
     """The base model's name in the API (default: ``model`` as given)."""
     max_loaded_adapters: int = 8
-    """Adapters kept in memory; the others load when a request needs one, the least recently used out."""
+    """Adapters kept in memory; the others load when a request needs one, the least recently used
+    out."""
     max_batch: int = 8
     """Sequences decoded together; more requests wait."""
     max_waiting: int = 64
@@ -48,7 +50,9 @@ class ServeConfig:
         problems: list[str] = []
         typecheck(self, "", problems)
         if not self.model:
-            problems.append("model is required: an alias such as smollm2-135m, a folder, a .gguf file or a hub id")
+            problems.append(
+                "model is required: an alias such as smollm2-135m, a folder, a .gguf file or a hub id"
+            )
         for name in ("max_loaded_adapters", "max_batch", "max_waiting"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} must be at least 1")
@@ -65,7 +69,10 @@ class ServeConfig:
         hints = field_types(cls)
         unknown = sorted(set(values) - set(hints))
         if unknown:
-            raise ConfigError([f"unknown field {k!r}; expected {', '.join(hints)}" for k in unknown], source=source)
+            raise ConfigError(
+                [f"unknown field {k!r}; expected {', '.join(hints)}" for k in unknown],
+                source=source,
+            )
         try:
             return cls(**{k: coerce(v, hints[k]) for k, v in values.items()})
         except ConfigError as err:
@@ -73,11 +80,13 @@ class ServeConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None, overrides: dict[str, Any]) -> ServeConfig:
-        """The YAML file at ``path`` (if any) with ``overrides`` on top; the API key from the environment when
-        neither gives one."""
+        """The YAML file at ``path`` (if any) with ``overrides`` on top; the API key from the
+        environment when neither gives one."""
         from_file = dict(read_config_file(path)) if path else {}
         adapters = {**(from_file.get("adapters") or {}), **(overrides.get("adapters") or {})}
-        values = from_file | {k: v for k, v in overrides.items() if v is not None and k != "adapters"}
+        values = from_file | {
+            k: v for k, v in overrides.items() if v is not None and k != "adapters"
+        }
         if adapters:
             values["adapters"] = adapters
         if values.get("api_key") is None and os.environ.get(API_KEY_ENV):
@@ -86,4 +95,5 @@ class ServeConfig:
 
 
 FLAG_FIELDS = tuple(name for name in field_types(ServeConfig) if name not in ("model", "adapters"))
-"""The fields ``peftkit serve`` takes as ``--flags`` (the model and the adapters have their own arguments)."""
+"""The fields ``peftkit serve`` takes as ``--flags`` (the model and the adapters have their own
+arguments)."""

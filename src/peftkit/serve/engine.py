@@ -1,15 +1,18 @@
-"""The decoding engine: many requests, each with its own adapter, decoded together (continuous batching).
+"""The decoding engine: many requests, each with its own adapter, decoded together (continuous
+batching).
 
-One thread owns the model. Each step it admits waiting requests (a request's prompt is run alone, with its
-adapter: its *prefill*), then advances every running request by one token in as few forward passes as it
-can. Rows of LoRA adapters, of the base model and of prompt methods share one pass through peftkit's mixed
-batch (each row through its own adapter, as if alone); a prompt method needs no adapter after the prefill,
-since its virtual tokens or prefix are then in the row's key/value cache. Adapters that cannot share a batch
-(IA3, DoRA, LoRA on embeddings) decode in a pass of their own.
+One thread owns the model. Each step it admits waiting requests (a request's prompt is run alone,
+with its adapter: its *prefill*), then advances every running request by one token in as few forward
+passes as it can. Rows of LoRA adapters, of the base model and of prompt methods share one pass
+through peftkit's mixed batch (each row through its own adapter, as if alone); a prompt method needs
+no adapter after the prefill, since its virtual tokens or prefix are then in the row's key/value
+cache. Adapters that cannot share a batch (IA3, DoRA, LoRA on embeddings) decode in a pass of their
+own.
 
-Why not transformers' continuous-batching engine: it schedules paged attention over one set of weights and
-has no per-request adapter; peftkit's mixed batch needs the rows in an ordinary batched forward. Rows join
-and leave a running batch by left-padding and slicing its key/value cache, as ``generate`` pads a batch.
+Why not transformers' continuous-batching engine: it schedules paged attention over one set of
+weights and has no per-request adapter; peftkit's mixed batch needs the rows in an ordinary batched
+forward. Rows join and leave a running batch by left-padding and slicing its key/value cache, as
+``generate`` pads a batch.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ class Event:
     completion_tokens: int = 0
     error: str | None = None
     status: int = 500
-    """The HTTP status an error maps to: 404 for an adapter no longer served, 400 for one that cannot run."""
+    """The HTTP status an error maps to: 404 for an adapter no longer served, 400 for one that
+    cannot run."""
 
 
 @dataclass(eq=False)
@@ -108,25 +112,32 @@ class Engine:
         max_waiting: requests allowed to wait; one more gets :class:`QueueFull`.
     """
 
-    def __init__(self, registry: AdapterRegistry, max_batch: int = 8, max_waiting: int = 64) -> None:
+    def __init__(
+        self, registry: AdapterRegistry, max_batch: int = 8, max_waiting: int = 64
+    ) -> None:
         self.registry, self.max_batch, self.max_waiting = registry, max_batch, max_waiting
         self.waiting: queue.Queue[Request] = queue.Queue()
         self.lanes: dict[str, Lane] = {}
-        self.jobs: queue.Queue[Callable[[], None]] = queue.Queue()  # model changes, run between steps
+        # model changes, run between steps
+        self.jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self.peak_rows = 0  # the most rows decoded in one pass (how much batching happened)
         self.cancelled = 0  # requests whose client went away before the end
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # ----- the outside: called from the server's threads -----------------------------------------------
+    # ----- the outside: called from the server's threads
+    # -----------------------------------------------
 
     def submit_all(self, requests: list[Request]) -> None:
-        """Queue all of ``requests`` or none: :class:`QueueFull` when they would not fit in the queue."""
+        """Queue all of ``requests`` or none: :class:`QueueFull` when they would not fit in the
+        queue."""
         if self._stop.is_set():
             raise QueueFull("the server is shutting down")
         if self.waiting.qsize() + len(requests) > self.max_waiting:
-            raise QueueFull(f"{self.waiting.qsize()} requests are waiting (the limit is {self.max_waiting})")
+            raise QueueFull(
+                f"{self.waiting.qsize()} requests are waiting (the limit is {self.max_waiting})"
+            )
         for request in requests:
             if request.sampling.seed is not None:
                 request.generator.manual_seed(request.sampling.seed)
@@ -166,7 +177,8 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
 
-    # ----- the engine thread -----------------------------------------------------------------------------
+    # ----- the engine thread
+    # -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -205,29 +217,52 @@ class Engine:
             kind = self.registry.acquire(request.adapter, in_use=self.adapters_in_use())
             logits, cache, mask = self._prefill(request, kind)
         except Exception as err:
-            status = 404 if isinstance(err, AdapterNotFoundError) else 400 if isinstance(err, PeftkitError) else 500
-            request.emit(Event(error=str(err) if status != 500 else f"{type(err).__name__}: {err}", status=status))
+            status = (
+                404
+                if isinstance(err, AdapterNotFoundError)
+                else 400
+                if isinstance(err, PeftkitError)
+                else 500
+            )
+            request.emit(
+                Event(
+                    error=str(err) if status != 500 else f"{type(err).__name__}: {err}",
+                    status=status,
+                )
+            )
             return
         if self._advance(request, logits[0]):
             key = request.adapter if kind is Kind.SOLO else "mixed"
             route = request.adapter if kind is Kind.MIXED else BASE_ROW
-            self._join(self.lanes.setdefault(str(key), Lane(str(key))), request, str(route), cache, mask)
+            self._join(
+                self.lanes.setdefault(str(key), Lane(str(key))), request, str(route), cache, mask
+            )
 
     def adapters_in_use(self) -> set[str]:
-        return {r.adapter for lane in self.lanes.values() for r in lane.rows if r.adapter is not None}
+        return {
+            r.adapter for lane in self.lanes.values() for r in lane.rows if r.adapter is not None
+        }
 
     def _prefill(self, request: Request, kind: Kind) -> tuple[torch.Tensor, Any, torch.Tensor]:
-        """The request's prompt alone through its adapter: last logits ``(1, V)``, its cache and mask."""
+        """The request's prompt alone through its adapter: last logits ``(1, V)``, its cache and
+        mask."""
         model = self.registry.base_model
         ids = torch.tensor([request.prompt_ids], device=self.registry.device)  # (1, T)
-        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": True}
+        inputs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "use_cache": True,
+        }
         if kind is Kind.PROMPT:
             module, config = self.registry.prompt(str(request.adapter))
             inputs = prepare_inputs(module, model, inputs, TaskType.CAUSAL_LM, config)
-        with self._routing(kind, [str(request.adapter) if kind is Kind.MIXED else BASE_ROW], request.adapter):
+        with self._routing(
+            kind, [str(request.adapter) if kind is Kind.MIXED else BASE_ROW], request.adapter
+        ):
             out = model(**inputs, **_last_logits_only(model))
         cache = output_cache(out)
-        mask = torch.ones(1, _cache_length(cache), dtype=torch.long, device=ids.device)  # virtual tokens too
+        # virtual tokens too
+        mask = torch.ones(1, _cache_length(cache), dtype=torch.long, device=ids.device)
         return out.logits[:, -1].float(), cache, mask
 
     def _decode(self, lane: Lane) -> None:
@@ -238,8 +273,14 @@ class Engine:
         mask = torch.cat([lane.mask, lane.mask.new_ones(len(rows), 1)], dim=1)  # (B, L+1)
         kind = Kind.SOLO if lane.key != "mixed" else Kind.MIXED
         with self._routing(kind, lane.routes, lane.key):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                        **{cache_keyword(model): lane.cache}, **_last_logits_only(model))
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_keyword(model): lane.cache},
+                **_last_logits_only(model),
+            )
         lane.cache, lane.mask = output_cache(out), mask
         self.peak_rows = max(self.peak_rows, len(rows))
         logits = out.logits[:, -1].float()  # (B, V)
@@ -251,15 +292,22 @@ class Engine:
         """Which adapter each row goes through: per row in a mixed pass, one adapter in a solo pass."""
         model = self.registry.base_model
         set_active(model, [str(adapter)] if kind is Kind.SOLO else [])
-        with rows_through_adapters(model, routes) if kind is Kind.MIXED else contextlib.nullcontext():
+        with (
+            rows_through_adapters(model, routes) if kind is Kind.MIXED else contextlib.nullcontext()
+        ):
             yield
 
-    # ----- tokens ------------------------------------------------------------------------------------
+    # ----- tokens
+    # ------------------------------------------------------------------------------------
 
     def _advance(self, request: Request, logits: torch.Tensor) -> bool:
-        """Pick the next token for ``request`` and emit its text; False when the request is finished."""
+        """Pick the next token for ``request`` and emit its text; False when the request is
+        finished."""
         tokenizer = self.registry.tokenizer
-        if len(request.output_ids) < request.sampling.min_tokens and tokenizer.eos_token_id is not None:
+        if (
+            len(request.output_ids) < request.sampling.min_tokens
+            and tokenizer.eos_token_id is not None
+        ):
             logits[tokenizer.eos_token_id] = -math.inf  # as transformers' min_new_tokens does
         token = _sample(logits, request.sampling, request.generator)
         finish = None
@@ -273,21 +321,34 @@ class Engine:
             finish = "length"
         _emit_text(request, final=finish is not None)
         if finish is not None:
-            request.emit(Event(finish_reason=finish, prompt_tokens=len(request.prompt_ids),
-                               completion_tokens=len(request.output_ids)))
+            request.emit(
+                Event(
+                    finish_reason=finish,
+                    prompt_tokens=len(request.prompt_ids),
+                    completion_tokens=len(request.output_ids),
+                )
+            )
         return finish is None
 
-    # ----- rows joining and leaving a lane ----------------------------------------------------------
+    # ----- rows joining and leaving a lane
+    # ----------------------------------------------------------
 
-    def _join(self, lane: Lane, request: Request, route: str, cache: Any, mask: torch.Tensor) -> None:
+    def _join(
+        self, lane: Lane, request: Request, route: str, cache: Any, mask: torch.Tensor
+    ) -> None:
         if not lane.rows:
             lane.rows, lane.routes, lane.cache, lane.mask = [request], [route], cache, mask
             return
         assert lane.mask is not None
         length = max(lane.mask.shape[1], mask.shape[1])
         lane.cache = _concat_caches(lane.cache, lane.mask.shape[1], cache, mask.shape[1], length)
-        lane.mask = torch.cat([F.pad(lane.mask, (length - lane.mask.shape[1], 0)),
-                               F.pad(mask, (length - mask.shape[1], 0))], dim=0)  # (B+1, L)
+        lane.mask = torch.cat(
+            [
+                F.pad(lane.mask, (length - lane.mask.shape[1], 0)),
+                F.pad(mask, (length - mask.shape[1], 0)),
+            ],
+            dim=0,
+        )  # (B+1, L)
         lane.rows.append(request)
         lane.routes.append(route)
 
@@ -298,8 +359,13 @@ class Engine:
         for request in gone:
             if request.cancelled.is_set():
                 self.cancelled += 1
-                request.emit(Event(finish_reason="cancelled", prompt_tokens=len(request.prompt_ids),
-                                   completion_tokens=len(request.output_ids)))
+                request.emit(
+                    Event(
+                        finish_reason="cancelled",
+                        prompt_tokens=len(request.prompt_ids),
+                        completion_tokens=len(request.output_ids),
+                    )
+                )
         if not keep:
             self.lanes.pop(lane.key, None)
             return
@@ -319,7 +385,8 @@ class Engine:
         self.lanes.clear()
 
 
-# ----- helpers on tensors and caches ----------------------------------------------------------------
+# ----- helpers on tensors and caches
+# ----------------------------------------------------------------
 
 
 def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
@@ -329,7 +396,8 @@ def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator
     probs = torch.softmax(logits / sampling.temperature, dim=-1)  # (V,)
     if sampling.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs > sampling.top_p  # keeps the token that crosses top_p
+        # keeps the token that crosses top_p
+        outside = sorted_probs.cumsum(0) - sorted_probs > sampling.top_p
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
@@ -345,21 +413,29 @@ def _stop_at(request: Request) -> str | None:
 
 
 def _emit_text(request: Request, final: bool) -> None:
-    """Send what is new in ``request.text``, holding back what may still become a stop string or is an
-    unfinished multi-byte character (decoded as U+FFFD until its last byte arrives)."""
+    """Send what is new in ``request.text``, holding back what may still become a stop string or is
+    an unfinished multi-byte character (decoded as U+FFFD until its last byte arrives)."""
     text, end = request.text, len(request.text)
     if not final:
         while end > request.sent and text[end - 1] == "\ufffd":
             end -= 1
-        end -= max((k for s in request.sampling.stop for k in range(1, len(s)) if text[:end].endswith(s[:k])),
-                   default=0)
+        end -= max(
+            (
+                k
+                for s in request.sampling.stop
+                for k in range(1, len(s))
+                if text[:end].endswith(s[:k])
+            ),
+            default=0,
+        )
     if end > request.sent:
-        request.emit(Event(text=text[request.sent:end]))
+        request.emit(Event(text=text[request.sent : end]))
         request.sent = end
 
 
 def _last_logits_only(model: nn.Module) -> dict[str, int]:
-    """Ask for the last position's logits only where the model can (a prompt's full logits are large)."""
+    """Ask for the last position's logits only where the model can (a prompt's full logits are
+    large)."""
     return {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
 
 
@@ -368,12 +444,23 @@ def _cache_length(cache: Any) -> int:
 
 
 def _concat_caches(left: Any, left_len: int, right: Any, right_len: int, length: int) -> Any:
-    """``left``'s rows then ``right``'s, each left-padded to ``length`` positions (in ``left``, in place)."""
+    """``left``'s rows then ``right``'s, each left-padded to ``length`` positions (in ``left``, in
+    place)."""
     for a, b in zip(left.layers, right.layers, strict=True):
-        a.keys = torch.cat([F.pad(a.keys, (0, 0, length - left_len, 0)),
-                            F.pad(b.keys, (0, 0, length - right_len, 0))], dim=0)  # (B+1, H, L, hd)
-        a.values = torch.cat([F.pad(a.values, (0, 0, length - left_len, 0)),
-                              F.pad(b.values, (0, 0, length - right_len, 0))], dim=0)
+        a.keys = torch.cat(
+            [
+                F.pad(a.keys, (0, 0, length - left_len, 0)),
+                F.pad(b.keys, (0, 0, length - right_len, 0)),
+            ],
+            dim=0,
+        )  # (B+1, H, L, hd)
+        a.values = torch.cat(
+            [
+                F.pad(a.values, (0, 0, length - left_len, 0)),
+                F.pad(b.values, (0, 0, length - right_len, 0)),
+            ],
+            dim=0,
+        )
     return left
 
 
@@ -381,4 +468,3 @@ def _select_cache(cache: Any, index: torch.Tensor, start: int) -> None:
     for layer in cache.layers:
         layer.keys = layer.keys.index_select(0, index)[:, :, start:]
         layer.values = layer.values.index_select(0, index)[:, :, start:]
-

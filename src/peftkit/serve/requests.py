@@ -16,13 +16,32 @@ MAX_N = 8
 class BadRequest(Exception):
     """A request the server refuses, with OpenAI's error fields."""
 
-    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
-        self.message, self.status, self.kind, self.param, self.code = message, status, kind, param, code
+        self.message, self.status, self.kind, self.param, self.code = (
+            message,
+            status,
+            kind,
+            param,
+            code,
+        )
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 @dataclass(frozen=True)
@@ -38,7 +57,9 @@ class Completion:
     include_usage: bool
 
 
-def _number(body: dict[str, Any], name: str, default: float, low: float, high: float, problems: list[str]) -> float:
+def _number(
+    body: dict[str, Any], name: str, default: float, low: float, high: float, problems: list[str]
+) -> float:
     value = body.get(name)
     if value is None:
         return default
@@ -48,8 +69,9 @@ def _number(body: dict[str, Any], name: str, default: float, low: float, high: f
     return float(value)
 
 
-def _integer(body: dict[str, Any], name: str, default: int | None, low: int, high: int,
-             problems: list[str]) -> int | None:
+def _integer(
+    body: dict[str, Any], name: str, default: int | None, low: int, high: int, problems: list[str]
+) -> int | None:
     value = body.get(name)
     if value is None:
         return default
@@ -70,12 +92,17 @@ def _stop(body: dict[str, Any], problems: list[str]) -> tuple[str, ...]:
     return tuple(s for s in stops if s)
 
 
-def _common(body: Any, problems: list[str], max_tokens_names: tuple[str, ...]) -> tuple[str, Sampling, int, bool, bool]:
+def _common(
+    body: Any, problems: list[str], max_tokens_names: tuple[str, ...]
+) -> tuple[str, Sampling, int, bool, bool]:
     if not isinstance(body.get("model"), str) or not body["model"]:
-        problems.append("model is required: the base model's name or an adapter's (GET /v1/models lists them)")
+        problems.append(
+            "model is required: the base model's name or an adapter's (GET /v1/models lists them)"
+        )
     max_tokens = next((body[k] for k in max_tokens_names if body.get(k) is not None), None)
     sampling = Sampling(
-        max_tokens=_integer({"max_tokens": max_tokens}, "max_tokens", 16, 1, 1 << 20, problems) or 16,
+        max_tokens=_integer({"max_tokens": max_tokens}, "max_tokens", 16, 1, 1 << 20, problems)
+        or 16,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0, problems),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, problems) or 1.0,
         stop=_stop(body, problems),
@@ -99,14 +126,19 @@ def _check(body: Any) -> dict[str, Any]:
 
 
 def read_completion(body: Any) -> Completion:
-    """``POST /v1/completions``: ``prompt`` is a string, a list of strings, token ids or lists of them."""
+    """``POST /v1/completions``: ``prompt`` is a string, a list of strings, token ids or lists of
+    them."""
     body, problems = _check(body), list[str]()
     model, sampling, n, stream, include_usage = _common(body, problems, ("max_tokens",))
     prompt = body.get("prompt")
     prompts: list[str | list[int]]
     if isinstance(prompt, str):
         prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+    elif (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt)
+    ):
         prompts = [list(prompt)]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or _ids(p) for p in prompt):
         prompts = list(prompt)
@@ -125,11 +157,20 @@ def _ids(value: Any) -> bool:
 def read_chat(body: Any) -> tuple[Completion, list[dict[str, Any]]]:
     """``POST /v1/chat/completions``: the messages, to be rendered by the tokenizer's chat template."""
     body, problems = _check(body), list[str]()
-    model, sampling, n, stream, include_usage = _common(body, problems, ("max_completion_tokens", "max_tokens"))
+    model, sampling, n, stream, include_usage = _common(
+        body, problems, ("max_completion_tokens", "max_tokens")
+    )
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), (str, list))
-            for m in messages):
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), (str, list))
+            for m in messages
+        )
+    ):
         problems.append("messages is required: a list of {role, content} objects")
         messages = []
     if problems:
@@ -141,5 +182,7 @@ def _plain(message: dict[str, Any]) -> dict[str, Any]:
     """A message whose content is a list of parts (OpenAI's newer form) as one text."""
     content = message["content"]
     if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        content = "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
     return {"role": message["role"], "content": content}

@@ -1,5 +1,5 @@
-"""New adapters from existing ones (``add_weighted_adapter``): the layer-wise combination, with the tensor
-arithmetic in :mod:`.merging`.
+"""New adapters from existing ones (``add_weighted_adapter``): the layer-wise combination, with the
+tensor arithmetic in :mod:`.merging`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def _lora_pair(layer: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]
 
 @torch.no_grad()
 def combine_ia3(model: nn.Module, sources: list[str], weights: list[float], target: str) -> None:
-    """Fill the (already created) IA3 adapter ``target`` with ``sum(w * l)`` over the sources each layer has."""
+    """Fill the (already created) IA3 adapter ``target`` with ``sum(w * l)`` over the sources each
+    layer has."""
     for _, layer in adapter_layers(model):
         new = layer.vector(target) if isinstance(layer, IA3Layer) else None
         if new is None:
@@ -39,23 +40,39 @@ def combine_ia3(model: nn.Module, sources: list[str], weights: list[float], targ
 
 
 @torch.no_grad()
-def combine_lora(model: nn.Module, sources: list[str], weights: list[float], target: str, combination: str,
-                 rank: int, density: float = 1.0, sign_method: str = "total") -> None:
-    """Fill the (already created, rank ``rank``, scaling 1) LoRA adapter ``target`` from ``sources``.
+def combine_lora(
+    model: nn.Module,
+    sources: list[str],
+    weights: list[float],
+    target: str,
+    combination: str,
+    rank: int,
+    density: float = 1.0,
+    sign_method: str = "total",
+) -> None:
+    """Fill the (already created, rank ``rank``, scaling 1) LoRA adapter ``target`` from
+    ``sources``.
 
-    PEFT's semantics: ``cat`` stacks the adapters, so the update is exactly ``sum(w * scaling * B @ A)``;
-    ``linear``, ``ties``, ``dare_*`` and ``magnitude_prune`` mix the A and the B matrices separately with
-    ``sqrt(|w * scaling|)`` each (the sign on A); the ``*_svd`` variants (and ``svd``) mix the dense updates
-    and keep the top ``rank`` singular directions.
+    PEFT's semantics: ``cat`` stacks the adapters, so the update is exactly ``sum(w * scaling * B @
+    A)``; ``linear``, ``ties``, ``dare_*`` and ``magnitude_prune`` mix the A and the B matrices
+    separately with ``sqrt(|w * scaling|)`` each (the sign on A); the ``*_svd`` variants (and
+    ``svd``) mix the dense updates and keep the top ``rank`` singular directions.
     """
     for _, layer in adapter_layers(model):
         if not isinstance(layer, LoraLayer) or _lora_pair(layer, target) is None:
             continue
         new_a, new_b = cast(tuple[torch.Tensor, torch.Tensor], _lora_pair(layer, target))
-        present = [(n, w) for n, w in zip(sources, weights, strict=True) if _lora_pair(layer, n) is not None]
+        present = [
+            (n, w)
+            for n, w in zip(sources, weights, strict=True)
+            if _lora_pair(layer, n) is not None
+        ]
         pairs = [cast(tuple[torch.Tensor, torch.Tensor], _lora_pair(layer, n)) for n, _ in present]
         if combination == "cat":
-            a = torch.cat([p[0] * w * layer.scaling[n] for p, (n, w) in zip(pairs, present, strict=True)], dim=0)
+            a = torch.cat(
+                [p[0] * w * layer.scaling[n] for p, (n, w) in zip(pairs, present, strict=True)],
+                dim=0,
+            )
             b = torch.cat([p[1] for p in pairs], dim=1)
         elif combination in MIXES:
             factors = [w * layer.scaling[n] for n, w in present]

@@ -1,7 +1,7 @@
 """Ways to mix several adapters' tensors into one (task arithmetic, TIES, DARE, magnitude pruning).
 
-Pure tensor functions with PEFT's semantics, used by ``PeftModel.add_weighted_adapter``. DARE draws random
-masks from torch's global generator, so results repeat under the same seed.
+Pure tensor functions with PEFT's semantics, used by ``PeftModel.add_weighted_adapter``. DARE draws
+random masks from torch's global generator, so results repeat under the same seed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def _keep_largest(tensor: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def _drop_random(tensor: torch.Tensor, density: float) -> torch.Tensor:
-    """DARE: keep each entry with probability ``density`` and rescale the survivors by ``1 / density``."""
+    """DARE: keep each entry with probability ``density`` and rescale the survivors by ``1 /
+    density``."""
     if density >= 1:
         return tensor
     return tensor * torch.bernoulli(torch.full_like(tensor, density)) / density
@@ -43,8 +44,13 @@ def _sign_consensus(weighted: torch.Tensor, pruned: torch.Tensor, method: str) -
     return (weighted * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
 
 
-def mix(tensors: Sequence[torch.Tensor], weights: torch.Tensor, how: str, density: float = 1.0,
-        sign_method: str = "total") -> torch.Tensor:
+def mix(
+    tensors: Sequence[torch.Tensor],
+    weights: torch.Tensor,
+    how: str,
+    density: float = 1.0,
+    sign_method: str = "total",
+) -> torch.Tensor:
     """Combine same-shaped task tensors with ``weights`` by method ``how`` (one of :data:`MIXES`)."""
     if how in ("ties", "magnitude_prune"):
         pruned = torch.stack([_keep_largest(t, density) for t in tensors])

@@ -1,5 +1,5 @@
-"""What the adapters in a model do: which is active, disabled, merged, or run per row of a mixed batch;
-delete, merge, unmerge and unload.
+"""What the adapters in a model do: which is active, disabled, merged, or run per row of a mixed
+batch; delete, merge, unmerge and unload.
 """
 
 from __future__ import annotations
@@ -45,16 +45,18 @@ def disabled_states(model: nn.Module) -> set[bool]:
     return {layer.disabled for _, layer in adapter_layers(model)}
 
 
-_ROW_LAYERS = (LoraLinear, LoraConv, LoraEmbedding)  # the layers that split a batch by rows (a ``rows`` attribute)
+# the layers that split a batch by rows (a ``rows`` attribute)
+_ROW_LAYERS = (LoraLinear, LoraConv, LoraEmbedding)
 
 
 @contextlib.contextmanager
-def rows_through_adapters(model: nn.Module, adapter_names: list[str],
-                          encoder_names: list[str] | None = None) -> Iterator[None]:
-    """Inside, row ``i`` of every batch goes through adapter ``adapter_names[i]`` (``"__base__"``: none),
-    whatever adapter is active: LoRA linear layers and the adapters' modules_to_save copies, for inference,
-    with nothing merged. ``encoder_names``: the rows of an encoder-decoder's encoder, when they differ (beam
-    search expands the decoder's batch only)."""
+def rows_through_adapters(
+    model: nn.Module, adapter_names: list[str], encoder_names: list[str] | None = None
+) -> Iterator[None]:
+    """Inside, row ``i`` of every batch goes through adapter ``adapter_names[i]`` (``"__base__"``:
+    none), whatever adapter is active: LoRA linear layers and the adapters' modules_to_save copies,
+    for inference, with nothing merged. ``encoder_names``: the rows of an encoder-decoder's encoder,
+    when they differ (beam search expands the decoder's batch only)."""
     wanted = list(dict.fromkeys(n for n in adapter_names if n != BASE_ROW))
     found = [layer for _, layer in adapter_layers(model)]
     layers = [layer for layer in found if isinstance(layer, AdapterLayer)]
@@ -62,25 +64,33 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str],
     for layer in layers:
         used = [n for n in wanted if n in layer.adapter_names]
         if used and not isinstance(layer, _ROW_LAYERS):
-            raise ConfigError(f"a mixed batch (adapter_names) works with LoRA layers; {used[0]} also "
-                              f"adapts a {type(layer).__name__}. Run that adapter's rows on their own")
+            raise ConfigError(
+                f"a mixed batch (adapter_names) works with LoRA layers; {used[0]} also "
+                f"adapts a {type(layer).__name__}. Run that adapter's rows on their own"
+            )
         if layer.merged_adapters:
-            raise ConfigError("Cannot pass `adapter_names` when there are merged adapters, please call "
-                              "`unmerge_adapter` first (adapter_names needs unmerged adapters: merged ones are in "
-                              "every row's weights)")
+            raise ConfigError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call "
+                "`unmerge_adapter` first (adapter_names needs unmerged adapters: merged ones are in "
+                "every row's weights)"
+            )
     for wrapper in copies:
         wrapper.check_rows(wanted)
     routed: list[Any] = [*(x for x in layers if isinstance(x, _ROW_LAYERS)), *copies]
     get_encoder = getattr(model, "get_encoder", None)
     encoder = get_encoder() if callable(get_encoder) and encoder_names is not None else None
-    has_encoder = isinstance(encoder, nn.Module) and encoder is not model  # transformers 5: self when none
+    # transformers 5: self when none
+    has_encoder = isinstance(encoder, nn.Module) and encoder is not model
     in_encoder = {id(m) for m in cast(nn.Module, encoder).modules()} if has_encoder else set()
-    groups: dict[tuple[torch.device, bool], RowGroups] = {}  # split once per device (and part), not per layer
+    # split once per device (and part), not per layer
+    groups: dict[tuple[torch.device, bool], RowGroups] = {}
     try:
         for module in routed:
             key = (next(module.parameters()).device, id(module) in in_encoder)
             if key not in groups:
-                groups[key] = group_rows(cast(list[str], encoder_names) if key[1] else adapter_names, key[0])
+                groups[key] = group_rows(
+                    cast(list[str], encoder_names) if key[1] else adapter_names, key[0]
+                )
             module.rows = groups[key]
         yield
     finally:
@@ -89,7 +99,8 @@ def rows_through_adapters(model: nn.Module, adapter_names: list[str],
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
-    """Remove adapter ``name`` from every layer; layers left with no adapter go back to plain layers."""
+    """Remove adapter ``name`` from every layer; layers left with no adapter go back to plain
+    layers."""
     for key, layer in list(adapter_layers(model)):
         layer.delete_adapter(name)
         if isinstance(layer, AdapterLayer) and not layer.adapter_names:
@@ -112,7 +123,12 @@ def adapted_layer_names(model: nn.Module) -> list[str]:
 
 def merged_names(model: nn.Module) -> set[str]:
     """The adapters merged into some layer's weight."""
-    return {n for _, layer in adapter_layers(model) if isinstance(layer, AdapterLayer) for n in layer.merged_adapters}
+    return {
+        n
+        for _, layer in adapter_layers(model)
+        if isinstance(layer, AdapterLayer)
+        for n in layer.merged_adapters
+    }
 
 
 def unmerge(model: nn.Module) -> None:
@@ -124,8 +140,8 @@ def unmerge(model: nn.Module) -> None:
 
 @torch.no_grad()
 def unload(model: nn.Module, keep_merged: bool) -> nn.Module:
-    """Replace every adapter layer by its base layer: with the adapters merged so far (``keep_merged``; merge
-    the wanted ones first), or with the original weights.
+    """Replace every adapter layer by its base layer: with the adapters merged so far
+    (``keep_merged``; merge the wanted ones first), or with the original weights.
 
     A trainable copy (``modules_to_save``) replaces its original when keeping merges, as in PEFT.
     """

@@ -1,7 +1,8 @@
 """Which layers each method adapts by default, by the model's ``config.model_type``.
 
-The same choices as Hugging Face PEFT (``peft.utils.constants``), so a config without ``target_modules`` adapts
-the same layers in both libraries; ``tests/test_targets.py`` checks these tables against the installed PEFT.
+The same choices as Hugging Face PEFT (``peft.utils.constants``), so a config without
+``target_modules`` adapts the same layers in both libraries; ``tests/test_targets.py`` checks these
+tables against the installed PEFT.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ LORA_TARGET_MODULES: dict[str, list[str] | str] = {
     "gemma": ["q_proj", "v_proj"],
     "gemma2": ["q_proj", "v_proj"],
     "gemma3_text": ["q_proj", "v_proj"],
-    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",  # a regex: the text model inside the multimodal one
+    # a regex: the text model inside the multimodal one
+    "gemma4": r".*language_model\..*\.(q_proj|v_proj)",
     "qwen2": ["q_proj", "v_proj"],
     "qwen3": ["q_proj", "v_proj"],
     "nemotron_h": ["q_proj", "k_proj", "v_proj", "o_proj"],

@@ -1,8 +1,9 @@
 """Checkpoints that let a run continue exactly where it stopped.
 
-A checkpoint is a folder ``<output_dir>/checkpoints/step-000050/`` holding the adapter in PEFT's format and
-``training_state.pt`` (optimizer, schedule, RNG states, step and data position). It is written into a
-temporary folder and renamed into place, so a crash leaves either the whole checkpoint or none.
+A checkpoint is a folder ``<output_dir>/checkpoints/step-000050/`` holding the adapter in PEFT's
+format and ``training_state.pt`` (optimizer, schedule, RNG states, step and data position). It is
+written into a temporary folder and renamed into place, so a crash leaves either the whole
+checkpoint or none.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ STATE_FILE = "training_state.pt"
 TRAINABLE_FILE = "trainable.safetensors"
 POSITION_FILE = "position.json"
 REQUIRED_FILES = (STATE_FILE, TRAINABLE_FILE, POSITION_FILE)
-"""A checkpoint folder missing one of these is damaged (a kill while it was pruned) and is not listed."""
+"""A checkpoint folder missing one of these is damaged (a kill while it was pruned) and is not
+listed."""
 
 
 def checkpoints_dir(output_dir: str | os.PathLike[str]) -> Path:
@@ -33,7 +35,8 @@ def checkpoints_dir(output_dir: str | os.PathLike[str]) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random state that training draws from (dropout, shuffling seeds are derived, not drawn)."""
+    """Every random state that training draws from (dropout, shuffling seeds are derived, not
+    drawn)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -47,8 +50,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: str | os.PathLike[str], step: int, model: Any, state: dict[str, Any],
-                    keep: int) -> Path:
+def save_checkpoint(
+    output_dir: str | os.PathLike[str], step: int, model: Any, state: dict[str, Any], keep: int
+) -> Path:
     """Write checkpoint ``step`` atomically and delete all but the ``keep`` newest."""
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -59,18 +63,24 @@ def save_checkpoint(output_dir: str | os.PathLike[str], step: int, model: Any, s
         except RuntimeError as err:  # torch's writer names neither the file nor the cause
             if not is_write_failure(err):
                 raise
-            raise StorageError(f"cannot write {root / f'step-{step:06d}' / STATE_FILE}: "
-                               f"{write_failure_reason(err, root)}. Earlier checkpoints are intact") from err
-        (tmp / POSITION_FILE).write_text(json.dumps({"step": step, "micro_batches": state["micro_batches"]}))
+            raise StorageError(
+                f"cannot write {root / f'step-{step:06d}' / STATE_FILE}: "
+                f"{write_failure_reason(err, root)}. Earlier checkpoints are intact"
+            ) from err
+        (tmp / POSITION_FILE).write_text(
+            json.dumps({"step": step, "micro_batches": state["micro_batches"]})
+        )
     for old in list_checkpoints(output_dir)[:-keep]:
         trash = root / f".trash-{old.name}"
-        os.replace(old, trash)  # gone from the listing at once: a kill mid-delete leaves only hidden trash
+        # gone from the listing at once: a kill mid-delete leaves only hidden trash
+        os.replace(old, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return root / f"step-{step:06d}"
 
 
 def list_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
-    """Complete checkpoints, oldest first (half-written temporary folders start with a dot and are skipped)."""
+    """Complete checkpoints, oldest first (half-written temporary folders start with a dot and are
+    skipped)."""
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
@@ -87,13 +97,17 @@ def check_complete(folder: str | os.PathLike[str]) -> None:
     path = Path(folder)
     present = [f for f in REQUIRED_FILES if (path / f).is_file()]
     if not present:
-        raise ConfigError(f"{folder} is not a checkpoint (no {STATE_FILE}); pass a folder under "
-                          f"<output_dir>/checkpoints/, or resume: true for the latest")
+        raise ConfigError(
+            f"{folder} is not a checkpoint (no {STATE_FILE}); pass a folder under "
+            f"<output_dir>/checkpoints/, or resume: true for the latest"
+        )
     missing = [f for f in REQUIRED_FILES if f not in present]
     if missing:
-        raise TrainingError(f"checkpoint {folder} is damaged: {', '.join(missing)} missing (it was being deleted or "
-                            "written when the run was killed); resume from an earlier checkpoint, or with "
-                            "resume: true, which takes the latest complete one")
+        raise TrainingError(
+            f"checkpoint {folder} is damaged: {', '.join(missing)} missing (it was being deleted or "
+            "written when the run was killed); resume from an earlier checkpoint, or with "
+            "resume: true, which takes the latest complete one"
+        )
 
 
 def find_latest(output_dir: str | os.PathLike[str]) -> Path | None:
@@ -109,16 +123,17 @@ def load_state(folder: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise TrainingError(f"cannot read {path} ({type(err).__name__}): the checkpoint is damaged or was not "
-                            f"written by peftkit; resume from an earlier checkpoint, or start a new output_dir"
-                            ) from err
+        raise TrainingError(
+            f"cannot read {path} ({type(err).__name__}): the checkpoint is damaged or was not "
+            f"written by peftkit; resume from an earlier checkpoint, or start a new output_dir"
+        ) from err
     return state
 
 
 def load_trainable(folder: Path, model: Any, trainable: int, copy: Any) -> None:
-    """Copy a checkpoint's trainable tensors into ``model`` (``copy(parameter, tensor)`` does each, so a
-    sharded parameter takes its part), after checking they are this run's: the same names, count
-    (``trainable``) and shapes.
+    """Copy a checkpoint's trainable tensors into ``model`` (``copy(parameter, tensor)`` does each,
+    so a sharded parameter takes its part), after checking they are this run's: the same names,
+    count (``trainable``) and shapes.
 
     Raises:
         ConfigError: the checkpoint was written for another adapter.
@@ -129,13 +144,17 @@ def load_trainable(folder: Path, model: Any, trainable: int, copy: Any) -> None:
     named = dict(model.named_parameters())
     missing = [k for k in weights if k not in named]
     if missing or len(weights) != trainable:
-        raise ConfigError(f"{folder} was written for a different adapter ({len(weights)} tensors, this run "
-                          f"trains {trainable}); resume with the same config, or start a new output_dir")
+        raise ConfigError(
+            f"{folder} was written for a different adapter ({len(weights)} tensors, this run "
+            f"trains {trainable}); resume with the same config, or start a new output_dir"
+        )
     wrong = [k for k, t in weights.items() if t.shape != named[k].shape]
     if wrong:
-        raise ConfigError(f"{folder} was written for a different adapter: {wrong[0]} has shape "
-                          f"{tuple(weights[wrong[0]].shape)}, this run's is {tuple(named[wrong[0]].shape)}; "
-                          f"resume with the same config, or start a new output_dir")
+        raise ConfigError(
+            f"{folder} was written for a different adapter: {wrong[0]} has shape "
+            f"{tuple(weights[wrong[0]].shape)}, this run's is {tuple(named[wrong[0]].shape)}; "
+            f"resume with the same config, or start a new output_dir"
+        )
     with torch.no_grad():
         for key, tensor in weights.items():
             copy(named[key], tensor)

@@ -1,13 +1,15 @@
-"""Data-parallel training on ``torch.distributed``: process group, model wrapping, sharding and reductions.
+"""Data-parallel training on ``torch.distributed``: process group, model wrapping, sharding and
+reductions.
 
 peftkit does not launch or coordinate processes itself: ``torchrun`` starts them and sets ``RANK``,
-``WORLD_SIZE`` and ``LOCAL_RANK``; this module joins the group it describes (gloo on CPU, nccl on CUDA)
-and wraps the model in PyTorch's own DDP or FSDP2 (``fully_shard``).
+``WORLD_SIZE`` and ``LOCAL_RANK``; this module joins the group it describes (gloo on CPU, nccl on
+CUDA) and wraps the model in PyTorch's own DDP or FSDP2 (``fully_shard``).
 
-How a global batch is split: every process builds the same seeded list of micro-batches (the data order
-does not depend on the number of processes), and process ``r`` of ``W`` takes rows ``r, r+W, ...`` of
-each. The loss is normalized by the target tokens of the whole global micro-batch, so the summed
-gradient equals that of one process running the whole batch: results do not change with ``W``.
+How a global batch is split: every process builds the same seeded list of micro-batches (the data
+order does not depend on the number of processes), and process ``r`` of ``W`` takes rows ``r, r+W,
+...`` of each. The loss is normalized by the target tokens of the whole global micro-batch, so the
+summed gradient equals that of one process running the whole batch: results do not change with
+``W``.
 """
 
 from __future__ import annotations
@@ -103,14 +105,19 @@ def setup(device: str, strategy: str, timeout_minutes: float) -> tuple[Processes
     created = False
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
-            raise ConfigError("WORLD_SIZE is set but MASTER_ADDR is not; start distributed runs with torchrun "
-                              "(or peftkit train --nproc N), which sets both")
+            raise ConfigError(
+                "WORLD_SIZE is set but MASTER_ADDR is not; start distributed runs with torchrun "
+                "(or peftkit train --nproc N), which sets both"
+            )
         cuda = device in ("auto", "cuda") and torch.cuda.is_available()
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes)
+        )
         created = True
-        # A sharded model reaches the group's backend through reference cycles, and the caller keeps the trained
-        # model after teardown. Collect the cycles at exit while the interpreter is whole: freed during its
-        # shutdown, Gloo's worker threads can abort the process (SIGABRT) after the run has finished.
+        # A sharded model reaches the group's backend through reference cycles, and the caller keeps
+        # the trained model after teardown. Collect the cycles at exit while the interpreter is
+        # whole: freed during its shutdown, Gloo's worker threads can abort the process (SIGABRT)
+        # after the run has finished.
         atexit.register(gc.collect)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.get_backend() == "nccl":
@@ -120,21 +127,22 @@ def setup(device: str, strategy: str, timeout_minutes: float) -> tuple[Processes
 
 def teardown(created: bool) -> None:
     if created and dist.is_initialized():
-        # The run's DDP or FSDP wrapper may still be alive in a reference cycle; its reducer and Gloo threads
-        # must go before the group does, or freeing them at interpreter exit aborts the process (SIGABRT,
-        # "terminate called without an active exception") after a run that finished.
+        # The run's DDP or FSDP wrapper may still be alive in a reference cycle; its reducer and
+        # Gloo threads must go before the group does, or freeing them at interpreter exit aborts the
+        # process (SIGABRT, "terminate called without an active exception") after a run that
+        # finished.
         gc.collect()
         dist.destroy_process_group()
 
 
 def shard(rows: Sequence[T], procs: Processes) -> list[T]:
     """This process's rows of a global batch: every ``world_size``-th, from its rank."""
-    return list(rows[procs.rank:: procs.world_size])
+    return list(rows[procs.rank :: procs.world_size])
 
 
 def even_shard(count: int, procs: Processes) -> tuple[list[int], int]:
-    """Indices of this process's share of ``count`` items, padded (by repeating its first) to the same
-    length on every process, and how many of them are its own."""
+    """Indices of this process's share of ``count`` items, padded (by repeating its first) to the
+    same length on every process, and how many of them are its own."""
     own = list(range(procs.rank, count, procs.world_size))
     length = -(-count // procs.world_size)
     padding = own[:1] or [0]
@@ -142,12 +150,13 @@ def even_shard(count: int, procs: Processes) -> tuple[list[int], int]:
 
 
 def wrap(model: nn.Module, procs: Processes, device: torch.device) -> nn.Module:
-    """The module the training step runs: the model itself, DDP around it, or the model fully sharded.
+    """The module the training step runs: the model itself, DDP around it, or the model fully
+    sharded.
 
     DDP synchronizes only parameters that require gradients, so the frozen base costs nothing in
     communication. FSDP2 shards every parameter (frozen base included) block by block; the adapter
-    weights keep their dtype (fp32 unless the model was loaded otherwise). ``fully_shard`` changes the
-    model in place, so the returned module is ``model`` itself.
+    weights keep their dtype (fp32 unless the model was loaded otherwise). ``fully_shard`` changes
+    the model in place, so the returned module is ``model`` itself.
     """
     if not procs.distributed:
         return model
@@ -171,8 +180,10 @@ def _fully_shard(model: nn.Module) -> nn.Module:
 
     blocks = _block_classes(model)
     if not blocks:
-        raise ConfigError(f"train.strategy=fsdp needs to know the model's transformer block class, and "
-                          f"{type(model).__name__} does not declare _no_split_modules; use strategy: ddp")
+        raise ConfigError(
+            f"train.strategy=fsdp needs to know the model's transformer block class, and "
+            f"{type(model).__name__} does not declare _no_split_modules; use strategy: ddp"
+        )
     for module in list(model.modules()):
         if type(module).__name__ in blocks:
             fully_shard(module)
@@ -203,7 +214,8 @@ def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def full_parameters(model: nn.Module) -> Iterator[None]:
-    """Inside, a sharded model's parameters are whole on every process (for saving); a no-op otherwise.
+    """Inside, a sharded model's parameters are whole on every process (for saving); a no-op
+    otherwise.
 
     Every process must enter it together.
     """
@@ -224,32 +236,43 @@ def load_full(param: torch.Tensor, full: torch.Tensor) -> None:
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     if isinstance(param, DTensor):
-        full = distribute_tensor(full.to(param.device, param.dtype), param.device_mesh, param.placements)
+        full = distribute_tensor(
+            full.to(param.device, param.dtype), param.device_mesh, param.placements
+        )
     param.copy_(full)
 
 
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, procs: Processes) -> dict[str, Any]:
+def optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, procs: Processes
+) -> dict[str, Any]:
     """The optimizer's state as one process would hold it (gathered from the shards under FSDP)."""
     if not procs.sharded:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True)
+    )
 
 
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                         procs: Processes) -> None:
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], procs: Processes
+) -> None:
     if not procs.sharded:
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(
+        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def check_global_batch(batch_size: int, procs: Processes) -> None:
     """The global micro-batch is split over the processes, so each must get at least one row."""
     if batch_size < procs.world_size:
-        raise ConfigError(f"train.batch_size={batch_size} is the global micro-batch, split over "
-                          f"{procs.world_size} processes, so it must be at least {procs.world_size}; raise it "
-                          f"(and lower train.grad_accum to keep the same global batch)")
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global micro-batch, split over "
+            f"{procs.world_size} processes, so it must be at least {procs.world_size}; raise it "
+            f"(and lower train.grad_accum to keep the same global batch)"
+        )

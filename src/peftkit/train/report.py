@@ -12,30 +12,49 @@ from ..common.files import write_failure_reason, write_text_atomic
 from ..errors import ConfigError, StorageError
 from .config import TRACKERS, JobConfig
 
-__all__ = ["TRACKERS", "MetricsLog", "NoMetrics", "Trackers", "card_lines", "format_metrics", "plot_metrics",
-           "read_metrics"]
+__all__ = [
+    "TRACKERS",
+    "MetricsLog",
+    "NoMetrics",
+    "Trackers",
+    "card_lines",
+    "format_metrics",
+    "plot_metrics",
+    "read_metrics",
+]
+
 
 class Trackers:
-    """Metrics sent on to experiment trackers through accelerate's tracking integrations, none of which is a
-    dependency of peftkit: a tracker whose package is missing is refused, naming the package.
+    """Metrics sent on to experiment trackers through accelerate's tracking integrations, none of
+    which is a dependency of peftkit: a tracker whose package is missing is refused, naming the
+    package.
 
     TensorBoard writes its event files under ``<output_dir>/runs``, as transformers' Trainer does.
     """
 
-    def __init__(self, names: list[str], run_name: str, logging_dir: str | os.PathLike[str],
-                 config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        run_name: str,
+        logging_dir: str | os.PathLike[str],
+        config: dict[str, Any],
+    ) -> None:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
         self.trackers: list[Any] = []
         for name in names:
             cls = LOGGER_TYPE_TO_CLASS[name]
             try:
-                tracker = cls(run_name, logging_dir) if cls.requires_logging_directory else cls(run_name)
+                tracker = (
+                    cls(run_name, logging_dir) if cls.requires_logging_directory else cls(run_name)
+                )
                 tracker.start()
                 tracker.store_init_configuration(_flat(config))
             except ImportError as err:
-                raise ConfigError(f"train.report_to has {name!r}, but its package is not installed ({err}); "
-                                  f"pip install {TRACKERS[name]}, or leave {name!r} out") from err
+                raise ConfigError(
+                    f"train.report_to has {name!r}, but its package is not installed ({err}); "
+                    f"pip install {TRACKERS[name]}, or leave {name!r} out"
+                ) from err
             self.trackers.append(tracker)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -49,28 +68,38 @@ class Trackers:
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``, with values trackers can store (text otherwise)."""
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``, with values trackers can store (text
+    otherwise)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+            out[f"{prefix}{key}"] = (
+                value if isinstance(value, (int, float, str, bool)) else str(value)
+            )
     return out
 
 
 class MetricsLog:
     """Appends one JSON object per line to ``metrics.jsonl``.
 
-    On resume, records after the resumed step are dropped first, so a crashed run's tail is not duplicated.
+    On resume, records after the resumed step are dropped first, so a crashed run's tail is not
+    duplicated.
     """
 
-    def __init__(self, path: str | os.PathLike[str], resume_step: int | None = None,
-                 trackers: Trackers | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        resume_step: int | None = None,
+        trackers: Trackers | None = None,
+    ) -> None:
         self.path = Path(path)
         self.trackers = trackers
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in self.read() if resume_step is not None and r.get("step", 0) <= resume_step]
+        kept = [
+            r for r in self.read() if resume_step is not None and r.get("step", 0) <= resume_step
+        ]
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -78,9 +107,12 @@ class MetricsLog:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()
-        except OSError as err:  # a full disk mid-run: say which file and why, as every other write does
-            raise StorageError(f"cannot append to {self.path}: {write_failure_reason(err, self.path.parent)}; "
-                               "the checkpoints written so far are intact, continue with --resume") from err
+        # a full disk mid-run: say which file and why, as every other write does
+        except OSError as err:
+            raise StorageError(
+                f"cannot append to {self.path}: {write_failure_reason(err, self.path.parent)}; "
+                "the checkpoints written so far are intact, continue with --resume"
+            ) from err
         if self.trackers is not None:
             self.trackers.log(record)
 
@@ -94,7 +126,8 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl file (none if it is missing; a line cut by a crash is skipped)."""
+    """The records of a metrics.jsonl file (none if it is missing; a line cut by a crash is
+    skipped)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -108,20 +141,25 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
-    """Training and evaluation loss, and accuracy when measured, against the step. False without matplotlib."""
+    """Training and evaluation loss, and accuracy when measured, against the step. False without
+    matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        warnings.warn("matplotlib is not installed, so no plot was saved; pip install 'peftkit[plot]'",
-                      stacklevel=2)
+        warnings.warn(
+            "matplotlib is not installed, so no plot was saved; pip install 'peftkit[plot]'",
+            stacklevel=2,
+        )
         return False
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     accuracy = [(r["step"], r["eval_accuracy"]) for r in records if "eval_accuracy" in r]
-    fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(10 if accuracy else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, 2 if accuracy else 1, figsize=(10 if accuracy else 6, 4), squeeze=False
+    )
     ax = axes[0][0]
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")
@@ -166,14 +204,23 @@ def format_metrics(label: str, values: dict[str, float]) -> str:
 
 
 def card_lines(job: JobConfig, summary: dict[str, Any]) -> list[str]:
-    """The model card's "Training" section: base, method, data, steps and the metrics before and after."""
-    lines = ["## Training", "", f"- base model: `{job.model}`", f"- method: {job.method}, "
-             f"adapter settings: `{json.dumps(job.adapter)}`",
-             f"- data: `{job.data.path}` ({job.data.mode}), {summary['train_examples']} training and "
-             f"{summary['val_examples']} validation examples",
-             f"- {summary['steps']} steps, batch {job.train.batch_size} x {job.train.grad_accum}, lr {job.train.lr}, "
-             f"{job.train.schedule} schedule, seed {job.seed}"]
+    """The model card's "Training" section: base, method, data, steps and the metrics before and
+    after."""
+    lines = [
+        "## Training",
+        "",
+        f"- base model: `{job.model}`",
+        f"- method: {job.method}, adapter settings: `{json.dumps(job.adapter)}`",
+        f"- data: `{job.data.path}` ({job.data.mode}), {summary['train_examples']} training and "
+        f"{summary['val_examples']} validation examples",
+        f"- {summary['steps']} steps, batch {job.train.batch_size} x {job.train.grad_accum}, lr {job.train.lr}, "
+        f"{job.train.schedule} schedule, seed {job.seed}",
+    ]
     for label in ("before", "after"):
         if summary[label]:
             lines.append(format_metrics(f"- validation {label} training", summary[label]))
-    return [*lines, "", "The full settings are in `config.yaml`; the curves in `metrics.jsonl` and `plot.png`."]
+    return [
+        *lines,
+        "",
+        "The full settings are in `config.yaml`; the curves in `metrics.jsonl` and `plot.png`.",
+    ]

@@ -1,4 +1,5 @@
-"""Stop signals during training: the first asks for a checkpoint and a clean stop, a second stops at once."""
+"""Stop signals during training: the first asks for a checkpoint and a clean stop, a second stops at
+once."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ from ..errors import TrainingInterrupted
 __all__ = ["STOP_SIGNALS", "stop_on_signal"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""Ctrl-C, a scheduler's or ``kill``'s stop, a closed terminal: each asks for a checkpoint and a clean stop."""
+"""Ctrl-C, a scheduler's or ``kill``'s stop, a closed terminal: each asks for a checkpoint and a
+clean stop."""
 
 
 @contextlib.contextmanager
-def stop_on_signal(request_stop: Callable[[int], None], stop_now: Callable[[int], TrainingInterrupted],
-                   requested: Callable[[], bool]) -> Iterator[None]:
-    """Within, the first stop signal calls ``request_stop(signum)`` (the run stops after its current step,
-    with a checkpoint); one more raises ``stop_now(signum)``. Only in the main thread, where Python delivers
-    signals; elsewhere nothing changes."""
+def stop_on_signal(
+    request_stop: Callable[[int], None],
+    stop_now: Callable[[int], TrainingInterrupted],
+    requested: Callable[[], bool],
+) -> Iterator[None]:
+    """Within, the first stop signal calls ``request_stop(signum)`` (the run stops after its current
+    step, with a checkpoint); one more raises ``stop_now(signum)``. Only in the main thread, where
+    Python delivers signals; elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

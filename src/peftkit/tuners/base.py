@@ -1,7 +1,8 @@
-"""What every weight-side adapter layer shares: the wrapped base layer, the active set, merging, disabling.
+"""What every weight-side adapter layer shares: the wrapped base layer, the active set, merging,
+disabling.
 
-Subclasses (LoRA, IA3) hold their tensors under the adapter's name and say how one adapter is folded into
-the base weight and taken out again. No I/O here; :mod:`peftkit.surgery` places these layers.
+Subclasses (LoRA, IA3) hold their tensors under the adapter's name and say how one adapter is folded
+into the base weight and taken out again. No I/O here; :mod:`peftkit.surgery` places these layers.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ __all__ = ["AdapterLayer", "base_output"]
 
 
 def base_output(layer: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-    """``layer(x, *args, **kwargs)``; for a plain ``nn.Linear`` that nothing hooks, ``F.linear`` with its tensors.
+    """``layer(x, *args, **kwargs)``; for a plain ``nn.Linear`` that nothing hooks, ``F.linear``
+    with its tensors.
 
-    At batch 1 a decode step is a few microseconds of arithmetic per layer, and the nested module call costs
-    about as much as the matmul's dispatch (benchmarks/lora_floor.py). The shortcut is exactly what
-    ``nn.Module.__call__`` would run: it is taken only for ``nn.Linear`` itself (quantized, parametrized and
-    FSDP-sharded layers are subclasses) without hooks of its own or global ones.
+    At batch 1 a decode step is a few microseconds of arithmetic per layer, and the nested module
+    call costs about as much as the matmul's dispatch (benchmarks/lora_floor.py). The shortcut is
+    exactly what ``nn.Module.__call__`` would run: it is taken only for ``nn.Linear`` itself
+    (quantized, parametrized and FSDP-sharded layers are subclasses) without hooks of its own or
+    global ones.
     """
     if type(layer) is nn.Linear and not (args or kwargs or _hooked(layer)):
         params = layer._parameters
@@ -36,10 +39,16 @@ def base_output(layer: nn.Module, x: torch.Tensor, *args: object, **kwargs: obje
 
 def _hooked(layer: nn.Module) -> bool:
     """Whether calling ``layer`` would run any hook: its own or one registered for every module."""
-    return bool(layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
-                or layer._backward_pre_hooks or torch_module._global_forward_hooks
-                or torch_module._global_forward_pre_hooks or torch_module._global_backward_hooks
-                or torch_module._global_backward_pre_hooks)
+    return bool(
+        layer._forward_hooks
+        or layer._forward_pre_hooks
+        or layer._backward_hooks
+        or layer._backward_pre_hooks
+        or torch_module._global_forward_hooks
+        or torch_module._global_forward_pre_hooks
+        or torch_module._global_backward_hooks
+        or torch_module._global_backward_pre_hooks
+    )
 
 
 class AdapterLayer(nn.Module):
@@ -58,15 +67,20 @@ class AdapterLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.active_adapters: list[str] = []
-        self._applied: list[str] = []  # the active adapters this layer holds, in order: what forward computes
+        # the active adapters this layer holds, in order: what forward computes
+        self._applied: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False
 
     def _set_features(self, fan_in_fan_out: bool) -> None:
-        """Record ``in_features``/``out_features``: the layer's own when it states them (a 4-bit layer's
-        packed weight has another shape), else the weight's; Conv1D-style layers store (in, out)."""
+        """Record ``in_features``/``out_features``: the layer's own when it states them (a 4-bit
+        layer's packed weight has another shape), else the weight's; Conv1D-style layers store (in,
+        out)."""
         self.fan_in_fan_out = fan_in_fan_out
-        in_f, out_f = getattr(self.base_layer, "in_features", None), getattr(self.base_layer, "out_features", None)
+        in_f, out_f = (
+            getattr(self.base_layer, "in_features", None),
+            getattr(self.base_layer, "out_features", None),
+        )
         if in_f is None or out_f is None:
             out_f, in_f = self.weight.shape
             if fan_in_fan_out:
@@ -81,7 +95,8 @@ class AdapterLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's weight, so code that reads ``layer.weight`` (weight tying, dtype checks) still works."""
+        """The base layer's weight, so code that reads ``layer.weight`` (weight tying, dtype checks)
+        still works."""
         return cast(torch.Tensor, self.base_layer.weight)
 
     @property
@@ -93,11 +108,13 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     other_param_names: tuple[str, ...] = ()
-    """Per-adapter bookkeeping kept beside the tensors, by attribute name (PEFT's layer attribute)."""
+    """Per-adapter bookkeeping kept beside the tensors, by attribute name (PEFT's layer attribute).
+    """
 
     @property
     def adapter_layer_names(self) -> tuple[str, ...]:
-        """The containers that hold the adapters' tensors, by attribute name (PEFT's layer attribute)."""
+        """The containers that hold the adapters' tensors, by attribute name (PEFT's layer
+        attribute)."""
         return tuple(n for n in self.adapter_param_names if n != "lora_dropout")
 
     def get_base_layer(self) -> nn.Module:
@@ -105,7 +122,8 @@ class AdapterLayer(nn.Module):
         return self.base_layer
 
     def _all_available_adapter_names(self) -> list[str]:
-        """PEFT's layer method of this name (its tests and some user code call it): the adapters held here."""
+        """PEFT's layer method of this name (its tests and some user code call it): the adapters
+        held here."""
         return sorted(self.adapter_names)
 
     repr_name: str | None = None
@@ -115,8 +133,9 @@ class AdapterLayer(nn.Module):
         return self.repr_name or super()._get_name()
 
     def adapter_parameters(self, name: str) -> Iterator[tuple[str, str, nn.Parameter]]:
-        """Adapter ``name``'s tensors here: (name in this layer, name in an adapter file, parameter), e.g.
-        ``("lora_A.default.weight", "lora_A.weight", A)``; the file drops the adapter's name, as PEFT's does."""
+        """Adapter ``name``'s tensors here: (name in this layer, name in an adapter file,
+        parameter), e.g. ``("lora_A.default.weight", "lora_A.weight", A)``; the file drops the
+        adapter's name, as PEFT's does."""
         for attr in self.adapter_param_names:
             container = getattr(self, attr)
             if name not in container:
@@ -129,12 +148,14 @@ class AdapterLayer(nn.Module):
                     yield f"{attr}.{name}.{sub}", f"{attr}.{sub}", param
 
     def splits_rows(self, name: str) -> bool:
-        """Whether adapter ``name`` can run on some rows of a batch only (a mixed batch, ``adapter_names``)."""
+        """Whether adapter ``name`` can run on some rows of a batch only (a mixed batch,
+        ``adapter_names``)."""
         return False
 
     def set_active(self, names: list[str]) -> None:
-        """Apply exactly these adapters (those this layer holds) in ``forward``. ``active_adapters`` keeps every
-        name, held here or not, as PEFT's layers do (a model's adapters may adapt different layers)."""
+        """Apply exactly these adapters (those this layer holds) in ``forward``. ``active_adapters``
+        keeps every name, held here or not, as PEFT's layers do (a model's adapters may adapt
+        different layers)."""
         held = set(self.adapter_names)
         self.active_adapters = list(names)
         self._applied = [n for n in names if n in held]
@@ -163,17 +184,22 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def merge(self, names: list[str] | None = None, safe_merge: bool = False,
-              adapter_names: list[str] | None = None) -> None:
-        """Fold adapters (``names``, or PEFT's ``adapter_names``; default: the active ones) into the base weight.
-        Already merged adapters are skipped (idempotent). An adapter holding NaN or infinity is always refused
-        before any change; ``safe_merge`` also checks the merged weight and puts the old one back if it is not
-        finite (PEFT's option)."""
+    def merge(
+        self,
+        names: list[str] | None = None,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> None:
+        """Fold adapters (``names``, or PEFT's ``adapter_names``; default: the active ones) into the
+        base weight. Already merged adapters are skipped (idempotent). An adapter holding NaN or
+        infinity is always refused before any change; ``safe_merge`` also checks the merged weight
+        and puts the old one back if it is not finite (PEFT's option)."""
         names = adapter_names if names is None else names
         if self.quantized:
-
-            raise ConfigError("cannot merge into a 4-bit (bitsandbytes) base layer: its packed weight cannot hold "
-                              "the update exactly. Load the base model unquantized, load the adapter, then merge")
+            raise ConfigError(
+                "cannot merge into a 4-bit (bitsandbytes) base layer: its packed weight cannot hold "
+                "the update exactly. Load the base model unquantized, load the adapter, then merge"
+            )
         held = set(self.adapter_names)
         for name in names if names is not None else self.active_adapters:
             if name in held and name not in self.merged_adapters:
@@ -185,19 +211,23 @@ class AdapterLayer(nn.Module):
                 self.merged_adapters.append(name)
 
     def _merge_safely(self, name: str) -> None:
-        """Merge ``name``, then put the old weight and bias back and refuse if the result is not finite."""
+        """Merge ``name``, then put the old weight and bias back and refuse if the result is not
+        finite."""
         tensors = [t for t in (self.weight, self.bias) if t is not None]
         kept = [t.detach().clone() for t in tensors]
         self._merge_one(name)
         if not all(torch.isfinite(t).all() for t in tensors):
             for old, tensor in zip(kept, tensors, strict=True):
                 tensor.data = old
-            raise BrokenAdapterError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken: "
-                                     "merging it made the base weight NaN or infinite, so it was put back. Reload "
-                                     "the adapter from a good checkpoint")
+            raise BrokenAdapterError(
+                f"NaNs detected in the merged weights. The adapter {name} seems to be broken: "
+                "merging it made the base weight NaN or infinite, so it was put back. Reload "
+                "the adapter from a good checkpoint"
+            )
 
     def _check_finite(self, name: str) -> None:
-        """A NaN or infinity merged into the base weight cannot be taken out again: refuse before merging."""
+        """A NaN or infinity merged into the base weight cannot be taken out again: refuse before
+        merging."""
         for attr in self.adapter_param_names:
             container = getattr(self, attr)
             if name not in container:
@@ -205,10 +235,11 @@ class AdapterLayer(nn.Module):
             held = container[name]  # a module (LoRA's Linear) or a tensor (IA3's vector)
             tensors = held.parameters() if isinstance(held, nn.Module) else [held]
             if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
-
-                raise BrokenAdapterError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken: "
-                                         f"it holds NaN or infinite values in {attr}, and merging would make the base "
-                                         "weight NaN for good. Reload the adapter from a good checkpoint")
+                raise BrokenAdapterError(
+                    f"NaNs detected in the merged weights. The adapter {name} seems to be broken: "
+                    f"it holds NaN or infinite values in {attr}, and merging would make the base "
+                    "weight NaN for good. Reload the adapter from a good checkpoint"
+                )
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -216,11 +247,16 @@ class AdapterLayer(nn.Module):
         while self.merged_adapters:
             self._unmerge_one(self.merged_adapters[-1])
 
-    # ----- PEFT's layer API (BaseTunerLayer), for code that drives layers directly --------------------------
+    # ----- PEFT's layer API (BaseTunerLayer), for code that drives layers directly
+    # --------------------------
 
     @property
     def active_adapter(self) -> str | list[str]:
-        return self.active_adapters[0] if len(self.active_adapters) == 1 else list(self.active_adapters)
+        return (
+            self.active_adapters[0]
+            if len(self.active_adapters) == 1
+            else list(self.active_adapters)
+        )
 
     @property
     def merged(self) -> bool:
@@ -232,8 +268,8 @@ class AdapterLayer(nn.Module):
         return self.disabled
 
     def enable_adapters(self, enabled: bool) -> None:
-        """Apply the active adapters again (``True``, and they train) or run the base layer alone (``False``,
-        and this layer's adapters are frozen), as PEFT's layers do."""
+        """Apply the active adapters again (``True``, and they train) or run the base layer alone
+        (``False``, and this layer's adapters are frozen), as PEFT's layers do."""
         self.disabled = not enabled
         if enabled:
             self.set_adapter(self.active_adapters)

@@ -1,8 +1,9 @@
 """(IA)^3: learned vectors that rescale a layer's activations (Liu et al., 2022).
 
 ``y = l * base(x)`` for attention projections (one factor per output feature), or
-``y = base(l * x)`` for feed-forward layers (one factor per input feature). The vectors start at 1, so a
-fresh adapter equals the base model. Parameter names match Hugging Face PEFT's (``k_proj.ia3_l.<name>``).
+``y = base(l * x)`` for feed-forward layers (one factor per input feature). The vectors start at 1,
+so a fresh adapter equals the base model. Parameter names match Hugging Face PEFT's
+(``k_proj.ia3_l.<name>``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ __all__ = ["IA3Conv", "IA3Layer", "IA3Linear"]
 
 
 class IA3Layer(AdapterLayer):
-    """What IA3 layers share: one vector per adapter (``ia3_l``), applied to the output or, for a feed-forward
-    layer, the input; merged into the weight (and the bias, for an output vector) by multiplication."""
+    """What IA3 layers share: one vector per adapter (``ia3_l``), applied to the output or, for a
+    feed-forward layer, the input; merged into the weight (and the bias, for an output vector) by
+    multiplication."""
 
     adapter_param_names = ("ia3_l",)
     prefix = "ia3_"
@@ -39,7 +41,8 @@ class IA3Layer(AdapterLayer):
         return cast(torch.Tensor, self.ia3_l[name]) if name in self.ia3_l else None
 
     def add_adapter(self, name: str, init_ia3_weights: bool = True) -> None:
-        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in fp32."""
+        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in
+        fp32."""
         raise NotImplementedError
 
     def _new_vector(self, name: str, shape: tuple[int, ...], init_ia3_weights: bool) -> None:
@@ -57,10 +60,13 @@ class IA3Layer(AdapterLayer):
     def _merge_one(self, name: str) -> None:
         self.weight.data = (self.weight.data * self._factor(name)).to(self.weight.dtype)
         if not self.is_feedforward and self.bias is not None:
-            self.bias.data = (self.bias.data * self.ia3_l[name].reshape(self.bias.shape)).to(self.bias.dtype)
+            self.bias.data = (self.bias.data * self.ia3_l[name].reshape(self.bias.shape)).to(
+                self.bias.dtype
+            )
 
     def _unmerge_one(self, name: str) -> None:
-        # Division undoes the product up to rounding (and is undefined for a zero factor), as in PEFT.
+        # Division undoes the product up to rounding (and is undefined for a zero factor), as in
+        # PEFT.
         self.weight.data = (self.weight.data / (self._factor(name) + 1e-8)).to(self.weight.dtype)
         if not self.is_feedforward and self.bias is not None:
             factor = self.ia3_l[name].reshape(self.bias.shape) + 1e-8
@@ -81,16 +87,20 @@ class IA3Layer(AdapterLayer):
 
 
 class IA3Linear(IA3Layer):
-    """IA3 around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in, out))."""
+    """IA3 around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out=True``: weight stored (in,
+    out))."""
 
     repr_name = "ia3.Linear"
 
-    def __init__(self, base_layer: nn.Module, is_feedforward: bool, fan_in_fan_out: bool = False) -> None:
+    def __init__(
+        self, base_layer: nn.Module, is_feedforward: bool, fan_in_fan_out: bool = False
+    ) -> None:
         super().__init__(base_layer, is_feedforward)
         self._set_features(fan_in_fan_out)
 
     def add_adapter(self, name: str, init_ia3_weights: bool = True) -> None:
-        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in fp32."""
+        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in
+        fp32."""
         shape = (1, self.in_features) if self.is_feedforward else (self.out_features, 1)
         self._new_vector(name, shape, init_ia3_weights)
 
@@ -108,8 +118,9 @@ class IA3Linear(IA3Layer):
 
 
 class IA3Conv(IA3Layer):
-    """IA3 around ``nn.Conv2d`` or ``nn.Conv3d``: one factor per output channel (or per input channel, for a
-    feed-forward layer), shaped ``(1, C, 1...)`` as in PEFT so it broadcasts over the feature maps."""
+    """IA3 around ``nn.Conv2d`` or ``nn.Conv3d``: one factor per output channel (or per input
+    channel, for a feed-forward layer), shaped ``(1, C, 1...)`` as in PEFT so it broadcasts over the
+    feature maps."""
 
     def __init__(self, base_layer: nn.Conv2d | nn.Conv3d, is_feedforward: bool) -> None:
         super().__init__(base_layer, is_feedforward)
@@ -120,19 +131,23 @@ class IA3Conv(IA3Layer):
         return f"ia3.{type(self.base_layer).__name__}"
 
     def add_adapter(self, name: str, init_ia3_weights: bool = True) -> None:
-        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in fp32."""
+        """Create adapter ``name``: ones (the identity) unless ``init_ia3_weights`` is False, in
+        fp32."""
         channels = self.in_features if self.is_feedforward else self.out_features
         self._new_vector(name, (1, channels, *([1] * (self.weight.dim() - 2))), init_ia3_weights)
 
     def _factor(self, name: str) -> torch.Tensor:
-        """Over the kernel's output channels, or over its input channels, repeated for each group's outputs."""
+        """Over the kernel's output channels, or over its input channels, repeated for each group's
+        outputs."""
         vector = cast(torch.Tensor, self.ia3_l[name])  # (1, C, 1...)
         if not self.is_feedforward:
             return vector.transpose(0, 1)  # (out, 1, 1...)
         groups = int(cast(nn.Conv2d, self.base_layer).groups)
-        per_group = vector.reshape(groups, 1, self.in_features // groups, *vector.shape[2:])  # (g, 1, in/g, 1...)
+        # (g, 1, in/g, 1...)
+        per_group = vector.reshape(groups, 1, self.in_features // groups, *vector.shape[2:])
         return per_group.expand(groups, self.out_features // groups, *per_group.shape[2:]).reshape(
-            self.out_features, self.in_features // groups, *vector.shape[2:])
+            self.out_features, self.in_features // groups, *vector.shape[2:]
+        )
 
     def _broadcast(self, vector: torch.Tensor) -> torch.Tensor:
         return vector  # (1, C, 1...): the channel axis of the feature maps

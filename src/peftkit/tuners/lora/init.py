@@ -1,6 +1,6 @@
-"""How LoRA's A and B start: PEFT's random starts, and the starts from the base weight (PiSSA, OLoRA), where A
-and B take its principal part and the base keeps the residual, so ``W_res + scaling * B @ A == W`` at the
-start. Pure functions on tensors; ``W`` is (out, in)."""
+"""How LoRA's A and B start: PEFT's random starts, and the starts from the base weight (PiSSA,
+OLoRA), where A and B take its principal part and the base keeps the residual, so ``W_res + scaling
+* B @ A == W`` at the start. Pure functions on tensors; ``W`` is (out, in)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ __all__ = ["from_weight", "olora", "pissa", "random_start"]
 
 
 def random_start(a: nn.Linear, b: nn.Linear, how: bool | str, r: int) -> None:
-    """PEFT's starts: A kaiming-uniform (``True``) or normal with std 1/r (``"gaussian"``) and B zero, so the
-    update starts at zero; ``False`` keeps ``nn.Linear``'s random init for both (a non-zero update)."""
+    """PEFT's starts: A kaiming-uniform (``True``) or normal with std 1/r (``"gaussian"``) and B
+    zero, so the update starts at zero; ``False`` keeps ``nn.Linear``'s random init for both (a
+    non-zero update)."""
     if how is True:
         nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
     elif how == "gaussian":
@@ -27,21 +28,27 @@ def random_start(a: nn.Linear, b: nn.Linear, how: bool | str, r: int) -> None:
             nn.init.zeros_(b.bias)
 
 
-def from_weight(how: str, weight: torch.Tensor, r: int, scaling: float, transposed: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A, B and the residual for ``init_lora_weights=how`` (``"pissa"``, ``"pissa_niter_<n>"``, ``"olora"``)."""
+def from_weight(
+    how: str, weight: torch.Tensor, r: int, scaling: float, transposed: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A, B and the residual for ``init_lora_weights=how`` (``"pissa"``, ``"pissa_niter_<n>"``,
+    ``"olora"``)."""
     if how.startswith("pissa"):
         return pissa(weight.float(), r, scaling, how)
     if transposed:
-        raise ConfigError("init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D; "
-                          "use 'pissa' there")
+        raise ConfigError(
+            "init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D; "
+            "use 'pissa' there"
+        )
     return olora(weight.float(), r, scaling)
 
 
-def pissa(weight: torch.Tensor, r: int, scaling: float, how: str = "pissa"
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PiSSA: the top ``r`` singular directions, split as sqrt(S) on each side and divided by the scaling.
-    ``how`` is ``"pissa"`` (exact SVD) or ``"pissa_niter_<n>"`` (randomized SVD, n subspace iterations).
+def pissa(
+    weight: torch.Tensor, r: int, scaling: float, how: str = "pissa"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PiSSA: the top ``r`` singular directions, split as sqrt(S) on each side and divided by the
+    scaling. ``how`` is ``"pissa"`` (exact SVD) or ``"pissa_niter_<n>"`` (randomized SVD, n subspace
+    iterations).
 
     Returns:
         A ``(r, in)``, B ``(out, r)`` and the residual weight ``(out, in)``.
@@ -57,7 +64,9 @@ def pissa(weight: torch.Tensor, r: int, scaling: float, how: str = "pissa"
     return a, b, weight - scaling * (b @ a)
 
 
-def olora(weight: torch.Tensor, r: int, scaling: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def olora(
+    weight: torch.Tensor, r: int, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """OLoRA: B = Q[:, :r] and A = R[:r] of the QR decomposition of W.
 
     Returns:

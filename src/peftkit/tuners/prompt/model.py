@@ -1,9 +1,11 @@
-"""Prompt methods' one small interface: resolve the shape, build the module, prepare the inputs, generate.
+"""Prompt methods' one small interface: resolve the shape, build the module, prepare the inputs,
+generate.
 
-Two strategies, one class each. :class:`VirtualTokens` (prompt tuning, p-tuning) prepends embeddings: the
-attention mask gets ones, labels get -100, token types get zeros. :class:`PrefixKeyValues` (prefix tuning)
-hands the model a key/value cache holding the prefix and extends the attention mask. ``PeftModel.forward``
-and ``generate`` call :func:`prepare_inputs` and :func:`generate`, which pick the strategy for the config.
+Two strategies, one class each. :class:`VirtualTokens` (prompt tuning, p-tuning) prepends
+embeddings: the attention mask gets ones, labels get -100, token types get zeros.
+:class:`PrefixKeyValues` (prefix tuning) hands the model a key/value cache holding the prefix and
+extends the attention mask. ``PeftModel.forward`` and ``generate`` call :func:`prepare_inputs` and
+:func:`generate`, which pick the strategy for the config.
 """
 
 from __future__ import annotations
@@ -32,11 +34,25 @@ from ...errors import AdapterFormatError, ConfigError, short_repr
 from ...integrations.models import load_tokenizer
 from .layers import PrefixEncoder, PromptEmbedding, PromptEncoder
 
-__all__ = ["PrefixKeyValues", "PromptShape", "VirtualTokens", "build_prompt_module", "cache_keyword", "check_window",
-           "embeddings_to_save", "generate", "load_embeddings", "output_cache", "prepare_inputs", "resolve",
-           "sliding_window", "strategy"]
+__all__ = [
+    "PrefixKeyValues",
+    "PromptShape",
+    "VirtualTokens",
+    "build_prompt_module",
+    "cache_keyword",
+    "check_window",
+    "embeddings_to_save",
+    "generate",
+    "load_embeddings",
+    "output_cache",
+    "prepare_inputs",
+    "resolve",
+    "sliding_window",
+    "strategy",
+]
 
-# ----- the shape -------------------------------------------------------------------------------------------
+# ----- the shape
+# -------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -61,16 +77,24 @@ class PromptShape:
     @classmethod
     def of(cls, config: PromptLearningConfig) -> PromptShape:
         """The shape of a config that :func:`resolve` filled."""
-        values = (config.num_virtual_tokens, config.num_transformer_submodules, config.num_layers,
-                  config.token_dim, config.num_attention_heads)
+        values = (
+            config.num_virtual_tokens,
+            config.num_transformer_submodules,
+            config.num_layers,
+            config.token_dim,
+            config.num_attention_heads,
+        )
         if any(v is None for v in values):
-            raise ConfigError(f"{type(config).__name__} has empty shape fields; resolve it against the model first")
+            raise ConfigError(
+                f"{type(config).__name__} has empty shape fields; resolve it against the model first"
+            )
         return cls(*cast(tuple[int, int, int, int, int], values))
 
 
 def _model_config(base: nn.Module) -> dict[str, Any]:
-    """The model's config as a dict, with the names its class maps to others (BART's ``num_hidden_layers`` is
-    ``encoder_layers``) read through the mapping, and a multimodal model's text part, as PEFT reads them."""
+    """The model's config as a dict, with the names its class maps to others (BART's
+    ``num_hidden_layers`` is ``encoder_layers``) read through the mapping, and a multimodal model's
+    text part, as PEFT reads them."""
     config = getattr(base, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return {}
@@ -86,39 +110,48 @@ def _first(config: dict[str, Any], *keys: str) -> Any:
 
 
 def prefix_in_cache(config: PeftConfig) -> bool:
-    """Whether the method puts its virtual tokens in the attention cache (prefix tuning) rather than in front of
-    the input embeddings."""
+    """Whether the method puts its virtual tokens in the attention cache (prefix tuning) rather than
+    in front of the input embeddings."""
     return isinstance(config, PrefixTuningConfig)
 
 
 def resolve(base: nn.Module, config: PromptLearningConfig) -> PromptLearningConfig:
-    """A copy of ``config`` with the model-shape fields left empty filled from ``base``, as PEFT fills them
-    (grouped-query models: key/value heads for prefixes). ``config`` itself is not changed."""
+    """A copy of ``config`` with the model-shape fields left empty filled from ``base``, as PEFT
+    fills them (grouped-query models: key/value heads for prefixes). ``config`` itself is not
+    changed."""
     if config.num_virtual_tokens is None:
-        raise ConfigError(f"{type(config).__name__}.num_virtual_tokens is empty; set how many virtual tokens to "
-                          "learn (8 to 20 is usual)")
+        raise ConfigError(
+            f"{type(config).__name__}.num_virtual_tokens is empty; set how many virtual tokens to "
+            "learn (8 to 20 is usual)"
+        )
     mc = _model_config(base)
     seq2seq = config.task_type == TaskType.SEQ_2_SEQ_LM
     filled: dict[str, Any] = {
         "num_transformer_submodules": config.num_transformer_submodules or (2 if seq2seq else 1),
         "num_layers": config.num_layers or _first(mc, "num_hidden_layers", "num_layers", "n_layer"),
         "token_dim": config.token_dim or _first(mc, "hidden_size", "n_embd", "d_model"),
-        "num_attention_heads": config.num_attention_heads or _first(mc, "num_attention_heads", "n_head", "num_heads",
-                                                                    "encoder_attention_heads"),
+        "num_attention_heads": config.num_attention_heads
+        or _first(mc, "num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"),
     }
     missing = [f for f in ("num_layers", "token_dim", "num_attention_heads") if filled[f] is None]
     if missing:
-        raise ConfigError(f"cannot read {', '.join(missing)} from the model's config; set them in the adapter config")
+        raise ConfigError(
+            f"cannot read {', '.join(missing)} from the model's config; set them in the adapter config"
+        )
     if isinstance(config, PrefixTuningConfig) and mc.get("num_key_value_heads") is not None:
         head_dim = mc.get("head_dim") or filled["token_dim"] // filled["num_attention_heads"]
         filled["token_dim"] = head_dim * mc["num_key_value_heads"]
         filled["num_attention_heads"] = mc["num_key_value_heads"]
-    if isinstance(config, (PromptEncoderConfig, PrefixTuningConfig)) and config.encoder_hidden_size is None:
+    if (
+        isinstance(config, (PromptEncoderConfig, PrefixTuningConfig))
+        and config.encoder_hidden_size is None
+    ):
         filled["encoder_hidden_size"] = filled["token_dim"]
     return cast(PromptLearningConfig, config.replace(**filled))
 
 
-# ----- shared pieces ----------------------------------------------------------------------------------------
+# ----- shared pieces
+# ----------------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -127,12 +160,14 @@ def _parameters(function: Callable[..., Any]) -> frozenset[str]:
 
 
 def forward_accepts(module: nn.Module, name: str) -> bool:
-    """Whether ``module.forward`` takes keyword ``name`` (looked up once per class: it runs every step)."""
+    """Whether ``module.forward`` takes keyword ``name`` (looked up once per class: it runs every
+    step)."""
     return name in _parameters(type(module).forward)
 
 
 def cache_keyword(base: nn.Module) -> str:
-    """Newer transformers name forward's cache ``cache`` (``past_key_values`` still works, with a warning)."""
+    """Newer transformers name forward's cache ``cache`` (``past_key_values`` still works, with a
+    warning)."""
     return "cache" if forward_accepts(base, "cache") else "past_key_values"
 
 
@@ -141,7 +176,9 @@ def output_cache(out: Any) -> Any:
     return out["cache"] if "cache" in out else out["past_key_values"]
 
 
-def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str, Any] | None = None) -> list[int]:
+def _text_token_ids(
+    tokenizer_name: str, text: str, total: int, kwargs: dict[str, Any] | None = None
+) -> list[int]:
     """Token ids of an init text, repeated or cut to ``total`` (PEFT's rule)."""
 
     kwargs = dict(kwargs or {})
@@ -154,8 +191,8 @@ def _text_token_ids(tokenizer_name: str, text: str, total: int, kwargs: dict[str
 
 
 def _restarts(inputs: dict[str, Any]) -> bool:
-    """Whether ``inputs`` is a flattened batch (transformers' ``DataCollatorWithFlattening``): no attention mask,
-    no cache, and position ids that restart inside a row."""
+    """Whether ``inputs`` is a flattened batch (transformers' ``DataCollatorWithFlattening``): no
+    attention mask, no cache, and position ids that restart inside a row."""
     positions = inputs.get("position_ids")
     if positions is None or positions.dim() != 2 or inputs.get("attention_mask") is not None:
         return False
@@ -171,7 +208,8 @@ def _with_ones(mask: torch.Tensor | None, ids: torch.Tensor, n: int) -> torch.Te
 
 
 def _embeds(base: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """The input embeddings ``(B, T, D)``, taking ``input_ids`` or ``inputs_embeds`` out of ``inputs``."""
+    """The input embeddings ``(B, T, D)``, taking ``input_ids`` or ``inputs_embeds`` out of
+    ``inputs``."""
     embeds = inputs.pop("inputs_embeds", None)
     ids = inputs.pop("input_ids", None)
     if embeds is not None:
@@ -181,14 +219,15 @@ def _embeds(base: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     return cast(torch.Tensor, base.get_input_embeddings()(ids))  # type: ignore[operator]
 
 
-# ----- virtual tokens: prompt tuning, p-tuning -------------------------------------------------------------
+# ----- virtual tokens: prompt tuning, p-tuning
+# -------------------------------------------------------------
 
 
 class VirtualTokens:
     """Prompt tuning and p-tuning: N learned embeddings go in front of the (encoder) input.
 
-    Encoder-decoder models get ``N * 2`` prompt rows, as in PEFT, of which the encoder takes the first
-    half; the file format keeps all rows.
+    Encoder-decoder models get ``N * 2`` prompt rows, as in PEFT, of which the encoder takes the
+    first half; the file format keeps all rows.
     """
 
     def __init__(self, config: PromptTuningConfig | PromptEncoderConfig, task: TaskType) -> None:
@@ -197,7 +236,9 @@ class VirtualTokens:
     def build(self, base: nn.Module) -> nn.Module:
         if isinstance(self.config, PromptEncoderConfig):
             return PromptEncoder(self.config)
-        module = PromptEmbedding(self.shape.virtual_tokens * self.shape.submodules, self.shape.token_dim)
+        module = PromptEmbedding(
+            self.shape.virtual_tokens * self.shape.submodules, self.shape.token_dim
+        )
         self._init_embedding(module, base)
         return module
 
@@ -210,8 +251,14 @@ class VirtualTokens:
         if config.prompt_tuning_init == PromptTuningInit.SAMPLE_VOCAB:
             ids = torch.randint(0, words.num_embeddings, (total,), dtype=torch.long)
         else:
-            ids = torch.tensor(_text_token_ids(str(config.tokenizer_name_or_path),
-                                               str(config.prompt_tuning_init_text), total, config.tokenizer_kwargs))
+            ids = torch.tensor(
+                _text_token_ids(
+                    str(config.tokenizer_name_or_path),
+                    str(config.prompt_tuning_init_text),
+                    total,
+                    config.tokenizer_kwargs,
+                )
+            )
         with torch.no_grad():
             module.embedding.weight.copy_(words(ids.to(words.weight.device)).float())
 
@@ -227,77 +274,100 @@ class VirtualTokens:
         if slots is not None:
             return self._fill_slots(module, base, inputs, int(slots))
         if self.task == TaskType.CAUSAL_LM and _restarts(inputs):
-            raise ConfigError("this batch is flattened (position ids restart inside a row, no attention mask, as "
-                              "from DataCollatorWithFlattening), and virtual tokens put in front of the row would "
-                              "reach its first example only while the examples attend to each other; use an "
-                              "unflattened collator, or peftkit's packing (peftkit.train.data.pack(..., reserve=N) and "
-                              "virtual_token_slots=N)")
+            raise ConfigError(
+                "this batch is flattened (position ids restart inside a row, no attention mask, as "
+                "from DataCollatorWithFlattening), and virtual tokens put in front of the row would "
+                "reach its first example only while the examples attend to each other; use an "
+                "unflattened collator, or peftkit's packing (peftkit.train.data.pack(..., reserve=N) and "
+                "virtual_token_slots=N)"
+            )
         embeds = _embeds(base, inputs)  # (B, T, D)
         prompts = self.prompts(module, embeds.dtype)  # (N, D)
         batch, n = embeds.shape[0], prompts.shape[0]
-        inputs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
+        # (B, N+T, D)
+        inputs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)
         if inputs.get("attention_mask") is not None:
             inputs["attention_mask"] = _with_ones(inputs["attention_mask"], embeds, n)
         if inputs.get("labels") is not None and self.task == TaskType.CAUSAL_LM:
             labels = inputs["labels"]
-            inputs["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], dim=1)  # (B, N+T)
+            # (B, N+T)
+            inputs["labels"] = torch.cat([labels.new_full((batch, n), -100), labels], dim=1)
         if inputs.get("token_type_ids") is not None:
             types = inputs["token_type_ids"]
             inputs["token_type_ids"] = torch.cat([types.new_zeros(batch, n), types], dim=1)
-        inputs.pop("position_ids", None)  # positions are recomputed over the longer sequence, as in PEFT
+        # positions are recomputed over the longer sequence, as in PEFT
+        inputs.pop("position_ids", None)
         return inputs
 
-    def _fill_slots(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any], slots: int) -> dict[str, Any]:
-        """A packed batch (:func:`peftkit.train.data.pack` with ``reserve``): every example starts with ``slots`` free
-        positions, 0 to N-1 of its own positions, and the virtual tokens go there instead of in front of the
-        row. Each example then sees what it sees unpacked: the N tokens, then its own, at the same positions.
+    def _fill_slots(
+        self, module: nn.Module, base: nn.Module, inputs: dict[str, Any], slots: int
+    ) -> dict[str, Any]:
+        """A packed batch (:func:`peftkit.train.data.pack` with ``reserve``): every example starts
+        with ``slots`` free positions, 0 to N-1 of its own positions, and the virtual tokens go
+        there instead of in front of the row. Each example then sees what it sees unpacked: the N
+        tokens, then its own, at the same positions.
         """
         positions = inputs.get("position_ids")
         if self.task != TaskType.CAUSAL_LM:
-            raise ConfigError(f"train.packing: packed virtual tokens need a causal LM, not {self.task.value}; "
-                              "set train.packing: false")
+            raise ConfigError(
+                f"train.packing: packed virtual tokens need a causal LM, not {self.task.value}; "
+                "set train.packing: false"
+            )
         if positions is None or slots != self.shape.virtual_tokens:
-            raise ConfigError(f"virtual_token_slots={slots} needs a packed batch with position_ids and one slot per "
-                              f"virtual token ({self.shape.virtual_tokens}); build it with "
-                              f"peftkit.train.data.pack(..., reserve={self.shape.virtual_tokens})")
+            raise ConfigError(
+                f"virtual_token_slots={slots} needs a packed batch with position_ids and one slot per "
+                f"virtual token ({self.shape.virtual_tokens}); build it with "
+                f"peftkit.train.data.pack(..., reserve={self.shape.virtual_tokens})"
+            )
         embeds = _embeds(base, inputs)  # (B, W, D)
         prompts = self.prompts(module, embeds.dtype)  # (N, D)
         in_slot = (positions < slots).unsqueeze(-1)  # (B, W, 1)
-        inputs["inputs_embeds"] = torch.where(in_slot, prompts[positions.clamp(max=slots - 1)], embeds)  # (B, W, D)
+        inputs["inputs_embeds"] = torch.where(
+            in_slot, prompts[positions.clamp(max=slots - 1)], embeds
+        )  # (B, W, D)
         return inputs
 
-    def generate(self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    def generate(
+        self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]
+    ) -> Any:
         embeds = base.get_input_embeddings()(ids)  # type: ignore[operator]  # (B, T, D)
         prompts = self.prompts(module, embeds.dtype)  # (N, D)
         batch, n = ids.shape[0], prompts.shape[0]
-        kwargs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)  # (B, N+T, D)
+        # (B, N+T, D)
+        kwargs["inputs_embeds"] = torch.cat([prompts.expand(batch, -1, -1), embeds], dim=1)
         kwargs["attention_mask"] = _with_ones(kwargs.pop("attention_mask", None), ids, n)
         if self.task == TaskType.SEQ_2_SEQ_LM:  # the output holds decoder tokens only
             return base.generate(**kwargs)  # type: ignore[operator]
         return _generate_after_placeholders(base, ids, n, kwargs)
 
 
-def _generate_after_placeholders(base: nn.Module, ids: torch.Tensor, n: int, kwargs: dict[str, Any]) -> Any:
+def _generate_after_placeholders(
+    base: nn.Module, ids: torch.Tensor, n: int, kwargs: dict[str, Any]
+) -> Any:
     """``base.generate`` with ``n`` virtual positions in front, cut from the output again.
 
-    The virtual positions get placeholder ids (a token already in each row, so repetition penalties are
-    unchanged); the result has the shape the base model's ``generate`` gives, a tensor or (with
+    The virtual positions get placeholder ids (a token already in each row, so repetition penalties
+    are unchanged); the result has the shape the base model's ``generate`` gives, a tensor or (with
     ``return_dict_in_generate=True``) its output object with ``sequences`` cut the same way.
     """
     placeholder = ids[:, -1:].expand(ids.shape[0], n)  # (B, N)
     out = base.generate(input_ids=torch.cat([placeholder, ids], dim=1), **kwargs)  # type: ignore[operator]
     if isinstance(out, torch.Tensor):
         return out[:, n:]
-    out.sequences = out.sequences[:, n:]  # return_dict_in_generate=True: scores etc. already cover new tokens only
+    # return_dict_in_generate=True: scores etc. already cover new tokens only
+    out.sequences = out.sequences[:, n:]
     return out
 
 
-# ----- prefix key/values: prefix tuning --------------------------------------------------------------------
+# ----- prefix key/values: prefix tuning
+# --------------------------------------------------------------------
 
 
-GRADIENT_CHECKPOINTING = ("prefix tuning does not work with gradient checkpointing: transformers drops the key/value "
-                          "cache in every checkpointed layer, and the prefix lives in that cache; turn gradient "
-                          "checkpointing off (train.gradient_checkpointing: false), or use LoRA to save memory")
+GRADIENT_CHECKPOINTING = (
+    "prefix tuning does not work with gradient checkpointing: transformers drops the key/value "
+    "cache in every checkpointed layer, and the prefix lives in that cache; turn gradient "
+    "checkpointing off (train.gradient_checkpointing: false), or use LoRA to save memory"
+)
 
 
 class PrefixKeyValues:
@@ -307,20 +377,28 @@ class PrefixKeyValues:
         self.config, self.task, self.shape = config, task, PromptShape.of(config)
 
     def build(self, base: nn.Module) -> nn.Module:
-        if _checkpointed(base):  # refused when the adapter is added, as PEFT refuses it (ValueError)
+        # refused when the adapter is added, as PEFT refuses it (ValueError)
+        if _checkpointed(base):
             raise ConfigError(GRADIENT_CHECKPOINTING)
         config, s = self.config, self.shape
-        module = PrefixEncoder(s.virtual_tokens, s.token_dim, s.layers, config.encoder_hidden_size,
-                               projection=config.prefix_projection and not config.inference_mode)
+        module = PrefixEncoder(
+            s.virtual_tokens,
+            s.token_dim,
+            s.layers,
+            config.encoder_hidden_size,
+            projection=config.prefix_projection and not config.inference_mode,
+        )
         self._init(module, base)
         return module
 
     def _init(self, module: PrefixEncoder, base: nn.Module) -> None:
-        """PEFT's ``init_weights="zero"``, or peftkit's ``prefix_init_text``: the key/values of real text.
+        """PEFT's ``init_weights="zero"``, or peftkit's ``prefix_init_text``: the key/values of real
+        text.
 
-        Random key/values at unit scale make the model far worse than the base before any training; the
-        activations of real words start it where the base model is after reading that text (Li and Liang's
-        finding that real-word initialization helps prefix tuning most when data is small).
+        Random key/values at unit scale make the model far worse than the base before any training;
+        the activations of real words start it where the base model is after reading that text (Li
+        and Liang's finding that real-word initialization helps prefix tuning most when data is
+        small).
         """
         config = self.config
         if config.inference_mode:
@@ -334,14 +412,19 @@ class PrefixKeyValues:
         if config.prefix_init_text is None:
             return
         if self.task == TaskType.SEQ_2_SEQ_LM:
-            raise ConfigError("prefix_init_text is supported on decoder-only models; on encoder-decoder models "
-                              "leave it empty (random start) or use init_weights: zero")
+            raise ConfigError(
+                "prefix_init_text is supported on decoder-only models; on encoder-decoder models "
+                "leave it empty (random start) or use init_weights: zero"
+            )
         n = self.shape.virtual_tokens
-        ids = torch.tensor([_text_token_ids(str(config.tokenizer_name_or_path), config.prefix_init_text, n)])
+        ids = torch.tensor(
+            [_text_token_ids(str(config.tokenizer_name_or_path), config.prefix_init_text, n)]
+        )
         module.embedding.weight.data.copy_(self._text_key_values(base, ids))
 
     def _text_key_values(self, base: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-        """The base model's per-layer keys and values for ``ids``, in the prefix's flat layout ``(N, L*2*H*hd)``."""
+        """The base model's per-layer keys and values for ``ids``, in the prefix's flat layout ``(N,
+        L*2*H*hd)``."""
         was_training = base.training
         base.eval()  # no dropout in the activations we copy
         try:
@@ -350,31 +433,36 @@ class PrefixKeyValues:
         finally:
             base.train(was_training)
         cache = output_cache(out)
-        kv = [t for layer in cache.layers[: self.shape.layers] for t in (layer.keys, layer.values)]  # (1, H, N, hd)
+        # (1, H, N, hd)
+        kv = [t for layer in cache.layers[: self.shape.layers] for t in (layer.keys, layer.values)]
         stacked = torch.cat(kv, dim=0)  # (L*2, H, N, hd)
         width = stacked.shape[0] * stacked.shape[1] * stacked.shape[3]
         expected = self.shape.layers * 2 * self.shape.token_dim
         if width != expected:
-            raise ConfigError(f"the model's key/values have {width} values per token, not the prefix's {expected}; "
-                              "prefix_init_text does not support this architecture")
+            raise ConfigError(
+                f"the model's key/values have {width} values per token, not the prefix's {expected}; "
+                "prefix_init_text does not support this architecture"
+            )
         return stacked.permute(2, 0, 1, 3).reshape(ids.shape[1], -1).float()  # (N, L*2*H*hd)
 
     def key_values(self, module: nn.Module, base: nn.Module, batch: int) -> torch.Tensor:
         """The learned prefix as per-layer keys and values: ``(L*2, B, H, N, hd)``."""
         flat = module().to(next(base.parameters()).dtype)  # (N, L*2*H*hd)
         s = self.shape
-        kv = flat.view(flat.shape[0], s.layers * 2, s.heads, s.head_dim).permute(1, 2, 0, 3)  # (L*2, H, N, hd)
+        # (L*2, H, N, hd)
+        kv = flat.view(flat.shape[0], s.layers * 2, s.heads, s.head_dim).permute(1, 2, 0, 3)
         return kv.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (L*2, B, H, N, hd)
 
     def cache(self, module: nn.Module, base: nn.Module, batch: int) -> Any:
         """A fresh cache holding the prefix: ``DynamicCache`` for decoder-only models.
 
-        Encoder-decoder models get it laid out as PEFT does: PEFT doubles the per-layer key/value list,
-        regroups it four at a time (self-attention key and value, cross-attention key and value) and then
-        discards the cross-attention part, so decoder layer ``i``'s self-attention gets the prefix learned in
-        slot ``2 * i mod num_layers``. The encoder sees no prefix.
+        Encoder-decoder models get it laid out as PEFT does: PEFT doubles the per-layer key/value
+        list, regroups it four at a time (self-attention key and value, cross-attention key and
+        value) and then discards the cross-attention part, so decoder layer ``i``'s self-attention
+        gets the prefix learned in slot ``2 * i mod num_layers``. The encoder sees no prefix.
         """
-        from transformers import DynamicCache, EncoderDecoderCache  # only prefix tuning needs a cache object
+        # only prefix tuning needs a cache object
+        from transformers import DynamicCache, EncoderDecoderCache
 
         kv = self.key_values(module, base, batch)
         positions = torch.arange(kv.shape[3], device=kv.device)
@@ -384,21 +472,30 @@ class PrefixKeyValues:
             layers = int(getattr(base.config, "num_decoder_layers", None) or layers)
         for layer in range(layers):
             slot = (2 * layer) % self.shape.layers if seq2seq else layer
-            cache.update(kv[2 * slot], kv[2 * slot + 1], layer, cache_kwargs={"cache_position": positions})
+            cache.update(
+                kv[2 * slot], kv[2 * slot + 1], layer, cache_kwargs={"cache_position": positions}
+            )
         return EncoderDecoderCache(cache, DynamicCache()) if seq2seq else cache
 
     def prepare(self, module: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         classifies = self.task in (TaskType.SEQ_CLS, TaskType.TOKEN_CLS, TaskType.QUESTION_ANS)
-        if classifies and not _takes_past_key_values(base):  # PEFT makes such a model and refuses here
-            raise ConfigError(f"Model does not support past key values which are required for prefix tuning. "
-                              f"{type(base).__name__}'s forward takes no past_key_values, so the prefix cannot "
-                              "reach it (in PEFT neither); use prompt tuning, p-tuning or LoRA on this model")
+        # PEFT makes such a model and refuses here
+        if classifies and not _takes_past_key_values(base):
+            raise ConfigError(
+                f"Model does not support past key values which are required for prefix tuning. "
+                f"{type(base).__name__}'s forward takes no past_key_values, so the prefix cannot "
+                "reach it (in PEFT neither); use prompt tuning, p-tuning or LoRA on this model"
+            )
         if inputs.pop("virtual_token_slots", None) is not None:
-            raise ConfigError("prefix tuning cannot fill packed slots: its key/values are not tokens of the row; "
-                              "pack its batches with packed_segments=True instead")
-        # a flattened batch from elsewhere (DataCollatorWithFlattening): PEFT drops its position ids and lets the
-        # examples attend to each other; here they get the packed path's mask
-        packed = bool(inputs.pop("packed_segments", False)) or (self.task == TaskType.CAUSAL_LM and _restarts(inputs))
+            raise ConfigError(
+                "prefix tuning cannot fill packed slots: its key/values are not tokens of the row; "
+                "pack its batches with packed_segments=True instead"
+            )
+        # a flattened batch from elsewhere (DataCollatorWithFlattening): PEFT drops its position ids
+        # and lets the examples attend to each other; here they get the packed path's mask
+        packed = bool(inputs.pop("packed_segments", False)) or (
+            self.task == TaskType.CAUSAL_LM and _restarts(inputs)
+        )
         given = inputs.get("input_ids")
         given = inputs.get("inputs_embeds") if given is None else given
         if given is None:
@@ -418,41 +515,58 @@ class PrefixKeyValues:
         return inputs
 
     def _segments(self, base: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
-        """A packed batch (:func:`peftkit.train.data.pack`): each row holds several examples, positions restarting at
-        each. Every example must see the prefix and its own earlier tokens, at the positions it has unpacked
-        (the prefix's N, then its own), so the model gets those positions and a 4D mask that says so:
-        transformers reads position restarts as boundaries only without a cache, and the prefix is one.
+        """A packed batch (:func:`peftkit.train.data.pack`): each row holds several examples,
+        positions restarting at each. Every example must see the prefix and its own earlier tokens,
+        at the positions it has unpacked (the prefix's N, then its own), so the model gets those
+        positions and a 4D mask that says so: transformers reads position restarts as boundaries
+        only without a cache, and the prefix is one.
         """
         positions = inputs.get("position_ids")
         if self.task != TaskType.CAUSAL_LM:
-            raise ConfigError(f"train.packing: packed prefix tuning needs a causal LM, not {self.task.value}; "
-                              "set train.packing: false")
+            raise ConfigError(
+                f"train.packing: packed prefix tuning needs a causal LM, not {self.task.value}; "
+                "set train.packing: false"
+            )
         if positions is None or inputs.get("attention_mask") is not None:
-            raise ConfigError("packed_segments=True needs a packed batch: position_ids restarting at each example "
-                              "and no attention_mask; build it with peftkit.train.data.pack")
+            raise ConfigError(
+                "packed_segments=True needs a packed batch: position_ids restarting at each example "
+                "and no attention_mask; build it with peftkit.train.data.pack"
+            )
         kind = getattr(base.config, "_attn_implementation", None)
         if kind not in ("sdpa", "eager"):
-            raise ConfigError(f"train.packing: packed prefix tuning needs sdpa or eager attention, not {kind}, "
-                              "to take its 4D mask; set train.packing: false")
+            raise ConfigError(
+                f"train.packing: packed prefix tuning needs sdpa or eager attention, not {kind}, "
+                "to take its 4D mask; set train.packing: false"
+            )
         n = self.shape.virtual_tokens
-        if sliding_window(base) is not None:  # the longest example costs a device sync: only where it matters
+        # the longest example costs a device sync: only where it matters
+        if sliding_window(base) is not None:
             check_window(base, n, int(positions.max()) + 1)
         rows, width = positions.shape
-        starts = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1  # (B, W) an example begins
+        # (B, W) an example begins
+        starts = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1
         segment = starts.cumsum(-1)  # (B, W)
-        causal = torch.ones(width, width, dtype=torch.bool, device=positions.device).tril()  # (W, W)
-        own = (segment.unsqueeze(2) == segment.unsqueeze(1)) & causal  # (B, W, W) same example, not ahead
+        # (W, W)
+        causal = torch.ones(width, width, dtype=torch.bool, device=positions.device).tril()
+        # (B, W, W) same example, not ahead
+        own = (segment.unsqueeze(2) == segment.unsqueeze(1)) & causal
         seen = torch.cat([own.new_ones(rows, width, n), own], dim=-1).unsqueeze(1)  # (B, 1, W, N+W)
         if kind == "eager":  # eager attention adds its mask to the scores
             dtype = next(base.parameters()).dtype
-            seen = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)
+            seen = torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(
+                ~seen, torch.finfo(dtype).min
+            )
         inputs["attention_mask"] = seen
-        inputs["position_ids"] = positions + n  # unpacked, the model counts the prefix's N positions first
+        # unpacked, the model counts the prefix's N positions first
+        inputs["position_ids"] = positions + n
         return inputs
 
-    def generate(self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    def generate(
+        self, module: nn.Module, base: nn.Module, ids: torch.Tensor, kwargs: dict[str, Any]
+    ) -> Any:
         kwargs[cache_keyword(base)] = self.cache(module, base, ids.shape[0])
-        if self.task == TaskType.SEQ_2_SEQ_LM:  # the decoder's cache holds the prefix; the encoder sees none
+        # the decoder's cache holds the prefix; the encoder sees none
+        if self.task == TaskType.SEQ_2_SEQ_LM:
             return base.generate(input_ids=ids, **kwargs)  # type: ignore[operator]
         n = self.shape.virtual_tokens
         kwargs["attention_mask"] = _with_ones(kwargs.pop("attention_mask", None), ids, n)
@@ -460,16 +574,19 @@ class PrefixKeyValues:
 
 
 def sliding_window(base: nn.Module) -> int | None:
-    """The model's attention window in positions, or None when each position attends to all before it."""
+    """The model's attention window in positions, or None when each position attends to all before
+    it."""
     config = base.config
     window = getattr(config, "sliding_window", None)
-    return int(window) if window and getattr(config, "use_sliding_window", True) is not False else None
+    return (
+        int(window) if window and getattr(config, "use_sliding_window", True) is not False else None
+    )
 
 
 def check_window(base: nn.Module, prefix: int, longest: int) -> None:
-    """Refuse packed prefix tuning where an example of ``longest`` tokens and the ``prefix`` overflow the model's
-    sliding attention window: unpacked, the window hides the prefix from the later positions, and the packed
-    mask would show it.
+    """Refuse packed prefix tuning where an example of ``longest`` tokens and the ``prefix``
+    overflow the model's sliding attention window: unpacked, the window hides the prefix from the
+    later positions, and the packed mask would show it.
 
     Raises:
         ConfigError: they do not fit.
@@ -477,13 +594,16 @@ def check_window(base: nn.Module, prefix: int, longest: int) -> None:
     window = sliding_window(base)
     if window is None or prefix + longest <= window:
         return
-    raise ConfigError(f"train.packing: packed prefix tuning masks each example in full, but this model attends "
-                      f"within a sliding window of {window} positions, which an example of {longest} tokens with "
-                      f"the prefix's {prefix} exceeds; set train.packing: false")
+    raise ConfigError(
+        f"train.packing: packed prefix tuning masks each example in full, but this model attends "
+        f"within a sliding window of {window} positions, which an example of {longest} tokens with "
+        f"the prefix's {prefix} exceeds; set train.packing: false"
+    )
 
 
 def _checkpointed(base: nn.Module) -> bool:
-    """Whether transformers checkpoints ``base``'s layers (its newer property's name; the old one warns)."""
+    """Whether transformers checkpoints ``base``'s layers (its newer property's name; the old one
+    warns)."""
     if hasattr(base, "is_activation_checkpointing"):
         return bool(base.is_activation_checkpointing)
     return bool(getattr(base, "is_gradient_checkpointing", False))
@@ -491,14 +611,19 @@ def _checkpointed(base: nn.Module) -> bool:
 
 def _takes_past_key_values(base: nn.Module) -> bool:
     """PEFT's test for the classification tasks: the model's forward, or its backbone's (``bert`` in
-    BertForSequenceClassification), names ``past_key_values``; encoder-only models in transformers 5 do not,
-    and PEFT refuses prefix tuning there (generative models take the cache through ``generate``'s path)."""
+    BertForSequenceClassification), names ``past_key_values``; encoder-only models in transformers 5
+    do not, and PEFT refuses prefix tuning there (generative models take the cache through
+    ``generate``'s path)."""
     backbone = getattr(base, getattr(base, "base_model_prefix", "") or "", None)
-    return any("past_key_values" in inspect.signature(m.forward).parameters
-               for m in (base, backbone) if isinstance(m, nn.Module))
+    return any(
+        "past_key_values" in inspect.signature(m.forward).parameters
+        for m in (base, backbone)
+        if isinstance(m, nn.Module)
+    )
 
 
-# ----- the interface PeftModel calls ---------------------------------------------------------------------
+# ----- the interface PeftModel calls
+# ---------------------------------------------------------------------
 
 
 def strategy(config: PromptLearningConfig, task: TaskType) -> VirtualTokens | PrefixKeyValues:
@@ -511,33 +636,46 @@ def strategy(config: PromptLearningConfig, task: TaskType) -> VirtualTokens | Pr
 
 
 def build_prompt_module(base: nn.Module, config: PromptLearningConfig) -> nn.Module:
-    """Create the prompt module for ``config`` (resolved against ``base`` first) on ``base``'s device."""
+    """Create the prompt module for ``config`` (resolved against ``base`` first) on ``base``'s
+    device."""
     config = resolve(base, config)
     shape = PromptShape.of(config)
     layers = 2 * shape.layers if isinstance(config, PrefixTuningConfig) else 1  # keys and values
-    size = 16 * shape.virtual_tokens * shape.submodules * shape.token_dim * layers  # fp32 + grad + 2 moments
-    check_allocation(size, f"{short_repr(shape.virtual_tokens)} virtual tokens",
-                     "choose fewer num_virtual_tokens (8 to 32 is usual)")
+    # fp32 + grad + 2 moments
+    size = 16 * shape.virtual_tokens * shape.submodules * shape.token_dim * layers
+    check_allocation(
+        size,
+        f"{short_repr(shape.virtual_tokens)} virtual tokens",
+        "choose fewer num_virtual_tokens (8 to 32 is usual)",
+    )
     task = TaskType(config.task_type or TaskType.CAUSAL_LM)
     return strategy(config, task).build(base).to(next(base.parameters()).device)
 
 
-def prepare_inputs(module: nn.Module, base: nn.Module, inputs: dict[str, Any], task: TaskType,
-                   config: PromptLearningConfig) -> dict[str, Any]:
+def prepare_inputs(
+    module: nn.Module,
+    base: nn.Module,
+    inputs: dict[str, Any],
+    task: TaskType,
+    config: PromptLearningConfig,
+) -> dict[str, Any]:
     """Turn the user's inputs into the base model's inputs with the prompt applied."""
     return strategy(config, task).prepare(module, base, inputs)
 
 
-def generate(module: nn.Module, base: nn.Module, task: TaskType, config: PromptLearningConfig,
-             **kwargs: Any) -> torch.Tensor:
-    """``base.generate`` with the prompt in the key/value cache: it is computed once, at the first step."""
+def generate(
+    module: nn.Module, base: nn.Module, task: TaskType, config: PromptLearningConfig, **kwargs: Any
+) -> torch.Tensor:
+    """``base.generate`` with the prompt in the key/value cache: it is computed once, at the first
+    step."""
     ids = kwargs.pop("input_ids", None)
     if ids is None:
         raise ConfigError("generate with a prompt adapter needs input_ids")
     return cast(torch.Tensor, strategy(config, task).generate(module, base, ids, kwargs))
 
 
-# ----- files ----------------------------------------------------------------------------------------------
+# ----- files
+# ----------------------------------------------------------------------------------------------
 
 
 def embeddings_to_save(module: nn.Module) -> torch.Tensor:
@@ -547,7 +685,8 @@ def embeddings_to_save(module: nn.Module) -> torch.Tensor:
 
 
 def load_embeddings(module: nn.Module, tensor: torch.Tensor, source: str) -> None:
-    """Load a saved ``prompt_embeddings`` tensor. Modules with an encoder keep it as their direct output."""
+    """Load a saved ``prompt_embeddings`` tensor. Modules with an encoder keep it as their direct
+    output."""
     embedding = cast(nn.Embedding, module.embedding)
     if tuple(tensor.shape) != tuple(embedding.weight.shape):
         raise AdapterFormatError(
