@@ -1,10 +1,11 @@
-"""Make ``import peft`` (and every ``peft.*`` submodule) resolve to peftkit, for running PEFT's own tests.
+"""Make ``import peft`` (and every ``peft.*`` submodule) resolve to peftkit, for running PEFT's own
+tests.
 
-Installed by the conftest that ``run_peft_tests.py`` writes next to PEFT's test files. A name peftkit
-has is peftkit's object; a name it lacks becomes a placeholder class whose use raises
-:class:`MissingAPI` naming it, so a test file still collects and each test that needs the name fails on
-its own, counted as "missing API" rather than hiding the file's other tests. Only environment probes
-(``peft.import_utils.is_*``, ``infer_device``) are answered here, never adapter behaviour.
+Installed by the conftest that ``run_peft_tests.py`` writes next to PEFT's test files. A name
+peftkit has is peftkit's object; a name it lacks becomes a placeholder class whose use raises
+:class:`MissingAPI` naming it, so a test file still collects and each test that needs the name fails
+on its own, counted as "missing API" rather than hiding the file's other tests. Only environment
+probes (``peft.import_utils.is_*``, ``infer_device``) are answered here, never adapter behaviour.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ ALIASES: dict[str, str] = {
     "Conv2d": "peftkit.tuners.lora.conv:LoraConv2d",
     "Conv3d": "peftkit.tuners.lora.conv:LoraConv3d",
     "IA3Layer": "peftkit.tuners.ia3:IA3Layer",
+    "LoHaLayer": "peftkit.tuners.loha:LoHaLayer",
+    "LoKrLayer": "peftkit.tuners.lokr:LoKrLayer",
     "ModulesToSaveWrapper": "peftkit.tuners.modules_to_save:ModulesToSaveWrapper",
     "PromptEmbedding": "peftkit.tuners.prompt:PromptEmbedding",
     "PromptEncoder": "peftkit.tuners.prompt:PromptEncoder",
@@ -51,8 +54,8 @@ ALIASES: dict[str, str] = {
 }
 
 
-# PEFT modules that are one peftkit module, so that patching a module global (``peft.config.__version__``)
-# reaches the code that reads it.
+# PEFT modules that are one peftkit module, so that patching a module global
+# (``peft.config.__version__``) reaches the code that reads it.
 MODULE_ALIASES: dict[str, str] = {"peft.config": "peftkit.config"}
 
 
@@ -61,8 +64,9 @@ class MissingAPI(NotImplementedError):
 
 
 def _missing(module: str, name: str) -> Any:
-    """A stand-in for a name peftkit lacks. A function raises when called; a class can be instantiated (test
-    tables build configs of every method at import time) and its instances raise when used."""
+    """A stand-in for a name peftkit lacks. A function raises when called; a class can be
+    instantiated (test tables build configs of every method at import time) and its instances raise
+    when used."""
 
     def fail(*_: Any, **__: Any) -> Any:
         raise MissingAPI(f"{module}.{name} is not in peftkit")
@@ -82,8 +86,16 @@ def _missing(module: str, name: str) -> Any:
             raise AttributeError(attr)
         return fail()
 
-    return Meta(name, (), {"__module__": module, "__doc__": f"missing: {module}.{name}",
-                           "__init__": lambda self, *a, **k: None, "__getattr__": instance_attr})
+    return Meta(
+        name,
+        (),
+        {
+            "__module__": module,
+            "__doc__": f"missing: {module}.{name}",
+            "__init__": lambda self, *a, **k: None,
+            "__getattr__": instance_attr,
+        },
+    )
 
 
 @cache
@@ -102,7 +114,9 @@ def _peft_submodules() -> frozenset[str]:
         if "__pycache__" in prefix:
             continue
         names.add(prefix)
-        names.update(f"{prefix}.{f[:-3]}" for f in files if f.endswith(".py") and f != "__init__.py")
+        names.update(
+            f"{prefix}.{f[:-3]}" for f in files if f.endswith(".py") and f != "__init__.py"
+        )
     return frozenset(names)
 
 
@@ -119,7 +133,9 @@ def _environment(module: str, name: str) -> Any:
         return cache(lambda: Version(transformers.__version__) >= wanted)
     found = re.fullmatch(r"is_(\w+)_available", name)
     if found:
-        package = {"bnb": "bitsandbytes", "auto_gptq": "auto_gptq"}.get(found.group(1), found.group(1))
+        package = {"bnb": "bitsandbytes", "auto_gptq": "auto_gptq"}.get(
+            found.group(1), found.group(1)
+        )
         return cache(lambda: importlib.util.find_spec(package) is not None)
     return None
 
@@ -145,9 +161,13 @@ class ShimModule(types.ModuleType):
 
 
 class ShimFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname == "peft" or (fullname.startswith("peft.") and fullname in _peft_submodules()):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=fullname not in MODULE_ALIASES)
+            return importlib.machinery.ModuleSpec(
+                fullname, self, is_package=fullname not in MODULE_ALIASES
+            )
         return None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
@@ -155,7 +175,8 @@ class ShimFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return importlib.import_module(MODULE_ALIASES[spec.name])
         module = ShimModule(spec.name)
         module.__path__ = []
-        module.__version__ = "0.21.2"  # what PEFT's tests compare against; peftkit writes this version's format
+        # what PEFT's tests compare against; peftkit writes this version's format
+        module.__version__ = "0.21.2"
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:

@@ -7,8 +7,9 @@ A drop-in for PEFT's core API::
     model = get_peft_model(base_model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     model.print_trainable_parameters()
 
-The package imports lazily (PEP 562): ``import peftkit`` loads no torch or transformers, so the CLI's
-``--version`` and ``--help`` answer at once; each public name is imported from its module on first use.
+The package imports lazily (PEP 562): ``import peftkit`` loads no torch or transformers, so the
+CLI's ``--version`` and ``--help`` answer at once; each public name is imported from its module on
+first use.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "IA3Config": ".config",
     "JobConfig": ".train",
     "LoHaConfig": ".config",
+    "LoKrConfig": ".config",
     "LoraConfig": ".config",
     "ModelLoadError": ".errors",
     "OutputDirError": ".common.outputs",
@@ -93,8 +95,10 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "set_peft_model_state_dict": ".functional",
     "train": ".train",
 }
-_ALIASES = {"NoMatchingPeftModuleError": "TargetNotFoundError",  # PEFT's name for the same error
-            "PeftError": "PeftkitError"}  # PEFT's base error class
+_ALIASES = {
+    "NoMatchingPeftModuleError": "TargetNotFoundError",  # PEFT's name for the same error
+    "PeftError": "PeftkitError",
+}  # PEFT's base error class
 
 
 def __getattr__(name: str) -> Any:
@@ -117,9 +121,10 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """``peftkit.train`` and ``peftkit.compare`` are functions named like the subpackages that define them: the
-    import system binds a subpackage to its parent's attribute when it first loads it, which would replace the
-    function by the module. The function stays (as with the eager imports this package had before)."""
+    """``peftkit.train`` and ``peftkit.compare`` are functions named like the subpackages that
+    define them: the import system binds a subpackage to its parent's attribute when it first loads
+    it, which would replace the function by the module. The function stays (as with the eager
+    imports this package had before)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _EXPORTS and isinstance(value, types.ModuleType):
@@ -145,6 +150,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .config import (
         IA3Config,
         LoHaConfig,
+        LoKrConfig,
         LoraConfig,
         PeftConfig,
         PeftType,
@@ -192,7 +198,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         PeftModelForTokenClassification,
         get_peft_model,
     )
-    from .peft_model.status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
+    from .peft_model.status import (
+        TunerLayerStatus,
+        TunerModelStatus,
+        get_layer_status,
+        get_model_status,
+    )
     from .train import DataConfig, JobConfig, TrainingConfig, TrainResult, train
     from .workflows import evaluate_job, generate_side_by_side, merge_to_folder
 
@@ -221,6 +232,7 @@ __all__ = [
     "IA3Config",
     "JobConfig",
     "LoHaConfig",
+    "LoKrConfig",
     "LoraConfig",
     "ModelLoadError",
     "NoMatchingPeftModuleError",

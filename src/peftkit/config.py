@@ -1,8 +1,9 @@
 """Typed adapter configs with Hugging Face PEFT's field names, defaults and JSON form.
 
-One schema serves Python (``LoraConfig(r=16)``), ``adapter_config.json`` (:meth:`PeftConfig.from_dict`)
-and, through the training config, YAML files and CLI flags. Validation runs in ``__post_init__`` and
-reports every problem at once as a :class:`~peftkit.errors.ConfigError`.
+One schema serves Python (``LoraConfig(r=16)``), ``adapter_config.json``
+(:meth:`PeftConfig.from_dict`) and, through the training config, YAML files and CLI flags.
+Validation runs in ``__post_init__`` and reports every problem at once as a
+:class:`~peftkit.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import AdapterFormatError, ConfigError, MissingKeysError, did_you_m
 __all__ = [
     "IA3Config",
     "LoHaConfig",
+    "LoKrConfig",
     "LoraConfig",
     "PeftConfig",
     "PeftType",
@@ -45,9 +47,10 @@ __all__ = [
 CONFIG_NAME = "adapter_config.json"
 
 # Recorded as ``peft_version`` in every adapter_config.json. PEFT reads that field to decide how to
-# interpret a file (it converts OFT files older than 0.18, for one), so it names the PEFT release whose
-# format peftkit writes and is tested against (constraints.txt), not peftkit's own version. Module-level
-# under PEFT's name so code that reads or patches ``peft.config.__version__`` works unchanged.
+# interpret a file (it converts OFT files older than 0.18, for one), so it names the PEFT release
+# whose format peftkit writes and is tested against (constraints.txt), not peftkit's own version.
+# Module-level under PEFT's name so code that reads or patches ``peft.config.__version__`` works
+# unchanged.
 __version__ = "0.21.2"
 
 
@@ -60,6 +63,7 @@ class PeftType(str, enum.Enum):
     PREFIX_TUNING = "PREFIX_TUNING"
     IA3 = "IA3"
     LOHA = "LOHA"
+    LOKR = "LOKR"
 
 
 class TaskType(str, enum.Enum):
@@ -89,7 +93,8 @@ class PromptEncoderReparameterizationType(str, enum.Enum):
 
 
 def _enum_value(enum_cls: type[enum.Enum], value: Any, name: str, problems: list[str]) -> Any:
-    """Coerce ``value`` to ``enum_cls`` (case-insensitive), recording a problem when it is not a member."""
+    """Coerce ``value`` to ``enum_cls`` (case-insensitive), recording a problem when it is not a
+    member."""
     if value is None or isinstance(value, enum_cls):
         return value
     if isinstance(value, str):
@@ -98,29 +103,36 @@ def _enum_value(enum_cls: type[enum.Enum], value: Any, name: str, problems: list
                 return member
     allowed = ", ".join(m.value for m in enum_cls)
     if enum_cls is TaskType:  # PEFT's words first, so code matching them still does
-        problems.append(f"Invalid task type: {value!r}. Must be one of the following task types: {allowed}. "
-                        "Leave it empty for a plain model")
+        problems.append(
+            f"Invalid task type: {value!r}. Must be one of the following task types: {allowed}. "
+            "Leave it empty for a plain model"
+        )
     else:
         problems.append(f"{name}={short_repr(value)} is not allowed; expected one of {allowed}")
     return value
 
 
 def _format_version() -> str:
-    """``__version__``, with the commit it was installed from when it is a dev version (as PEFT records it)."""
+    """``__version__``, with the commit it was installed from when it is a dev version (as PEFT
+    records it)."""
     version = __version__
     if ".dev" not in version:
         return version
     try:
         commit = _get_commit_hash("peftkit") or "UNKNOWN"
     except Exception:  # bookkeeping must never stop a config from being built
-        warnings.warn("A dev version of PEFT is used but there was an error while trying to determine the commit "
-                      "hash; the version is recorded without it", stacklevel=4)
+        warnings.warn(
+            "A dev version of PEFT is used but there was an error while trying to determine the commit "
+            "hash; the version is recorded without it",
+            stacklevel=4,
+        )
         commit = "UNKNOWN"
     return f"{version}@{commit}"
 
 
 def _get_commit_hash(package: str) -> str | None:
-    """The commit a package was installed from (``pip install git+...@HASH``), from its ``direct_url.json``."""
+    """The commit a package was installed from (``pip install git+...@HASH``), from its
+    ``direct_url.json``."""
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
@@ -131,7 +143,8 @@ def _get_commit_hash(package: str) -> str | None:
 
 
 def _name_set(value: Any, name: str, problems: list[str]) -> Any:
-    """A names-or-regex field as PEFT keeps it: a list of names becomes a set (order carries no meaning)."""
+    """A names-or-regex field as PEFT keeps it: a list of names becomes a set (order carries no
+    meaning)."""
     value = _str_list(value, name, problems, allow_str=True)
     return set(value) if isinstance(value, list) else value
 
@@ -148,11 +161,22 @@ def _str_list(value: Any, name: str, problems: list[str], *, allow_str: bool) ->
     return value
 
 
-# Fields that take more forms than their declared type (PEFT's: a tuple or set of names, an enum or its text,
-# a path-like) and are normalized by their own checks rather than the schema's type check.
-_OWN_CHECKS = ("task_type", "base_model_name_or_path", "modules_to_save", "target_modules", "exclude_modules",
-               "feedforward_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
-               "prompt_tuning_init", "encoder_reparameterization_type")
+# Fields that take more forms than their declared type (PEFT's: a tuple or set of names, an enum or
+# its text, a path-like) and are normalized by their own checks rather than the schema's type check.
+_OWN_CHECKS = (
+    "task_type",
+    "base_model_name_or_path",
+    "modules_to_save",
+    "target_modules",
+    "exclude_modules",
+    "feedforward_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "prompt_tuning_init",
+    "encoder_reparameterization_type",
+)
 
 
 @dataclass
@@ -171,12 +195,14 @@ class PeftConfig:
     inference_mode: bool = False
     """True when the adapter is loaded for inference only (its weights are frozen)."""
     modules_to_save: list[str] | None = None
-    """Extra base-model modules (e.g. a classification head) trained in full and saved with the adapter."""
+    """Extra base-model modules (e.g. a classification head) trained in full and saved with the
+    adapter."""
     peft_version: str | None = None
     """The PEFT format version that wrote the file; filled in when left empty."""
     auto_mapping: dict[str, str] | None = None
-    """PEFT's record of a custom base model class (``base_model_class``, ``parent_library``), kept as read; the
-    auto classes refuse one outside transformers and diffusers and never import from any other."""
+    """PEFT's record of a custom base model class (``base_model_class``, ``parent_library``), kept
+    as read; the auto classes refuse one outside transformers and diffusers and never import from
+    any other."""
 
     peft_type: ClassVar[PeftType | str]
     # PEFT fields that peftkit reads but does not implement, with the value meaning "off".
@@ -191,9 +217,12 @@ class PeftConfig:
         problems: list[str] = []
         if self.peft_version is None:
             self.peft_version = _format_version()
-        typecheck(self, "", problems, skip=_OWN_CHECKS)  # a wrong type is put back to the default, then reported
+        # a wrong type is put back to the default, then reported
+        typecheck(self, "", problems, skip=_OWN_CHECKS)
         self.task_type = _enum_value(TaskType, self.task_type, "task_type", problems)
-        self.modules_to_save = _str_list(self.modules_to_save, "modules_to_save", problems, allow_str=False)
+        self.modules_to_save = _str_list(
+            self.modules_to_save, "modules_to_save", problems, allow_str=False
+        )
         self._validate(problems)
         if problems:
             raise ConfigError(problems, source=type(self).__name__)
@@ -213,8 +242,8 @@ class PeftConfig:
 
     @classmethod
     def peft_only_fields(cls) -> frozenset[str]:
-        """Fields that exist so PEFT code and files work unchanged, for features peftkit does not implement
-        (only their "off" value is accepted); left out of peftkit's own flags and docs."""
+        """Fields that exist so PEFT code and files work unchanged, for features peftkit does not
+        implement (only their "off" value is accepted); left out of peftkit's own flags and docs."""
         return frozenset(cls._unsupported) | cls._peft_only_extra
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,7 +253,8 @@ class PeftConfig:
             if f.name in self._local:
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, set):  # JSON has no sets; sorted so the file is the same on every run
+            # JSON has no sets; sorted so the file is the same on every run
+            if isinstance(value, set):
                 value = sorted(value)
             out[f.name] = value.value if isinstance(value, enum.Enum) else value
         out.update({k: v for k, v in self._unsupported.items() if k not in out})
@@ -236,10 +266,16 @@ class PeftConfig:
         write_json_atomic(os.path.join(save_directory, CONFIG_NAME), self.to_dict())
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], subfolder: str | None = None, revision: str | None = None,
-                        **hub_kwargs: Any) -> PeftConfig:
-        """Read ``adapter_config.json`` from a folder (or the file itself), or from a hub repository's
-        ``revision``; ``hub_kwargs`` (``cache_dir``, ``token``, ...) go to the download, as in PEFT."""
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        subfolder: str | None = None,
+        revision: str | None = None,
+        **hub_kwargs: Any,
+    ) -> PeftConfig:
+        """Read ``adapter_config.json`` from a folder (or the file itself), or from a hub
+        repository's ``revision``; ``hub_kwargs`` (``cache_dir``, ``token``, ...) go to the
+        download, as in PEFT."""
         folder = os.path.join(path, subfolder) if subfolder else path
         if not Path(folder).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", os.fspath(path)):
             folder = _download_config(os.fspath(path), subfolder, revision, hub_kwargs)
@@ -249,7 +285,9 @@ class PeftConfig:
         return config
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, strict: bool = True, source: str | None = None) -> PeftConfig:
+    def from_dict(
+        cls, data: dict[str, Any], *, strict: bool = True, source: str | None = None
+    ) -> PeftConfig:
         """Build a config from a mapping.
 
         Args:
@@ -261,11 +299,15 @@ class PeftConfig:
         return config_from_dict(data, strict=strict, source=source, expected=cls)
 
     @classmethod
-    def from_json_file(cls, path_json_file: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:
+    def from_json_file(
+        cls, path_json_file: str | os.PathLike[str], **kwargs: Any
+    ) -> dict[str, Any]:
         """The mapping in a JSON config file, as PEFT returns it (``runtime_config`` dropped)."""
         data = read_json_file(path_json_file, "config file")
         if not isinstance(data, dict):
-            raise ConfigError(f"{path_json_file} holds {type(data).__name__}, not a mapping of config fields")
+            raise ConfigError(
+                f"{path_json_file} holds {type(data).__name__}, not a mapping of config fields"
+            )
         data.pop("runtime_config", None)
         return data
 
@@ -281,8 +323,9 @@ class LoraConfig(PeftConfig):
     r: int = 8
     """Rank of the update (the inner size of ``A`` and ``B``)."""
     target_modules: list[str] | set[str] | str | None = None
-    """Layers to adapt: a list of names or name suffixes (kept as a set, as PEFT does), a regex (full match), or
-    ``"all-linear"``. None picks the architecture's default (e.g. ``q_proj``/``v_proj`` for Llama)."""
+    """Layers to adapt: a list of names or name suffixes (kept as a set, as PEFT does), a regex
+    (full match), or ``"all-linear"``. None picks the architecture's default (e.g.
+    ``q_proj``/``v_proj`` for Llama)."""
     exclude_modules: list[str] | set[str] | str | None = None
     """Layers never to adapt, with the same matching rules as ``target_modules``."""
     lora_alpha: float = 8
@@ -290,16 +333,19 @@ class LoraConfig(PeftConfig):
     lora_dropout: float = 0.0
     """Dropout on the adapter's input, in [0, 1)."""
     fan_in_fan_out: bool = False
-    """True when the base layer stores its weight as (in, out), like GPT-2's ``Conv1D``; set automatically."""
+    """True when the base layer stores its weight as (in, out), like GPT-2's ``Conv1D``; set
+    automatically."""
     bias: str = "none"
-    """Which biases train: ``"none"``, ``"all"`` (every bias in the model) or ``"lora_only"`` (targeted layers)."""
+    """Which biases train: ``"none"``, ``"all"`` (every bias in the model) or ``"lora_only"``
+    (targeted layers)."""
     use_rslora: bool = False
     """Rank-stabilized scaling ``lora_alpha / sqrt(r)``."""
     init_lora_weights: bool | str = True
-    """``True``: A Kaiming-uniform, B zero (the adapter starts as a no-op); ``"gaussian"``: A normal(0, 1/r),
-    B zero; ``"pissa"`` / ``"pissa_niter_<n>"`` / ``"olora"``: A and B from the SVD / QR of the weight, the
-    base keeping the residual (save with ``path_initial_model_for_weight_conversion`` to get a plain LoRA);
-    ``False``: both random (for tests: the adapter changes the output from the start)."""
+    """``True``: A Kaiming-uniform, B zero (the adapter starts as a no-op); ``"gaussian"``: A
+    normal(0, 1/r), B zero; ``"pissa"`` / ``"pissa_niter_<n>"`` / ``"olora"``: A and B from the SVD
+    / QR of the weight, the base keeping the residual (save with
+    ``path_initial_model_for_weight_conversion`` to get a plain LoRA); ``False``: both random (for
+    tests: the adapter changes the output from the start)."""
     layers_to_transform: list[int] | int | None = None
     """Only adapt these layer indices."""
     layers_pattern: list[str] | str | None = None
@@ -309,16 +355,18 @@ class LoraConfig(PeftConfig):
     alpha_pattern: dict[str, float] = field(default_factory=dict)
     """Per-layer alpha overrides: ``{name regex: lora_alpha}``."""
     use_dora: bool = False
-    """DoRA: split each adapted weight into a learned magnitude per output row and a LoRA-updated direction."""
+    """DoRA: split each adapted weight into a learned magnitude per output row and a LoRA-updated
+    direction."""
     lora_bias: bool = False
-    """Give ``lora_B`` a trainable bias (zero at the start), merged into the base layer's bias; the base layer
-    needs one to merge. Not with DoRA, nor on embeddings (as in PEFT)."""
+    """Give ``lora_B`` a trainable bias (zero at the start), merged into the base layer's bias; the
+    base layer needs one to merge. Not with DoRA, nor on embeddings (as in PEFT)."""
     ensure_weight_tying: bool = False
-    """Tie the adapters of modules tied to the input embeddings (``lm_head``) to the embedding's adapter, for
-    tied modules named in ``modules_to_save`` or ``target_modules`` (PEFT's option; see
+    """Tie the adapters of modules tied to the input embeddings (``lm_head``) to the embedding's
+    adapter, for tied modules named in ``modules_to_save`` or ``target_modules`` (PEFT's option; see
     :mod:`peftkit.surgery.tying`)."""
-    # PEFT's fields for features peftkit does not implement. They exist so PEFT code and files work unchanged
-    # with their "off" value (PEFT's default); any other value is refused by name (_validate).
+    # PEFT's fields for features peftkit does not implement. They exist so PEFT code and files work
+    # unchanged with their "off" value (PEFT's default); any other value is refused by name
+    # (_validate).
     layer_replication: Any = None
     """PEFT's layer replication; only empty."""
     loftq_config: Any = field(default_factory=dict)
@@ -358,21 +406,39 @@ class LoraConfig(PeftConfig):
 
     peft_type: ClassVar[PeftType] = PeftType.LORA
     _unsupported: ClassVar[dict[str, Any]] = {
-        "layer_replication": None, "loftq_config": {}, "megatron_config": None,
-        "target_parameters": None, "trainable_token_indices": None, "eva_config": None, "corda_config": None,
-        "lora_ga_config": None, "velora_config": None, "alora_invocation_tokens": None, "use_qalora": False,
-        "monteclora_config": None, "use_bdlora": None, "arrow_config": None, "kasa_config": None,
+        "layer_replication": None,
+        "loftq_config": {},
+        "megatron_config": None,
+        "target_parameters": None,
+        "trainable_token_indices": None,
+        "eva_config": None,
+        "corda_config": None,
+        "lora_ga_config": None,
+        "velora_config": None,
+        "alora_invocation_tokens": None,
+        "use_qalora": False,
+        "monteclora_config": None,
+        "use_bdlora": None,
+        "arrow_config": None,
+        "kasa_config": None,
     }
     _local: ClassVar[frozenset[str]] = frozenset({"runtime_config"})
     _peft_only_extra: ClassVar[frozenset[str]] = PeftConfig._peft_only_extra | {
-        "megatron_core", "qalora_group_size", "runtime_config"}
+        "megatron_core",
+        "qalora_group_size",
+        "runtime_config",
+    }
 
     def _validate(self, problems: list[str]) -> None:
-        problems += [f"{k}={short_repr(getattr(self, k))} is a PEFT feature peftkit does not support yet; remove it"
-                     for k, off in self._unsupported.items() if not _is_off(getattr(self, k), off)]
+        problems += [
+            f"{k}={short_repr(getattr(self, k))} is a PEFT feature peftkit does not support yet; remove it"
+            for k, off in self._unsupported.items()
+            if not _is_off(getattr(self, k), off)
+        ]
         targets = self.target_modules
         if isinstance(targets, (list, set)) and [str(t).lower() for t in targets] == ["all-linear"]:
-            self.target_modules = "all-linear"  # a one-item list, as a CLI flag or YAML list gives it
+            # a one-item list, as a CLI flag or YAML list gives it
+            self.target_modules = "all-linear"
         positive(problems, "r", self.r, integer=True, hint="try 8 or 16")
         positive(problems, "lora_alpha", self.lora_alpha, hint="often r or 2*r")
         fraction(problems, "lora_dropout", self.lora_dropout)
@@ -382,23 +448,35 @@ class LoraConfig(PeftConfig):
         init = self.init_lora_weights
         pissa_niter = isinstance(init, str) and re.fullmatch(r"pissa_niter_\d+", init) is not None
         if init not in (True, False, "gaussian", "pissa", "olora") and not pissa_niter:
-            problems.append(f"init_lora_weights={short_repr(init)} is not supported; expected true, false, 'gaussian', "
-                            f"'pissa', 'pissa_niter_<n>' or 'olora'")
+            problems.append(
+                f"init_lora_weights={short_repr(init)} is not supported; expected true, false, 'gaussian', "
+                f"'pissa', 'pissa_niter_<n>' or 'olora'"
+            )
         if isinstance(init, str) and init != "gaussian" and self.use_dora:
-            problems.append(f"init_lora_weights={short_repr(init)} cannot be combined with use_dora=True")
+            problems.append(
+                f"init_lora_weights={short_repr(init)} cannot be combined with use_dora=True"
+            )
         if self.lora_bias is True and init not in (True, False):
-            problems.append(f"The argument lora_bias=True is only supported with init_lora_weights=True or False, got "
-                            f"init_lora_weights={init} instead")
+            problems.append(
+                f"The argument lora_bias=True is only supported with init_lora_weights=True or False, got "
+                f"init_lora_weights={init} instead"
+            )
         if self.lora_bias is True and self.use_dora:
-            problems.append("The argument lora_bias=True is not supported for DoRA, please pass use_dora=False")
+            problems.append(
+                "The argument lora_bias=True is not supported for DoRA, please pass use_dora=False"
+            )
         _validate_targets(self, problems)
         rewrites_base = isinstance(init, str) and (init.startswith("pissa") or init == "olora")
         if self.use_rslora is True and (self.rank_pattern or self.alpha_pattern) and rewrites_base:
-            warnings.warn("Using Rank-Stabilized LoRA with rank_pattern/alpha_pattern and post-training conversion "
-                          "of modified base weights PiSSA/OLoRA means that you won't be able to pass "
-                          "`path_initial_model_for_weight_conversion` to `save_pretrained` to restore the initial "
-                          "values of the base weights; if you intend to do this, please ensure not to use rslora or "
-                          "rank_pattern/alpha_pattern.", UserWarning, stacklevel=4)
+            warnings.warn(
+                "Using Rank-Stabilized LoRA with rank_pattern/alpha_pattern and post-training conversion "
+                "of modified base weights PiSSA/OLoRA means that you won't be able to pass "
+                "`path_initial_model_for_weight_conversion` to `save_pretrained` to restore the initial "
+                "values of the base weights; if you intend to do this, please ensure not to use rslora or "
+                "rank_pattern/alpha_pattern.",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def _validate_targets(self: Any, problems: list[str]) -> None:
@@ -417,26 +495,38 @@ def _validate_layers(self: Any, problems: list[str]) -> None:
         if isinstance(layers, (list, tuple)) and all(is_int(i) and i >= 0 for i in layers):
             self.layers_to_transform = list(layers)
         elif not (isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0):
-            problems.append(f"layers_to_transform={short_repr(layers)} must be a layer index or a list of them")
+            problems.append(
+                f"layers_to_transform={short_repr(layers)} must be a layer index or a list of them"
+            )
         if isinstance(self.target_modules, str):
-            problems.append("`layers_to_transform` cannot be used when `target_modules` is a str. Name the "
-                            "layers in the regex instead, or give target_modules as a list")
+            problems.append(
+                "`layers_to_transform` cannot be used when `target_modules` is a str. Name the "
+                "layers in the regex instead, or give target_modules as a list"
+            )
     if self.layers_pattern and isinstance(self.target_modules, str):
-        problems.append("`layers_pattern` cannot be used when `target_modules` is a str. Name the layers in the "
-                        "regex instead, or give target_modules as a list")
+        problems.append(
+            "`layers_pattern` cannot be used when `target_modules` is a str. Name the layers in the "
+            "regex instead, or give target_modules as a list"
+        )
     if self.layers_pattern and layers is None:
-        problems.append("When `layers_pattern` is specified, `layers_to_transform` must also be specified. Set "
-                        "both or neither")
+        problems.append(
+            "When `layers_pattern` is specified, `layers_to_transform` must also be specified. Set "
+            "both or neither"
+        )
+
 
 def _validate_patterns(self: Any, problems: list[str]) -> None:
-    """``rank_pattern`` (positive integers) and ``alpha_pattern`` (positive numbers) of a LoRA-family config."""
+    """``rank_pattern`` (positive integers) and ``alpha_pattern`` (positive numbers) of a
+    LoRA-family config."""
     for name, positive_int in (("rank_pattern", True), ("alpha_pattern", False)):
         pattern = getattr(self, name)
         if pattern is None:
             setattr(self, name, {})
             continue
         if not isinstance(pattern, dict):
-            problems.append(f"{name}={short_repr(pattern)} must be a mapping of layer-name pattern to value")
+            problems.append(
+                f"{name}={short_repr(pattern)} must be a mapping of layer-name pattern to value"
+            )
             continue
         for key, value in pattern.items():
             positive(problems, f"{name}[{key!r}]", value, integer=positive_int)
@@ -444,8 +534,8 @@ def _validate_patterns(self: Any, problems: list[str]) -> None:
 
 @dataclass
 class PromptLearningConfig(PeftConfig):
-    """Fields shared by the methods that add virtual tokens. Model-shape fields left empty are filled
-    from the model's config when the adapter is attached."""
+    """Fields shared by the methods that add virtual tokens. Model-shape fields left empty are
+    filled from the model's config when the adapter is attached."""
 
     num_virtual_tokens: int | None = None
     """How many virtual tokens to learn."""
@@ -459,11 +549,25 @@ class PromptLearningConfig(PeftConfig):
     """Transformer layers of the base model."""
 
     def _validate(self, problems: list[str]) -> None:
-        if self.num_virtual_tokens is not None:  # None is PEFT's default; the prompt is built only with a count
-            positive(problems, "num_virtual_tokens", self.num_virtual_tokens, integer=True, hint="try 8 to 20")
-        for name in ("token_dim", "num_transformer_submodules", "num_attention_heads", "num_layers"):
+        # None is PEFT's default; the prompt is built only with a count
+        if self.num_virtual_tokens is not None:
+            positive(
+                problems,
+                "num_virtual_tokens",
+                self.num_virtual_tokens,
+                integer=True,
+                hint="try 8 to 20",
+            )
+        for name in (
+            "token_dim",
+            "num_transformer_submodules",
+            "num_attention_heads",
+            "num_layers",
+        ):
             if getattr(self, name) is not None:  # left empty, they are read from the model
-                positive(problems, name, getattr(self, name), integer=True, hint="or leave it empty")
+                positive(
+                    problems, name, getattr(self, name), integer=True, hint="or leave it empty"
+                )
 
     @property
     def is_prompt_learning(self) -> bool:
@@ -494,13 +598,19 @@ class PromptTuningConfig(PromptLearningConfig):
             if not self.prompt_tuning_init_text:
                 problems.append("prompt_tuning_init=TEXT needs prompt_tuning_init_text")
             if not self.tokenizer_name_or_path:
-                problems.append("When prompt_tuning_init='TEXT', tokenizer_name_or_path can't be None: name the "
-                                "tokenizer (usually the model's name) whose tokens start the prompt")
+                problems.append(
+                    "When prompt_tuning_init='TEXT', tokenizer_name_or_path can't be None: name the "
+                    "tokenizer (usually the model's name) whose tokens start the prompt"
+                )
         if self.tokenizer_kwargs is not None and not isinstance(self.tokenizer_kwargs, dict):
-            problems.append(f"tokenizer_kwargs={short_repr(self.tokenizer_kwargs)} must be a mapping")
+            problems.append(
+                f"tokenizer_kwargs={short_repr(self.tokenizer_kwargs)} must be a mapping"
+            )
         elif self.tokenizer_kwargs and self.prompt_tuning_init != PromptTuningInit.TEXT:
-            problems.append("tokenizer_kwargs only valid when using prompt_tuning_init='TEXT'. They configure the "
-                            "tokenizer of prompt_tuning_init_text; remove them or use the TEXT start")
+            problems.append(
+                "tokenizer_kwargs only valid when using prompt_tuning_init='TEXT'. They configure the "
+                "tokenizer of prompt_tuning_init_text; remove them or use the TEXT start"
+            )
 
 
 @dataclass
@@ -543,11 +653,13 @@ class PrefixTuningConfig(PromptLearningConfig):
     prefix_projection: bool = False
     """Produce the prefixes through a two-layer MLP instead of learning them directly."""
     init_weights: str | None = None
-    """How the prefix starts: empty draws it at random (PEFT's default); ``"zero"`` starts it at zero."""
+    """How the prefix starts: empty draws it at random (PEFT's default); ``"zero"`` starts it at
+    zero."""
     prefix_init_text: str | None = None
-    """Start the prefix as the keys and values the base model computes for this text (repeated or cut to
-    ``num_virtual_tokens`` tokens), so training begins from the base model reading a real prompt instead
-    of from random key/values. peftkit only: it shapes the start of training and is not saved."""
+    """Start the prefix as the keys and values the base model computes for this text (repeated or
+    cut to ``num_virtual_tokens`` tokens), so training begins from the base model reading a real
+    prompt instead of from random key/values. peftkit only: it shapes the start of training and is
+    not saved."""
     tokenizer_name_or_path: str | None = None
     """Tokenizer for ``prefix_init_text``. peftkit only, like the text."""
 
@@ -557,20 +669,30 @@ class PrefixTuningConfig(PromptLearningConfig):
     def _validate(self, problems: list[str]) -> None:
         super()._validate(problems)
         size = self.encoder_hidden_size
-        if self.prefix_projection and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        if self.prefix_projection and not (
+            isinstance(size, int) and not isinstance(size, bool) and size > 0
+        ):
             problems.append("prefix_projection=true needs encoder_hidden_size, a positive integer")
         if self.init_weights not in (None, "zero"):
-            problems.append(f"init_weights={short_repr(self.init_weights)} must be empty (random) or \"zero\"")
+            problems.append(
+                f'init_weights={short_repr(self.init_weights)} must be empty (random) or "zero"'
+            )
         if self.prefix_init_text is not None:
             if not isinstance(self.prefix_init_text, str) or not self.prefix_init_text.strip():
                 problems.append("prefix_init_text must be a non-empty text")
             if not self.tokenizer_name_or_path:
-                problems.append("prefix_init_text needs tokenizer_name_or_path (usually the model's name)")
+                problems.append(
+                    "prefix_init_text needs tokenizer_name_or_path (usually the model's name)"
+                )
             if self.prefix_projection:
-                problems.append("prefix_init_text sets the key/values directly, so it cannot be combined with "
-                                "prefix_projection=true; drop one of them")
+                problems.append(
+                    "prefix_init_text sets the key/values directly, so it cannot be combined with "
+                    "prefix_projection=true; drop one of them"
+                )
             if self.init_weights is not None:
-                problems.append("prefix_init_text and init_weights both choose the start; set only one")
+                problems.append(
+                    "prefix_init_text and init_weights both choose the start; set only one"
+                )
 
 
 @dataclass
@@ -579,53 +701,63 @@ class IA3Config(PeftConfig):
     feed-forward layers. Field names and defaults are PEFT's."""
 
     target_modules: list[str] | set[str] | str | None = None
-    """Layers to adapt: a list of names (or name suffixes) or a regex; empty means the architecture default."""
+    """Layers to adapt: a list of names (or name suffixes) or a regex; empty means the architecture
+    default."""
     exclude_modules: list[str] | set[str] | str | None = None
     """Layers never to adapt, with the same matching rules as ``target_modules``."""
     feedforward_modules: list[str] | set[str] | str | None = None
-    """Which targets are feed-forward layers (scaled on their input); must be among ``target_modules``."""
+    """Which targets are feed-forward layers (scaled on their input); must be among
+    ``target_modules``."""
     fan_in_fan_out: bool = False
-    """True for layers that store their weight as (in, out), such as GPT-2's Conv1D (set automatically)."""
+    """True for layers that store their weight as (in, out), such as GPT-2's Conv1D (set
+    automatically)."""
     init_ia3_weights: bool = True
-    """Start the vectors at 1 (the base model's behaviour); False draws them at random (for tests)."""
+    """Start the vectors at 1 (the base model's behaviour); False draws them at random (for tests).
+    """
 
     peft_type: ClassVar[PeftType] = PeftType.IA3
 
     def _validate(self, problems: list[str]) -> None:
         self.target_modules = _name_set(self.target_modules, "target_modules", problems)
         self.exclude_modules = _name_set(self.exclude_modules, "exclude_modules", problems)
-        self.feedforward_modules = _name_set(self.feedforward_modules, "feedforward_modules", problems)
+        self.feedforward_modules = _name_set(
+            self.feedforward_modules, "feedforward_modules", problems
+        )
         if isinstance(self.feedforward_modules, set) and isinstance(self.target_modules, set):
             extra = sorted(self.feedforward_modules - self.target_modules)
             if extra:
-                problems.append(f"`feedforward_modules` should be a subset of `target_modules`: {extra} are not "
-                                f"targets; every feed-forward module must also be a target")
+                problems.append(
+                    f"`feedforward_modules` should be a subset of `target_modules`: {extra} are not "
+                    f"targets; every feed-forward module must also be a target"
+                )
 
 
 @dataclass
 class LoHaConfig(PeftConfig):
-    """LoHa (Hyeon-Woo et al., 2022; LyCORIS): the update is the Hadamard product of two low-rank products,
-    ``(W1a W1b) * (W2a W2b) * alpha / r``, a rank up to r**2 from 4 r (in + out) numbers. Field names and
-    defaults are PEFT's."""
+    """LoHa (Hyeon-Woo et al., 2022; LyCORIS): the update is the Hadamard product of two low-rank
+    products, ``(W1a W1b) * (W2a W2b) * alpha / r``, a rank up to r**2 from 4 r (in + out) numbers.
+    Field names and defaults are PEFT's."""
 
     r: int = 8
     """The rank of each of the two products."""
     alpha: float = 8
     """The update is scaled by ``alpha / r``."""
     rank_dropout: float = 0.0
-    """Training only: each output row of the update is dropped with this probability (rescaled to keep its mean)."""
+    """Training only: each output row of the update is dropped with this probability (rescaled to
+    keep its mean)."""
     module_dropout: float = 0.0
     """Training only: the whole adapter of a layer is skipped for a step with this probability."""
     use_effective_conv2d: bool = False
-    """Decompose convolution kernels larger than 1 with a CP core per product (FedPara's proposition 3): fewer
-    numbers for wide kernels."""
+    """Decompose convolution kernels larger than 1 with a CP core per product (FedPara's proposition
+    3): fewer numbers for wide kernels."""
     target_modules: list[str] | set[str] | str | None = None
-    """Layers to adapt (nn.Linear, nn.Conv1d, nn.Conv2d): names, name suffixes or a regex; empty means the
-    architecture default (LoRA's table, as in PEFT)."""
+    """Layers to adapt (nn.Linear, nn.Conv1d, nn.Conv2d): names, name suffixes or a regex; empty
+    means the architecture default (LoRA's table, as in PEFT)."""
     exclude_modules: list[str] | set[str] | str | None = None
     """Layers never to adapt, with the same matching rules as ``target_modules``."""
     init_weights: bool = True
-    """Start W2b at zero, so a fresh adapter equals the base model; False draws every factor at random."""
+    """Start W2b at zero, so a fresh adapter equals the base model; False draws every factor at
+    random."""
     layers_to_transform: list[int] | int | None = None
     """Only these layer indices (of the layer list ``layers_pattern`` names) are adapted."""
     layers_pattern: list[str] | str | None = None
@@ -645,13 +777,76 @@ class LoHaConfig(PeftConfig):
         _validate_targets(self, problems)
 
 
-CONFIG_CLASSES: dict[str, type[PeftConfig]] = {  # by peft_type; peftkit.methods.register_method adds to it
+@dataclass
+class LoKrConfig(PeftConfig):
+    """LoKr (Yeh et al., 2023; LyCORIS): the update is a Kronecker product ``(W1 ⊗ W2) * alpha / r``
+    of a small and a larger factor, each dimension split near its square root; few numbers for a
+    full-rank update. Field names and defaults are PEFT's."""
+
+    r: int = 8
+    """The rank of a factor stored as a low-rank product (W2, and W1 with ``decompose_both``), used
+    when r is below half the factor's larger side."""
+    alpha: float = 8
+    """The update is scaled by ``alpha / r``."""
+    rank_dropout: float = 0.0
+    """Training only: each output row of the update is dropped with this probability."""
+    module_dropout: float = 0.0
+    """Training only: the whole adapter of a layer is skipped for a step with this probability."""
+    use_effective_conv2d: bool = False
+    """Decompose W2 of convolution kernels larger than 1 with a CP core (fewer numbers for wide
+    kernels)."""
+    decompose_both: bool = False
+    """Store W1 as a low-rank product too (when r is below half its larger side)."""
+    decompose_factor: int = -1
+    """Split each dimension as ``(factor, dim / factor)`` when the factor divides it; -1 splits near
+    the square root."""
+    rank_dropout_scale: bool = False
+    """Scale the rows that survive rank dropout up to keep the update's mean."""
+    target_modules: list[str] | set[str] | str | None = None
+    """Layers to adapt (nn.Linear, nn.Conv1d, nn.Conv2d): names, name suffixes or a regex; empty
+    means the architecture default (LoRA's table, as in PEFT)."""
+    exclude_modules: list[str] | set[str] | str | None = None
+    """Layers never to adapt, with the same matching rules as ``target_modules``."""
+    init_weights: bool | str = True
+    """True: W1 starts at zero, so a fresh adapter equals the base model; ``"lycoris"``: W2 starts
+    at zero instead (LyCORIS's choice); False: every factor random."""
+    layers_to_transform: list[int] | int | None = None
+    """Only these layer indices (of the layer list ``layers_pattern`` names) are adapted."""
+    layers_pattern: list[str] | str | None = None
+    """Name of the layer list that ``layers_to_transform`` indexes."""
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    """Per-layer rank overrides: ``{name regex: r}``."""
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    """Per-layer alpha overrides: ``{name regex: alpha}``."""
+
+    peft_type: ClassVar[PeftType] = PeftType.LOKR
+
+    def _validate(self, problems: list[str]) -> None:
+        positive(problems, "r", self.r, integer=True, hint="try 8")
+        positive(problems, "alpha", self.alpha, hint="often r")
+        for name in ("rank_dropout", "module_dropout"):
+            fraction(problems, name, getattr(self, name))
+        if self.init_weights not in (True, False, "lycoris"):
+            problems.append(
+                f"init_weights={short_repr(self.init_weights)} is not allowed; expected true, false "
+                f"or 'lycoris'"
+            )
+        if is_int(self.decompose_factor) and self.decompose_factor != -1:
+            positive(
+                problems, "decompose_factor", self.decompose_factor, integer=True, hint="or -1"
+            )
+        _validate_targets(self, problems)
+
+
+# by peft_type; peftkit.methods.register_method adds to it
+CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     PeftType.LORA: LoraConfig,
     PeftType.PROMPT_TUNING: PromptTuningConfig,
     PeftType.P_TUNING: PromptEncoderConfig,
     PeftType.PREFIX_TUNING: PrefixTuningConfig,
     PeftType.IA3: IA3Config,
     PeftType.LOHA: LoHaConfig,
+    PeftType.LOKR: LoKrConfig,
 }
 
 # Keys PEFT writes that carry no meaning for loading.
@@ -659,13 +854,14 @@ _IGNORED_KEYS = frozenset({"peft_type", "megatron_core", "qalora_group_size"})
 
 
 def adopt(config: PeftConfig, resolved: PeftConfig) -> PeftConfig:
-    """Write what was resolved for ``config`` back into it, and return it: the one place a config changes
-    after validation.
+    """Write what was resolved for ``config`` back into it, and return it: the one place a config
+    changes after validation.
 
-    PEFT's contract is that the object given to ``get_peft_model``, ``add_adapter`` or ``from_pretrained``
-    *is* the adapter's config (``model.peft_config["default"] is config``), with its targets and model-shape
-    fields filled in. Resolution works on copies (``config.replace``) so a failed step leaves the user's
-    config as it was; the model adopts the result only once the adapter is in place.
+    PEFT's contract is that the object given to ``get_peft_model``, ``add_adapter`` or
+    ``from_pretrained`` *is* the adapter's config (``model.peft_config["default"] is config``), with
+    its targets and model-shape fields filled in. Resolution works on copies (``config.replace``) so
+    a failed step leaves the user's config as it was; the model adopts the result only once the
+    adapter is in place.
     """
     if type(resolved) is not type(config):
         raise TypeError(f"cannot adopt a {type(resolved).__name__} into a {type(config).__name__}")
@@ -683,14 +879,20 @@ def config_from_dict(
     source: str | None = None,
     expected: type[PeftConfig] = PeftConfig,
 ) -> PeftConfig:
-    """Build the config class that ``data["peft_type"]`` names (or ``expected`` when it is concrete)."""
+    """Build the config class that ``data["peft_type"]`` names (or ``expected`` when it is
+    concrete)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping of field names to values, got {type(data).__name__}", source=source)
-    if not strict and "peft_type" not in data:  # a file: any JSON is not an adapter config (PEFT's rule and words)
+        raise ConfigError(
+            f"expected a mapping of field names to values, got {type(data).__name__}", source=source
+        )
+    # a file: any JSON is not an adapter config (PEFT's rule and words)
+    if not strict and "peft_type" not in data:
         name = expected.__name__ if expected is not PeftConfig else "PEFT"
-        raise MissingKeysError(f"The {name} config that is trying to be loaded is missing required keys: "
-                               "{'peft_type'}. It is not an adapter_config.json written by PEFT or peftkit",
-                               source=source)
+        raise MissingKeysError(
+            f"The {name} config that is trying to be loaded is missing required keys: "
+            "{'peft_type'}. It is not an adapter_config.json written by PEFT or peftkit",
+            source=source,
+        )
     cls = _select_class(data, expected, source)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -701,7 +903,9 @@ def config_from_dict(
             kwargs[key] = value
         elif key in cls._unsupported:
             if not _is_off(value, cls._unsupported[key]):
-                problems.append(f"{key}={short_repr(value)} is a PEFT feature peftkit does not support yet; remove it")
+                problems.append(
+                    f"{key}={short_repr(value)} is a PEFT feature peftkit does not support yet; remove it"
+                )
         elif key not in _IGNORED_KEYS:
             unknown.append(key)
     for key in unknown:
@@ -723,11 +927,14 @@ def config_from_dict(
 
 
 def _is_off(value: Any, off: Any) -> bool:
-    """Whether a PEFT-only field holds its "off" value (None, {} and False all mean off where off is empty)."""
+    """Whether a PEFT-only field holds its "off" value (None, {} and False all mean off where off is
+    empty)."""
     return bool(value == off or (value in (None, {}, [], False) and not off))
 
 
-def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str | None) -> type[PeftConfig]:
+def _select_class(
+    data: dict[str, Any], expected: type[PeftConfig], source: str | None
+) -> type[PeftConfig]:
     peft_type = data.get("peft_type")
     known = ", ".join(str(getattr(t, "value", t)) for t in CONFIG_CLASSES)
     if peft_type is None:
@@ -736,25 +943,41 @@ def _select_class(data: dict[str, Any], expected: type[PeftConfig], source: str 
         return expected
     cls = CONFIG_CLASSES.get(str(getattr(peft_type, "value", peft_type)).upper())
     if cls is None:
-        raise ConfigError(f"peft_type={peft_type!r} is not supported; expected one of {known}", source=source)
+        raise ConfigError(
+            f"peft_type={peft_type!r} is not supported; expected one of {known}", source=source
+        )
     if not issubclass(cls, expected):
-        raise ConfigError(f"peft_type={peft_type!r} does not fit {expected.__name__}", source=source)
+        raise ConfigError(
+            f"peft_type={peft_type!r} does not fit {expected.__name__}", source=source
+        )
     return cls
 
 
-def _download_config(repo_id: str, subfolder: str | None, revision: str | None, hub_kwargs: dict[str, Any]) -> str:
+def _download_config(
+    repo_id: str, subfolder: str | None, revision: str | None, hub_kwargs: dict[str, Any]
+) -> str:
     """``adapter_config.json`` of a hub repository (the local cache when offline)."""
     from huggingface_hub import hf_hub_download
 
-    allowed = {k: v for k, v in hub_kwargs.items() if k in ("cache_dir", "token", "force_download", "local_files_only")}
+    allowed = {
+        k: v
+        for k, v in hub_kwargs.items()
+        if k in ("cache_dir", "token", "force_download", "local_files_only")
+    }
     try:
-        return hf_hub_download(repo_id, CONFIG_NAME, subfolder=subfolder, revision=revision, **allowed)
+        return hf_hub_download(
+            repo_id, CONFIG_NAME, subfolder=subfolder, revision=revision, **allowed
+        )
     except Exception as err:  # offline, unknown repository, no permission: all "not available here"
-        raise AdapterFormatError(f"{repo_id!r} is not a local folder and its {CONFIG_NAME} could not be fetched "
-                                 f"from the hub ({type(err).__name__}); pass the folder save_pretrained wrote") from err
+        raise AdapterFormatError(
+            f"{repo_id!r} is not a local folder and its {CONFIG_NAME} could not be fetched "
+            f"from the hub ({type(err).__name__}); pass the folder save_pretrained wrote"
+        ) from err
 
 
-def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfig] = PeftConfig) -> PeftConfig:
+def read_adapter_config(
+    folder: str | os.PathLike[str], expected: type[PeftConfig] = PeftConfig
+) -> PeftConfig:
     """Read and validate ``adapter_config.json`` from ``folder`` (or a path to the file itself).
 
     Unknown fields (from a newer PEFT) are ignored with a warning; bad values raise ``ConfigError``.
@@ -769,9 +992,12 @@ def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfi
             "loading adapters from a model hub needs a hub id and a network connection."
         )
     size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:  # an untrusted file: refuse before reading (PEFT's configs are a few KB)
-        raise AdapterFormatError(f"{path} is {size:,} bytes; an adapter_config.json above {MAX_CONFIG_BYTES:,} "
-                                 "bytes is refused. It is not an adapter config, or it was damaged.")
+    # an untrusted file: refuse before reading (PEFT's configs are a few KB)
+    if size > MAX_CONFIG_BYTES:
+        raise AdapterFormatError(
+            f"{path} is {size:,} bytes; an adapter_config.json above {MAX_CONFIG_BYTES:,} "
+            "bytes is refused. It is not an adapter config, or it was damaged."
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -787,8 +1013,8 @@ def read_adapter_config(folder: str | os.PathLike[str], expected: type[PeftConfi
 
 
 def get_peft_config(config_dict: dict[str, Any]) -> PeftConfig:
-    """The config that ``config_dict["peft_type"]`` names, built from the mapping (PEFT's function of the same
-    name); an unknown key is refused, as PEFT's config constructors refuse it."""
+    """The config that ``config_dict["peft_type"]`` names, built from the mapping (PEFT's function
+    of the same name); an unknown key is refused, as PEFT's config constructors refuse it."""
     return config_from_dict(config_dict, strict=True)
 
 

@@ -1,15 +1,17 @@
-"""The method registry: one registration is everything the package needs to know about a PEFT method.
+"""The method registry: one registration is everything the package needs to know about a PEFT
+method.
 
-A :class:`Method` names the method once (``"lora"``; the CLI, training configs and ``compare`` use this name),
-gives its ``adapter_config.json`` type (``"LORA"``), its config class, its adapter layer classes and the prefix
-of its tensors' names, and says how it adapts a model: ``inject`` places adapter layers in the model (LoRA,
-IA3), ``prompt_module`` builds the module that makes its virtual tokens (prompt tuning, p-tuning, prefix
-tuning). Everything else (saving, loading, merging, training, statuses, ``peftkit inspect``) works on the
-generic layer API of :class:`~peftkit.tuners.base.AdapterLayer` and asks this registry for the rest.
+A :class:`Method` names the method once (``"lora"``; the CLI, training configs and ``compare`` use
+this name), gives its ``adapter_config.json`` type (``"LORA"``), its config class, its adapter layer
+classes and the prefix of its tensors' names, and says how it adapts a model: ``inject`` places
+adapter layers in the model (LoRA, IA3), ``prompt_module`` builds the module that makes its virtual
+tokens (prompt tuning, p-tuning, prefix tuning). Everything else (saving, loading, merging,
+training, statuses, ``peftkit inspect``) works on the generic layer API of
+:class:`~peftkit.tuners.base.AdapterLayer` and asks this registry for the rest.
 
 Adding a method is a config class, a layer class and one :func:`register_method` call;
-``docs/architecture.md`` walks through a complete one (``tests/test_methods.py`` registers it from the test file
-alone and runs it through the whole package).
+``docs/architecture.md`` walks through a complete one (``tests/test_methods.py`` registers it from
+the test file alone and runs it through the whole package).
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ from .config import CONFIG_CLASSES, PeftConfig, PeftType
 from .errors import ConfigError, did_you_mean
 from .tuners.ia3 import IA3Layer
 from .tuners.loha import LoHaLayer
+from .tuners.lokr import LoKrLayer
 from .tuners.lora import LoraLayer
 from .tuners.prompt import model as prompting
 
-__all__ = ["Method", "method_for", "method_named", "methods", "register_method", "unregister_method"]
+__all__ = [
+    "Method",
+    "method_for",
+    "method_named",
+    "methods",
+    "register_method",
+    "unregister_method",
+]
 
 Inject = Callable[[nn.Module, Any, str], Any]
-"""``inject(model, config, adapter_name) -> config``: place adapter ``adapter_name``'s layers in ``model`` (in
-place) and return ``config`` resolved against the model (targets listed), as its file records it."""
+"""``inject(model, config, adapter_name) -> config``: place adapter ``adapter_name``'s layers in
+``model`` (in place) and return ``config`` resolved against the model (targets listed), as its file
+records it."""
 
 
 @dataclass(frozen=True)
@@ -40,15 +51,19 @@ class Method:
     """One PEFT method, as the package sees it.
 
     Attributes:
-        name: the one name users write (``"lora"``, ``"prompt_tuning"``): CLI flags, training configs, reports.
-        peft_type: the method's ``peft_type`` in ``adapter_config.json`` (``"LORA"``), PEFT's spelling.
-        config_class: its config (a :class:`~peftkit.config.PeftConfig` subclass whose ``peft_type`` is this one).
-        tuner_name: PEFT's name for the model-level tuner (``"LoraModel"``), as statuses report it; None for a
-            prompt method (PEFT has no tuner for those).
+        name: the one name users write (``"lora"``, ``"prompt_tuning"``): CLI flags, training
+            configs, reports.
+        peft_type: the method's ``peft_type`` in ``adapter_config.json`` (``"LORA"``), PEFT's
+            spelling.
+        config_class: its config (a :class:`~peftkit.config.PeftConfig` subclass whose ``peft_type``
+            is this one).
+        tuner_name: PEFT's name for the model-level tuner (``"LoraModel"``), as statuses report it;
+            None for a prompt method (PEFT has no tuner for those).
         inject: how it places its layers (layer methods); None for a prompt method.
-        prompt_module: how it builds its virtual-token module (prompt methods); None for a layer method.
-        layer_classes: the adapter layers it places; "all-linear" re-targets a layer of these classes, and a
-            layer of another method's classes is never shared.
+        prompt_module: how it builds its virtual-token module (prompt methods); None for a layer
+            method.
+        layer_classes: the adapter layers it places; "all-linear" re-targets a layer of these
+            classes, and a layer of another method's classes is never shared.
         prefix: what its tensors' names start with (``"lora_"``); None for prompt methods.
     """
 
@@ -74,20 +89,26 @@ def register_method(method: Method) -> Method:
     """Make ``method`` known to the whole package (configs, files, CLI, training, statuses).
 
     Raises:
-        ConfigError: the name or ``peft_type`` is taken by another method, the config class's ``peft_type``
-            is not the method's, or the method says neither how it injects nor how it builds its prompt.
+        ConfigError: the name or ``peft_type`` is taken by another method, the config class's
+            ``peft_type`` is not the method's, or the method says neither how it injects nor how it
+            builds its prompt.
     """
     problems = []
     for other in _REGISTRY.values():
         if other.name != method.name and other.peft_type == method.peft_type:
-            problems.append(f"peft_type {method.peft_type!r} already belongs to method {other.name!r}")
+            problems.append(
+                f"peft_type {method.peft_type!r} already belongs to method {other.name!r}"
+            )
     held = _REGISTRY.get(method.name)
     if held is not None and held.config_class is not method.config_class:
         problems.append(f"method name {method.name!r} is taken by {held.config_class.__name__}")
-    if getattr(method.config_class, "peft_type", None) != method.peft_type:  # PeftType is a str enum
+    # PeftType is a str enum
+    if getattr(method.config_class, "peft_type", None) != method.peft_type:
         problems.append(f"{method.config_class.__name__}.peft_type must be {method.peft_type!r}")
     if (method.inject is None) == (method.prompt_module is None):
-        problems.append("give exactly one of inject (a layer method) and prompt_module (a prompt method)")
+        problems.append(
+            "give exactly one of inject (a layer method) and prompt_module (a prompt method)"
+        )
     if problems:
         raise ConfigError(problems, source=f"method {method.name!r}")
     _REGISTRY[method.name] = method
@@ -96,7 +117,8 @@ def register_method(method: Method) -> Method:
 
 
 def unregister_method(name: str) -> None:
-    """Forget method ``name`` (a plugin unloaded, a test done); configs and files of it are unknown again."""
+    """Forget method ``name`` (a plugin unloaded, a test done); configs and files of it are unknown
+    again."""
     method = _REGISTRY.pop(name, None)
     if method is not None:
         CONFIG_CLASSES.pop(method.peft_type, None)
@@ -117,12 +139,15 @@ def method_for(config: PeftConfig) -> Method:
         for method in _REGISTRY.values():
             if method.config_class is cls:
                 return method
-    raise ConfigError(f"{type(config).__name__} is no registered method's config; register the method with "
-                      "peftkit.methods.register_method first")
+    raise ConfigError(
+        f"{type(config).__name__} is no registered method's config; register the method with "
+        "peftkit.methods.register_method first"
+    )
 
 
 def method_named(name: str) -> Method:
-    """The method called ``name`` (its name, or its ``peft_type`` in any case: ``"lora"``, ``"LORA"``).
+    """The method called ``name`` (its name, or its ``peft_type`` in any case: ``"lora"``,
+    ``"LORA"``).
 
     Raises:
         ConfigError: no such method, with the known names.
@@ -131,7 +156,9 @@ def method_named(name: str) -> Method:
         if name in (method.name, method.peft_type) or name.upper() == method.peft_type:
             return method
     known = [m.name for m in _REGISTRY.values()]
-    raise ConfigError(f"method {name!r} is unknown; expected one of {', '.join(known)}.{did_you_mean(name, known)}")
+    raise ConfigError(
+        f"method {name!r} is unknown; expected one of {', '.join(known)}.{did_you_mean(name, known)}"
+    )
 
 
 def _register_builtins() -> None:
@@ -139,16 +166,63 @@ def _register_builtins() -> None:
     from .tuners.lora.embedding import LoraEmbedding
 
     lora_layers = (LoraLayer, LoraEmbedding, LoraConv)
-    register_method(Method("lora", PeftType.LORA.value, CONFIG_CLASSES[PeftType.LORA], "LoraModel",
-                           inject=surgery.inject_lora, layer_classes=lora_layers, prefix=LoraLayer.prefix))
-    for name, peft_type in (("prompt_tuning", PeftType.PROMPT_TUNING), ("p_tuning", PeftType.P_TUNING),
-                            ("prefix_tuning", PeftType.PREFIX_TUNING)):
-        register_method(Method(name, peft_type.value, CONFIG_CLASSES[peft_type],
-                               prompt_module=prompting.build_prompt_module))
-    register_method(Method("loha", PeftType.LOHA.value, CONFIG_CLASSES[PeftType.LOHA], "LoHaModel",
-                           inject=surgery.inject_loha, layer_classes=(LoHaLayer,), prefix=LoHaLayer.prefix))
-    register_method(Method("ia3", PeftType.IA3.value, CONFIG_CLASSES[PeftType.IA3], "IA3Model",
-                           inject=surgery.inject_ia3, layer_classes=(IA3Layer,), prefix=IA3Layer.prefix))
+    register_method(
+        Method(
+            "lora",
+            PeftType.LORA.value,
+            CONFIG_CLASSES[PeftType.LORA],
+            "LoraModel",
+            inject=surgery.inject_lora,
+            layer_classes=lora_layers,
+            prefix=LoraLayer.prefix,
+        )
+    )
+    for name, peft_type in (
+        ("prompt_tuning", PeftType.PROMPT_TUNING),
+        ("p_tuning", PeftType.P_TUNING),
+        ("prefix_tuning", PeftType.PREFIX_TUNING),
+    ):
+        register_method(
+            Method(
+                name,
+                peft_type.value,
+                CONFIG_CLASSES[peft_type],
+                prompt_module=prompting.build_prompt_module,
+            )
+        )
+    register_method(
+        Method(
+            "loha",
+            PeftType.LOHA.value,
+            CONFIG_CLASSES[PeftType.LOHA],
+            "LoHaModel",
+            inject=surgery.inject_loha,
+            layer_classes=(LoHaLayer,),
+            prefix=LoHaLayer.prefix,
+        )
+    )
+    register_method(
+        Method(
+            "lokr",
+            PeftType.LOKR.value,
+            CONFIG_CLASSES[PeftType.LOKR],
+            "LoKrModel",
+            inject=surgery.inject_lokr,
+            layer_classes=(LoKrLayer,),
+            prefix=LoKrLayer.prefix,
+        )
+    )
+    register_method(
+        Method(
+            "ia3",
+            PeftType.IA3.value,
+            CONFIG_CLASSES[PeftType.IA3],
+            "IA3Model",
+            inject=surgery.inject_ia3,
+            layer_classes=(IA3Layer,),
+            prefix=IA3Layer.prefix,
+        )
+    )
 
 
 _register_builtins()

@@ -1,11 +1,13 @@
 """Model surgery: the one place that walks and changes a model's module tree, as plain functions.
 
-- :mod:`.targets`: which layers a config targets (PEFT's matching rules) and the errors when none match;
+- :mod:`.targets`: which layers a config targets (PEFT's matching rules) and the errors when none
+  match;
 - :mod:`.inject`: each layer method's adapters put in place, whole-module copies, what trains;
 - :mod:`.state`: active, disabled, merged, per-row adapters; delete, merge, unmerge, unload;
 - :mod:`.keys`: an adapter's tensors by name, the base's own keys, loading in place, layouts;
 - :mod:`.combine`: new adapters from weighted combinations, the arithmetic in :mod:`.merging`;
-- :mod:`.tying`: tied embeddings and heads sharing one adapter; :mod:`.tables`: per-architecture defaults.
+- :mod:`.tying`: tied embeddings and heads sharing one adapter; :mod:`.tables`: per-architecture
+  defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .inject import (
     held_layout,
     inject_ia3,
     inject_loha,
+    inject_lokr,
     inject_lora,
     mark_trainable,
     planned_layout,
@@ -87,6 +90,7 @@ __all__ = [
     "held_layout",
     "inject_ia3",
     "inject_loha",
+    "inject_lokr",
     "inject_lora",
     "is_feedforward",
     "is_target",

@@ -1,25 +1,27 @@
-"""Putting adapters into a model: wrap each targeted layer in its method's layer, add trainable copies of
-whole modules, and mark what trains.
+"""Putting adapters into a model: wrap each targeted layer in its method's layer, add trainable
+copies of whole modules, and mark what trains.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..common.memory import check_allocation
-from ..config import IA3Config, LoHaConfig, LoraConfig, PeftConfig
+from ..config import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig
 from ..errors import ConfigError, TargetNotFoundError, short_repr
 from ..tuners.base import AdapterLayer
 from ..tuners.ia3 import IA3Conv, IA3Layer, IA3Linear
 from ..tuners.loha import LoHaLayer
+from ..tuners.lokr import LoKrLayer
 from ..tuners.lora import LoraLayer, LoraLinear
 from ..tuners.lora.conv import CONV_TYPES, wrap_conv
 from ..tuners.lora.embedding import LoraEmbedding
+from ..tuners.lycoris import LycorisLayer
 from ..tuners.modules_to_save import ModulesToSaveWrapper
 from . import tying
 from .keys import adapter_parameters, layer_adapter_names
@@ -63,15 +65,19 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
     """Add LoRA adapter ``adapter_name`` to every layer ``config`` targets, wrapping plain layers.
 
     Returns:
-        ``config`` resolved against the model (targets listed, ``fan_in_fan_out`` for GPT-2's Conv1D), as
-        the adapter's file records it; ``config`` itself is not changed.
+        ``config`` resolved against the model (targets listed, ``fan_in_fan_out`` for GPT-2's
+        Conv1D), as the adapter's file records it; ``config`` itself is not changed.
 
     Raises:
         TargetNotFoundError: no layer matches, naming the targets and the model's candidate layers.
     """
     tied, tie_how = tying.warn_or_plan(model, config)
-    if tie_how == "target_modules":  # the embedding gets the adapter; the tied modules share it (tied below)
-        config = cast(LoraConfig, config.replace(target_modules=tying.tied_targets(model, config.target_modules, tied)))
+    # the embedding gets the adapter; the tied modules share it (tied below)
+    if tie_how == "target_modules":
+        config = cast(
+            LoraConfig,
+            config.replace(target_modules=tying.tied_targets(model, config.target_modules, tied)),
+        )
     elif tie_how == "modules_to_save":
         saved = tying.saved_names(model, config.modules_to_save or [], tied)
         config = cast(LoraConfig, config.replace(modules_to_save=saved))
@@ -85,17 +91,29 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
     if user_given:  # checked before any change, so a typo leaves the model untouched
         check_target_list(model, config, candidates)
     warn_unused_exclusions(config, candidates)
-    embeddings = [k for k in keys if isinstance(model.get_submodule(k), (nn.Embedding, LoraEmbedding))]
-    special = f"init_lora_weights={config.init_lora_weights!r}" if isinstance(config.init_lora_weights, str) \
-        and config.init_lora_weights != "gaussian" else None
+    embeddings = [
+        k for k in keys if isinstance(model.get_submodule(k), (nn.Embedding, LoraEmbedding))
+    ]
+    special = (
+        f"init_lora_weights={config.init_lora_weights!r}"
+        if isinstance(config.init_lora_weights, str) and config.init_lora_weights != "gaussian"
+        else None
+    )
     if special and embeddings:  # checked before any change, like the target list
-        raise ConfigError(f"{special}: {embeddings[0]!r} is an embedding; peftkit supports it on linear layers "
-                          f"only, so leave embeddings out of target_modules")
+        raise ConfigError(
+            f"{special}: {embeddings[0]!r} is an embedding; peftkit supports it on linear layers "
+            f"only, so leave embeddings out of target_modules"
+        )
     conv1d = conv1d_type()
-    transposed = [k for k in keys if conv1d is not None and isinstance(model.get_submodule(k), conv1d)]
-    if config.init_lora_weights == "olora" and transposed:  # before any change: OLoRA rewrites base weights
-        raise ConfigError(f"init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D "
-                          f"({transposed[0]!r}); use 'pissa' there")
+    transposed = [
+        k for k in keys if conv1d is not None and isinstance(model.get_submodule(k), conv1d)
+    ]
+    # before any change: OLoRA rewrites base weights
+    if config.init_lora_weights == "olora" and transposed:
+        raise ConfigError(
+            f"init_lora_weights='olora' works on nn.Linear layers, not on GPT-2's Conv1D "
+            f"({transposed[0]!r}); use 'pissa' there"
+        )
     _check_lora_size(model, config, keys)
     warn_unmatched_patterns(config, keys)
     config = shorten_targets(model, config, keys)
@@ -106,9 +124,16 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         layer = module if isinstance(module, LoraLayer) else _wrap(module, key)
         r = int(pattern_value(config.rank_pattern, key, config.r))
         alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
-        kwargs = {k: True for k in ("use_dora", "lora_bias") if getattr(config, k)}  # only when on: IA3-free LoRA kinds
+        # only when on: IA3-free LoRA kinds
+        kwargs = {k: True for k in ("use_dora", "lora_bias") if getattr(config, k)}
         layer.add_adapter(  # type: ignore[operator]
-            adapter_name, r, alpha, config.lora_dropout, config.init_lora_weights, config.use_rslora, **kwargs
+            adapter_name,
+            r,
+            alpha,
+            config.lora_dropout,
+            config.init_lora_weights,
+            config.use_rslora,
+            **kwargs,
         )
         if layer is not module:
             set_submodule(model, key, layer)
@@ -118,24 +143,32 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
 
 
 def _check_lora_size(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
-    """Refuse ranks whose A and B (fp32, with AdamW's two moments when trained) cannot fit in memory."""
+    """Refuse ranks whose A and B (fp32, with AdamW's two moments when trained) cannot fit in
+    memory."""
     total = 0
     for key in keys:
         weight = getattr(model.get_submodule(key), "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == 2:
             total += int(pattern_value(config.rank_pattern, key, config.r)) * sum(weight.shape)
-    factor = 4 if config.inference_mode else 16  # bytes per value: fp32, plus gradient and two moments to train
-    check_allocation(total * factor, f"LoRA with r={short_repr(config.r)} on {len(keys)} layers",
-                     "choose a smaller r (8 to 64 is usual)")
+    # bytes per value: fp32, plus gradient and two moments to train
+    factor = 4 if config.inference_mode else 16
+    check_allocation(
+        total * factor,
+        f"LoRA with r={short_repr(config.r)} on {len(keys)} layers",
+        "choose a smaller r (8 to 64 is usual)",
+    )
 
 
 def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Config:
-    """Add IA3 adapter ``adapter_name`` to every layer ``config`` targets (architecture defaults when empty).
+    """Add IA3 adapter ``adapter_name`` to every layer ``config`` targets (architecture defaults
+    when empty).
 
     Returns:
-        ``config`` resolved against the model (targets, ``fan_in_fan_out``); ``config`` itself is not changed.
+        ``config`` resolved against the model (targets, ``fan_in_fan_out``); ``config`` itself is
+        not changed.
     """
-    tying.warn_or_plan(model, config)  # PEFT's warning when a tied module is adapted: IA3 cannot tie
+    # PEFT's warning when a tied module is adapted: IA3 cannot tie
+    tying.warn_or_plan(model, config)
     config = resolve_ia3_targets(model, config)
     candidates = [name for name, _ in candidate_modules(model)]
     keys = [name for name in candidates if is_target(config, name)]
@@ -147,8 +180,10 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
         if isinstance(module, IA3Layer):
             layer = module
         elif isinstance(module, AdapterLayer):
-            raise ConfigError(f"layer {key!r} already carries a {type(module).__name__} adapter; IA3 cannot share "
-                              f"a layer with another method, choose other target_modules")
+            raise ConfigError(
+                f"layer {key!r} already carries a {type(module).__name__} adapter; IA3 cannot share "
+                f"a layer with another method, choose other target_modules"
+            )
         elif conv1d is not None and isinstance(module, conv1d):
             transposed = True
             layer = IA3Linear(module, is_feedforward(config, key), fan_in_fan_out=True)
@@ -157,8 +192,10 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
         elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
             layer = IA3Conv(module, is_feedforward(config, key))
         else:
-            raise TargetNotFoundError(f"target {key!r} is a {type(module).__name__}, which IA3 cannot adapt; narrow "
-                                      f"target_modules to linear layers, transformers' Conv1D, nn.Conv2d or nn.Conv3d")
+            raise TargetNotFoundError(
+                f"target {key!r} is a {type(module).__name__}, which IA3 cannot adapt; narrow "
+                f"target_modules to linear layers, transformers' Conv1D, nn.Conv2d or nn.Conv3d"
+            )
         layer.add_adapter(adapter_name, config.init_ia3_weights)
         if layer is not module:
             set_submodule(model, key, layer)
@@ -166,44 +203,97 @@ def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Con
 
 
 def inject_loha(model: nn.Module, config: LoHaConfig, adapter_name: str) -> LoHaConfig:
-    """Add LoHa adapter ``adapter_name`` to every linear or convolution layer ``config`` targets (LoRA's default
-    targets when empty, as in PEFT).
+    """Add LoHa adapter ``adapter_name`` to every linear or convolution layer ``config`` targets
+    (LoRA's default targets when empty, as in PEFT).
 
     Returns:
         ``config`` resolved against the model (targets listed); ``config`` itself is not changed.
     """
-    config, user_given = cast(tuple[LoHaConfig, bool], resolve_target_modules(model, config))  # type: ignore[arg-type]
+
+    def add(layer: LoHaLayer, r: int, alpha: float) -> None:
+        layer.add_adapter(
+            adapter_name,
+            r,
+            alpha,
+            config.rank_dropout,
+            config.module_dropout,
+            config.init_weights,
+            config.use_effective_conv2d,
+        )
+
+    return _inject_lycoris(model, config, LoHaLayer, "LoHa", add)
+
+
+def inject_lokr(model: nn.Module, config: LoKrConfig, adapter_name: str) -> LoKrConfig:
+    """Add LoKr adapter ``adapter_name`` to every linear or convolution layer ``config`` targets
+    (LoRA's default targets when empty, as in PEFT).
+
+    Returns:
+        ``config`` resolved against the model (targets listed); ``config`` itself is not changed.
+    """
+
+    def add(layer: LoKrLayer, r: int, alpha: float) -> None:
+        layer.add_adapter(
+            adapter_name,
+            r,
+            alpha,
+            config.rank_dropout,
+            config.module_dropout,
+            config.init_weights,
+            config.use_effective_conv2d,
+            config.decompose_both,
+            config.decompose_factor,
+            config.rank_dropout_scale,
+        )
+
+    return _inject_lycoris(model, config, LoKrLayer, "LoKr", add)
+
+
+def _inject_lycoris(
+    model: nn.Module,
+    config: Any,
+    layer_class: type[LycorisLayer],
+    method: str,
+    add: Callable[[Any, int, float], None],
+) -> Any:
+    """Wrap each targeted linear or convolution layer in ``layer_class`` (or reuse the one there)
+    and ``add`` the adapter with the layer's rank and alpha from the patterns."""
+    config, user_given = resolve_target_modules(model, config)
     candidates = [name for name, _ in candidate_modules(model)]
-    keys = [name for name in candidates if is_target(config, name)]  # type: ignore[arg-type]
+    keys = [name for name in candidates if is_target(config, name)]
     if not keys:
-        raise no_target_error(model, config, candidates)  # type: ignore[arg-type]
+        raise no_target_error(model, config, candidates)
     if user_given:
-        check_target_list(model, config, candidates)  # type: ignore[arg-type]
+        check_target_list(model, config, candidates)
     for key in keys:
         module = model.get_submodule(key)
-        if isinstance(module, LoHaLayer):
+        if isinstance(module, layer_class):
             layer = module
         elif isinstance(module, AdapterLayer):
-            raise ConfigError(f"layer {key!r} already carries a {type(module).__name__} adapter; LoHa cannot share "
-                              f"a layer with another method, choose other target_modules")
+            raise ConfigError(
+                f"layer {key!r} already carries a {type(module).__name__} adapter; {method} cannot "
+                f"share a layer with another method, choose other target_modules"
+            )
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            layer = LoHaLayer(module)
+            layer = layer_class(module)
         else:
-            raise TargetNotFoundError(f"target {key!r} is a {type(module).__name__}, which LoHa cannot adapt; narrow "
-                                      f"target_modules to nn.Linear, nn.Conv1d or nn.Conv2d layers")
+            raise TargetNotFoundError(
+                f"target {key!r} is a {type(module).__name__}, which {method} cannot adapt; narrow "
+                f"target_modules to nn.Linear, nn.Conv1d or nn.Conv2d layers"
+            )
         r = int(pattern_value(config.rank_pattern, key, config.r))
-        alpha = pattern_value(config.alpha_pattern, key, config.alpha)
-        layer.add_adapter(adapter_name, r, alpha, config.rank_dropout, config.module_dropout, config.init_weights,
-                          config.use_effective_conv2d)
+        add(layer, r, pattern_value(config.alpha_pattern, key, config.alpha))
         if layer is not module:
             set_submodule(model, key, layer)
     return config
 
 
-def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str,
-                        tied: Collection[str] = ()) -> list[str]:
-    """Give each module named (or suffixed) in ``names`` a trainable copy for ``adapter_name``; each module in
-    ``tied`` (tied to the input embeddings, :func:`peftkit.tying.saved_ties`) shares the embedding copy's weight."""
+def add_modules_to_save(
+    model: nn.Module, names: list[str], adapter_name: str, tied: Collection[str] = ()
+) -> list[str]:
+    """Give each module named (or suffixed) in ``names`` a trainable copy for ``adapter_name``; each
+    module in ``tied`` (tied to the input embeddings, :func:`peftkit.tying.saved_ties`) shares the
+    embedding copy's weight."""
     keys = [k for k, _ in candidate_modules(model) if matches_target(names, k)]
     if not keys:
         raise TargetNotFoundError(
@@ -212,10 +302,16 @@ def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str,
         )
     for key in keys:
         module = model.get_submodule(key)
-        if isinstance(module, (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList, AdapterLayer)):
-            raise TypeError(f"modules_to_save cannot be applied to modules of type {type(module)} ({key!r}): it "
-                            "needs a module with a forward of its own; name the layers inside it instead")
-        wrapper = module if isinstance(module, ModulesToSaveWrapper) else ModulesToSaveWrapper(module)
+        if isinstance(
+            module, (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList, AdapterLayer)
+        ):
+            raise TypeError(
+                f"modules_to_save cannot be applied to modules of type {type(module)} ({key!r}): it "
+                "needs a module with a forward of its own; name the layers inside it instead"
+            )
+        wrapper = (
+            module if isinstance(module, ModulesToSaveWrapper) else ModulesToSaveWrapper(module)
+        )
         wrapper.add_adapter(adapter_name)
         if wrapper is not module:
             set_submodule(model, key, wrapper)
@@ -224,9 +320,11 @@ def add_modules_to_save(model: nn.Module, names: list[str], adapter_name: str,
     return keys
 
 
-def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, freeze_others: bool = True) -> None:
-    """Freeze everything (unless ``freeze_others`` is False), then unfreeze the parameters of ``adapter_name``
-    (and biases per ``config.bias``)."""
+def mark_trainable(
+    model: nn.Module, adapter_name: str, config: PeftConfig, freeze_others: bool = True
+) -> None:
+    """Freeze everything (unless ``freeze_others`` is False), then unfreeze the parameters of
+    ``adapter_name`` (and biases per ``config.bias``)."""
     if freeze_others:
         model.requires_grad_(False)
     for _, _, param in adapter_parameters(model, adapter_name):
@@ -238,21 +336,29 @@ def mark_trainable(model: nn.Module, adapter_name: str, config: PeftConfig, free
                 param.requires_grad_(True)
     elif bias == "lora_only":
         for _, layer in adapter_layers(model):
-            if isinstance(layer, LoraLayer) and adapter_name in layer.scaling and layer.bias is not None:
+            if (
+                isinstance(layer, LoraLayer)
+                and adapter_name in layer.scaling
+                and layer.bias is not None
+            ):
                 layer.bias.requires_grad_(True)
 
 
 def _embedding_pair(model: nn.Module) -> tuple[Any, Any]:
     """The model's input embeddings and output head (None where it has no such method)."""
-    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    get_in, get_out = (
+        getattr(model, "get_input_embeddings", None),
+        getattr(model, "get_output_embeddings", None),
+    )
     return (get_in() if callable(get_in) else None), (get_out() if callable(get_out) else None)
 
 
 def untie_adapted_embeddings(model: nn.Module) -> bool:
-    """Before a merge into input embeddings or an LM head that share one weight: give the adapted one its own
-    copy, so the other keeps the weight it computes with unmerged (merged then equals unmerged; merged into the
-    shared weight, LoRA on the head would change the input embeddings too). Returns whether it untied them;
-    :func:`record_untied_embeddings` then corrects the config."""
+    """Before a merge into input embeddings or an LM head that share one weight: give the adapted
+    one its own copy, so the other keeps the weight it computes with unmerged (merged then equals
+    unmerged; merged into the shared weight, LoRA on the head would change the input embeddings
+    too). Returns whether it untied them; :func:`record_untied_embeddings` then corrects the
+    config."""
     embeddings, head = _embedding_pair(model)
     shared = getattr(embeddings, "weight", None)
     if shared is None or getattr(head, "weight", None) is not shared:
@@ -260,35 +366,46 @@ def untie_adapted_embeddings(model: nn.Module) -> bool:
     adapted = next((m for m in (embeddings, head) if isinstance(m, AdapterLayer)), None)
     if adapted is None:
         return False
-    adapted.base_layer.weight = nn.Parameter(cast(torch.Tensor, shared).detach().clone(), requires_grad=False)
+    adapted.base_layer.weight = nn.Parameter(
+        cast(torch.Tensor, shared).detach().clone(), requires_grad=False
+    )
     return True
 
 
 def record_untied_embeddings(model: nn.Module) -> bool:
-    """After a merge: a config that says ``tie_word_embeddings`` while the input and output embeddings hold
-    different weights (untied for the merge, or never tied) is set to False, as PEFT does, so saving and
-    reloading the model does not tie them again. Returns whether it changed the config."""
+    """After a merge: a config that says ``tie_word_embeddings`` while the input and output
+    embeddings hold different weights (untied for the merge, or never tied) is set to False, as PEFT
+    does, so saving and reloading the model does not tie them again. Returns whether it changed the
+    config."""
     config = getattr(model, "config", None)
     if not getattr(config, "tie_word_embeddings", False):
         return False
     w_in, w_out = (getattr(m, "weight", None) for m in _embedding_pair(model))
-    if not isinstance(w_in, torch.Tensor) or not isinstance(w_out, torch.Tensor) or w_in.data_ptr() == w_out.data_ptr():
+    if (
+        not isinstance(w_in, torch.Tensor)
+        or not isinstance(w_out, torch.Tensor)
+        or w_in.data_ptr() == w_out.data_ptr()
+    ):
         return False
     config.tie_word_embeddings = False  # type: ignore[union-attr]
     return True
 
 
 def held_layout(model: nn.Module, name: str) -> dict[str, tuple[float, ...]]:
-    """Where adapter ``name`` sits in ``model``: layer name -> (rank, scaling) for LoRA, () otherwise."""
+    """Where adapter ``name`` sits in ``model``: layer name -> (rank, scaling) for LoRA, ()
+    otherwise."""
     layout: dict[str, tuple[float, ...]] = {}
     for key, layer in adapter_layers(model):
         if name in layer_adapter_names(layer) and not isinstance(layer, ModulesToSaveWrapper):
-            layout[key] = (layer.r[name], layer.scaling[name]) if isinstance(layer, LoraLayer) else ()
+            layout[key] = (
+                (layer.r[name], layer.scaling[name]) if isinstance(layer, LoraLayer) else ()
+            )
     return layout
 
 
 def planned_layout(model: nn.Module, config: PeftConfig) -> dict[str, tuple[float, ...]]:
-    """What :func:`held_layout` would read after injecting ``config`` into ``model`` (nothing is changed)."""
+    """What :func:`held_layout` would read after injecting ``config`` into ``model`` (nothing is
+    changed)."""
     if not isinstance(config, (LoraConfig, IA3Config)):
         return {}
     if isinstance(config, LoraConfig):
