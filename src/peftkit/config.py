@@ -29,6 +29,7 @@ __all__ = [
     "LoHaConfig",
     "LoKrConfig",
     "LoraConfig",
+    "OFTConfig",
     "PeftConfig",
     "PeftType",
     "PrefixTuningConfig",
@@ -64,6 +65,7 @@ class PeftType(str, enum.Enum):
     IA3 = "IA3"
     LOHA = "LOHA"
     LOKR = "LOKR"
+    OFT = "OFT"
 
 
 class TaskType(str, enum.Enum):
@@ -519,6 +521,8 @@ def _validate_patterns(self: Any, problems: list[str]) -> None:
     """``rank_pattern`` (positive integers) and ``alpha_pattern`` (positive numbers) of a
     LoRA-family config."""
     for name, positive_int in (("rank_pattern", True), ("alpha_pattern", False)):
+        if name not in self.__dataclass_fields__:  # OFT has no per-layer patterns
+            continue
         pattern = getattr(self, name)
         if pattern is None:
             setattr(self, name, {})
@@ -838,6 +842,77 @@ class LoKrConfig(PeftConfig):
         _validate_targets(self, problems)
 
 
+@dataclass
+class OFTConfig(PeftConfig):
+    """OFT (orthogonal fine-tuning): each targeted linear layer's input is rotated by a learned
+    block-diagonal orthogonal matrix before the frozen weight, keeping the angles between its
+    neurons. Set either ``r`` (the number of blocks) or ``oft_block_size``, not both. Field names
+    and defaults are PEFT's."""
+
+    r: int = 0
+    """The number of blocks per layer (0: set by ``oft_block_size``)."""
+    oft_block_size: int = 32
+    """The size of each block (0: set by ``r``); moved to the nearest divisor of a layer's input
+    size when it does not divide it, with a warning."""
+    module_dropout: float = 0.0
+    """PEFT's multiplicative dropout of whole blocks; PEFT creates it but does not apply it in
+    the forward, and neither does peftkit (kept so configs read and write unchanged)."""
+    target_modules: list[str] | set[str] | str | None = None
+    """Layers to adapt (nn.Linear): names, name suffixes or a regex; empty means the architecture
+    default (LoRA's table, as in PEFT)."""
+    fan_in_fan_out: bool = False
+    """PEFT's field for Conv1D-style layers; OFT here adapts ``nn.Linear`` only."""
+    bias: str = "none"
+    """Which biases train; peftkit's OFT supports ``"none"``."""
+    exclude_modules: list[str] | set[str] | str | None = None
+    """Layers never to adapt, with the same matching rules as ``target_modules``."""
+    init_weights: bool = True
+    """True: each block starts as the identity (a fresh adapter equals the base model); False:
+    random skew-symmetric blocks, normal(0, 0.1)."""
+    layers_to_transform: list[int] | int | None = None
+    """Only these layer indices (of the layer list ``layers_pattern`` names) are adapted."""
+    layers_pattern: list[str] | str | None = None
+    """Name of the layer list that ``layers_to_transform`` indexes."""
+    coft: bool = False
+    """Constrained OFT: keep each block within ``eps`` of the identity."""
+    eps: float = 6e-05
+    """COFT's radius (used only with ``coft``)."""
+    block_share: bool = False
+    """One rotation block shared by every block of a layer."""
+    use_cayley_neumann: bool = True
+    """Approximate the Cayley transform by its Neumann series (faster than solving)."""
+    num_cayley_neumann_terms: int = 5
+    """The number of terms of that series."""
+
+    peft_type: ClassVar[PeftType] = PeftType.OFT
+
+    def _validate(self, problems: list[str]) -> None:
+        for name in ("r", "oft_block_size"):
+            value = getattr(self, name)
+            if value != 0:
+                positive(problems, name, value, integer=True, hint="or 0")
+        if self.r == 0 and self.oft_block_size == 0:
+            problems.append(
+                f"Either `r` or `oft_block_size` must be non-zero. Currently, r = {self.r} and "
+                f"oft_block_size = {self.oft_block_size}."
+            )
+        elif self.r != 0 and self.oft_block_size != 0:
+            problems.append(
+                f"You can only specify either r ({self.r}) or oft_block_size "
+                f"({self.oft_block_size}), but not both simultaneously, because r x "
+                f"oft_block_size == in_features. Set the other to 0"
+            )
+        fraction(problems, "module_dropout", self.module_dropout)
+        positive(problems, "eps", self.eps)
+        positive(problems, "num_cayley_neumann_terms", self.num_cayley_neumann_terms, integer=True)
+        if self.bias != "none":
+            problems.append(
+                f"bias={short_repr(self.bias)} is a PEFT feature peftkit does not support yet for "
+                f"OFT; remove it (train biases with modules_to_save instead)"
+            )
+        _validate_targets(self, problems)
+
+
 # by peft_type; peftkit.methods.register_method adds to it
 CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     PeftType.LORA: LoraConfig,
@@ -847,6 +922,7 @@ CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     PeftType.IA3: IA3Config,
     PeftType.LOHA: LoHaConfig,
     PeftType.LOKR: LoKrConfig,
+    PeftType.OFT: OFTConfig,
 }
 
 # Keys PEFT writes that carry no meaning for loading.

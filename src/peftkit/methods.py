@@ -29,6 +29,7 @@ from .tuners.ia3 import IA3Layer
 from .tuners.loha import LoHaLayer
 from .tuners.lokr import LoKrLayer
 from .tuners.lora import LoraLayer
+from .tuners.oft import OFTLayer
 from .tuners.prompt import model as prompting
 
 __all__ = [
@@ -210,6 +211,17 @@ def _register_builtins() -> None:
             inject=surgery.inject_lokr,
             layer_classes=(LoKrLayer,),
             prefix=LoKrLayer.prefix,
+        )
+    )
+    register_method(
+        Method(
+            "oft",
+            PeftType.OFT.value,
+            CONFIG_CLASSES[PeftType.OFT],
+            "OFTModel",
+            inject=surgery.inject_oft,
+            layer_classes=(OFTLayer,),
+            prefix=OFTLayer.prefix,
         )
     )
     register_method(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..common.memory import check_allocation
-from ..config import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig
+from ..config import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig, PeftConfig
 from ..errors import ConfigError, TargetNotFoundError, short_repr
 from ..tuners.base import AdapterLayer
 from ..tuners.ia3 import IA3Conv, IA3Layer, IA3Linear
@@ -21,8 +21,8 @@ from ..tuners.lokr import LoKrLayer
 from ..tuners.lora import LoraLayer, LoraLinear
 from ..tuners.lora.conv import CONV_TYPES, wrap_conv
 from ..tuners.lora.embedding import LoraEmbedding
-from ..tuners.lycoris import LycorisLayer
 from ..tuners.modules_to_save import ModulesToSaveWrapper
+from ..tuners.oft import OFTLayer
 from . import tying
 from .keys import adapter_parameters, layer_adapter_names
 from .state import adapter_layers
@@ -210,18 +210,18 @@ def inject_loha(model: nn.Module, config: LoHaConfig, adapter_name: str) -> LoHa
         ``config`` resolved against the model (targets listed); ``config`` itself is not changed.
     """
 
-    def add(layer: LoHaLayer, r: int, alpha: float) -> None:
+    def add(layer: LoHaLayer, key: str) -> None:
         layer.add_adapter(
             adapter_name,
-            r,
-            alpha,
+            int(pattern_value(config.rank_pattern, key, config.r)),
+            pattern_value(config.alpha_pattern, key, config.alpha),
             config.rank_dropout,
             config.module_dropout,
             config.init_weights,
             config.use_effective_conv2d,
         )
 
-    return _inject_lycoris(model, config, LoHaLayer, "LoHa", add)
+    return _inject_wrapping(model, config, LoHaLayer, "LoHa", add)
 
 
 def inject_lokr(model: nn.Module, config: LoKrConfig, adapter_name: str) -> LoKrConfig:
@@ -232,11 +232,11 @@ def inject_lokr(model: nn.Module, config: LoKrConfig, adapter_name: str) -> LoKr
         ``config`` resolved against the model (targets listed); ``config`` itself is not changed.
     """
 
-    def add(layer: LoKrLayer, r: int, alpha: float) -> None:
+    def add(layer: LoKrLayer, key: str) -> None:
         layer.add_adapter(
             adapter_name,
-            r,
-            alpha,
+            int(pattern_value(config.rank_pattern, key, config.r)),
+            pattern_value(config.alpha_pattern, key, config.alpha),
             config.rank_dropout,
             config.module_dropout,
             config.init_weights,
@@ -246,18 +246,44 @@ def inject_lokr(model: nn.Module, config: LoKrConfig, adapter_name: str) -> LoKr
             config.rank_dropout_scale,
         )
 
-    return _inject_lycoris(model, config, LoKrLayer, "LoKr", add)
+    return _inject_wrapping(model, config, LoKrLayer, "LoKr", add)
 
 
-def _inject_lycoris(
+def inject_oft(model: nn.Module, config: OFTConfig, adapter_name: str) -> OFTConfig:
+    """Add OFT adapter ``adapter_name`` to every ``nn.Linear`` layer ``config`` targets (LoRA's
+    default targets when empty, as in PEFT).
+
+    Returns:
+        ``config`` resolved against the model (targets listed); ``config`` itself is not changed.
+    """
+
+    def add(layer: OFTLayer, key: str) -> None:
+        layer.add_adapter(
+            adapter_name,
+            config.r,
+            config.oft_block_size,
+            coft=config.coft,
+            eps=config.eps,
+            block_share=config.block_share,
+            use_cayley_neumann=config.use_cayley_neumann,
+            num_cayley_neumann_terms=config.num_cayley_neumann_terms,
+            init_weights=config.init_weights,
+            module_dropout=config.module_dropout,
+        )
+
+    return _inject_wrapping(model, config, OFTLayer, "OFT", add, kinds=(nn.Linear,))
+
+
+def _inject_wrapping(
     model: nn.Module,
     config: Any,
-    layer_class: type[LycorisLayer],
+    layer_class: type[AdapterLayer],
     method: str,
-    add: Callable[[Any, int, float], None],
+    add: Callable[[Any, str], None],
+    kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d),
 ) -> Any:
-    """Wrap each targeted linear or convolution layer in ``layer_class`` (or reuse the one there)
-    and ``add`` the adapter with the layer's rank and alpha from the patterns."""
+    """Wrap each targeted layer of ``kinds`` in ``layer_class`` (or reuse the one there) and
+    ``add(layer, key)`` the adapter to it."""
     config, user_given = resolve_target_modules(model, config)
     candidates = [name for name, _ in candidate_modules(model)]
     keys = [name for name in candidates if is_target(config, name)]
@@ -274,15 +300,15 @@ def _inject_lycoris(
                 f"layer {key!r} already carries a {type(module).__name__} adapter; {method} cannot "
                 f"share a layer with another method, choose other target_modules"
             )
-        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        elif isinstance(module, kinds):
             layer = layer_class(module)
         else:
+            names = " or ".join(f"nn.{kind.__name__}" for kind in kinds)
             raise TargetNotFoundError(
                 f"target {key!r} is a {type(module).__name__}, which {method} cannot adapt; narrow "
-                f"target_modules to nn.Linear, nn.Conv1d or nn.Conv2d layers"
+                f"target_modules to {names} layers"
             )
-        r = int(pattern_value(config.rank_pattern, key, config.r))
-        add(layer, r, pattern_value(config.alpha_pattern, key, config.alpha))
+        add(layer, key)
         if layer is not module:
             set_submodule(model, key, layer)
     return config
