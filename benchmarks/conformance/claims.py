@@ -111,7 +111,6 @@ UNCLAIMED: dict[str, str] = {
             "glora",
             "vera",
             "boft",
-            "oft",
             "hra",
             "vblora",
             "fourierft",

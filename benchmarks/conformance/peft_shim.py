@@ -34,6 +34,7 @@ ALIASES: dict[str, str] = {
     "IA3Layer": "peftkit.tuners.ia3:IA3Layer",
     "LoHaLayer": "peftkit.tuners.loha:LoHaLayer",
     "LoKrLayer": "peftkit.tuners.lokr:LoKrLayer",
+    "OFTLayer": "peftkit.tuners.oft:OFTLayer",
     "ModulesToSaveWrapper": "peftkit.tuners.modules_to_save:ModulesToSaveWrapper",
     "PromptEmbedding": "peftkit.tuners.prompt:PromptEmbedding",
     "PromptEncoder": "peftkit.tuners.prompt:PromptEncoder",

@@ -82,7 +82,7 @@ MISSING_RE = re.compile(r"([\w.]+) is not in peftkit")
 ATTRIBUTE_RE = re.compile(r"'(\w+)' object has no attribute '(\w+)'")
 UNSUPPORTED_RE = re.compile(
     r"is a PEFT feature peftkit does not support|is not supported by peftkit|peftkit supports it on linear layers "
-    r"only|cannot be combined with use_dora|init_lora_weights='\w+' is not|which LoRA cannot adapt|"
+    r"only|cannot be combined with use_dora|init_lora_weights='\w+' is not|which \w+ cannot adapt|"
     r"safe_serialization=False would write a pickle"
 )
 MATCH_RE = re.compile(r"Regex pattern did not match|does not match|Pattern '.*' not found")
@@ -330,6 +330,8 @@ METHODS = {  # a test's method, from the config class or word in its id
     "ia3": re.compile(r"ia3", re.I),
     "loha": re.compile(r"loha", re.I),
     "lokr": re.compile(r"lokr", re.I),
+    # not BOFT, not LoftQ
+    "oft": re.compile(r"(?<![a-z])oft", re.I),
     "lora": re.compile(r"lora|dora|pissa|olora", re.I),
 }
 

@@ -284,6 +284,7 @@ def _inject_wrapping(
 ) -> Any:
     """Wrap each targeted layer of ``kinds`` in ``layer_class`` (or reuse the one there) and
     ``add(layer, key)`` the adapter to it."""
+    tying.warn_or_plan(model, config)  # PEFT's warning when a tied layer is adapted, untied
     config, user_given = resolve_target_modules(model, config)
     candidates = [name for name, _ in candidate_modules(model)]
     keys = [name for name in candidates if is_target(config, name)]
