@@ -360,3 +360,15 @@ def test_packing_applies_to_every_method(tmp_path: Path, model_dir: Path) -> Non
     )
     assert [r.name for r in results] == ["base", "lora", "prompt", "prefix"]
     assert all(r.steps == 3 for r in results[1:])
+
+
+def test_every_preset_builds_a_valid_config_of_its_method() -> None:
+    """Each preset's adapter settings are a valid config of the method it names (through the
+    registry), so ``--methods loha,lokr,oft`` cannot fail on its own defaults."""
+    from peftkit.methods import method_named
+
+    for name, preset in PRESETS.items():
+        if preset.method == "full":
+            continue
+        config = method_named(preset.method).config_class(**preset.adapter)
+        assert config.peft_type_name, name

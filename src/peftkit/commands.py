@@ -123,7 +123,8 @@ class CompareOptions:
     data_path: str | None = _opt(flag="--data", metavar="PATH")
     """the data file (same as --data.path)"""
     methods: str | None = None
-    """comma-separated: full,lora,dora,ia3,prompt,p_tuning,prefix (default: all)"""
+    """comma-separated, from full, lora, dora, ia3, loha, lokr, oft, prompt, p_tuning, prefix (default:
+    full,lora,dora,ia3,prompt,p_tuning,prefix)"""
     budget: str | None = None
     """the same for every method: steps (200) or minutes (10m); default: epochs"""
     lr: list[str] | None = field(default=None, metadata={"nargs": "+", "metavar": "METHOD=RATE"})

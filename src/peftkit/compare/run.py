@@ -87,6 +87,12 @@ PRESETS: dict[str, Preset] = {
         "DoRA r8",
     ),
     "ia3": Preset("ia3", 1e-2, {}, "IA3"),
+    # the LyCORIS methods and OFT: starting rates at alpha = r (tune them with --select lr)
+    "loha": Preset("loha", 1e-3, {"r": 8, "alpha": 8, "target_modules": "all-linear"}, "LoHa r8"),
+    "lokr": Preset("lokr", 1e-3, {"r": 8, "alpha": 8, "target_modules": "all-linear"}, "LoKr r8"),
+    "oft": Preset(
+        "oft", 1e-3, {"oft_block_size": 32, "target_modules": "all-linear"}, "OFT blocks of 32"
+    ),
     "prompt": Preset(
         "prompt_tuning",
         3e-2,
