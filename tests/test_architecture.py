@@ -138,7 +138,7 @@ METHOD_HOMES = {
     "peftkit.config": "the config classes themselves",
     "peftkit.methods": "the registry",
     "peftkit.tuners.prompt.model": "the prompt methods' inputs, caches and modules",
-    "peftkit.surgery.inject": "placing LoRA, IA3, LoHa, LoKr and OFT layers (their inject functions)",
+    "peftkit.surgery.inject": "placing each layer method's layers (their inject functions)",
     "peftkit.surgery.combine": "LoRA and IA3 weighted combinations, layer by layer",
     "peftkit.surgery.tying": "LoRA's tied adapters (ensure_weight_tying)",
     "peftkit.peft_model.weighted": "LoRA and IA3 weighted combinations",

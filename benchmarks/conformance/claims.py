@@ -111,6 +111,7 @@ UNCLAIMED: dict[str, str] = {
             "glora",
             "vera",
             "boft",
+            "oft",
             "hra",
             "vblora",
             "fourierft",

@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "LoHaConfig": ".config",
     "LoKrConfig": ".config",
     "OFTConfig": ".config",
+    "TrainableTokensConfig": ".config",
     "LoraConfig": ".config",
     "ModelLoadError": ".errors",
     "OutputDirError": ".common.outputs",
@@ -163,6 +164,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         PromptTuningConfig,
         PromptTuningInit,
         TaskType,
+        TrainableTokensConfig,
         get_peft_config,
     )
     from .errors import (
@@ -260,6 +262,7 @@ __all__ = [
     "TargetNotFoundError",
     "TaskType",
     "TrainResult",
+    "TrainableTokensConfig",
     "TrainingConfig",
     "TrainingError",
     "TunerLayerStatus",

@@ -39,6 +39,7 @@ __all__ = [
     "PromptTuningConfig",
     "PromptTuningInit",
     "TaskType",
+    "TrainableTokensConfig",
     "adopt",
     "config_from_dict",
     "get_peft_config",
@@ -66,6 +67,7 @@ class PeftType(str, enum.Enum):
     LOHA = "LOHA"
     LOKR = "LOKR"
     OFT = "OFT"
+    TRAINABLE_TOKENS = "TRAINABLE_TOKENS"
 
 
 class TaskType(str, enum.Enum):
@@ -214,6 +216,9 @@ class PeftConfig:
     # PEFT reads our files without warnings.
     _local: ClassVar[frozenset[str]] = frozenset()
     _peft_only_extra: ClassVar[frozenset[str]] = frozenset({"peft_version"})
+    # True for a method that trains chosen embedding rows: "auto" then saves those rows only, never
+    # the whole embedding matrix a targeted embedding would otherwise bring (PEFT's rule)
+    trains_token_rows: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -913,6 +918,34 @@ class OFTConfig(PeftConfig):
         _validate_targets(self, problems)
 
 
+@dataclass
+class TrainableTokensConfig(PeftConfig):
+    """Trainable tokens: only the embedding rows of ``token_indices`` train (new or chat-template
+    tokens), the rest of the matrix stays frozen and unsaved. Field names and defaults are PEFT's."""
+
+    token_indices: list[int] = field(default_factory=list)
+    """The token ids whose embeddings train (a tokenizer's ``input_ids`` for the new tokens)."""
+    target_modules: list[str] | str | None = None
+    """The embedding layer(s) to adapt; empty means the model's input embeddings."""
+    init_weights: bool = True
+    """True: the rows start at their current embeddings (a fresh adapter changes nothing); False:
+    random normal rows."""
+
+    peft_type: ClassVar[PeftType] = PeftType.TRAINABLE_TOKENS
+    trains_token_rows: ClassVar[bool] = True
+
+    def _validate(self, problems: list[str]) -> None:
+        indices = self.token_indices
+        if not all(is_int(i) and i >= 0 for i in indices):
+            problems.append(
+                f"token_indices={short_repr(indices)} must be token ids (whole numbers >= 0), e.g. "
+                "tokenizer(new_tokens)['input_ids']"
+            )
+        self.target_modules = _str_list(
+            self.target_modules, "target_modules", problems, allow_str=True
+        )
+
+
 # by peft_type; peftkit.methods.register_method adds to it
 CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     PeftType.LORA: LoraConfig,
@@ -923,6 +956,7 @@ CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     PeftType.LOHA: LoHaConfig,
     PeftType.LOKR: LoKrConfig,
     PeftType.OFT: OFTConfig,
+    PeftType.TRAINABLE_TOKENS: TrainableTokensConfig,
 }
 
 # Keys PEFT writes that carry no meaning for loading.

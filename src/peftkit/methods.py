@@ -31,6 +31,7 @@ from .tuners.lokr import LoKrLayer
 from .tuners.lora import LoraLayer
 from .tuners.oft import OFTLayer
 from .tuners.prompt import model as prompting
+from .tuners.trainable_tokens import TrainableTokensLayer
 
 __all__ = [
     "Method",
@@ -222,6 +223,17 @@ def _register_builtins() -> None:
             inject=surgery.inject_oft,
             layer_classes=(OFTLayer,),
             prefix=OFTLayer.prefix,
+        )
+    )
+    register_method(
+        Method(
+            "trainable_tokens",
+            PeftType.TRAINABLE_TOKENS.value,
+            CONFIG_CLASSES[PeftType.TRAINABLE_TOKENS],
+            "TrainableTokensModel",
+            inject=surgery.inject_trainable_tokens,
+            layer_classes=(TrainableTokensLayer,),
+            prefix=TrainableTokensLayer.prefix,
         )
     )
     register_method(

@@ -40,8 +40,12 @@ def embedding_state(
     """
     base = model.get_base_model()
     targeted = _targets_an_embedding(base, config)
+    # trainable tokens (the method, or LoRA's trainable_token_indices) save their rows only
+    token_rows = (
+        config.trains_token_rows or getattr(config, "trainable_token_indices", None) is not None
+    )
     if save_embedding_layers == "auto":
-        if targeted:
+        if targeted and not token_rows:
             warn_caller(
                 "Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`."
             )

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from ..common.memory import check_allocation
-from ..config import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, OFTConfig, PeftConfig
+from ..config import (
+    IA3Config,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    OFTConfig,
+    PeftConfig,
+    TrainableTokensConfig,
+)
 from ..errors import ConfigError, TargetNotFoundError, short_repr
 from ..tuners.base import AdapterLayer
 from ..tuners.ia3 import IA3Conv, IA3Layer, IA3Linear
@@ -23,6 +31,7 @@ from ..tuners.lora.conv import CONV_TYPES, wrap_conv
 from ..tuners.lora.embedding import LoraEmbedding
 from ..tuners.modules_to_save import ModulesToSaveWrapper
 from ..tuners.oft import OFTLayer
+from ..tuners.trainable_tokens import TrainableTokensLayer
 from . import tying
 from .keys import adapter_parameters, layer_adapter_names
 from .state import adapter_layers
@@ -448,3 +457,40 @@ def planned_layout(model: nn.Module, config: PeftConfig) -> dict[str, tuple[floa
         alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
         layout[key] = (r, alpha / math.sqrt(r) if config.use_rslora else alpha / r)
     return layout
+
+
+def inject_trainable_tokens(
+    model: nn.Module, config: TrainableTokensConfig, adapter_name: str
+) -> TrainableTokensConfig:
+    """Make rows ``config.token_indices`` of the targeted embedding(s) trainable (the model's
+    input embeddings when no target is named, as in PEFT); a head tied to the input embeddings
+    uses the same rows.
+
+    Returns:
+        ``config`` resolved against the model (its targets named); ``config`` itself is not changed.
+    """
+    if config.target_modules is None:
+        config = cast(
+            TrainableTokensConfig,
+            config.replace(target_modules=tying.embedding_name(model) or "embed_tokens"),
+        )
+
+    def add(layer: TrainableTokensLayer, key: str) -> None:
+        layer.add_adapter(adapter_name, list(config.token_indices), config.init_weights)
+
+    _inject_wrapping(
+        model,
+        config,
+        TrainableTokensLayer,
+        "trainable tokens",
+        add,
+        kinds=(nn.Embedding, nn.Linear),
+    )
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    if isinstance(embeddings, TrainableTokensLayer):
+        for key in tying.module_names_tied_with_embedding(model):
+            for name, module in list(model.named_modules()):
+                if name.endswith(key) and not isinstance(module, TrainableTokensLayer):
+                    set_submodule(model, name, TrainableTokensLayer(module, tied_to=embeddings))
+    return config

@@ -104,7 +104,8 @@ def _saved(config: LoraConfig | IA3Config, key: str) -> bool:
 def is_target(config: LoraConfig | IA3Config, key: str) -> bool:
     """Whether the module named ``key`` is adapted under ``config`` (PEFT's
     ``check_target_module_exists``)."""
-    if config.exclude_modules and matches_target(config.exclude_modules, key):
+    excluded = getattr(config, "exclude_modules", None)  # not every method has the field
+    if excluded and matches_target(excluded, key):
         return False
     if _saved(config, key):
         return False
@@ -128,11 +129,8 @@ def no_target_error(
         for n in candidates
         if config.target_modules is not None and matches_target(config.target_modules, n)
     ]
-    kept = [
-        n
-        for n in named
-        if not (config.exclude_modules and matches_target(config.exclude_modules, n))
-    ]
+    excluded = getattr(config, "exclude_modules", None)
+    kept = [n for n in named if not (excluded and matches_target(excluded, n))]
     saved = [n for n in kept if _saved(config, n)]
     layers, pattern = (
         getattr(config, "layers_to_transform", None),
@@ -143,7 +141,7 @@ def no_target_error(
         return TargetNotFoundError(
             "All modules were excluded. This is likely unintended. Check your "
             f"`target_modules`, `exclude_modules` and `modules_to_save` configuration: "
-            f"exclude_modules={_shown(config.exclude_modules)} removes every match."
+            f"exclude_modules={_shown(getattr(config, 'exclude_modules', None))} removes every match."
         )
     if kept and len(saved) == len(kept):
         return TargetNotFoundError(
@@ -330,7 +328,7 @@ def shorten_targets(model: nn.Module, config: LoraConfig, keys: list[str]) -> Lo
     if not isinstance(targets, (list, set)) or len(targets) < MIN_TARGET_MODULES_FOR_OPTIMIZATION:
         return config
     # the layer filter applies on top of the names: keep them
-    if config.layers_to_transform is not None:
+    if getattr(config, "layers_to_transform", None) is not None:
         return config
     adapted = set(keys)
     shorter = minimal_target_modules(
@@ -380,11 +378,11 @@ def resolve_ia3_targets(model: nn.Module, config: IA3Config) -> IA3Config:
 def warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str]) -> None:
     """PEFT's warning when ``exclude_modules`` excludes nothing (a typo there would otherwise pass
     silently)."""
-    if config.exclude_modules and not any(
-        matches_target(config.exclude_modules, k) for k in candidates
-    ):
+    excluded = getattr(config, "exclude_modules", None)
+    if excluded and not any(matches_target(excluded, k) for k in candidates):
         warnings.warn(
-            f"You have passed exclude_modules={_shown(config.exclude_modules)} but no modules were excluded. "
+            f"You have passed exclude_modules={_shown(excluded)} "
+            "but no modules were excluded. "
             "Please check that exclude_modules was set correctly.",
             stacklevel=4,
         )
@@ -393,7 +391,10 @@ def warn_unused_exclusions(config: LoraConfig | IA3Config, candidates: list[str]
 def check_target_list(model: nn.Module, config: LoraConfig, candidates: list[str]) -> None:
     """Every entry of a target list must match some layer (before exclusions): a typo should not
     pass silently."""
-    if not isinstance(config.target_modules, (list, set)) or config.layers_to_transform is not None:
+    if (
+        not isinstance(config.target_modules, (list, set))
+        or getattr(config, "layers_to_transform", None) is not None
+    ):
         return
     missing = [
         t

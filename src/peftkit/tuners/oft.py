@@ -20,7 +20,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..errors import MergeError, PeftWarning
+from ..errors import PeftWarning
 from .base import AdapterLayer, base_output
 
 __all__ = ["OFTLayer", "OFTRotation", "cayley", "fit_to"]
@@ -230,22 +230,33 @@ class OFTLayer(AdapterLayer):
         finally:
             rotation.weight.data = stored
 
-    def _merge_one(self, name: str) -> None:
-        if self.merged_adapters:
-            # the forward rotates by each active adapter in turn, x R1 R2; folding them one by
-            # one gives x R2 R1 (PEFT does so silently): refuse rather than change the outputs
-            raise MergeError(
-                f"cannot merge OFT adapter {name!r} into a layer that already holds merged OFT "
-                f"adapter(s) {self.merged_adapters}: rotations do not commute, so the merged model "
-                "would differ from the unmerged one. Merge one OFT adapter at a time (set_adapter "
-                "to one, merge_and_unload), or combine them before merging"
-            )
+    def _chain(self, names: list[str]) -> torch.Tensor | None:
+        """The product ``R_a R_b ...`` of these adapters' rotations, in the order the forward
+        applies them (None for no adapter)."""
+        out = None
+        for name in names:
+            matrix = self.delta_weight(name)
+            out = matrix if out is None else out @ matrix
+        return out
+
+    def _folded(self, name: str, before: list[str]) -> torch.Tensor:
+        """What folding ``name`` after the merged adapters ``before`` multiplies the weight by:
+        ``R`` alone, or ``P R P^-1`` with ``P`` their product, so the merged weight
+        ``W (P R)^T`` applies the rotations in the forward's order (rotations do not commute;
+        PEFT folds a second one as ``W P^T R^T``, the other order)."""
         matrix = self.delta_weight(name)  # (in, in)
-        weight = self.weight.data  # (out, in)
+        chain = self._chain(before)
+        if chain is None:
+            return matrix
+        return chain @ matrix @ torch.linalg.inv(chain.float()).to(chain.dtype)
+
+    def _merge_one(self, name: str) -> None:
+        matrix = self._folded(name, self.merged_adapters)
+        weight = self.weight.data  # (out, in): W' = W M^T
         weight.copy_(torch.mm(matrix, weight.t().to(matrix.dtype)).t())
 
     def _unmerge_one(self, name: str) -> None:
-        matrix = self.delta_weight(name)
+        matrix = self._folded(name, self.merged_adapters[: self.merged_adapters.index(name)])
         dtype = matrix.dtype
         inverse = torch.linalg.inv(matrix.float()).to(dtype)
         weight = self.weight.data
