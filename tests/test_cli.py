@@ -291,3 +291,55 @@ def test_every_flag_comes_from_a_documented_schema_field() -> None:
                 f"peftkit {name}: {action.dest} is not a field of its options"
             )
             assert action.help.startswith(docs[action.dest].split()[0].replace("%", "%%"))
+
+
+@pytest.mark.parametrize(
+    ("method", "yaml_adapter", "flags", "peft_class"),
+    [
+        (
+            "loha",
+            "{r: 2, target_modules: [q_proj]}",
+            ["--adapter.rank_dropout", "0.1"],
+            "LoHaConfig",
+        ),
+        (
+            "lokr",
+            "{r: 2, target_modules: [q_proj]}",
+            ["--adapter.decompose_both", "true"],
+            "LoKrConfig",
+        ),
+        ("oft", "{target_modules: [q_proj]}", ["--adapter.oft_block_size", "4"], "OFTConfig"),
+        (
+            "trainable_tokens",
+            "{token_indices: [4, 72, 75, 83, 87]}",  # characters of the training rows
+            ["--adapter.init_weights", "true"],
+            "TrainableTokensConfig",
+        ),
+    ],
+)
+def test_the_new_methods_train_from_yaml_and_flags_and_load_in_peft(
+    method: str,
+    yaml_adapter: str,
+    flags: list[str],
+    peft_class: str,
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import peft
+
+    data, out = sentiment_csv(tmp_path / "d.csv", n=24), tmp_path / "run"
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"model: {model_dir}\nmethod: {method}\nadapter: {yaml_adapter}\noutput_dir: {out}\n"
+        f"data: {{path: {data}, mode: text, template: '{{text}} is {{label}}', val_size: 8}}\n"
+        f"train: {{max_steps: 2, lr: 0.01, progress: false, plot: false}}\n"
+    )
+    code, _, err = run(capsys, "train", "--config", config, *flags)
+    assert code == 0, err
+    loaded = peft.PeftModel.from_pretrained(tiny_model("llama"), out)
+    assert type(loaded.peft_config["default"]).__name__ == peft_class
+    ours = PeftModel.from_pretrained(tiny_model("llama"), out)
+    inputs = {"input_ids": torch.tensor([[1, 75, 83, 4, 87, 60]])}
+    torch.testing.assert_close(outputs(loaded, inputs), outputs(ours, inputs), rtol=0, atol=1e-6)
+    assert not torch.equal(outputs(ours, inputs), outputs(tiny_model("llama"), inputs))
