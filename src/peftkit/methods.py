@@ -25,6 +25,7 @@ from torch import nn
 from . import surgery
 from .config import CONFIG_CLASSES, PeftConfig, PeftType
 from .errors import ConfigError, did_you_mean
+from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Layer
 from .tuners.loha import LoHaLayer
 from .tuners.lokr import LoKrLayer
@@ -192,61 +193,32 @@ def _register_builtins() -> None:
                 prompt_module=prompting.build_prompt_module,
             )
         )
-    register_method(
-        Method(
-            "loha",
-            PeftType.LOHA.value,
-            CONFIG_CLASSES[PeftType.LOHA],
-            "LoHaModel",
-            inject=surgery.inject_loha,
-            layer_classes=(LoHaLayer,),
-            prefix=LoHaLayer.prefix,
-        )
-    )
-    register_method(
-        Method(
-            "lokr",
-            PeftType.LOKR.value,
-            CONFIG_CLASSES[PeftType.LOKR],
-            "LoKrModel",
-            inject=surgery.inject_lokr,
-            layer_classes=(LoKrLayer,),
-            prefix=LoKrLayer.prefix,
-        )
-    )
-    register_method(
-        Method(
-            "oft",
-            PeftType.OFT.value,
-            CONFIG_CLASSES[PeftType.OFT],
-            "OFTModel",
-            inject=surgery.inject_oft,
-            layer_classes=(OFTLayer,),
-            prefix=OFTLayer.prefix,
-        )
-    )
-    register_method(
-        Method(
+    # the layer methods with one layer class each: name, type, PEFT's tuner, how it injects, layer
+    single_layer: list[tuple[str, PeftType, str, Any, type[AdapterLayer]]] = [
+        ("loha", PeftType.LOHA, "LoHaModel", surgery.inject_loha, LoHaLayer),
+        ("lokr", PeftType.LOKR, "LoKrModel", surgery.inject_lokr, LoKrLayer),
+        ("oft", PeftType.OFT, "OFTModel", surgery.inject_oft, OFTLayer),
+        (
             "trainable_tokens",
-            PeftType.TRAINABLE_TOKENS.value,
-            CONFIG_CLASSES[PeftType.TRAINABLE_TOKENS],
+            PeftType.TRAINABLE_TOKENS,
             "TrainableTokensModel",
-            inject=surgery.inject_trainable_tokens,
-            layer_classes=(TrainableTokensLayer,),
-            prefix=TrainableTokensLayer.prefix,
+            surgery.inject_trainable_tokens,
+            TrainableTokensLayer,
+        ),
+        ("ia3", PeftType.IA3, "IA3Model", surgery.inject_ia3, IA3Layer),
+    ]
+    for name, peft_type, tuner, inject, layer in single_layer:
+        register_method(
+            Method(
+                name,
+                peft_type.value,
+                CONFIG_CLASSES[peft_type],
+                tuner,
+                inject=inject,
+                layer_classes=(layer,),
+                prefix=getattr(layer, "prefix", ""),
+            )
         )
-    )
-    register_method(
-        Method(
-            "ia3",
-            PeftType.IA3.value,
-            CONFIG_CLASSES[PeftType.IA3],
-            "IA3Model",
-            inject=surgery.inject_ia3,
-            layer_classes=(IA3Layer,),
-            prefix=IA3Layer.prefix,
-        )
-    )
 
 
 _register_builtins()
