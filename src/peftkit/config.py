@@ -385,7 +385,9 @@ class LoraConfig(PeftConfig):
     target_parameters: Any = None
     """PEFT's LoRA on raw parameters (MoE experts); only empty."""
     trainable_token_indices: Any = None
-    """PEFT's trainable tokens beside LoRA; only empty."""
+    """Token rows of the input embeddings that train beside LoRA (a list of token ids), or rows
+    per layer (``{"embed_tokens": [...], ...}``): new or chat-template tokens learn an embedding
+    without training the whole matrix."""
     eva_config: Any = None
     """PEFT's EVA initialization; only empty."""
     corda_config: Any = None
@@ -417,7 +419,6 @@ class LoraConfig(PeftConfig):
         "loftq_config": {},
         "megatron_config": None,
         "target_parameters": None,
-        "trainable_token_indices": None,
         "eva_config": None,
         "corda_config": None,
         "lora_ga_config": None,
@@ -472,6 +473,7 @@ class LoraConfig(PeftConfig):
             problems.append(
                 "The argument lora_bias=True is not supported for DoRA, please pass use_dora=False"
             )
+        _validate_token_rows(self.trainable_token_indices, problems)
         _validate_targets(self, problems)
         rewrites_base = isinstance(init, str) and (init.startswith("pissa") or init == "olora")
         if self.use_rslora is True and (self.rank_pattern or self.alpha_pattern) and rewrites_base:
@@ -484,6 +486,26 @@ class LoraConfig(PeftConfig):
                 UserWarning,
                 stacklevel=4,
             )
+
+
+def _validate_token_rows(value: Any, problems: list[str]) -> None:
+    """``trainable_token_indices``: None, token ids, or ``{layer name: token ids}``."""
+
+    def ids(rows: Any) -> bool:
+        return isinstance(rows, (list, tuple)) and all(is_int(i) and i >= 0 for i in rows)
+
+    if value is None or ids(value):
+        return
+    if (
+        isinstance(value, dict)
+        and value
+        and all(isinstance(k, str) and ids(v) for k, v in value.items())
+    ):
+        return
+    problems.append(
+        f"trainable_token_indices={short_repr(value)} must be token ids (whole numbers >= 0) or a "
+        "mapping of layer name to token ids, e.g. [32000, 32001] or {'embed_tokens': [32000]}"
+    )
 
 
 def _validate_targets(self: Any, problems: list[str]) -> None:

@@ -118,3 +118,71 @@ def test_only_the_chosen_rows_train() -> None:
 def test_bad_token_indices_are_refused() -> None:
     with pytest.raises(peftkit.ConfigError, match="token_indices"):
         peftkit.TrainableTokensConfig(token_indices=[1, -2, "x"])  # type: ignore[list-item]
+
+
+def _lora_tokens(lib: Any, base: Any, indices: Any) -> Any:
+    torch.manual_seed(1)
+    config = lib.LoraConfig(
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        trainable_token_indices=indices,
+    )
+    model = lib.get_peft_model(base, config)
+    with torch.no_grad():  # moved rows, so the files carry something to compare
+        for name, param in model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                param.add_(torch.randn_like(param))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("tied", "indices"),
+    [(False, ROWS), (True, ROWS), (False, {"embed_tokens": ROWS})],
+    ids=["list", "list-tied-head", "by-layer"],
+)
+def test_lora_with_trainable_token_indices_equals_peft_both_ways(
+    tied: bool, indices: Any, tmp_path: Path
+) -> None:
+    make = _tied if tied else (lambda: tiny_model("llama"))
+    torch.manual_seed(7)
+    ours = _lora_tokens(peftkit, make(), indices)
+    torch.manual_seed(7)
+    theirs = _lora_tokens(peft, make(), indices)
+    with torch.no_grad():
+        expected = theirs(input_ids=TOKENS).logits
+        torch.testing.assert_close(ours(input_ids=TOKENS).logits, expected, rtol=0, atol=0)
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens_delta" in n for n in trainable)
+    assert all("lora_" in n or "trainable_tokens_delta" in n for n in trainable)
+    key_sets = []
+    for writer, reader in ((ours, peft), (theirs, peftkit)):
+        folder = tmp_path / type(writer).__module__.split(".")[0]
+        writer.save_pretrained(folder)
+        keys = set(safetensors.torch.load_file(folder / "adapter_model.safetensors"))
+        key_sets.append(keys)
+        assert "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta" in keys
+        assert not any(k.endswith("embed_tokens.weight") for k in keys)  # rows only, no matrix
+        loaded = reader.PeftModel.from_pretrained(make(), folder)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(input_ids=TOKENS).logits, expected, rtol=0, atol=0)
+    assert key_sets[0] == key_sets[1]
+
+
+def test_lora_token_rows_merge_unload_and_refusals() -> None:
+    model = _lora_tokens(peftkit, tiny_model("llama"), ROWS)
+    with torch.no_grad():
+        expected = model(input_ids=TOKENS).logits
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(input_ids=TOKENS).logits, expected, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, TrainableTokensLayer) for m in merged.modules())
+    with pytest.raises(peftkit.ConfigError, match="already marked to be trained fully"):
+        peftkit.get_peft_model(
+            tiny_model("llama"),
+            peftkit.LoraConfig(
+                target_modules=["q_proj"],
+                modules_to_save=["embed_tokens"],
+                trainable_token_indices={"embed_tokens": [1]},
+            ),
+        )
+    with pytest.raises(peftkit.ConfigError, match="trainable_token_indices="):
+        peftkit.LoraConfig(trainable_token_indices=[1, -1])

@@ -148,7 +148,73 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
             set_submodule(model, key, layer)
     if tie_how == "target_modules":
         tying.tie_lora(model, tied, adapter_name, _wrap)
+    add_token_rows(model, config, adapter_name)
     return config
+
+
+def add_token_rows(model: nn.Module, config: LoraConfig, adapter_name: str) -> None:
+    """LoRA's ``trainable_token_indices`` (PEFT's): rows of the input embeddings (a list), or of
+    the named layers (``{name: rows}``), train beside the LoRA adapter, saved under PEFT's
+    ``token_adapter.`` keys; a head tied to the embeddings shares the rows when it is not named
+    with other rows."""
+    indices = config.trainable_token_indices
+    if indices is None:
+        return
+    embedding = tying.embedding_name(model) or "embed_tokens"
+    targets = dict(indices) if isinstance(indices, dict) else {embedding: list(indices)}
+    for name in targets:
+        if name in (config.modules_to_save or []):
+            raise ConfigError(
+                "The embedding layer is already marked to be trained fully, either specify "
+                f"`modules_to_save=[..., \"{name}\", ...]` or `trainable_tokens={{'{name}': x}}` "
+                "but not both."
+            )
+    tied = tying.module_names_tied_with_embedding(model)
+    rows = next((v for k, v in targets.items() if embedding.endswith(k)), None)
+    # a tied head named with the embedding's rows is tied below rather than given its own
+    shared = {k for k, v in targets.items() if v == rows and any(t.endswith(k) for t in tied)}
+    for name, token_rows in targets.items():
+        if name not in shared:
+            _add_rows(model, name, token_rows, adapter_name)
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    if isinstance(embeddings, TrainableTokensLayer):
+        for key in tied:
+            for name, module in list(model.named_modules()):
+                if name.endswith(key) and isinstance(module, (nn.Embedding, nn.Linear)):
+                    head = TrainableTokensLayer(
+                        module, tied_to=embeddings, file_prefix="token_adapter."
+                    )
+                    set_submodule(model, name, head)
+
+
+def _add_rows(model: nn.Module, name: str, rows: list[int], adapter_name: str) -> None:
+    """Train ``rows`` of every layer whose name is or ends with ``name``."""
+    keys = [k for k, _ in model.named_modules() if k == name or k.endswith(f".{name}")]
+    if not keys:
+        raise TargetNotFoundError(
+            f"trainable_token_indices names {name!r}, which is not a layer of the model; name the "
+            "embedding layer (e.g. 'embed_tokens') or give a list of token ids for the input embeddings"
+        )
+    for key in keys:
+        module = model.get_submodule(key)
+        if isinstance(module, TrainableTokensLayer):
+            layer = module
+        elif isinstance(module, AdapterLayer):
+            raise ConfigError(
+                f"{key!r} carries a {type(module).__name__} adapter already: trainable_token_indices "
+                "and target_modules cannot both name it; drop it from one of them"
+            )
+        elif isinstance(module, (nn.Embedding, nn.Linear)):
+            layer = TrainableTokensLayer(module, file_prefix="token_adapter.")
+        else:
+            raise TargetNotFoundError(
+                f"trainable_token_indices names {key!r}, a {type(module).__name__}; token rows train "
+                "in an nn.Embedding (or a linear head tied to it)"
+            )
+        layer.add_adapter(adapter_name, list(rows))
+        if layer is not module:
+            set_submodule(model, key, layer)
 
 
 def _check_lora_size(model: nn.Module, config: LoraConfig, keys: list[str]) -> None:
@@ -491,6 +557,6 @@ def inject_trainable_tokens(
     if isinstance(embeddings, TrainableTokensLayer):
         for key in tying.module_names_tied_with_embedding(model):
             for name, module in list(model.named_modules()):
-                if name.endswith(key) and not isinstance(module, TrainableTokensLayer):
+                if name.endswith(key) and isinstance(module, (nn.Embedding, nn.Linear)):
                     set_submodule(model, name, TrainableTokensLayer(module, tied_to=embeddings))
     return config

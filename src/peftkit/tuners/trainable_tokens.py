@@ -11,6 +11,7 @@ the output projection sees the new embeddings too. Tensor names and shapes are P
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import cast
 
 import torch
@@ -31,9 +32,15 @@ class TrainableTokensLayer(AdapterLayer):
     other_param_names = ("token_indices", "trainable_tokens_original")
 
     def __init__(
-        self, base_layer: nn.Embedding | nn.Linear, tied_to: TrainableTokensLayer | None = None
+        self,
+        base_layer: nn.Embedding | nn.Linear,
+        tied_to: TrainableTokensLayer | None = None,
+        file_prefix: str = "",
     ):
         super().__init__(base_layer)
+        # "token_adapter." beside LoRA (``trainable_token_indices``): PEFT wraps the layer there,
+        # so its file keys carry the wrapper's attribute name
+        self.file_prefix = file_prefix
         self.in_features, self.out_features = (
             (base_layer.num_embeddings, base_layer.embedding_dim)
             if isinstance(base_layer, nn.Embedding)
@@ -61,6 +68,14 @@ class TrainableTokensLayer(AdapterLayer):
     def rows(self, name: str) -> nn.Parameter:
         """Adapter ``name``'s trained rows (tokens, dim)."""
         return cast(nn.Parameter, self._owner().trainable_tokens_delta[name])
+
+    def adapter_parameters(self, name: str) -> Iterator[tuple[str, str, nn.Parameter]]:
+        """As every layer's, with ``file_prefix`` in the file names; a head tied beside LoRA holds
+        nothing of its own in PEFT's files (the method alone saves it under both keys)."""
+        if self.file_prefix and self.tied_to is not None:
+            return
+        for key, in_file, param in super().adapter_parameters(name):
+            yield key, self.file_prefix + in_file, param
 
     def _token_indices(self) -> dict[str, list[int]]:
         return self._owner().token_indices
