@@ -437,11 +437,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argument per field of a command's options (:mod:`peftkit.commands`), its help the field's
     docstring."""
-    from .commands import option_fields
     from .common.schema import field_docs, field_types
 
     docs, hints = field_docs(cls), field_types(cls)
-    for f in option_fields(cls):
+    for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         positional, flag = meta.pop("positional", False), meta.pop("flag", None)
         kinds = set(_kinds(hints[f.name])) - {type(None)}

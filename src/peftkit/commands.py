@@ -10,11 +10,10 @@ flag), ``flag`` (another spelling, such as ``--data`` for ``data_path``), ``narg
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["COMMAND_OPTIONS", "option_fields"]
+__all__ = ["COMMAND_OPTIONS"]
 
 
 def _arg(**meta: Any) -> Any:
@@ -180,8 +179,3 @@ COMMAND_OPTIONS: dict[str, type] = {
     "serve": ServeOptions,
     "demo": DemoOptions,
 }
-
-
-def option_fields(cls: type) -> list[dataclasses.Field[Any]]:
-    """The fields of a command's options, in declaration order."""
-    return list(dataclasses.fields(cls))

@@ -176,16 +176,7 @@ def add_token_rows(model: nn.Module, config: LoraConfig, adapter_name: str) -> N
     for name, token_rows in targets.items():
         if name not in shared:
             _add_rows(model, name, token_rows, adapter_name)
-    get_embeddings = getattr(model, "get_input_embeddings", None)
-    embeddings = get_embeddings() if callable(get_embeddings) else None
-    if isinstance(embeddings, TrainableTokensLayer):
-        for key in tied:
-            for name, module in list(model.named_modules()):
-                if name.endswith(key) and isinstance(module, (nn.Embedding, nn.Linear)):
-                    head = TrainableTokensLayer(
-                        module, tied_to=embeddings, file_prefix="token_adapter."
-                    )
-                    set_submodule(model, name, head)
+    _tie_token_rows(model, tied, "token_adapter.")
 
 
 def _add_rows(model: nn.Module, name: str, rows: list[int], adapter_name: str) -> None:
@@ -552,11 +543,19 @@ def inject_trainable_tokens(
         add,
         kinds=(nn.Embedding, nn.Linear),
     )
+    _tie_token_rows(model, tying.module_names_tied_with_embedding(model), "")
+    return config
+
+
+def _tie_token_rows(model: nn.Module, tied: list[str], file_prefix: str) -> None:
+    """Give the heads tied to the input embeddings the embeddings' trained rows (when the input
+    embeddings train rows)."""
     get_embeddings = getattr(model, "get_input_embeddings", None)
     embeddings = get_embeddings() if callable(get_embeddings) else None
-    if isinstance(embeddings, TrainableTokensLayer):
-        for key in tying.module_names_tied_with_embedding(model):
-            for name, module in list(model.named_modules()):
-                if name.endswith(key) and isinstance(module, (nn.Embedding, nn.Linear)):
-                    set_submodule(model, name, TrainableTokensLayer(module, tied_to=embeddings))
-    return config
+    if not isinstance(embeddings, TrainableTokensLayer):
+        return
+    for key in tied:
+        for name, module in list(model.named_modules()):
+            if name.endswith(key) and isinstance(module, (nn.Embedding, nn.Linear)):
+                head = TrainableTokensLayer(module, tied_to=embeddings, file_prefix=file_prefix)
+                set_submodule(model, name, head)

@@ -134,6 +134,29 @@ class TrainableTokensLayer(AdapterLayer):
             weight = weight.index_copy(0, index, self.rows(name).to(weight))
         return weight
 
+    def _plain_lookup(self, base: nn.Embedding, names: list[str]) -> bool:
+        """Whether the lookup can skip building the whole new matrix: no option of the embedding
+        reads or rescales the matrix (``max_norm``, ``scale_grad_by_freq``), and no trained row is
+        the padding row (which gets no gradient)."""
+        rows = {i for name in names for i in self._token_indices()[name]}
+        return (
+            base.max_norm is None and not base.scale_grad_by_freq and base.padding_idx not in rows
+        )
+
+    def _lookup(self, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """The base lookup with the trained rows put in where ``x`` names them: the same values
+        as looking ``x`` up in the replaced matrix, without copying the (vocabulary, dim) matrix
+        on every forward."""
+        out = F.embedding(x, self.weight)  # (B, T, dim)
+        for name in names:
+            index = torch.tensor(self._token_indices()[name], device=x.device)
+            slot = torch.full((self.weight.shape[0],), -1, dtype=torch.long, device=x.device)
+            slot[index] = torch.arange(len(index), device=x.device)
+            which = slot[x]  # (B, T): each token's trained row, -1 for none
+            rows = self.rows(name).to(out.dtype)[which.clamp(min=0)]  # (B, T, dim)
+            out = torch.where((which >= 0).unsqueeze(-1), rows, out)
+        return out
+
     def _merge_one(self, name: str) -> None:
         self._check_disjoint([name])
         self.weight.data = self._weight_with([name]).detach()
@@ -150,6 +173,10 @@ class TrainableTokensLayer(AdapterLayer):
         if not names:
             return base(x, *args, **kwargs)
         self._check_disjoint(names)
+        if isinstance(base, nn.Embedding) and self._plain_lookup(base, names):
+            out = self._lookup(x, names)
+            scale = getattr(base, "embed_scale", None)  # Gemma-style scaled embeddings
+            return out * scale.to(out.dtype) if isinstance(scale, torch.Tensor) else out
         weight = self._weight_with(names)
         if isinstance(base, nn.Embedding):
             out = F.embedding(
