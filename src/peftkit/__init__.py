@@ -21,9 +21,11 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from . import _moved
+from .integrations import trl as _trl
 from .version import __version__
 
 _moved.install()
+_trl.install()  # TRL's trainers take peftkit's configs and models (integrations/trl.py)
 
 _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "AdapterFormatError": ".errors",

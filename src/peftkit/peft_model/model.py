@@ -389,7 +389,10 @@ class PeftModel(ModelWrapper):
         no-op.
 
         A NaN or infinite adapter is always refused before it reaches a weight; ``safe_merge``
-        (PEFT's flag) also checks the merged weights.
+        (PEFT's flag) also checks the merged weights. A copy of each changed weight is kept until
+        :meth:`unmerge_adapter`, which puts it back bitwise (PEFT subtracts the update, which
+        rounding makes inexact; TRL's vLLM sync merges and unmerges on every step). The copy costs
+        the targeted weights' memory once while merged; :meth:`merge_and_unload` keeps none.
         """
         names = adapter_names or self.active_adapters
         self._require_layer_adapters(names, "merge")
@@ -404,7 +407,8 @@ class PeftModel(ModelWrapper):
             check_finite_weights(self.get_base_model())
 
     def unmerge_adapter(self) -> None:
-        """Restore the base weights from before any merge."""
+        """Restore the base weights from before any merge, bitwise (:meth:`merge_adapter` keeps a
+        copy of each weight it changes until then)."""
         surgery.unmerge(self.get_base_model())
 
     def merge_and_unload(
@@ -420,7 +424,9 @@ class PeftModel(ModelWrapper):
         base = self.get_base_model()
         surgery.untie_adapted_embeddings(base)
         surgery.unmerge(base)
-        surgery.merge(base, names)  # only these: another active adapter must not reach the weights
+        # only these: another active adapter must not reach the weights; no copies of the
+        # original weights, as this merge is never undone
+        surgery.merge(base, names, keep_original=False)
         if safe_merge:
             check_finite_weights(base)
         merged = surgery.unload(base, keep_merged=True)

@@ -109,11 +109,15 @@ def delete_adapter(model: nn.Module, name: str) -> None:
             set_submodule(model, key, layer.original_module)
 
 
-def merge(model: nn.Module, names: list[str] | None = None) -> None:
-    """Fold adapters (default: the active ones) into the base weights. Idempotent."""
+def merge(model: nn.Module, names: list[str] | None = None, keep_original: bool = True) -> None:
+    """Fold adapters (default: the active ones) into the base weights. Idempotent.
+
+    ``keep_original`` keeps a copy of each merged weight so that :func:`unmerge` restores it
+    bitwise; a merge that is never undone (``merge_and_unload``) passes False and copies nothing.
+    """
     for _, layer in adapter_layers(model):
         if isinstance(layer, AdapterLayer):
-            layer.merge(names)
+            layer.merge(names, keep_original=keep_original)
 
 
 def adapted_layer_names(model: nn.Module) -> list[str]:
@@ -132,7 +136,8 @@ def merged_names(model: nn.Module) -> set[str]:
 
 
 def unmerge(model: nn.Module) -> None:
-    """Restore every base weight by subtracting what was merged."""
+    """Restore every base weight: bitwise where the merge kept the original, else by subtracting
+    what was merged."""
     for _, layer in adapter_layers(model):
         if isinstance(layer, AdapterLayer):
             layer.unmerge()

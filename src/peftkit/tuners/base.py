@@ -70,6 +70,10 @@ class AdapterLayer(nn.Module):
         # the active adapters this layer holds, in order: what forward computes
         self._applied: list[str] = []
         self.merged_adapters: list[str] = []
+        # the base weight and bias as they were before the first merge (merge(keep_original=True)),
+        # put back bitwise when the last merged adapter comes out: subtracting an update is exact
+        # in no float format, and TRL's vLLM sync merges and unmerges on every step
+        self._original: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.disabled = False
 
     def _set_features(self, fan_in_fan_out: bool) -> None:
@@ -165,6 +169,7 @@ class AdapterLayer(nn.Module):
         if name in self.merged_adapters:
             with torch.no_grad():
                 self._unmerge_one(name)
+                self._restore_original()
         for attr in self.adapter_param_names:
             container = getattr(self, attr)
             if name in container:
@@ -189,11 +194,17 @@ class AdapterLayer(nn.Module):
         names: list[str] | None = None,
         safe_merge: bool = False,
         adapter_names: list[str] | None = None,
+        keep_original: bool = True,
     ) -> None:
         """Fold adapters (``names``, or PEFT's ``adapter_names``; default: the active ones) into the
         base weight. Already merged adapters are skipped (idempotent). An adapter holding NaN or
         infinity is always refused before any change; ``safe_merge`` also checks the merged weight
-        and puts the old one back if it is not finite (PEFT's option)."""
+        and puts the old one back if it is not finite (PEFT's option).
+
+        With ``keep_original`` (the default) a copy of the weight and bias from before the first
+        merge is kept, and :meth:`unmerge` puts it back bitwise; without it (``merge_and_unload``,
+        which never unmerges) unmerging subtracts the update, exact only up to rounding.
+        """
         names = adapter_names if names is None else names
         if self.quantized:
             raise ConfigError(
@@ -204,16 +215,32 @@ class AdapterLayer(nn.Module):
         for name in names if names is not None else self.active_adapters:
             if name in held and name not in self.merged_adapters:
                 self._check_finite(name)
+                if keep_original and not self.merged_adapters and not self._original:
+                    self._original = [(t, t.detach().clone()) for t in self._merged_tensors()]
                 if safe_merge:
                     self._merge_safely(name)
                 else:
                     self._merge_one(name)
                 self.merged_adapters.append(name)
+        if not self.merged_adapters:
+            self._original = []  # nothing merged (a refused safe merge): nothing to put back
+
+    def _merged_tensors(self) -> list[torch.Tensor]:
+        """The tensors a merge changes: the base weight and bias."""
+        return [t for t in (self.weight, self.bias) if t is not None]
+
+    def _restore_original(self) -> None:
+        """Once no adapter is merged, put back the weight and bias kept by :meth:`merge`."""
+        if self.merged_adapters or not self._original:
+            return
+        for tensor, original in self._original:
+            tensor.data.copy_(original)  # in place: the same Parameter, optimizer state intact
+        self._original = []
 
     def _merge_safely(self, name: str) -> None:
         """Merge ``name``, then put the old weight and bias back and refuse if the result is not
         finite."""
-        tensors = [t for t in (self.weight, self.bias) if t is not None]
+        tensors = self._merged_tensors()
         kept = [t.detach().clone() for t in tensors]
         self._merge_one(name)
         if not all(torch.isfinite(t).all() for t in tensors):
@@ -242,10 +269,13 @@ class AdapterLayer(nn.Module):
                 )
 
     @torch.no_grad()
+    @torch.no_grad()
     def unmerge(self) -> None:
-        """Take every merged adapter out of the base weight, last merged first."""
+        """Take every merged adapter out of the base weight, last merged first; the weight and
+        bias from before the first merge come back bitwise when :meth:`merge` kept them."""
         while self.merged_adapters:
             self._unmerge_one(self.merged_adapters[-1])
+        self._restore_original()
 
     # ----- PEFT's layer API (BaseTunerLayer), for code that drives layers directly
     # --------------------------
