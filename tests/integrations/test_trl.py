@@ -102,8 +102,9 @@ def _run(root: Path, env: str) -> dict[str, Any]:
     with FileLock(str(out) + ".lock"):
         if not out.exists():
             with_peft, order, libs = ENVS[env]
-            python = sys.executable if with_peft else _python_without_peft(root)
-            models = _models(root)
+            with FileLock(str(root / "setup.lock")):  # two environments may start at once
+                python = sys.executable if with_peft else _python_without_peft(root)
+                models = _models(root)
             cmd = [python, str(SCRIPT), "--models", str(models), "--out", str(out)]
             cmd += ["--order", order, "--libs", libs]
             done = subprocess.run(
@@ -200,6 +201,17 @@ def test_grpo_reference_is_the_adapter_switched_off(run: dict[str, Any]) -> None
     _adapter_only(grpo["checkpoint_files"])
 
 
+def test_dpo_evaluates_after_training(run: dict[str, Any]) -> None:
+    evaluated = _scenario(run, "dpo")["eval"]
+    assert math.isfinite(evaluated["eval_loss"]) and "eval_rewards/margins" in evaluated
+
+
+def test_grpo_casts_the_lm_head_through_the_adapter_model(run: dict[str, Any]) -> None:
+    result = _scenario(run, "grpo_fp32_head")
+    assert result["head_dtype"] == "torch.float32" and result["embedding_dtype"] == "torch.bfloat16"
+    assert result["loss_finite"]
+
+
 def test_vllm_sync_sends_merged_weights_and_unmerges_bitwise(run: dict[str, Any]) -> None:
     sync = _scenario(run, "vllm_sync")
     assert (
@@ -264,6 +276,15 @@ def test_checkpoints_hold_what_peft_s_hold(beside_peft: dict[str, Any], name: st
     assert ours["checkpoint_files"] == theirs["checkpoint_files"]
     if "trainable" in ours:
         assert ours["trainable"] == theirs["trainable"]
+
+
+def test_dpo_evaluation_equals_peft_s(beside_peft: dict[str, Any]) -> None:
+    ours, theirs = (
+        _scenario(beside_peft, "dpo")["eval"],
+        _scenario(beside_peft, "dpo", "peft")["eval"],
+    )
+    assert sorted(ours) == sorted(theirs)
+    assert ours == pytest.approx(theirs, rel=0, abs=1e-5)
 
 
 def test_refusals_say_what_they_say_for_peft(beside_peft: dict[str, Any]) -> None:

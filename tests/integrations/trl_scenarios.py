@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -236,13 +237,18 @@ def dpo(lib: str, models: Path, out: Path) -> dict[str, Any]:
             ref_model=None,
             args=_args(DPOConfig, out, max_length=48, beta=0.1),
             train_dataset=_pairs(),
+            eval_dataset=_pairs(),
             peft_config=_lora(lib),
         )
         built = counter.models
         frozen = _frozen(trainer.model)
         trainer.train()
+        evaluated = trainer.evaluate()
     history = _history(trainer)
     return {
+        "eval": {
+            k: float(v) for k, v in evaluated.items() if "time" not in k and "per_second" not in k
+        },
         "ref_model_is_none": trainer.ref_model is None,
         "models_built": built,
         "disabled_calls": counter.disabled,
@@ -335,6 +341,43 @@ def grpo(lib: str, models: Path, out: Path) -> dict[str, Any]:
         "base_unchanged": _same(frozen, trainer.model),
         "checkpoint_files": _files(out / "checkpoint-2"),
         "first": history[0],
+    }
+
+
+def grpo_fp32_head(lib: str, models: Path, out: Path) -> dict[str, Any]:
+    """GRPO's ``cast_lm_head_to_fp32`` on a bf16 model: the head reached through the adapter model."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    torch.manual_seed(0)
+    model = _lib(lib).get_peft_model(
+        AutoModelForCausalLM.from_pretrained(models / "llama", dtype=torch.bfloat16), _lora(lib)
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=_reward_ids,
+        args=_args(
+            GRPOConfig,
+            out,
+            beta=0.1,
+            num_generations=2,
+            max_completion_length=4,
+            max_steps=1,
+            per_device_train_batch_size=2,
+            generation_batch_size=2,
+            cast_lm_head_to_fp32=True,
+            save_strategy="no",
+        ),
+        train_dataset=Dataset.from_list([{"prompt": f"count {i}:"} for i in range(4)]),
+    )
+    trainer.train()
+    head = model.get_base_model().lm_head
+    return {
+        "head_dtype": str(head.weight.dtype),
+        "embedding_dtype": str(model.get_base_model().model.embed_tokens.weight.dtype),
+        "loss_finite": math.isfinite(_history(trainer)[0]["loss"]),
     }
 
 
@@ -482,7 +525,17 @@ def refusals(lib: str, models: Path, out: Path) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[[str, Path, Path], dict[str, Any]]] = {
     f.__name__: f
-    for f in (sft, sft_wrapped, dpo, dpo_from_adapter, grpo, vllm_sync, reward, refusals)
+    for f in (
+        sft,
+        sft_wrapped,
+        dpo,
+        dpo_from_adapter,
+        grpo,
+        grpo_fp32_head,
+        vllm_sync,
+        reward,
+        refusals,
+    )
 }
 
 
