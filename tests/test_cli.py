@@ -343,3 +343,44 @@ def test_the_new_methods_train_from_yaml_and_flags_and_load_in_peft(
     inputs = {"input_ids": torch.tensor([[1, 75, 83, 4, 87, 60]])}
     torch.testing.assert_close(outputs(loaded, inputs), outputs(ours, inputs), rtol=0, atol=1e-6)
     assert not torch.equal(outputs(ours, inputs), outputs(tiny_model("llama"), inputs))
+
+
+def test_lora_on_expert_parameters_trains_from_yaml_and_loads_in_peft(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """target_parameters through the job: a tiny mixture-of-experts model's expert stacks."""
+    import peft
+
+    from tests.conftest import char_tokenizer
+    from tests.interop.test_peft_target_parameters import moe
+
+    folder = tmp_path / "moe"
+    moe().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    data, out = sentiment_csv(tmp_path / "d.csv", n=24), tmp_path / "run"
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"model: {folder}\nmethod: lora\noutput_dir: {out}\n"
+        "adapter: {r: 2, target_modules: [], target_parameters: [mlp.experts.gate_up_proj]}\n"
+        f"data: {{path: {data}, mode: text, template: '{{text}} is {{label}}', val_size: 8}}\n"
+        f"train: {{max_steps: 2, lr: 0.01, progress: false, plot: false}}\n"
+    )
+    code, _, err = run(
+        capsys,
+        "train",
+        "--config",
+        config,
+        "--adapter.target_parameters",
+        "mlp.experts.gate_up_proj",
+        "mlp.experts.down_proj",
+    )
+    assert code == 0, err
+    loaded = peft.PeftModel.from_pretrained(moe(), out)
+    assert sorted(loaded.peft_config["default"].target_parameters) == [
+        "mlp.experts.down_proj",
+        "mlp.experts.gate_up_proj",
+    ]
+    ours = PeftModel.from_pretrained(moe(), out)
+    inputs = {"input_ids": torch.tensor([[1, 75, 83, 4, 87, 60]])}
+    torch.testing.assert_close(outputs(loaded, inputs), outputs(ours, inputs), rtol=0, atol=1e-6)
+    assert not torch.equal(outputs(ours, inputs), outputs(moe(), inputs))

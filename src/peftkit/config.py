@@ -382,8 +382,12 @@ class LoraConfig(PeftConfig):
     """PEFT's Megatron parallel layers; only empty."""
     megatron_core: Any = "megatron.core"
     """PEFT's Megatron module name; read and written, unused."""
-    target_parameters: Any = None
-    """PEFT's LoRA on raw parameters (MoE experts); only empty."""
+    target_parameters: list[str] | None = None
+    """Raw parameters to adapt, as ``'<module>.<parameter>'`` suffixes (e.g.
+    ``'mlp.experts.gate_up_proj'``): mixture-of-experts weights stored as one ``nn.Parameter``
+    ``(experts, ., .)`` rather than as linear layers; 2-D weights work too. Used alone
+    (``target_modules`` empty) or beside ``target_modules``. Not with ``lora_dropout``, DoRA or
+    ``lora_bias`` (PEFT's rule)."""
     trainable_token_indices: Any = None
     """Token rows of the input embeddings that train beside LoRA (a list of token ids), or rows
     per layer (``{"embed_tokens": [...], ...}``): new or chat-template tokens learn an embedding
@@ -418,7 +422,6 @@ class LoraConfig(PeftConfig):
         "layer_replication": None,
         "loftq_config": {},
         "megatron_config": None,
-        "target_parameters": None,
         "eva_config": None,
         "corda_config": None,
         "lora_ga_config": None,
@@ -447,6 +450,12 @@ class LoraConfig(PeftConfig):
         if isinstance(targets, (list, set)) and [str(t).lower() for t in targets] == ["all-linear"]:
             # a one-item list, as a CLI flag or YAML list gives it
             self.target_modules = "all-linear"
+        params = self.target_parameters
+        if isinstance(params, list) and not all(isinstance(p, str) and p for p in params):
+            problems.append(
+                f"target_parameters={short_repr(params)} must be a list of parameter names such as "
+                "['mlp.experts.gate_up_proj']"
+            )
         positive(problems, "r", self.r, integer=True, hint="try 8 or 16")
         positive(problems, "lora_alpha", self.lora_alpha, hint="often r or 2*r")
         fraction(problems, "lora_dropout", self.lora_dropout)

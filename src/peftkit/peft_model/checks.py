@@ -132,6 +132,16 @@ def check_new_adapter(name: str, config: object, held: dict[str, PeftConfig]) ->
         raise ConfigError(
             f"expected a peftkit config (e.g. LoraConfig), got {type(config).__name__}"
         )
+    params = getattr(config, "target_parameters", None)
+    for other, held_config in held.items():
+        theirs = getattr(held_config, "target_parameters", None)
+        if params and theirs and set(params) != set(theirs):
+            # the nesting of the parameter wrappers, hence the keys, follows the targeted set
+            raise ConfigError(
+                "When using multiple adapters with `target_parameters`, all adapters must target the same "
+                f"set of parameters, but got {sorted(params)} for the new adapter and {sorted(theirs)} for "
+                f"adapter {other!r}."
+            )
     with_bias = [n for n, c in held.items() if getattr(c, "bias", "none") != "none"]
     if with_bias and getattr(config, "bias", "none") != "none":
         raise ConfigError(

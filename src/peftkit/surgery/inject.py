@@ -5,6 +5,7 @@ copies of whole modules, and mark what trains.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Collection
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ from ..tuners.lokr import LoKrLayer
 from ..tuners.lora import LoraLayer, LoraLinear
 from ..tuners.lora.conv import CONV_TYPES, wrap_conv
 from ..tuners.lora.embedding import LoraEmbedding
+from ..tuners.lora.param import LoraParam
 from ..tuners.modules_to_save import ModulesToSaveWrapper
 from ..tuners.oft import OFTLayer
 from ..tuners.trainable_tokens import TrainableTokensLayer
@@ -70,6 +72,72 @@ def _wrap(module: nn.Module, key: str) -> LoraLayer:
     )
 
 
+def _strip_wrappers(name: str) -> str:
+    return ".".join(p for p in name.split(".") if p != "base_layer")
+
+
+def parameter_targets(model: nn.Module, targets: Collection[str]) -> list[tuple[str, str]]:
+    """(module name, parameter name) for each parameter ``target_parameters`` names, in the model's
+    order (PEFT's matching: ``<module>.<parameter>`` equal to a target or ending with ``.target``).
+    The module name is the owner's, without the wrappers' ``base_layer`` steps."""
+    found = []
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            owner_name = _strip_wrappers(module_name)
+            key = f"{owner_name}.{param_name}"
+            if key in targets or any(key.endswith(f".{t}") for t in targets):
+                found.append((owner_name, param_name))
+    return found
+
+
+def inject_lora_parameters(model: nn.Module, config: LoraConfig, adapter_name: str) -> int:
+    """LoRA on the raw parameters ``config.target_parameters`` names (mixture-of-experts weights):
+    each gets a :class:`LoraParam` around the module that holds it (nested for a second parameter of
+    the same module); a parameter already wrapped for another adapter gets this one beside it.
+
+    Returns:
+        how many parameters were adapted.
+    """
+    found = parameter_targets(model, list(config.target_parameters or []))
+    for owner_name, param_name in found:
+        if not owner_name:  # PEFT's refusal: the wrapper would be its own parent
+            raise ConfigError(
+                f"Targeting an nn.Parameter on the top-level module is not supported (parameter "
+                f"'{param_name}'). "
+            )
+        holder = model.get_submodule(owner_name)
+        if isinstance(holder, AdapterLayer) and not isinstance(holder, LoraParam):
+            raise ConfigError(
+                f"Trying to wrap an `nn.Parameter` of layer '{owner_name}' of type {type(holder).__name__}, "
+                "which is not a valid target. Make sure that this layer is not also targeted with "
+                "`target_modules`. For some models, PEFT will do this automatically, try setting "
+                "`target_modules=[]` to prevent it."
+            )
+        layer = _wrapper_of(holder, param_name) or LoraParam(holder, param_name)
+        key = f"{owner_name}.{param_name}"
+        layer.add_adapter(
+            adapter_name,
+            int(pattern_value(config.rank_pattern, key, config.r)),
+            pattern_value(config.alpha_pattern, key, config.lora_alpha),
+            config.lora_dropout,
+            config.init_lora_weights,
+            config.use_rslora,
+            **{k: True for k in ("use_dora", "lora_bias") if getattr(config, k)},
+        )
+        if layer.base_layer is holder:  # a new wrapper: it takes the holder's place
+            set_submodule(model, owner_name, layer)
+    return len(found)
+
+
+def _wrapper_of(holder: nn.Module, param_name: str) -> LoraParam | None:
+    """The wrapper of ``param_name`` in the chain of wrappers ``holder`` starts, if any."""
+    while isinstance(holder, LoraParam):
+        if holder.parameter_name == param_name:
+            return holder
+        holder = holder.base_layer
+    return None
+
+
 def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> LoraConfig:
     """Add LoRA adapter ``adapter_name`` to every layer ``config`` targets, wrapping plain layers.
 
@@ -80,6 +148,15 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
     Raises:
         TargetNotFoundError: no layer matches, naming the targets and the model's candidate layers.
     """
+    if config.target_parameters and not config.target_modules:  # raw parameters only
+        if not inject_lora_parameters(model, config, adapter_name):
+            raise TargetNotFoundError(
+                "No `target_modules` passed but also no `target_parameters` found. Please check the "
+                f"values for these arguments: target_parameters={list(config.target_parameters)} matched "
+                "no parameter (name them as '<module>.<parameter>', e.g. 'mlp.experts.gate_up_proj')."
+            )
+        add_token_rows(model, config, adapter_name)
+        return config
     tied, tie_how = tying.warn_or_plan(model, config)
     # the embedding gets the adapter; the tied modules share it (tied below)
     if tie_how == "target_modules":
@@ -148,6 +225,12 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
             set_submodule(model, key, layer)
     if tie_how == "target_modules":
         tying.tie_lora(model, tied, adapter_name, _wrap)
+    if config.target_parameters and not inject_lora_parameters(model, config, adapter_name):
+        warnings.warn(
+            f"target_parameters={config.target_parameters} were set but no parameter was matched.",
+            RuntimeWarning,
+            stacklevel=3,
+        )  # PEFT's
     add_token_rows(model, config, adapter_name)
     return config
 

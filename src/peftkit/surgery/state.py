@@ -150,7 +150,9 @@ def unload(model: nn.Module, keep_merged: bool) -> nn.Module:
 
     A trainable copy (``modules_to_save``) replaces its original when keeping merges, as in PEFT.
     """
-    for key, layer in list(adapter_layers(model)):
+    # innermost first: a wrapper inside another (LoRA on two parameters of one module) is replaced
+    # in its parent before the parent is replaced by what it wraps
+    for key, layer in reversed(list(adapter_layers(model))):
         if isinstance(layer, AdapterLayer):
             if not keep_merged:
                 layer.unmerge()
