@@ -45,6 +45,7 @@ FILES = [
     "test_lora_variants.py",
     "test_helpers.py",
     "test_auto.py",
+    "test_target_parameters.py",
 ]
 SUPPORT = ["__init__.py", "conftest.py", "testing_common.py", "testing_utils.py"]
 
@@ -73,7 +74,6 @@ DESELECTED_FILES: dict[str, str] = {
             "test_shadow.py",
             "test_shira.py",
             "test_supertuning.py",
-            "test_target_parameters.py",
             "test_trainable_tokens.py",
             "test_unilora.py",
             "test_vblora.py",
@@ -176,7 +176,6 @@ UNCLAIMED: dict[str, str] = {
     **{
         m: "LoRA feature not claimed"
         for m in [
-            "target_parameters",
             "layer_replication",
             "megatron",
             "hotswap",
@@ -265,7 +264,6 @@ def unclaimed_reason(test_id: str) -> str | None:
 UNCLAIMED_FIELDS: dict[str, str] = {
     "alora_invocation_tokens": "aLoRA (activated LoRA): not claimed",
     "trainable_token_indices": "trainable tokens: not claimed",
-    "target_parameters": "LoRA on parameters: not claimed",
     "use_qalora": "QA-LoRA: not claimed",
     "layer_replication": "layer replication: not claimed",
     "megatron_config": "Megatron: not claimed",

@@ -120,6 +120,39 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
             "max_position_embeddings": 512,
         },
     ),
+    # mixture-of-experts models for LoRA on parameters (test_target_parameters.py); PEFT's test
+    # redraws their weights (and casts gpt-oss to fp32) after loading
+    "trl-internal-testing/tiny-Llama4ForCausalLM": (
+        "Llama4ForCausalLM",
+        {
+            "vocab_size": 1000,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "intermediate_size_mlp": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 8,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 1,
+            "max_position_embeddings": 512,
+        },
+    ),
+    "trl-internal-testing/tiny-GptOssForCausalLM": (
+        "GptOssForCausalLM",
+        {
+            "vocab_size": 1000,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 8,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "max_position_embeddings": 512,
+        },
+    ),
     "trl-internal-testing/tiny-Qwen3ForCausalLM": (
         "Qwen3ForCausalLM",
         {
