@@ -48,14 +48,31 @@ PROMPT_CONFIGS = [
     "peftkit-fp32-unpacked",
     "peftkit-grouped-bf16-base",
 ]
-LR = {"lora": 1e-3, "prompt": 3e-2, "prefix": 1e-2}
+LR = {"lora": 1e-3, "prompt": 3e-2, "prefix": 1e-2, "loha": 1e-3, "lokr": 1e-3, "oft": 1e-3}
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 ADAPTERS: dict[str, dict[str, object]] = {
     "lora": LORA,
     "prompt": {"num_virtual_tokens": 8},
     "prefix": {"num_virtual_tokens": 20},
 }
-METHOD = {"lora": "lora", "prompt": "prompt_tuning", "prefix": "prefix_tuning"}
+# the LyCORIS methods and OFT on the same layers as LoRA (issue 44), their PEFT defaults otherwise
+QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ADAPTERS.update(
+    {
+        "loha": {"r": 8, "alpha": 16, "target_modules": QKVO},
+        "lokr": {"r": 8, "alpha": 16, "target_modules": QKVO},
+        "oft": {"r": 0, "oft_block_size": 32, "target_modules": QKVO},
+    }
+)
+METHOD = {
+    "lora": "lora",
+    "prompt": "prompt_tuning",
+    "prefix": "prefix_tuning",
+    "loha": "loha",
+    "lokr": "lokr",
+    "oft": "oft",
+}
+PEFT_CLASSES = {"loha": "LoHaConfig", "lokr": "LoKrConfig", "oft": "OFTConfig"}
 """peftkit-default: what a job gets without flags (``dtype: auto`` and ``train.packing: auto``,
 decided by peftkit.train.defaults: a bf16 base only where bf16 is native, packing for LoRA);
 -fp32-unpacked: the defaults before issue 22 (fp32, shuffled, unpacked); -default-compiled: the
@@ -102,6 +119,8 @@ def peft_config(method: str):  # type: ignore[no-untyped-def]
         return peft.PromptTuningConfig(task_type="CAUSAL_LM", **ADAPTERS["prompt"])  # type: ignore[arg-type]
     if method == "prefix":
         return peft.PrefixTuningConfig(task_type="CAUSAL_LM", **ADAPTERS["prefix"])  # type: ignore[arg-type]
+    if method in PEFT_CLASSES:
+        return getattr(peft, PEFT_CLASSES[method])(task_type="CAUSAL_LM", **ADAPTERS[method])
     return peft.LoraConfig(task_type="CAUSAL_LM", **LORA)  # type: ignore[arg-type]
 
 

@@ -3,6 +3,7 @@ message."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -310,6 +311,12 @@ def test_every_flag_comes_from_a_documented_schema_field() -> None:
         ),
         ("oft", "{target_modules: [q_proj]}", ["--adapter.oft_block_size", "4"], "OFTConfig"),
         (
+            "adalora",
+            "{init_r: 4, target_r: 2, total_step: 2, target_modules: [q_proj, v_proj]}",
+            ["--adapter.orth_reg_weight", "0.1"],
+            "AdaLoraConfig",
+        ),
+        (
             "trainable_tokens",
             "{token_indices: [4, 72, 75, 83, 87]}",  # characters of the training rows
             ["--adapter.init_weights", "true"],
@@ -384,3 +391,31 @@ def test_lora_on_expert_parameters_trains_from_yaml_and_loads_in_peft(
     inputs = {"input_ids": torch.tensor([[1, 75, 83, 4, 87, 60]])}
     torch.testing.assert_close(outputs(loaded, inputs), outputs(ours, inputs), rtol=0, atol=1e-6)
     assert not torch.equal(outputs(ours, inputs), outputs(moe(), inputs))
+
+
+def test_the_loop_applies_adaloras_term_and_budget(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """peftkit's loop adds AdaLoRA's orthogonality term to the loss and calls update_and_allocate
+    after every step: the saved ranks meet the target budget, and the first step's loss is higher
+    by about the term (fresh A and B: ||A A^T - I|| is about sqrt(r) each)."""
+    data = sentiment_csv(tmp_path / "d.csv", n=24)
+    first: dict[float, float] = {}
+    for weight in (0.0, 0.5):
+        out = tmp_path / f"run-{weight}"
+        config = tmp_path / "job.yaml"
+        config.write_text(
+            f"model: {model_dir}\nmethod: adalora\noutput_dir: {out}\n"
+            "adapter: {init_r: 4, target_r: 2, total_step: 4, tfinal: 1, "
+            f"orth_reg_weight: {weight}, target_modules: [q_proj, v_proj]}}\n"
+            f"data: {{path: {data}, mode: text, template: '{{text}} is {{label}}', val_size: 8}}\n"
+            "train: {max_steps: 4, lr: 0.01, progress: false, plot: false, log_every: 1}\n"
+        )
+        code, _, err = run(capsys, "train", "--config", config)
+        assert code == 0, err
+        saved = json.loads((out / "adapter_config.json").read_text())
+        kept = [sum(mask) for mask in saved["rank_pattern"].values()]
+        assert len(kept) == 4 and sum(kept) == 2 * 4  # target_r per layer, on average
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        first[weight] = next(r["loss"] for r in records if "loss" in r)
+    assert first[0.5] - first[0.0] == pytest.approx(0.5 * 2.0, abs=0.1)

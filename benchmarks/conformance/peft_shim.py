@@ -35,6 +35,7 @@ ALIASES: dict[str, str] = {
     "LoHaLayer": "peftkit.tuners.loha:LoHaLayer",
     "LoKrLayer": "peftkit.tuners.lokr:LoKrLayer",
     "OFTLayer": "peftkit.tuners.oft:OFTLayer",
+    "ParamWrapper": "peftkit.tuners.lora.param:LoraParam",
     "ModulesToSaveWrapper": "peftkit.tuners.modules_to_save:ModulesToSaveWrapper",
     "PromptEmbedding": "peftkit.tuners.prompt:PromptEmbedding",
     "PromptEncoder": "peftkit.tuners.prompt:PromptEncoder",

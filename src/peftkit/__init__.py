@@ -45,6 +45,7 @@ _EXPORTS: dict[str, str] = {  # public name -> the module that defines it
     "DataConfig": ".train",
     "DataError": ".errors",
     "HubError": ".errors",
+    "AdaLoraConfig": ".config",
     "IA3Config": ".config",
     "JobConfig": ".train",
     "LoHaConfig": ".config",
@@ -152,6 +153,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .common.outputs import OutputDirError
     from .compare import CompareConfig, compare
     from .config import (
+        AdaLoraConfig,
         IA3Config,
         LoHaConfig,
         LoKrConfig,
@@ -218,6 +220,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
 
 __all__ = [
     "PACKAGED_MODELS",
+    "AdaLoraConfig",
     "AdapterFormatError",
     "AdapterNotFoundError",
     "AdapterShapeError",

@@ -22,7 +22,14 @@ from typing import Any, ClassVar
 from .common.configfile import MAX_CONFIG_BYTES, read_json_file
 from .common.files import write_json_atomic
 from .common.schema import choice, fraction, is_int, positive, typecheck
-from .errors import AdapterFormatError, ConfigError, MissingKeysError, did_you_mean, short_repr
+from .errors import (
+    AdapterFormatError,
+    ConfigError,
+    ConfigTypeError,
+    MissingKeysError,
+    did_you_mean,
+    short_repr,
+)
 
 __all__ = [
     "IA3Config",
@@ -68,6 +75,7 @@ class PeftType(str, enum.Enum):
     LOKR = "LOKR"
     OFT = "OFT"
     TRAINABLE_TOKENS = "TRAINABLE_TOKENS"
+    ADALORA = "ADALORA"
 
 
 class TaskType(str, enum.Enum):
@@ -418,6 +426,16 @@ class LoraConfig(PeftConfig):
     """PEFT's runtime options (GPU offload); not saved, ignored."""
 
     peft_type: ClassVar[PeftType] = PeftType.LORA
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_parameters, str):  # an easy slip: target_modules takes a str
+            raise ConfigTypeError(
+                "`target_parameters` must be a list of strings or None. Got "
+                f"{self.target_parameters!r}: write [{self.target_parameters!r}]",
+                source=type(self).__name__,
+            )
+        super().__post_init__()
+
     _unsupported: ClassVar[dict[str, Any]] = {
         "layer_replication": None,
         "loftq_config": {},
@@ -977,6 +995,89 @@ class TrainableTokensConfig(PeftConfig):
         )
 
 
+@dataclass
+class AdaLoraConfig(LoraConfig):
+    """AdaLoRA: LoRA in SVD form (``B diag(E) A``) whose rank budget shrinks during training, the
+    least important singular values pruned, from ``init_r`` per layer to ``target_r`` on average.
+
+    Training needs the loop's help: an orthogonality term on A and B in the loss (``orth_reg_weight``)
+    and :meth:`~peftkit.PeftModel.update_and_allocate` after each optimizer step (peftkit's loop
+    calls it; with your own loop or ``transformers.Trainer``, call
+    ``model.base_model.update_and_allocate(step)`` after ``optimizer.step()`` and before
+    ``zero_grad()``). Field names and defaults are PEFT's; ``r`` is unused (``init_r`` is the
+    starting rank).
+    """
+
+    target_r: int = 8
+    """The average rank the budget reaches at the end of the pruning phase."""
+    init_r: int = 12
+    """Each layer's starting rank."""
+    tinit: int = 0
+    """Steps of warm-up before any pruning."""
+    tfinal: int = 0
+    """Steps at the end that train the final ranks without pruning."""
+    deltaT: int = 1
+    """Steps between two budget allocations in the pruning phase."""
+    beta1: float = 0.85
+    """EMA factor of the parameters' sensitivity."""
+    beta2: float = 0.85
+    """EMA factor of the sensitivity's uncertainty."""
+    orth_reg_weight: float = 0.5
+    """Weight of the orthogonality term (``||A A^T - I|| + ||B^T B - I||``) added to the loss."""
+    total_step: int | None = None
+    """Total optimizer steps of the run; required (the budget schedule reads it)."""
+    rank_pattern: dict[str, Any] | None = None  # type: ignore[assignment]
+    """The ranks the allocator kept, per layer (``<layer>.lora_E``: one bool per singular value);
+    written by training, read when loading."""
+
+    peft_type: ClassVar[PeftType] = PeftType.ADALORA
+
+    def record_ranks(self, pattern: dict[str, Any] | None) -> None:
+        """Training's one write into the config: the ranks the allocator kept (PEFT's config
+        carries them, and saving renames their keys in place, as PEFT does)."""
+        self.rank_pattern = pattern
+
+    def _validate(self, problems: list[str]) -> None:
+        kept, self.rank_pattern = self.rank_pattern, {}  # LoRA's rank_pattern means other things
+        try:
+            super()._validate(problems)
+        finally:
+            self.rank_pattern = kept
+        if self.use_dora:
+            problems.append("ADALORA does not support DoRA.")
+        if self.loftq_config:
+            problems.append("ADALORA does not support LOFTQ.")
+        if self.r != 8:
+            warnings.warn(
+                "Note that `r` is not used in AdaLora and will be ignored."
+                "If you intended to set the initial rank, use `init_r` instead.",
+                UserWarning,
+                stacklevel=4,
+            )
+        positive(problems, "init_r", self.init_r, integer=True, hint="12 is PEFT's default")
+        positive(problems, "target_r", self.target_r, integer=True, hint="8 is PEFT's default")
+        positive(problems, "deltaT", self.deltaT, integer=True)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                problems.append(f"{name}={short_repr(value)} must be between 0 and 1 (exclusive)")
+        if self.total_step is None or self.total_step <= 0:
+            problems.append(
+                "AdaLoRA does not work when `total_step` is None, supply a value > 0: the run's "
+                "number of optimizer steps (the budget schedule reads it)"
+            )
+        elif self.tinit >= self.total_step - self.tfinal:
+            problems.append(
+                "The supplied schedule values don't allow for a budgeting phase. Decrease "
+                "`tfinal`/`tinit` or increase `total_step`."
+            )
+        if self.orth_reg_weight < 0:
+            problems.append(
+                "`orth_reg_weight` should be greater than or equal to 0, but the value passed is "
+                f"{self.orth_reg_weight}"
+            )
+
+
 # by peft_type; peftkit.methods.register_method adds to it
 CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     PeftType.LORA: LoraConfig,
@@ -988,6 +1089,7 @@ CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     PeftType.LOKR: LoKrConfig,
     PeftType.OFT: OFTConfig,
     PeftType.TRAINABLE_TOKENS: TrainableTokensConfig,
+    PeftType.ADALORA: AdaLoraConfig,
 }
 
 # Keys PEFT writes that carry no meaning for loading.

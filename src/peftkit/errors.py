@@ -94,6 +94,11 @@ class MissingKeysError(ConfigError, TypeError):
     """A config file lacks a required key (``peft_type``); a TypeError too, as PEFT raises it."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A config field of the wrong kind where PEFT raises ``TypeError`` (``target_parameters`` as
+    one string)."""
+
+
 class TargetNotFoundError(UserInputError):
     """A ``target_modules`` entry matches no layer of the model."""
 

@@ -25,6 +25,8 @@ from torch import nn
 from . import surgery
 from .config import CONFIG_CLASSES, PeftConfig, PeftType
 from .errors import ConfigError, did_you_mean
+from .tuners import adalora as adalora_hooks
+from .tuners.adalora import AdaLoraLayer
 from .tuners.base import AdapterLayer
 from .tuners.ia3 import IA3Layer
 from .tuners.loha import LoHaLayer
@@ -68,6 +70,17 @@ class Method:
         layer_classes: the adapter layers it places; "all-linear" re-targets a layer of these
             classes, and a layer of another method's classes is never shared.
         prefix: what its tensors' names start with (``"lora_"``); None for prompt methods.
+        loss_term: a term the method adds to the model's loss while its adapter trains
+            (``loss_term(base_model, config, adapter_name)``, None for nothing): AdaLoRA's
+            orthogonality.
+        after_step: what the method does after each optimizer step
+            (``after_step(base_model, config, adapter_name, step, state)``, ``state`` a dict kept
+            per adapter), run by :meth:`~peftkit.PeftModel.update_and_allocate`: AdaLoRA's rank
+            allocation.
+        to_file: ``to_file(config, tensors, adapter_name) -> (config, tensors)``, the adapter as
+            its file holds it (AdaLoRA: the pruned ranks cut out).
+        before_load: ``before_load(base_model, config, adapter_name)``, the layers reshaped to
+            what a file holds before its tensors are copied in (AdaLoRA: cut to ``rank_pattern``).
     """
 
     name: str
@@ -78,6 +91,10 @@ class Method:
     prompt_module: Callable[[nn.Module, Any], nn.Module] | None = None
     layer_classes: tuple[type[nn.Module], ...] = ()
     prefix: str | None = None
+    loss_term: Callable[[nn.Module, Any, str], Any] | None = None
+    after_step: Callable[[nn.Module, Any, str, int, dict[str, Any]], None] | None = None
+    to_file: Callable[[Any, dict[str, Any], str], tuple[Any, dict[str, Any]]] | None = None
+    before_load: Callable[[nn.Module, Any, str], None] | None = None
 
     @property
     def is_prompt(self) -> bool:
@@ -207,6 +224,21 @@ def _register_builtins() -> None:
         ),
         ("ia3", PeftType.IA3, "IA3Model", surgery.inject_ia3, IA3Layer),
     ]
+    register_method(
+        Method(
+            "adalora",
+            PeftType.ADALORA.value,
+            CONFIG_CLASSES[PeftType.ADALORA],
+            "AdaLoraModel",
+            inject=surgery.inject_adalora,
+            layer_classes=(AdaLoraLayer,),
+            prefix=AdaLoraLayer.prefix,
+            loss_term=adalora_hooks.loss_term,
+            after_step=adalora_hooks.after_step,
+            to_file=adalora_hooks.to_file,
+            before_load=adalora_hooks.before_load,
+        )
+    )
     for name, peft_type, tuner, inject, layer in single_layer:
         register_method(
             Method(

@@ -169,9 +169,7 @@ def test_bad_targets_say_what_is_wrong() -> None:
         peftkit.get_peft_model(
             moe(), peftkit.LoraConfig(target_modules=[], target_parameters=["mlp.nope"])
         )
-    with pytest.raises(
-        ConfigError, match=r"target_parameters='mlp\.experts\.gate_up_proj' must be"
-    ):
+    with pytest.raises(TypeError, match="`target_parameters` must be a list of strings or None"):
         peftkit.LoraConfig(target_parameters="mlp.experts.gate_up_proj")
     with pytest.raises(ConfigError, match="must be a list of parameter names"):
         peftkit.LoraConfig(target_parameters=["mlp.experts.gate_up_proj", ""])
@@ -180,6 +178,16 @@ def test_bad_targets_say_what_is_wrong() -> None:
             tiny_model("llama"),
             peftkit.LoraConfig(target_modules=["q_proj"], target_parameters=["q_proj.weight"]),
         )
+
+
+def test_unmatched_target_modules_warn_when_parameters_match() -> None:
+    config = peftkit.LoraConfig(target_modules=["nope"], target_parameters=EXPERTS[:1])
+    with pytest.warns(RuntimeWarning, match="target_modules=.* were set but no module was matched"):
+        model = peftkit.get_peft_model(moe(), config)
+    assert model.targeted_parameter_names == [
+        f"model.layers.{i}.mlp.experts.gate_up_proj" for i in range(2)
+    ]
+    assert model.targeted_module_names == []
 
 
 def test_mixed_batches_are_refused() -> None:

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import torch
 
-from ..config import LoraConfig
+from ..config import AdaLoraConfig, LoraConfig
 from ..errors import ConfigError
 from ..surgery import adapter_layers
 from ..tuners.lora import LoraLinear
@@ -32,11 +32,11 @@ _MERGE_INSTEAD = "export the merged model instead: peftkit export BASE ADAPTER -
 
 
 def _check_exportable(config: Any, name: str) -> LoraConfig:
-    if not isinstance(config, LoraConfig):
+    if not isinstance(config, LoraConfig) or isinstance(config, AdaLoraConfig):
         raise ConfigError(
             f"adapter {name!r} is {config.peft_type_name}; llama.cpp applies only LoRA adapters. "
             f"For prompt tuning, p-tuning and prefix tuning there is no GGUF form; for IA3, "
-            f"{_MERGE_INSTEAD}"
+            f"AdaLoRA, LoHa, LoKr and OFT, {_MERGE_INSTEAD}"
         )
     problems = []
     if config.use_dora:

@@ -16,6 +16,7 @@ import torch
 
 from .. import surgery
 from ..config import PeftConfig, adopt
+from ..methods import method_for
 from ..tuners.prompt import model as prompting
 from . import format as fmt
 from . import weighted
@@ -44,6 +45,9 @@ def adapter_state_dict(
     if adapter_name in model.prompt_encoder:
         tensors = fmt.rebase_prompt_keys(tensors, to_file=True)
         tensors[fmt.PROMPT_KEY] = prompting.embeddings_to_save(model.prompt_encoder[adapter_name])
+    to_file = method_for(config).to_file
+    if to_file is not None:
+        _, tensors = to_file(config, tensors, adapter_name)
     return tensors
 
 
@@ -65,6 +69,9 @@ def save_pretrained(
             inference_mode=True,
         )
         tensors = adapter_state_dict(model, name, state_dict)
+        to_file = method_for(config).to_file
+        if to_file is not None:  # the file's form of the config (AdaLoRA's rank_pattern)
+            config, _ = to_file(config, {}, name)
         check_saveable(name, config, tensors)
         tensors.update(embedding_state(model, config, save_embedding_layers))
         if initial_folder is not None:
@@ -150,6 +157,9 @@ def load_adapter_state(
     """Copy tensors under the file's keys into adapter ``adapter_name``; see
     :meth:`peftkit.PeftModel.load_adapter_state`."""
     tensors = dict(tensors)
+    before_load = method_for(model.peft_config[adapter_name]).before_load
+    if before_load is not None:  # the layers cut to what the file holds (AdaLoRA)
+        before_load(model.get_base_model(), model.peft_config[adapter_name], adapter_name)
     if adapter_name in model.prompt_encoder:
         _load_prompt(model.prompt_encoder[adapter_name], tensors.pop(fmt.PROMPT_KEY, None), source)
         tensors = fmt.rebase_prompt_keys(tensors, to_file=False)

@@ -132,6 +132,18 @@ def check_new_adapter(name: str, config: object, held: dict[str, PeftConfig]) ->
         raise ConfigError(
             f"expected a peftkit config (e.g. LoraConfig), got {type(config).__name__}"
         )
+    trainable_ada = [
+        n for n, c in held.items() if c.peft_type == "ADALORA" and not c.inference_mode
+    ]
+    if (
+        getattr(config, "peft_type", None) == "ADALORA"
+        and not config.inference_mode
+        and trainable_ada
+    ):
+        raise ConfigError(
+            "AdaLoraModel supports only 1 trainable adapter. When using multiple adapters, set "
+            "inference_mode to True for all adapters except the one you want to train."
+        )
     params = getattr(config, "target_parameters", None)
     for other, held_config in held.items():
         theirs = getattr(held_config, "target_parameters", None)

@@ -98,6 +98,10 @@ class BaseModelHolder(nn.Module):
     def unmerge_adapter(self) -> None:
         self._peft().unmerge_adapter()
 
+    def update_and_allocate(self, global_step: int) -> None:
+        """AdaLoRA's step (PEFT calls it here): see :meth:`PeftModel.update_and_allocate`."""
+        self._peft().update_and_allocate(global_step)
+
     def merge_and_unload(
         self,
         progressbar: bool = False,

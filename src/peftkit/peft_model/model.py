@@ -28,6 +28,7 @@ from ..integrations import trainer as trainer_support
 from ..integrations.quantization import is_quantized_model
 from ..methods import method_for
 from ..surgery import tying
+from ..tuners.lora.param import LoraParam
 from ..tuners.prompt import model as prompting
 from . import adapter_io, weighted
 from .checks import (
@@ -83,6 +84,8 @@ class PeftModel(ModelWrapper):
         self._disabled = False
         # adapted layer names in the order adapters first reached them (PEFT's)
         self._targeted: list[str] = []
+        # per adapter, what its method keeps between optimizer steps (AdaLoRA's rank allocator)
+        self._step_state: dict[str, dict[str, Any]] = {}
         self.register_state_dict_post_hook(_drop_tied_aliases)
         # transformers.Trainer checkpoints and losses as for PEFT's models
         trainer_support.install(PeftModel)
@@ -285,6 +288,7 @@ class PeftModel(ModelWrapper):
         if adapter_name in self.prompt_encoder:
             del self.prompt_encoder[adapter_name]
         del self.peft_config[adapter_name]
+        self._step_state.pop(adapter_name, None)
         self._also_active = [n for n in self._also_active if n != adapter_name]
         if self.active_adapter == adapter_name and self.peft_config:
             self.set_adapter(next(iter(self.peft_config)))
@@ -358,6 +362,13 @@ class PeftModel(ModelWrapper):
                 adapters.
         """
         configs = [self._require(a) for a in adapters]
+        if any(method_for(c).name == "adalora" for c in configs):
+            raise TypeError("AdaLoraModel does not support add_weighted_adapter method.")  # PEFT's
+        if any(getattr(c, "target_parameters", None) for c in configs):
+            raise ConfigError(
+                "add_weighted_adapter with target_parameters adapters (LoRA on raw parameters) is "
+                "not supported by peftkit; combine adapters of target_modules only"
+            )
         weighted.check_no_shared_copies(
             surgery.shared_trainable_copies(self.get_base_model(), adapters)
         )
@@ -501,7 +512,44 @@ class PeftModel(ModelWrapper):
             if adapter_names is not None
             else contextlib.nullcontext()
         ):
-            return self._run_base(args, kwargs)
+            outputs = self._run_base(args, kwargs)
+        return self._add_loss_terms(outputs)
+
+    def _add_loss_terms(self, outputs: Any) -> Any:
+        """Add what a trainable adapter's method adds to the loss (AdaLoRA's orthogonality term),
+        as PEFT does whenever the model returns a loss: through a task's model (``task_type``
+        set); PEFT's plain ``PeftModel`` calls the base model directly and adds nothing."""
+        loss = getattr(outputs, "loss", None)
+        if not isinstance(loss, torch.Tensor) or self.task_type is None:
+            return outputs
+        extra = self.loss_terms()
+        if extra is not None:
+            outputs.loss = outputs.loss + extra
+        return outputs
+
+    def loss_terms(self) -> torch.Tensor | None:
+        """What the trainable adapters' methods add to a training loss (AdaLoRA's orthogonality
+        term), or None. A loop that computes its own loss from the logits adds this once per
+        optimizer step (peftkit's does)."""
+        total: torch.Tensor | None = None
+        for name, config in self.peft_config.items():
+            term = method_for(config).loss_term
+            if term is not None and not config.inference_mode:
+                extra = term(self.get_base_model(), config, name)
+                if extra is not None:
+                    total = extra if total is None else total + extra
+        return total
+
+    def update_and_allocate(self, global_step: int) -> None:
+        """After each optimizer step, before ``zero_grad()``: what the trainable adapters' methods
+        do then (AdaLoRA scores its ranks and prunes them to the step's budget). peftkit's loop
+        calls it; PEFT's code calls ``model.base_model.update_and_allocate(step)``, which lands
+        here. A no-op for methods that need nothing."""
+        for name, config in self.peft_config.items():
+            hook = method_for(config).after_step
+            if hook is not None and not config.inference_mode:
+                state = self._step_state.setdefault(name, {})
+                hook(self.get_base_model(), config, name, global_step, state)
 
     def _run_base(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         prompt, base = self._prompt_module(), self.get_base_model()
@@ -799,10 +847,28 @@ class PeftModel(ModelWrapper):
         """The names of the base model's layers that hold an adapter, in the order the adapters
         first reached them (PEFT's attribute of the same name; layers of deleted adapters are left
         out)."""
-        held = surgery.adapted_layer_names(self.get_base_model())
+        base = self.get_base_model()
+        params = {n for n, m in base.named_modules() if isinstance(m, LoraParam)}
+        held = [n for n in surgery.adapted_layer_names(base) if n not in params]
         return [n for n in self._targeted if n in held] + [
             n for n in held if n not in self._targeted
         ]
+
+    @property
+    def targeted_parameter_names(self) -> list[str]:
+        """The raw parameters LoRA adapts (``target_parameters``), as ``<module>.<parameter>``
+        (PEFT's attribute): in the model's order, each module's in the order it registered them."""
+        found = []
+        for name, module in self.get_base_model().named_modules():
+            if isinstance(module, LoraParam) and not name.endswith("base_layer"):  # outermost
+                wrapped, layer = set(), cast(nn.Module, module)
+                while isinstance(layer, LoraParam):
+                    wrapped.add(layer.parameter_name)
+                    layer = layer.base_layer
+                found += [
+                    f"{name}.{p}" for p, _ in layer.named_parameters(recurse=False) if p in wrapped
+                ]
+        return found
 
 
 def _checkpointing(model: nn.Module) -> bool:

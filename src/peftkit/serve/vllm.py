@@ -9,7 +9,7 @@ changed the base weights, which vLLM does not have). peftkit's own server serves
 
 from __future__ import annotations
 
-from ..config import LoraConfig, PeftConfig
+from ..config import AdaLoraConfig, LoraConfig, PeftConfig
 
 __all__ = ["VLLM_MAX_LORA_RANK", "vllm_problems"]
 
@@ -20,7 +20,7 @@ VLLM_MAX_LORA_RANK = 16
 def vllm_problems(config: PeftConfig, max_lora_rank: int = VLLM_MAX_LORA_RANK) -> list[str]:
     """Why vLLM would refuse the adapter ``config`` describes (vLLM's words where it has them);
     empty when it would load it."""
-    if not isinstance(config, LoraConfig):
+    if not isinstance(config, LoraConfig) or isinstance(config, AdaLoraConfig):
         return [f"vLLM serves LoRA adapters only, not {config.peft_type_name}"]
     problems = []
     if config.modules_to_save:

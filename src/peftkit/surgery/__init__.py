@@ -16,6 +16,7 @@ from .combine import COMBINATIONS, combine_ia3, combine_lora
 from .inject import (
     add_modules_to_save,
     held_layout,
+    inject_adalora,
     inject_ia3,
     inject_loha,
     inject_lokr,
@@ -90,6 +91,7 @@ __all__ = [
     "disabled_states",
     "get_submodules",
     "held_layout",
+    "inject_adalora",
     "inject_ia3",
     "inject_loha",
     "inject_lokr",

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..common.memory import check_allocation
 from ..config import (
+    AdaLoraConfig,
     IA3Config,
     LoHaConfig,
     LoKrConfig,
@@ -23,6 +24,7 @@ from ..config import (
     TrainableTokensConfig,
 )
 from ..errors import ConfigError, TargetNotFoundError, short_repr
+from ..tuners.adalora import AdaLoraLayer
 from ..tuners.base import AdapterLayer
 from ..tuners.ia3 import IA3Conv, IA3Layer, IA3Linear
 from ..tuners.loha import LoHaLayer
@@ -37,6 +39,7 @@ from ..tuners.trainable_tokens import TrainableTokensLayer
 from . import tying
 from .keys import adapter_parameters, layer_adapter_names
 from .state import adapter_layers
+from .tables import ADALORA_TARGET_MODULES
 from .targets import (
     candidate_modules,
     check_target_list,
@@ -82,6 +85,14 @@ def parameter_targets(model: nn.Module, targets: Collection[str]) -> list[tuple[
     The module name is the owner's, without the wrappers' ``base_layer`` steps."""
     found = []
     for module_name, module in model.named_modules():
+        for param_name in getattr(module, "parametrizations", {}):
+            key = f"{_strip_wrappers(module_name)}.{param_name}"
+            if key in targets or any(key.endswith(f".{t}") for t in targets):
+                raise ConfigError(
+                    f"target_parameters: {key!r} is parametrized (torch.nn.utils.parametrize); LoRA on "
+                    "a parametrized parameter is not supported by peftkit. Remove the "
+                    "parametrization first, or target the module with target_modules"
+                )
         for param_name, _ in module.named_parameters(recurse=False):
             owner_name = _strip_wrappers(module_name)
             key = f"{owner_name}.{param_name}"
@@ -172,6 +183,17 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
     keys = [name for name in candidates if is_target(config, name)]
     if tie_how == "target_modules":
         keys = [k for k in keys if not any(k == t or k.endswith(f".{t}") for t in tied)]
+    if not keys and config.target_parameters:
+        # PEFT's warning: the parameters may still match (checked below)
+        warnings.warn(
+            f"target_modules={config.target_modules} were set but no module was matched.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if not inject_lora_parameters(model, config, adapter_name):
+            raise no_target_error(model, config, candidates)
+        add_token_rows(model, config, adapter_name)
+        return config
     if not keys:
         raise no_target_error(model, config, candidates)
     if user_given:  # checked before any change, so a typo leaves the model untouched
@@ -308,6 +330,50 @@ def _check_lora_size(model: nn.Module, config: LoraConfig, keys: list[str]) -> N
     )
 
 
+def inject_adalora(model: nn.Module, config: AdaLoraConfig, adapter_name: str) -> AdaLoraConfig:
+    """Add AdaLoRA adapter ``adapter_name`` (rank ``init_r``) to every linear layer ``config``
+    targets (PEFT's AdaLoRA defaults when empty).
+
+    Returns:
+        ``config`` resolved against the model (targets listed, ``fan_in_fan_out`` for GPT-2's
+        Conv1D); ``config`` itself is not changed.
+    """
+    if config.target_modules is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in ADALORA_TARGET_MODULES:
+            raise ConfigError(
+                f"Please specify `target_modules` in `peft_config`: AdaLoRA has no default for model type "
+                f"{model_type!r}; name the linear layers to adapt, e.g. ['q_proj', 'v_proj']"
+            )
+        default = ADALORA_TARGET_MODULES[model_type]
+        config = cast(
+            AdaLoraConfig,
+            config.replace(target_modules=default if isinstance(default, str) else set(default)),
+        )
+    conv1d = conv1d_type()
+    transposed: list[str] = []
+
+    def add(layer: AdaLoraLayer, key: str) -> None:
+        if layer.fan_in_fan_out:
+            transposed.append(key)
+        layer.add_adapter(
+            adapter_name,
+            config.init_r,
+            config.lora_alpha,
+            config.lora_dropout,
+            config.init_lora_weights,
+        )
+
+    def wrap(module: nn.Module) -> AdaLoraLayer:
+        return AdaLoraLayer(
+            module, fan_in_fan_out=conv1d is not None and isinstance(module, conv1d)
+        )
+
+    kinds = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
+    config = _inject_wrapping(model, config, AdaLoraLayer, "AdaLoRA", add, kinds, make=wrap)
+    return cast(AdaLoraConfig, config.replace(fan_in_fan_out=True)) if transposed else config
+
+
 def inject_ia3(model: nn.Module, config: IA3Config, adapter_name: str) -> IA3Config:
     """Add IA3 adapter ``adapter_name`` to every layer ``config`` targets (architecture defaults
     when empty).
@@ -430,9 +496,10 @@ def _inject_wrapping(
     method: str,
     add: Callable[[Any, str], None],
     kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d),
+    make: Callable[[nn.Module], AdapterLayer] | None = None,
 ) -> Any:
-    """Wrap each targeted layer of ``kinds`` in ``layer_class`` (or reuse the one there) and
-    ``add(layer, key)`` the adapter to it."""
+    """Wrap each targeted layer of ``kinds`` in ``layer_class`` (built by ``make`` when given) or
+    reuse the one there, and ``add(layer, key)`` the adapter to it."""
     tying.warn_or_plan(model, config)  # PEFT's warning when a tied layer is adapted, untied
     config, user_given = resolve_target_modules(model, config)
     candidates = [name for name, _ in candidate_modules(model)]
@@ -451,7 +518,7 @@ def _inject_wrapping(
                 f"share a layer with another method, choose other target_modules"
             )
         elif isinstance(module, kinds):
-            layer = layer_class(module)
+            layer = make(module) if make else layer_class(module)
         else:
             names = " or ".join(f"nn.{kind.__name__}" for kind in kinds)
             raise TargetNotFoundError(

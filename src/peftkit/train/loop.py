@@ -243,7 +243,7 @@ class Run:
         # DDP and FSDP average gradients over processes; the loss is scaled so that they add up
         # instead.
         scale = self.procs.world_size / max(n_targets, 1)
-        local_loss = 0.0
+        local_loss, term_value = 0.0, 0.0
         passes = [part for rows in micro for part in self._passes(rows)]
         for i, (rows, weight) in enumerate(passes):
             batch = [examples[j] for j in rows]
@@ -264,13 +264,21 @@ class Run:
                     losses, _ = row_losses(self.forward_model, inputs, labels)
                 loss_sum = losses.sum() * weight
                 loss = loss_sum * scale
+                if i == len(passes) - 1:  # a method's own term (AdaLoRA's), once per step
+                    term = self._loss_terms()
+                    if term is not None:
+                        loss, term_value = loss + term, float(term.detach())
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             local_loss += float(loss_sum.detach())
         total_loss = self.procs.sum([local_loss])[0]
         if not math.isfinite(total_loss):
             self._refuse_step(total_loss)
         self._apply_step()
-        return total_loss / max(n_targets, 1), tokens
+        return total_loss / max(n_targets, 1) + term_value, tokens
+
+    def _loss_terms(self) -> torch.Tensor | None:
+        terms = getattr(self.model, "loss_terms", None)
+        return terms() if callable(terms) else None
 
     def _passes(self, rows: list[int]) -> list[tuple[list[int], float]]:
         """This process's forward passes for micro-batch ``rows``, as (examples, loss weight): its
@@ -310,6 +318,10 @@ class Run:
         else:
             self.optimizer.step()
         self.scheduler.step()
+        # after the step, with the gradients still there: AdaLoRA scores and prunes its ranks
+        update = getattr(self.model, "update_and_allocate", None)
+        if callable(update):
+            update(self.step)
         self.optimizer.zero_grad(set_to_none=True)
 
     # --- stopping ---
