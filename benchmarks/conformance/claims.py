@@ -107,7 +107,6 @@ UNCLAIMED: dict[str, str] = {
     **{
         m: "method not claimed"
         for m in [
-            "adalora",
             "glora",
             "vera",
             "boft",

@@ -332,6 +332,7 @@ METHODS = {  # a test's method, from the config class or word in its id
     "lokr": re.compile(r"lokr", re.I),
     # not BOFT, not LoftQ
     "oft": re.compile(r"(?<![a-z])oft", re.I),
+    "adalora": re.compile(r"adalora", re.I),
     "lora": re.compile(r"lora|dora|pissa|olora", re.I),
 }
 
