@@ -1038,11 +1038,13 @@ class AdaLoraConfig(LoraConfig):
         self.rank_pattern = pattern
 
     def _validate(self, problems: list[str]) -> None:
-        kept, self.rank_pattern = self.rank_pattern, {}  # LoRA's rank_pattern means other things
+        # LoRA's rank_pattern means other things; "adalora_only" is PEFT's <method>_only bias
+        kept, self.rank_pattern = self.rank_pattern, {}
+        bias, self.bias = self.bias, "lora_only" if self.bias == "adalora_only" else self.bias
         try:
             super()._validate(problems)
         finally:
-            self.rank_pattern = kept
+            self.rank_pattern, self.bias = kept, bias
         if self.use_dora:
             problems.append("ADALORA does not support DoRA.")
         if self.loftq_config:
@@ -1063,8 +1065,8 @@ class AdaLoraConfig(LoraConfig):
                 problems.append(f"{name}={short_repr(value)} must be between 0 and 1 (exclusive)")
         if self.total_step is None or self.total_step <= 0:
             problems.append(
-                "AdaLoRA does not work when `total_step` is None, supply a value > 0: the run's "
-                "number of optimizer steps (the budget schedule reads it)"
+                "AdaLoRA does not work when `total_step` is None, supply a value > 0. It is the "
+                "run's number of optimizer steps (the budget schedule reads it)"
             )
         elif self.tinit >= self.total_step - self.tfinal:
             problems.append(

@@ -11,7 +11,14 @@ import gguf
 import pytest
 import torch
 
-from peftkit import IA3Config, LoraConfig, PromptTuningConfig, get_peft_model
+from peftkit import (
+    AdaLoraConfig,
+    IA3Config,
+    LoHaConfig,
+    LoraConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
 from peftkit.errors import ConfigError
 from peftkit.export import export_gguf_lora
 from peftkit.export.gguf_model import model_tensors
@@ -89,8 +96,10 @@ def test_file_says_what_it_is(tmp_path: Path) -> None:
             "is IA3",
         ),
         (PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4), "no GGUF form"),
+        (AdaLoraConfig(target_modules=["q_proj"], init_r=4, total_step=4), "is ADALORA"),
+        (LoHaConfig(r=2, target_modules=["q_proj"]), "is LOHA"),
     ],
-    ids=["dora", "modules_to_save", "embedding", "ia3", "prompt"],
+    ids=["dora", "modules_to_save", "embedding", "ia3", "prompt", "adalora", "loha"],
 )
 def test_what_llama_cpp_cannot_apply_is_refused_with_merge_as_the_way_out(
     tmp_path: Path, config: Any, message: str

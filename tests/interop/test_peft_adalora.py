@@ -175,3 +175,36 @@ def test_under_transformers_trainer_equals_peft(tmp_path: Path) -> None:
     assert len(losses["peftkit"]) == 6
     assert losses["peftkit"] == pytest.approx(losses["peft"], rel=0, abs=1e-6)
     assert losses["peftkit/kept"] == losses["peft/kept"]
+
+
+def test_conv2d_equals_peft_and_merges() -> None:
+    from tests.interop.test_peft_conv import ConvModel, X
+
+    got = {}
+    for lib in (peft, peftkit):
+        torch.manual_seed(0)
+        base = ConvModel()
+        torch.manual_seed(1)
+        config = lib.AdaLoraConfig(
+            target_modules=["c2", "head"], init_r=4, total_step=4, init_lora_weights=False
+        )
+        got[lib.__name__] = lib.get_peft_model(base, config).eval()
+    with torch.no_grad():
+        expected = got["peft"](X)
+        torch.testing.assert_close(got["peftkit"](X), expected, rtol=0, atol=0)
+        got["peftkit"].merge_adapter()
+        torch.testing.assert_close(got["peftkit"](X), expected, rtol=0, atol=1e-5)
+
+
+def test_the_base_state_dict_leaves_out_ranknum() -> None:
+    model = _model(peftkit)
+    keys = peftkit.get_base_model_state_dict(model).keys()
+    assert keys == tiny_model("llama").state_dict().keys()
+
+
+def test_a_grouped_convolution_is_refused_at_once() -> None:
+    from tests.interop.test_peft_conv import ConvModel
+
+    config = peftkit.AdaLoraConfig(target_modules=["c2"], init_r=4, total_step=4)
+    with pytest.raises(ConfigError, match=r"grouped convolution \(groups=2\)"):
+        peftkit.get_peft_model(ConvModel(groups=2), config)

@@ -82,7 +82,7 @@ def lora_state_dict(
         out.update(
             {k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k}
         )
-    elif bias == "lora_only":
+    elif bias in ("lora_only", "adalora_only"):
         lora_paths = {k.split(".lora_")[0] for k in out if ".lora_" in k}
         out.update(
             {

@@ -364,11 +364,12 @@ class PeftModel(ModelWrapper):
         configs = [self._require(a) for a in adapters]
         if any(method_for(c).name == "adalora" for c in configs):
             raise TypeError("AdaLoraModel does not support add_weighted_adapter method.")  # PEFT's
-        if any(getattr(c, "target_parameters", None) for c in configs):
-            raise ConfigError(
-                "add_weighted_adapter with target_parameters adapters (LoRA on raw parameters) is "
-                "not supported by peftkit; combine adapters of target_modules only"
-            )
+        for name, c in zip(adapters, configs, strict=True):
+            if getattr(c, "target_parameters", None):  # PEFT's refusal, in its words
+                raise ConfigError(
+                    f"add_weighted_adapter does not support targeting nn.Parameter (problematic adapter "
+                    f"'{name}'): combine adapters of target_modules only"
+                )
         weighted.check_no_shared_copies(
             surgery.shared_trainable_copies(self.get_base_model(), adapters)
         )

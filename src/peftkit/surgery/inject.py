@@ -369,7 +369,7 @@ def inject_adalora(model: nn.Module, config: AdaLoraConfig, adapter_name: str) -
             module, fan_in_fan_out=conv1d is not None and isinstance(module, conv1d)
         )
 
-    kinds = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
+    kinds = (nn.Linear, nn.Conv2d) if conv1d is None else (nn.Linear, conv1d, nn.Conv2d)
     config = _inject_wrapping(model, config, AdaLoraLayer, "AdaLoRA", add, kinds, make=wrap)
     return cast(AdaLoraConfig, config.replace(fan_in_fan_out=True)) if transposed else config
 
@@ -577,7 +577,7 @@ def mark_trainable(
         for name, param in model.named_parameters():
             if name == "bias" or name.endswith(".bias"):
                 param.requires_grad_(True)
-    elif bias == "lora_only":
+    elif bias in ("lora_only", "adalora_only"):  # AdaLoRA's name for it (PEFT's <method>_only)
         for _, layer in adapter_layers(model):
             if (
                 isinstance(layer, LoraLayer)

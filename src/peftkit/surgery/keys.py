@@ -64,6 +64,12 @@ def _original_names(model: nn.Module) -> dict[str, str]:
         for key, layer in adapter_layers(model)
         for adapter in layer_adapter_names(layer)
         for local, _, _ in layer.adapter_parameters(adapter)
+    } | {
+        f"{key}.{local}"
+        for key, layer in adapter_layers(model)
+        if isinstance(layer, AdapterLayer)
+        for adapter in layer_adapter_names(layer)
+        for local in layer.bookkeeping(adapter)
     }
     return {
         key: ".".join(p for p in key.split(".") if p not in ("base_layer", "original_module"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdapterStateError, ConfigError
@@ -36,7 +37,9 @@ __all__ = [
 
 
 class AdaLoraLayer(LoraLayer):
-    """AdaLoRA around ``nn.Linear`` or GPT-2's ``Conv1D`` (``fan_in_fan_out``)."""
+    """AdaLoRA around ``nn.Linear``, GPT-2's ``Conv1D`` (``fan_in_fan_out``) or ``nn.Conv2d`` (A
+    then spans ``in_channels * kh * kw``, and the update is a convolution with the base's stride,
+    padding, dilation and groups, as in PEFT's ``SVDConv2d``)."""
 
     repr_name = "adalora.SVDLinear"
     # ranknum (the initial rank, a frozen tensor) is not an adapter tensor: never trained, never
@@ -45,7 +48,21 @@ class AdaLoraLayer(LoraLayer):
 
     def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False) -> None:
         super().__init__(base_layer)
-        self._set_features(fan_in_fan_out)
+        self.conv = isinstance(base_layer, nn.Conv2d)
+        if self.conv:
+            conv = cast(nn.Conv2d, base_layer)
+            if conv.groups != 1:  # PEFT builds one and fails at the first forward (a shape error)
+                raise ConfigError(
+                    f"AdaLoRA on a grouped convolution (groups={conv.groups}) is not supported: its "
+                    "update spans all input channels. Leave this layer out of target_modules"
+                )
+            self.fan_in_fan_out = False
+            self.in_features, self.out_features = conv.in_channels, conv.out_channels
+            self._a_width = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            self.repr_name = "adalora.SVDConv2d"
+        else:
+            self._set_features(fan_in_fan_out)
+            self._a_width = self.in_features
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         self.lora_E = nn.ParameterDict()
@@ -65,7 +82,7 @@ class AdaLoraLayer(LoraLayer):
         if r < 0:
             raise ConfigError(f"`r` should be a positive integer or 0, but the value passed is {r}")
         device = self.weight.device
-        self.lora_A[name] = nn.Parameter(torch.randn(r, self.in_features).to(device))
+        self.lora_A[name] = nn.Parameter(torch.randn(r, self._a_width).to(device))
         self.lora_E[name] = nn.Parameter(torch.randn(r, 1).to(device))
         self.lora_B[name] = nn.Parameter(torch.randn(self.out_features, r).to(device))
         ranknum = torch.randn(1)  # drawn, then filled: the random stream stays PEFT's
@@ -85,6 +102,9 @@ class AdaLoraLayer(LoraLayer):
         if name in self.ranknum:
             del self.ranknum[name]
 
+    def bookkeeping(self, name: str) -> list[str]:
+        return [f"ranknum.{name}"] if name in self.ranknum else []
+
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         if name not in self.lora_A:
             return None
@@ -99,7 +119,9 @@ class AdaLoraLayer(LoraLayer):
             @ (self.lora_A[name] * self.lora_E[name])
             * self.scaling[name]
             / (self.ranknum[name] + 1e-5)
-        )  # (out, in)
+        )  # (out, in), or (out, in * kh * kw) for a convolution
+        if self.conv:
+            return delta.reshape(self.weight.shape)
         return delta.T if self.fan_in_fan_out else delta
 
     def _merge_one(self, name: str) -> None:
@@ -115,6 +137,18 @@ class AdaLoraLayer(LoraLayer):
         for name in pending:
             a, b, e = self.lora_A[name], self.lora_B[name], self.lora_E[name]
             h = self.lora_dropout[name](x.to(a.dtype))
+            if self.conv:
+                conv = cast(nn.Conv2d, self.base_layer)
+                update = F.conv2d(
+                    h,
+                    self.delta_weight(name),
+                    stride=conv.stride,
+                    padding=conv.padding,
+                    dilation=conv.dilation,
+                    groups=conv.groups,
+                )
+                result = result + update.to(result.dtype)
+                continue
             # PEFT's expression, in its order: the same rounding
             update = (h @ (a * e).T @ b.T) * self.scaling[name] / (self.ranknum[name] + 1e-5)
             result = result + update.to(result.dtype)

@@ -156,6 +156,11 @@ class AdapterLayer(nn.Module):
         ``adapter_names``)."""
         return False
 
+    def bookkeeping(self, name: str) -> list[str]:
+        """Local names of adapter ``name``'s tensors that are neither trained nor saved (AdaLoRA's
+        ``ranknum``): not adapter tensors, and not base weights either."""
+        return []
+
     def set_active(self, names: list[str]) -> None:
         """Apply exactly these adapters (those this layer holds) in ``forward``. ``active_adapters``
         keeps every name, held here or not, as PEFT's layers do (a model's adapters may adapt
