@@ -429,3 +429,33 @@ def test_report_to_tensorboard_gets_the_metrics_of_metrics_jsonl(tmp_path: Path,
 def test_report_to_names_a_known_tracker(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train\.report_to"):
         job(tmp_path, report_to=["tensorbord"])
+
+
+def test_adalora_resumes_with_its_scores_and_ranks(tmp_path: Path, chars, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The rank allocator's smoothed scores and kept ranks ride in the checkpoint: a run cut after
+    step 3 and resumed from step 2 ends with the uninterrupted run's adapter and ranks."""
+    import dataclasses
+
+    def adalora(out: str, **fields: object) -> JobConfig:
+        base = job(tmp_path, out, save_every=2, lr=1e-2, max_steps=6, **fields)
+        adapter = {"init_r": 4, "target_r": 2, "total_step": 6, "tinit": 1, "tfinal": 2}
+        return dataclasses.replace(
+            base, method="adalora", adapter={**adapter, "target_modules": ["q_proj", "v_proj"]}
+        )
+
+    full = train(adalora("full"), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        crash_at(patch, 4)
+        train(adalora("cut"), model=tiny_model("llama"), tokenizer=chars, log=quiet)
+    resumed = train(
+        adalora("cut", resume=True), model=tiny_model("llama"), tokenizer=chars, log=quiet
+    )
+    a, b = adapter_tensors(full.output_dir), adapter_tensors(resumed.output_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+    ranks = [
+        json.loads((r.output_dir / "adapter_config.json").read_text())["rank_pattern"]
+        for r in (full, resumed)
+    ]
+    assert ranks[0] == ranks[1] and ranks[0]

@@ -541,6 +541,15 @@ class PeftModel(ModelWrapper):
                     total = extra if total is None else total + extra
         return total
 
+    def step_state(self) -> dict[str, dict[str, Any]]:
+        """What the methods keep between optimizer steps, per adapter (AdaLoRA's scores and kept
+        ranks): plain tensors, lists and numbers, for a training checkpoint."""
+        return self._step_state
+
+    def load_step_state(self, state: dict[str, dict[str, Any]]) -> None:
+        """Put back :meth:`step_state` from a checkpoint."""
+        self._step_state = {name: dict(held) for name, held in state.items()}
+
     def update_and_allocate(self, global_step: int) -> None:
         """After each optimizer step, before ``zero_grad()``: what the trainable adapters' methods
         do then (AdaLoRA scores its ranks and prunes them to the step's budget). peftkit's loop

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -184,6 +184,9 @@ class Run:
         }
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        step_state = getattr(self.model, "step_state", None)
+        if callable(step_state) and step_state():
+            state["method_state"] = step_state()  # AdaLoRA's scores and kept ranks
         rng_per_rank = self.procs.gather(ckpt.rng_state())
         if self.procs.distributed:
             state["rng_per_rank"] = rng_per_rank
@@ -211,6 +214,8 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if "method_state" in state:
+            cast(Any, self.model).load_step_state(state["method_state"])
         self.step, self.position = int(state["step"]), int(state["micro_batches"])
         self.before = dict(state.get("before") or {}) or None
         self.tokens_seen, self.train_time = (

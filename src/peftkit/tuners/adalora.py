@@ -204,10 +204,17 @@ def resize_to_pattern(model: nn.Module, pattern: dict[str, Any], adapter: str) -
 class RankAllocator:
     """PEFT's rank allocator for one trainable AdaLoRA adapter of ``model`` (the base model)."""
 
-    def __init__(self, model: nn.Module, config: Any, adapter: str) -> None:
+    def __init__(
+        self, model: nn.Module, config: Any, adapter: str, state: dict[str, Any] | None = None
+    ) -> None:
+        """``state``: where the smoothed scores live (three dicts of tensors, plain data that a
+        checkpoint can hold); a fresh dict when not given."""
         self.config = config
         self.adapter = adapter
-        self.reset_ipt()
+        state = {} if state is None else state
+        self.ipt: dict[str, torch.Tensor] = state.setdefault("ipt", {})
+        self.exp_avg_ipt: dict[str, torch.Tensor] = state.setdefault("exp_avg_ipt", {})
+        self.exp_avg_unc: dict[str, torch.Tensor] = state.setdefault("exp_avg_unc", {})
         self.init_bgt = 0
         names = set()
         for n, p in model.named_parameters():
@@ -218,9 +225,8 @@ class RankAllocator:
         self.target_bgt = config.target_r * len(self.name_set)
 
     def reset_ipt(self) -> None:
-        self.ipt: dict[str, torch.Tensor] = {}
-        self.exp_avg_ipt: dict[str, torch.Tensor] = {}
-        self.exp_avg_unc: dict[str, torch.Tensor] = {}
+        for scores in (self.ipt, self.exp_avg_ipt, self.exp_avg_unc):
+            scores.clear()  # in place: the dicts are the caller's state
 
     def budget_schedule(self, step: int) -> tuple[int, bool]:
         """(budget, whether to mask now): constant, then a cubic fall, then the target."""
@@ -334,11 +340,13 @@ def loss_term(model: nn.Module, config: Any, adapter: str) -> torch.Tensor | Non
 def after_step(
     model: nn.Module, config: Any, adapter: str, step: int, state: dict[str, Any]
 ) -> None:
-    """PEFT's ``update_and_allocate(step)``: the allocator lives in ``state``."""
-    allocator = state.get("allocator")
-    if allocator is None:
-        allocator = state["allocator"] = RankAllocator(model, config, adapter)
-    allocate(model, allocator, config, step)
+    """PEFT's ``update_and_allocate(step)``. ``state`` holds the allocator's scores and the ranks
+    kept so far, plain tensors and lists, so a checkpoint carries them and a resumed run prunes as
+    the uninterrupted one does."""
+    if config.rank_pattern is None and state.get("rank_pattern") is not None:
+        config.record_ranks(state["rank_pattern"])  # a resumed run: the config starts empty
+    allocate(model, RankAllocator(model, config, adapter, state), config, step)
+    state["rank_pattern"] = config.rank_pattern
 
 
 def _pattern_for_file(pattern: dict[str, Any], adapter: str) -> dict[str, Any]:
