@@ -54,11 +54,11 @@ def cast_adapter_to_layers(model: nn.Module, name: str) -> None:
             held.to(layer.weight.dtype)
         else:
             held.data = held.data.to(layer.weight.dtype)
-    for _, layer in adapter_layers(model):  # and their bookkeeping (AdaLoRA's ranknum), as PEFT
-        if isinstance(layer, AdapterLayer):
-            for local in layer.bookkeeping(name):
-                tensor = layer.get_parameter(local)
-                tensor.data = tensor.data.to(layer.weight.dtype)
+    for _, holder in adapter_layers(model):  # and their bookkeeping (AdaLoRA's ranknum), as PEFT
+        if isinstance(holder, AdapterLayer):
+            for local in holder.bookkeeping(name):
+                tensor = holder.get_parameter(local)
+                tensor.data = tensor.data.to(holder.weight.dtype)
 
 
 def _original_names(model: nn.Module) -> dict[str, str]:
