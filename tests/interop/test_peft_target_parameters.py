@@ -192,7 +192,7 @@ def test_unmatched_target_modules_warn_when_parameters_match() -> None:
 
 def test_mixed_batches_are_refused() -> None:
     model = _moe(peftkit)
-    with pytest.raises(ConfigError, match="mixed batch"):
+    with pytest.raises(ConfigError, match="does not support mixed adapter batches"):
         model(**IDS, adapter_names=["default", "__base__"])
 
 

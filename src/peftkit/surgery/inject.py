@@ -119,7 +119,8 @@ def inject_lora_parameters(model: nn.Module, config: LoraConfig, adapter_name: s
         holder = model.get_submodule(owner_name)
         if isinstance(holder, AdapterLayer) and not isinstance(holder, LoraParam):
             raise ConfigError(
-                f"Trying to wrap an `nn.Parameter` of layer '{owner_name}' of type {type(holder).__name__}, "
+                f"Trying to wrap an `nn.Parameter` of layer '{owner_name}' of type "
+                f"{type(holder.base_layer).__name__}, "
                 "which is not a valid target. Make sure that this layer is not also targeted with "
                 "`target_modules`. For some models, PEFT will do this automatically, try setting "
                 "`target_modules=[]` to prevent it."
@@ -163,7 +164,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         if not inject_lora_parameters(model, config, adapter_name):
             raise TargetNotFoundError(
                 "No `target_modules` passed but also no `target_parameters` found. Please check the "
-                f"values for these arguments: target_parameters={list(config.target_parameters)} matched "
+                f"values for these arguments. target_parameters={list(config.target_parameters)} matched "
                 "no parameter (name them as '<module>.<parameter>', e.g. 'mlp.experts.gate_up_proj')."
             )
         add_token_rows(model, config, adapter_name)

@@ -16,6 +16,7 @@ from ..tuners.base import AdapterLayer
 from ..tuners.lora import LoraLinear
 from ..tuners.lora.conv import LoraConv
 from ..tuners.lora.embedding import LoraEmbedding
+from ..tuners.lora.param import LoraParam
 from ..tuners.modules_to_save import ModulesToSaveWrapper
 from ..tuners.rows import BASE_ROW, RowGroups, group_rows
 from .targets import set_submodule
@@ -63,6 +64,11 @@ def rows_through_adapters(
     copies = [layer for layer in found if isinstance(layer, ModulesToSaveWrapper)]
     for layer in layers:
         used = [n for n in wanted if n in layer.adapter_names]
+        if used and isinstance(layer, LoraParam):  # PEFT's words for LoRA on parameters
+            raise ConfigError(
+                "lora.ParamWrapper does not support mixed adapter batches yet. Run the rows of "
+                f"adapter {used[0]!r} (target_parameters) on their own"
+            )
         if used and not isinstance(layer, _ROW_LAYERS):
             raise ConfigError(
                 f"a mixed batch (adapter_names) works with LoRA layers; {used[0]} also "
