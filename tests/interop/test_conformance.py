@@ -54,7 +54,16 @@ def test_no_behaviour_difference_without_a_written_reason(subset: dict) -> None:
 
 def test_every_claimed_method_is_represented_and_passes(subset: dict) -> None:
     recorded = json.loads(RECORDED.read_text())["ratio"]
-    for method in ("lora", "ia3", "prompt tuning", "p-tuning", "prefix tuning"):
+    for method in (
+        "lora",
+        "ia3",
+        "loha",
+        "lokr",
+        "adalora",
+        "prompt tuning",
+        "p-tuning",
+        "prefix tuning",
+    ):
         row = subset["by_method"][method]
         assert row["peft_passes"] >= 10, (method, row)
         assert row["ratio"] >= min(recorded, 0.97) - 0.02, (
