@@ -444,6 +444,9 @@ def main() -> None:
         "lora": "LoRA r8 (q,k,v,o)",
         "prompt": "Prompt tuning (8 virtual tokens)",
         "prefix": "Prefix tuning (20 virtual tokens)",
+        "loha": "LoHa r8 (q,k,v,o)",
+        "lokr": "LoKr r8 (q,k,v,o)",
+        "oft": "OFT blocks of 32 (q,k,v,o)",
     }[args.method]
     print(
         f"# {title} training, SmolLM2-135M on ETHOS, batch 8, lr {LR[args.method]:g}, {args.steps} steps, "

@@ -126,19 +126,24 @@ def inject_lora_parameters(model: nn.Module, config: LoraConfig, adapter_name: s
                 "`target_modules=[]` to prevent it."
             )
         layer = _wrapper_of(holder, param_name) or LoraParam(holder, param_name)
-        key = f"{owner_name}.{param_name}"
-        layer.add_adapter(
-            adapter_name,
-            int(pattern_value(config.rank_pattern, key, config.r)),
-            pattern_value(config.alpha_pattern, key, config.lora_alpha),
-            config.lora_dropout,
-            config.init_lora_weights,
-            config.use_rslora,
-            **{k: True for k in ("use_dora", "lora_bias") if getattr(config, k)},
-        )
+        _add_lora(layer, config, adapter_name, f"{owner_name}.{param_name}")
         if layer.base_layer is holder:  # a new wrapper: it takes the holder's place
             set_submodule(model, owner_name, layer)
     return len(found)
+
+
+def _add_lora(layer: LoraLayer, config: LoraConfig, adapter_name: str, key: str) -> None:
+    """Give ``layer`` adapter ``adapter_name``, its rank and alpha per ``key``'s patterns."""
+    layer.add_adapter(  # type: ignore[operator]
+        adapter_name,
+        int(pattern_value(config.rank_pattern, key, config.r)),
+        pattern_value(config.alpha_pattern, key, config.lora_alpha),
+        config.lora_dropout,
+        config.init_lora_weights,
+        config.use_rslora,
+        # only when on: the layer kinds without them take neither
+        **{k: True for k in ("use_dora", "lora_bias") if getattr(config, k)},
+    )
 
 
 def _wrapper_of(holder: nn.Module, param_name: str) -> LoraParam | None:
@@ -231,19 +236,7 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
     for key in keys:
         module = model.get_submodule(key)
         layer = module if isinstance(module, LoraLayer) else _wrap(module, key)
-        r = int(pattern_value(config.rank_pattern, key, config.r))
-        alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
-        # only when on: IA3-free LoRA kinds
-        kwargs = {k: True for k in ("use_dora", "lora_bias") if getattr(config, k)}
-        layer.add_adapter(  # type: ignore[operator]
-            adapter_name,
-            r,
-            alpha,
-            config.lora_dropout,
-            config.init_lora_weights,
-            config.use_rslora,
-            **kwargs,
-        )
+        _add_lora(layer, config, adapter_name, key)
         if layer is not module:
             set_submodule(model, key, layer)
     if tie_how == "target_modules":
