@@ -32,7 +32,7 @@ def test_every_problem_is_reported_at_once_with_field_names() -> None:
     text = str(info.value)
     for expected in (
         "method='loar' is not allowed; expected one of full, lora, prompt_tuning, p_tuning, "
-        "prefix_tuning, loha, lokr, oft, trainable_tokens, ia3.",
+        "prefix_tuning, adalora, loha, lokr, oft, trainable_tokens, ia3.",
         "Did you mean 'lora'?",
         "data.path is required",
         "data.mode='clasification'",

@@ -28,7 +28,7 @@ from ..integrations import trainer as trainer_support
 from ..integrations.quantization import is_quantized_model
 from ..methods import method_for
 from ..surgery import tying
-from ..tuners.lora.param import LoraParam
+from ..tuners.base import AdapterLayer
 from ..tuners.prompt import model as prompting
 from . import adapter_io, weighted
 from .checks import (
@@ -858,7 +858,7 @@ class PeftModel(ModelWrapper):
         first reached them (PEFT's attribute of the same name; layers of deleted adapters are left
         out)."""
         base = self.get_base_model()
-        params = {n for n, m in base.named_modules() if isinstance(m, LoraParam)}
+        params = {n for n, m in base.named_modules() if _adapts_a_parameter(m)}
         held = [n for n in surgery.adapted_layer_names(base) if n not in params]
         return [n for n in self._targeted if n in held] + [
             n for n in held if n not in self._targeted
@@ -870,15 +870,20 @@ class PeftModel(ModelWrapper):
         (PEFT's attribute): in the model's order, each module's in the order it registered them."""
         found = []
         for name, module in self.get_base_model().named_modules():
-            if isinstance(module, LoraParam) and not name.endswith("base_layer"):  # outermost
+            if _adapts_a_parameter(module) and not name.endswith("base_layer"):  # outermost
                 wrapped, layer = set(), cast(nn.Module, module)
-                while isinstance(layer, LoraParam):
-                    wrapped.add(layer.parameter_name)
-                    layer = layer.base_layer
+                while _adapts_a_parameter(layer):
+                    wrapped.add(cast(AdapterLayer, layer).parameter_name)
+                    layer = cast(nn.Module, layer.base_layer)
                 found += [
                     f"{name}.{p}" for p, _ in layer.named_parameters(recurse=False) if p in wrapped
                 ]
         return found
+
+
+def _adapts_a_parameter(module: nn.Module) -> bool:
+    """A layer that adapts a raw parameter of the module it wraps (``target_parameters``)."""
+    return isinstance(module, AdapterLayer) and module.parameter_name is not None
 
 
 def _checkpointing(model: nn.Module) -> bool:

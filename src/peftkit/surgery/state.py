@@ -16,7 +16,6 @@ from ..tuners.base import AdapterLayer
 from ..tuners.lora import LoraLinear
 from ..tuners.lora.conv import LoraConv
 from ..tuners.lora.embedding import LoraEmbedding
-from ..tuners.lora.param import LoraParam
 from ..tuners.modules_to_save import ModulesToSaveWrapper
 from ..tuners.rows import BASE_ROW, RowGroups, group_rows
 from .targets import set_submodule
@@ -64,10 +63,9 @@ def rows_through_adapters(
     copies = [layer for layer in found if isinstance(layer, ModulesToSaveWrapper)]
     for layer in layers:
         used = [n for n in wanted if n in layer.adapter_names]
-        if used and isinstance(layer, LoraParam):  # PEFT's words for LoRA on parameters
+        if used and layer.mixed_batch_refusal:  # the layer's own words (PEFT's, for raw parameters)
             raise ConfigError(
-                "lora.ParamWrapper does not support mixed adapter batches yet. Run the rows of "
-                f"adapter {used[0]!r} (target_parameters) on their own"
+                f"{layer.mixed_batch_refusal} Run the rows of adapter {used[0]!r} on their own"
             )
         if used and not isinstance(layer, _ROW_LAYERS):
             raise ConfigError(

@@ -62,6 +62,12 @@ class AdapterLayer(nn.Module):
     """
 
     adapter_param_names: tuple[str, ...] = ()
+    parameter_name: str | None = None
+    """The raw parameter this layer adapts (LoRA's ``target_parameters``: the owning module reads
+    the adapted weight); None for a layer that adds to its base layer's output."""
+    mixed_batch_refusal: str | None = None
+    """Why this layer cannot run a mixed batch (``adapter_names``), in PEFT's words where it has
+    them; None to use the generic refusal of a layer that does not split rows."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()

@@ -42,10 +42,11 @@ class LoraParam(LoraLayer):
 
     repr_name = "lora.ParamWrapper"
     adapter_param_names = ("lora_A", "lora_B", "lora_dropout")
+    mixed_batch_refusal = "lora.ParamWrapper does not support mixed adapter batches yet."
 
     def __init__(self, base_layer: nn.Module, parameter_name: str) -> None:
         super().__init__(base_layer)
-        self.parameter_name = parameter_name
+        self.parameter_name: str = parameter_name
         shape = self.param.shape
         if len(shape) not in (2, 3):
             raise ConfigError(
