@@ -35,6 +35,7 @@ up only once their modules are loaded (no peftkit object can exist before).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -73,7 +74,9 @@ def _peft_attr(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+@functools.cache
 def _peft_installed() -> bool:
+    """Once per process: a file-system lookup otherwise, on every stand-in construction."""
     return importlib.util.find_spec("peft") is not None
 
 

@@ -132,6 +132,17 @@ def inject_lora_parameters(model: nn.Module, config: LoraConfig, adapter_name: s
     return len(found)
 
 
+def _parameters_only(
+    model: nn.Module, config: LoraConfig, adapter_name: str, nothing: Exception
+) -> LoraConfig:
+    """LoRA on ``config.target_parameters`` alone (no layer targeted), with its token rows;
+    ``nothing`` is raised when no parameter matches either."""
+    if not inject_lora_parameters(model, config, adapter_name):
+        raise nothing
+    add_token_rows(model, config, adapter_name)
+    return config
+
+
 def _add_lora(layer: LoraLayer, config: LoraConfig, adapter_name: str, key: str) -> None:
     """Give ``layer`` adapter ``adapter_name``, its rank and alpha per ``key``'s patterns."""
     layer.add_adapter(  # type: ignore[operator]
@@ -166,14 +177,16 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
         TargetNotFoundError: no layer matches, naming the targets and the model's candidate layers.
     """
     if config.target_parameters and not config.target_modules:  # raw parameters only
-        if not inject_lora_parameters(model, config, adapter_name):
-            raise TargetNotFoundError(
+        return _parameters_only(
+            model,
+            config,
+            adapter_name,
+            TargetNotFoundError(
                 "No `target_modules` passed but also no `target_parameters` found. Please check the "
                 f"values for these arguments. target_parameters={list(config.target_parameters)} matched "
                 "no parameter (name them as '<module>.<parameter>', e.g. 'mlp.experts.gate_up_proj')."
-            )
-        add_token_rows(model, config, adapter_name)
-        return config
+            ),
+        )
     tied, tie_how = tying.warn_or_plan(model, config)
     # the embedding gets the adapter; the tied modules share it (tied below)
     if tie_how == "target_modules":
@@ -196,10 +209,9 @@ def inject_lora(model: nn.Module, config: LoraConfig, adapter_name: str) -> Lora
             RuntimeWarning,
             stacklevel=3,
         )
-        if not inject_lora_parameters(model, config, adapter_name):
-            raise no_target_error(model, config, candidates)
-        add_token_rows(model, config, adapter_name)
-        return config
+        return _parameters_only(
+            model, config, adapter_name, no_target_error(model, config, candidates)
+        )
     if not keys:
         raise no_target_error(model, config, candidates)
     if user_given:  # checked before any change, so a typo leaves the model untouched

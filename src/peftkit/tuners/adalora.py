@@ -68,7 +68,6 @@ class AdaLoraLayer(LoraLayer):
         self.lora_E = nn.ParameterDict()
         self.ranknum = nn.ParameterDict()
         self.lora_dropout = nn.ModuleDict()
-        self.lora_magnitude_vector = nn.ParameterDict()  # LoRA's bookkeeping reads it; never used
 
     def add_adapter(
         self,
